@@ -1,0 +1,46 @@
+//! gRPC client channels between services.
+
+use std::time::Duration;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::telemetry::TracePropagator;
+
+/// A channel that propagates W3C trace context on every call.
+pub type TracedChannel = InterceptedService<Channel, TracePropagator>;
+
+/// The URL is not a usable gRPC endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {url:?} is not a valid endpoint URL (expected http://host:port): {reason}")]
+pub struct EndpointError {
+    /// Variable the URL came from.
+    pub var: String,
+    /// The URL.
+    pub url: String,
+    /// Parser message.
+    pub reason: String,
+}
+
+/// An endpoint with the settings every internal client uses: TCP_NODELAY,
+/// HTTP/2 keep-alive, bounded connect timeout, large windows.
+pub fn endpoint(var: &str, url: &str) -> Result<Endpoint, EndpointError> {
+    let ep = Endpoint::from_shared(url.to_string()).map_err(|e| EndpointError {
+        var: var.to_string(),
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(ep
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .http2_adaptive_window(true))
+}
+
+/// A lazily connecting, trace-propagating channel to `url`.
+pub fn connect_lazy(var: &str, url: &str) -> Result<TracedChannel, EndpointError> {
+    let channel = endpoint(var, url)?.connect_lazy();
+    Ok(InterceptedService::new(channel, TracePropagator))
+}

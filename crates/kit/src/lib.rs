@@ -1,0 +1,31 @@
+//! The shared runtime of every discovery service.
+//!
+//! One place for what every service does the same way: configuration from
+//! `DISCOVERY_*` environment variables ([`config`]), logs and traces
+//! ([`telemetry`]), gRPC server bootstrap with health, reflection, metrics and
+//! graceful shutdown ([`server`]), Prometheus metrics ([`metrics`]), document
+//! storage with a MongoDB and an embedded implementation ([`store`]), and the
+//! two-level cache ([`cache`]).
+//!
+//! Architecture invariant: the kit knows no service's domain. It never names a
+//! collection, a cache key or an RPC of a particular service.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+pub use tokio_util::sync::CancellationToken;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,89 @@
+//! Prometheus metrics.
+//!
+//! One process-wide recorder (the `metrics` facade with the Prometheus
+//! exporter), installed on first use; [`router`] serves it as `/metrics`.
+//! Names follow `discovery_<area>_<what>_<unit>`; every series carries a
+//! `service` label so that `discovery up`, which runs all five services in one
+//! process, still tells them apart. `docs/metrics.md` lists them.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus handle, installing the recorder on first call.
+/// If another recorder is already installed (a test harness's), a detached
+/// handle is returned so rendering still works.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn render() -> String {
+    handle().render()
+}
+
+/// An axum router serving `GET /metrics` (text format) and `GET /livez`.
+pub fn router() -> axum::Router {
+    use axum::routing::get;
+    // Install before the first scrape so counters registered early are kept.
+    let _ = handle();
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    render(),
+                )
+            }),
+        )
+        .route("/livez", get(|| async { "ok" }))
+}
+
+/// Serves [`router`] (plus `extra` routes) on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    extra: Option<axum::Router>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let app = match extra {
+        Some(r) => router().merge(r),
+        None => router(),
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn recorded_counter_is_rendered() {
+        let _ = super::handle();
+        metrics::counter!("discovery_test_events_total", "service" => "kit").increment(3);
+        let text = super::render();
+        assert!(
+            text.contains("discovery_test_events_total{service=\"kit\"} 3"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! gRPC server bootstrap shared by every service.
+//!
+//! [`GrpcServer::bind`] binds the port first (so tests can use port 0 and
+//! `discovery up` can report real addresses), then [`GrpcServer::serve`]
+//! adds `grpc.health.v1`, gRPC reflection (v1 and v1alpha) and the RPC
+//! observation layer ([`RpcLayer`]: one span per call, W3C parent from
+//! metadata, latency and status metrics) around the service's own routes, and
+//! runs until the shutdown token fires. Shutdown marks every service
+//! NOT_SERVING, stops accepting, drains in-flight calls, and gives up after the
+//! grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Server start-up or run failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The port could not be bound.
+    #[error("{var}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Variable naming the port.
+        var: String,
+        /// Address tried.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Reflection could not be built from the descriptor set.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+    /// The server stopped with a transport error.
+    #[error("gRPC server on {addr} failed: {reason}")]
+    Transport {
+        /// Address served.
+        addr: SocketAddr,
+        /// Error text.
+        reason: String,
+    },
+}
+
+/// Binds `addr`, naming `var` in the error.
+pub async fn bind(var: &str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+        var: var.to_string(),
+        addr,
+        source,
+    })
+}
+
+/// A bound, not yet serving, gRPC server.
+pub struct GrpcServer {
+    service: &'static str,
+    listener: TcpListener,
+    addr: SocketAddr,
+    health: HealthReporter,
+}
+
+/// A running server.
+pub struct Running {
+    /// Address the gRPC server listens on.
+    pub addr: SocketAddr,
+    /// Health reporter, to flip readiness while running.
+    pub health: HealthReporter,
+    /// Completes when the server has stopped.
+    pub task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl GrpcServer {
+    /// Binds the server's port. `service` is the short service name used in
+    /// metrics and spans ("gateway", "recommendation"...).
+    pub async fn bind(
+        service: &'static str,
+        var: &str,
+        addr: SocketAddr,
+    ) -> Result<Self, ServerError> {
+        let listener = bind(var, addr).await?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            var: var.to_string(),
+            addr,
+            source,
+        })?;
+        let health = HealthReporter::new();
+        Ok(Self {
+            service,
+            listener,
+            addr,
+            health,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The health reporter (set statuses before serving if needed).
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Serves `routes` plus health and reflection until `shutdown` fires.
+    /// `grpc_names` are the fully qualified services marked SERVING.
+    pub async fn serve(
+        self,
+        routes: Routes,
+        grpc_names: &[&'static str],
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> Result<Running, ServerError> {
+        self.serve_with(routes, grpc_names, shutdown, grace, |b| b)
+            .await
+    }
+
+    /// Like [`GrpcServer::serve`], letting the caller adjust the tonic builder
+    /// (HTTP/1 for gRPC-Web, concurrency limits...).
+    pub async fn serve_with(
+        self,
+        routes: Routes,
+        grpc_names: &[&'static str],
+        shutdown: CancellationToken,
+        grace: Duration,
+        adjust: impl FnOnce(tonic::transport::Server) -> tonic::transport::Server,
+    ) -> Result<Running, ServerError> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(discovery_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(discovery_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        for name in grpc_names {
+            self.health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        self.health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let routes = routes
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                tonic_health::server::HealthService::from_health_reporter(self.health.clone()),
+            ))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .http2_adaptive_window(Some(true));
+        let builder = adjust(builder);
+        let addr = self.addr;
+        let service = self.service;
+        let health = self.health.clone();
+        let names: Vec<&'static str> = grpc_names.to_vec();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        let drain_started = CancellationToken::new();
+        let signal = {
+            let health = health.clone();
+            let drain_started = drain_started.clone();
+            async move {
+                shutdown.cancelled().await;
+                for name in names {
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
+                health.set_service_status("", ServingStatus::NotServing).await;
+                tracing::info!(service, %addr, "shutting down: draining in-flight calls");
+                drain_started.cancel();
+            }
+        };
+        let server = builder
+            .layer(RpcLayer::new(service))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, signal);
+        let task = tokio::spawn(async move {
+            tokio::pin!(server);
+            let result = tokio::select! {
+                r = &mut server => r,
+                _ = async { drain_started.cancelled().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!(service, ?grace, "grace period over; dropping remaining calls");
+                    Ok(())
+                }
+            };
+            result.map_err(|e| ServerError::Transport {
+                addr,
+                reason: e.to_string(),
+            })
+        });
+        tracing::info!(service, %addr, "gRPC server listening");
+        Ok(Running { addr, health, task })
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c, then cancels `token`.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = token.cancelled() => {},
+    }
+    token.cancel();
+}
+
+/// Tower layer observing every gRPC call: a `grpc.server` span (child of the
+/// caller's W3C context), `discovery_rpc_server_requests_total{service,method,code}`
+/// and `discovery_rpc_server_duration_seconds{service,method}`.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcLayer {
+    service: &'static str,
+}
+
+impl RpcLayer {
+    /// A layer labelling metrics with `service`.
+    pub fn new(service: &'static str) -> Self {
+        Self { service }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            service: self.service,
+        }
+    }
+}
+
+/// See [`RpcLayer`].
+#[derive(Debug, Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    service: &'static str,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, ReqB, ResB> tower::Service<http::Request<ReqB>> for RpcService<S>
+where
+    S: tower::Service<http::Request<ReqB>, Response = http::Response<ResB>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let (rpc_service, rpc_method) = split_path(&path);
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let _ = span.set_parent(crate::telemetry::extract_context(req.headers()));
+        {
+            let _g = span.enter();
+            if let Some(id) = crate::telemetry::current_trace_id() {
+                span.record("trace_id", id.as_str());
+            }
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let service = self.service;
+        let started = Instant::now();
+        let fut = inner.call(req);
+        Box::pin(
+            async move {
+                let result = fut.await;
+                let elapsed = started.elapsed().as_secs_f64();
+                let code = match &result {
+                    Ok(resp) => resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|s| s.parse::<i32>().ok())
+                        .unwrap_or(0),
+                    Err(_) => 2,
+                };
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code);
+                if code != 0 {
+                    span.record("otel.status_code", "ERROR");
+                }
+                metrics::counter!(
+                    "discovery_rpc_server_requests_total",
+                    "service" => service,
+                    "method" => path.clone(),
+                    "code" => code_name(code),
+                )
+                .increment(1);
+                metrics::histogram!(
+                    "discovery_rpc_server_duration_seconds",
+                    "service" => service,
+                    "method" => path,
+                )
+                .record(elapsed);
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn split_path(path: &str) -> (&str, &str) {
+    let p = path.trim_start_matches('/');
+    match p.split_once('/') {
+        Some((s, m)) => (s, m),
+        None => (p, ""),
+    }
+}
+
+/// The canonical name of a gRPC status code ("OK", "NOT_FOUND"...).
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}

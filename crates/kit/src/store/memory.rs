@@ -1,0 +1,354 @@
+//! The embedded, in-process store used by `discovery up` and unit tests.
+//!
+//! Collections are ordered maps keyed by `_id`. Every write appends a change
+//! event with a process-wide sequence number to the collection's history
+//! (the last [`HISTORY`] events) and broadcasts it, so change streams can
+//! resume from a token as long as it is still in the history, like a MongoDB
+//! oplog window. Nothing is persisted.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::RwLock;
+use tokio::sync::broadcast;
+
+use super::filter::{matches, sort_cmp};
+use super::{
+    BulkOutcome, Bson, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
+    IndexSpec, ResumeToken, Store, StoreError, doc_id,
+};
+
+/// Change events kept per collection for resuming.
+pub const HISTORY: usize = 100_000;
+
+#[derive(Debug)]
+struct Collection {
+    docs: BTreeMap<String, Document>,
+    indexes: Vec<String>,
+    history: VecDeque<ChangeEvent>,
+    tx: broadcast::Sender<ChangeEvent>,
+}
+
+impl Collection {
+    fn new() -> Self {
+        Self {
+            docs: BTreeMap::new(),
+            indexes: vec!["_id_".to_string()],
+            history: VecDeque::new(),
+            tx: broadcast::channel(4096).0,
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    collections: RwLock<HashMap<String, Collection>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+static SHARED: OnceLock<Arc<MemoryStore>> = OnceLock::new();
+
+impl MemoryStore {
+    /// A new, empty, private store.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The process-wide store every service of `discovery up` shares (each
+    /// still touches only its own collections).
+    pub fn shared() -> Store {
+        SHARED.get_or_init(MemoryStore::new).clone()
+    }
+
+    fn write(&self, collection: &str, op: ChangeOp, id: String, document: Option<Document>) {
+        let mut cols = self.collections.write();
+        let col = cols
+            .entry(collection.to_string())
+            .or_insert_with(Collection::new);
+        match (&op, &document) {
+            (ChangeOp::Delete, _) => {
+                col.docs.remove(&id);
+            }
+            (_, Some(d)) => {
+                col.docs.insert(id.clone(), d.clone());
+            }
+            _ => {}
+        }
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let ev = ChangeEvent {
+            op,
+            id,
+            document,
+            token: ResumeToken(Bson::Int64(seq as i64)),
+        };
+        if col.history.len() == HISTORY {
+            col.history.pop_front();
+        }
+        col.history.push_back(ev.clone());
+        let _ = col.tx.send(ev);
+    }
+
+    /// Writes one document, returning whether it was new, changed or equal.
+    fn upsert_one(&self, collection: &str, doc: Document) -> Result<BulkOutcome, StoreError> {
+        let id = doc_id(collection, &doc)?;
+        let existing = self
+            .collections
+            .read()
+            .get(collection)
+            .and_then(|c| c.docs.get(&id).cloned());
+        let mut out = BulkOutcome::default();
+        match existing {
+            Some(old) if old == doc => out.matched = 1,
+            Some(_) => {
+                out.matched = 1;
+                out.modified = 1;
+                self.write(collection, ChangeOp::Replace, id, Some(doc));
+            }
+            None => {
+                out.upserted = 1;
+                self.write(collection, ChangeOp::Insert, id, Some(doc));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl DocumentStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn ensure_indexes(
+        &self,
+        collection: &str,
+        indexes: &[IndexSpec],
+    ) -> Result<(), StoreError> {
+        let mut cols = self.collections.write();
+        let col = cols
+            .entry(collection.to_string())
+            .or_insert_with(Collection::new);
+        for ix in indexes {
+            if !col.indexes.contains(&ix.name) {
+                col.indexes.push(ix.name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn index_names(&self, collection: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .collections
+            .read()
+            .get(collection)
+            .map(|c| c.indexes.clone())
+            .unwrap_or_default())
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        Ok(self
+            .collections
+            .read()
+            .get(collection)
+            .and_then(|c| c.docs.get(id).cloned()))
+    }
+
+    async fn put(&self, collection: &str, doc: Document) -> Result<(), StoreError> {
+        self.upsert_one(collection, doc).map(|_| ())
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<bool, StoreError> {
+        let exists = self
+            .collections
+            .read()
+            .get(collection)
+            .is_some_and(|c| c.docs.contains_key(id));
+        if exists {
+            self.write(collection, ChangeOp::Delete, id.to_string(), None);
+        }
+        Ok(exists)
+    }
+
+    async fn find(
+        &self,
+        collection: &str,
+        filter: Document,
+        options: FindOptions,
+    ) -> Result<Vec<Document>, StoreError> {
+        let cols = self.collections.read();
+        let Some(col) = cols.get(collection) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for d in col.docs.values() {
+            if matches(d, &filter)? {
+                out.push(d.clone());
+            }
+        }
+        drop(cols);
+        if let Some(sort) = &options.sort {
+            out.sort_by(|a, b| sort_cmp(a, b, sort));
+        }
+        let skip = options.skip as usize;
+        let out: Vec<Document> = out.into_iter().skip(skip).collect();
+        Ok(if options.limit > 0 {
+            out.into_iter().take(options.limit as usize).collect()
+        } else {
+            out
+        })
+    }
+
+    async fn count(&self, collection: &str, filter: Document) -> Result<u64, StoreError> {
+        let cols = self.collections.read();
+        let Some(col) = cols.get(collection) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for d in col.docs.values() {
+            if matches(d, &filter)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn bulk_upsert(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+    ) -> Result<BulkOutcome, StoreError> {
+        let mut total = BulkOutcome::default();
+        for d in docs {
+            let o = self.upsert_one(collection, d)?;
+            total.matched += o.matched;
+            total.modified += o.modified;
+            total.upserted += o.upserted;
+        }
+        Ok(total)
+    }
+
+    async fn watch(
+        &self,
+        collection: &str,
+        resume_after: Option<ResumeToken>,
+    ) -> Result<ChangeStream, StoreError> {
+        let mut cols = self.collections.write();
+        let col = cols
+            .entry(collection.to_string())
+            .or_insert_with(Collection::new);
+        // Subscribe before copying the backlog so nothing falls in between.
+        let rx = col.tx.subscribe();
+        let after = match resume_after {
+            None => None,
+            Some(ResumeToken(Bson::Int64(seq))) => Some(seq),
+            Some(other) => {
+                return Err(StoreError::ResumeLost {
+                    collection: collection.to_string(),
+                    reason: format!("{other:?} is not a token of the embedded store"),
+                });
+            }
+        };
+        let backlog: Vec<ChangeEvent> = match after {
+            None => Vec::new(),
+            Some(seq) => {
+                let oldest = col.history.front().map(|e| token_seq(&e.token));
+                if let Some(oldest) = oldest
+                    && seq + 1 < oldest
+                {
+                    return Err(StoreError::ResumeLost {
+                        collection: collection.to_string(),
+                        reason: format!("token {seq} is older than the kept history"),
+                    });
+                }
+                col.history
+                    .iter()
+                    .filter(|e| token_seq(&e.token) > seq)
+                    .cloned()
+                    .collect()
+            }
+        };
+        let last_backlog = backlog.last().map(|e| token_seq(&e.token)).or(after);
+        let name = collection.to_string();
+        let live = futures::stream::unfold(rx, move |mut rx| {
+            let name = name.clone();
+            async move {
+                match rx.recv().await {
+                    Ok(ev) => Some((Ok(ev), rx)),
+                    Err(broadcast::error::RecvError::Closed) => None,
+                    Err(broadcast::error::RecvError::Lagged(n)) => Some((
+                        Err(StoreError::ResumeLost {
+                            collection: name,
+                            reason: format!("watcher fell {n} events behind; resume from its last token"),
+                        }),
+                        rx,
+                    )),
+                }
+            }
+        });
+        use futures::StreamExt;
+        let live = live.filter(move |r| {
+            let keep = match (r, last_backlog) {
+                (Ok(ev), Some(seq)) => token_seq(&ev.token) > seq,
+                _ => true,
+            };
+            futures::future::ready(keep)
+        });
+        Ok(Box::pin(
+            futures::stream::iter(backlog.into_iter().map(Ok)).chain(live),
+        ))
+    }
+}
+
+fn token_seq(t: &ResumeToken) -> i64 {
+    match t.0 {
+        Bson::Int64(s) => s,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::store::doc;
+
+    #[tokio::test]
+    async fn round_trip_bulk_and_resume() {
+        let s = MemoryStore::new();
+        let mut w = s.watch("p", None).await.unwrap();
+        let out = s
+            .bulk_upsert("p", vec![doc! {"_id": "a", "v": 1}, doc! {"_id": "b", "v": 2}])
+            .await
+            .unwrap();
+        assert_eq!(out.upserted, 2);
+        let again = s
+            .bulk_upsert("p", vec![doc! {"_id": "a", "v": 1}, doc! {"_id": "b", "v": 3}])
+            .await
+            .unwrap();
+        assert_eq!((again.matched, again.modified, again.upserted), (2, 1, 0));
+        let first = w.next().await.unwrap().unwrap();
+        assert_eq!(first.id, "a");
+        // Resume after the first event: the next two come, in order.
+        let mut r = s.watch("p", Some(first.token)).await.unwrap();
+        let ids: Vec<String> = vec![
+            r.next().await.unwrap().unwrap().id,
+            r.next().await.unwrap().unwrap().id,
+        ];
+        assert_eq!(ids, ["b", "b"]);
+        assert_eq!(
+            s.find("p", doc! {"v": {"$gte": 2}}, FindOptions::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(s.delete("p", "a").await.unwrap());
+        assert_eq!(s.get("p", "a").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,286 @@
+//! Document storage: one trait, a MongoDB implementation and an embedded one.
+//!
+//! Services own their collections and talk to them through [`DocumentStore`]:
+//! documents are BSON with a string `_id`; filters use a documented subset of
+//! the MongoDB query language (equality on dotted paths, `$eq $ne $gt $gte $lt
+//! $lte $in $nin $exists`, and `$and`/`$or`) that both implementations honour,
+//! so a service behaves the same embedded and in production.
+//!
+//! - [`mongo::MongoStore`]: the official driver, with pool sizes, timeouts,
+//!   write concern and read preference per [`Workload`] from the seed spec.
+//! - [`memory::MemoryStore`]: in-process, for `discovery up` and unit tests;
+//!   no persistence; change streams with resumable sequence tokens.
+//!
+//! Invariant: writes that return `Ok` are acknowledged by the store under the
+//! workload's write concern (majority + journal for MongoDB); nothing is
+//! buffered in the kit.
+
+pub mod filter;
+pub mod memory;
+pub mod mongo;
+
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+pub use mongodb::bson::{self, Bson, Document, doc};
+
+use crate::config::{ConfigError, Env};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (start-up or while running).
+    #[error("{var}: cannot reach MongoDB at {target}: {reason}")]
+    Unreachable {
+        /// Variable holding the URI.
+        var: &'static str,
+        /// Hosts tried (credentials removed).
+        target: String,
+        /// Driver message.
+        reason: String,
+    },
+    /// A document lacks a string `_id`.
+    #[error("document in {collection} has no string _id")]
+    MissingId {
+        /// Collection.
+        collection: String,
+    },
+    /// A filter uses something outside the supported subset.
+    #[error("unsupported filter: {0}")]
+    Filter(String),
+    /// The change stream cannot resume from the given token (history gone).
+    #[error("change stream on {collection} cannot resume: {reason}")]
+    ResumeLost {
+        /// Collection.
+        collection: String,
+        /// Why.
+        reason: String,
+    },
+    /// Any other database error.
+    #[error("{op} on {collection}: {reason}")]
+    Database {
+        /// Operation ("find", "bulk_upsert"...).
+        op: &'static str,
+        /// Collection.
+        collection: String,
+        /// Driver message.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn db(op: &'static str, collection: &str, e: impl std::fmt::Display) -> Self {
+        StoreError::Database {
+            op,
+            collection: collection.to_string(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// The read/write profile of a caller, mapping to driver options (seed spec
+/// `readPreferences` and `writeOptimization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Sessions, jobs, checkpoints: primary reads, majority+journal writes.
+    Realtime,
+    /// Rollups and reports: secondaryPreferred, max staleness 300 s.
+    Analytics,
+    /// Catalogue snapshot loads: secondaryPreferred, max staleness 60 s (the
+    /// spec says `secondary`; preferred keeps single-node replica sets working).
+    Recommendation,
+}
+
+/// An index to create. Mirrors MongoDB index options.
+#[derive(Debug, Clone)]
+pub struct IndexSpec {
+    /// Index name (stable, so creation is idempotent).
+    pub name: String,
+    /// Keys, e.g. `{brand: 1, price: 1}` or `{feature_summary: "text"}`.
+    pub keys: Document,
+    /// Unique constraint.
+    pub unique: bool,
+    /// Sparse index.
+    pub sparse: bool,
+    /// Partial filter expression.
+    pub partial_filter: Option<Document>,
+    /// TTL: documents expire this long after the indexed date field.
+    pub expire_after: Option<Duration>,
+}
+
+impl IndexSpec {
+    /// A plain index named `name` on `keys`.
+    pub fn new(name: &str, keys: Document) -> Self {
+        Self {
+            name: name.to_string(),
+            keys,
+            unique: false,
+            sparse: false,
+            partial_filter: None,
+            expire_after: None,
+        }
+    }
+    /// Makes it unique.
+    pub fn unique(mut self) -> Self {
+        self.unique = true;
+        self
+    }
+    /// Makes it sparse.
+    pub fn sparse(mut self) -> Self {
+        self.sparse = true;
+        self
+    }
+    /// Adds a partial filter.
+    pub fn partial(mut self, filter: Document) -> Self {
+        self.partial_filter = Some(filter);
+        self
+    }
+    /// Makes it a TTL index.
+    pub fn ttl(mut self, after: Duration) -> Self {
+        self.expire_after = Some(after);
+        self
+    }
+}
+
+/// Options of a find.
+#[derive(Debug, Clone, Default)]
+pub struct FindOptions {
+    /// Sort, e.g. `{updated_at: -1}`; ties broken by `_id`.
+    pub sort: Option<Document>,
+    /// Skip this many.
+    pub skip: u64,
+    /// At most this many (0 = no limit).
+    pub limit: u64,
+}
+
+/// Counts from a bulk upsert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BulkOutcome {
+    /// Documents that matched an existing one.
+    pub matched: u64,
+    /// Of those, how many changed.
+    pub modified: u64,
+    /// Documents inserted.
+    pub upserted: u64,
+}
+
+/// Kind of a change event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOp {
+    /// New document.
+    Insert,
+    /// Partial update.
+    Update,
+    /// Whole-document replacement.
+    Replace,
+    /// Removal.
+    Delete,
+}
+
+/// Where a change stream can resume. Opaque; persist it as BSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumeToken(pub Bson);
+
+/// One change on a watched collection.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    /// What happened.
+    pub op: ChangeOp,
+    /// `_id` of the changed document.
+    pub id: String,
+    /// The document after the change (None for deletes).
+    pub document: Option<Document>,
+    /// Resume after this event.
+    pub token: ResumeToken,
+}
+
+/// A stream of change events.
+pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<ChangeEvent, StoreError>> + Send>>;
+
+/// Document storage. See the module docs for the filter subset.
+#[async_trait::async_trait]
+pub trait DocumentStore: Send + Sync + Debug + 'static {
+    /// "mongodb" or "memory".
+    fn kind(&self) -> &'static str;
+    /// Round trip to the database.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Creates the indexes if missing (idempotent).
+    async fn ensure_indexes(&self, collection: &str, indexes: &[IndexSpec])
+    -> Result<(), StoreError>;
+    /// Index names on the collection (including `_id_` for MongoDB).
+    async fn index_names(&self, collection: &str) -> Result<Vec<String>, StoreError>;
+    /// One document by `_id`.
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError>;
+    /// Inserts or replaces the document with the `_id` it carries.
+    async fn put(&self, collection: &str, doc: Document) -> Result<(), StoreError>;
+    /// Deletes by `_id`; true when something was deleted.
+    async fn delete(&self, collection: &str, id: &str) -> Result<bool, StoreError>;
+    /// Documents matching `filter`.
+    async fn find(
+        &self,
+        collection: &str,
+        filter: Document,
+        options: FindOptions,
+    ) -> Result<Vec<Document>, StoreError>;
+    /// How many documents match.
+    async fn count(&self, collection: &str, filter: Document) -> Result<u64, StoreError>;
+    /// Unordered bulk replace-or-insert by `_id` (one round trip per batch).
+    async fn bulk_upsert(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+    ) -> Result<BulkOutcome, StoreError>;
+    /// Watches a collection, from now or after `resume_after`.
+    async fn watch(
+        &self,
+        collection: &str,
+        resume_after: Option<ResumeToken>,
+    ) -> Result<ChangeStream, StoreError>;
+}
+
+/// A shared store handle.
+pub type Store = Arc<dyn DocumentStore>;
+
+/// Which store to use, from `DISCOVERY_STORE`.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The process-wide embedded store.
+    Memory,
+    /// MongoDB.
+    Mongo(mongo::MongoConfig),
+}
+
+impl StoreConfig {
+    /// Reads `DISCOVERY_STORE` and the `DISCOVERY_MONGO_*` variables.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        match env.string("DISCOVERY_STORE", "memory").as_str() {
+            "memory" => Ok(StoreConfig::Memory),
+            "mongodb" | "mongo" => Ok(StoreConfig::Mongo(mongo::MongoConfig::from_env(env)?)),
+            other => Err(ConfigError::new(
+                "DISCOVERY_STORE",
+                format!("{other:?} is not a store (use memory or mongodb)"),
+            )),
+        }
+    }
+
+    /// Connects (MongoDB: fails fast when unreachable) for `workload`.
+    pub async fn connect(&self, workload: Workload) -> Result<Store, StoreError> {
+        match self {
+            StoreConfig::Memory => Ok(memory::MemoryStore::shared()),
+            StoreConfig::Mongo(c) => Ok(Arc::new(mongo::MongoStore::connect(c, workload).await?)),
+        }
+    }
+}
+
+/// The `_id` of a document as a string.
+pub fn doc_id(collection: &str, doc: &Document) -> Result<String, StoreError> {
+    match doc.get("_id") {
+        Some(Bson::String(s)) => Ok(s.clone()),
+        _ => Err(StoreError::MissingId {
+            collection: collection.to_string(),
+        }),
+    }
+}

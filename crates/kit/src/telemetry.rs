@@ -1,0 +1,240 @@
+//! Logs and traces.
+//!
+//! [`init`] installs one global `tracing` subscriber: an env-filtered fmt layer
+//! (pretty or JSON, with the trace id on every line) and, when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, an OpenTelemetry layer exporting spans
+//! over OTLP/gRPC with a parent-based ratio sampler. W3C trace context travels
+//! in gRPC metadata: [`extract_context`] on the server side (used by
+//! [`crate::server`]'s RPC layer) and [`TracePropagator`] on the client side.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{ConfigError, Env};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Telemetry settings.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Service name reported in traces (`service.name`).
+    pub service_name: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint; `None` disables export.
+    pub otlp_endpoint: Option<String>,
+    /// Parent-based sampling ratio for root spans.
+    pub sample_ratio: f64,
+}
+
+impl TelemetryConfig {
+    /// Reads `DISCOVERY_LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER_ARG`.
+    pub fn from_env(env: &Env, service_name: &str) -> Result<Self, ConfigError> {
+        let log_format = match env.string("DISCOVERY_LOG_FORMAT", "pretty").as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::new(
+                    "DISCOVERY_LOG_FORMAT",
+                    format!("{other:?} is not a log format (use pretty or json)"),
+                ));
+            }
+        };
+        let sample_ratio: f64 = env.parse("OTEL_TRACES_SAMPLER_ARG", 1.0, "a number in [0, 1]")?;
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            return Err(ConfigError::new(
+                "OTEL_TRACES_SAMPLER_ARG",
+                format!("{sample_ratio} is not in [0, 1]"),
+            ));
+        }
+        Ok(Self {
+            service_name: service_name.to_string(),
+            log_format,
+            otlp_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            sample_ratio,
+        })
+    }
+}
+
+/// Keeps the tracer provider alive; flushes spans when dropped.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built.
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+}
+
+/// Installs the global subscriber. Safe to call more than once per process
+/// (later calls keep the first subscriber and return an inert guard), which
+/// `discovery up` and tests rely on.
+pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt_layer = match config.log_format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_target(true)
+            .with_filter(filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter())
+            .boxed(),
+    };
+    let mut provider = None;
+    let otel_layer = match &config.otlp_endpoint {
+        None => None,
+        Some(endpoint) => {
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            let p = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                    config.sample_ratio,
+                ))))
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(config.service_name.clone())
+                        .build(),
+                )
+                .build();
+            let tracer = p.tracer(config.service_name.clone());
+            opentelemetry::global::set_tracer_provider(p.clone());
+            provider = Some(p);
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(filter()),
+            )
+        }
+    };
+    let installed = tracing_subscriber::registry()
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .is_ok();
+    if !installed {
+        // Another subscriber (an earlier service in this process) already owns
+        // the global slot; this provider would export nothing.
+        if let Some(p) = provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// The current span's trace id, if it belongs to a sampled or remote trace.
+pub fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+/// The remote parent carried in `traceparent`/`tracestate` headers.
+pub fn extract_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// Injects the current span's context into outgoing metadata.
+pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
+}
+
+/// A tonic client interceptor that propagates W3C trace context.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracePropagator;
+
+impl tonic::service::Interceptor for TracePropagator {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        inject_current(req.metadata_mut());
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_through_metadata() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let cx = extract_context(&headers);
+        let sc = cx.span().span_context().clone();
+        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let mut md = tonic::metadata::MetadataMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(&mut md));
+        let tp = md.get("traceparent").unwrap().to_str().unwrap();
+        assert!(tp.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{tp}");
+    }
+
+    #[test]
+    fn bad_log_format_names_the_variable() {
+        let env = Env::from_pairs([("DISCOVERY_LOG_FORMAT", "xml")]);
+        let err = TelemetryConfig::from_env(&env, "t").unwrap_err();
+        assert!(err.to_string().starts_with("DISCOVERY_LOG_FORMAT:"));
+    }
+}

@@ -1,0 +1,34 @@
+//! Generated code for the `discovery.v1` gRPC contracts.
+//!
+//! The `.proto` files in `proto/discovery/v1/` are the source of truth; this
+//! crate only compiles them. Services map these types to their domain types at
+//! their edge (`api.rs`), so nothing but this crate and the edges see prost.
+#![forbid(unsafe_code)]
+#![allow(clippy::all, missing_docs)]
+
+/// `discovery.v1`: messages, clients (`*_client`) and servers (`*_server`).
+pub mod v1 {
+    tonic::include_proto!("discovery.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every discovery proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/discovery_descriptor.bin"));
+
+/// Fully qualified service names, as used by health checks and reflection.
+pub mod service_names {
+    /// The public API served by the gateway.
+    pub const DISCOVERY: &str = "discovery.v1.Discovery";
+    /// Face analysis.
+    pub const FACE_ANALYSIS: &str = "discovery.v1.FaceAnalysis";
+    /// Recommendations.
+    pub const RECOMMENDATION: &str = "discovery.v1.Recommendation";
+    /// Catalogue reads and search.
+    pub const CATALOG: &str = "discovery.v1.Catalog";
+    /// Cache administration.
+    pub const CACHE_ADMIN: &str = "discovery.v1.CacheAdmin";
+    /// Catalogue sync.
+    pub const SYNC: &str = "discovery.v1.Sync";
+    /// Monitoring.
+    pub const MONITORING: &str = "discovery.v1.Monitoring";
+}
