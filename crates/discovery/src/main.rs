@@ -1,1 +1,4 @@
-fn main() {}
+//! `discovery`: thin entry point; the work is in [`discovery::cli`].
+fn main() -> std::process::ExitCode {
+    discovery::cli::main()
+}

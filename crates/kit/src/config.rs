@@ -36,12 +36,38 @@ impl ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     overrides: Option<HashMap<String, String>>,
+    process_fallback: bool,
 }
 
 impl Env {
     /// Reads the process environment.
     pub fn process() -> Self {
-        Self { overrides: None }
+        Self {
+            overrides: None,
+            process_fallback: true,
+        }
+    }
+
+    /// The process environment with `pairs` taking precedence (an empty value
+    /// in `pairs` unsets the variable).
+    pub fn process_with<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            process_fallback: true,
+            ..Self::from_pairs(pairs)
+        }
+    }
+
+    /// This environment with more overrides on top.
+    pub fn with<K: Into<String>, V: Into<String>>(mut self, key: K, value: V) -> Self {
+        self.overrides
+            .get_or_insert_with(HashMap::new)
+            .insert(key.into(), value.into());
+        self
     }
 
     /// Reads only the given pairs (for tests and for `discovery up`).
@@ -58,14 +84,16 @@ impl Env {
                     .map(|(k, v)| (k.into(), v.into()))
                     .collect(),
             ),
+            process_fallback: false,
         }
     }
 
     /// The raw value, if set and not empty.
     pub fn raw(&self, var: &str) -> Option<String> {
-        let v = match &self.overrides {
-            Some(map) => map.get(var).cloned(),
-            None => std::env::var(var).ok(),
+        let v = match self.overrides.as_ref().and_then(|m| m.get(var)) {
+            Some(v) => Some(v.clone()),
+            None if self.process_fallback => std::env::var(var).ok(),
+            None => None,
         };
         v.filter(|s| !s.trim().is_empty())
     }

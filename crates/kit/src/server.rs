@@ -132,14 +132,21 @@ impl GrpcServer {
         grace: Duration,
         adjust: impl FnOnce(tonic::transport::Server) -> tonic::transport::Server,
     ) -> Result<Running, ServerError> {
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(discovery_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Reflection lists only what this server serves.
+        let reflection = || {
+            let mut b = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(discovery_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health");
+            for name in grpc_names {
+                b = b.with_service_name(*name);
+            }
+            b
+        };
+        let reflection_v1 = reflection()
             .build_v1()
             .map_err(|e| ServerError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(discovery_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(|e| ServerError::Reflection(e.to_string()))?;
         for name in grpc_names {
@@ -376,4 +383,182 @@ pub fn code_name(code: i32) -> &'static str {
         16 => "UNAUTHENTICATED",
         _ => "UNKNOWN",
     }
+}
+
+/// Boxed error for service start-up and run results.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where and how a service serves: from `DISCOVERY_BIND_IP`, its port
+/// variable, `DISCOVERY_METRICS_PORT` and `DISCOVERY_SHUTDOWN_GRACE`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// gRPC listen address.
+    pub grpc: SocketAddr,
+    /// Variable naming the gRPC port (for error lines).
+    pub grpc_var: &'static str,
+    /// Metrics listen address; `None` disables the endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// How long shutdown waits for in-flight calls.
+    pub grace: Duration,
+}
+
+impl ServeConfig {
+    /// Reads the variables for a service whose port variable is `port_var`.
+    pub fn from_env(
+        env: &crate::config::Env,
+        port_var: &'static str,
+        default_port: u16,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let grpc = env.listen("DISCOVERY_BIND_IP", port_var, default_port)?;
+        let metrics_port = env.port("DISCOVERY_METRICS_PORT", 9090)?;
+        Ok(Self {
+            grpc,
+            grpc_var: port_var,
+            metrics: (metrics_port != 0).then(|| SocketAddr::new(grpc.ip(), metrics_port)),
+            grace: env.duration("DISCOVERY_SHUTDOWN_GRACE", Duration::from_secs(10))?,
+        })
+    }
+
+    /// Loopback, OS-chosen ports, no metrics endpoint: for tests.
+    pub fn ephemeral(grpc_var: &'static str) -> Self {
+        Self {
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_var,
+            metrics: None,
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A started service: where it listens and the tasks that run it.
+pub struct ServiceHandle {
+    /// Short service name.
+    pub name: &'static str,
+    /// gRPC address.
+    pub addr: SocketAddr,
+    /// Metrics address, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Health reporter.
+    pub health: HealthReporter,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), BoxError>>>,
+}
+
+impl ServiceHandle {
+    /// Starts `routes` as service `name` per `config`, with an optional
+    /// metrics endpoint carrying `extra_http` routes.
+    pub async fn start(
+        name: &'static str,
+        config: &ServeConfig,
+        routes: Routes,
+        grpc_names: &[&'static str],
+        extra_http: Option<axum::Router>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BoxError> {
+        Self::start_with(name, config, routes, grpc_names, extra_http, shutdown, |b| b).await
+    }
+
+    /// Like [`ServiceHandle::start`], adjusting the tonic builder.
+    pub async fn start_with(
+        name: &'static str,
+        config: &ServeConfig,
+        routes: Routes,
+        grpc_names: &[&'static str],
+        extra_http: Option<axum::Router>,
+        shutdown: CancellationToken,
+        adjust: impl FnOnce(tonic::transport::Server) -> tonic::transport::Server,
+    ) -> Result<Self, BoxError> {
+        let server = GrpcServer::bind(name, config.grpc_var, config.grpc).await?;
+        let mut tasks: Vec<tokio::task::JoinHandle<Result<(), BoxError>>> = Vec::new();
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics {
+            let listener = bind("DISCOVERY_METRICS_PORT", addr).await?;
+            metrics_addr = listener.local_addr().ok();
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                crate::metrics::serve(listener, extra_http, token)
+                    .await
+                    .map_err(|e| Box::new(e) as BoxError)
+            }));
+        }
+        let running = server
+            .serve_with(routes, grpc_names, shutdown, config.grace, adjust)
+            .await?;
+        let task = running.task;
+        tasks.push(tokio::spawn(async move {
+            match task.await {
+                Ok(r) => r.map_err(|e| Box::new(e) as BoxError),
+                Err(e) => Err(Box::new(e) as BoxError),
+            }
+        }));
+        Ok(Self {
+            name,
+            addr: running.addr,
+            metrics_addr,
+            health: running.health,
+            tasks,
+        })
+    }
+
+    /// Adds a background task whose failure should stop the service.
+    pub fn push_task(&mut self, task: tokio::task::JoinHandle<Result<(), BoxError>>) {
+        self.tasks.push(task);
+    }
+
+    /// Waits until every task of the service has ended.
+    pub async fn wait(self) -> Result<(), BoxError> {
+        for t in self.tasks {
+            match t.await {
+                Ok(r) => r?,
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => return Err(Box::new(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a service binary: reads the environment, starts telemetry, runs
+/// `body` until SIGTERM/ctrl-c, and turns any start-up error into one line on
+/// stderr and exit code 1 (no panic, no backtrace).
+pub fn run_binary<F, Fut>(service: &'static str, body: F) -> std::process::ExitCode
+where
+    F: FnOnce(crate::config::Env, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    let env = crate::config::Env::process();
+    let prog = if service == "discovery" {
+        "discovery".to_string()
+    } else {
+        format!("discovery-{service}")
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{prog}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let telemetry = match crate::telemetry::TelemetryConfig::from_env(&env, service)
+            .map_err(|e| Box::new(e) as BoxError)
+            .and_then(|c| crate::telemetry::init(&c).map_err(|e| Box::new(e) as BoxError))
+        {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("{prog}: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let result = body(env, shutdown).await;
+        drop(telemetry);
+        match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{prog}: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -1,0 +1,6 @@
+//! The `discovery` command line and the all-in-one launcher.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod up;

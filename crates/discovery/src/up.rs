@@ -1,0 +1,122 @@
+//! `discovery up`: all five services in one process, on localhost ports,
+//! talking real gRPC to each other, with the embedded store, an L1-only cache
+//! and the demo catalogue.
+
+use std::net::SocketAddr;
+
+use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::server::{BoxError, ServiceHandle};
+use discovery_kit::CancellationToken;
+
+/// The running system.
+pub struct System {
+    /// Services in start order.
+    pub services: Vec<ServiceHandle>,
+    /// Shared metrics endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl System {
+    /// The gateway's address.
+    pub fn gateway(&self) -> SocketAddr {
+        self.addr_of("gateway")
+    }
+
+    /// A service's address by short name (panics on an unknown name: a bug).
+    pub fn addr_of(&self, name: &str) -> SocketAddr {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.addr)
+            .unwrap_or_else(|| panic!("no service named {name}"))
+    }
+
+    /// Waits for every service to stop.
+    pub async fn wait(self) -> Result<(), BoxError> {
+        for s in self.services {
+            s.wait().await?;
+        }
+        if let Some(t) = self.metrics_task {
+            let _ = t.await;
+        }
+        Ok(())
+    }
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// Starts the system. `env` is the user's environment; store, cache and
+/// per-service metrics are forced to the embedded defaults.
+pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxError> {
+    let env = env
+        .with("DISCOVERY_STORE", "memory")
+        .with("DISCOVERY_REDIS_URLS", "")
+        .with("DISCOVERY_METRICS_PORT", "0");
+    let bind_ip = env.ip("DISCOVERY_BIND_IP", [127, 0, 0, 1].into())?;
+    let metrics_port = Env::process().port("DISCOVERY_METRICS_PORT", 9090)?;
+
+    let face = discovery_face_analysis::spawn(
+        discovery_face_analysis::Config::from_env(&env)?,
+        shutdown.clone(),
+    )
+    .await?;
+    let reco = discovery_recommendation::spawn(
+        discovery_recommendation::Config::from_env(&env)?,
+        shutdown.clone(),
+    )
+    .await?;
+    let sync = discovery_sync::spawn(discovery_sync::Config::from_env(&env)?, shutdown.clone()).await?;
+    // The gateway port is bound last but must be known to monitoring; reserve it
+    // by reading the configured value (0 is resolved after the gateway starts).
+    let env = env
+        .with("DISCOVERY_FACE_ANALYSIS_URLS", url(face.addr))
+        .with("DISCOVERY_RECOMMENDATION_URLS", url(reco.addr))
+        .with("DISCOVERY_SYNC_URLS", url(sync.addr));
+    let gateway_port = env.port("DISCOVERY_GATEWAY_PORT", 50051)?;
+    let monitoring_env = env.clone().with(
+        "DISCOVERY_GATEWAY_URLS",
+        url(SocketAddr::new(bind_ip, gateway_port)),
+    );
+    let monitoring = discovery_monitoring::spawn(
+        discovery_monitoring::Config::from_env(&monitoring_env)?,
+        shutdown.clone(),
+    )
+    .await?;
+    let env = env.with("DISCOVERY_MONITORING_URLS", url(monitoring.addr));
+    let gateway = discovery_gateway::spawn(discovery_gateway::Config::from_env(&env)?, shutdown.clone()).await?;
+
+    let (metrics_addr, metrics_task) = if metrics_port == 0 {
+        (None, None)
+    } else {
+        let addr = SocketAddr::new(bind_ip, metrics_port);
+        let listener = discovery_kit::server::bind("DISCOVERY_METRICS_PORT", addr).await?;
+        let addr = listener.local_addr().ok();
+        let token = shutdown.clone();
+        (addr, Some(tokio::spawn(discovery_kit::metrics::serve(listener, None, token))))
+    };
+    Ok(System {
+        services: vec![face, reco, sync, monitoring, gateway],
+        metrics_addr,
+        metrics_task,
+    })
+}
+
+/// Checks the up-front configuration that `start` reads, for a clear error
+/// before anything binds.
+pub fn check(env: &Env) -> Result<(), ConfigError> {
+    env.ip("DISCOVERY_BIND_IP", [127, 0, 0, 1].into())?;
+    for (var, d) in [
+        ("DISCOVERY_GATEWAY_PORT", 50051),
+        ("DISCOVERY_FACE_ANALYSIS_PORT", 50052),
+        ("DISCOVERY_RECOMMENDATION_PORT", 50053),
+        ("DISCOVERY_SYNC_PORT", 50054),
+        ("DISCOVERY_MONITORING_PORT", 50055),
+        ("DISCOVERY_METRICS_PORT", 9090),
+    ] {
+        env.port(var, d)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! `discovery-monitoring`: the monitoring service binary.
+fn main() -> std::process::ExitCode {
+    discovery_kit::server::run_binary("monitoring", |env, shutdown| async move {
+        let config = discovery_monitoring::Config::from_env(&env)?;
+        let running = discovery_monitoring::spawn(config, shutdown).await?;
+        running.wait().await
+    })
+}
