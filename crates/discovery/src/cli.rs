@@ -1,17 +1,24 @@
 //! Argument parsing and the subcommands.
 
 use clap::{Parser, Subcommand};
+use discovery_kit::CancellationToken;
 use discovery_kit::config::{Env, VARIABLES};
 use discovery_kit::server::BoxError;
-use discovery_kit::CancellationToken;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::discovery_client::DiscoveryClient;
 
 fn env_help() -> String {
     let mut s = String::from("Environment variables (all optional):\n");
     for v in VARIABLES {
-        let default = if v.default.is_empty() { "unset".to_string() } else { v.default.to_string() };
-        s.push_str(&format!("  {:<32} {} [default: {}]\n", v.name, v.help, default));
+        let default = if v.default.is_empty() {
+            "unset".to_string()
+        } else {
+            v.default.to_string()
+        };
+        s.push_str(&format!(
+            "  {:<32} {} [default: {}]\n",
+            v.name, v.help, default
+        ));
     }
     s
 }
@@ -62,7 +69,7 @@ pub fn main() -> std::process::ExitCode {
             print!("{}", env_help());
             std::process::ExitCode::SUCCESS
         }
-        Command::Up => discovery_kit::server::run_binary("discovery", |env, shutdown| up(env, shutdown)),
+        Command::Up => discovery_kit::server::run_binary("discovery", up),
         Command::Serve { service } => {
             let name: &'static str = match service.as_str() {
                 "gateway" => "gateway",
@@ -73,8 +80,16 @@ pub fn main() -> std::process::ExitCode {
             };
             discovery_kit::server::run_binary(name, move |env, shutdown| serve(name, env, shutdown))
         }
-        Command::Try { gateway, face_shape, face_width_mm, count } => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Command::Try {
+            gateway,
+            face_shape,
+            face_width_mm,
+            count,
+        } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("discovery: cannot start the async runtime: {e}");
@@ -97,7 +112,9 @@ async fn up(env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
     let system = crate::up::start(env, shutdown).await?;
     let gw = system.gateway();
     println!();
-    println!("discovery is up: all five services run in this process (embedded store, in-process cache, demo catalogue).");
+    println!(
+        "discovery is up: all five services run in this process (embedded store, in-process cache, demo catalogue)."
+    );
     for s in &system.services {
         println!("  {:<15} grpc://{}", s.name, s.addr);
     }
@@ -106,7 +123,9 @@ async fn up(env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
     }
     println!();
     println!("Public API (gateway): {gw}. Try it:");
-    println!("  cargo run -q -p discovery -- try --gateway http://{gw} --face-shape round --face-width-mm 132");
+    println!(
+        "  cargo run -q -p discovery -- try --gateway http://{gw} --face-shape round --face-width-mm 132"
+    );
     println!("or with grpcurl:");
     println!(
         "  grpcurl -plaintext -d '{{\"face\":{{\"face_shape\":\"FACE_SHAPE_ROUND\",\"face_width_mm\":132}},\"page\":{{\"page_size\":3}}}}' {gw} discovery.v1.Discovery/Recommend"
@@ -117,37 +136,68 @@ async fn up(env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
 
 async fn serve(name: &'static str, env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
     let handle = match name {
-        "gateway" => discovery_gateway::spawn(discovery_gateway::Config::from_env(&env)?, shutdown).await?,
+        "gateway" => {
+            discovery_gateway::spawn(discovery_gateway::Config::from_env(&env)?, shutdown).await?
+        }
         "face-analysis" => {
-            discovery_face_analysis::spawn(discovery_face_analysis::Config::from_env(&env)?, shutdown).await?
+            discovery_face_analysis::spawn(
+                discovery_face_analysis::Config::from_env(&env)?,
+                shutdown,
+            )
+            .await?
         }
         "recommendation" => {
-            discovery_recommendation::spawn(discovery_recommendation::Config::from_env(&env)?, shutdown).await?
+            discovery_recommendation::spawn(
+                discovery_recommendation::Config::from_env(&env)?,
+                shutdown,
+            )
+            .await?
         }
         "sync" => discovery_sync::spawn(discovery_sync::Config::from_env(&env)?, shutdown).await?,
-        _ => discovery_monitoring::spawn(discovery_monitoring::Config::from_env(&env)?, shutdown).await?,
+        _ => {
+            discovery_monitoring::spawn(discovery_monitoring::Config::from_env(&env)?, shutdown)
+                .await?
+        }
     };
     handle.wait().await
 }
 
-async fn try_it(gateway: &str, face_shape: &str, face_width_mm: f32, count: u32) -> Result<(), BoxError> {
+async fn try_it(
+    gateway: &str,
+    face_shape: &str,
+    face_width_mm: f32,
+    count: u32,
+) -> Result<(), BoxError> {
     let shape = pb::FaceShape::from_str_name(&format!("FACE_SHAPE_{}", face_shape.to_ascii_uppercase()))
         .ok_or_else(|| format!("--face-shape: {face_shape:?} is not one of oval, round, square, heart, oblong, diamond, triangle"))?;
     let channel = discovery_kit::client::endpoint("--gateway", gateway)?
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to the gateway at {gateway}: {e} (is `discovery up` running?)"))?;
+        .map_err(|e| {
+            format!("cannot connect to the gateway at {gateway}: {e} (is `discovery up` running?)")
+        })?;
     let mut client = DiscoveryClient::new(channel);
     let resp = client
         .recommend(pb::RecommendRequest {
-            face: Some(pb::FaceContext { face_shape: shape as i32, face_width_mm, ..Default::default() }),
-            page: Some(pb::PageRequest { page_size: count, page_token: String::new() }),
+            face: Some(pb::FaceContext {
+                face_shape: shape as i32,
+                face_width_mm,
+                ..Default::default()
+            }),
+            page: Some(pb::PageRequest {
+                page_size: count,
+                page_token: String::new(),
+            }),
             ..Default::default()
         })
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
-    println!("Top {} frames for a {face_shape} face, {face_width_mm} mm wide (catalogue version {}):", resp.items.len(), resp.catalog_version);
+    println!(
+        "Top {} frames for a {face_shape} face, {face_width_mm} mm wide (catalogue version {}):",
+        resp.items.len(),
+        resp.catalog_version
+    );
     for (i, item) in resp.items.iter().enumerate() {
         let p = item.product.clone().unwrap_or_default();
         let d = p.dimensions.unwrap_or_default();

@@ -4,9 +4,9 @@
 
 use std::net::SocketAddr;
 
+use discovery_kit::CancellationToken;
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServiceHandle};
-use discovery_kit::CancellationToken;
 
 /// The running system.
 pub struct System {
@@ -68,7 +68,8 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
         shutdown.clone(),
     )
     .await?;
-    let sync = discovery_sync::spawn(discovery_sync::Config::from_env(&env)?, shutdown.clone()).await?;
+    let sync =
+        discovery_sync::spawn(discovery_sync::Config::from_env(&env)?, shutdown.clone()).await?;
     // The gateway port is bound last but must be known to monitoring; reserve it
     // by reading the configured value (0 is resolved after the gateway starts).
     let env = env
@@ -86,7 +87,9 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
     )
     .await?;
     let env = env.with("DISCOVERY_MONITORING_URLS", url(monitoring.addr));
-    let gateway = discovery_gateway::spawn(discovery_gateway::Config::from_env(&env)?, shutdown.clone()).await?;
+    let gateway =
+        discovery_gateway::spawn(discovery_gateway::Config::from_env(&env)?, shutdown.clone())
+            .await?;
 
     let (metrics_addr, metrics_task) = if metrics_port == 0 {
         (None, None)
@@ -95,7 +98,12 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
         let listener = discovery_kit::server::bind("DISCOVERY_METRICS_PORT", addr).await?;
         let addr = listener.local_addr().ok();
         let token = shutdown.clone();
-        (addr, Some(tokio::spawn(discovery_kit::metrics::serve(listener, None, token))))
+        (
+            addr,
+            Some(tokio::spawn(discovery_kit::metrics::serve(
+                listener, None, token,
+            ))),
+        )
     };
     Ok(System {
         services: vec![face, reco, sync, monitoring, gateway],

@@ -7,10 +7,10 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+use discovery_kit::CancellationToken;
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{IndexSpec, Store, StoreConfig, Workload, doc};
-use discovery_kit::CancellationToken;
 use discovery_proto::service_names;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::face_analysis_server::{FaceAnalysis, FaceAnalysisServer};
@@ -44,7 +44,10 @@ pub fn indexes() -> Vec<IndexSpec> {
     vec![
         IndexSpec::new("createdAt_ttl", doc! {"createdAt": 1})
             .ttl(std::time::Duration::from_secs(24 * 3600)),
-        IndexSpec::new("sessionId_1_createdAt_-1", doc! {"sessionId": 1, "createdAt": -1}),
+        IndexSpec::new(
+            "sessionId_1_createdAt_-1",
+            doc! {"sessionId": 1, "createdAt": -1},
+        ),
     ]
 }
 
@@ -75,14 +78,22 @@ impl FaceAnalysis for Service {
     ) -> Result<Response<pb::GetFaceAnalysisResponse>, Status> {
         let id = req.into_inner().analysis_id;
         if id.is_empty() {
-            return Err(Status::invalid_argument("analysis_id: give the id AnalyzeFace returned"));
+            return Err(Status::invalid_argument(
+                "analysis_id: give the id AnalyzeFace returned",
+            ));
         }
         match self.store.get(FACE_ANALYSES, &id).await {
-            Ok(Some(_)) => Err(Status::unimplemented("stored analyses cannot be decoded by this build yet")),
-            Ok(None) => Err(Status::not_found(format!("analysis_id: no analysis {id:?} (they are kept 24 h)"))),
+            Ok(Some(_)) => Err(Status::unimplemented(
+                "stored analyses cannot be decoded by this build yet",
+            )),
+            Ok(None) => Err(Status::not_found(format!(
+                "analysis_id: no analysis {id:?} (they are kept 24 h)"
+            ))),
             Err(e) => {
                 tracing::error!(error = %e, "reading face analysis failed");
-                Err(Status::unavailable("analyses cannot be read right now; retry later"))
+                Err(Status::unavailable(
+                    "analyses cannot be read right now; retry later",
+                ))
             }
         }
     }

@@ -12,10 +12,10 @@
 
 use std::pin::Pin;
 
+use discovery_kit::CancellationToken;
 use discovery_kit::client::{TracedChannel, connect_lazy};
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
-use discovery_kit::CancellationToken;
 use discovery_proto::service_names;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_client::CacheAdminClient;
@@ -54,10 +54,14 @@ pub struct Config {
 fn urls(env: &Env, var: &'static str, default: &str) -> Result<Vec<String>, ConfigError> {
     let list = env.list(var, &[default]);
     if list.is_empty() {
-        return Err(ConfigError::new(var, "give at least one URL (http://host:port)"));
+        return Err(ConfigError::new(
+            var,
+            "give at least one URL (http://host:port)",
+        ));
     }
     for u in &list {
-        discovery_kit::client::endpoint(var, u).map_err(|e| ConfigError::new(var, format!("{u:?}: {}", e.reason)))?;
+        discovery_kit::client::endpoint(var, u)
+            .map_err(|e| ConfigError::new(var, format!("{u:?}: {}", e.reason)))?;
     }
     Ok(list)
 }
@@ -68,8 +72,16 @@ impl Config {
         Ok(Self {
             serve: ServeConfig::from_env(env, "DISCOVERY_GATEWAY_PORT", 50051)?,
             upstreams: Upstreams {
-                face_analysis: urls(env, "DISCOVERY_FACE_ANALYSIS_URLS", "http://127.0.0.1:50052")?,
-                recommendation: urls(env, "DISCOVERY_RECOMMENDATION_URLS", "http://127.0.0.1:50053")?,
+                face_analysis: urls(
+                    env,
+                    "DISCOVERY_FACE_ANALYSIS_URLS",
+                    "http://127.0.0.1:50052",
+                )?,
+                recommendation: urls(
+                    env,
+                    "DISCOVERY_RECOMMENDATION_URLS",
+                    "http://127.0.0.1:50053",
+                )?,
                 sync: urls(env, "DISCOVERY_SYNC_URLS", "http://127.0.0.1:50054")?,
                 monitoring: urls(env, "DISCOVERY_MONITORING_URLS", "http://127.0.0.1:50055")?,
             },
@@ -105,7 +117,13 @@ macro_rules! unary {
         fn $name<'life0, 'async_trait>(
             &'life0 self,
             req: Request<$req>,
-        ) -> Pin<Box<dyn std::future::Future<Output = Result<Response<$resp>, Status>> + Send + 'async_trait>>
+        ) -> Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Response<$resp>, Status>>
+                    + Send
+                    + 'async_trait,
+            >,
+        >
         where
             'life0: 'async_trait,
             Self: 'async_trait,
@@ -118,24 +136,109 @@ macro_rules! unary {
 
 #[tonic::async_trait]
 impl Discovery for Gateway {
-    unary!(analyze_face, face, pb::AnalyzeFaceRequest, pb::AnalyzeFaceResponse);
-    unary!(get_face_analysis, face, pb::GetFaceAnalysisRequest, pb::GetFaceAnalysisResponse);
+    unary!(
+        analyze_face,
+        face,
+        pb::AnalyzeFaceRequest,
+        pb::AnalyzeFaceResponse
+    );
+    unary!(
+        get_face_analysis,
+        face,
+        pb::GetFaceAnalysisRequest,
+        pb::GetFaceAnalysisResponse
+    );
     unary!(recommend, reco, pb::RecommendRequest, pb::RecommendResponse);
-    unary!(search_products, catalog, pb::SearchProductsRequest, pb::SearchProductsResponse);
-    unary!(get_product, catalog, pb::GetProductRequest, pb::GetProductResponse);
-    unary!(batch_get_products, catalog, pb::BatchGetProductsRequest, pb::BatchGetProductsResponse);
-    unary!(record_interaction, reco, pb::RecordInteractionRequest, pb::RecordInteractionResponse);
-    unary!(get_session, reco, pb::GetSessionRequest, pb::GetSessionResponse);
-    unary!(update_session, reco, pb::UpdateSessionRequest, pb::UpdateSessionResponse);
-    unary!(get_sync_job, sync, pb::GetSyncJobRequest, pb::GetSyncJobResponse);
-    unary!(list_dead_letters, sync, pb::ListDeadLettersRequest, pb::ListDeadLettersResponse);
-    unary!(replay_dead_letters, sync, pb::ReplayDeadLettersRequest, pb::ReplayDeadLettersResponse);
-    unary!(get_sla_report, monitoring, pb::GetSlaReportRequest, pb::GetSlaReportResponse);
-    unary!(list_alerts, monitoring, pb::ListAlertsRequest, pb::ListAlertsResponse);
-    unary!(get_system_health, monitoring, pb::GetSystemHealthRequest, pb::GetSystemHealthResponse);
-    unary!(get_cache_status, cache_admin, pb::GetCacheStatusRequest, pb::GetCacheStatusResponse);
-    unary!(warm_cache, cache_admin, pb::WarmCacheRequest, pb::WarmCacheResponse);
-    unary!(invalidate_cache, cache_admin, pb::InvalidateCacheRequest, pb::InvalidateCacheResponse);
+    unary!(
+        search_products,
+        catalog,
+        pb::SearchProductsRequest,
+        pb::SearchProductsResponse
+    );
+    unary!(
+        get_product,
+        catalog,
+        pb::GetProductRequest,
+        pb::GetProductResponse
+    );
+    unary!(
+        batch_get_products,
+        catalog,
+        pb::BatchGetProductsRequest,
+        pb::BatchGetProductsResponse
+    );
+    unary!(
+        record_interaction,
+        reco,
+        pb::RecordInteractionRequest,
+        pb::RecordInteractionResponse
+    );
+    unary!(
+        get_session,
+        reco,
+        pb::GetSessionRequest,
+        pb::GetSessionResponse
+    );
+    unary!(
+        update_session,
+        reco,
+        pb::UpdateSessionRequest,
+        pb::UpdateSessionResponse
+    );
+    unary!(
+        get_sync_job,
+        sync,
+        pb::GetSyncJobRequest,
+        pb::GetSyncJobResponse
+    );
+    unary!(
+        list_dead_letters,
+        sync,
+        pb::ListDeadLettersRequest,
+        pb::ListDeadLettersResponse
+    );
+    unary!(
+        replay_dead_letters,
+        sync,
+        pb::ReplayDeadLettersRequest,
+        pb::ReplayDeadLettersResponse
+    );
+    unary!(
+        get_sla_report,
+        monitoring,
+        pb::GetSlaReportRequest,
+        pb::GetSlaReportResponse
+    );
+    unary!(
+        list_alerts,
+        monitoring,
+        pb::ListAlertsRequest,
+        pb::ListAlertsResponse
+    );
+    unary!(
+        get_system_health,
+        monitoring,
+        pb::GetSystemHealthRequest,
+        pb::GetSystemHealthResponse
+    );
+    unary!(
+        get_cache_status,
+        cache_admin,
+        pb::GetCacheStatusRequest,
+        pb::GetCacheStatusResponse
+    );
+    unary!(
+        warm_cache,
+        cache_admin,
+        pb::WarmCacheRequest,
+        pb::WarmCacheResponse
+    );
+    unary!(
+        invalidate_cache,
+        cache_admin,
+        pb::InvalidateCacheRequest,
+        pb::InvalidateCacheResponse
+    );
 
     async fn ingest_catalog(
         &self,
@@ -160,7 +263,11 @@ impl Discovery for Gateway {
     ) -> Result<Response<Self::WatchSyncJobStream>, Status> {
         let resp = self.sync.clone().watch_sync_job(forward(req)).await?;
         let (md, stream, ext) = resp.into_parts();
-        Ok(Response::from_parts(md, Box::pin(stream) as BoxStream<pb::SyncJob>, ext))
+        Ok(Response::from_parts(
+            md,
+            Box::pin(stream) as BoxStream<pb::SyncJob>,
+            ext,
+        ))
     }
 }
 
@@ -180,5 +287,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         monitoring: MonitoringClient::new(mon),
     };
     let routes = Routes::new(DiscoveryServer::new(gw));
-    ServiceHandle::start("gateway", &config.serve, routes, &[service_names::DISCOVERY], None, shutdown).await
+    ServiceHandle::start(
+        "gateway",
+        &config.serve,
+        routes,
+        &[service_names::DISCOVERY],
+        None,
+        shutdown,
+    )
+    .await
 }

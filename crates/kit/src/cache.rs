@@ -225,9 +225,7 @@ impl Cache {
 
     /// Whether an L2 is configured and currently connected.
     pub fn l2_connected(&self) -> bool {
-        self.l2
-            .as_ref()
-            .is_some_and(|p| p.is_connected())
+        self.l2.as_ref().is_some_and(|p| p.is_connected())
     }
 
     /// Waits up to `timeout` for L2 to connect (for tests and readiness).
@@ -458,7 +456,10 @@ mod tests {
 
     #[test]
     fn nodes_parse() {
-        assert_eq!(parse_node("redis://10.0.0.1:7000"), Some(("10.0.0.1".into(), 7000)));
+        assert_eq!(
+            parse_node("redis://10.0.0.1:7000"),
+            Some(("10.0.0.1".into(), 7000))
+        );
         assert_eq!(parse_node("h:1"), Some(("h".into(), 1)));
         assert_eq!(parse_node("nope"), None);
     }

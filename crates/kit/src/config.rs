@@ -216,32 +216,136 @@ pub struct Variable {
 /// Every variable the services read, with its default. Keep in step with the
 /// code that reads them (a test checks the names appear in the README).
 pub const VARIABLES: &[Variable] = &[
-    Variable { name: "DISCOVERY_BIND_IP", default: "127.0.0.1", help: "IP every service binds (0.0.0.0 in containers)" },
-    Variable { name: "DISCOVERY_GATEWAY_PORT", default: "50051", help: "gateway gRPC port (public API, gRPC-Web)" },
-    Variable { name: "DISCOVERY_FACE_ANALYSIS_PORT", default: "50052", help: "face-analysis gRPC port" },
-    Variable { name: "DISCOVERY_RECOMMENDATION_PORT", default: "50053", help: "recommendation gRPC port" },
-    Variable { name: "DISCOVERY_SYNC_PORT", default: "50054", help: "sync gRPC port" },
-    Variable { name: "DISCOVERY_MONITORING_PORT", default: "50055", help: "monitoring gRPC port" },
-    Variable { name: "DISCOVERY_METRICS_PORT", default: "9090", help: "Prometheus /metrics HTTP port of a service binary (0 disables); `discovery up` serves one on this port for all five" },
-    Variable { name: "DISCOVERY_FACE_ANALYSIS_URLS", default: "http://127.0.0.1:50052", help: "comma-separated face-analysis replicas the gateway balances over" },
-    Variable { name: "DISCOVERY_RECOMMENDATION_URLS", default: "http://127.0.0.1:50053", help: "comma-separated recommendation replicas" },
-    Variable { name: "DISCOVERY_SYNC_URLS", default: "http://127.0.0.1:50054", help: "comma-separated sync replicas" },
-    Variable { name: "DISCOVERY_MONITORING_URLS", default: "http://127.0.0.1:50055", help: "comma-separated monitoring replicas" },
-    Variable { name: "DISCOVERY_STORE", default: "memory", help: "`memory` (embedded, in-process) or `mongodb`" },
-    Variable { name: "DISCOVERY_MONGO_URI", default: "mongodb://127.0.0.1:27017/?replicaSet=rs0", help: "MongoDB connection string (when DISCOVERY_STORE=mongodb)" },
-    Variable { name: "DISCOVERY_MONGO_DATABASE", default: "discovery", help: "MongoDB database name" },
-    Variable { name: "DISCOVERY_MONGO_MIN_POOL", default: "5", help: "minimum connections per MongoDB host" },
-    Variable { name: "DISCOVERY_MONGO_MAX_POOL", default: "50", help: "maximum connections per MongoDB host" },
-    Variable { name: "DISCOVERY_MONGO_MAX_IDLE", default: "30s", help: "close pooled connections idle this long" },
-    Variable { name: "DISCOVERY_MONGO_TIMEOUT", default: "5s", help: "server selection and connect timeout; start-up fails after it" },
-    Variable { name: "DISCOVERY_REDIS_URLS", default: "", help: "comma-separated Redis Cluster seed nodes (redis://host:port); empty means L1-only cache" },
-    Variable { name: "DISCOVERY_REDIS_POOL", default: "4", help: "Redis connections per node" },
-    Variable { name: "DISCOVERY_CACHE_L1_BYTES", default: "268435456", help: "in-process cache budget in bytes per service" },
-    Variable { name: "DISCOVERY_LOG_FORMAT", default: "pretty", help: "`pretty` or `json` log lines" },
-    Variable { name: "RUST_LOG", default: "info", help: "log filter (tracing-subscriber EnvFilter syntax)" },
-    Variable { name: "OTEL_EXPORTER_OTLP_ENDPOINT", default: "", help: "OTLP/gRPC endpoint for traces (e.g. http://jaeger:4317); unset disables export" },
-    Variable { name: "OTEL_TRACES_SAMPLER_ARG", default: "1.0", help: "parent-based trace sampling ratio in [0, 1]" },
-    Variable { name: "DISCOVERY_SHUTDOWN_GRACE", default: "10s", help: "how long shutdown waits for in-flight calls" },
+    Variable {
+        name: "DISCOVERY_BIND_IP",
+        default: "127.0.0.1",
+        help: "IP every service binds (0.0.0.0 in containers)",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_PORT",
+        default: "50051",
+        help: "gateway gRPC port (public API, gRPC-Web)",
+    },
+    Variable {
+        name: "DISCOVERY_FACE_ANALYSIS_PORT",
+        default: "50052",
+        help: "face-analysis gRPC port",
+    },
+    Variable {
+        name: "DISCOVERY_RECOMMENDATION_PORT",
+        default: "50053",
+        help: "recommendation gRPC port",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_PORT",
+        default: "50054",
+        help: "sync gRPC port",
+    },
+    Variable {
+        name: "DISCOVERY_MONITORING_PORT",
+        default: "50055",
+        help: "monitoring gRPC port",
+    },
+    Variable {
+        name: "DISCOVERY_METRICS_PORT",
+        default: "9090",
+        help: "Prometheus /metrics HTTP port of a service binary (0 disables); `discovery up` serves one on this port for all five",
+    },
+    Variable {
+        name: "DISCOVERY_FACE_ANALYSIS_URLS",
+        default: "http://127.0.0.1:50052",
+        help: "comma-separated face-analysis replicas the gateway balances over",
+    },
+    Variable {
+        name: "DISCOVERY_RECOMMENDATION_URLS",
+        default: "http://127.0.0.1:50053",
+        help: "comma-separated recommendation replicas",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_URLS",
+        default: "http://127.0.0.1:50054",
+        help: "comma-separated sync replicas",
+    },
+    Variable {
+        name: "DISCOVERY_MONITORING_URLS",
+        default: "http://127.0.0.1:50055",
+        help: "comma-separated monitoring replicas",
+    },
+    Variable {
+        name: "DISCOVERY_STORE",
+        default: "memory",
+        help: "`memory` (embedded, in-process) or `mongodb`",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_URI",
+        default: "mongodb://127.0.0.1:27017/?replicaSet=rs0",
+        help: "MongoDB connection string (when DISCOVERY_STORE=mongodb)",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_DATABASE",
+        default: "discovery",
+        help: "MongoDB database name",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_MIN_POOL",
+        default: "5",
+        help: "minimum connections per MongoDB host",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_MAX_POOL",
+        default: "50",
+        help: "maximum connections per MongoDB host",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_MAX_IDLE",
+        default: "30s",
+        help: "close pooled connections idle this long",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_TIMEOUT",
+        default: "5s",
+        help: "server selection and connect timeout; start-up fails after it",
+    },
+    Variable {
+        name: "DISCOVERY_REDIS_URLS",
+        default: "",
+        help: "comma-separated Redis Cluster seed nodes (redis://host:port); empty means L1-only cache",
+    },
+    Variable {
+        name: "DISCOVERY_REDIS_POOL",
+        default: "4",
+        help: "Redis connections per node",
+    },
+    Variable {
+        name: "DISCOVERY_CACHE_L1_BYTES",
+        default: "268435456",
+        help: "in-process cache budget in bytes per service",
+    },
+    Variable {
+        name: "DISCOVERY_LOG_FORMAT",
+        default: "pretty",
+        help: "`pretty` or `json` log lines",
+    },
+    Variable {
+        name: "RUST_LOG",
+        default: "info",
+        help: "log filter (tracing-subscriber EnvFilter syntax)",
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default: "",
+        help: "OTLP/gRPC endpoint for traces (e.g. http://jaeger:4317); unset disables export",
+    },
+    Variable {
+        name: "OTEL_TRACES_SAMPLER_ARG",
+        default: "1.0",
+        help: "parent-based trace sampling ratio in [0, 1]",
+    },
+    Variable {
+        name: "DISCOVERY_SHUTDOWN_GRACE",
+        default: "10s",
+        help: "how long shutdown waits for in-flight calls",
+    },
 ];
 
 #[cfg(test)]
@@ -253,7 +357,10 @@ mod tests {
         let env = Env::from_pairs([("DISCOVERY_GATEWAY_PORT", "80a")]);
         let err = env.port("DISCOVERY_GATEWAY_PORT", 1).unwrap_err();
         let line = err.to_string();
-        assert!(line.starts_with("DISCOVERY_GATEWAY_PORT: \"80a\""), "{line}");
+        assert!(
+            line.starts_with("DISCOVERY_GATEWAY_PORT: \"80a\""),
+            "{line}"
+        );
         assert!(line.contains("port"), "{line}");
     }
 
@@ -278,6 +385,11 @@ mod tests {
     fn booleans_parse() {
         let env = Env::from_pairs([("A", "yes"), ("B", "maybe")]);
         assert!(env.bool("A", false).unwrap());
-        assert!(env.bool("B", false).unwrap_err().to_string().starts_with("B: "));
+        assert!(
+            env.bool("B", false)
+                .unwrap_err()
+                .to_string()
+                .starts_with("B: ")
+        );
     }
 }

@@ -51,11 +51,13 @@ pub enum ServerError {
 
 /// Binds `addr`, naming `var` in the error.
 pub async fn bind(var: &str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
-        var: var.to_string(),
-        addr,
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            var: var.to_string(),
+            addr,
+            source,
+        })
 }
 
 /// A bound, not yet serving, gRPC server.
@@ -185,7 +187,9 @@ impl GrpcServer {
                         .set_service_status(name, ServingStatus::NotServing)
                         .await;
                 }
-                health.set_service_status("", ServingStatus::NotServing).await;
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
                 tracing::info!(service, %addr, "shutting down: draining in-flight calls");
                 drain_started.cancel();
             }
@@ -454,7 +458,16 @@ impl ServiceHandle {
         extra_http: Option<axum::Router>,
         shutdown: CancellationToken,
     ) -> Result<Self, BoxError> {
-        Self::start_with(name, config, routes, grpc_names, extra_http, shutdown, |b| b).await
+        Self::start_with(
+            name,
+            config,
+            routes,
+            grpc_names,
+            extra_http,
+            shutdown,
+            |b| b,
+        )
+        .await
     }
 
     /// Like [`ServiceHandle::start`], adjusting the tonic builder.
@@ -531,7 +544,10 @@ where
     } else {
         format!("discovery-{service}")
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{prog}: cannot start the async runtime: {e}");

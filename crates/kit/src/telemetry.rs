@@ -224,7 +224,10 @@ mod tests {
         );
         let cx = extract_context(&headers);
         let sc = cx.span().span_context().clone();
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         let mut md = tonic::metadata::MetadataMap::new();
         TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(&mut md));
         let tp = md.get("traceparent").unwrap().to_str().unwrap();

@@ -9,10 +9,10 @@
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use discovery_kit::CancellationToken;
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, Workload, doc};
-use discovery_kit::CancellationToken;
 use discovery_proto::service_names;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::monitoring_server::{Monitoring, MonitoringServer};
@@ -54,15 +54,39 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let mut targets = Vec::new();
         for (service, var, default, grpc_name) in [
-            ("gateway", "DISCOVERY_GATEWAY_URLS", "http://127.0.0.1:50051", service_names::DISCOVERY),
-            ("face-analysis", "DISCOVERY_FACE_ANALYSIS_URLS", "http://127.0.0.1:50052", service_names::FACE_ANALYSIS),
-            ("recommendation", "DISCOVERY_RECOMMENDATION_URLS", "http://127.0.0.1:50053", service_names::RECOMMENDATION),
-            ("sync", "DISCOVERY_SYNC_URLS", "http://127.0.0.1:50054", service_names::SYNC),
+            (
+                "gateway",
+                "DISCOVERY_GATEWAY_URLS",
+                "http://127.0.0.1:50051",
+                service_names::DISCOVERY,
+            ),
+            (
+                "face-analysis",
+                "DISCOVERY_FACE_ANALYSIS_URLS",
+                "http://127.0.0.1:50052",
+                service_names::FACE_ANALYSIS,
+            ),
+            (
+                "recommendation",
+                "DISCOVERY_RECOMMENDATION_URLS",
+                "http://127.0.0.1:50053",
+                service_names::RECOMMENDATION,
+            ),
+            (
+                "sync",
+                "DISCOVERY_SYNC_URLS",
+                "http://127.0.0.1:50054",
+                service_names::SYNC,
+            ),
         ] {
             for url in env.list(var, &[default]) {
                 discovery_kit::client::endpoint(var, &url)
                     .map_err(|e| ConfigError::new(var, e.reason))?;
-                targets.push(Target { service: service.into(), url, grpc_name });
+                targets.push(Target {
+                    service: service.into(),
+                    url,
+                    grpc_name,
+                });
             }
         }
         Ok(Self {
@@ -81,20 +105,44 @@ struct Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-async fn check(target: &Target, mut client: HealthClient<discovery_kit::client::TracedChannel>) -> pb::ServiceHealth {
+async fn check(
+    target: &Target,
+    mut client: HealthClient<discovery_kit::client::TracedChannel>,
+) -> pb::ServiceHealth {
     let started = Instant::now();
-    let req = tonic_health::pb::HealthCheckRequest { service: target.grpc_name.to_string() };
+    let req = tonic_health::pb::HealthCheckRequest {
+        service: target.grpc_name.to_string(),
+    };
     let r = tokio::time::timeout(Duration::from_secs(2), client.check(req)).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (live, ready, detail) = match r {
         Err(_) => (false, false, "health check timed out after 2 s".to_string()),
-        Ok(Err(s)) => (false, false, format!("health check failed: {}", s.message())),
+        Ok(Err(s)) => (
+            false,
+            false,
+            format!("health check failed: {}", s.message()),
+        ),
         Ok(Ok(resp)) => {
             let serving = resp.into_inner().status == ServingStatus::Serving as i32;
-            (true, serving, if serving { "serving".into() } else { "not serving".into() })
+            (
+                true,
+                serving,
+                if serving {
+                    "serving".into()
+                } else {
+                    "not serving".into()
+                },
+            )
         }
     };
-    pb::ServiceHealth { service: target.service.clone(), address: target.url.clone(), live, ready, detail, latency_ms }
+    pb::ServiceHealth {
+        service: target.service.clone(),
+        address: target.url.clone(),
+        live,
+        ready,
+        detail,
+        latency_ms,
+    }
 }
 
 #[tonic::async_trait]
@@ -103,7 +151,9 @@ impl Monitoring for Service {
         &self,
         _req: Request<pb::GetSlaReportRequest>,
     ) -> Result<Response<pb::GetSlaReportResponse>, Status> {
-        Err(Status::unimplemented("GetSlaReport is not available yet (tracked by the monitoring issue)"))
+        Err(Status::unimplemented(
+            "GetSlaReport is not available yet (tracked by the monitoring issue)",
+        ))
     }
 
     async fn list_alerts(
@@ -112,9 +162,15 @@ impl Monitoring for Service {
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let limit = req.into_inner().limit;
         if limit > 1000 {
-            return Err(Status::invalid_argument(format!("limit: {limit} is over the maximum of 1000")));
+            return Err(Status::invalid_argument(format!(
+                "limit: {limit} is over the maximum of 1000"
+            )));
         }
-        let opts = FindOptions { sort: Some(doc! {"active_since": -1}), skip: 0, limit: if limit == 0 { 100 } else { limit as u64 } };
+        let opts = FindOptions {
+            sort: Some(doc! {"active_since": -1}),
+            skip: 0,
+            limit: if limit == 0 { 100 } else { limit as u64 },
+        };
         let docs = self.store.find(ALERTS, doc! {}, opts).await.map_err(|e| {
             tracing::error!(error = %e, "listing alerts failed");
             Status::unavailable("alerts cannot be read right now; retry later")
@@ -137,7 +193,9 @@ impl Monitoring for Service {
         &self,
         _req: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
-        Err(Status::unimplemented("WatchAlerts is not available yet (tracked by the monitoring issue)"))
+        Err(Status::unimplemented(
+            "WatchAlerts is not available yet (tracked by the monitoring issue)",
+        ))
     }
 
     async fn get_system_health(
@@ -155,7 +213,10 @@ impl Monitoring for Service {
             latency_ms: 0.0,
         });
         let ready = services.iter().all(|s| s.ready);
-        Ok(Response::new(pb::GetSystemHealthResponse { ready, services }))
+        Ok(Response::new(pb::GetSystemHealthResponse {
+            ready,
+            services,
+        }))
     }
 }
 
@@ -163,10 +224,22 @@ impl Monitoring for Service {
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
     let store = config.store.connect(Workload::Analytics).await?;
     store
-        .ensure_indexes(ALERTS, &[IndexSpec::new("state_1_active_since_-1", doc! {"state": 1, "active_since": -1})])
+        .ensure_indexes(
+            ALERTS,
+            &[IndexSpec::new(
+                "state_1_active_since_-1",
+                doc! {"state": 1, "active_since": -1},
+            )],
+        )
         .await?;
     store
-        .ensure_indexes(METRICS_ROLLUPS, &[IndexSpec::new("service_1_window_start_-1", doc! {"service": 1, "window_start": -1})])
+        .ensure_indexes(
+            METRICS_ROLLUPS,
+            &[IndexSpec::new(
+                "service_1_window_start_-1",
+                doc! {"service": 1, "window_start": -1},
+            )],
+        )
         .await?;
     let mut targets = Vec::new();
     for t in config.targets {
@@ -174,5 +247,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         targets.push((t, HealthClient::new(ch)));
     }
     let routes = Routes::new(MonitoringServer::new(Service { store, targets }));
-    ServiceHandle::start("monitoring", &config.serve, routes, &[service_names::MONITORING], None, shutdown).await
+    ServiceHandle::start(
+        "monitoring",
+        &config.serve,
+        routes,
+        &[service_names::MONITORING],
+        None,
+        shutdown,
+    )
+    .await
 }

@@ -53,7 +53,11 @@ impl Recommendation for Service {
                 })
                 .collect(),
             page: Some(pb::PageResponse {
-                next_page_token: if next < total { format!("o:{next}") } else { String::new() },
+                next_page_token: if next < total {
+                    format!("o:{next}")
+                } else {
+                    String::new()
+                },
                 total_size: total as u64,
             }),
             cached: false,
@@ -69,12 +73,23 @@ impl Recommendation for Service {
         let kind = pb::InteractionKind::try_from(req.kind)
             .ok()
             .filter(|k| *k != pb::InteractionKind::Unspecified)
-            .ok_or_else(|| Status::invalid_argument("kind: give one of VIEW, CLICK, TRY_ON, ADD_TO_CART, PURCHASE"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "kind: give one of VIEW, CLICK, TRY_ON, ADD_TO_CART, PURCHASE",
+                )
+            })?;
         if self.snapshot.load().get(&req.product_id).is_none() {
-            return Err(Status::not_found(format!("product_id: no product {:?}", req.product_id)));
+            return Err(Status::not_found(format!(
+                "product_id: no product {:?}",
+                req.product_id
+            )));
         }
         let requester = req.requester.unwrap_or_default();
-        let at = if req.at_unix_ms > 0 { req.at_unix_ms } else { discovery_kit::now_unix_ms() };
+        let at = if req.at_unix_ms > 0 {
+            req.at_unix_ms
+        } else {
+            discovery_kit::now_unix_ms()
+        };
         let id = format!("{}-{}-{}", at, req.product_id, fastrand_suffix());
         self.store
             .put(
@@ -93,21 +108,27 @@ impl Recommendation for Service {
                 tracing::error!(error = %e, "storing interaction failed");
                 Status::unavailable("interactions cannot be stored right now; retry later")
             })?;
-        Ok(Response::new(pb::RecordInteractionResponse { interaction_id: id }))
+        Ok(Response::new(pb::RecordInteractionResponse {
+            interaction_id: id,
+        }))
     }
 
     async fn get_session(
         &self,
         _req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        Err(Status::unimplemented("GetSession is not available yet (tracked by the recommendation issue)"))
+        Err(Status::unimplemented(
+            "GetSession is not available yet (tracked by the recommendation issue)",
+        ))
     }
 
     async fn update_session(
         &self,
         _req: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
-        Err(Status::unimplemented("UpdateSession is not available yet (tracked by the recommendation issue)"))
+        Err(Status::unimplemented(
+            "UpdateSession is not available yet (tracked by the recommendation issue)",
+        ))
     }
 }
 
@@ -142,7 +163,10 @@ impl CatalogApi for Service {
     ) -> Result<Response<pb::BatchGetProductsResponse>, Status> {
         let ids = req.into_inner().ids;
         if ids.len() > 100 {
-            return Err(Status::invalid_argument(format!("ids: {} ids is over the maximum of 100", ids.len())));
+            return Err(Status::invalid_argument(format!(
+                "ids: {} ids is over the maximum of 100",
+                ids.len()
+            )));
         }
         let catalog = self.snapshot.load();
         let mut out = pb::BatchGetProductsResponse::default();
@@ -171,7 +195,11 @@ impl CatalogApi for Service {
             .iter()
             .filter(|f| rank::passes(f, req.filter.as_ref()))
             .filter_map(|f| {
-                let s = if req.query.trim().is_empty() { f.popularity } else { rank::text_score(f, &req.query) };
+                let s = if req.query.trim().is_empty() {
+                    f.popularity
+                } else {
+                    rank::text_score(f, &req.query)
+                };
                 (s > 0.0).then_some((s + f.popularity * 0.01, f))
             })
             .collect();
@@ -186,9 +214,15 @@ impl CatalogApi for Service {
                 *shape.entry(f.shape.clone()).or_default() += 1;
             }
             for (name, m) in [("brand", brand), ("shape", shape)] {
-                let mut counts: Vec<pb::FacetCount> = m.into_iter().map(|(value, count)| pb::FacetCount { value, count }).collect();
+                let mut counts: Vec<pb::FacetCount> = m
+                    .into_iter()
+                    .map(|(value, count)| pb::FacetCount { value, count })
+                    .collect();
                 counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
-                facets.push(pb::Facet { name: name.into(), counts });
+                facets.push(pb::Facet {
+                    name: name.into(),
+                    counts,
+                });
             }
         }
         let next = offset + size;
@@ -197,11 +231,18 @@ impl CatalogApi for Service {
                 .into_iter()
                 .skip(offset)
                 .take(size)
-                .map(|(score, f)| pb::SearchHit { product: Some(f.to_proto()), score })
+                .map(|(score, f)| pb::SearchHit {
+                    product: Some(f.to_proto()),
+                    score,
+                })
                 .collect(),
             facets,
             page: Some(pb::PageResponse {
-                next_page_token: if next < total { format!("o:{next}") } else { String::new() },
+                next_page_token: if next < total {
+                    format!("o:{next}")
+                } else {
+                    String::new()
+                },
                 total_size: total as u64,
             }),
             corrected_query: String::new(),
@@ -217,7 +258,12 @@ impl CacheAdmin for Service {
     ) -> Result<Response<pb::GetCacheStatusResponse>, Status> {
         let catalog = self.snapshot.load();
         let (entries, bytes) = self.cache.l1_usage();
-        let kinds_list = [&kinds::RECOMMENDATIONS, &kinds::PRODUCT, &kinds::SEARCH, &kinds::SESSION];
+        let kinds_list = [
+            &kinds::RECOMMENDATIONS,
+            &kinds::PRODUCT,
+            &kinds::SEARCH,
+            &kinds::SESSION,
+        ];
         Ok(Response::new(pb::GetCacheStatusResponse {
             kinds: kinds_list
                 .iter()
@@ -230,7 +276,11 @@ impl CacheAdmin for Service {
                         l1_bytes: bytes,
                         hits: h,
                         misses: m,
-                        hit_ratio: if h + m == 0 { 0.0 } else { h as f64 / (h + m) as f64 },
+                        hit_ratio: if h + m == 0 {
+                            0.0
+                        } else {
+                            h as f64 / (h + m) as f64
+                        },
                         ttl_seconds: k.ttl.as_secs(),
                     }
                 })
@@ -245,20 +295,26 @@ impl CacheAdmin for Service {
         &self,
         _req: Request<pb::WarmCacheRequest>,
     ) -> Result<Response<pb::WarmCacheResponse>, Status> {
-        Err(Status::unimplemented("WarmCache is not available yet (tracked by the recommendation issue)"))
+        Err(Status::unimplemented(
+            "WarmCache is not available yet (tracked by the recommendation issue)",
+        ))
     }
 
     async fn invalidate_cache(
         &self,
         _req: Request<pb::InvalidateCacheRequest>,
     ) -> Result<Response<pb::InvalidateCacheResponse>, Status> {
-        Err(Status::unimplemented("InvalidateCache is not available yet (tracked by the recommendation issue)"))
+        Err(Status::unimplemented(
+            "InvalidateCache is not available yet (tracked by the recommendation issue)",
+        ))
     }
 
     async fn apply_catalog_change(
         &self,
         _req: Request<pb::ApplyCatalogChangeRequest>,
     ) -> Result<Response<pb::ApplyCatalogChangeResponse>, Status> {
-        Err(Status::unimplemented("ApplyCatalogChange is not available yet (tracked by the sync issue)"))
+        Err(Status::unimplemented(
+            "ApplyCatalogChange is not available yet (tracked by the sync issue)",
+        ))
     }
 }

@@ -283,25 +283,71 @@ impl SplitMix {
 /// A deterministic demo catalogue of `n` realistic frames.
 pub fn demo_catalog(n: usize) -> Vec<Frame> {
     const BRANDS: &[(&str, f64)] = &[
-        ("Ray-Ban", 1.4), ("Oakley", 1.3), ("Persol", 1.6), ("Warby Parker", 0.9),
-        ("Oliver Peoples", 2.2), ("Tom Ford", 2.4), ("Gucci", 2.5), ("Prada", 2.3),
-        ("Moscot", 1.7), ("Garrett Leight", 1.9), ("Lindberg", 2.8), ("Silhouette", 2.0),
-        ("Ace & Tate", 0.8), ("Zenni", 0.3), ("Vogue Eyewear", 0.9), ("Carrera", 1.1),
-        ("Polo Ralph Lauren", 1.2), ("Coach", 1.1), ("Etnia Barcelona", 1.8), ("Mykita", 2.6),
-        ("Cutler and Gross", 2.4), ("Tiffany & Co.", 2.2),
+        ("Ray-Ban", 1.4),
+        ("Oakley", 1.3),
+        ("Persol", 1.6),
+        ("Warby Parker", 0.9),
+        ("Oliver Peoples", 2.2),
+        ("Tom Ford", 2.4),
+        ("Gucci", 2.5),
+        ("Prada", 2.3),
+        ("Moscot", 1.7),
+        ("Garrett Leight", 1.9),
+        ("Lindberg", 2.8),
+        ("Silhouette", 2.0),
+        ("Ace & Tate", 0.8),
+        ("Zenni", 0.3),
+        ("Vogue Eyewear", 0.9),
+        ("Carrera", 1.1),
+        ("Polo Ralph Lauren", 1.2),
+        ("Coach", 1.1),
+        ("Etnia Barcelona", 1.8),
+        ("Mykita", 2.6),
+        ("Cutler and Gross", 2.4),
+        ("Tiffany & Co.", 2.2),
     ];
     const SHAPES: &[&str] = &[
-        "round", "rectangle", "square", "aviator", "cat_eye", "wayfarer", "browline", "oval",
-        "geometric", "shield",
+        "round",
+        "rectangle",
+        "square",
+        "aviator",
+        "cat_eye",
+        "wayfarer",
+        "browline",
+        "oval",
+        "geometric",
+        "shield",
     ];
     const MATERIALS: &[&str] = &["acetate", "metal", "titanium", "tr90", "wood", "mixed"];
     const COLORS: &[&str] = &[
-        "Black", "Matte Black", "Havana", "Tortoise", "Crystal", "Gold", "Silver", "Gunmetal",
-        "Navy", "Burgundy", "Olive", "Blush", "Honey", "Grey Fade",
+        "Black",
+        "Matte Black",
+        "Havana",
+        "Tortoise",
+        "Crystal",
+        "Gold",
+        "Silver",
+        "Gunmetal",
+        "Navy",
+        "Burgundy",
+        "Olive",
+        "Blush",
+        "Honey",
+        "Grey Fade",
     ];
     const STYLES: &[&str] = &[
-        "classic", "vintage", "bold", "minimal", "sporty", "retro", "oversized", "lightweight",
-        "statement", "professional", "playful", "timeless",
+        "classic",
+        "vintage",
+        "bold",
+        "minimal",
+        "sporty",
+        "retro",
+        "oversized",
+        "lightweight",
+        "statement",
+        "professional",
+        "playful",
+        "timeless",
     ];
     let mut rng = SplitMix(0x00D1_5C0F_E2E5);
     let mut out = Vec::with_capacity(n);
@@ -322,11 +368,15 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
         let total = (2.0 * lens + bridge + 8.0 + rng.unit() * 6.0).round();
         let height = (lens * (0.62 + rng.unit() * 0.25)).round();
         let price = ((40.0 + rng.unit() as f64 * 110.0) * tier).round() - 0.01;
-        let sunglasses = matches!(shape, "aviator" | "shield") || rng.next() % 5 == 0;
+        let sunglasses = matches!(shape, "aviator" | "shield") || rng.next().is_multiple_of(5);
         let nvar = 1 + (rng.next() % 4) as usize;
         let mut variants = Vec::with_capacity(nvar);
         for v in 0..nvar {
-            let stock = if rng.next() % 6 == 0 { 0 } else { (rng.next() % 40) as i32 };
+            let stock = if rng.next().is_multiple_of(6) {
+                0
+            } else {
+                (rng.next() % 40) as i32
+            };
             variants.push(VariantDoc {
                 sku: format!("SKU-{i:05}-{v}"),
                 color: rng.pick(COLORS).to_string(),
@@ -342,7 +392,10 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
             .iter()
             .map(|f| {
                 let jitter = (rng.unit() - 0.5) * 0.1;
-                (f.to_string(), ((base_compat(shape, f) + jitter).clamp(0.0, 1.0) * 100.0).round() / 100.0)
+                (
+                    f.to_string(),
+                    ((base_compat(shape, f) + jitter).clamp(0.0, 1.0) * 100.0).round() / 100.0,
+                )
             })
             .collect();
         let model = format!("{}{:03}", &brand[..2].to_ascii_uppercase(), 100 + i % 900);
@@ -351,7 +404,11 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
         let summary = format!(
             "{name} {shape_title} {material} frame, {lens}-{bridge}-{temple}, {} {}",
             styles.join(" "),
-            if sunglasses { "sunglasses" } else { "eyeglasses" }
+            if sunglasses {
+                "sunglasses"
+            } else {
+                "eyeglasses"
+            }
         );
         out.push(Frame {
             id: format!("frm-{i:05}"),
@@ -367,7 +424,14 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
             lens_height_mm: height,
             price,
             currency: "USD".into(),
-            categories: vec![if sunglasses { "sunglasses" } else { "eyeglasses" }.into()],
+            categories: vec![
+                if sunglasses {
+                    "sunglasses"
+                } else {
+                    "eyeglasses"
+                }
+                .into(),
+            ],
             inventory: Inventory {
                 is_in_stock: variants.iter().any(|v| v.stock > 0),
                 variants,
@@ -411,7 +475,11 @@ mod tests {
         let a = demo_catalog(600);
         let b = demo_catalog(600);
         assert_eq!(a, b);
-        assert!(a.iter().all(|f| (100.0..=170.0).contains(&f.total_width_mm)), "widths");
+        assert!(
+            a.iter()
+                .all(|f| (100.0..=170.0).contains(&f.total_width_mm)),
+            "widths"
+        );
         assert!(a.iter().all(|f| f.price > 0.0));
         let brands: std::collections::HashSet<_> = a.iter().map(|f| &f.brand).collect();
         assert!(brands.len() >= 15);

@@ -12,11 +12,11 @@ pub mod snapshot;
 
 use std::sync::Arc;
 
+use discovery_kit::CancellationToken;
 use discovery_kit::cache::{Cache, CacheConfig};
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, Workload, doc};
-use discovery_kit::CancellationToken;
 use discovery_proto::service_names;
 use discovery_proto::v1::cache_admin_server::CacheAdminServer;
 use discovery_proto::v1::catalog_server::CatalogServer;
@@ -44,12 +44,20 @@ impl Config {
     /// `DISCOVERY_DEMO_CATALOG` (default 520 with the memory store, else 0).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_env(env)?;
-        let default_demo = if matches!(store, StoreConfig::Memory) { 520 } else { 0 };
+        let default_demo = if matches!(store, StoreConfig::Memory) {
+            520
+        } else {
+            0
+        };
         Ok(Self {
             serve: ServeConfig::from_env(env, "DISCOVERY_RECOMMENDATION_PORT", 50053)?,
             store,
             cache: CacheConfig::from_env(env)?,
-            demo_catalog: env.parse("DISCOVERY_DEMO_CATALOG", default_demo, "a number of frames")?,
+            demo_catalog: env.parse(
+                "DISCOVERY_DEMO_CATALOG",
+                default_demo,
+                "a number of frames",
+            )?,
         })
     }
 }
@@ -61,8 +69,14 @@ pub fn product_indexes() -> Vec<IndexSpec> {
         IndexSpec::new("name_1", doc! {"name": 1}),
         IndexSpec::new("brand_1", doc! {"brand": 1}),
         IndexSpec::new("categories_1", doc! {"categories": 1}),
-        IndexSpec::new("inventory.variants.sku_1", doc! {"inventory.variants.sku": 1}),
-        IndexSpec::new("ai_enhanced.style_keywords_1", doc! {"ai_enhanced.style_keywords": 1}),
+        IndexSpec::new(
+            "inventory.variants.sku_1",
+            doc! {"inventory.variants.sku": 1},
+        ),
+        IndexSpec::new(
+            "ai_enhanced.style_keywords_1",
+            doc! {"ai_enhanced.style_keywords": 1},
+        ),
         IndexSpec::new("metadata.updated_at_-1", doc! {"metadata.updated_at": -1}),
         IndexSpec::new("price_1", doc! {"price": 1}),
         IndexSpec::new(
@@ -86,13 +100,17 @@ pub fn product_indexes() -> Vec<IndexSpec> {
         IndexSpec::new(
             "updated_at_feature_summary_text",
             doc! {"metadata.updated_at": -1, "ai_enhanced.feature_summary": "text"},
-        ),
+        )
+        // Search runs on the snapshot; the text index serves ad-hoc queries only.
+        .optional(),
     ]
 }
 
 /// Loads every product into a new snapshot version.
 pub async fn load_catalog(store: &Store, version: i64) -> Result<Catalog, BoxError> {
-    let docs = store.find(PRODUCTS, doc! {}, FindOptions::default()).await?;
+    let docs = store
+        .find(PRODUCTS, doc! {}, FindOptions::default())
+        .await?;
     let mut frames = Vec::with_capacity(docs.len());
     for d in docs {
         match Frame::from_document(d) {
@@ -119,9 +137,16 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     }
     let snapshot = Snapshot::default();
     snapshot.replace(load_catalog(&store, 1).await?);
-    tracing::info!(products = snapshot.load().frames.len(), "catalogue snapshot loaded");
+    tracing::info!(
+        products = snapshot.load().frames.len(),
+        "catalogue snapshot loaded"
+    );
     let cache = Arc::new(Cache::new(&config.cache).await?);
-    let svc = api::Service { snapshot, store, cache };
+    let svc = api::Service {
+        snapshot,
+        store,
+        cache,
+    };
     let routes = Routes::new(RecommendationServer::new(svc.clone()))
         .add_service(CatalogServer::new(svc.clone()))
         .add_service(CacheAdminServer::new(svc));

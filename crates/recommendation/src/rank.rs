@@ -81,9 +81,10 @@ pub fn passes(f: &Frame, filter: Option<&pb::ProductFilter>) -> bool {
         return false;
     }
     if !flt.shapes.is_empty()
-        && !flt.shapes.iter().any(|s| {
-            pb::FrameShape::try_from(*s).is_ok_and(|s| frame_shape_name(s) == f.shape)
-        })
+        && !flt
+            .shapes
+            .iter()
+            .any(|s| pb::FrameShape::try_from(*s).is_ok_and(|s| frame_shape_name(s) == f.shape))
     {
         return false;
     }
@@ -163,7 +164,12 @@ pub fn recommend<'a>(
     Ok((scored.into_iter().skip(offset).take(size).collect(), total))
 }
 
-fn score<'a>(f: &'a Frame, shape: &str, face: &pb::FaceContext, prefs: &pb::Preferences) -> Scored<'a> {
+fn score<'a>(
+    f: &'a Frame,
+    shape: &str,
+    face: &pb::FaceContext,
+    prefs: &pb::Preferences,
+) -> Scored<'a> {
     let mut reasons = Vec::new();
     let shape_score = if shape.is_empty() {
         0.5
@@ -190,7 +196,11 @@ fn score<'a>(f: &'a Frame, shape: &str, face: &pb::FaceContext, prefs: &pb::Pref
     let mut matched = 0usize;
     for k in &prefs.style_keywords {
         wanted += 1;
-        if f.ai_enhanced.style_keywords.iter().any(|s| s.eq_ignore_ascii_case(k)) {
+        if f.ai_enhanced
+            .style_keywords
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(k))
+        {
             matched += 1;
             reasons.push(format!("{k} style"));
         }
@@ -209,11 +219,19 @@ fn score<'a>(f: &'a Frame, shape: &str, face: &pb::FaceContext, prefs: &pb::Pref
     }
     for c in &prefs.colors {
         wanted += 1;
-        if f.inventory.variants.iter().any(|v| v.color.to_ascii_lowercase().contains(&c.to_ascii_lowercase())) {
+        if f.inventory.variants.iter().any(|v| {
+            v.color
+                .to_ascii_lowercase()
+                .contains(&c.to_ascii_lowercase())
+        }) {
             matched += 1;
         }
     }
-    let preference = if wanted == 0 { 0.5 } else { matched as f32 / wanted as f32 };
+    let preference = if wanted == 0 {
+        0.5
+    } else {
+        matched as f32 / wanted as f32
+    };
     let popularity = f.popularity.clamp(0.0, 1.0);
     if popularity > 0.7 {
         reasons.push("popular right now".into());
@@ -261,7 +279,12 @@ fn words(s: &str) -> impl Iterator<Item = String> + '_ {
 pub fn text_score(f: &Frame, query: &str) -> f32 {
     let hay: Vec<String> = words(&f.ai_enhanced.feature_summary)
         .chain(words(&f.brand))
-        .chain(f.ai_enhanced.style_keywords.iter().flat_map(|k| words(k).collect::<Vec<_>>()))
+        .chain(
+            f.ai_enhanced
+                .style_keywords
+                .iter()
+                .flat_map(|k| words(k).collect::<Vec<_>>()),
+        )
         .collect();
     let mut total = 0.0;
     for q in words(query) {
@@ -307,8 +330,15 @@ mod tests {
         };
         let (page, total) = recommend(&c, &req).unwrap();
         assert_eq!(total, 600);
-        assert!(page.iter().all(|s| s.frame.total_width_mm < 145.0), "a wide frame ranked on page one");
-        assert!(page[0].reasons.iter().any(|r| r.contains("126 mm")), "{:?}", page[0].reasons);
+        assert!(
+            page.iter().all(|s| s.frame.total_width_mm < 145.0),
+            "a wide frame ranked on page one"
+        );
+        assert!(
+            page[0].reasons.iter().any(|r| r.contains("126 mm")),
+            "{:?}",
+            page[0].reasons
+        );
     }
 
     #[test]
@@ -316,17 +346,22 @@ mod tests {
         let c = catalog();
         let req = pb::RecommendRequest {
             filter: Some(pb::ProductFilter {
-                max_price_minor: Some(150_00),
+                max_price_minor: Some(15_000),
                 in_stock_only: true,
                 shapes: vec![pb::FrameShape::Aviator as i32],
                 ..Default::default()
             }),
-            page: Some(pb::PageRequest { page_size: 50, page_token: String::new() }),
+            page: Some(pb::PageRequest {
+                page_size: 50,
+                page_token: String::new(),
+            }),
             ..Default::default()
         };
         let (a, _) = recommend(&c, &req).unwrap();
         assert!(!a.is_empty());
-        assert!(a.iter().all(|s| s.frame.price <= 150.0 && s.frame.inventory.is_in_stock && s.frame.shape == "aviator"));
+        assert!(a.iter().all(|s| s.frame.price <= 150.0
+            && s.frame.inventory.is_in_stock
+            && s.frame.shape == "aviator"));
         let (b, _) = recommend(&c, &req).unwrap();
         let ids = |v: &[Scored<'_>]| v.iter().map(|s| s.frame.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&a), ids(&b));
@@ -336,22 +371,43 @@ mod tests {
     fn bad_input_is_rejected_with_reasons() {
         let c = catalog();
         let big = pb::RecommendRequest {
-            page: Some(pb::PageRequest { page_size: 1000, page_token: String::new() }),
+            page: Some(pb::PageRequest {
+                page_size: 1000,
+                page_token: String::new(),
+            }),
             ..Default::default()
         };
-        assert_eq!(recommend(&c, &big).unwrap_err(), RankError::PageTooLarge(1000));
+        assert_eq!(
+            recommend(&c, &big).unwrap_err(),
+            RankError::PageTooLarge(1000)
+        );
         let inverted = pb::RecommendRequest {
-            filter: Some(pb::ProductFilter { min_price_minor: Some(500), max_price_minor: Some(100), ..Default::default() }),
+            filter: Some(pb::ProductFilter {
+                min_price_minor: Some(500),
+                max_price_minor: Some(100),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        assert!(matches!(recommend(&c, &inverted), Err(RankError::PriceRange(500, 100))));
+        assert!(matches!(
+            recommend(&c, &inverted),
+            Err(RankError::PriceRange(500, 100))
+        ));
     }
 
     #[test]
     fn search_tolerates_a_typo() {
         let c = catalog();
-        let exact = c.frames.iter().filter(|f| text_score(f, "aviator") > 0.0).count();
-        let typo = c.frames.iter().filter(|f| text_score(f, "aviater") > 0.0).count();
+        let exact = c
+            .frames
+            .iter()
+            .filter(|f| text_score(f, "aviator") > 0.0)
+            .count();
+        let typo = c
+            .frames
+            .iter()
+            .filter(|f| text_score(f, "aviater") > 0.0)
+            .count();
         assert!(exact > 0);
         assert_eq!(exact, typo);
     }

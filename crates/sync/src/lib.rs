@@ -9,10 +9,10 @@
 
 use std::pin::Pin;
 
+use discovery_kit::CancellationToken;
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{IndexSpec, Store, StoreConfig, Workload, doc};
-use discovery_kit::CancellationToken;
 use discovery_proto::service_names;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::sync_server::{Sync, SyncServer};
@@ -54,7 +54,9 @@ struct Service {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available yet (tracked by the sync issue)"))
+    Status::unimplemented(format!(
+        "{what} is not available yet (tracked by the sync issue)"
+    ))
 }
 
 #[tonic::async_trait]
@@ -72,14 +74,18 @@ impl Sync for Service {
     ) -> Result<Response<pb::GetSyncJobResponse>, Status> {
         let id = req.into_inner().job_id;
         if id.is_empty() {
-            return Err(Status::invalid_argument("job_id: give the id IngestCatalog returned"));
+            return Err(Status::invalid_argument(
+                "job_id: give the id IngestCatalog returned",
+            ));
         }
         match self.store.get(SYNC_JOBS, &id).await {
             Ok(Some(_)) => Err(not_yet("decoding stored jobs")),
             Ok(None) => Err(Status::not_found(format!("job_id: no job {id:?}"))),
             Err(e) => {
                 tracing::error!(error = %e, "reading sync job failed");
-                Err(Status::unavailable("jobs cannot be read right now; retry later"))
+                Err(Status::unavailable(
+                    "jobs cannot be read right now; retry later",
+                ))
             }
         }
     }
@@ -120,10 +126,16 @@ impl Sync for Service {
 /// Indexes of the sync collections.
 pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
     vec![
-        (SYNC_JOBS, vec![IndexSpec::new("started_at_-1", doc! {"started_at": -1})]),
+        (
+            SYNC_JOBS,
+            vec![IndexSpec::new("started_at_-1", doc! {"started_at": -1})],
+        ),
         (
             SYNC_DEAD_LETTERS,
-            vec![IndexSpec::new("job_id_1_rejected_at_-1", doc! {"job_id": 1, "rejected_at": -1})],
+            vec![IndexSpec::new(
+                "job_id_1_rejected_at_-1",
+                doc! {"job_id": 1, "rejected_at": -1},
+            )],
         ),
     ]
 }
@@ -135,5 +147,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         store.ensure_indexes(coll, &ix).await?;
     }
     let routes = Routes::new(SyncServer::new(Service { store }));
-    ServiceHandle::start("sync", &config.serve, routes, &[service_names::SYNC], None, shutdown).await
+    ServiceHandle::start(
+        "sync",
+        &config.serve,
+        routes,
+        &[service_names::SYNC],
+        None,
+        shutdown,
+    )
+    .await
 }

@@ -1,0 +1,415 @@
+//! Real servers for tests, on free loopback ports, torn down on drop.
+//!
+//! - [`RedisCluster`]: Debian's `redis-server` nodes in cluster mode joined
+//!   with `redis-cli --cluster create` (3 masters, optionally 1 replica each).
+//! - [`MongoServer`]: a real `mongod` started as a one-node replica set when
+//!   one is on PATH, otherwise the SecantusDB wire-compatible server
+//!   (`secantusd-py`, installed by `make test-deps` into `.venv/`), which
+//!   reports a replica set and supports change streams.
+//!
+//! Nothing here is mocked: a test that uses these talks to real servers over
+//! TCP. When a server binary is missing the harness fails with the command
+//! that installs it, rather than skipping silently.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A binary is not installed.
+    #[error(
+        "{binary} not found; run `make test-deps` (or the README's test command), which installs it"
+    )]
+    Missing {
+        /// The binary looked for.
+        binary: String,
+    },
+    /// Start-up failed.
+    #[error("{what}: {reason}")]
+    Start {
+        /// What was being started.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+fn start_err(what: &str, reason: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Start {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The workspace root (where `.venv/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn which(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+}
+
+/// A free TCP port on 127.0.0.1 (and, for Redis, its cluster bus port +10000).
+fn free_port(with_bus: bool) -> Result<u16, HarnessError> {
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| start_err("free port", e))?;
+        let port = l
+            .local_addr()
+            .map_err(|e| start_err("free port", e))?
+            .port();
+        if !with_bus {
+            return Ok(port);
+        }
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(start_err("free port", "no free port pair found"))
+}
+
+fn wait_tcp(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Sends one inline Redis command and returns the raw reply text.
+pub fn redis_command(port: u16, command: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster on loopback.
+pub struct RedisCluster {
+    nodes: Vec<(u16, Option<Proc>)>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters with `replicas` replicas each (3/0 or 3/1).
+    pub fn start(masters: usize, replicas: usize) -> Result<Self, HarnessError> {
+        let server = which("redis-server").ok_or(HarnessError::Missing {
+            binary: "redis-server".into(),
+        })?;
+        let cli = which("redis-cli").ok_or(HarnessError::Missing {
+            binary: "redis-cli".into(),
+        })?;
+        let dir = tempfile::tempdir().map_err(|e| start_err("redis dir", e))?;
+        let total = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(total);
+        for _ in 0..total {
+            let port = free_port(true)?;
+            let child = Command::new(&server)
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--protected-mode",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| start_err("redis-server", e))?;
+            nodes.push((port, Some(Proc { child })));
+        }
+        for (port, _) in &nodes {
+            if !wait_tcp(
+                SocketAddr::from(([127, 0, 0, 1], *port)),
+                Duration::from_secs(10),
+            ) {
+                return Err(start_err(
+                    "redis-server",
+                    format!("port {port} did not open"),
+                ));
+            }
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")));
+        args.extend([
+            "--cluster-replicas".into(),
+            replicas.to_string(),
+            "--cluster-yes".into(),
+        ]);
+        let out = Command::new(&cli)
+            .args(&args)
+            .output()
+            .map_err(|e| start_err("redis-cli --cluster create", e))?;
+        if !out.status.success() {
+            return Err(start_err(
+                "redis-cli --cluster create",
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ));
+        }
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_ok(Duration::from_secs(20))?;
+        eprintln!(
+            "harness: Redis Cluster up ({masters} masters, {replicas} replica(s) each) on ports {:?}",
+            cluster.ports()
+        );
+        Ok(cluster)
+    }
+
+    /// Waits until every live node reports `cluster_state:ok`.
+    pub fn wait_ok(&self, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all_ok = self
+                .nodes
+                .iter()
+                .filter(|(_, p)| p.is_some())
+                .all(|(port, _)| {
+                    redis_command(*port, "CLUSTER INFO")
+                        .is_ok_and(|r| r.contains("cluster_state:ok"))
+                });
+            if all_ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(start_err(
+                    "redis cluster",
+                    "cluster_state did not become ok",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ports of all nodes.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// Seed URLs for `DISCOVERY_REDIS_URLS`.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// `(host, port)` seeds.
+    pub fn seeds(&self) -> Vec<(String, u16)> {
+        self.ports()
+            .iter()
+            .map(|p| ("127.0.0.1".to_string(), *p))
+            .collect()
+    }
+
+    /// Ports of the current masters.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .filter(|(port, _)| redis_command(*port, "ROLE").is_ok_and(|r| r.contains("master")))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Kills the node on `port` (SIGKILL), for failover tests.
+    pub fn kill(&mut self, port: u16) {
+        for (p, proc_) in &mut self.nodes {
+            if *p == port {
+                proc_.take();
+            }
+        }
+    }
+}
+
+/// Which MongoDB-compatible server is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MongoFlavor {
+    /// A real `mongod`.
+    Mongod,
+    /// SecantusDB (`secantusd-py`).
+    Secantus,
+}
+
+/// A MongoDB-compatible server reporting a replica set.
+pub struct MongoServer {
+    port: u16,
+    flavor: MongoFlavor,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl MongoServer {
+    /// Starts `mongod` (one-node replica set) if on PATH, else SecantusDB.
+    pub async fn start() -> Result<Self, HarnessError> {
+        let dir = tempfile::tempdir().map_err(|e| start_err("mongo dir", e))?;
+        let port = free_port(false)?;
+        let (flavor, child) = if let Some(mongod) = which("mongod") {
+            let child = Command::new(mongod)
+                .args([
+                    "--replSet",
+                    "rs0",
+                    "--bind_ip",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--quiet",
+                    "--dbpath",
+                ])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| start_err("mongod", e))?;
+            (MongoFlavor::Mongod, child)
+        } else {
+            let bin = std::env::var_os("DISCOVERY_SECANTUSD")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    Some(workspace_root().join(".venv/bin/secantusd-py")).filter(|p| p.is_file())
+                })
+                .or_else(|| which("secantusd-py"))
+                .ok_or(HarnessError::Missing {
+                    binary: "mongod or secantusd-py".into(),
+                })?;
+            let child = Command::new(bin)
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--log-level",
+                    "WARNING",
+                    "--storage-path",
+                ])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| start_err("secantusd-py", e))?;
+            (MongoFlavor::Secantus, child)
+        };
+        let server = Self {
+            port,
+            flavor,
+            _proc: Proc { child },
+            _dir: dir,
+        };
+        if !wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(30),
+        ) {
+            return Err(start_err(
+                "mongo server",
+                format!("port {port} did not open"),
+            ));
+        }
+        if flavor == MongoFlavor::Mongod {
+            server.initiate_replica_set().await?;
+        }
+        server.wait_writable().await?;
+        eprintln!("harness: MongoDB-compatible server ({flavor:?}) up on 127.0.0.1:{port}");
+        Ok(server)
+    }
+
+    async fn client(&self) -> Result<mongodb::Client, HarnessError> {
+        mongodb::Client::with_uri_str(self.uri())
+            .await
+            .map_err(|e| start_err("mongo client", e))
+    }
+
+    async fn initiate_replica_set(&self) -> Result<(), HarnessError> {
+        let c = self.client().await?;
+        let cfg = mongodb::bson::doc! {"_id": "rs0", "members": [{"_id": 0, "host": format!("127.0.0.1:{}", self.port)}]};
+        c.database("admin")
+            .run_command(mongodb::bson::doc! {"replSetInitiate": cfg})
+            .await
+            .map_err(|e| start_err("replSetInitiate", e))?;
+        Ok(())
+    }
+
+    async fn wait_writable(&self) -> Result<(), HarnessError> {
+        let c = self.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let hello = c
+                .database("admin")
+                .run_command(mongodb::bson::doc! {"hello": 1})
+                .await;
+            if let Ok(h) = &hello
+                && h.get_bool("isWritablePrimary").unwrap_or(false)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(start_err(
+                    "mongo server",
+                    format!("never became writable primary: {hello:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Connection string (direct connection to the one node).
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// Which server this is.
+    pub fn flavor(&self) -> MongoFlavor {
+        self.flavor
+    }
+
+    /// A database name no other test uses.
+    pub fn fresh_db(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            DB_COUNTER.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+}

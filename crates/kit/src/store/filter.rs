@@ -62,12 +62,12 @@ fn equals(a: &Bson, b: &Bson) -> bool {
 pub fn matches(doc: &Document, filter: &Document) -> Result<bool, StoreError> {
     for (key, cond) in filter {
         let ok = match key.as_str() {
-            "$and" => each_clause(cond)?.iter().try_fold(true, |acc, f| {
-                Ok::<_, StoreError>(acc && matches(doc, f)?)
-            })?,
-            "$or" => each_clause(cond)?.iter().try_fold(false, |acc, f| {
-                Ok::<_, StoreError>(acc || matches(doc, f)?)
-            })?,
+            "$and" => each_clause(cond)?
+                .iter()
+                .try_fold(true, |acc, f| Ok::<_, StoreError>(acc && matches(doc, f)?))?,
+            "$or" => each_clause(cond)?
+                .iter()
+                .try_fold(false, |acc, f| Ok::<_, StoreError>(acc || matches(doc, f)?))?,
             k if k.starts_with('$') => {
                 return Err(StoreError::Filter(format!("operator {k} at top level")));
             }
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn subset_semantics() {
         let d = doc! {"_id": "a", "price": 120_i64, "brand": "Oakley",
-            "inventory": {"in_stock": true}, "tags": ["bold", "sport"]};
+        "inventory": {"in_stock": true}, "tags": ["bold", "sport"]};
         assert!(matches(&d, &doc! {"brand": "Oakley"}).unwrap());
         assert!(matches(&d, &doc! {"price": {"$gte": 100, "$lt": 121.0}}).unwrap());
         assert!(!matches(&d, &doc! {"price": {"$gt": 120}}).unwrap());

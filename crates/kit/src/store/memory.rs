@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use super::filter::{matches, sort_cmp};
 use super::{
-    BulkOutcome, Bson, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
+    Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
     IndexSpec, ResumeToken, Store, StoreError, doc_id,
 };
 
@@ -283,7 +283,9 @@ impl DocumentStore for MemoryStore {
                     Err(broadcast::error::RecvError::Lagged(n)) => Some((
                         Err(StoreError::ResumeLost {
                             collection: name,
-                            reason: format!("watcher fell {n} events behind; resume from its last token"),
+                            reason: format!(
+                                "watcher fell {n} events behind; resume from its last token"
+                            ),
                         }),
                         rx,
                     )),
@@ -323,12 +325,18 @@ mod tests {
         let s = MemoryStore::new();
         let mut w = s.watch("p", None).await.unwrap();
         let out = s
-            .bulk_upsert("p", vec![doc! {"_id": "a", "v": 1}, doc! {"_id": "b", "v": 2}])
+            .bulk_upsert(
+                "p",
+                vec![doc! {"_id": "a", "v": 1}, doc! {"_id": "b", "v": 2}],
+            )
             .await
             .unwrap();
         assert_eq!(out.upserted, 2);
         let again = s
-            .bulk_upsert("p", vec![doc! {"_id": "a", "v": 1}, doc! {"_id": "b", "v": 3}])
+            .bulk_upsert(
+                "p",
+                vec![doc! {"_id": "a", "v": 1}, doc! {"_id": "b", "v": 3}],
+            )
             .await
             .unwrap();
         assert_eq!((again.matched, again.modified, again.upserted), (2, 1, 0));

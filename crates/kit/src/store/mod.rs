@@ -109,6 +109,10 @@ pub struct IndexSpec {
     pub partial_filter: Option<Document>,
     /// TTL: documents expire this long after the indexed date field.
     pub expire_after: Option<Duration>,
+    /// When the server cannot build it, warn and go on instead of failing
+    /// start-up (for indexes no request path depends on, such as the text
+    /// index, which some MongoDB-compatible servers lack).
+    pub optional: bool,
 }
 
 impl IndexSpec {
@@ -121,7 +125,13 @@ impl IndexSpec {
             sparse: false,
             partial_filter: None,
             expire_after: None,
+            optional: false,
         }
+    }
+    /// Marks it optional (see the field).
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
     }
     /// Makes it unique.
     pub fn unique(mut self) -> Self {
@@ -208,8 +218,11 @@ pub trait DocumentStore: Send + Sync + Debug + 'static {
     /// Round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Creates the indexes if missing (idempotent).
-    async fn ensure_indexes(&self, collection: &str, indexes: &[IndexSpec])
-    -> Result<(), StoreError>;
+    async fn ensure_indexes(
+        &self,
+        collection: &str,
+        indexes: &[IndexSpec],
+    ) -> Result<(), StoreError>;
     /// Index names on the collection (including `_id_` for MongoDB).
     async fn index_names(&self, collection: &str) -> Result<Vec<String>, StoreError>;
     /// One document by `_id`.

@@ -16,7 +16,7 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
-    BulkOutcome, Bson, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
+    Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
     IndexSpec, ResumeToken, StoreError, Workload, doc, doc_id,
 };
 use crate::config::{ConfigError, Env};
@@ -49,7 +49,10 @@ impl MongoConfig {
         if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
             return Err(ConfigError::new(
                 URI_VAR,
-                format!("{:?} is not a MongoDB URI (mongodb://host:port/...)", redact(&uri)),
+                format!(
+                    "{:?} is not a MongoDB URI (mongodb://host:port/...)",
+                    redact(&uri)
+                ),
             ));
         }
         let min_pool = env.parse("DISCOVERY_MONGO_MIN_POOL", 5u32, "a whole number")?;
@@ -57,7 +60,9 @@ impl MongoConfig {
         if max_pool == 0 || min_pool > max_pool {
             return Err(ConfigError::new(
                 "DISCOVERY_MONGO_MAX_POOL",
-                format!("{max_pool} must be at least 1 and at least DISCOVERY_MONGO_MIN_POOL ({min_pool})"),
+                format!(
+                    "{max_pool} must be at least 1 and at least DISCOVERY_MONGO_MIN_POOL ({min_pool})"
+                ),
             ));
         }
         Ok(Self {
@@ -136,8 +141,7 @@ impl MongoStore {
     }
 
     fn coll(&self, name: &str) -> Collection<Document> {
-        self.db
-            .collection_with_options(name, self.options.clone())
+        self.db.collection_with_options(name, self.options.clone())
     }
 
     /// The driver's database handle, for what the trait does not cover
@@ -222,14 +226,23 @@ impl DocumentStore for MongoStore {
         collection: &str,
         indexes: &[IndexSpec],
     ) -> Result<(), StoreError> {
-        if indexes.is_empty() {
-            return Ok(());
+        let coll = self.coll(collection);
+        let required: Vec<IndexModel> = indexes
+            .iter()
+            .filter(|i| !i.optional)
+            .map(to_index_model)
+            .collect();
+        if !required.is_empty() {
+            coll.create_indexes(required)
+                .await
+                .map_err(|e| StoreError::db("create_indexes", collection, e))?;
         }
-        self.coll(collection)
-            .create_indexes(indexes.iter().map(to_index_model))
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::db("create_indexes", collection, e))
+        for spec in indexes.iter().filter(|i| i.optional) {
+            if let Err(e) = coll.create_index(to_index_model(spec)).await {
+                tracing::warn!(collection, index = %spec.name, error = %e, "optional index not created; continuing without it");
+            }
+        }
+        Ok(())
     }
 
     async fn index_names(&self, collection: &str) -> Result<Vec<String>, StoreError> {
@@ -351,12 +364,10 @@ impl DocumentStore for MongoStore {
         resume_after: Option<ResumeToken>,
     ) -> Result<ChangeStream, StoreError> {
         let coll = self.coll(collection);
-        let mut w = coll
-            .watch()
-            .full_document(FullDocumentType::UpdateLookup);
+        let mut w = coll.watch().full_document(FullDocumentType::UpdateLookup);
         if let Some(ResumeToken(b)) = resume_after {
-            let token: mongodb::change_stream::event::ResumeToken = bson::from_bson(b)
-                .map_err(|e| StoreError::ResumeLost {
+            let token: mongodb::change_stream::event::ResumeToken =
+                bson::from_bson(b).map_err(|e| StoreError::ResumeLost {
                     collection: collection.to_string(),
                     reason: format!("token does not decode: {e}"),
                 })?;

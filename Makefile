@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make run   - the whole system in one process (no MongoDB or Redis needed)
+#   make test  - installs the test servers it needs, then runs every test
+.PHONY: run test test-deps lint fmt build clean
+
+CARGO ?= cargo
+
+run:
+	$(CARGO) run --release --locked -p discovery -- up
+
+test: test-deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) test --workspace --locked
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+test-deps:
+	./scripts/test-deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --release --locked
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,113 @@
+//! The kit's two-level cache against a real Redis Cluster.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use discovery_harness::RedisCluster;
+use discovery_kit::cache::{Cache, CacheConfig, CacheKind, kinds};
+
+fn config(cluster: &RedisCluster) -> CacheConfig {
+    CacheConfig {
+        redis_nodes: cluster.seeds(),
+        redis_pool: 2,
+        ..CacheConfig::l1_only(8 << 20)
+    }
+}
+
+static TEST: CacheKind = CacheKind::new("itest", Duration::from_secs(60), false);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_l2_is_shared_between_replicas() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+        .await
+        .unwrap()
+        .expect("start cluster");
+    let a = Cache::new(&config(&cluster)).await.unwrap();
+    let b = Cache::new(&config(&cluster)).await.unwrap();
+    assert!(
+        a.wait_l2(Duration::from_secs(10)).await && b.wait_l2(Duration::from_secs(10)).await,
+        "L2 connects"
+    );
+
+    // Keys spread over the cluster's hash slots; values over 1 KiB are compressed.
+    let big = Bytes::from(vec![b'x'; 50_000]);
+    for i in 0..30 {
+        a.set(
+            &TEST,
+            &format!("product:p{i}:1"),
+            if i == 0 {
+                big.clone()
+            } else {
+                Bytes::from(format!("v{i}"))
+            },
+        )
+        .await;
+    }
+    // Replica b has an empty L1: every hit must come from Redis.
+    for i in 0..30 {
+        let got = b
+            .get(&TEST, &format!("product:p{i}:1"))
+            .await
+            .expect("L2 hit on the other replica");
+        if i == 0 {
+            assert_eq!(got, big);
+        } else {
+            assert_eq!(got, format!("v{i}"));
+        }
+    }
+    // The key really is in Redis with the kind's TTL.
+    let masters = cluster.master_ports();
+    assert_eq!(masters.len(), 3);
+    let mut found_ttl = false;
+    for p in &masters {
+        let r = discovery_harness::redis_command(*p, "TTL product:p1:1").unwrap();
+        if let Some(n) = r
+            .trim()
+            .strip_prefix(':')
+            .and_then(|s| s.parse::<i64>().ok())
+            && (1..=60).contains(&n)
+        {
+            found_ttl = true;
+        }
+    }
+    assert!(
+        found_ttl,
+        "product:p1:1 has a TTL of at most 60 s on its master"
+    );
+
+    a.delete("product:p3:1").await;
+    // A third replica (empty L1) sees the delete; b's L1 copy lives until its
+    // TTL or a cross-replica invalidation (recommendation issue).
+    let c = Cache::new(&config(&cluster)).await.unwrap();
+    assert!(c.wait_l2(Duration::from_secs(10)).await);
+    assert!(
+        c.get(&TEST, "product:p3:1").await.is_none(),
+        "delete reaches L2"
+    );
+    assert!(c.get(&TEST, "product:p4:1").await.is_some());
+    eprintln!(
+        "redis cluster: 30 keys shared across two cache instances via L2, TTL and delete verified"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_degrades_to_l1_and_origin() {
+    // A port nothing listens on: L2 never connects, calls still succeed.
+    let cfg = CacheConfig {
+        redis_nodes: vec![("127.0.0.1".into(), 1)],
+        ..CacheConfig::l1_only(1 << 20)
+    };
+    let cache = Cache::new(&cfg).await.unwrap();
+    let v = cache
+        .get_or_load(&kinds::PRODUCT, "product:x:1", || async {
+            Ok::<_, std::io::Error>(Bytes::from_static(b"origin"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, "origin");
+    assert_eq!(
+        cache.get(&kinds::PRODUCT, "product:x:1").await.unwrap(),
+        "origin"
+    );
+    assert!(!cache.l2_connected());
+}

@@ -1,0 +1,189 @@
+//! The kit's MongoDB store against a real MongoDB-compatible server.
+
+use std::time::Duration;
+
+use discovery_harness::MongoServer;
+use discovery_kit::store::mongo::{MongoConfig, MongoStore};
+use discovery_kit::store::{ChangeOp, DocumentStore, FindOptions, IndexSpec, Workload, doc};
+use futures::StreamExt;
+
+async fn store(server: &MongoServer, prefix: &str) -> MongoStore {
+    let cfg = MongoConfig::for_tests(&server.uri(), &server.fresh_db(prefix));
+    MongoStore::connect(&cfg, Workload::Realtime)
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_round_trip_bulk_upsert_and_indexes() {
+    let server = MongoServer::start()
+        .await
+        .expect("start mongo-compatible server");
+    let s = store(&server, "roundtrip").await;
+
+    s.put(
+        "things",
+        doc! {"_id": "a", "price": 10.5, "brand": "Oakley"},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get("things", "a")
+            .await
+            .unwrap()
+            .unwrap()
+            .get_str("brand")
+            .unwrap(),
+        "Oakley"
+    );
+
+    let first = s
+        .bulk_upsert(
+            "things",
+            (0..50)
+                .map(|i| doc! {"_id": format!("p{i:02}"), "v": i})
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.upserted, first.matched, first.modified), (50, 0, 0));
+    let mut again: Vec<_> = (0..50)
+        .map(|i| doc! {"_id": format!("p{i:02}"), "v": i})
+        .collect();
+    again[7] = doc! {"_id": "p07", "v": 700};
+    let second = s.bulk_upsert("things", again).await.unwrap();
+    assert_eq!(
+        (second.upserted, second.matched, second.modified),
+        (0, 50, 1),
+        "identical docs must report unchanged"
+    );
+
+    let found = s
+        .find(
+            "things",
+            doc! {"v": {"$gte": 45}},
+            FindOptions {
+                sort: Some(doc! {"v": -1}),
+                skip: 0,
+                limit: 3,
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = found.iter().map(|d| d.get_str("_id").unwrap()).collect();
+    assert_eq!(ids, ["p07", "p49", "p48"]);
+    assert_eq!(
+        s.count("things", doc! {"v": {"$lt": 10}}).await.unwrap(),
+        9,
+        "p07 now has v = 700"
+    );
+    assert!(s.delete("things", "a").await.unwrap());
+    assert!(s.get("things", "a").await.unwrap().is_none());
+
+    let specs = vec![
+        IndexSpec::new(
+            "in_stock_price_partial",
+            doc! {"inventory.isInStock": 1, "price": 1},
+        )
+        .partial(doc! {"inventory.isInStock": true}),
+        IndexSpec::new("createdAt_ttl", doc! {"createdAt": 1}).ttl(Duration::from_secs(86_400)),
+        IndexSpec::new("userId_sparse", doc! {"userId": 1}).sparse(),
+    ];
+    s.ensure_indexes("things", &specs).await.unwrap();
+    s.ensure_indexes("things", &specs)
+        .await
+        .expect("index creation is idempotent");
+    let mut names = s.index_names("things").await.unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "_id_",
+            "createdAt_ttl",
+            "in_stock_price_partial",
+            "userId_sparse"
+        ]
+    );
+    // Check the options really reached the server.
+    let specs_on_server: Vec<_> = s
+        .database()
+        .collection::<mongodb::bson::Document>("things")
+        .list_indexes()
+        .await
+        .unwrap()
+        .collect::<Vec<_>>()
+        .await;
+    let by_name = |n: &str| {
+        specs_on_server
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .find(|m| m.options.as_ref().and_then(|o| o.name.as_deref()) == Some(n))
+            .and_then(|m| m.options.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        by_name("createdAt_ttl").expire_after,
+        Some(Duration::from_secs(86_400))
+    );
+    assert_eq!(
+        by_name("in_stock_price_partial").partial_filter_expression,
+        Some(doc! {"inventory.isInStock": true})
+    );
+    assert_eq!(by_name("userId_sparse").sparse, Some(true));
+    eprintln!(
+        "mongo ({:?}): round trip, bulk upsert counts and {} indexes verified",
+        server.flavor(),
+        names.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_change_stream_delivers_and_resumes() {
+    let server = MongoServer::start()
+        .await
+        .expect("start mongo-compatible server");
+    let s = store(&server, "changes").await;
+    s.put("products", doc! {"_id": "warmup"}).await.unwrap();
+
+    let mut stream = s.watch("products", None).await.expect("watch");
+    s.put("products", doc! {"_id": "x1", "price": 1})
+        .await
+        .unwrap();
+    s.put("products", doc! {"_id": "x2", "price": 2})
+        .await
+        .unwrap();
+    s.delete("products", "x1").await.unwrap();
+
+    let e1 = next(&mut stream).await;
+    assert_eq!((e1.op, e1.id.as_str()), (ChangeOp::Insert, "x1"));
+    assert_eq!(e1.document.unwrap().get_i32("price").unwrap(), 1);
+    let e2 = next(&mut stream).await;
+    assert_eq!(e2.id, "x2");
+    let e3 = next(&mut stream).await;
+    assert_eq!((e3.op, e3.id.as_str()), (ChangeOp::Delete, "x1"));
+    drop(stream);
+
+    // Resume after the first event: the second and third come again, nothing else.
+    let mut resumed = s
+        .watch("products", Some(e1.token.clone()))
+        .await
+        .expect("resume");
+    let r2 = next(&mut resumed).await;
+    let r3 = next(&mut resumed).await;
+    assert_eq!(
+        (r2.id.as_str(), r3.id.as_str(), r3.op),
+        ("x2", "x1", ChangeOp::Delete)
+    );
+    eprintln!(
+        "mongo ({:?}): change stream delivered 3 events and resumed from a token",
+        server.flavor()
+    );
+}
+
+async fn next(st: &mut discovery_kit::store::ChangeStream) -> discovery_kit::store::ChangeEvent {
+    tokio::time::timeout(Duration::from_secs(20), st.next())
+        .await
+        .expect("change event in time")
+        .expect("stream open")
+        .expect("event ok")
+}

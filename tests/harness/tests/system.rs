@@ -1,0 +1,228 @@
+//! Black-box: the services over real gRPC, embedded and on the
+//! MongoDB-compatible server.
+
+use discovery_harness::MongoServer;
+use discovery_kit::CancellationToken;
+use discovery_kit::config::Env;
+use discovery_proto::v1 as pb;
+use discovery_proto::v1::discovery_client::DiscoveryClient;
+
+fn ephemeral_env() -> Env {
+    Env::from_pairs([
+        ("DISCOVERY_GATEWAY_PORT", "0"),
+        ("DISCOVERY_FACE_ANALYSIS_PORT", "0"),
+        ("DISCOVERY_RECOMMENDATION_PORT", "0"),
+        ("DISCOVERY_SYNC_PORT", "0"),
+        ("DISCOVERY_MONITORING_PORT", "0"),
+        ("DISCOVERY_SHUTDOWN_GRACE", "2s"),
+    ])
+}
+
+async fn client(addr: std::net::SocketAddr) -> DiscoveryClient<tonic::transport::Channel> {
+    DiscoveryClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to gateway")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_in_one_gateway_answers_through_recommendation() {
+    let shutdown = CancellationToken::new();
+    let system = discovery::up::start(ephemeral_env(), shutdown.clone())
+        .await
+        .expect("system starts");
+    let mut c = client(system.gateway()).await;
+
+    let resp = c
+        .recommend(pb::RecommendRequest {
+            face: Some(pb::FaceContext {
+                face_shape: pb::FaceShape::Round as i32,
+                face_width_mm: 132.0,
+                ..Default::default()
+            }),
+            page: Some(pb::PageRequest {
+                page_size: 10,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("recommend through the gateway")
+        .into_inner();
+    assert_eq!(resp.items.len(), 10);
+    assert_eq!(
+        resp.page.unwrap().total_size,
+        520,
+        "the demo catalogue has 520 frames"
+    );
+    assert!(
+        resp.items.windows(2).all(|w| w[0].score >= w[1].score),
+        "sorted by score"
+    );
+    assert!(
+        resp.items.iter().all(|i| !i.reasons.is_empty()),
+        "every result explains itself"
+    );
+
+    let first = resp.items[0].product.clone().unwrap();
+    let got = c
+        .get_product(pb::GetProductRequest {
+            id: first.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.product.unwrap().name, first.name);
+
+    // Errors from the service come back through the gateway unchanged.
+    let err = c
+        .get_product(pb::GetProductRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = c
+        .recommend(pb::RecommendRequest {
+            page: Some(pb::PageRequest {
+                page_size: 5000,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("page_size"), "{}", err.message());
+
+    let health = c
+        .get_system_health(pb::GetSystemHealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for s in ["face-analysis", "recommendation", "sync"] {
+        assert!(
+            health.services.iter().any(|h| h.service == s && h.ready),
+            "{s} ready: {health:?}"
+        );
+    }
+
+    shutdown.cancel();
+    system.wait().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommendation_on_mongo_serves_through_gateway() {
+    let mongo = MongoServer::start()
+        .await
+        .expect("start mongo-compatible server");
+    let db = mongo.fresh_db("reco");
+    let shutdown = CancellationToken::new();
+    let env = ephemeral_env()
+        .with("DISCOVERY_STORE", "mongodb")
+        .with("DISCOVERY_MONGO_URI", mongo.uri())
+        .with("DISCOVERY_MONGO_DATABASE", db.clone())
+        .with("DISCOVERY_MONGO_MIN_POOL", "0")
+        .with("DISCOVERY_DEMO_CATALOG", "120")
+        .with("DISCOVERY_METRICS_PORT", "0");
+    let reco = discovery_recommendation::spawn(
+        discovery_recommendation::Config::from_env(&env).unwrap(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("recommendation starts on mongo");
+    let env = env.with(
+        "DISCOVERY_RECOMMENDATION_URLS",
+        format!("http://{}", reco.addr),
+    );
+    let gw = discovery_gateway::spawn(
+        discovery_gateway::Config::from_env(&env).unwrap(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    let mut c = client(gw.addr).await;
+    let resp = c
+        .search_products(pb::SearchProductsRequest {
+            query: "aviater".into(),
+            include_facets: true,
+            ..Default::default()
+        })
+        .await
+        .expect("search through gateway")
+        .into_inner();
+    assert!(!resp.hits.is_empty(), "typo-tolerant search finds aviators");
+    assert!(resp.hits.iter().all(|h| {
+        h.product.as_ref().unwrap().shape == pb::FrameShape::Aviator as i32
+            || h.product
+                .as_ref()
+                .unwrap()
+                .name
+                .to_lowercase()
+                .contains("aviator")
+            || h.product
+                .as_ref()
+                .unwrap()
+                .description
+                .to_lowercase()
+                .contains("aviator")
+    }));
+
+    // The catalogue and the spec's indexes really are in the database.
+    let store = discovery_kit::store::mongo::MongoStore::connect(
+        &discovery_kit::store::mongo::MongoConfig::for_tests(&mongo.uri(), &db),
+        discovery_kit::store::Workload::Realtime,
+    )
+    .await
+    .unwrap();
+    use discovery_kit::store::DocumentStore;
+    assert_eq!(
+        store
+            .count("products", discovery_kit::store::doc! {})
+            .await
+            .unwrap(),
+        120
+    );
+    let names = store.index_names("products").await.unwrap();
+    for want in [
+        "face_shape_compat_price",
+        "in_stock_price_partial",
+        "brand_categories_keywords_stock",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    // MongoDB builds the text index; SecantusDB does not support text indexes,
+    // so there it is skipped with a warning (search runs on the snapshot).
+    let has_text = names.iter().any(|n| n == "updated_at_feature_summary_text");
+    match mongo.flavor() {
+        discovery_harness::MongoFlavor::Mongod => assert!(has_text, "text index missing on mongod"),
+        discovery_harness::MongoFlavor::Secantus => assert!(!has_text),
+    }
+    shutdown.cancel();
+    reco.wait().await.unwrap();
+    gw.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_mongo_fails_fast_naming_the_variable() {
+    let env = ephemeral_env()
+        .with("DISCOVERY_STORE", "mongodb")
+        .with(
+            "DISCOVERY_MONGO_URI",
+            "mongodb://127.0.0.1:1/?directConnection=true",
+        )
+        .with("DISCOVERY_MONGO_TIMEOUT", "1s");
+    let err = discovery_recommendation::spawn(
+        discovery_recommendation::Config::from_env(&env).unwrap(),
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("start-up must fail");
+    assert!(
+        err.to_string()
+            .starts_with("DISCOVERY_MONGO_URI: cannot reach MongoDB"),
+        "{err}"
+    );
+}
