@@ -578,3 +578,11 @@ where
         }
     })
 }
+
+/// UNIMPLEMENTED for an RPC whose contract exists but whose implementation
+/// belongs to a later piece of work, saying which.
+pub fn not_yet(rpc: &str, owner: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!(
+        "{rpc} is not available yet (tracked by the {owner} issue)"
+    ))
+}

@@ -151,9 +151,7 @@ impl Monitoring for Service {
         &self,
         _req: Request<pb::GetSlaReportRequest>,
     ) -> Result<Response<pb::GetSlaReportResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetSlaReport is not available yet (tracked by the monitoring issue)",
-        ))
+        Err(discovery_kit::server::not_yet("GetSlaReport", "monitoring"))
     }
 
     async fn list_alerts(
@@ -193,9 +191,7 @@ impl Monitoring for Service {
         &self,
         _req: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchAlerts is not available yet (tracked by the monitoring issue)",
-        ))
+        Err(discovery_kit::server::not_yet("WatchAlerts", "monitoring"))
     }
 
     async fn get_system_health(

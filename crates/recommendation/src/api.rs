@@ -117,8 +117,9 @@ impl Recommendation for Service {
         &self,
         _req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetSession is not available yet (tracked by the recommendation issue)",
+        Err(discovery_kit::server::not_yet(
+            "GetSession",
+            "recommendation",
         ))
     }
 
@@ -126,8 +127,9 @@ impl Recommendation for Service {
         &self,
         _req: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
-        Err(Status::unimplemented(
-            "UpdateSession is not available yet (tracked by the recommendation issue)",
+        Err(discovery_kit::server::not_yet(
+            "UpdateSession",
+            "recommendation",
         ))
     }
 }
@@ -295,8 +297,9 @@ impl CacheAdmin for Service {
         &self,
         _req: Request<pb::WarmCacheRequest>,
     ) -> Result<Response<pb::WarmCacheResponse>, Status> {
-        Err(Status::unimplemented(
-            "WarmCache is not available yet (tracked by the recommendation issue)",
+        Err(discovery_kit::server::not_yet(
+            "WarmCache",
+            "recommendation",
         ))
     }
 
@@ -304,8 +307,9 @@ impl CacheAdmin for Service {
         &self,
         _req: Request<pb::InvalidateCacheRequest>,
     ) -> Result<Response<pb::InvalidateCacheResponse>, Status> {
-        Err(Status::unimplemented(
-            "InvalidateCache is not available yet (tracked by the recommendation issue)",
+        Err(discovery_kit::server::not_yet(
+            "InvalidateCache",
+            "recommendation",
         ))
     }
 
@@ -313,8 +317,6 @@ impl CacheAdmin for Service {
         &self,
         _req: Request<pb::ApplyCatalogChangeRequest>,
     ) -> Result<Response<pb::ApplyCatalogChangeResponse>, Status> {
-        Err(Status::unimplemented(
-            "ApplyCatalogChange is not available yet (tracked by the sync issue)",
-        ))
+        Err(discovery_kit::server::not_yet("ApplyCatalogChange", "sync"))
     }
 }

@@ -54,9 +54,7 @@ struct Service {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available yet (tracked by the sync issue)"
-    ))
+    discovery_kit::server::not_yet(what, "sync")
 }
 
 #[tonic::async_trait]
