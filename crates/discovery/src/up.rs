@@ -51,12 +51,14 @@ fn url(addr: SocketAddr) -> String {
 /// Starts the system. `env` is the user's environment; store, cache and
 /// per-service metrics are forced to the embedded defaults.
 pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxError> {
+    // One shared metrics endpoint for the process, read before the
+    // per-service endpoints are turned off below.
+    let metrics_port = env.port("DISCOVERY_METRICS_PORT", 9090)?;
     let env = env
         .with("DISCOVERY_STORE", "memory")
         .with("DISCOVERY_REDIS_URLS", "")
         .with("DISCOVERY_METRICS_PORT", "0");
     let bind_ip = env.ip("DISCOVERY_BIND_IP", [127, 0, 0, 1].into())?;
-    let metrics_port = Env::process().port("DISCOVERY_METRICS_PORT", 9090)?;
 
     let face = discovery_face_analysis::spawn(
         discovery_face_analysis::Config::from_env(&env)?,
