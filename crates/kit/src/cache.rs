@@ -4,39 +4,61 @@
 //!   (`DISCOVERY_CACHE_L1_BYTES`), with each entry expiring at its kind's TTL.
 //! - L2 is a `fred` connection pool to a Redis Cluster; values over
 //!   [`COMPRESS_ABOVE`] bytes are zstd-compressed; every key gets its kind's TTL.
-//! - [`Cache::get_or_load`] is single-flight per key: concurrent misses on
-//!   one key run the loader once and share its result.
+//! - [`Cache::get_or_load`] is single-flight per key (concurrent misses on one
+//!   key run the loader once) and stale-while-revalidate: past its kind's
+//!   `fresh_for`, an entry is still served while one background refresh
+//!   replaces it.
+//! - Tags (`product:{id}`, `brand:{name}`, `face_shape:{shape}`) are attached
+//!   to entries when stored. [`Cache::invalidate_tags`] drops the tagged
+//!   entries from this replica's L1 (an in-process tag index), from L2 (a Redis
+//!   set `tag:{tag}` of keys per tag) and, through the [`Bus`], from the L1 of
+//!   every other replica.
 //! - A failing or absent L2 never fails a call: errors are logged, counted in
 //!   `discovery_cache_l2_errors_total`, and the lookup falls through to the
 //!   origin (degraded to L1 + origin).
+//! - Kinds marked `shared` (sessions) hold state rather than derived data:
+//!   with an L2 they skip L1, so every replica reads the same value.
 //!
 //! Key patterns and TTLs per kind come from the seed spec (see [`kinds`]).
-//! Tags, cross-replica invalidation, stale-while-revalidate and warming are
-//! built on this by the recommendation issue.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fred::prelude::*;
+use futures::StreamExt;
+use parking_lot::Mutex;
 
+use crate::bus::Bus;
 use crate::config::{ConfigError, Env};
 
 /// Values larger than this are zstd-compressed in L2.
 pub const COMPRESS_ABOVE: usize = 1024;
 
-/// A kind of cached value: its name (metrics label, key prefix) and TTL.
+/// Bus channel carrying invalidations between replicas.
+pub const INVALIDATION_CHANNEL: &str = "discovery:cache:invalidate";
+
+/// A kind of cached value: its name (metrics label, key prefix) and TTLs.
 #[derive(Debug)]
 pub struct CacheKind {
     /// Name, also the key prefix (`recommendations`, `product`...).
     pub name: &'static str,
-    /// Time to live.
+    /// Time to live (hard expiry).
     pub ttl: Duration,
     /// Whether a read extends the TTL (sessions).
     pub sliding: bool,
+    /// Served without refresh for this long; after that, served stale while one
+    /// background refresh runs (`None`: fresh until the TTL).
+    pub fresh_for: Option<Duration>,
+    /// State shared between replicas: skip L1 when an L2 is configured.
+    pub shared: bool,
     hits: AtomicU64,
     misses: AtomicU64,
+    stale: AtomicU64,
+    l1_entries: AtomicI64,
+    l1_bytes: AtomicI64,
 }
 
 impl CacheKind {
@@ -46,9 +68,24 @@ impl CacheKind {
             name,
             ttl,
             sliding,
+            fresh_for: None,
+            shared: false,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            l1_entries: AtomicI64::new(0),
+            l1_bytes: AtomicI64::new(0),
         }
+    }
+    /// Serve stale after `fresh` while refreshing in the background.
+    pub const fn stale_while_revalidate(mut self, fresh: Duration) -> Self {
+        self.fresh_for = Some(fresh);
+        self
+    }
+    /// State shared between replicas (see the module docs).
+    pub const fn shared(mut self) -> Self {
+        self.shared = true;
+        self
     }
     /// Hits since start on this replica.
     pub fn hits(&self) -> u64 {
@@ -58,22 +95,37 @@ impl CacheKind {
     pub fn misses(&self) -> u64 {
         self.misses.load(Ordering::Relaxed)
     }
+    /// Stale hits served (with a background refresh) since start.
+    pub fn stale_hits(&self) -> u64 {
+        self.stale.load(Ordering::Relaxed)
+    }
+    /// Entries and bytes of this kind in this replica's L1 (approximate:
+    /// evictions are accounted when the cache runs its maintenance).
+    pub fn l1_usage(&self) -> (u64, u64) {
+        (
+            self.l1_entries.load(Ordering::Relaxed).max(0) as u64,
+            self.l1_bytes.load(Ordering::Relaxed).max(0) as u64,
+        )
+    }
 }
 
 /// The kinds from the seed spec.
 pub mod kinds {
     use super::CacheKind;
     use std::time::Duration;
-    /// `recommendations:{user_id}:{face_shape}:{preferences_hash}`, 15 min.
+    /// `recommendations:{user_id}:{face_shape}:{preferences_hash}`, 15 min,
+    /// refreshed in the background after 60 s.
     pub static RECOMMENDATIONS: CacheKind =
-        CacheKind::new("recommendations", Duration::from_secs(15 * 60), false);
+        CacheKind::new("recommendations", Duration::from_secs(15 * 60), false)
+            .stale_while_revalidate(Duration::from_secs(60));
     /// `product:{product_id}:{version}`, 6 h.
     pub static PRODUCT: CacheKind = CacheKind::new("product", Duration::from_secs(6 * 3600), false);
-    /// `search:{query_hash}`, 30 min.
-    pub static SEARCH: CacheKind = CacheKind::new("search", Duration::from_secs(30 * 60), false);
-    /// `conversation:{session_id}`, 30 min sliding.
+    /// `search:{query_hash}`, 30 min, refreshed in the background after 5 min.
+    pub static SEARCH: CacheKind = CacheKind::new("search", Duration::from_secs(30 * 60), false)
+        .stale_while_revalidate(Duration::from_secs(300));
+    /// `conversation:{session_id}`, 30 min sliding, shared between replicas.
     pub static SESSION: CacheKind =
-        CacheKind::new("conversation", Duration::from_secs(30 * 60), true);
+        CacheKind::new("conversation", Duration::from_secs(30 * 60), true).shared();
     /// `face_analysis:{session_id}:{hash}`, 1 h.
     pub static FACE_ANALYSIS: CacheKind =
         CacheKind::new("face_analysis", Duration::from_secs(3600), false);
@@ -141,17 +193,28 @@ fn parse_node(url: &str) -> Option<(String, u16)> {
 #[error("DISCOVERY_REDIS_URLS: cannot configure the Redis Cluster client: {0}")]
 pub struct CacheError(String);
 
+type Tags = Arc<[Arc<str>]>;
+
 #[derive(Clone)]
 struct Entry {
     value: Bytes,
-    ttl: Duration,
+    stored_at_ms: i64,
+    kind: &'static CacheKind,
+    tags: Tags,
+}
+
+impl Entry {
+    fn weight(&self, key: &str) -> u64 {
+        (key.len() + self.value.len() + 96 + self.tags.iter().map(|t| t.len() + 16).sum::<usize>())
+            as u64
+    }
 }
 
 struct PerEntryTtl;
 
 impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
     fn expire_after_create(&self, _k: &Arc<str>, v: &Entry, _now: Instant) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.kind.ttl)
     }
     fn expire_after_update(
         &self,
@@ -160,8 +223,61 @@ impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
         _now: Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.kind.ttl)
     }
+}
+
+/// Tag -> keys in this replica's L1.
+type TagIndex = Arc<Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>>;
+
+/// Where a lookup was answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This replica's memory.
+    L1,
+    /// Redis Cluster.
+    L2,
+    /// The loader ran.
+    Origin,
+}
+
+/// A lookup's answer.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The value.
+    pub value: Bytes,
+    /// Where it came from.
+    pub source: Source,
+    /// Past its kind's `fresh_for` (a background refresh was started).
+    pub stale: bool,
+}
+
+/// What a loader returns.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The value.
+    pub value: Bytes,
+    /// Tags to attach.
+    pub tags: Vec<String>,
+    /// False to return the value without caching it (e.g. computed from a
+    /// snapshot that changed meanwhile).
+    pub cacheable: bool,
+}
+
+impl Loaded {
+    /// A cacheable value with tags.
+    pub fn new(value: Bytes, tags: Vec<String>) -> Self {
+        Self {
+            value,
+            tags,
+            cacheable: true,
+        }
+    }
+}
+
+enum LoadFailure<E> {
+    Failed(E),
+    Uncacheable(Bytes),
 }
 
 /// See the module docs.
@@ -169,6 +285,9 @@ impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
 pub struct Cache {
     l1: moka::future::Cache<Arc<str>, Entry>,
     l2: Option<Pool>,
+    tags: TagIndex,
+    refreshing: Arc<Mutex<HashSet<Arc<str>>>>,
+    bus: Arc<Bus>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -180,37 +299,65 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+fn redis_config(config: &CacheConfig) -> Config {
+    let mut cfg = Config {
+        server: ServerConfig::new_clustered(config.redis_nodes.clone()),
+        fail_fast: true,
+        ..Default::default()
+    };
+    cfg.version = fred::types::RespVersion::RESP3;
+    cfg
+}
+
 impl Cache {
     /// Builds the cache; connects L2 in the background (it never blocks start-up:
     /// until Redis answers, lookups degrade to L1 + origin).
     pub async fn new(config: &CacheConfig) -> Result<Self, CacheError> {
+        let tags: TagIndex = Arc::default();
+        let index = tags.clone();
         let l1 = moka::future::Cache::builder()
             .max_capacity(config.l1_bytes)
-            .weigher(|k: &Arc<str>, v: &Entry| {
-                (k.len() + v.value.len() + 64).min(u32::MAX as usize) as u32
-            })
+            .weigher(|k: &Arc<str>, v: &Entry| v.weight(k).min(u32::MAX as u64) as u32)
             .expire_after(PerEntryTtl)
+            .eviction_listener(move |k: Arc<Arc<str>>, v: Entry, cause| {
+                v.kind.l1_entries.fetch_sub(1, Ordering::Relaxed);
+                v.kind
+                    .l1_bytes
+                    .fetch_sub(v.weight(&k) as i64, Ordering::Relaxed);
+                if cause != moka::notification::RemovalCause::Replaced && !v.tags.is_empty() {
+                    let mut index = index.lock();
+                    for t in v.tags.iter() {
+                        if let Some(keys) = index.get_mut(t) {
+                            keys.remove(&*k);
+                            if keys.is_empty() {
+                                index.remove(t);
+                            }
+                        }
+                    }
+                }
+            })
             .build();
-        let l2 = if config.redis_nodes.is_empty() {
-            None
+        let (l2, bus) = if config.redis_nodes.is_empty() {
+            (None, Bus::local())
         } else {
-            let mut cfg = Config {
-                server: ServerConfig::new_clustered(config.redis_nodes.clone()),
-                fail_fast: true,
-                ..Default::default()
-            };
-            cfg.version = fred::types::RespVersion::RESP3;
             let timeout = config.redis_timeout;
-            let pool = Builder::from_config(cfg)
-                .with_connection_config(|c| {
+            let builder = {
+                let mut b = Builder::from_config(redis_config(config));
+                b.with_connection_config(|c| {
                     c.connection_timeout = Duration::from_secs(2);
                     c.max_command_attempts = 2;
                 })
                 .with_performance_config(|p| {
                     p.default_command_timeout = timeout;
                 })
-                .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+                .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+                b
+            };
+            let pool = builder
                 .build_pool(config.redis_pool.max(1))
+                .map_err(|e| CacheError(e.to_string()))?;
+            let subscriber = builder
+                .build_subscriber_client()
                 .map_err(|e| CacheError(e.to_string()))?;
             let p = pool.clone();
             tokio::spawn(async move {
@@ -218,9 +365,55 @@ impl Cache {
                     tracing::warn!(error = %e, "Redis Cluster not reachable yet; serving from L1 + origin");
                 }
             });
-            Some(pool)
+            let bus = Bus::redis(pool.clone(), subscriber);
+            (Some(pool), bus)
         };
-        Ok(Self { l1, l2 })
+        let cache = Self {
+            l1,
+            l2,
+            tags,
+            refreshing: Arc::default(),
+            bus,
+        };
+        cache.listen_for_invalidations();
+        Ok(cache)
+    }
+
+    fn listen_for_invalidations(&self) {
+        let mut rx = self.bus.subscribe(INVALIDATION_CHANNEL);
+        let weak_l1 = self.l1.clone();
+        let tags = Arc::downgrade(&self.tags);
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(msg) => {
+                        let Some(tags) = tags.upgrade() else { break };
+                        let dropped = match Invalidation::decode(&msg) {
+                            Some(Invalidation::Tags(t)) => {
+                                drop_tagged_l1(&weak_l1, &tags, &t).await
+                            }
+                            Some(Invalidation::Pattern(p)) => drop_matching_l1(&weak_l1, &p).await,
+                            None => 0,
+                        };
+                        metrics::counter!("discovery_cache_remote_invalidations_total")
+                            .increment(1);
+                        tracing::debug!(dropped, "applied an invalidation from another replica");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        // Missed invalidations: drop everything rather than serve stale.
+                        tracing::warn!(missed = n, "invalidation backlog overflowed; clearing L1");
+                        weak_l1.invalidate_all();
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+
+    /// The bus this cache sends invalidations on (shared with its owner for
+    /// other replica-wide messages).
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
     }
 
     /// Whether an L2 is configured and currently connected.
@@ -228,11 +421,11 @@ impl Cache {
         self.l2.as_ref().is_some_and(|p| p.is_connected())
     }
 
-    /// Waits up to `timeout` for L2 to connect (for tests and readiness).
+    /// Waits up to `timeout` for L2 (and the bus) to connect (for tests and readiness).
     pub async fn wait_l2(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.l2_connected() {
+            if self.l2_connected() && self.bus.connected() {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -240,52 +433,78 @@ impl Cache {
         self.l2_connected()
     }
 
-    /// Entries and weighted bytes in L1.
+    /// Entries and weighted bytes in L1, all kinds.
     pub fn l1_usage(&self) -> (u64, u64) {
         (self.l1.entry_count(), self.l1.weighted_size())
     }
 
+    /// Runs L1's pending maintenance (evictions, listener calls) now.
+    pub async fn run_pending_tasks(&self) {
+        self.l1.run_pending_tasks().await;
+    }
+
+    fn use_l1(&self, kind: &CacheKind) -> bool {
+        !(kind.shared && self.l2.is_some())
+    }
+
     /// Looks `key` up in L1, then L2 (filling L1 on an L2 hit).
     pub async fn get(&self, kind: &'static CacheKind, key: &str) -> Option<Bytes> {
-        if let Some(e) = self.l1.get(key).await {
+        let started = Instant::now();
+        if self.use_l1(kind)
+            && let Some(e) = self.l1.get(key).await
+        {
             if kind.sliding {
                 self.touch_l2(kind, key).await;
             }
-            record(kind, "l1", true);
+            record(kind, "l1", true, started);
             return Some(e.value);
         }
-        if let Some(v) = self.l2_get(kind, key).await {
-            self.l1
-                .insert(
-                    Arc::from(key),
-                    Entry {
-                        value: v.clone(),
-                        ttl: kind.ttl,
-                    },
-                )
-                .await;
-            record(kind, "l2", true);
-            return Some(v);
+        if let Some(e) = self.l2_get(kind, key).await {
+            if self.use_l1(kind) {
+                self.insert_l1(key, e.clone()).await;
+            }
+            record(kind, "l2", true, started);
+            return Some(e.value);
         }
-        record(kind, "all", false);
+        record(kind, "all", false, started);
         None
     }
 
-    /// Stores `value` under `key` in both levels with the kind's TTL.
-    pub async fn set(&self, kind: &'static CacheKind, key: &str, value: Bytes) {
-        self.l1
-            .insert(
-                Arc::from(key),
-                Entry {
-                    value: value.clone(),
-                    ttl: kind.ttl,
-                },
-            )
-            .await;
-        self.l2_set(kind, key, &value).await;
+    /// Stores `value` under `key` in both levels with the kind's TTL and `tags`.
+    pub async fn set(&self, kind: &'static CacheKind, key: &str, value: Bytes, tags: &[String]) {
+        let entry = Entry {
+            value,
+            stored_at_ms: crate::now_unix_ms(),
+            kind,
+            tags: tags.iter().map(|t| Arc::from(t.as_str())).collect(),
+        };
+        if self.use_l1(kind) {
+            self.insert_l1(key, entry.clone()).await;
+        }
+        self.l2_set(key, &entry).await;
     }
 
-    /// Removes `key` from both levels.
+    async fn insert_l1(&self, key: &str, entry: Entry) {
+        let key: Arc<str> = Arc::from(key);
+        self.index_l1(&key, &entry);
+        self.l1.insert(key, entry).await;
+    }
+
+    fn index_l1(&self, key: &Arc<str>, entry: &Entry) {
+        entry.kind.l1_entries.fetch_add(1, Ordering::Relaxed);
+        entry
+            .kind
+            .l1_bytes
+            .fetch_add(entry.weight(key) as i64, Ordering::Relaxed);
+        if !entry.tags.is_empty() {
+            let mut index = self.tags.lock();
+            for t in entry.tags.iter() {
+                index.entry(t.clone()).or_default().insert(key.clone());
+            }
+        }
+    }
+
+    /// Removes `key` from both levels (this replica's L1 and L2).
     pub async fn delete(&self, key: &str) {
         self.l1.invalidate(key).await;
         if let Some(pool) = &self.l2
@@ -300,46 +519,211 @@ impl Cache {
         self.l1.invalidate(key).await;
     }
 
-    /// Returns the cached value or runs `load` once for all concurrent callers
-    /// of the same key, caching its `Ok` result.
+    /// Drops every entry carrying one of `tags`, on every replica and in L2.
+    /// Returns the entries dropped from this replica's L1.
+    pub async fn invalidate_tags(&self, tags: &[String]) -> u64 {
+        if tags.is_empty() {
+            return 0;
+        }
+        let dropped = drop_tagged_l1(&self.l1, &self.tags, tags).await;
+        if let Some(pool) = &self.l2
+            && pool.is_connected()
+        {
+            let jobs = tags.iter().map(|t| async move {
+                let set = format!("tag:{t}");
+                match pool.smembers::<Vec<String>, _>(&set).await {
+                    Ok(keys) => {
+                        let dels = keys.iter().map(|k| pool.del::<i64, _>(k.as_str()));
+                        for r in futures::future::join_all(dels).await {
+                            if let Err(e) = r {
+                                l2_error("del", &e);
+                            }
+                        }
+                        if let Err(e) = pool.del::<i64, _>(&set).await {
+                            l2_error("del", &e);
+                        }
+                    }
+                    Err(e) => l2_error("smembers", &e),
+                }
+            });
+            futures::future::join_all(jobs).await;
+        }
+        self.bus
+            .publish(
+                INVALIDATION_CHANNEL,
+                &Invalidation::Tags(tags.to_vec()).encode(),
+            )
+            .await;
+        metrics::counter!("discovery_cache_invalidations_total", "by" => "tag")
+            .increment(tags.len() as u64);
+        dropped
+    }
+
+    /// Drops every key matching the glob `pattern` (`*` and `?`) on every
+    /// replica and in L2. Returns the entries dropped from this replica's L1.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> u64 {
+        let dropped = drop_matching_l1(&self.l1, pattern).await;
+        if let Some(pool) = &self.l2
+            && pool.is_connected()
+        {
+            let client = pool.next().clone();
+            let mut keys = client.scan_cluster_buffered(pattern, Some(500), None);
+            let mut batch = Vec::new();
+            while let Some(k) = keys.next().await {
+                match k {
+                    Ok(k) => batch.push(k),
+                    Err(e) => {
+                        l2_error("scan", &e);
+                        break;
+                    }
+                }
+            }
+            let dels = batch.into_iter().map(|k| pool.del::<i64, _>(k));
+            for r in futures::future::join_all(dels).await {
+                if let Err(e) = r {
+                    l2_error("del", &e);
+                }
+            }
+        }
+        self.bus
+            .publish(
+                INVALIDATION_CHANNEL,
+                &Invalidation::Pattern(pattern.to_string()).encode(),
+            )
+            .await;
+        metrics::counter!("discovery_cache_invalidations_total", "by" => "pattern").increment(1);
+        dropped
+    }
+
+    /// Returns the cached value, or runs `load` once for all concurrent
+    /// callers of the same key and caches its result with its tags.
+    ///
+    /// An entry older than its kind's `fresh_for` is returned with
+    /// `stale: true` while `load` runs in the background to replace it.
     pub async fn get_or_load<F, Fut, E>(
         &self,
         kind: &'static CacheKind,
         key: &str,
         load: F,
-    ) -> Result<Bytes, Arc<E>>
+    ) -> Result<Lookup, E>
     where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Bytes, E>>,
-        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Loaded, E>> + Send + 'static,
+        E: Clone + Send + Sync + 'static,
     {
-        if let Some(e) = self.l1.get(key).await {
-            record(kind, "l1", true);
-            return Ok(e.value);
+        let started = Instant::now();
+        let use_l1 = self.use_l1(kind);
+        if use_l1 && let Some(e) = self.l1.get(key).await {
+            let stale = self.is_stale(kind, &e);
+            if stale {
+                self.refresh_in_background(kind, key, load);
+            }
+            record(kind, "l1", true, started);
+            return Ok(Lookup {
+                value: e.value,
+                source: Source::L1,
+                stale,
+            });
         }
-        let entry = self
-            .l1
-            .try_get_with(Arc::from(key), async {
-                if let Some(v) = self.l2_get(kind, key).await {
-                    record(kind, "l2", true);
-                    return Ok(Entry {
-                        value: v,
-                        ttl: kind.ttl,
-                    });
+        // Set by the init future when it runs: None means another caller's
+        // load answered this one (coalesced).
+        let source: Arc<Mutex<Option<Source>>> = Arc::default();
+        let src = source.clone();
+        let this = self.clone();
+        let key_owned: Arc<str> = Arc::from(key);
+        let init = async move {
+            if let Some(e) = this.l2_get(kind, &key_owned).await {
+                *src.lock() = Some(Source::L2);
+                return Ok(e);
+            }
+            *src.lock() = Some(Source::Origin);
+            match load().await {
+                Ok(l) if l.cacheable => {
+                    let entry = Entry {
+                        value: l.value,
+                        stored_at_ms: crate::now_unix_ms(),
+                        kind,
+                        tags: l.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
+                    };
+                    // Write-behind: the caller does not wait for Redis.
+                    let (c, k, e) = (this.clone(), key_owned.clone(), entry.clone());
+                    tokio::spawn(async move { c.l2_set(&k, &e).await });
+                    Ok(entry)
                 }
-                record(kind, "all", false);
-                let v = load().await?;
-                self.l2_set(kind, key, &v).await;
-                Ok(Entry {
-                    value: v,
-                    ttl: kind.ttl,
+                Ok(l) => Err(LoadFailure::Uncacheable(l.value)),
+                Err(e) => Err(LoadFailure::Failed(e)),
+            }
+        };
+        let result = if use_l1 {
+            let key: Arc<str> = Arc::from(key);
+            let r = self.l1.try_get_with(key.clone(), init).await;
+            // Only the caller whose init ran (and inserted) indexes the entry.
+            if let Ok(e) = &r
+                && source.lock().is_some()
+            {
+                self.index_l1(&key, e);
+            }
+            r
+        } else {
+            init.await.map_err(Arc::new)
+        };
+        match result {
+            Ok(e) => {
+                let s = source.lock().unwrap_or(Source::L1);
+                let stale = s == Source::L2 && self.is_stale(kind, &e);
+                match s {
+                    Source::L1 => record(kind, "l1", true, started),
+                    Source::L2 => record(kind, "l2", true, started),
+                    Source::Origin => record(kind, "all", false, started),
+                }
+                Ok(Lookup {
+                    value: e.value,
+                    source: s,
+                    stale,
                 })
-            })
-            .await?;
-        Ok(entry.value)
+            }
+            Err(f) => {
+                record(kind, "all", false, started);
+                match &*f {
+                    LoadFailure::Uncacheable(v) => Ok(Lookup {
+                        value: v.clone(),
+                        source: Source::Origin,
+                        stale: false,
+                    }),
+                    LoadFailure::Failed(e) => Err(e.clone()),
+                }
+            }
+        }
     }
 
-    async fn l2_get(&self, kind: &'static CacheKind, key: &str) -> Option<Bytes> {
+    fn is_stale(&self, kind: &CacheKind, e: &Entry) -> bool {
+        kind.fresh_for
+            .is_some_and(|f| crate::now_unix_ms() - e.stored_at_ms > f.as_millis() as i64)
+    }
+
+    fn refresh_in_background<F, Fut, E>(&self, kind: &'static CacheKind, key: &str, load: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Loaded, E>> + Send + 'static,
+        E: Send + Sync + 'static,
+    {
+        let key: Arc<str> = Arc::from(key);
+        if !self.refreshing.lock().insert(key.clone()) {
+            return;
+        }
+        kind.stale.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(l) = load().await
+                && l.cacheable
+            {
+                this.set(kind, &key, l.value, &l.tags).await;
+            }
+            this.refreshing.lock().remove(&key);
+        });
+    }
+
+    async fn l2_get(&self, kind: &'static CacheKind, key: &str) -> Option<Entry> {
         let pool = self.l2.as_ref()?;
         if !pool.is_connected() {
             return None;
@@ -352,7 +736,7 @@ impl Cache {
         metrics::histogram!("discovery_cache_l2_duration_seconds", "kind" => kind.name, "op" => "get")
             .record(started.elapsed().as_secs_f64());
         match r {
-            Ok(v) => v.and_then(|b| decode(&b)),
+            Ok(v) => v.and_then(|b| decode(&b, kind)),
             Err(e) => {
                 l2_error("get", &e);
                 None
@@ -360,26 +744,38 @@ impl Cache {
         }
     }
 
-    async fn l2_set(&self, kind: &'static CacheKind, key: &str, value: &Bytes) {
+    async fn l2_set(&self, key: &str, e: &Entry) {
         let Some(pool) = &self.l2 else { return };
         if !pool.is_connected() {
             return;
         }
         let started = Instant::now();
+        let ttl = e.kind.ttl.as_secs().max(1) as i64;
         let r: Result<(), _> = pool
             .set(
                 key,
-                Bytes::from(encode(value)),
-                Some(Expiration::EX(kind.ttl.as_secs().max(1) as i64)),
+                encode(&e.value, e.stored_at_ms, &e.tags),
+                Some(Expiration::EX(ttl)),
                 None,
                 false,
             )
             .await;
-        metrics::histogram!("discovery_cache_l2_duration_seconds", "kind" => kind.name, "op" => "set")
-            .record(started.elapsed().as_secs_f64());
-        if let Err(e) = r {
-            l2_error("set", &e);
+        if let Err(err) = r {
+            l2_error("set", &err);
+            return;
         }
+        let adds = e.tags.iter().map(|t| async move {
+            let set = format!("tag:{t}");
+            pool.sadd::<i64, _, _>(&set, key).await?;
+            pool.expire::<i64, _>(&set, ttl, None).await
+        });
+        for r in futures::future::join_all(adds).await {
+            if let Err(err) = r {
+                l2_error("sadd", &err);
+            }
+        }
+        metrics::histogram!("discovery_cache_l2_duration_seconds", "kind" => e.kind.name, "op" => "set")
+            .record(started.elapsed().as_secs_f64());
     }
 
     async fn touch_l2(&self, kind: &'static CacheKind, key: &str) {
@@ -394,14 +790,102 @@ impl Cache {
     }
 }
 
-fn record(kind: &'static CacheKind, level: &'static str, hit: bool) {
-    if hit {
+async fn drop_tagged_l1(
+    l1: &moka::future::Cache<Arc<str>, Entry>,
+    index: &TagIndex,
+    tags: &[String],
+) -> u64 {
+    let keys: HashSet<Arc<str>> = {
+        let mut index = index.lock();
+        tags.iter()
+            .filter_map(|t| index.remove(t.as_str()))
+            .flatten()
+            .collect()
+    };
+    let mut n = 0;
+    for k in keys {
+        if l1.remove(&k).await.is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn drop_matching_l1(l1: &moka::future::Cache<Arc<str>, Entry>, pattern: &str) -> u64 {
+    let keys: Vec<Arc<str>> = l1
+        .iter()
+        .filter(|(k, _)| glob_match(pattern, k))
+        .map(|(k, _)| (*k).clone())
+        .collect();
+    let mut n = 0;
+    for k in keys {
+        if l1.remove(&k).await.is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Glob with `*` (any run) and `?` (any one character), as Redis `SCAN MATCH`
+/// without character classes.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+enum Invalidation {
+    Tags(Vec<String>),
+    Pattern(String),
+}
+
+impl Invalidation {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Tags(t) => format!("T{}", t.join("\n")).into_bytes(),
+            Self::Pattern(p) => format!("P{p}").into_bytes(),
+        }
+    }
+    fn decode(b: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(b).ok()?;
+        match s.split_at_checked(1)? {
+            ("T", rest) => Some(Self::Tags(rest.split('\n').map(str::to_string).collect())),
+            ("P", rest) => Some(Self::Pattern(rest.to_string())),
+            _ => None,
+        }
+    }
+}
+
+fn record(kind: &'static CacheKind, level: &'static str, hit: bool, started: Instant) {
+    let result = if hit {
         kind.hits.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("discovery_cache_requests_total", "kind" => kind.name, "result" => "hit", "level" => level).increment(1);
+        "hit"
     } else {
         kind.misses.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("discovery_cache_requests_total", "kind" => kind.name, "result" => "miss", "level" => level).increment(1);
-    }
+        "miss"
+    };
+    metrics::counter!("discovery_cache_requests_total", "kind" => kind.name, "result" => result, "level" => level).increment(1);
+    metrics::histogram!("discovery_cache_lookup_duration_seconds", "kind" => kind.name, "result" => result)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn l2_error(op: &'static str, e: &fred::error::Error) {
@@ -409,49 +893,95 @@ fn l2_error(op: &'static str, e: &fred::error::Error) {
     tracing::debug!(op, error = %e, "L2 cache error; degrading to L1 + origin");
 }
 
-const RAW: u8 = 0;
-const ZSTD: u8 = 1;
+const FLAG_ZSTD: u8 = 1;
+const FORMAT: u8 = 0xD0;
 
-/// L2 wire format: one header byte (0 raw, 1 zstd) then the payload.
-fn encode(value: &[u8]) -> Vec<u8> {
-    if value.len() > COMPRESS_ABOVE
-        && let Ok(c) = zstd::bulk::compress(value, 3)
-        && c.len() < value.len()
-    {
-        let mut out = Vec::with_capacity(c.len() + 1);
-        out.push(ZSTD);
-        out.extend_from_slice(&c);
-        return out;
+/// L2 wire format: format byte `0xD0 | flags` (bit 0: zstd), stored-at
+/// (u64 ms, LE), tag count (u16) and tags (u16 length + UTF-8), then the payload.
+fn encode(value: &[u8], stored_at_ms: i64, tags: &[Arc<str>]) -> Bytes {
+    let compressed = (value.len() > COMPRESS_ABOVE)
+        .then(|| zstd::bulk::compress(value, 3).ok())
+        .flatten()
+        .filter(|c| c.len() < value.len());
+    let payload: &[u8] = compressed.as_deref().unwrap_or(value);
+    let mut out = BytesMut::with_capacity(payload.len() + 11 + tags.len() * 24);
+    out.put_u8(FORMAT | (u8::from(compressed.is_some()) * FLAG_ZSTD));
+    out.put_u64_le(stored_at_ms.max(0) as u64);
+    let tags: Vec<&Arc<str>> = tags
+        .iter()
+        .filter(|t| t.len() <= u16::MAX as usize)
+        .take(u16::MAX as usize)
+        .collect();
+    out.put_u16_le(tags.len() as u16);
+    for t in tags {
+        out.put_u16_le(t.len() as u16);
+        out.put_slice(t.as_bytes());
     }
-    let mut out = Vec::with_capacity(value.len() + 1);
-    out.push(RAW);
-    out.extend_from_slice(value);
-    out
+    out.put_slice(payload);
+    out.freeze()
 }
 
 /// Decodes [`encode`]'s format; `None` for anything else (treated as a miss).
-fn decode(b: &[u8]) -> Option<Bytes> {
-    match b.split_first()? {
-        (&RAW, rest) => Some(Bytes::copy_from_slice(rest)),
-        // Bounded: cached values are at most a few MiB.
-        (&ZSTD, rest) => zstd::bulk::decompress(rest, 64 << 20).ok().map(Bytes::from),
-        _ => None,
+fn decode(b: &[u8], kind: &'static CacheKind) -> Option<Entry> {
+    let mut b = b;
+    if b.len() < 11 || b[0] & 0xF0 != FORMAT {
+        return None;
     }
+    let zstd = b.get_u8() & FLAG_ZSTD != 0;
+    let stored_at_ms = b.get_u64_le() as i64;
+    let n = b.get_u16_le() as usize;
+    let mut tags = Vec::with_capacity(n);
+    for _ in 0..n {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let len = b.get_u16_le() as usize;
+        if b.remaining() < len {
+            return None;
+        }
+        tags.push(Arc::from(std::str::from_utf8(&b[..len]).ok()?));
+        b.advance(len);
+    }
+    let value = if zstd {
+        // Bounded: cached values are at most a few MiB.
+        Bytes::from(zstd::bulk::decompress(b, 64 << 20).ok()?)
+    } else {
+        Bytes::copy_from_slice(b)
+    };
+    Some(Entry {
+        value,
+        stored_at_ms,
+        kind,
+        tags: tags.into(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    static TEST_KIND: CacheKind = CacheKind::new("test", Duration::from_secs(60), false);
+    static SWR_KIND: CacheKind = CacheKind::new("swr", Duration::from_secs(60), false)
+        .stale_while_revalidate(Duration::from_millis(0));
+
     #[test]
     fn codec_round_trips_and_compresses() {
+        let tags: Vec<Arc<str>> = vec![Arc::from("product:p1"), Arc::from("brand:x")];
         let small = b"hello".to_vec();
-        assert_eq!(decode(&encode(&small)).unwrap(), small);
+        let e = decode(&encode(&small, 42, &tags), &TEST_KIND).unwrap();
+        assert_eq!(e.value, small);
+        assert_eq!(e.stored_at_ms, 42);
+        assert_eq!(&*e.tags, &tags[..]);
         let big = vec![7u8; 10_000];
-        let enc = encode(&big);
+        let enc = encode(&big, 1, &[]);
         assert!(enc.len() < 200, "{}", enc.len());
-        assert_eq!(decode(&enc).unwrap(), big);
-        assert!(decode(&[9, 1, 2]).is_none());
+        assert_eq!(decode(&enc, &TEST_KIND).unwrap().value, big);
+        assert!(decode(&[9, 1, 2], &TEST_KIND).is_none());
+        // Truncated headers are misses, not panics.
+        let full = encode(b"abc", 1, &tags);
+        for n in 0..full.len() {
+            let _ = decode(&full[..n], &TEST_KIND);
+        }
     }
 
     #[test]
@@ -464,7 +994,25 @@ mod tests {
         assert_eq!(parse_node("nope"), None);
     }
 
-    static TEST_KIND: CacheKind = CacheKind::new("test", Duration::from_secs(60), false);
+    #[test]
+    fn globs_match_like_redis() {
+        assert!(glob_match(
+            "recommendations:*",
+            "recommendations:anon:oval:12"
+        ));
+        assert!(glob_match("*:oval:*", "recommendations:anon:oval:12"));
+        assert!(glob_match("product:?:1", "product:a:1"));
+        assert!(!glob_match("product:?:1", "product:ab:1"));
+        assert!(!glob_match("search:*", "recommendations:x"));
+        assert!(glob_match("*", ""));
+    }
+
+    fn loaded(v: &'static str, tags: &[&str]) -> Result<Loaded, String> {
+        Ok(Loaded::new(
+            Bytes::from_static(v.as_bytes()),
+            tags.iter().map(|t| t.to_string()).collect(),
+        ))
+    }
 
     #[tokio::test]
     async fn single_flight_runs_loader_once() {
@@ -476,21 +1024,108 @@ mod tests {
             let calls = calls.clone();
             handles.push(tokio::spawn(async move {
                 cache
-                    .get_or_load(&TEST_KIND, "k", || async {
+                    .get_or_load(&TEST_KIND, "k", move || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(20)).await;
-                        Ok::<_, std::io::Error>(Bytes::from_static(b"v"))
+                        loaded("v", &[])
                     })
                     .await
                     .unwrap()
             }));
         }
+        let mut origins = 0;
         for h in handles {
-            assert_eq!(h.await.unwrap(), Bytes::from_static(b"v"));
+            let l = h.await.unwrap();
+            assert_eq!(l.value, Bytes::from_static(b"v"));
+            origins += usize::from(l.source == Source::Origin);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(origins, 1, "one caller loaded, the others waited for it");
         assert_eq!(cache.get(&TEST_KIND, "k").await.unwrap(), "v");
         cache.delete("k").await;
+        assert!(cache.get(&TEST_KIND, "k").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn tags_drop_exactly_the_tagged_entries() {
+        let cache = Cache::new(&CacheConfig::l1_only(1 << 20)).await.unwrap();
+        cache
+            .set(
+                &TEST_KIND,
+                "a",
+                Bytes::from_static(b"1"),
+                &["product:1".into()],
+            )
+            .await;
+        cache
+            .set(
+                &TEST_KIND,
+                "b",
+                Bytes::from_static(b"2"),
+                &["product:1".into(), "brand:x".into()],
+            )
+            .await;
+        let l = cache
+            .get_or_load(&TEST_KIND, "c", || async { loaded("3", &["brand:y"]) })
+            .await
+            .unwrap();
+        assert_eq!(l.source, Source::Origin);
+        assert_eq!(cache.invalidate_tags(&["product:1".into()]).await, 2);
+        assert!(cache.get(&TEST_KIND, "a").await.is_none());
+        assert!(cache.get(&TEST_KIND, "b").await.is_none());
+        assert!(cache.get(&TEST_KIND, "c").await.is_some());
+        assert_eq!(cache.invalidate_tags(&["brand:y".into()]).await, 1);
+        assert!(cache.get(&TEST_KIND, "c").await.is_none());
+        cache
+            .set(&TEST_KIND, "recommendations:1", Bytes::new(), &[])
+            .await;
+        cache.set(&TEST_KIND, "search:1", Bytes::new(), &[]).await;
+        assert_eq!(cache.invalidate_pattern("recommendations:*").await, 1);
+        assert!(cache.get(&TEST_KIND, "search:1").await.is_some());
+    }
+
+    #[tokio::test]
+    async fn stale_entries_are_served_while_one_refresh_runs() {
+        let cache = Cache::new(&CacheConfig::l1_only(1 << 20)).await.unwrap();
+        let first = cache
+            .get_or_load(&SWR_KIND, "k", || async { loaded("old", &[]) })
+            .await
+            .unwrap();
+        assert_eq!(first.value, "old");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = cache
+            .get_or_load(&SWR_KIND, "k", || async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                loaded("new", &[])
+            })
+            .await
+            .unwrap();
+        assert_eq!(second.value, "old", "stale value served at once");
+        assert!(second.stale);
+        let mut seen_new = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if cache.get(&SWR_KIND, "k").await.unwrap() == "new" {
+                seen_new = true;
+                break;
+            }
+        }
+        assert!(seen_new, "background refresh replaced the entry");
+    }
+
+    #[tokio::test]
+    async fn uncacheable_results_are_returned_not_stored() {
+        let cache = Cache::new(&CacheConfig::l1_only(1 << 20)).await.unwrap();
+        let l = cache
+            .get_or_load(&TEST_KIND, "k", || async {
+                Ok::<_, String>(Loaded {
+                    cacheable: false,
+                    ..Loaded::new(Bytes::from_static(b"v"), vec![])
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(l.value, "v");
         assert!(cache.get(&TEST_KIND, "k").await.is_none());
     }
 }

@@ -12,6 +12,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod cache;
 pub mod client;
 pub mod config;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use discovery_harness::RedisCluster;
-use discovery_kit::cache::{Cache, CacheConfig, CacheKind, kinds};
+use discovery_kit::cache::{Cache, CacheConfig, CacheKind, Loaded, kinds};
 
 fn config(cluster: &RedisCluster) -> CacheConfig {
     CacheConfig {
@@ -40,6 +40,7 @@ async fn redis_cluster_l2_is_shared_between_replicas() {
             } else {
                 Bytes::from(format!("v{i}"))
             },
+            &[format!("product:p{i}"), "brand:acme".to_string()],
         )
         .await;
     }
@@ -76,8 +77,7 @@ async fn redis_cluster_l2_is_shared_between_replicas() {
     );
 
     a.delete("product:p3:1").await;
-    // A third replica (empty L1) sees the delete; b's L1 copy lives until its
-    // TTL or a cross-replica invalidation (recommendation issue).
+    // A third replica (empty L1) sees the delete.
     let c = Cache::new(&config(&cluster)).await.unwrap();
     assert!(c.wait_l2(Duration::from_secs(10)).await);
     assert!(
@@ -85,8 +85,46 @@ async fn redis_cluster_l2_is_shared_between_replicas() {
         "delete reaches L2"
     );
     assert!(c.get(&TEST, "product:p4:1").await.is_some());
+
+    // Tag invalidation on one replica reaches L2 and the L1 of the others
+    // (b filled its L1 from L2 above, tags included).
+    let started = std::time::Instant::now();
+    a.invalidate_tags(&["product:p5".to_string()]).await;
+    let mut gone_on_b = None;
+    for _ in 0..200 {
+        if b.get(&TEST, "product:p5:1").await.is_none() {
+            gone_on_b = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delay = gone_on_b.expect("invalidation reached replica b's L1");
+    assert!(
+        b.get(&TEST, "product:p6:1").await.is_some(),
+        "untagged entries stay"
+    );
+    assert!(
+        c.get(&TEST, "product:p5:1").await.is_none(),
+        "L2 copy dropped"
+    );
+    // By brand: every entry on every replica.
+    b.invalidate_tags(&["brand:acme".to_string()]).await;
+    let mut all_gone = false;
+    for _ in 0..200 {
+        let mut any = false;
+        for i in 6..30 {
+            any |= a.get(&TEST, &format!("product:p{i}:1")).await.is_some();
+        }
+        if !any {
+            all_gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(all_gone, "brand tag dropped every entry on replica a");
     eprintln!(
-        "redis cluster: 30 keys shared across two cache instances via L2, TTL and delete verified"
+        "redis cluster: 30 keys shared across replicas via L2, TTL, delete and tag invalidation verified; \
+         cross-replica L1 invalidation delay {delay:?}"
     );
 }
 
@@ -100,11 +138,11 @@ async fn redis_unreachable_degrades_to_l1_and_origin() {
     let cache = Cache::new(&cfg).await.unwrap();
     let v = cache
         .get_or_load(&kinds::PRODUCT, "product:x:1", || async {
-            Ok::<_, std::io::Error>(Bytes::from_static(b"origin"))
+            Ok::<_, String>(Loaded::new(Bytes::from_static(b"origin"), vec![]))
         })
         .await
         .unwrap();
-    assert_eq!(v, "origin");
+    assert_eq!(v.value, "origin");
     assert_eq!(
         cache.get(&kinds::PRODUCT, "product:x:1").await.unwrap(),
         "origin"
