@@ -225,6 +225,20 @@ impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
     ) -> Option<Duration> {
         Some(v.kind.ttl)
     }
+    fn expire_after_read(
+        &self,
+        _k: &Arc<str>,
+        v: &Entry,
+        _now: Instant,
+        current: Option<Duration>,
+        _last_modified: Instant,
+    ) -> Option<Duration> {
+        if v.kind.sliding {
+            Some(v.kind.ttl)
+        } else {
+            current
+        }
+    }
 }
 
 /// Tag -> keys in this replica's L1.
@@ -517,6 +531,12 @@ impl Cache {
     /// Removes `key` from this replica's L1 only.
     pub async fn delete_local(&self, key: &str) {
         self.l1.invalidate(key).await;
+    }
+
+    /// Drops entries carrying one of `tags` from this replica's L1 only (for
+    /// a replica applying a change another replica already broadcast).
+    pub async fn drop_tags_local(&self, tags: &[String]) -> u64 {
+        drop_tagged_l1(&self.l1, &self.tags, tags).await
     }
 
     /// Drops every entry carrying one of `tags`, on every replica and in L2.

@@ -1,20 +1,41 @@
-//! The tonic edge: maps requests to the domain and errors to gRPC statuses.
+//! The tonic edge: maps requests to the domain and errors to gRPC statuses,
+//! and puts the cache in front of ranking and search.
+//!
+//! Cached results are stored in an envelope that lists the products they
+//! show with their content stamps. A hit is served only if the snapshot still
+//! holds every one of those products with the same stamp; otherwise it is
+//! recomputed. So a product's price or stock change can never be served
+//! stale from any cache level once this replica's snapshot has it, whatever
+//! the timing of invalidation messages. Tag invalidation (`product:{id}`)
+//! frees the memory and saves the check; stale-while-revalidate (60 s for
+//! recommendations) brings in products that newly qualify for a result.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use discovery_kit::cache::{Cache, kinds};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use discovery_kit::cache::{Cache, CacheKind, Loaded, Lookup, Source, kinds};
 use discovery_kit::store::{Store, doc};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_server::CacheAdmin;
 use discovery_proto::v1::catalog_server::Catalog as CatalogApi;
 use discovery_proto::v1::recommendation_server::Recommendation;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::catalog::{FACE_SHAPES, Frame, fnv1a};
 use crate::rank::{self, RankError};
-use crate::snapshot::Snapshot;
+use crate::search::{self, SearchError};
+use crate::snapshot::{Catalog, Change, Snapshot};
 
 /// Collection of recorded interactions.
 pub const INTERACTIONS: &str = "interactions";
+/// Collection of session snapshots (seed spec `ai_sessions`).
+pub const AI_SESSIONS: &str = "ai_sessions";
+/// Bus channel carrying catalogue changes between replicas.
+pub const CATALOG_CHANNEL: &str = "discovery:catalog:changes";
+/// Most changes in one `ApplyCatalogChange`.
+pub const MAX_CHANGES: usize = 5_000;
 
 /// Shared state of the service's handlers.
 #[derive(Clone)]
@@ -30,6 +51,278 @@ impl From<RankError> for Status {
     }
 }
 
+impl From<SearchError> for Status {
+    fn from(e: SearchError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+/// A cached result: the products it shows with their stamps, then the
+/// encoded response.
+fn envelope(catalog: &Catalog, rows: &[usize], payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(payload.len() + rows.len() * 24 + 2);
+    b.put_u16_le(rows.len() as u16);
+    for &r in rows {
+        let id = catalog.frames[r].id.as_bytes();
+        let id = &id[..id.len().min(255)];
+        b.put_u8(id.len() as u8);
+        b.put_slice(id);
+        b.put_u64_le(catalog.features.stamp[r]);
+    }
+    b.put_slice(payload);
+    b.freeze()
+}
+
+/// The payload of an envelope if every product in it is unchanged in `catalog`.
+fn open_envelope(catalog: &Catalog, mut b: Bytes) -> Option<Bytes> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let n = b.get_u16_le() as usize;
+    for _ in 0..n {
+        if b.remaining() < 1 {
+            return None;
+        }
+        let len = b.get_u8() as usize;
+        if b.remaining() < len + 8 {
+            return None;
+        }
+        let id = std::str::from_utf8(&b[..len]).ok()?;
+        let row = catalog.index(id)?;
+        let stamp = catalog.features.stamp[row];
+        b.advance(len);
+        if b.get_u64_le() != stamp {
+            return None;
+        }
+    }
+    Some(b)
+}
+
+/// The request in canonical form: what cannot change the answer removed,
+/// widths rounded as the ranking rounds them, lists sorted, page normalised.
+fn canonical_recommend(
+    req: &pb::RecommendRequest,
+    personal: bool,
+    offset: usize,
+    size: usize,
+) -> pb::RecommendRequest {
+    let mut c = req.clone();
+    c.requester = personal.then(|| pb::Requester {
+        user_id: req.requester.clone().unwrap_or_default().user_id,
+        session_id: String::new(),
+    });
+    if let Some(f) = &mut c.face {
+        f.face_width_mm = f.face_width_mm.round();
+        f.nose_bridge_width_mm = f.nose_bridge_width_mm.round();
+        f.pupillary_distance_mm = 0.0;
+        f.analysis_id.clear();
+    }
+    if let Some(f) = &mut c.filter {
+        f.shapes.sort_unstable();
+        f.materials.sort_unstable();
+        f.brands
+            .iter_mut()
+            .for_each(|b| *b = b.trim().to_lowercase());
+        f.brands.sort();
+    }
+    if let Some(p) = &mut c.preferences {
+        for l in [&mut p.style_keywords, &mut p.colors, &mut p.brands] {
+            l.iter_mut().for_each(|b| *b = b.trim().to_lowercase());
+            l.sort();
+        }
+        p.shapes.sort_unstable();
+    }
+    c.page = Some(pb::PageRequest {
+        page_size: size as u32,
+        page_token: format!("o:{offset}"),
+    });
+    c
+}
+
+/// The cache key of a recommendation request:
+/// `recommendations:{user_id|anon}:{face_shape|any}:{hash}`.
+pub fn recommend_key(req: &pb::RecommendRequest, q: &rank::Query) -> String {
+    let canonical = canonical_recommend(req, q.is_personal(), q.offset, q.size);
+    let user = if q.is_personal() {
+        canonical
+            .requester
+            .as_ref()
+            .map_or("anon", |r| r.user_id.as_str())
+            .replace(':', "_")
+    } else {
+        "anon".into()
+    };
+    let shape = req
+        .face
+        .as_ref()
+        .and_then(|f| pb::FaceShape::try_from(f.face_shape).ok())
+        .map(crate::catalog::face_shape_name)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("any");
+    format!(
+        "recommendations:{user}:{shape}:{:016x}",
+        fnv1a(&canonical.encode_to_vec())
+    )
+}
+
+/// Computes a recommendation response from the current snapshot.
+pub fn compute_recommend(
+    catalog: &Catalog,
+    req: &pb::RecommendRequest,
+) -> Result<(pb::RecommendResponse, Vec<usize>), RankError> {
+    let (page, total, q) = rank::recommend(catalog, req)?;
+    let rows: Vec<usize> = page.iter().map(|s| s.row).collect();
+    let token = rank::next_token(q.offset, page.len(), total);
+    let resp = pb::RecommendResponse {
+        items: page
+            .into_iter()
+            .map(|s| pb::RecommendedProduct {
+                product: Some(catalog.frames[s.row].to_proto()),
+                score: s.score,
+                reasons: s.reasons,
+                breakdown: Some(s.breakdown),
+            })
+            .collect(),
+        page: Some(pb::PageResponse {
+            next_page_token: token,
+            total_size: total as u64,
+        }),
+        cached: false,
+        catalog_version: catalog.version,
+    };
+    Ok((resp, rows))
+}
+
+fn recommend_tags(catalog: &Catalog, rows: &[usize], req: &pb::RecommendRequest) -> Vec<String> {
+    let mut tags: Vec<String> = rows
+        .iter()
+        .map(|&r| format!("product:{}", catalog.frames[r].id))
+        .collect();
+    let mut brands: Vec<String> = rows
+        .iter()
+        .map(|&r| format!("brand:{}", catalog.frames[r].brand.to_lowercase()))
+        .collect();
+    brands.sort();
+    brands.dedup();
+    tags.extend(brands);
+    let shape = req
+        .face
+        .as_ref()
+        .and_then(|f| pb::FaceShape::try_from(f.face_shape).ok())
+        .map(crate::catalog::face_shape_name)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("any");
+    tags.push(format!("face_shape:{shape}"));
+    tags
+}
+
+impl Service {
+    /// Looks a cached envelope up (or computes it), validates it against the
+    /// snapshot, and recomputes once if it is out of date.
+    async fn cached<F>(
+        &self,
+        kind: &'static CacheKind,
+        key: String,
+        compute: F,
+    ) -> Result<(Bytes, bool), Status>
+    where
+        F: Fn(&Catalog) -> Result<(Vec<u8>, Vec<usize>, Vec<String>), Status>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let snapshot = self.snapshot.clone();
+        let load = {
+            let compute = compute.clone();
+            move || async move {
+                let catalog = snapshot.load();
+                let (payload, rows, tags) = compute(&catalog)?;
+                let value = envelope(&catalog, &rows, &payload);
+                // Computed from a snapshot that changed meanwhile: serve, don't keep.
+                let cacheable = snapshot.load().version == catalog.version;
+                Ok::<_, Status>(Loaded {
+                    value,
+                    tags,
+                    cacheable,
+                })
+            }
+        };
+        let Lookup { value, source, .. } = self.cache.get_or_load(kind, &key, load).await?;
+        let catalog = self.snapshot.load();
+        if let Some(payload) = open_envelope(&catalog, value) {
+            return Ok((payload, source != Source::Origin));
+        }
+        // Out of date (a product it shows changed): recompute and replace.
+        metrics::counter!("discovery_recommendation_stale_rejected_total", "kind" => kind.name)
+            .increment(1);
+        let (payload, rows, tags) = compute(&catalog)?;
+        let value = envelope(&catalog, &rows, &payload);
+        self.cache.set(kind, &key, value, &tags).await;
+        Ok((Bytes::from(payload), false))
+    }
+
+    /// Applies catalogue changes to this replica's snapshot and drops the
+    /// affected cache entries; returns (applied, version, tags).
+    pub fn apply_local(&self, changes: Vec<Change>) -> (u64, i64, Vec<String>) {
+        let applied = self.snapshot.apply(changes);
+        let version = self.snapshot.load().version;
+        if applied.applied > 0 {
+            tracing::info!(
+                applied = applied.applied,
+                ignored = applied.ignored,
+                version,
+                "catalogue changes applied"
+            );
+        }
+        (applied.applied, version, applied.tags)
+    }
+}
+
+/// Decodes API catalogue changes.
+pub fn changes_from_proto(req: &pb::ApplyCatalogChangeRequest) -> Result<Vec<Change>, Status> {
+    if req.changes.len() > MAX_CHANGES {
+        return Err(Status::invalid_argument(format!(
+            "changes: {} is over the maximum of {MAX_CHANGES} per call; split the batch",
+            req.changes.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(req.changes.len());
+    for (i, c) in req.changes.iter().enumerate() {
+        let kind = pb::ChangeKind::try_from(c.kind).unwrap_or(pb::ChangeKind::Unspecified);
+        match kind {
+            pb::ChangeKind::Upsert => {
+                let p = c.product.as_ref().ok_or_else(|| {
+                    Status::invalid_argument(format!("changes[{i}].product: required for UPSERT"))
+                })?;
+                if !c.product_id.is_empty() && c.product_id != p.id {
+                    return Err(Status::invalid_argument(format!(
+                        "changes[{i}]: product_id {:?} differs from product.id {:?}",
+                        c.product_id, p.id
+                    )));
+                }
+                let f = Frame::from_proto(p)
+                    .map_err(|e| Status::invalid_argument(format!("changes[{i}]: {e}")))?;
+                out.push(Change::Upsert(Box::new(f)));
+            }
+            pb::ChangeKind::Delete => {
+                if c.product_id.is_empty() {
+                    return Err(Status::invalid_argument(format!(
+                        "changes[{i}].product_id: required for DELETE"
+                    )));
+                }
+                out.push(Change::Delete(c.product_id.clone()));
+            }
+            pb::ChangeKind::Unspecified => {
+                return Err(Status::invalid_argument(format!(
+                    "changes[{i}].kind: give UPSERT or DELETE"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[tonic::async_trait]
 impl Recommendation for Service {
     #[tracing::instrument(skip_all, fields(face_shape = req.get_ref().face.as_ref().map(|f| f.face_shape)))]
@@ -38,31 +331,25 @@ impl Recommendation for Service {
         req: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let req = req.into_inner();
+        let started = Instant::now();
         let catalog = self.snapshot.load();
-        let (page, total) = rank::recommend(&catalog, &req)?;
-        let (offset, _) = rank::page(req.page.as_ref())?;
-        let next = offset + page.len();
-        Ok(Response::new(pb::RecommendResponse {
-            items: page
-                .into_iter()
-                .map(|s| pb::RecommendedProduct {
-                    product: Some(s.frame.to_proto()),
-                    score: s.score,
-                    reasons: s.reasons,
-                    breakdown: Some(s.breakdown),
-                })
-                .collect(),
-            page: Some(pb::PageResponse {
-                next_page_token: if next < total {
-                    format!("o:{next}")
-                } else {
-                    String::new()
-                },
-                total_size: total as u64,
-            }),
-            cached: false,
-            catalog_version: catalog.version,
-        }))
+        let q = rank::Query::compile(&catalog, &req)?;
+        let key = recommend_key(&req, &q);
+        drop(catalog);
+        let r = req.clone();
+        let (payload, cached) = self
+            .cached(&kinds::RECOMMENDATIONS, key, move |catalog| {
+                let (resp, rows) = compute_recommend(catalog, &r)?;
+                let tags = recommend_tags(catalog, &rows, &r);
+                Ok((resp.encode_to_vec(), rows, tags))
+            })
+            .await?;
+        let mut resp = pb::RecommendResponse::decode(payload)
+            .map_err(|e| Status::internal(format!("cached recommendation unreadable: {e}")))?;
+        resp.cached = cached;
+        metrics::histogram!("discovery_recommendation_duration_seconds", "cached" => if cached { "true" } else { "false" })
+            .record(started.elapsed().as_secs_f64());
+        Ok(Response::new(resp))
     }
 
     async fn record_interaction(
@@ -85,12 +372,23 @@ impl Recommendation for Service {
             )));
         }
         let requester = req.requester.unwrap_or_default();
+        if requester.user_id.len() > 128 || requester.session_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "requester: user_id and session_id are at most 128 bytes",
+            ));
+        }
+        let now = discovery_kit::now_unix_ms();
         let at = if req.at_unix_ms > 0 {
             req.at_unix_ms
         } else {
-            discovery_kit::now_unix_ms()
+            now
         };
-        let id = format!("{}-{}-{}", at, req.product_id, fastrand_suffix());
+        if at > now + 300_000 {
+            return Err(Status::invalid_argument(
+                "at_unix_ms: more than 5 minutes in the future; send 0 for now",
+            ));
+        }
+        let id = format!("{}-{}-{}", at, req.product_id, unique_suffix());
         self.store
             .put(
                 INTERACTIONS,
@@ -115,26 +413,135 @@ impl Recommendation for Service {
 
     async fn get_session(
         &self,
-        _req: Request<pb::GetSessionRequest>,
+        req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        Err(discovery_kit::server::not_yet(
-            "GetSession",
-            "recommendation",
-        ))
+        let id = req.into_inner().session_id;
+        check_session_id(&id)?;
+        let session = self.read_session(&id).await?.ok_or_else(|| {
+            Status::not_found(format!(
+                "session_id: session {id:?} has expired (30 minutes without activity) or never existed"
+            ))
+        })?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(session),
+        }))
     }
 
     async fn update_session(
         &self,
-        _req: Request<pb::UpdateSessionRequest>,
+        req: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
-        Err(discovery_kit::server::not_yet(
-            "UpdateSession",
-            "recommendation",
-        ))
+        let update = req
+            .into_inner()
+            .session
+            .ok_or_else(|| Status::invalid_argument("session: required"))?;
+        check_session_id(&update.session_id)?;
+        let mut s = self
+            .read_session(&update.session_id)
+            .await?
+            .unwrap_or_else(|| pb::SessionContext {
+                session_id: update.session_id.clone(),
+                ..Default::default()
+            });
+        merge_session(&mut s, update)?;
+        s.expires_at_unix_ms = discovery_kit::now_unix_ms() + kinds::SESSION.ttl.as_millis() as i64;
+        let key = format!("conversation:{}", s.session_id);
+        self.cache
+            .set(&kinds::SESSION, &key, Bytes::from(s.encode_to_vec()), &[])
+            .await;
+        let store = self.store.clone();
+        let snapshot = doc! {
+            "_id": &s.session_id,
+            "sessionId": &s.session_id,
+            "userId": &s.user_id,
+            "faceAnalysis": {"faceShape": crate::catalog::face_shape_name(
+                s.face.as_ref().and_then(|f| pb::FaceShape::try_from(f.face_shape).ok()).unwrap_or_default())},
+            "timestamp": discovery_kit::now_unix_ms(),
+            "createdAt": discovery_kit::store::bson::DateTime::now(),
+            "completed": false,
+        };
+        // Durable copy for analytics; the cache is the session's source of truth.
+        tokio::spawn(async move {
+            if let Err(e) = store.put(AI_SESSIONS, snapshot).await {
+                tracing::warn!(error = %e, "session snapshot not stored");
+            }
+        });
+        Ok(Response::new(pb::UpdateSessionResponse {
+            session: Some(s),
+        }))
     }
 }
 
-fn fastrand_suffix() -> u32 {
+impl Service {
+    async fn read_session(&self, id: &str) -> Result<Option<pb::SessionContext>, Status> {
+        let key = format!("conversation:{id}");
+        let Some(b) = self.cache.get(&kinds::SESSION, &key).await else {
+            return Ok(None);
+        };
+        let mut s = pb::SessionContext::decode(b)
+            .map_err(|e| Status::internal(format!("session {id:?} unreadable: {e}")))?;
+        // Sliding: the read extended it.
+        s.expires_at_unix_ms = discovery_kit::now_unix_ms() + kinds::SESSION.ttl.as_millis() as i64;
+        Ok(Some(s))
+    }
+}
+
+fn check_session_id(id: &str) -> Result<(), Status> {
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err(Status::invalid_argument(
+            "session_id: 1-128 characters of letters, digits, '-', '_', '.', ':'",
+        ));
+    }
+    Ok(())
+}
+
+/// Session limits.
+const MAX_ATTRIBUTES: usize = 64;
+const MAX_RECENT: usize = 50;
+
+fn merge_session(s: &mut pb::SessionContext, u: pb::SessionContext) -> Result<(), Status> {
+    if !u.user_id.is_empty() {
+        s.user_id = u.user_id;
+    }
+    if let Some(face) = u.face {
+        rank::face_widths(&face)?;
+        s.face = Some(face);
+    }
+    if u.preferences.is_some() {
+        s.preferences = u.preferences;
+    }
+    for (k, v) in u.attributes {
+        if k.len() > 64 || v.len() > 4096 {
+            return Err(Status::invalid_argument(format!(
+                "attributes: key {k:?} over 64 bytes or value over 4 KiB"
+            )));
+        }
+        if v.is_empty() {
+            s.attributes.remove(&k);
+        } else {
+            s.attributes.insert(k, v);
+        }
+    }
+    if s.attributes.len() > MAX_ATTRIBUTES {
+        return Err(Status::invalid_argument(format!(
+            "attributes: at most {MAX_ATTRIBUTES} per session (an empty value removes one)"
+        )));
+    }
+    let mut recent = u.recently_viewed;
+    recent.extend(std::mem::take(&mut s.recently_viewed));
+    let mut seen = std::collections::HashSet::new();
+    recent.retain(|p| seen.insert(p.clone()));
+    recent.truncate(MAX_RECENT);
+    s.recently_viewed = recent;
+    Ok(())
+}
+
+fn unique_suffix() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     N.fetch_add(1, Ordering::Relaxed)
@@ -186,71 +593,90 @@ impl CatalogApi for Service {
         req: Request<pb::SearchProductsRequest>,
     ) -> Result<Response<pb::SearchProductsResponse>, Status> {
         let req = req.into_inner();
-        if req.query.len() > 256 {
-            return Err(Status::invalid_argument("query: at most 256 bytes"));
-        }
-        let (offset, size) = rank::page(req.page.as_ref())?;
-        rank::check_filter(req.filter.as_ref())?;
-        let catalog = self.snapshot.load();
-        let mut hits: Vec<(f32, &crate::catalog::Frame)> = catalog
-            .frames
-            .iter()
-            .filter(|f| rank::passes(f, req.filter.as_ref()))
-            .filter_map(|f| {
-                let s = if req.query.trim().is_empty() {
-                    f.popularity
-                } else {
-                    rank::text_score(f, &req.query)
-                };
-                (s > 0.0).then_some((s + f.popularity * 0.01, f))
-            })
-            .collect();
-        hits.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        let total = hits.len();
-        let mut facets = Vec::new();
-        if req.include_facets {
-            let mut brand = std::collections::BTreeMap::<String, u64>::new();
-            let mut shape = std::collections::BTreeMap::<String, u64>::new();
-            for (_, f) in &hits {
-                *brand.entry(f.brand.clone()).or_default() += 1;
-                *shape.entry(f.shape.clone()).or_default() += 1;
-            }
-            for (name, m) in [("brand", brand), ("shape", shape)] {
-                let mut counts: Vec<pb::FacetCount> = m
-                    .into_iter()
-                    .map(|(value, count)| pb::FacetCount { value, count })
+        // Validate before touching the cache.
+        search::search(&Catalog::default(), &req)?;
+        let mut canonical = req.clone();
+        canonical.query = canonical.query.trim().to_lowercase();
+        let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));
+        let (payload, _) = self
+            .cached(&kinds::SEARCH, key, move |catalog| {
+                let r = search::search(catalog, &req)?;
+                let rows: Vec<usize> = r.hits.iter().map(|h| h.0).collect();
+                let tags = rows
+                    .iter()
+                    .map(|&i| format!("product:{}", catalog.frames[i].id))
                     .collect();
-                counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
-                facets.push(pb::Facet {
-                    name: name.into(),
-                    counts,
-                });
-            }
-        }
-        let next = offset + size;
-        Ok(Response::new(pb::SearchProductsResponse {
-            hits: hits
-                .into_iter()
-                .skip(offset)
-                .take(size)
-                .map(|(score, f)| pb::SearchHit {
-                    product: Some(f.to_proto()),
-                    score,
-                })
-                .collect(),
-            facets,
-            page: Some(pb::PageResponse {
-                next_page_token: if next < total {
-                    format!("o:{next}")
-                } else {
-                    String::new()
-                },
-                total_size: total as u64,
-            }),
-            corrected_query: String::new(),
-        }))
+                let resp = pb::SearchProductsResponse {
+                    page: Some(pb::PageResponse {
+                        next_page_token: rank::next_token(r.offset, r.hits.len(), r.total),
+                        total_size: r.total as u64,
+                    }),
+                    hits: r
+                        .hits
+                        .into_iter()
+                        .map(|(i, score)| pb::SearchHit {
+                            product: Some(catalog.frames[i].to_proto()),
+                            score,
+                        })
+                        .collect(),
+                    facets: r.facets,
+                    corrected_query: r.corrected,
+                };
+                Ok((resp.encode_to_vec(), rows, tags))
+            })
+            .await?;
+        let resp = pb::SearchProductsResponse::decode(payload)
+            .map_err(|e| Status::internal(format!("cached search unreadable: {e}")))?;
+        Ok(Response::new(resp))
     }
 }
+
+/// The recommendation sets warmed at start and on schedule: the first page
+/// for anonymous shoppers per face shape (and none), with no width and with
+/// common face widths.
+pub fn warm_requests() -> Vec<pb::RecommendRequest> {
+    let mut out = Vec::new();
+    for shape in 0..=FACE_SHAPES.len() as i32 {
+        for width in [0.0, 126.0, 130.0, 134.0, 138.0, 142.0, 146.0] {
+            out.push(pb::RecommendRequest {
+                face: Some(pb::FaceContext {
+                    face_shape: shape,
+                    face_width_mm: width,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+impl Service {
+    /// Warms the cache; returns entries computed.
+    pub async fn warm(&self) -> u64 {
+        let mut n = 0;
+        for req in warm_requests() {
+            if self
+                .recommend(Request::new(req))
+                .await
+                .is_ok_and(|r| !r.get_ref().cached)
+            {
+                n += 1;
+            }
+        }
+        metrics::counter!("discovery_cache_warmed_total").increment(n);
+        n
+    }
+}
+
+const TAG_PREFIXES: [&str; 3] = ["product:", "brand:", "face_shape:"];
+const KEY_PREFIXES: [&str; 5] = [
+    "recommendations:",
+    "search:",
+    "product:",
+    "conversation:",
+    "face_analysis:",
+];
 
 #[tonic::async_trait]
 impl CacheAdmin for Service {
@@ -259,11 +685,11 @@ impl CacheAdmin for Service {
         _req: Request<pb::GetCacheStatusRequest>,
     ) -> Result<Response<pb::GetCacheStatusResponse>, Status> {
         let catalog = self.snapshot.load();
-        let (entries, bytes) = self.cache.l1_usage();
+        self.cache.run_pending_tasks().await;
         let kinds_list = [
             &kinds::RECOMMENDATIONS,
-            &kinds::PRODUCT,
             &kinds::SEARCH,
+            &kinds::PRODUCT,
             &kinds::SESSION,
         ];
         Ok(Response::new(pb::GetCacheStatusResponse {
@@ -271,9 +697,9 @@ impl CacheAdmin for Service {
                 .iter()
                 .map(|k| {
                     let (h, m) = (k.hits(), k.misses());
+                    let (entries, bytes) = k.l1_usage();
                     pb::CacheKindStatus {
                         kind: k.name.into(),
-                        // L1 is shared by all kinds; per-kind sizes come with the recommendation issue.
                         l1_entries: entries,
                         l1_bytes: bytes,
                         hits: h,
@@ -297,26 +723,151 @@ impl CacheAdmin for Service {
         &self,
         _req: Request<pb::WarmCacheRequest>,
     ) -> Result<Response<pb::WarmCacheResponse>, Status> {
-        Err(discovery_kit::server::not_yet(
-            "WarmCache",
-            "recommendation",
-        ))
+        let started = Instant::now();
+        let n = self.warm().await;
+        Ok(Response::new(pb::WarmCacheResponse {
+            entries_warmed: n,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }))
     }
 
     async fn invalidate_cache(
         &self,
-        _req: Request<pb::InvalidateCacheRequest>,
+        req: Request<pb::InvalidateCacheRequest>,
     ) -> Result<Response<pb::InvalidateCacheResponse>, Status> {
-        Err(discovery_kit::server::not_yet(
-            "InvalidateCache",
-            "recommendation",
-        ))
+        let req = req.into_inner();
+        if req.tags.is_empty() && req.key_pattern.is_empty() {
+            return Err(Status::invalid_argument(
+                "give tags (product:{id}, brand:{name}, face_shape:{shape}) or a key_pattern",
+            ));
+        }
+        if req.tags.len() > 1000 {
+            return Err(Status::invalid_argument("tags: at most 1000 per call"));
+        }
+        let mut tags = Vec::with_capacity(req.tags.len());
+        for t in &req.tags {
+            let t = t.trim();
+            let Some(prefix) = TAG_PREFIXES.iter().find(|p| t.starts_with(*p)) else {
+                return Err(Status::invalid_argument(format!(
+                    "tags: {t:?} is not product:{{id}}, brand:{{name}} or face_shape:{{shape}}"
+                )));
+            };
+            tags.push(if *prefix == "product:" {
+                t.to_string()
+            } else {
+                t.to_lowercase()
+            });
+        }
+        let mut dropped = self.cache.invalidate_tags(&tags).await;
+        let p = req.key_pattern.trim();
+        if !p.is_empty() {
+            if p.len() > 256 || !KEY_PREFIXES.iter().any(|k| p.starts_with(k)) {
+                return Err(Status::invalid_argument(format!(
+                    "key_pattern: {p:?} must start with one of {KEY_PREFIXES:?} (at most 256 bytes)"
+                )));
+            }
+            dropped += self.cache.invalidate_pattern(p).await;
+        }
+        Ok(Response::new(pb::InvalidateCacheResponse {
+            entries_dropped: dropped,
+        }))
     }
 
     async fn apply_catalog_change(
         &self,
-        _req: Request<pb::ApplyCatalogChangeRequest>,
+        req: Request<pb::ApplyCatalogChangeRequest>,
     ) -> Result<Response<pb::ApplyCatalogChangeResponse>, Status> {
-        Err(discovery_kit::server::not_yet("ApplyCatalogChange", "sync"))
+        let req = req.into_inner();
+        let changes = changes_from_proto(&req)?;
+        let (applied, version, tags) = self.apply_local(changes);
+        // Other replicas apply the same changes to their snapshots...
+        self.cache
+            .bus()
+            .publish(CATALOG_CHANNEL, &req.encode_to_vec())
+            .await;
+        // ...and every cache level drops what showed the old products.
+        self.cache.invalidate_tags(&tags).await;
+        Ok(Response::new(pb::ApplyCatalogChangeResponse {
+            applied,
+            catalog_version: version,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::demo_catalog;
+
+    #[test]
+    fn envelopes_reject_changed_products() {
+        let c = Catalog::new(demo_catalog(50), 1);
+        let e = envelope(&c, &[1, 2, 3], b"payload");
+        assert_eq!(open_envelope(&c, e.clone()).unwrap(), "payload");
+        let mut f = (*c.frames[2]).clone();
+        f.price += 10.0;
+        f.metadata.version += 1;
+        let (c2, applied) = c.apply(vec![Change::Upsert(Box::new(f))]);
+        assert_eq!(applied.applied, 1);
+        assert_eq!(applied.tags, vec![format!("product:{}", c.frames[2].id)]);
+        assert!(
+            open_envelope(&c2, e.clone()).is_none(),
+            "price change detected"
+        );
+        let (c3, _) = c.apply(vec![Change::Delete(c.frames[1].id.clone())]);
+        assert!(open_envelope(&c3, e).is_none(), "deletion detected");
+        assert!(open_envelope(&c, Bytes::from_static(&[5, 0, 1])).is_none());
+    }
+
+    #[test]
+    fn nearby_requests_share_a_key_and_different_ones_do_not() {
+        let c = Catalog::new(demo_catalog(50), 1);
+        let req = |w: f32, brands: Vec<&str>| pb::RecommendRequest {
+            face: Some(pb::FaceContext {
+                face_shape: pb::FaceShape::Round as i32,
+                face_width_mm: w,
+                ..Default::default()
+            }),
+            requester: Some(pb::Requester {
+                user_id: String::new(),
+                session_id: "s1".into(),
+            }),
+            filter: Some(pb::ProductFilter {
+                brands: brands.into_iter().map(String::from).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let key =
+            |r: &pb::RecommendRequest| recommend_key(r, &rank::Query::compile(&c, r).unwrap());
+        let a = key(&req(134.2, vec!["Oakley", "Ray-Ban"]));
+        assert!(a.starts_with("recommendations:anon:round:"), "{a}");
+        assert_eq!(a, key(&req(133.8, vec!["ray-ban", "oakley"])));
+        assert_ne!(a, key(&req(138.0, vec!["Oakley", "Ray-Ban"])));
+    }
+
+    #[test]
+    fn sessions_merge_as_documented() {
+        let mut s = pb::SessionContext {
+            session_id: "s".into(),
+            recently_viewed: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        s.attributes.insert("step".into(), "1".into());
+        let mut u = pb::SessionContext {
+            session_id: "s".into(),
+            user_id: "u1".into(),
+            recently_viewed: vec!["c".into(), "a".into()],
+            ..Default::default()
+        };
+        u.attributes.insert("step".into(), "2".into());
+        u.attributes.insert("lang".into(), "de".into());
+        merge_session(&mut s, u).unwrap();
+        assert_eq!(s.user_id, "u1");
+        assert_eq!(s.recently_viewed, vec!["c", "a", "b"]);
+        assert_eq!(s.attributes["step"], "2");
+        assert_eq!(s.attributes.len(), 2);
+        assert!(check_session_id("bad id").is_err());
+        assert!(check_session_id("web-123:abc").is_ok());
     }
 }

@@ -185,6 +185,106 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// Builds a frame from its API form (catalogue changes arriving over gRPC).
+    pub fn from_proto(p: &pb::Product) -> Result<Self, String> {
+        if p.id.trim().is_empty() {
+            return Err("product.id is empty".into());
+        }
+        let d = p.dimensions.unwrap_or_default();
+        let price = p.price.clone().unwrap_or_default();
+        if price.amount_minor < 0 {
+            return Err(format!("product {}: price cannot be negative", p.id));
+        }
+        let shape = pb::FrameShape::try_from(p.shape)
+            .map(frame_shape_name)
+            .map_err(|_| format!("product {}: unknown shape {}", p.id, p.shape))?;
+        let material = pb::FrameMaterial::try_from(p.material)
+            .map(|m| {
+                m.as_str_name()
+                    .trim_start_matches("FRAME_MATERIAL_")
+                    .to_ascii_lowercase()
+            })
+            .map_err(|_| format!("product {}: unknown material {}", p.id, p.material))?;
+        let summary = format!(
+            "{} {} {} {}",
+            p.name,
+            shape.replace('_', "-"),
+            material,
+            p.style_keywords.join(" ")
+        );
+        Ok(Self {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            brand: p.brand.clone(),
+            model: p.model.clone(),
+            shape: shape.to_string(),
+            material,
+            lens_width_mm: d.lens_width_mm,
+            bridge_mm: d.bridge_mm,
+            temple_mm: d.temple_mm,
+            total_width_mm: d.total_width_mm,
+            lens_height_mm: d.lens_height_mm,
+            price: price.amount_minor as f64 / 100.0,
+            currency: price.currency,
+            categories: vec!["eyeglasses".into()],
+            inventory: Inventory {
+                is_in_stock: p.variants.iter().any(|v| v.stock > 0),
+                variants: p
+                    .variants
+                    .iter()
+                    .map(|v| VariantDoc {
+                        sku: v.sku.clone(),
+                        color: v.color.clone(),
+                        stock: v.stock,
+                    })
+                    .collect(),
+            },
+            ai_enhanced: AiEnhanced {
+                face_shape_compatibility: p
+                    .face_shape_scores
+                    .iter()
+                    .filter_map(|s| {
+                        pb::FaceShape::try_from(s.face_shape)
+                            .ok()
+                            .map(face_shape_name)
+                            .filter(|n| !n.is_empty())
+                            .map(|n| (n.to_string(), s.score.clamp(0.0, 1.0)))
+                    })
+                    .collect(),
+                style_keywords: p.style_keywords.clone(),
+                feature_summary: summary,
+            },
+            popularity: p.popularity.clamp(0.0, 1.0),
+            description: p.description.clone(),
+            image_url: p.image_url.clone(),
+            metadata: Metadata {
+                updated_at: p.updated_at_unix_ms,
+                version: p.version,
+            },
+        })
+    }
+
+    /// A content stamp: equal stamps mean equal API representations. Cached
+    /// results carry the stamps of the products they show and are served
+    /// only while the snapshot holds the same stamps.
+    pub fn stamp(&self) -> u64 {
+        use prost::Message;
+        fnv1a(&self.to_proto().encode_to_vec())
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash for cache keys and stamps (the same on
+/// every replica and build, unlike `std`'s `DefaultHasher`).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Lower-case stored name of a frame shape.
 pub fn frame_shape_name(s: pb::FrameShape) -> &'static str {
     use pb::FrameShape::*;
@@ -486,5 +586,12 @@ mod tests {
         let f = &a[0];
         assert_eq!(Frame::from_document(f.to_document()).unwrap(), *f);
         assert_eq!(frame_shape_from_str(&f.shape) as i32, f.to_proto().shape);
+        // The API form maps back to the same product.
+        let back = Frame::from_proto(&f.to_proto()).unwrap();
+        assert_eq!(back.to_proto(), f.to_proto());
+        assert_eq!(back.stamp(), f.stamp());
+        let mut g = f.clone();
+        g.price += 1.0;
+        assert_ne!(g.stamp(), f.stamp());
     }
 }

@@ -8,9 +8,12 @@
 pub mod api;
 pub mod catalog;
 pub mod rank;
+pub mod search;
+pub mod signals;
 pub mod snapshot;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use discovery_kit::CancellationToken;
 use discovery_kit::cache::{Cache, CacheConfig};
@@ -37,6 +40,13 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Seed this many demo frames when the catalogue is empty (0 = never).
     pub demo_catalog: usize,
+    /// Full snapshot reload from the store (safety net for missed change
+    /// messages); zero disables.
+    pub catalog_refresh: Duration,
+    /// Rebuild of popularity and co-occurrence from interactions; zero disables.
+    pub signals_refresh: Duration,
+    /// Cache warming period (also once at start); zero disables.
+    pub warm_interval: Duration,
 }
 
 impl Config {
@@ -58,6 +68,9 @@ impl Config {
                 default_demo,
                 "a number of frames",
             )?,
+            catalog_refresh: env.duration("DISCOVERY_CATALOG_REFRESH", Duration::from_secs(300))?,
+            signals_refresh: env.duration("DISCOVERY_SIGNALS_REFRESH", Duration::from_secs(60))?,
+            warm_interval: env.duration("DISCOVERY_WARM_INTERVAL", Duration::from_secs(900))?,
         })
     }
 }
@@ -106,6 +119,49 @@ pub fn product_indexes() -> Vec<IndexSpec> {
     ]
 }
 
+/// Indexes on `ai_sessions` (seed spec), with the 24 h TTL on `createdAt`.
+pub fn session_indexes() -> Vec<IndexSpec> {
+    vec![
+        IndexSpec::new(
+            "sessionId_1_timestamp_-1",
+            doc! {"sessionId": 1, "timestamp": -1},
+        ),
+        IndexSpec::new("userId_1_completed_1", doc! {"userId": 1, "completed": 1}),
+        IndexSpec::new(
+            "faceAnalysis.faceShape_1_timestamp_-1",
+            doc! {"faceAnalysis.faceShape": 1, "timestamp": -1},
+        ),
+        IndexSpec::new("createdAt_ttl", doc! {"createdAt": 1}).ttl(Duration::from_secs(86_400)),
+    ]
+}
+
+/// Indexes on `recommendations` (seed spec; served-recommendation logs).
+pub fn recommendation_indexes() -> Vec<IndexSpec> {
+    vec![
+        IndexSpec::new(
+            "userId_1_timestamp_-1_relevanceScore_-1",
+            doc! {"userId": 1, "timestamp": -1, "relevanceScore": -1},
+        ),
+        IndexSpec::new(
+            "sessionId_1_productId_1",
+            doc! {"sessionId": 1, "productId": 1},
+        ),
+        IndexSpec::new(
+            "context.faceShape_1_context.stylePreferences_1",
+            doc! {"context.faceShape": 1, "context.stylePreferences": 1},
+        ),
+        IndexSpec::new("userId_sparse", doc! {"userId": 1}).sparse(),
+    ]
+}
+
+/// Indexes on `interactions` (signal rebuilds read the newest first).
+pub fn interaction_indexes() -> Vec<IndexSpec> {
+    vec![
+        IndexSpec::new("at_-1", doc! {"at": -1}),
+        IndexSpec::new("userId_1_at_-1", doc! {"userId": 1, "at": -1}),
+    ]
+}
+
 /// Loads every product into a new snapshot version.
 pub async fn load_catalog(store: &Store, version: i64) -> Result<Catalog, BoxError> {
     let docs = store
@@ -126,6 +182,15 @@ pub async fn load_catalog(store: &Store, version: i64) -> Result<Catalog, BoxErr
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
     let store = config.store.connect(Workload::Recommendation).await?;
     store.ensure_indexes(PRODUCTS, &product_indexes()).await?;
+    store
+        .ensure_indexes(api::AI_SESSIONS, &session_indexes())
+        .await?;
+    store
+        .ensure_indexes("recommendations", &recommendation_indexes())
+        .await?;
+    store
+        .ensure_indexes(api::INTERACTIONS, &interaction_indexes())
+        .await?;
     if config.demo_catalog > 0 && store.count(PRODUCTS, doc! {}).await? == 0 {
         let frames = catalog::demo_catalog(config.demo_catalog);
         for chunk in frames.chunks(1000) {
@@ -147,20 +212,135 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         store,
         cache,
     };
-    let routes = Routes::new(RecommendationServer::new(svc.clone()))
-        .add_service(CatalogServer::new(svc.clone()))
-        .add_service(CacheAdminServer::new(svc));
-    ServiceHandle::start(
+    let mut handle = ServiceHandle::start(
         "recommendation",
         &config.serve,
-        routes,
+        Routes::new(RecommendationServer::new(svc.clone()))
+            .add_service(CatalogServer::new(svc.clone()))
+            .add_service(CacheAdminServer::new(svc.clone())),
         &[
             service_names::RECOMMENDATION,
             service_names::CATALOG,
             service_names::CACHE_ADMIN,
         ],
         None,
-        shutdown,
+        shutdown.clone(),
     )
-    .await
+    .await?;
+    let (s, t) = (svc.clone(), shutdown.clone());
+    handle.push_task(tokio::spawn(async move {
+        follow_catalog_changes(s, t).await;
+        Ok(())
+    }));
+    handle.push_task(tokio::spawn(async move {
+        background(svc, config, shutdown).await;
+        Ok(())
+    }));
+    Ok(handle)
+}
+
+/// Applies catalogue changes other replicas publish.
+async fn follow_catalog_changes(svc: api::Service, shutdown: CancellationToken) {
+    use prost::Message;
+    let mut rx = svc.cache.bus().subscribe(api::CATALOG_CHANNEL);
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = rx.recv() => m,
+        };
+        match msg {
+            Ok(bytes) => {
+                let req = match discovery_proto::v1::ApplyCatalogChangeRequest::decode(bytes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable catalogue change message");
+                        continue;
+                    }
+                };
+                match api::changes_from_proto(&req) {
+                    Ok(changes) => {
+                        let (_, _, tags) = svc.apply_local(changes);
+                        // Local L1 only: the sender already cleared L2 and told every L1.
+                        svc.cache.drop_tags_local(&tags).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "rejected a catalogue change message"),
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "missed catalogue change messages; reloading the snapshot"
+                );
+                reload(&svc).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reloads the whole catalogue and applies the differences as changes.
+async fn reload(svc: &api::Service) {
+    let current = svc.snapshot.load();
+    match load_catalog(&svc.store, current.version).await {
+        Ok(fresh) => {
+            let mut changes = Vec::new();
+            for (i, f) in fresh.frames.iter().enumerate() {
+                let same = current
+                    .index(&f.id)
+                    .is_some_and(|r| current.features.stamp[r] == fresh.features.stamp[i]);
+                if !same {
+                    changes.push(snapshot::Change::Upsert(Box::new((**f).clone())));
+                }
+            }
+            for f in &current.frames {
+                if fresh.index(&f.id).is_none() {
+                    changes.push(snapshot::Change::Delete(f.id.clone()));
+                }
+            }
+            if !changes.is_empty() {
+                let (_, _, tags) = svc.apply_local(changes);
+                svc.cache.drop_tags_local(&tags).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "catalogue reload failed; keeping the current snapshot")
+        }
+    }
+}
+
+/// Periodic work: signals, snapshot reload, warming.
+async fn background(svc: api::Service, config: Config, shutdown: CancellationToken) {
+    let tick = |d: Duration| {
+        let mut i = tokio::time::interval(if d.is_zero() {
+            Duration::from_secs(86_400 * 365)
+        } else {
+            d
+        });
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    let mut signals = tick(config.signals_refresh);
+    let mut refresh = tick(config.catalog_refresh);
+    let mut warm = tick(config.warm_interval);
+    // The first tick of each fires at once: signals, then a warm-up at start.
+    refresh.reset();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = signals.tick(), if !config.signals_refresh.is_zero() => {
+                match signals::Signals::load(&svc.store, discovery_kit::now_unix_ms()).await {
+                    Ok(s) => {
+                        tracing::debug!(interactions = s.interactions, "signals rebuilt");
+                        svc.snapshot.set_signals(Arc::new(s));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "signal rebuild failed; keeping the previous signals"),
+                }
+            }
+            _ = refresh.tick(), if !config.catalog_refresh.is_zero() => reload(&svc).await,
+            _ = warm.tick(), if !config.warm_interval.is_zero() => {
+                let n = svc.warm().await;
+                tracing::info!(entries = n, "cache warmed");
+            }
+        }
+    }
 }

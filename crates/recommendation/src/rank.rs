@@ -1,27 +1,52 @@
-//! Ranking and search over the snapshot.
+//! Ranking over the snapshot.
 //!
-//! Score (each part in [0, 1]):
-//! `0.40 face_shape + 0.30 fit + 0.15 preference + 0.15 popularity`.
-//! - face_shape: the frame's compatibility with the shopper's face shape
-//!   (0.5 when no shape is known);
-//! - fit: how close the frame's total width is to the measured face width,
-//!   `exp(-(Δ/8 mm)²)`, and bridge vs nose bridge when known (0.5 unknown);
-//! - preference: share of the shopper's soft preferences the frame matches;
-//! - popularity: the catalogue's popularity score.
+//! Score, each part in [0, 1]:
+//!
+//! | part        | weight (with collaborative signal) | what it measures |
+//! |-------------|------------------------------------|------------------|
+//! | face shape  | 0.40 (0.35) | the frame's compatibility with the face shape; 0.5 unknown |
+//! | fit         | 0.30 (0.30) | `exp(-(Δw / 8 mm)²)` of total frame width vs face width; with a nose bridge width, `0.8 fit + 0.2 exp(-(Δb / 4 mm)²)`; 0.5 unknown |
+//! | preference  | 0.15 (0.15) | share of the soft preferences (keywords, shapes, colours, brands) matched; 0.5 none given |
+//! | popularity  | 0.15 (0.10) | catalogue popularity blended with time-decayed interactions ([`crate::signals`]) |
+//! | collaborative | 0 (0.10) | item-item co-occurrence with the user's recent products |
+//!
+//! Anonymous shoppers and users without history (cold start) get the left
+//! column: popularity carries what personal history would.
+//!
+//! Face and bridge widths are rounded to whole millimetres first (a photo
+//! measures them to ±2 mm anyway), so nearby faces share cache entries.
+//!
+//! **Selection** is a single pass over the column arrays keeping the best
+//! candidates in a bounded heap (no sort of the catalogue), then
+//! **diversity**: no brand more than [`BRAND_CAP`] times in any
+//! [`BRAND_WINDOW`] consecutive results. The diversifier reads candidates in
+//! score order and decides each position from what it has read so far, so
+//! page two continues page one exactly, whatever the page sizes.
 //!
 //! Ties break by product id, so the same input always gives the same order.
-//! The recommendation issue extends this (time decay, collaborative signal,
-//! diversity); the formula here is documented in docs/architecture.md.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use discovery_proto::v1 as pb;
 
-use crate::catalog::{Frame, face_shape_name, frame_shape_name};
-use crate::snapshot::Catalog;
+use crate::catalog::{FACE_SHAPES, face_shape_name, frame_shape_name};
+use crate::snapshot::{Catalog, Features};
 
 /// Page size when none is given.
 pub const DEFAULT_PAGE: usize = 20;
 /// Largest page size accepted.
 pub const MAX_PAGE: usize = 100;
+/// Deepest position reachable by paging (offset + page size).
+pub const MAX_DEPTH: usize = 1000;
+/// Most entries in one filter or preference list.
+pub const MAX_LIST: usize = 50;
+/// At most this many results of one brand...
+pub const BRAND_CAP: usize = 2;
+/// ...in any window of this many consecutive results.
+pub const BRAND_WINDOW: usize = 6;
+/// Candidates read ahead looking for another brand before giving up.
+const LOOKAHEAD: usize = 30;
 
 /// Bad ranking input.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -29,6 +54,11 @@ pub enum RankError {
     /// Page size over the limit.
     #[error("page.page_size: {0} is over the maximum of {MAX_PAGE}")]
     PageTooLarge(u32),
+    /// Paging too deep.
+    #[error(
+        "page.page_token: results go {MAX_DEPTH} deep at most; narrow the filter instead of paging further"
+    )]
+    TooDeep,
     /// Min price above max price.
     #[error("filter: min_price_minor ({0}) is greater than max_price_minor ({1})")]
     PriceRange(i64, i64),
@@ -38,9 +68,21 @@ pub enum RankError {
     /// Implausible face width.
     #[error("face.face_width_mm: {0} is outside the plausible 90-200 mm")]
     FaceWidth(f32),
+    /// Implausible nose bridge width.
+    #[error("face.nose_bridge_width_mm: {0} is outside the plausible 10-30 mm")]
+    NoseWidth(f32),
     /// Unreadable page token.
     #[error("page.page_token: {0:?} is not a token returned by this API")]
     PageToken(String),
+    /// Unknown enum value.
+    #[error("{0}: {1} is not a known value")]
+    UnknownEnum(&'static str, i32),
+    /// Too many list entries.
+    #[error("{0}: {1} entries is over the maximum of {MAX_LIST}")]
+    ListTooLong(&'static str, usize),
+    /// Malformed currency.
+    #[error("filter.currency: {0:?} is not an ISO 4217 code like \"EUR\"")]
+    Currency(String),
 }
 
 /// Validates and normalises a page request into (offset, size).
@@ -56,7 +98,7 @@ pub fn page(p: Option<&pb::PageRequest>) -> Result<(usize, usize), RankError> {
     } else {
         p.page_size as usize
     };
-    let offset = if p.page_token.is_empty() {
+    let offset: usize = if p.page_token.is_empty() {
         0
     } else {
         p.page_token
@@ -64,68 +106,453 @@ pub fn page(p: Option<&pb::PageRequest>) -> Result<(usize, usize), RankError> {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| RankError::PageToken(p.page_token.clone()))?
     };
-    Ok((offset, size))
+    if offset >= MAX_DEPTH {
+        return Err(RankError::TooDeep);
+    }
+    Ok((offset, size.min(MAX_DEPTH - offset)))
 }
 
-/// Whether a frame passes the hard filter.
-pub fn passes(f: &Frame, filter: Option<&pb::ProductFilter>) -> bool {
-    let Some(flt) = filter else { return true };
-    let price_minor = (f.price * 100.0).round() as i64;
-    if flt.min_price_minor.is_some_and(|m| price_minor < m) {
-        return false;
+/// The next-page token after a page, empty at the end or at [`MAX_DEPTH`].
+pub fn next_token(offset: usize, returned: usize, total: usize) -> String {
+    let next = offset + returned;
+    if returned > 0 && next < total && next < MAX_DEPTH {
+        format!("o:{next}")
+    } else {
+        String::new()
     }
-    if flt.max_price_minor.is_some_and(|m| price_minor > m) {
-        return false;
+}
+
+/// A compiled hard filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    min_price: i64,
+    max_price: i64,
+    in_stock_only: bool,
+    shapes: u32,
+    materials: u32,
+    brands: Option<Vec<u32>>,
+    currency: Option<String>,
+}
+
+fn enum_mask(
+    field: &'static str,
+    values: &[i32],
+    valid: impl Fn(i32) -> bool,
+) -> Result<u32, RankError> {
+    if values.len() > MAX_LIST {
+        return Err(RankError::ListTooLong(field, values.len()));
     }
-    if flt.in_stock_only && !f.inventory.is_in_stock {
-        return false;
+    let mut m = 0u32;
+    for &v in values {
+        if !(1..32).contains(&v) || !valid(v) {
+            return Err(RankError::UnknownEnum(field, v));
+        }
+        m |= 1 << v;
     }
-    if !flt.shapes.is_empty()
-        && !flt
-            .shapes
-            .iter()
-            .any(|s| pb::FrameShape::try_from(*s).is_ok_and(|s| frame_shape_name(s) == f.shape))
-    {
-        return false;
-    }
-    if !flt.materials.is_empty()
-        && !flt.materials.iter().any(|m| {
-            pb::FrameMaterial::try_from(*m).is_ok_and(|m| {
-                m.as_str_name()
-                    .trim_start_matches("FRAME_MATERIAL_")
-                    .eq_ignore_ascii_case(&f.material)
-            })
+    Ok(m)
+}
+
+impl Filter {
+    /// Validates and compiles a filter against a catalogue's vocabularies.
+    pub fn compile(catalog: &Catalog, f: Option<&pb::ProductFilter>) -> Result<Self, RankError> {
+        let Some(f) = f else {
+            return Ok(Self {
+                max_price: i64::MAX,
+                ..Default::default()
+            });
+        };
+        for p in [f.min_price_minor, f.max_price_minor].into_iter().flatten() {
+            if p < 0 {
+                return Err(RankError::NegativePrice(p));
+            }
+        }
+        if let (Some(a), Some(b)) = (f.min_price_minor, f.max_price_minor)
+            && a > b
+        {
+            return Err(RankError::PriceRange(a, b));
+        }
+        if f.brands.len() > MAX_LIST {
+            return Err(RankError::ListTooLong("filter.brands", f.brands.len()));
+        }
+        let currency = f.currency.trim();
+        let iso = currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase());
+        if !currency.is_empty() && !iso {
+            return Err(RankError::Currency(f.currency.clone()));
+        }
+        Ok(Self {
+            min_price: f.min_price_minor.unwrap_or(0),
+            max_price: f.max_price_minor.unwrap_or(i64::MAX),
+            in_stock_only: f.in_stock_only,
+            shapes: enum_mask("filter.shapes", &f.shapes, |v| {
+                pb::FrameShape::try_from(v).is_ok()
+            })?,
+            materials: enum_mask("filter.materials", &f.materials, |v| {
+                pb::FrameMaterial::try_from(v).is_ok()
+            })?,
+            brands: (!f.brands.is_empty()).then(|| {
+                f.brands
+                    .iter()
+                    .filter_map(|b| catalog.vocabs.brands.get(b.trim()))
+                    .collect()
+            }),
+            currency: (!currency.is_empty()).then(|| currency.to_string()),
         })
-    {
-        return false;
     }
-    if !flt.brands.is_empty() && !flt.brands.iter().any(|b| b.eq_ignore_ascii_case(&f.brand)) {
-        return false;
+
+    /// Whether row `i` passes.
+    #[inline]
+    pub fn passes(&self, catalog: &Catalog, i: usize) -> bool {
+        let x = &catalog.features;
+        let p = x.price_minor[i];
+        if p < self.min_price || p > self.max_price {
+            return false;
+        }
+        if self.in_stock_only && !x.in_stock[i] {
+            return false;
+        }
+        if self.shapes != 0 && self.shapes & (1 << x.shape[i]) == 0 {
+            return false;
+        }
+        if self.materials != 0 && self.materials & (1 << x.material[i]) == 0 {
+            return false;
+        }
+        if let Some(b) = &self.brands
+            && !b.contains(&x.brand[i])
+        {
+            return false;
+        }
+        if let Some(c) = &self.currency
+            && catalog.frames[i].currency != *c
+        {
+            return false;
+        }
+        true
     }
-    true
 }
 
-/// Validates a filter.
-pub fn check_filter(filter: Option<&pb::ProductFilter>) -> Result<(), RankError> {
-    let Some(f) = filter else { return Ok(()) };
-    for p in [f.min_price_minor, f.max_price_minor].into_iter().flatten() {
-        if p < 0 {
-            return Err(RankError::NegativePrice(p));
+/// Compiled soft preferences.
+#[derive(Debug, Clone, Default)]
+struct Prefs {
+    wanted: u32,
+    styles: u64,
+    styles_slow: Vec<String>,
+    shapes: u32,
+    colors: u64,
+    colors_slow: Vec<String>,
+    brands: Vec<u32>,
+}
+
+impl Prefs {
+    fn compile(catalog: &Catalog, p: &pb::Preferences) -> Result<Self, RankError> {
+        for (name, n) in [
+            ("preferences.style_keywords", p.style_keywords.len()),
+            ("preferences.colors", p.colors.len()),
+            ("preferences.brands", p.brands.len()),
+        ] {
+            if n > MAX_LIST {
+                return Err(RankError::ListTooLong(name, n));
+            }
+        }
+        let mut out = Self {
+            shapes: enum_mask("preferences.shapes", &p.shapes, |v| {
+                pb::FrameShape::try_from(v).is_ok()
+            })?,
+            ..Default::default()
+        };
+        out.wanted =
+            (p.style_keywords.len() + p.shapes.len() + p.colors.len() + p.brands.len()) as u32;
+        for k in &p.style_keywords {
+            match catalog.vocabs.styles.get(k.trim()) {
+                Some(id) if id < 64 => out.styles |= 1 << id,
+                Some(_) => out.styles_slow.push(k.trim().to_lowercase()),
+                None => {}
+            }
+        }
+        for c in &p.colors {
+            for w in c
+                .split(|ch: char| !ch.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+            {
+                match catalog.vocabs.colors.get(w) {
+                    Some(id) if id < 64 => out.colors |= 1 << id,
+                    Some(_) => out.colors_slow.push(w.to_lowercase()),
+                    None => {}
+                }
+            }
+        }
+        out.brands = p
+            .brands
+            .iter()
+            .filter_map(|b| catalog.vocabs.brands.get(b.trim()))
+            .collect();
+        Ok(out)
+    }
+
+    /// Matched preferences of row `i` (a count, at most `wanted`).
+    #[inline]
+    fn matched(&self, catalog: &Catalog, i: usize) -> u32 {
+        let x = &catalog.features;
+        let mut m = (x.styles[i] & self.styles).count_ones();
+        if self.shapes & (1 << x.shape[i]) != 0 {
+            m += 1;
+        }
+        if x.colors[i] & self.colors != 0 {
+            m += (x.colors[i] & self.colors).count_ones().min(1);
+        }
+        if self.brands.contains(&x.brand[i]) {
+            m += 1;
+        }
+        if !self.styles_slow.is_empty() || !self.colors_slow.is_empty() {
+            let f = &catalog.frames[i];
+            m += self
+                .styles_slow
+                .iter()
+                .filter(|k| {
+                    f.ai_enhanced
+                        .style_keywords
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(k))
+                })
+                .count() as u32;
+            if self.colors_slow.iter().any(|c| {
+                f.inventory
+                    .variants
+                    .iter()
+                    .any(|v| v.color.to_lowercase().contains(c.as_str()))
+            }) {
+                m += 1;
+            }
+        }
+        m.min(self.wanted)
+    }
+}
+
+/// A compiled recommendation query.
+#[derive(Debug, Clone)]
+pub struct Query {
+    shape: Option<usize>,
+    face_width: f32,
+    nose_width: f32,
+    filter: Filter,
+    prefs: Prefs,
+    /// (row, collaborative score), sorted by row.
+    personal: Vec<(u32, f32)>,
+    /// Page offset.
+    pub offset: usize,
+    /// Page size.
+    pub size: usize,
+}
+
+/// Weights (shape, fit, preference, popularity, collaborative).
+fn weights(personal: bool) -> [f32; 5] {
+    if personal {
+        [0.35, 0.30, 0.15, 0.10, 0.10]
+    } else {
+        [0.40, 0.30, 0.15, 0.15, 0.0]
+    }
+}
+
+/// Face width rounded to whole millimetres (0 when unknown), validated.
+pub fn face_widths(face: &pb::FaceContext) -> Result<(f32, f32), RankError> {
+    let w = face.face_width_mm;
+    if !w.is_finite() || (w != 0.0 && !(90.0..=200.0).contains(&w)) {
+        return Err(RankError::FaceWidth(w));
+    }
+    let n = face.nose_bridge_width_mm;
+    if !n.is_finite() || (n != 0.0 && !(10.0..=30.0).contains(&n)) {
+        return Err(RankError::NoseWidth(n));
+    }
+    Ok((w.round(), n.round()))
+}
+
+impl Query {
+    /// Validates and compiles a request.
+    pub fn compile(catalog: &Catalog, req: &pb::RecommendRequest) -> Result<Self, RankError> {
+        let (offset, size) = page(req.page.as_ref())?;
+        let filter = Filter::compile(catalog, req.filter.as_ref())?;
+        let face = req.face.clone().unwrap_or_default();
+        let (face_width, nose_width) = face_widths(&face)?;
+        let shape = match pb::FaceShape::try_from(face.face_shape) {
+            Ok(pb::FaceShape::Unspecified) => None,
+            Ok(s) => FACE_SHAPES.iter().position(|n| *n == face_shape_name(s)),
+            Err(_) => return Err(RankError::UnknownEnum("face.face_shape", face.face_shape)),
+        };
+        let prefs = Prefs::compile(catalog, &req.preferences.clone().unwrap_or_default())?;
+        let user = req.requester.as_ref().map_or("", |r| r.user_id.as_str());
+        let mut personal: Vec<(u32, f32)> = if user.is_empty() {
+            Vec::new()
+        } else {
+            catalog
+                .signals
+                .personal(user)
+                .into_iter()
+                .filter_map(|(id, s)| catalog.by_id.get(&id).map(|&i| (i, s)))
+                .collect()
+        };
+        personal.sort_unstable_by_key(|p| p.0);
+        Ok(Self {
+            shape,
+            face_width,
+            nose_width,
+            filter,
+            prefs,
+            personal,
+            offset,
+            size,
+        })
+    }
+
+    /// Whether the collaborative signal applies (a user with history).
+    pub fn is_personal(&self) -> bool {
+        !self.personal.is_empty()
+    }
+
+    #[inline]
+    fn parts(&self, x: &Features, i: usize, collab: f32) -> [f32; 5] {
+        let shape = self.shape.map_or(0.5, |s| x.compat[i][s]);
+        let fit = if self.face_width > 0.0 {
+            let d = (x.total_width[i] - self.face_width) * (1.0 / 8.0);
+            let f = (-d * d).exp();
+            if self.nose_width > 0.0 {
+                let b = (x.bridge[i] - self.nose_width) * 0.25;
+                0.8 * f + 0.2 * (-b * b).exp()
+            } else {
+                f
+            }
+        } else {
+            0.5
+        };
+        [shape, fit, 0.0, x.popularity[i], collab]
+    }
+}
+
+/// Orderable key: higher score first, then lower row (id order).
+#[inline]
+fn key(score: f32, row: u32) -> u64 {
+    ((score.max(0.0).to_bits() as u64) << 32) | (u32::MAX - row) as u64
+}
+
+#[inline]
+fn unkey(k: u64) -> (f32, u32) {
+    (
+        f32::from_bits((k >> 32) as u32),
+        u32::MAX - (k & 0xFFFF_FFFF) as u32,
+    )
+}
+
+/// The `limit` best passing rows, best first, and the number passing.
+fn top(catalog: &Catalog, q: &Query, limit: usize) -> (Vec<(f32, u32)>, usize) {
+    let x = &catalog.features;
+    let w = weights(q.is_personal());
+    let pref_scale = if q.prefs.wanted == 0 {
+        0.0
+    } else {
+        1.0 / q.prefs.wanted as f32
+    };
+    let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(limit + 1);
+    let mut total = 0usize;
+    let mut cursor = 0usize;
+    for i in 0..catalog.frames.len() {
+        let mut collab = 0.0;
+        while cursor < q.personal.len() && (q.personal[cursor].0 as usize) < i {
+            cursor += 1;
+        }
+        if cursor < q.personal.len() && q.personal[cursor].0 as usize == i {
+            collab = q.personal[cursor].1;
+        }
+        if !q.filter.passes(catalog, i) {
+            continue;
+        }
+        total += 1;
+        let p = q.parts(x, i, collab);
+        let pref = if q.prefs.wanted == 0 {
+            0.5
+        } else {
+            q.prefs.matched(catalog, i) as f32 * pref_scale
+        };
+        let s = w[0] * p[0] + w[1] * p[1] + w[2] * pref + w[3] * p[3] + w[4] * p[4];
+        let k = key(s, i as u32);
+        if heap.len() < limit {
+            heap.push(Reverse(k));
+        } else if let Some(mut min) = heap.peek_mut()
+            && k > min.0
+        {
+            *min = Reverse(k);
         }
     }
-    if let (Some(a), Some(b)) = (f.min_price_minor, f.max_price_minor)
-        && a > b
-    {
-        return Err(RankError::PriceRange(a, b));
-    }
-    Ok(())
+    let mut out: Vec<u64> = heap.into_iter().map(|r| r.0).collect();
+    out.sort_unstable_by(|a, b| b.cmp(a));
+    (
+        out.into_iter()
+            .map(|k| {
+                let (s, r) = unkey(k);
+                (s, r)
+            })
+            .collect(),
+        total,
+    )
 }
 
-/// One scored frame.
+/// Re-orders score-ordered candidates so that no brand appears more than
+/// [`BRAND_CAP`] times in any [`BRAND_WINDOW`] consecutive results. `None`
+/// when the candidates ran out before `need` results could be decided and
+/// more exist (`complete` false): the caller asks again with more.
+fn diversify(
+    catalog: &Catalog,
+    cands: &[(f32, u32)],
+    need: usize,
+    complete: bool,
+) -> Option<Vec<(f32, u32)>> {
+    let brand = |r: u32| catalog.features.brand[r as usize];
+    let mut out: Vec<(f32, u32)> = Vec::with_capacity(need);
+    let mut pending: VecDeque<(f32, u32)> = VecDeque::new();
+    let mut next = 0usize;
+    while out.len() < need {
+        let window = &out[out.len().saturating_sub(BRAND_WINDOW - 1)..];
+        let eligible = pending
+            .iter()
+            .position(|c| window.iter().filter(|o| brand(o.1) == brand(c.1)).count() < BRAND_CAP);
+        let n = cands.get(next);
+        if let Some(e) = eligible
+            && n.is_none_or(|n| key(pending[e].0, pending[e].1) > key(n.0, n.1))
+        {
+            // The best eligible beats everything not read yet.
+            out.extend(pending.remove(e));
+        } else if let Some(n) = n
+            && (eligible.is_some() || pending.len() < LOOKAHEAD)
+        {
+            pending.push_back(*n);
+            next += 1;
+        } else if n.is_none() && !complete && pending.len() < LOOKAHEAD {
+            return None;
+        } else if pending.is_empty() {
+            break;
+        } else {
+            // Nothing eligible within the look-ahead: take the best anyway.
+            out.extend(pending.pop_front());
+        }
+    }
+    Some(out)
+}
+
+/// The first `need` ranked rows (after diversity) and the number passing.
+pub fn ranked(catalog: &Catalog, q: &Query, need: usize) -> (Vec<(f32, u32)>, usize) {
+    let mut limit = need * 2 + LOOKAHEAD;
+    loop {
+        let (cands, total) = top(catalog, q, limit);
+        let complete = cands.len() >= total;
+        if let Some(out) = diversify(catalog, &cands, need, complete) {
+            return (out, total);
+        }
+        limit *= 4;
+    }
+}
+
+/// One scored frame, explained.
 #[derive(Debug, Clone)]
-pub struct Scored<'a> {
-    /// The frame.
-    pub frame: &'a Frame,
+pub struct Scored {
+    /// Row in the catalogue.
+    pub row: usize,
     /// Final score.
     pub score: f32,
     /// Components.
@@ -135,177 +562,95 @@ pub struct Scored<'a> {
 }
 
 /// Ranks the catalogue for a request; returns the requested page and the total.
-pub fn recommend<'a>(
-    catalog: &'a Catalog,
+pub fn recommend(
+    catalog: &Catalog,
     req: &pb::RecommendRequest,
-) -> Result<(Vec<Scored<'a>>, usize), RankError> {
-    let (offset, size) = page(req.page.as_ref())?;
-    check_filter(req.filter.as_ref())?;
-    let face = req.face.clone().unwrap_or_default();
-    if face.face_width_mm != 0.0 && !(90.0..=200.0).contains(&face.face_width_mm) {
-        return Err(RankError::FaceWidth(face.face_width_mm));
-    }
-    let shape = pb::FaceShape::try_from(face.face_shape)
-        .map(face_shape_name)
-        .unwrap_or("");
-    let prefs = req.preferences.clone().unwrap_or_default();
-    let mut scored: Vec<Scored<'a>> = catalog
-        .frames
-        .iter()
-        .filter(|f| passes(f, req.filter.as_ref()))
-        .map(|f| score(f, shape, &face, &prefs))
+) -> Result<(Vec<Scored>, usize, Query), RankError> {
+    let q = Query::compile(catalog, req)?;
+    let (rows, total) = ranked(catalog, &q, q.offset + q.size);
+    let page = rows
+        .into_iter()
+        .skip(q.offset)
+        .map(|(score, row)| explain(catalog, &q, row as usize, score))
         .collect();
-    let total = scored.len();
-    scored.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.frame.id.cmp(&b.frame.id))
-    });
-    Ok((scored.into_iter().skip(offset).take(size).collect(), total))
+    Ok((page, total, q))
 }
 
-fn score<'a>(
-    f: &'a Frame,
-    shape: &str,
-    face: &pb::FaceContext,
-    prefs: &pb::Preferences,
-) -> Scored<'a> {
-    let mut reasons = Vec::new();
-    let shape_score = if shape.is_empty() {
+fn explain(catalog: &Catalog, q: &Query, i: usize, score: f32) -> Scored {
+    let x = &catalog.features;
+    let f = &catalog.frames[i];
+    let collab = q
+        .personal
+        .binary_search_by_key(&(i as u32), |p| p.0)
+        .map_or(0.0, |k| q.personal[k].1);
+    let p = q.parts(x, i, collab);
+    let pref = if q.prefs.wanted == 0 {
         0.5
     } else {
-        let c = f.compat(shape);
-        if c >= 0.75 {
-            reasons.push(format!("suits {shape} faces"));
-        }
-        c
+        q.prefs.matched(catalog, i) as f32 / q.prefs.wanted as f32
     };
-    let mut fit = 0.5;
-    if face.face_width_mm > 0.0 {
-        let d = (f.total_width_mm - face.face_width_mm) / 8.0;
-        fit = (-d * d).exp();
-        if fit > 0.6 {
-            reasons.push(format!("fits a {:.0} mm face", face.face_width_mm));
-        }
-        if face.nose_bridge_width_mm > 0.0 {
-            let b = (f.bridge_mm - face.nose_bridge_width_mm) / 4.0;
-            fit = 0.8 * fit + 0.2 * (-b * b).exp();
-        }
+    let mut reasons = Vec::new();
+    if let Some(s) = q.shape
+        && p[0] >= 0.75
+    {
+        reasons.push(format!("suits {} faces", FACE_SHAPES[s]));
     }
-    let mut wanted = 0usize;
-    let mut matched = 0usize;
-    for k in &prefs.style_keywords {
-        wanted += 1;
-        if f.ai_enhanced
-            .style_keywords
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(k))
+    if q.face_width > 0.0 && (x.total_width[i] - q.face_width).abs() <= 6.0 {
+        reasons.push(format!("fits a {:.0} mm face", q.face_width));
+    }
+    if q.nose_width > 0.0 && (x.bridge[i] - q.nose_width).abs() <= 2.0 {
+        reasons.push(format!("{:.0} mm bridge suits your nose", f.bridge_mm));
+    }
+    for k in &f.ai_enhanced.style_keywords {
+        if let Some(id) = catalog.vocabs.styles.get(k)
+            && ((id < 64 && q.prefs.styles & (1 << id) != 0)
+                || q.prefs
+                    .styles_slow
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(k)))
         {
-            matched += 1;
             reasons.push(format!("{k} style"));
         }
     }
-    for s in &prefs.shapes {
-        wanted += 1;
-        if pb::FrameShape::try_from(*s).is_ok_and(|s| frame_shape_name(s) == f.shape) {
-            matched += 1;
-        }
+    if q.prefs.brands.contains(&x.brand[i]) {
+        reasons.push(format!("from {}", f.brand));
     }
-    for b in &prefs.brands {
-        wanted += 1;
-        if b.eq_ignore_ascii_case(&f.brand) {
-            matched += 1;
-        }
+    if collab >= 0.5 {
+        reasons.push("shoppers with similar taste chose it".into());
     }
-    for c in &prefs.colors {
-        wanted += 1;
-        if f.inventory.variants.iter().any(|v| {
-            v.color
-                .to_ascii_lowercase()
-                .contains(&c.to_ascii_lowercase())
-        }) {
-            matched += 1;
-        }
-    }
-    let preference = if wanted == 0 {
-        0.5
-    } else {
-        matched as f32 / wanted as f32
-    };
-    let popularity = f.popularity.clamp(0.0, 1.0);
-    if popularity > 0.7 {
+    if p[3] > 0.7 {
         reasons.push("popular right now".into());
     }
-    let total = 0.40 * shape_score + 0.30 * fit + 0.15 * preference + 0.15 * popularity;
+    if reasons.is_empty() {
+        reasons.push(format!(
+            "{} {} in {}, {:.0}-{:.0}-{:.0}",
+            frame_shape_name(
+                pb::FrameShape::try_from(x.shape[i] as i32).unwrap_or(pb::FrameShape::Unspecified)
+            )
+            .replace('_', "-"),
+            if f.categories.iter().any(|c| c == "sunglasses") {
+                "sunglasses"
+            } else {
+                "frame"
+            },
+            f.material,
+            f.lens_width_mm,
+            f.bridge_mm,
+            f.temple_mm
+        ));
+    }
     Scored {
-        frame: f,
-        score: total,
+        row: i,
+        score,
         breakdown: pb::ScoreBreakdown {
-            face_shape: shape_score,
-            fit,
-            preference,
-            popularity,
-            collaborative: 0.0,
+            face_shape: p[0],
+            fit: p[1],
+            preference: pref,
+            popularity: p[3],
+            collaborative: collab,
         },
         reasons,
     }
-}
-
-/// Edit distance, for typo tolerance on short words.
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn words(s: &str) -> impl Iterator<Item = String> + '_ {
-    s.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| w.to_lowercase())
-}
-
-/// Scores a frame for a text query: each query word matching a word of the
-/// name, brand, model or keywords exactly scores 1, within one edit (words of
-/// 5+ letters) 0.7. Zero means no match.
-pub fn text_score(f: &Frame, query: &str) -> f32 {
-    let hay: Vec<String> = words(&f.ai_enhanced.feature_summary)
-        .chain(words(&f.brand))
-        .chain(
-            f.ai_enhanced
-                .style_keywords
-                .iter()
-                .flat_map(|k| words(k).collect::<Vec<_>>()),
-        )
-        .collect();
-    let mut total = 0.0;
-    for q in words(query) {
-        let best = hay
-            .iter()
-            .map(|h| {
-                if *h == q || (q.len() >= 3 && h.starts_with(&q)) {
-                    1.0
-                } else if q.len() >= 5 && levenshtein(h, &q) <= 1 {
-                    0.7
-                } else {
-                    0.0
-                }
-            })
-            .fold(0.0f32, f32::max);
-        if best == 0.0 {
-            return 0.0;
-        }
-        total += best;
-    }
-    total
 }
 
 #[cfg(test)]
@@ -317,28 +662,47 @@ mod tests {
         Catalog::new(demo_catalog(600), 1)
     }
 
+    fn ids(c: &Catalog, v: &[Scored]) -> Vec<String> {
+        v.iter().map(|s| c.frames[s.row].id.clone()).collect()
+    }
+
+    fn face(shape: pb::FaceShape, width: f32) -> Option<pb::FaceContext> {
+        Some(pb::FaceContext {
+            face_shape: shape as i32,
+            face_width_mm: width,
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn narrow_face_never_gets_wide_frames_first() {
         let c = catalog();
         let req = pb::RecommendRequest {
-            face: Some(pb::FaceContext {
-                face_shape: pb::FaceShape::Oval as i32,
-                face_width_mm: 126.0,
-                ..Default::default()
-            }),
+            face: face(pb::FaceShape::Oval, 126.0),
             ..Default::default()
         };
-        let (page, total) = recommend(&c, &req).unwrap();
+        let (page, total, _) = recommend(&c, &req).unwrap();
         assert_eq!(total, 600);
-        assert!(
-            page.iter().all(|s| s.frame.total_width_mm < 145.0),
-            "a wide frame ranked on page one"
-        );
+        assert_eq!(page.len(), DEFAULT_PAGE);
+        for s in &page {
+            let w = c.frames[s.row].total_width_mm;
+            assert!(
+                w < 140.0,
+                "a {w} mm frame ranked on page one for a 126 mm face"
+            );
+        }
         assert!(
             page[0].reasons.iter().any(|r| r.contains("126 mm")),
             "{:?}",
             page[0].reasons
         );
+        // And the same shape with a wide face gets wide frames.
+        let wide = pb::RecommendRequest {
+            face: face(pb::FaceShape::Oval, 150.0),
+            ..Default::default()
+        };
+        let (page, _, _) = recommend(&c, &wide).unwrap();
+        assert!(page.iter().all(|s| c.frames[s.row].total_width_mm >= 138.0));
     }
 
     #[test]
@@ -357,14 +721,76 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (a, _) = recommend(&c, &req).unwrap();
+        let (a, total, _) = recommend(&c, &req).unwrap();
         assert!(!a.is_empty());
-        assert!(a.iter().all(|s| s.frame.price <= 150.0
-            && s.frame.inventory.is_in_stock
-            && s.frame.shape == "aviator"));
-        let (b, _) = recommend(&c, &req).unwrap();
-        let ids = |v: &[Scored<'_>]| v.iter().map(|s| s.frame.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(&a), ids(&b));
+        let expected = c
+            .frames
+            .iter()
+            .filter(|f| f.price <= 150.0 && f.inventory.is_in_stock && f.shape == "aviator")
+            .count();
+        assert_eq!(total, expected);
+        assert!(a.iter().all(|s| {
+            let f = &c.frames[s.row];
+            f.price <= 150.0 && f.inventory.is_in_stock && f.shape == "aviator"
+        }));
+        let (b, _, _) = recommend(&c, &req).unwrap();
+        assert_eq!(ids(&c, &a), ids(&c, &b));
+    }
+
+    #[test]
+    fn pages_continue_each_other_exactly() {
+        let c = catalog();
+        let mut req = pb::RecommendRequest {
+            face: face(pb::FaceShape::Round, 138.0),
+            page: Some(pb::PageRequest {
+                page_size: 60,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        };
+        let (all, _, _) = recommend(&c, &req).unwrap();
+        let mut paged = Vec::new();
+        let mut token = String::new();
+        for _ in 0..4 {
+            req.page = Some(pb::PageRequest {
+                page_size: 15,
+                page_token: token.clone(),
+            });
+            let (p, total, q) = recommend(&c, &req).unwrap();
+            token = next_token(q.offset, p.len(), total);
+            paged.extend(p);
+        }
+        assert_eq!(ids(&c, &all), ids(&c, &paged));
+    }
+
+    #[test]
+    fn no_brand_fills_the_page() {
+        let c = catalog();
+        let req = pb::RecommendRequest {
+            face: face(pb::FaceShape::Heart, 132.0),
+            page: Some(pb::PageRequest {
+                page_size: 40,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        };
+        let (page, _, _) = recommend(&c, &req).unwrap();
+        for w in page.windows(BRAND_WINDOW) {
+            let first = &c.frames[w[0].row].brand;
+            let n = w.iter().filter(|s| c.frames[s.row].brand == *first).count();
+            assert!(n <= BRAND_CAP, "{first} appears {n} times in a window");
+        }
+        // A brand filter still returns that brand's frames only, all of them in order.
+        let one = pb::RecommendRequest {
+            filter: Some(pb::ProductFilter {
+                brands: vec!["ray-ban".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (p, total, _) = recommend(&c, &one).unwrap();
+        assert!(total > 0 && !p.is_empty());
+        assert!(p.iter().all(|s| c.frames[s.row].brand == "Ray-Ban"));
     }
 
     #[test]
@@ -393,22 +819,94 @@ mod tests {
             recommend(&c, &inverted),
             Err(RankError::PriceRange(500, 100))
         ));
+        let shape = pb::RecommendRequest {
+            filter: Some(pb::ProductFilter {
+                shapes: vec![99],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            recommend(&c, &shape).unwrap_err(),
+            RankError::UnknownEnum("filter.shapes", 99)
+        );
+        let nan = pb::RecommendRequest {
+            face: face(pb::FaceShape::Oval, f32::NAN),
+            ..Default::default()
+        };
+        assert!(matches!(recommend(&c, &nan), Err(RankError::FaceWidth(_))));
+        let deep = pb::RecommendRequest {
+            page: Some(pb::PageRequest {
+                page_size: 10,
+                page_token: "o:5000".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(recommend(&c, &deep).unwrap_err(), RankError::TooDeep);
     }
 
     #[test]
-    fn search_tolerates_a_typo() {
-        let c = catalog();
-        let exact = c
-            .frames
-            .iter()
-            .filter(|f| text_score(f, "aviator") > 0.0)
-            .count();
-        let typo = c
-            .frames
-            .iter()
-            .filter(|f| text_score(f, "aviater") > 0.0)
-            .count();
-        assert!(exact > 0);
-        assert_eq!(exact, typo);
+    fn collaborative_signal_lifts_what_similar_shoppers_chose() {
+        use crate::signals::{Interaction, Signals};
+        use std::sync::Arc;
+        let base = catalog();
+        let target = "frm-00321";
+        let now = 10_000_000_000;
+        let mut list = Vec::new();
+        for u in 0..20 {
+            for (p, k) in [("frm-00007", "VIEW"), (target, "PURCHASE")] {
+                list.push(Interaction {
+                    shopper: format!("u{u}"),
+                    user: format!("u{u}"),
+                    product: p.into(),
+                    kind: format!("INTERACTION_KIND_{k}"),
+                    at: now - 1000,
+                });
+            }
+        }
+        list.push(Interaction {
+            shopper: "me".into(),
+            user: "me".into(),
+            product: "frm-00007".into(),
+            kind: "INTERACTION_KIND_VIEW".into(),
+            at: now,
+        });
+        let c = base.with_signals(Arc::new(Signals::build(&list, now)));
+        let mut req = pb::RecommendRequest {
+            page: Some(pb::PageRequest {
+                page_size: 100,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        };
+        let pos = |c: &Catalog, req: &pb::RecommendRequest| {
+            let (p, _, _) = recommend(c, req).unwrap();
+            p.iter().position(|s| c.frames[s.row].id == target)
+        };
+        let score = |c: &Catalog, req: &pb::RecommendRequest| {
+            let (p, _, _) = recommend(c, req).unwrap();
+            p.iter()
+                .find(|s| c.frames[s.row].id == target)
+                .map(|s| (s.score, s.breakdown.collaborative, s.reasons.clone()))
+        };
+        let anonymous = pos(&c, &req);
+        let (anon_score, anon_collab, _) = score(&c, &req).unwrap();
+        assert_eq!(anon_collab, 0.0, "no personal signal without a user");
+        req.requester = Some(pb::Requester {
+            user_id: "me".into(),
+            session_id: String::new(),
+        });
+        let personal = pos(&c, &req).expect("target ranked for the user");
+        assert!(
+            anonymous.is_none_or(|a| personal <= a),
+            "{personal} vs {anonymous:?}"
+        );
+        let (me_score, collab, reasons) = score(&c, &req).unwrap();
+        assert!(collab > 0.9, "{collab}");
+        assert!(me_score > anon_score, "{me_score} vs {anon_score}");
+        assert!(
+            reasons.iter().any(|r| r.contains("similar taste")),
+            "{reasons:?}"
+        );
     }
 }

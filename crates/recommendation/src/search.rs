@@ -1,0 +1,281 @@
+//! Text search over the snapshot: names, brands, models, keywords and the
+//! feature summary, with filters, facets and typo tolerance.
+//!
+//! Each query word is expanded once against the catalogue's word vocabulary
+//! (not against every product): an exact word scores 1, a word it prefixes
+//! (3+ letters) 0.9, a word within one edit (5+ letters; two edits from 8)
+//! 0.7. A product matches when every query word matches one of its words;
+//! its score is the sum of the best match per query word plus 1% of its
+//! popularity. A query word with no exact match but a close one is reported
+//! in `corrected_query` ("aviater" -> "aviator").
+
+use std::collections::BTreeMap;
+
+use discovery_proto::v1 as pb;
+
+use crate::rank::{Filter, RankError, page};
+use crate::snapshot::Catalog;
+
+/// Longest query accepted, bytes.
+pub const MAX_QUERY: usize = 256;
+/// Most words in a query.
+pub const MAX_WORDS: usize = 12;
+
+/// Search input errors.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SearchError {
+    /// Query too long.
+    #[error("query: {0} bytes is over the maximum of {MAX_QUERY}")]
+    TooLong(usize),
+    /// Too many words.
+    #[error("query: {0} words is over the maximum of {MAX_WORDS}")]
+    TooManyWords(usize),
+    /// Bad paging or filter.
+    #[error(transparent)]
+    Rank(#[from] RankError),
+}
+
+/// Edit distance, bounded: returns `max + 1` as soon as it exceeds `max`.
+fn levenshtein(a: &str, b: &str, max: usize) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > max {
+        return max + 1;
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        let mut row_min = cur[0];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+            row_min = row_min.min(cur[j + 1]);
+        }
+        if row_min > max {
+            return max + 1;
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+/// The vocabulary words a query word matches, with weights, and the
+/// correction when it matched only by typo.
+fn expand(catalog: &Catalog, q: &str) -> (Vec<(u32, f32)>, Option<String>) {
+    let words = &catalog.vocabs.words;
+    let mut out = Vec::new();
+    let exact = words.get(q);
+    if let Some(id) = exact {
+        out.push((id, 1.0));
+    }
+    let n = q.chars().count();
+    let max_edits = if n >= 8 {
+        2
+    } else if n >= 5 {
+        1
+    } else {
+        0
+    };
+    let mut best_typo: Option<(usize, &str)> = None;
+    for (id, w) in words.iter() {
+        if Some(id) == exact {
+            continue;
+        }
+        if n >= 3 && w.starts_with(q) {
+            out.push((id, 0.9));
+        } else if max_edits > 0 {
+            let d = levenshtein(w, q, max_edits);
+            if d <= max_edits {
+                out.push((id, 0.7));
+                if best_typo.is_none_or(|(bd, bw)| (d, w) < (bd, bw)) {
+                    best_typo = Some((d, w));
+                }
+            }
+        }
+    }
+    out.sort_unstable_by_key(|x| x.0);
+    let correction = if exact.is_none() {
+        best_typo.map(|(_, w)| w.to_string())
+    } else {
+        None
+    };
+    (out, correction)
+}
+
+/// One hit: row and score.
+pub type Hit = (usize, f32);
+
+/// Results of a search before mapping to the API.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// The page of hits.
+    pub hits: Vec<Hit>,
+    /// Matches in total.
+    pub total: usize,
+    /// Facets, when asked for.
+    pub facets: Vec<pb::Facet>,
+    /// Corrected query, when a word was corrected.
+    pub corrected: String,
+    /// Page offset.
+    pub offset: usize,
+}
+
+fn price_band(minor: i64) -> &'static str {
+    match minor / 100 {
+        0..50 => "0-50",
+        50..100 => "50-100",
+        100..200 => "100-200",
+        200..400 => "200-400",
+        _ => "400+",
+    }
+}
+
+/// Runs a search.
+pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Results, SearchError> {
+    if req.query.len() > MAX_QUERY {
+        return Err(SearchError::TooLong(req.query.len()));
+    }
+    let (offset, size) = page(req.page.as_ref())?;
+    let filter = Filter::compile(catalog, req.filter.as_ref())?;
+    let qwords: Vec<String> = req
+        .query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    if qwords.len() > MAX_WORDS {
+        return Err(SearchError::TooManyWords(qwords.len()));
+    }
+    let mut expanded = Vec::with_capacity(qwords.len());
+    let mut corrected = Vec::with_capacity(qwords.len());
+    let mut any_correction = false;
+    for w in &qwords {
+        let (ids, c) = expand(catalog, w);
+        any_correction |= c.is_some();
+        corrected.push(c.unwrap_or_else(|| w.clone()));
+        expanded.push(ids);
+    }
+    let x = &catalog.features;
+    let mut hits: Vec<Hit> = Vec::new();
+    for i in 0..catalog.frames.len() {
+        if !filter.passes(catalog, i) {
+            continue;
+        }
+        let mut score = 0.0;
+        let mut all = true;
+        for ids in &expanded {
+            let words = &x.words[i];
+            let best = ids
+                .iter()
+                .filter(|(id, _)| words.binary_search(id).is_ok())
+                .map(|(_, w)| *w)
+                .fold(0.0f32, f32::max);
+            if best == 0.0 {
+                all = false;
+                break;
+            }
+            score += best;
+        }
+        if all {
+            hits.push((i, score + x.popularity[i] * 0.01));
+        }
+    }
+    hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let total = hits.len();
+    let mut facets = Vec::new();
+    if req.include_facets {
+        let mut counts: [BTreeMap<String, u64>; 4] = Default::default();
+        for &(i, _) in &hits {
+            let f = &catalog.frames[i];
+            *counts[0].entry(f.brand.clone()).or_default() += 1;
+            *counts[1].entry(f.shape.clone()).or_default() += 1;
+            *counts[2].entry(f.material.clone()).or_default() += 1;
+            *counts[3]
+                .entry(price_band(x.price_minor[i]).to_string())
+                .or_default() += 1;
+        }
+        for (name, m) in ["brand", "shape", "material", "price_band"]
+            .into_iter()
+            .zip(counts)
+        {
+            let mut counts: Vec<pb::FacetCount> = m
+                .into_iter()
+                .map(|(value, count)| pb::FacetCount { value, count })
+                .collect();
+            counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+            facets.push(pb::Facet {
+                name: name.into(),
+                counts,
+            });
+        }
+    }
+    hits = hits.into_iter().skip(offset).take(size).collect();
+    Ok(Results {
+        hits,
+        total,
+        facets,
+        corrected: if any_correction {
+            corrected.join(" ")
+        } else {
+            String::new()
+        },
+        offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::demo_catalog;
+
+    fn req(q: &str) -> pb::SearchProductsRequest {
+        pb::SearchProductsRequest {
+            query: q.into(),
+            include_facets: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn search_tolerates_a_typo_and_says_so() {
+        let c = Catalog::new(demo_catalog(600), 1);
+        let exact = search(&c, &req("aviator")).unwrap();
+        let typo = search(&c, &req("aviater")).unwrap();
+        assert!(exact.total > 0);
+        assert_eq!(exact.total, typo.total);
+        assert_eq!(typo.corrected, "aviator");
+        assert!(exact.corrected.is_empty());
+        let brand = exact.facets.iter().find(|f| f.name == "brand").unwrap();
+        assert_eq!(
+            brand.counts.iter().map(|c| c.count).sum::<u64>(),
+            exact.total as u64
+        );
+        assert_eq!(exact.facets.len(), 4);
+    }
+
+    #[test]
+    fn every_word_must_match_and_filters_hold() {
+        let c = Catalog::new(demo_catalog(600), 1);
+        let both = search(&c, &req("ray-ban aviator")).unwrap();
+        assert!(both.total > 0);
+        for (i, _) in &both.hits {
+            let f = &c.frames[*i];
+            assert_eq!(f.brand, "Ray-Ban");
+            assert_eq!(f.shape, "aviator");
+        }
+        assert_eq!(search(&c, &req("zzzzzz")).unwrap().total, 0);
+        let long = "a ".repeat(200);
+        assert!(matches!(
+            search(&c, &req(&long)),
+            Err(SearchError::TooLong(400))
+        ));
+    }
+
+    #[test]
+    fn levenshtein_is_bounded() {
+        assert_eq!(levenshtein("aviator", "aviater", 1), 1);
+        assert_eq!(levenshtein("abc", "xyz", 1), 2);
+        assert_eq!(levenshtein("", "", 0), 0);
+    }
+}
