@@ -217,6 +217,16 @@ fn recommend_tags(catalog: &Catalog, rows: &[usize], req: &pb::RecommendRequest)
 }
 
 impl Service {
+    /// A service over a snapshot, a store and a cache (benchmarks and
+    /// embedding; [`crate::spawn`] builds one from config).
+    pub fn new(snapshot: Snapshot, store: Store, cache: Arc<Cache>) -> Self {
+        Self {
+            snapshot,
+            store,
+            cache,
+        }
+    }
+
     /// Looks a cached envelope up (or computes it), validates it against the
     /// snapshot, and recomputes once if it is out of date.
     async fn cached<F>(
