@@ -390,6 +390,7 @@ impl Cache {
             bus,
         };
         cache.listen_for_invalidations();
+        cache.keep_house();
         Ok(cache)
     }
 
@@ -420,6 +421,22 @@ impl Cache {
                     }
                     Err(_) => break,
                 }
+            }
+        });
+    }
+
+    /// Runs L1's maintenance (admission, eviction, expiry bookkeeping) every
+    /// 10 ms on a background task, so requests rarely have to run it inline
+    /// (measured: inline maintenance is what made the L1-hit p99 3x its p50).
+    fn keep_house(&self) {
+        let l1 = self.l1.clone();
+        let alive = Arc::downgrade(&self.tags);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while alive.strong_count() > 0 {
+                tick.tick().await;
+                l1.run_pending_tasks().await;
             }
         });
     }
@@ -482,6 +499,22 @@ impl Cache {
         }
         record(kind, "all", false, started);
         None
+    }
+
+    /// The value in this replica's L1 if present and fresh (no loader, no L2):
+    /// the cheapest possible hit. Counted as a hit; `None` counts nothing, so
+    /// follow it with [`Cache::get_or_load`].
+    pub async fn get_fresh_l1(&self, kind: &'static CacheKind, key: &str) -> Option<Bytes> {
+        if !self.use_l1(kind) {
+            return None;
+        }
+        let started = Instant::now();
+        let e = self.l1.get(key).await?;
+        if self.is_stale(kind, &e) {
+            return None;
+        }
+        record(kind, "l1", true, started);
+        Some(e.value)
     }
 
     /// Stores `value` under `key` in both levels with the kind's TTL and `tags`.

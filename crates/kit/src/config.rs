@@ -322,6 +322,26 @@ pub const VARIABLES: &[Variable] = &[
         help: "in-process cache budget in bytes per service",
     },
     Variable {
+        name: "DISCOVERY_DEMO_CATALOG",
+        default: "520 with the memory store, else 0",
+        help: "seed this many demo frames into an empty catalogue",
+    },
+    Variable {
+        name: "DISCOVERY_CATALOG_REFRESH",
+        default: "5m",
+        help: "recommendation: full snapshot reload from the store (safety net; 0s disables)",
+    },
+    Variable {
+        name: "DISCOVERY_SIGNALS_REFRESH",
+        default: "60s",
+        help: "recommendation: rebuild popularity and co-occurrence from interactions (0s disables)",
+    },
+    Variable {
+        name: "DISCOVERY_WARM_INTERVAL",
+        default: "15m",
+        help: "recommendation: cache warming period, also once at start (0s disables)",
+    },
+    Variable {
         name: "DISCOVERY_LOG_FORMAT",
         default: "pretty",
         help: "`pretty` or `json` log lines",

@@ -13,13 +13,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::fast::Reply;
+use crate::server::recommendation_server::Recommendation;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use discovery_kit::cache::{Cache, CacheKind, Loaded, Lookup, Source, kinds};
 use discovery_kit::store::{Store, doc};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_server::CacheAdmin;
 use discovery_proto::v1::catalog_server::Catalog as CatalogApi;
-use discovery_proto::v1::recommendation_server::Recommendation;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -57,10 +58,12 @@ impl From<SearchError> for Status {
     }
 }
 
-/// A cached result: the products it shows with their stamps, then the
-/// encoded response.
-fn envelope(catalog: &Catalog, rows: &[usize], payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(payload.len() + rows.len() * 24 + 2);
+/// A cached result: who computed it from which snapshot version, the
+/// products it shows with their stamps, then the encoded response.
+fn envelope(origin: u64, catalog: &Catalog, rows: &[usize], payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(payload.len() + rows.len() * 24 + 18);
+    b.put_u64_le(origin);
+    b.put_i64_le(catalog.version);
     b.put_u16_le(rows.len() as u16);
     for &r in rows {
         let id = catalog.frames[r].id.as_bytes();
@@ -73,11 +76,15 @@ fn envelope(catalog: &Catalog, rows: &[usize], payload: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// The payload of an envelope if every product in it is unchanged in `catalog`.
-fn open_envelope(catalog: &Catalog, mut b: Bytes) -> Option<Bytes> {
-    if b.remaining() < 2 {
+/// The payload of an envelope if every product in it is unchanged in
+/// `catalog`. An envelope this replica (`origin`) made from the very
+/// snapshot version it holds needs no per-product check.
+fn open_envelope(origin: u64, catalog: &Catalog, mut b: Bytes) -> Option<Bytes> {
+    if b.remaining() < 18 {
         return None;
     }
+    let (made_by, made_from) = (b.get_u64_le(), b.get_i64_le());
+    let same_snapshot = made_by == origin && made_from == catalog.version;
     let n = b.get_u16_le() as usize;
     for _ in 0..n {
         if b.remaining() < 1 {
@@ -86,6 +93,10 @@ fn open_envelope(catalog: &Catalog, mut b: Bytes) -> Option<Bytes> {
         let len = b.get_u8() as usize;
         if b.remaining() < len + 8 {
             return None;
+        }
+        if same_snapshot {
+            b.advance(len + 8);
+            continue;
         }
         let id = std::str::from_utf8(&b[..len]).ok()?;
         let row = catalog.index(id)?;
@@ -242,13 +253,19 @@ impl Service {
             + Sync
             + 'static,
     {
+        let origin = self.cache.bus().origin();
+        if let Some(value) = self.cache.get_fresh_l1(kind, &key).await
+            && let Some(payload) = open_envelope(origin, &self.snapshot.load(), value)
+        {
+            return Ok((payload, true));
+        }
         let snapshot = self.snapshot.clone();
         let load = {
             let compute = compute.clone();
             move || async move {
                 let catalog = snapshot.load();
                 let (payload, rows, tags) = compute(&catalog)?;
-                let value = envelope(&catalog, &rows, &payload);
+                let value = envelope(origin, &catalog, &rows, &payload);
                 // Computed from a snapshot that changed meanwhile: serve, don't keep.
                 let cacheable = snapshot.load().version == catalog.version;
                 Ok::<_, Status>(Loaded {
@@ -260,14 +277,14 @@ impl Service {
         };
         let Lookup { value, source, .. } = self.cache.get_or_load(kind, &key, load).await?;
         let catalog = self.snapshot.load();
-        if let Some(payload) = open_envelope(&catalog, value) {
+        if let Some(payload) = open_envelope(origin, &catalog, value) {
             return Ok((payload, source != Source::Origin));
         }
         // Out of date (a product it shows changed): recompute and replace.
         metrics::counter!("discovery_recommendation_stale_rejected_total", "kind" => kind.name)
             .increment(1);
         let (payload, rows, tags) = compute(&catalog)?;
-        let value = envelope(&catalog, &rows, &payload);
+        let value = envelope(origin, &catalog, &rows, &payload);
         self.cache.set(kind, &key, value, &tags).await;
         Ok((Bytes::from(payload), false))
     }
@@ -339,7 +356,7 @@ impl Recommendation for Service {
     async fn recommend(
         &self,
         req: Request<pb::RecommendRequest>,
-    ) -> Result<Response<pb::RecommendResponse>, Status> {
+    ) -> Result<Response<Reply>, Status> {
         let req = req.into_inner();
         let started = Instant::now();
         let catalog = self.snapshot.load();
@@ -354,12 +371,10 @@ impl Recommendation for Service {
                 Ok((resp.encode_to_vec(), rows, tags))
             })
             .await?;
-        let mut resp = pb::RecommendResponse::decode(payload)
-            .map_err(|e| Status::internal(format!("cached recommendation unreadable: {e}")))?;
-        resp.cached = cached;
         metrics::histogram!("discovery_recommendation_duration_seconds", "cached" => if cached { "true" } else { "false" })
             .record(started.elapsed().as_secs_f64());
-        Ok(Response::new(resp))
+        // Already encoded: written to the wire as is.
+        Ok(Response::new(Reply::Encoded(payload, cached)))
     }
 
     async fn record_interaction(
@@ -669,7 +684,7 @@ impl Service {
             if self
                 .recommend(Request::new(req))
                 .await
-                .is_ok_and(|r| !r.get_ref().cached)
+                .is_ok_and(|r| matches!(r.get_ref(), Reply::Encoded(_, false)))
             {
                 n += 1;
             }
@@ -812,21 +827,28 @@ mod tests {
     #[test]
     fn envelopes_reject_changed_products() {
         let c = Catalog::new(demo_catalog(50), 1);
-        let e = envelope(&c, &[1, 2, 3], b"payload");
-        assert_eq!(open_envelope(&c, e.clone()).unwrap(), "payload");
+        let e = envelope(7, &c, &[1, 2, 3], b"payload");
+        assert_eq!(open_envelope(7, &c, e.clone()).unwrap(), "payload");
+        // Another replica validates product by product.
+        assert_eq!(open_envelope(8, &c, e.clone()).unwrap(), "payload");
         let mut f = (*c.frames[2]).clone();
         f.price += 10.0;
         f.metadata.version += 1;
         let (c2, applied) = c.apply(vec![Change::Upsert(Box::new(f))]);
         assert_eq!(applied.applied, 1);
         assert_eq!(applied.tags, vec![format!("product:{}", c.frames[2].id)]);
+        assert_eq!(c2.version, 2);
         assert!(
-            open_envelope(&c2, e.clone()).is_none(),
+            open_envelope(7, &c2, e.clone()).is_none(),
             "price change detected"
         );
+        assert!(
+            open_envelope(8, &c2, e.clone()).is_none(),
+            "on every replica"
+        );
         let (c3, _) = c.apply(vec![Change::Delete(c.frames[1].id.clone())]);
-        assert!(open_envelope(&c3, e).is_none(), "deletion detected");
-        assert!(open_envelope(&c, Bytes::from_static(&[5, 0, 1])).is_none());
+        assert!(open_envelope(7, &c3, e).is_none(), "deletion detected");
+        assert!(open_envelope(7, &c, Bytes::from_static(&[5, 0, 1])).is_none());
     }
 
     #[test]

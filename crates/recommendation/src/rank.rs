@@ -130,7 +130,8 @@ pub struct Filter {
     in_stock_only: bool,
     shapes: u32,
     materials: u32,
-    brands: Option<Vec<u32>>,
+    /// Allowed brands as a table indexed by brand id.
+    brands: Option<Vec<bool>>,
     currency: Option<String>,
 }
 
@@ -190,43 +191,74 @@ impl Filter {
                 pb::FrameMaterial::try_from(v).is_ok()
             })?,
             brands: (!f.brands.is_empty()).then(|| {
-                f.brands
+                let mut t = vec![false; catalog.vocabs.brands.len()];
+                for id in f
+                    .brands
                     .iter()
                     .filter_map(|b| catalog.vocabs.brands.get(b.trim()))
-                    .collect()
+                {
+                    t[id as usize] = true;
+                }
+                t
             }),
             currency: (!currency.is_empty()).then(|| currency.to_string()),
         })
     }
 
+    /// Whether the filter excludes anything at all.
+    pub fn is_active(&self) -> bool {
+        self.min_price > 0
+            || self.max_price < i64::MAX
+            || self.in_stock_only
+            || self.shapes != 0
+            || self.materials != 0
+            || self.brands.is_some()
+            || self.currency.is_some()
+    }
+
     /// Whether row `i` passes.
-    #[inline]
     pub fn passes(&self, catalog: &Catalog, i: usize) -> bool {
+        let mut ok = [true];
+        self.mask(catalog, i, &mut ok);
+        ok[0]
+    }
+
+    /// Clears `ok[j]` for every row `start + j` that does not pass: one
+    /// branch-free pass per active condition, over the columns.
+    pub fn mask(&self, catalog: &Catalog, start: usize, ok: &mut [bool]) {
         let x = &catalog.features;
-        let p = x.price_minor[i];
-        if p < self.min_price || p > self.max_price {
-            return false;
+        let end = start + ok.len();
+        if self.min_price > 0 || self.max_price < i64::MAX {
+            let (lo, hi) = (self.min_price, self.max_price);
+            for (o, p) in ok.iter_mut().zip(&x.price_minor[start..end]) {
+                *o &= (*p >= lo) & (*p <= hi);
+            }
         }
-        if self.in_stock_only && !x.in_stock[i] {
-            return false;
+        if self.in_stock_only {
+            for (o, s) in ok.iter_mut().zip(&x.in_stock[start..end]) {
+                *o &= *s;
+            }
         }
-        if self.shapes != 0 && self.shapes & (1 << x.shape[i]) == 0 {
-            return false;
+        if self.shapes != 0 {
+            for (o, s) in ok.iter_mut().zip(&x.shape[start..end]) {
+                *o &= (self.shapes >> *s) & 1 == 1;
+            }
         }
-        if self.materials != 0 && self.materials & (1 << x.material[i]) == 0 {
-            return false;
+        if self.materials != 0 {
+            for (o, m) in ok.iter_mut().zip(&x.material[start..end]) {
+                *o &= (self.materials >> *m) & 1 == 1;
+            }
         }
-        if let Some(b) = &self.brands
-            && !b.contains(&x.brand[i])
-        {
-            return false;
+        if let Some(t) = &self.brands {
+            for (o, b) in ok.iter_mut().zip(&x.brand[start..end]) {
+                *o &= t.get(*b as usize).copied().unwrap_or(false);
+            }
         }
-        if let Some(c) = &self.currency
-            && catalog.frames[i].currency != *c
-        {
-            return false;
+        if let Some(c) = &self.currency {
+            for (j, o) in ok.iter_mut().enumerate() {
+                *o = *o && catalog.frames[start + j].currency == *c;
+            }
         }
-        true
     }
 }
 
@@ -239,7 +271,8 @@ struct Prefs {
     shapes: u32,
     colors: u64,
     colors_slow: Vec<String>,
-    brands: Vec<u32>,
+    /// Preferred brands as a table indexed by brand id (empty: none).
+    brands: Vec<bool>,
 }
 
 impl Prefs {
@@ -280,50 +313,77 @@ impl Prefs {
                 }
             }
         }
-        out.brands = p
-            .brands
-            .iter()
-            .filter_map(|b| catalog.vocabs.brands.get(b.trim()))
-            .collect();
+        if !p.brands.is_empty() {
+            out.brands = vec![false; catalog.vocabs.brands.len()];
+            for id in p
+                .brands
+                .iter()
+                .filter_map(|b| catalog.vocabs.brands.get(b.trim()))
+            {
+                out.brands[id as usize] = true;
+            }
+        }
         Ok(out)
     }
 
     /// Matched preferences of row `i` (a count, at most `wanted`).
-    #[inline]
     fn matched(&self, catalog: &Catalog, i: usize) -> u32 {
+        let mut m = [0];
+        self.counts(catalog, i, &mut m);
+        m[0]
+    }
+
+    /// Matched preferences of rows `start..start + out.len()`, one
+    /// branch-free pass per kind of preference.
+    fn counts(&self, catalog: &Catalog, start: usize, out: &mut [u32]) {
         let x = &catalog.features;
-        let mut m = (x.styles[i] & self.styles).count_ones();
-        if self.shapes & (1 << x.shape[i]) != 0 {
-            m += 1;
-        }
-        if x.colors[i] & self.colors != 0 {
-            m += (x.colors[i] & self.colors).count_ones().min(1);
-        }
-        if self.brands.contains(&x.brand[i]) {
-            m += 1;
-        }
-        if !self.styles_slow.is_empty() || !self.colors_slow.is_empty() {
-            let f = &catalog.frames[i];
-            m += self
-                .styles_slow
-                .iter()
-                .filter(|k| {
-                    f.ai_enhanced
-                        .style_keywords
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(k))
-                })
-                .count() as u32;
-            if self.colors_slow.iter().any(|c| {
-                f.inventory
-                    .variants
-                    .iter()
-                    .any(|v| v.color.to_lowercase().contains(c.as_str()))
-            }) {
-                m += 1;
+        let end = start + out.len();
+        out.fill(0);
+        if self.styles != 0 {
+            for (o, s) in out.iter_mut().zip(&x.styles[start..end]) {
+                *o += (s & self.styles).count_ones();
             }
         }
-        m.min(self.wanted)
+        if self.shapes != 0 {
+            for (o, s) in out.iter_mut().zip(&x.shape[start..end]) {
+                *o += (self.shapes >> *s) & 1;
+            }
+        }
+        if self.colors != 0 {
+            for (o, c) in out.iter_mut().zip(&x.colors[start..end]) {
+                *o += u32::from(c & self.colors != 0);
+            }
+        }
+        if !self.brands.is_empty() {
+            for (o, b) in out.iter_mut().zip(&x.brand[start..end]) {
+                *o += u32::from(self.brands.get(*b as usize).copied().unwrap_or(false));
+            }
+        }
+        if !self.styles_slow.is_empty() || !self.colors_slow.is_empty() {
+            for (j, o) in out.iter_mut().enumerate() {
+                let f = &catalog.frames[start + j];
+                *o += self
+                    .styles_slow
+                    .iter()
+                    .filter(|k| {
+                        f.ai_enhanced
+                            .style_keywords
+                            .iter()
+                            .any(|s| s.eq_ignore_ascii_case(k))
+                    })
+                    .count() as u32;
+                if self.colors_slow.iter().any(|c| {
+                    f.inventory
+                        .variants
+                        .iter()
+                        .any(|v| v.color.to_lowercase().contains(c.as_str()))
+                }) {
+                    *o += 1;
+                }
+            }
+        }
+        let wanted = self.wanted;
+        out.iter_mut().for_each(|o| *o = (*o).min(wanted));
     }
 }
 
@@ -408,22 +468,37 @@ impl Query {
     }
 
     #[inline]
-    fn parts(&self, x: &Features, i: usize, collab: f32) -> [f32; 5] {
-        let shape = self.shape.map_or(0.5, |s| x.compat[i][s]);
-        let fit = if self.face_width > 0.0 {
-            let d = (x.total_width[i] - self.face_width) * (1.0 / 8.0);
-            let f = (-d * d).exp();
-            if self.nose_width > 0.0 {
-                let b = (x.bridge[i] - self.nose_width) * 0.25;
-                0.8 * f + 0.2 * (-b * b).exp()
-            } else {
-                f
-            }
+    fn fit(&self, x: &Features, i: usize) -> f32 {
+        if self.face_width <= 0.0 {
+            return 0.5;
+        }
+        let f = gauss(x.total_width[i] - self.face_width, 8.0);
+        if self.nose_width > 0.0 {
+            0.8 * f + 0.2 * gauss(x.bridge[i] - self.nose_width, 4.0)
         } else {
-            0.5
-        };
-        [shape, fit, 0.0, x.popularity[i], collab]
+            f
+        }
     }
+
+    #[inline]
+    fn parts(&self, x: &Features, i: usize, collab: f32) -> [f32; 5] {
+        let shape = self.shape.map_or(0.5, |s| x.compat[s][i]);
+        [shape, self.fit(x, i), 0.0, x.popularity[i], collab]
+    }
+}
+
+/// A smooth bell, `≈ exp(-(delta / scale)²)`: one over the first six terms
+/// of `exp(x)`'s series at `x = (delta / scale)²`. Exact at 0, within 0.001
+/// of `exp` up to `x = 1` (one `scale` away), within 0.006 everywhere, and
+/// strictly decreasing in `|delta|`. Branch-free arithmetic, so the
+/// ranking's column pass vectorises.
+#[inline(always)]
+pub fn gauss(delta: f32, scale: f32) -> f32 {
+    let t = delta / scale;
+    let x = t * t;
+    let series =
+        1.0 + x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))));
+    1.0 / series
 }
 
 /// Orderable key: higher score first, then lower row (id order).
@@ -441,56 +516,107 @@ fn unkey(k: u64) -> (f32, u32) {
 }
 
 /// The `limit` best passing rows, best first, and the number passing.
+///
+/// Blocks of rows: filters, preference counts and the score are computed
+/// column by column over a block (branch-free, vectorised), then the block's
+/// passing rows go through the bounded heap.
 fn top(catalog: &Catalog, q: &Query, limit: usize) -> (Vec<(f32, u32)>, usize) {
+    const BLOCK: usize = 512;
     let x = &catalog.features;
     let w = weights(q.is_personal());
-    let pref_scale = if q.prefs.wanted == 0 {
+    let wanted = q.prefs.wanted;
+    let pref_scale = if wanted == 0 {
         0.0
     } else {
-        1.0 / q.prefs.wanted as f32
+        w[2] / wanted as f32
     };
+    let pref_const = if wanted == 0 { w[2] * 0.5 } else { 0.0 };
+    let filtered = q.filter.is_active();
+    let n = catalog.frames.len();
     let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(limit + 1);
+    let mut floor = 0u64;
     let mut total = 0usize;
     let mut cursor = 0usize;
-    for i in 0..catalog.frames.len() {
-        let mut collab = 0.0;
-        while cursor < q.personal.len() && (q.personal[cursor].0 as usize) < i {
-            cursor += 1;
+    let mut base = [0f32; BLOCK];
+    let mut pass = [true; BLOCK];
+    let mut prefs = [0u32; BLOCK];
+    for start in (0..n).step_by(BLOCK) {
+        let len = BLOCK.min(n - start);
+        let base = &mut base[..len];
+        let pass = &mut pass[..len];
+        if filtered {
+            pass.fill(true);
+            q.filter.mask(catalog, start, pass);
         }
-        if cursor < q.personal.len() && q.personal[cursor].0 as usize == i {
-            collab = q.personal[cursor].1;
+        // Column arithmetic over the block (vectorised by the compiler).
+        let pop = &x.popularity[start..start + len];
+        match q.shape {
+            Some(s) => {
+                let c = &x.compat[s][start..start + len];
+                for ((b, c), p) in base.iter_mut().zip(c).zip(pop) {
+                    *b = w[0] * c + w[3] * p + pref_const;
+                }
+            }
+            None => {
+                for (b, p) in base.iter_mut().zip(pop) {
+                    *b = w[0] * 0.5 + w[3] * p + pref_const;
+                }
+            }
         }
-        if !q.filter.passes(catalog, i) {
-            continue;
-        }
-        total += 1;
-        let p = q.parts(x, i, collab);
-        let pref = if q.prefs.wanted == 0 {
-            0.5
+        let tw = &x.total_width[start..start + len];
+        if q.face_width <= 0.0 {
+            base.iter_mut().for_each(|b| *b += w[1] * 0.5);
+        } else if q.nose_width <= 0.0 {
+            for (b, t) in base.iter_mut().zip(tw) {
+                *b += w[1] * gauss(t - q.face_width, 8.0);
+            }
         } else {
-            q.prefs.matched(catalog, i) as f32 * pref_scale
-        };
-        let s = w[0] * p[0] + w[1] * p[1] + w[2] * pref + w[3] * p[3] + w[4] * p[4];
-        let k = key(s, i as u32);
-        if heap.len() < limit {
-            heap.push(Reverse(k));
-        } else if let Some(mut min) = heap.peek_mut()
-            && k > min.0
-        {
-            *min = Reverse(k);
+            let br = &x.bridge[start..start + len];
+            for ((b, t), r) in base.iter_mut().zip(tw).zip(br) {
+                *b += w[1]
+                    * (0.8 * gauss(t - q.face_width, 8.0) + 0.2 * gauss(r - q.nose_width, 4.0));
+            }
+        }
+        if wanted > 0 {
+            let prefs = &mut prefs[..len];
+            q.prefs.counts(catalog, start, prefs);
+            for (b, m) in base.iter_mut().zip(prefs.iter()) {
+                *b += *m as f32 * pref_scale;
+            }
+        }
+        // Personal signal and the heap, row by row.
+        for (j, &b) in base.iter().enumerate() {
+            let i = start + j;
+            if filtered && !pass[j] {
+                continue;
+            }
+            total += 1;
+            let mut s = b;
+            if !q.personal.is_empty() {
+                while cursor < q.personal.len() && (q.personal[cursor].0 as usize) < i {
+                    cursor += 1;
+                }
+                if cursor < q.personal.len() && q.personal[cursor].0 as usize == i {
+                    s += w[4] * q.personal[cursor].1;
+                }
+            }
+            let k = key(s, i as u32);
+            if heap.len() < limit {
+                heap.push(Reverse(k));
+                if heap.len() == limit {
+                    floor = heap.peek().map_or(0, |r| r.0);
+                }
+            } else if k > floor {
+                if let Some(mut min) = heap.peek_mut() {
+                    *min = Reverse(k);
+                }
+                floor = heap.peek().map_or(0, |r| r.0);
+            }
         }
     }
     let mut out: Vec<u64> = heap.into_iter().map(|r| r.0).collect();
     out.sort_unstable_by(|a, b| b.cmp(a));
-    (
-        out.into_iter()
-            .map(|k| {
-                let (s, r) = unkey(k);
-                (s, r)
-            })
-            .collect(),
-        total,
-    )
+    (out.into_iter().map(unkey).collect(), total)
 }
 
 /// Re-orders score-ordered candidates so that no brand appears more than
@@ -612,7 +738,7 @@ fn explain(catalog: &Catalog, q: &Query, i: usize, score: f32) -> Scored {
             reasons.push(format!("{k} style"));
         }
     }
-    if q.prefs.brands.contains(&x.brand[i]) {
+    if q.prefs.brands.get(x.brand[i] as usize) == Some(&true) {
         reasons.push(format!("from {}", f.brand));
     }
     if collab >= 0.5 {
@@ -791,6 +917,23 @@ mod tests {
         let (p, total, _) = recommend(&c, &one).unwrap();
         assert!(total > 0 && !p.is_empty());
         assert!(p.iter().all(|s| c.frames[s.row].brand == "Ray-Ban"));
+    }
+
+    #[test]
+    fn the_bell_is_close_to_exp_and_decreasing() {
+        let mut prev = 2.0;
+        for k in 0..400 {
+            let d = k as f32 * 0.1;
+            let g = gauss(d, 8.0);
+            let e = (-(d / 8.0) * (d / 8.0)).exp();
+            assert!((g - e).abs() < 0.006, "{d}: {g} vs {e}");
+            if d <= 8.0 {
+                assert!((g - e).abs() < 0.001, "{d}: {g} vs {e}");
+            }
+            assert!(g < prev);
+            prev = g;
+        }
+        assert_eq!(gauss(0.0, 8.0), 1.0);
     }
 
     #[test]

@@ -76,8 +76,9 @@ pub struct Vocabs {
 /// Column arrays, one entry per frame, in frame order.
 #[derive(Debug, Default, Clone)]
 pub struct Features {
-    /// Compatibility per face shape, in [`FACE_SHAPES`] order.
-    pub compat: Vec<[f32; 7]>,
+    /// Compatibility with each face shape, one column per shape in
+    /// [`FACE_SHAPES`] order (a request reads one column only).
+    pub compat: [Vec<f32>; 7],
     /// Total front width, mm.
     pub total_width: Vec<f32>,
     /// Bridge, mm.
@@ -133,8 +134,8 @@ fn bit(id: u32) -> u64 {
 
 impl Features {
     fn push(&mut self, f: &Frame, vocabs: &mut Vocabs, signals: &Signals) {
-        let row = self.compat.len();
-        self.compat.push([0.0; 7]);
+        let row = self.total_width.len();
+        self.compat.iter_mut().for_each(|c| c.push(0.0));
         self.total_width.push(0.0);
         self.bridge.push(0.0);
         self.price_minor.push(0);
@@ -151,11 +152,9 @@ impl Features {
     }
 
     fn set(&mut self, row: usize, f: &Frame, vocabs: &mut Vocabs, signals: &Signals) {
-        let mut compat = [0.5f32; 7];
         for (i, shape) in FACE_SHAPES.iter().enumerate() {
-            compat[i] = f.compat(shape).clamp(0.0, 1.0);
+            self.compat[i][row] = f.compat(shape).clamp(0.0, 1.0);
         }
-        self.compat[row] = compat;
         self.total_width[row] = f.total_width_mm;
         self.bridge[row] = f.bridge_mm;
         self.price_minor[row] = (f.price * 100.0).round() as i64;

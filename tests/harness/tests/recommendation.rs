@@ -116,7 +116,11 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     .with("DISCOVERY_MONGO_DATABASE", db.clone())
     .with("DISCOVERY_REDIS_URLS", cluster.urls().join(","));
     // Replica a seeds the catalogue and warms the cache; b loads what a wrote.
-    let mut a = replica(&env.clone().with("DISCOVERY_DEMO_CATALOG", "1500"), &shutdown).await;
+    let mut a = replica(
+        &env.clone().with("DISCOVERY_DEMO_CATALOG", "1500"),
+        &shutdown,
+    )
+    .await;
     let mut b = replica(&env.with("DISCOVERY_WARM_INTERVAL", "0s"), &shutdown).await;
 
     // Indexes exist with the spec's options.
@@ -138,7 +142,9 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     let products_idx = indexes("products").await;
     let partial = products_idx
         .iter()
-        .find(|i| i.options.as_ref().and_then(|o| o.name.as_deref()) == Some("in_stock_price_partial"))
+        .find(|i| {
+            i.options.as_ref().and_then(|o| o.name.as_deref()) == Some("in_stock_price_partial")
+        })
         .expect("partial in-stock index");
     assert_eq!(
         partial.options.as_ref().unwrap().partial_filter_expression,
@@ -153,11 +159,10 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
         }));
     let sessions_idx = indexes("ai_sessions").await;
     assert!(
-        sessions_idx.iter().any(|i| i
-            .options
-            .as_ref()
-            .and_then(|o| o.expire_after)
-            == Some(Duration::from_secs(86_400))),
+        sessions_idx
+            .iter()
+            .any(|i| i.options.as_ref().and_then(|o| o.expire_after)
+                == Some(Duration::from_secs(86_400))),
         "24 h TTL index on ai_sessions.createdAt"
     );
     let reco_idx = indexes("recommendations").await;
@@ -180,7 +185,14 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
             .collect::<Vec<_>>()
     };
     assert_eq!(ids(&first), ids(&from_b), "replicas agree");
-    assert!(b.reco.recommend(req.clone()).await.unwrap().into_inner().cached);
+    assert!(
+        b.reco
+            .recommend(req.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .cached
+    );
 
     // A price change through replica a.
     let target = first.items[3].product.clone().unwrap();
@@ -193,7 +205,11 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     let started = Instant::now();
     let new_price = changed.price.as_ref().unwrap().amount_minor;
     let on_a = a.reco.recommend(req.clone()).await.unwrap().into_inner();
-    assert_eq!(price_of(&on_a, &changed.id), Some(new_price), "replica a at once");
+    assert_eq!(
+        price_of(&on_a, &changed.id),
+        Some(new_price),
+        "replica a at once"
+    );
     let mut propagated = None;
     while started.elapsed() < Duration::from_secs(10) {
         let r = b.reco.recommend(req.clone()).await.unwrap().into_inner();
@@ -217,7 +233,12 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
 
     // A stock change through replica b: the frame leaves in-stock results on a.
     let in_stock = request(pb::FaceShape::Oval, 138.0, true);
-    let before = a.reco.recommend(in_stock.clone()).await.unwrap().into_inner();
+    let before = a
+        .reco
+        .recommend(in_stock.clone())
+        .await
+        .unwrap()
+        .into_inner();
     b.reco.recommend(in_stock.clone()).await.unwrap();
     let sold_out = before.items[0].product.clone().unwrap();
     let sold_out = change(&products, &mut b, sold_out, |p| {
@@ -228,7 +249,12 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     let started = Instant::now();
     let mut gone = None;
     while started.elapsed() < Duration::from_secs(10) {
-        let r = a.reco.recommend(in_stock.clone()).await.unwrap().into_inner();
+        let r = a
+            .reco
+            .recommend(in_stock.clone())
+            .await
+            .unwrap()
+            .into_inner();
         if !ids(&r).contains(&sold_out.id) {
             gone = Some(started.elapsed());
             break;
@@ -236,7 +262,12 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     }
     let stock_delay = gone.expect("sold-out frame left replica a's results");
     for r in [&mut a, &mut b] {
-        let resp = r.reco.recommend(in_stock.clone()).await.unwrap().into_inner();
+        let resp = r
+            .reco
+            .recommend(in_stock.clone())
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!ids(&resp).contains(&sold_out.id), "sold-out frame served");
     }
 
@@ -244,9 +275,14 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut load = Vec::new();
-    for (n, client) in [a.reco.clone(), b.reco.clone(), a.reco.clone(), b.reco.clone()]
-        .into_iter()
-        .enumerate()
+    for (n, client) in [
+        a.reco.clone(),
+        b.reco.clone(),
+        a.reco.clone(),
+        b.reco.clone(),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         load.push(tokio::spawn(async move {
@@ -255,7 +291,7 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let shape = pb::FaceShape::try_from((i % 7 + 1) as i32).unwrap();
-                let req = request(shape, 120.0 + (i % 40) as f32, i % 3 == 0);
+                let req = request(shape, 120.0 + (i % 40) as f32, i.is_multiple_of(3));
                 match client.recommend(req).await {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
@@ -290,7 +326,12 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     let failover = killed_at.elapsed();
     let mut l2_back = false;
     for _ in 0..100 {
-        let s = a.admin.get_cache_status(pb::GetCacheStatusRequest {}).await.unwrap().into_inner();
+        let s = a
+            .admin
+            .get_cache_status(pb::GetCacheStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         if s.l2_connected {
             l2_back = true;
             break;
@@ -319,7 +360,12 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     }
     let after_failover = after_failover.expect("change reached replica b after the failover");
 
-    let status = b.admin.get_cache_status(pb::GetCacheStatusRequest {}).await.unwrap().into_inner();
+    let status = b
+        .admin
+        .get_cache_status(pb::GetCacheStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let recs = status
         .kinds
         .iter()
