@@ -23,7 +23,7 @@ use discovery_kit::cache::{Cache, CacheConfig};
 use discovery_kit::store::memory::MemoryStore;
 use discovery_proto::v1 as pb;
 use discovery_recommendation::api::{Service, compute_recommend};
-use discovery_recommendation::catalog::demo_catalog;
+use discovery_recommendation::catalog::{SplitMix, demo_catalog};
 use discovery_recommendation::fast::Reply;
 use discovery_recommendation::server::recommendation_server::Recommendation;
 use discovery_recommendation::snapshot::{Catalog, Snapshot};
@@ -57,18 +57,14 @@ fn line(name: &str, mut v: Vec<Duration>) {
     );
 }
 
-/// SplitMix64.
-struct Rng(u64);
+/// The catalogue's SplitMix64, with a 53-bit uniform for Zipf sampling.
+struct Rng(SplitMix);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -138,7 +134,7 @@ fn profiles() -> Vec<pb::RecommendRequest> {
         }
     }
     // A fixed shuffle so popular profiles are spread over shapes and widths.
-    let mut rng = Rng(7);
+    let mut rng = Rng(SplitMix(7));
     for i in (1..out.len()).rev() {
         out.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
@@ -198,7 +194,7 @@ fn main() {
         )
     });
     let cdf = zipf_cdf(PROFILES, 1.0);
-    let mut rng = Rng(42);
+    let mut rng = Rng(SplitMix(42));
     let (mut hit_t, mut miss_t) = (Vec::new(), Vec::new());
     let (mut hits2, mut total2) = (0usize, 0usize);
     rt.block_on(async {

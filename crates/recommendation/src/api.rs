@@ -150,6 +150,16 @@ fn canonical_recommend(
     c
 }
 
+/// The face shape of a request as used in keys and tags ("any" when unknown).
+fn face_shape_label(req: &pb::RecommendRequest) -> &'static str {
+    req.face
+        .as_ref()
+        .and_then(|f| pb::FaceShape::try_from(f.face_shape).ok())
+        .map(crate::catalog::face_shape_name)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("any")
+}
+
 /// The cache key of a recommendation request:
 /// `recommendations:{user_id|anon}:{face_shape|any}:{hash}`.
 pub fn recommend_key(req: &pb::RecommendRequest, q: &rank::Query) -> String {
@@ -163,13 +173,7 @@ pub fn recommend_key(req: &pb::RecommendRequest, q: &rank::Query) -> String {
     } else {
         "anon".into()
     };
-    let shape = req
-        .face
-        .as_ref()
-        .and_then(|f| pb::FaceShape::try_from(f.face_shape).ok())
-        .map(crate::catalog::face_shape_name)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("any");
+    let shape = face_shape_label(req);
     format!(
         "recommendations:{user}:{shape}:{:016x}",
         fnv1a(&canonical.encode_to_vec())
@@ -216,13 +220,7 @@ fn recommend_tags(catalog: &Catalog, rows: &[usize], req: &pb::RecommendRequest)
     brands.sort();
     brands.dedup();
     tags.extend(brands);
-    let shape = req
-        .face
-        .as_ref()
-        .and_then(|f| pb::FaceShape::try_from(f.face_shape).ok())
-        .map(crate::catalog::face_shape_name)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("any");
+    let shape = face_shape_label(req);
     tags.push(format!("face_shape:{shape}"));
     tags
 }

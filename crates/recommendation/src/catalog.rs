@@ -362,21 +362,23 @@ fn base_compat(frame_shape: &str, face: &str) -> f32 {
 
 /// SplitMix64: a tiny deterministic generator so the demo catalogue is the
 /// same on every machine without a `rand` dependency.
-struct SplitMix(u64);
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next() % items.len() as u64) as usize]
+        &items[(self.next_u64() % items.len() as u64) as usize]
     }
 }
 
@@ -456,7 +458,7 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
         let shape = *rng.pick(SHAPES);
         let material = *rng.pick(MATERIALS);
         // Size classes: narrow (S), medium (M), wide (L), as frame makers do.
-        let size = rng.next() % 3;
+        let size = rng.next_u64() % 3;
         let lens = match size {
             0 => 44.0 + rng.unit() * 5.0,
             1 => 49.0 + rng.unit() * 5.0,
@@ -464,18 +466,18 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
         }
         .round();
         let bridge = (15.0 + rng.unit() * 7.0).round();
-        let temple = [135.0, 140.0, 145.0, 150.0][(rng.next() % 4) as usize];
+        let temple = [135.0, 140.0, 145.0, 150.0][(rng.next_u64() % 4) as usize];
         let total = (2.0 * lens + bridge + 8.0 + rng.unit() * 6.0).round();
         let height = (lens * (0.62 + rng.unit() * 0.25)).round();
         let price = ((40.0 + rng.unit() as f64 * 110.0) * tier).round() - 0.01;
-        let sunglasses = matches!(shape, "aviator" | "shield") || rng.next().is_multiple_of(5);
-        let nvar = 1 + (rng.next() % 4) as usize;
+        let sunglasses = matches!(shape, "aviator" | "shield") || rng.next_u64().is_multiple_of(5);
+        let nvar = 1 + (rng.next_u64() % 4) as usize;
         let mut variants = Vec::with_capacity(nvar);
         for v in 0..nvar {
-            let stock = if rng.next().is_multiple_of(6) {
+            let stock = if rng.next_u64().is_multiple_of(6) {
                 0
             } else {
-                (rng.next() % 40) as i32
+                (rng.next_u64() % 40) as i32
             };
             variants.push(VariantDoc {
                 sku: format!("SKU-{i:05}-{v}"),
@@ -483,7 +485,7 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
                 stock,
             });
         }
-        let mut styles: Vec<String> = (0..2 + rng.next() % 2)
+        let mut styles: Vec<String> = (0..2 + rng.next_u64() % 2)
             .map(|_| rng.pick(STYLES).to_string())
             .collect();
         styles.sort();

@@ -24,6 +24,21 @@ async fn client(addr: std::net::SocketAddr) -> DiscoveryClient<tonic::transport:
         .expect("connect to gateway")
 }
 
+fn round_132() -> pb::RecommendRequest {
+    pb::RecommendRequest {
+        face: Some(pb::FaceContext {
+            face_shape: pb::FaceShape::Round as i32,
+            face_width_mm: 132.0,
+            ..Default::default()
+        }),
+        page: Some(pb::PageRequest {
+            page_size: 10,
+            page_token: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_gateway_answers_through_recommendation() {
     let shutdown = CancellationToken::new();
@@ -33,18 +48,7 @@ async fn all_in_one_gateway_answers_through_recommendation() {
     let mut c = client(system.gateway()).await;
 
     let resp = c
-        .recommend(pb::RecommendRequest {
-            face: Some(pb::FaceContext {
-                face_shape: pb::FaceShape::Round as i32,
-                face_width_mm: 132.0,
-                ..Default::default()
-            }),
-            page: Some(pb::PageRequest {
-                page_size: 10,
-                page_token: String::new(),
-            }),
-            ..Default::default()
-        })
+        .recommend(round_132())
         .await
         .expect("recommend through the gateway")
         .into_inner();
@@ -91,6 +95,51 @@ async fn all_in_one_gateway_answers_through_recommendation() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("page_size"), "{}", err.message());
+
+    // Cache administration through the gateway.
+    let again = c.recommend(round_132()).await.unwrap().into_inner();
+    assert!(
+        again.cached,
+        "the second identical call is served from cache"
+    );
+    let dropped = c
+        .invalidate_cache(pb::InvalidateCacheRequest {
+            tags: vec![format!("product:{}", first.id)],
+            key_pattern: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries_dropped;
+    assert!(dropped >= 1, "the cached page showed {}", first.id);
+    let bad = c
+        .invalidate_cache(pb::InvalidateCacheRequest {
+            tags: vec!["everything".into()],
+            key_pattern: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let warmed = c
+        .warm_cache(pb::WarmCacheRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let status = c
+        .get_cache_status(pb::GetCacheStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let recs = status
+        .kinds
+        .iter()
+        .find(|k| k.kind == "recommendations")
+        .unwrap();
+    assert!(
+        recs.hits >= 1 && recs.l1_entries >= 1,
+        "{recs:?} after warming {warmed:?}"
+    );
+    assert_eq!(status.catalog_size, 520);
 
     let health = c
         .get_system_health(pb::GetSystemHealthRequest {})
