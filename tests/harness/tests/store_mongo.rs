@@ -187,3 +187,59 @@ async fn next(st: &mut discovery_kit::store::ChangeStream) -> discovery_kit::sto
         .expect("stream open")
         .expect("event ok")
 }
+
+/// Newer-wins bulk upserts behave the same on the server and embedded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_bulk_upsert_never_lets_an_older_record_win() {
+    let server = MongoServer::start()
+        .await
+        .expect("start mongo-compatible server");
+    let mongo = store(&server, "guarded").await;
+    let memory = discovery_kit::store::memory::MemoryStore::new();
+    for s in [&mongo as &dyn DocumentStore, &*memory as &dyn DocumentStore] {
+        let batch = |v: i64, price: f64| {
+            (0..20)
+                .map(|i| doc! {"_id": format!("p{i:02}"), "price": price, "metadata": {"updated_at": v + i}})
+                .collect::<Vec<_>>()
+        };
+        let first = s
+            .bulk_upsert_newer("products", batch(100, 10.0), "metadata.updated_at")
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.inserted, first.replaced, first.stale),
+            (20, 0, 0),
+            "{}",
+            s.kind()
+        );
+        // The same feed again changes nothing.
+        let again = s
+            .bulk_upsert_newer("products", batch(100, 10.0), "metadata.updated_at")
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.inserted, again.replaced, again.stale),
+            (0, 0, 20),
+            "{}",
+            s.kind()
+        );
+        // Older records lose, newer ones win, in one batch.
+        let mut mixed = batch(50, 1.0);
+        mixed.truncate(10);
+        mixed.extend(batch(200, 20.0).into_iter().skip(10));
+        let m = s
+            .bulk_upsert_newer("products", mixed, "metadata.updated_at")
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.inserted, m.replaced, m.stale),
+            (0, 10, 10),
+            "{}",
+            s.kind()
+        );
+        let p0 = s.get("products", "p00").await.unwrap().unwrap();
+        assert_eq!(p0.get_f64("price").unwrap(), 10.0, "older record ignored");
+        let p15 = s.get("products", "p15").await.unwrap().unwrap();
+        assert_eq!(p15.get_f64("price").unwrap(), 20.0, "newer record written");
+    }
+}

@@ -12,10 +12,10 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
-use super::filter::{matches, sort_cmp};
+use super::filter::{compare, get_path, matches, sort_cmp};
 use super::{
     Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
-    IndexSpec, ResumeToken, Store, StoreError, doc_id,
+    GuardedOutcome, IndexSpec, ResumeToken, Store, StoreError, doc_id,
 };
 
 /// Change events kept per collection for resuming.
@@ -228,6 +228,43 @@ impl DocumentStore for MemoryStore {
             total.matched += o.matched;
             total.modified += o.modified;
             total.upserted += o.upserted;
+        }
+        Ok(total)
+    }
+
+    async fn bulk_upsert_newer(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+        guard: &str,
+    ) -> Result<GuardedOutcome, StoreError> {
+        let mut total = GuardedOutcome::default();
+        for d in docs {
+            let id = doc_id(collection, &d)?;
+            let existing = self
+                .collections
+                .read()
+                .get(collection)
+                .and_then(|c| c.docs.get(&id).cloned());
+            match existing {
+                None => {
+                    total.inserted += 1;
+                    self.write(collection, ChangeOp::Insert, id, Some(d));
+                }
+                Some(old) => {
+                    let newer = match (get_path(&old, guard), get_path(&d, guard)) {
+                        (None, _) => true,
+                        (Some(o), Some(n)) => compare(o, n) == std::cmp::Ordering::Less,
+                        (Some(_), None) => false,
+                    };
+                    if newer {
+                        total.replaced += 1;
+                        self.write(collection, ChangeOp::Replace, id, Some(d));
+                    } else {
+                        total.stale += 1;
+                    }
+                }
+            }
         }
         Ok(total)
     }

@@ -177,6 +177,18 @@ pub struct BulkOutcome {
     pub upserted: u64,
 }
 
+/// Counts from a guarded bulk upsert ([`DocumentStore::bulk_upsert_newer`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuardedOutcome {
+    /// New documents inserted.
+    pub inserted: u64,
+    /// Stored documents replaced by newer ones.
+    pub replaced: u64,
+    /// Documents not written because the stored one is as new or newer
+    /// (includes re-sending the same document).
+    pub stale: u64,
+}
+
 /// Kind of a change event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeOp {
@@ -246,6 +258,19 @@ pub trait DocumentStore: Send + Sync + Debug + 'static {
         collection: &str,
         docs: Vec<Document>,
     ) -> Result<BulkOutcome, StoreError>;
+    /// Unordered bulk upsert where newer wins: each document replaces the
+    /// stored one with its `_id` only if the stored `guard` (a dotted path to
+    /// a number) is absent or lower than the document's; otherwise it is
+    /// counted `stale` and not written. One round trip per batch. On
+    /// MongoDB this is an upsert whose filter carries the guard; a stale
+    /// document's upsert collides with the existing `_id` (duplicate key),
+    /// which is how it is recognised.
+    async fn bulk_upsert_newer(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+        guard: &str,
+    ) -> Result<GuardedOutcome, StoreError>;
     /// Watches a collection, from now or after `resume_after`.
     async fn watch(
         &self,

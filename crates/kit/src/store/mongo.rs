@@ -17,7 +17,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
     Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
-    IndexSpec, ResumeToken, StoreError, Workload, doc, doc_id,
+    GuardedOutcome, IndexSpec, ResumeToken, StoreError, Workload, doc, doc_id,
 };
 use crate::config::{ConfigError, Env};
 
@@ -355,6 +355,68 @@ impl DocumentStore for MongoStore {
             matched: matched_total,
             modified: as_u64(reply.get("nModified")),
             upserted,
+        })
+    }
+
+    async fn bulk_upsert_newer(
+        &self,
+        collection: &str,
+        docs: Vec<Document>,
+        guard: &str,
+    ) -> Result<GuardedOutcome, StoreError> {
+        if docs.is_empty() {
+            return Ok(GuardedOutcome::default());
+        }
+        let mut updates = Vec::with_capacity(docs.len());
+        for d in docs {
+            let id = doc_id(collection, &d)?;
+            let value = super::filter::get_path(&d, guard)
+                .cloned()
+                .unwrap_or(Bson::Null);
+            updates.push(Bson::Document(doc! {
+                "q": {"_id": id, "$or": [{guard: {"$lt": value}}, {guard: {"$exists": false}}]},
+                "u": d,
+                "upsert": true,
+                "multi": false,
+            }));
+        }
+        let reply = self
+            .db
+            .run_command(doc! {
+                "update": collection,
+                "updates": updates,
+                "ordered": false,
+                "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
+            })
+            .await
+            .map_err(|e| StoreError::db("bulk_upsert_newer", collection, e))?;
+        let mut stale = 0u64;
+        if let Ok(errs) = reply.get_array("writeErrors") {
+            for e in errs {
+                let code = e
+                    .as_document()
+                    .and_then(|d| d.get("code"))
+                    .map(|c| as_u64(Some(c)));
+                if code == Some(11000) {
+                    stale += 1;
+                } else {
+                    return Err(StoreError::db(
+                        "bulk_upsert_newer",
+                        collection,
+                        format!("{} writes failed; first: {e:?}", errs.len()),
+                    ));
+                }
+            }
+        }
+        let inserted = reply
+            .get_array("upserted")
+            .map(|a| a.len() as u64)
+            .unwrap_or(0);
+        let matched = as_u64(reply.get("n")).saturating_sub(inserted);
+        Ok(GuardedOutcome {
+            inserted,
+            replaced: matched,
+            stale,
         })
     }
 
