@@ -1,13 +1,21 @@
 //! The sync service: catalogue ingestion, job progress, dead letters and the
 //! catalogue change feed.
 //!
-//! This issue wires the service (contract, server, store, indexes); ingestion
-//! arrives with the sync issue, and until then those RPCs answer
-//! UNIMPLEMENTED with that reason.
+//! - [`records`]: decoding (typed, NDJSON, Shopify NDJSON), mapping and
+//!   validation of feed records;
+//! - [`ingest`]: jobs, the bounded batch pipeline, newer-wins bulk upserts,
+//!   dead letters.
+//!
+//! Still to come with the sync issue: dead-letter replay and the change-feed
+//! follower (`WatchCatalogChanges`); those RPCs answer UNIMPLEMENTED.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod ingest;
+pub mod records;
+
 use std::pin::Pin;
+use std::sync::Arc;
 
 use discovery_kit::CancellationToken;
 use discovery_kit::config::{ConfigError, Env};
@@ -49,6 +57,12 @@ impl Config {
 #[derive(Clone)]
 struct Service {
     store: Store,
+    jobs: Arc<ingest::Jobs>,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "{what} failed");
+    Status::unavailable(format!("{what} failed; retry later"))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -61,9 +75,73 @@ fn not_yet(what: &str) -> Status {
 impl Sync for Service {
     async fn ingest_catalog(
         &self,
-        _req: Request<Streaming<pb::IngestCatalogRequest>>,
+        req: Request<Streaming<pb::IngestCatalogRequest>>,
     ) -> Result<Response<pb::IngestCatalogResponse>, Status> {
-        Err(not_yet("IngestCatalog"))
+        use pb::ingest_catalog_request::Item;
+        let mut stream = req.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::IngestCatalogRequest {
+                item: Some(Item::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a header (source, format)",
+                ));
+            }
+        };
+        ingest::check_source(&header.source).map_err(Status::invalid_argument)?;
+        let id = ingest::job_id(&header);
+        if !header.idempotency_key.is_empty()
+            && let Some(existing) = self
+                .store
+                .get(SYNC_JOBS, &id)
+                .await
+                .map_err(|e| unavailable("reading jobs", e))?
+        {
+            // Same key again: the job already exists; do not ingest twice.
+            let job = ingest::job_from_document(&existing);
+            return Ok(Response::new(pb::IngestCatalogResponse {
+                job_id: job.job_id,
+                received: job.received,
+            }));
+        }
+        let mut intake = self
+            .jobs
+            .start(self.store.clone(), id, &header)
+            .await
+            .map_err(|e| unavailable("creating the job", e))?;
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = format!("the feed stream broke: {e}");
+                    intake.abort(reason.clone());
+                    return Err(Status::aborted(reason));
+                }
+            };
+            let step = match msg.item {
+                Some(Item::Record(r)) => intake.record(r).await,
+                Some(Item::NdjsonChunk(c)) => intake.chunk(&c).await,
+                Some(Item::Header(_)) => {
+                    intake.abort("a second header arrived".into());
+                    return Err(Status::invalid_argument(
+                        "header: only the first message may be a header",
+                    ));
+                }
+                None => Ok(()),
+            };
+            if let Err(e) = step {
+                let id = intake.job().id.clone();
+                intake.abort(e.clone());
+                return Err(Status::unavailable(format!("job {id}: {e}")));
+            }
+        }
+        let job = intake.finish().await.map_err(Status::unavailable)?;
+        Ok(Response::new(pb::IngestCatalogResponse {
+            job_id: job.id.clone(),
+            received: job.to_proto().received,
+        }))
     }
 
     async fn get_sync_job(
@@ -71,37 +149,117 @@ impl Sync for Service {
         req: Request<pb::GetSyncJobRequest>,
     ) -> Result<Response<pb::GetSyncJobResponse>, Status> {
         let id = req.into_inner().job_id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument(
-                "job_id: give the id IngestCatalog returned",
-            ));
-        }
-        match self.store.get(SYNC_JOBS, &id).await {
-            Ok(Some(_)) => Err(not_yet("decoding stored jobs")),
-            Ok(None) => Err(Status::not_found(format!("job_id: no job {id:?}"))),
-            Err(e) => {
-                tracing::error!(error = %e, "reading sync job failed");
-                Err(Status::unavailable(
-                    "jobs cannot be read right now; retry later",
-                ))
-            }
-        }
+        Ok(Response::new(pb::GetSyncJobResponse {
+            job: Some(self.job(&id).await?),
+        }))
     }
 
     type WatchSyncJobStream = BoxStream<pb::SyncJob>;
 
     async fn watch_sync_job(
         &self,
-        _req: Request<pb::WatchSyncJobRequest>,
+        req: Request<pb::WatchSyncJobRequest>,
     ) -> Result<Response<Self::WatchSyncJobStream>, Status> {
-        Err(not_yet("WatchSyncJob"))
+        let id = req.into_inner().job_id;
+        let first = self.job(&id).await?;
+        let live = self.jobs.get(&id);
+        let stream = futures::stream::unfold(
+            (Some(first), live.map(|j| (j.subscribe(), j)), false),
+            |(first, live, done)| async move {
+                if done {
+                    return None;
+                }
+                if let Some(f) = first {
+                    let ended = f.state != pb::SyncJobState::Running as i32;
+                    return Some((Ok(f), (None, if ended { None } else { live }, ended)));
+                }
+                let (mut rx, job) = live?;
+                // Progress at most every 100 ms, and the final state.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+                let view = job.to_proto();
+                let ended = job.is_done();
+                Some((Ok(view), (None, Some((rx, job)), ended)))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_dead_letters(
         &self,
-        _req: Request<pb::ListDeadLettersRequest>,
+        req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        Err(not_yet("ListDeadLetters"))
+        let req = req.into_inner();
+        let page = req.page.unwrap_or_default();
+        if page.page_size > 500 {
+            return Err(Status::invalid_argument(format!(
+                "page.page_size: {} is over the maximum of 500",
+                page.page_size
+            )));
+        }
+        let size = if page.page_size == 0 {
+            50
+        } else {
+            page.page_size as u64
+        };
+        let offset: u64 = if page.page_token.is_empty() {
+            0
+        } else {
+            page.page_token
+                .strip_prefix("o:")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument("page.page_token: not a token returned by this API")
+                })?
+        };
+        let filter = if req.job_id.is_empty() {
+            doc! {}
+        } else {
+            doc! {"job_id": &req.job_id}
+        };
+        let total = self
+            .store
+            .count(SYNC_DEAD_LETTERS, filter.clone())
+            .await
+            .map_err(|e| unavailable("counting dead letters", e))?;
+        let docs = self
+            .store
+            .find(
+                SYNC_DEAD_LETTERS,
+                filter,
+                discovery_kit::store::FindOptions {
+                    sort: Some(doc! {"rejected_at": -1}),
+                    skip: offset,
+                    limit: size,
+                },
+            )
+            .await
+            .map_err(|e| unavailable("reading dead letters", e))?;
+        let next = offset + docs.len() as u64;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: docs
+                .iter()
+                .map(|d| pb::DeadLetter {
+                    id: d.get_str("_id").unwrap_or_default().into(),
+                    job_id: d.get_str("job_id").unwrap_or_default().into(),
+                    source: d.get_str("source").unwrap_or_default().into(),
+                    reason: d.get_str("reason").unwrap_or_default().into(),
+                    payload: d.get_binary_generic("payload").cloned().unwrap_or_default(),
+                    rejected_at_unix_ms: d.get_i64("rejected_at").unwrap_or(0),
+                    replays: d.get_i32("replays").unwrap_or(0).max(0) as u32,
+                })
+                .collect(),
+            page: Some(pb::PageResponse {
+                next_page_token: if next < total {
+                    format!("o:{next}")
+                } else {
+                    String::new()
+                },
+                total_size: total,
+            }),
+        }))
     }
 
     async fn replay_dead_letters(
@@ -118,6 +276,24 @@ impl Sync for Service {
         _req: Request<pb::WatchCatalogChangesRequest>,
     ) -> Result<Response<Self::WatchCatalogChangesStream>, Status> {
         Err(not_yet("WatchCatalogChanges"))
+    }
+}
+
+impl Service {
+    async fn job(&self, id: &str) -> Result<pb::SyncJob, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument(
+                "job_id: give the id IngestCatalog returned",
+            ));
+        }
+        if let Some(j) = self.jobs.get(id) {
+            return Ok(j.to_proto());
+        }
+        match self.store.get(SYNC_JOBS, id).await {
+            Ok(Some(d)) => Ok(ingest::job_from_document(&d)),
+            Ok(None) => Err(Status::not_found(format!("job_id: no job {id:?}"))),
+            Err(e) => Err(unavailable("reading jobs", e)),
+        }
     }
 }
 
@@ -144,7 +320,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     for (coll, ix) in indexes() {
         store.ensure_indexes(coll, &ix).await?;
     }
-    let routes = Routes::new(SyncServer::new(Service { store }));
+    let routes = Routes::new(SyncServer::new(Service {
+        store,
+        jobs: Arc::default(),
+    }));
     ServiceHandle::start(
         "sync",
         &config.serve,

@@ -374,7 +374,9 @@ impl DocumentStore for MongoStore {
                 .cloned()
                 .unwrap_or(Bson::Null);
             updates.push(Bson::Document(doc! {
-                "q": {"_id": id, "$or": [{guard: {"$lt": value}}, {guard: {"$exists": false}}]},
+                // `$not: {$gte}` also matches a missing field, without an `$or`
+                // (which keeps the `_id` index usable on every server).
+                "q": {"_id": id, guard: {"$not": {"$gte": value}}},
                 "u": d,
                 "upsert": true,
                 "multi": false,

@@ -1,0 +1,427 @@
+//! Ingestion jobs: records in, batches of validated documents out to the
+//! store, rejected records to dead letters, counts and progress throughout.
+//!
+//! Pipeline (bounded at every step, so a producer faster than the database
+//! is slowed down instead of buffered):
+//!
+//! ```text
+//! gRPC stream -> decode + map + validate (the handler task)
+//!             -> batches of BATCH documents, a queue of QUEUE_BATCHES
+//!             -> WRITERS concurrent unordered newer-wins bulk upserts
+//!             -> counts, job document, dead letters
+//! ```
+//!
+//! When the queue is full the handler stops reading the stream, and HTTP/2
+//! flow control pushes back on the client.
+//!
+//! Invariants: every received record ends up counted exactly once as
+//! upserted, unchanged or rejected (or the job is FAILED with the reason);
+//! a record is never dropped silently; rejected records keep their original
+//! payload and a reason naming the field.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use discovery_kit::store::{Document, Store, bson, doc};
+use discovery_proto::v1 as pb;
+use discovery_recommendation::catalog::{Frame, PRODUCTS, fnv1a};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use crate::records::{self, Format};
+use crate::{SYNC_DEAD_LETTERS, SYNC_JOBS};
+
+/// Records per bulk write (seed spec).
+pub const BATCH: usize = 1000;
+/// Batches waiting for a writer (seed spec queue: 1,000 records).
+pub const QUEUE_BATCHES: usize = 1;
+/// Concurrent bulk writes per job (seed spec: 10 sync workers).
+pub const WRITERS: usize = 10;
+/// The guard field: newer `metadata.updated_at` wins.
+pub const GUARD: &str = "metadata.updated_at";
+
+/// A job's live state.
+#[derive(Debug)]
+pub struct Job {
+    /// Id.
+    pub id: String,
+    /// Source.
+    pub source: String,
+    started_at: i64,
+    received: AtomicU64,
+    upserted: AtomicU64,
+    unchanged: AtomicU64,
+    rejected: AtomicU64,
+    end: Mutex<Option<(pb::SyncJobState, String, i64)>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Job {
+    fn new(id: String, source: String) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            source,
+            started_at: discovery_kit::now_unix_ms(),
+            received: AtomicU64::new(0),
+            upserted: AtomicU64::new(0),
+            unchanged: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            end: Mutex::new(None),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Whether the job has ended.
+    pub fn is_done(&self) -> bool {
+        self.end.lock().is_some()
+    }
+
+    fn finish(&self, state: pb::SyncJobState, error: String) {
+        let mut end = self.end.lock();
+        if end.is_none() {
+            *end = Some((state, error, discovery_kit::now_unix_ms()));
+        }
+        drop(end);
+        self.bump();
+    }
+
+    /// A notification each time the counts or the state change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The API view.
+    pub fn to_proto(&self) -> pb::SyncJob {
+        let end = self.end.lock().clone();
+        let (state, error, finished) = end.unwrap_or((pb::SyncJobState::Running, String::new(), 0));
+        pb::SyncJob {
+            job_id: self.id.clone(),
+            source: self.source.clone(),
+            state: state as i32,
+            received: self.received.load(Ordering::Relaxed),
+            upserted: self.upserted.load(Ordering::Relaxed),
+            unchanged: self.unchanged.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            started_at_unix_ms: self.started_at,
+            finished_at_unix_ms: finished,
+            error,
+        }
+    }
+}
+
+/// A job as stored in `sync_jobs`.
+pub fn job_document(j: &pb::SyncJob) -> Document {
+    doc! {
+        "_id": &j.job_id,
+        "source": &j.source,
+        "state": pb::SyncJobState::try_from(j.state).unwrap_or_default().as_str_name(),
+        "received": j.received as i64,
+        "upserted": j.upserted as i64,
+        "unchanged": j.unchanged as i64,
+        "rejected": j.rejected as i64,
+        "started_at": j.started_at_unix_ms,
+        "finished_at": j.finished_at_unix_ms,
+        "error": &j.error,
+    }
+}
+
+/// A stored job document back to the API view.
+pub fn job_from_document(d: &Document) -> pb::SyncJob {
+    let n = |k: &str| d.get_i64(k).unwrap_or(0).max(0) as u64;
+    pb::SyncJob {
+        job_id: d.get_str("_id").unwrap_or_default().to_string(),
+        source: d.get_str("source").unwrap_or_default().to_string(),
+        state: pb::SyncJobState::from_str_name(d.get_str("state").unwrap_or_default())
+            .unwrap_or_default() as i32,
+        received: n("received"),
+        upserted: n("upserted"),
+        unchanged: n("unchanged"),
+        rejected: n("rejected"),
+        started_at_unix_ms: d.get_i64("started_at").unwrap_or(0),
+        finished_at_unix_ms: d.get_i64("finished_at").unwrap_or(0),
+        error: d.get_str("error").unwrap_or_default().to_string(),
+    }
+}
+
+/// One unit of work for the writers.
+#[derive(Debug, Default)]
+struct Batch {
+    docs: Vec<Document>,
+    dead: Vec<Document>,
+}
+
+/// Live jobs of this process.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    live: Mutex<HashMap<String, Arc<Job>>>,
+}
+
+impl Jobs {
+    /// A live job by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.live.lock().get(id).cloned()
+    }
+}
+
+/// Checks a source name.
+pub fn check_source(source: &str) -> Result<(), String> {
+    if source.is_empty()
+        || source.len() > 100
+        || !source
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":._-".contains(c))
+    {
+        return Err("header.source: 1-100 characters of letters, digits, ':', '.', '_', '-' (e.g. \"shopify:acme-optics\")".into());
+    }
+    Ok(())
+}
+
+/// The job id for a header: stable for an idempotency key, unique otherwise.
+pub fn job_id(header: &pb::IngestHeader) -> String {
+    if header.idempotency_key.is_empty() {
+        use std::sync::atomic::AtomicU32;
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "job-{}-{:04}",
+            discovery_kit::now_unix_ms(),
+            N.fetch_add(1, Ordering::Relaxed) % 10_000
+        )
+    } else {
+        format!(
+            "job-{:016x}",
+            fnv1a(format!("{}\n{}", header.source, header.idempotency_key).as_bytes())
+        )
+    }
+}
+
+/// The receiving side of a job: turns records into batches.
+pub struct Intake {
+    job: Arc<Job>,
+    format: Format,
+    batch: Batch,
+    skus: HashSet<String>,
+    tx: mpsc::Sender<Batch>,
+    line: Vec<u8>,
+    dead_seq: u64,
+}
+
+impl Jobs {
+    /// Starts a job: registers it, persists it, and spawns its writers.
+    /// Feed records through the returned [`Intake`], then call
+    /// [`Intake::finish`].
+    pub async fn start(
+        self: &Arc<Self>,
+        store: Store,
+        id: String,
+        header: &pb::IngestHeader,
+    ) -> Result<Intake, discovery_kit::store::StoreError> {
+        let job = Job::new(id, header.source.clone());
+        store.put(SYNC_JOBS, job_document(&job.to_proto())).await?;
+        self.live.lock().insert(job.id.clone(), job.clone());
+        let (tx, rx) = mpsc::channel::<Batch>(QUEUE_BATCHES);
+        tokio::spawn(write_all(store, job.clone(), rx));
+        Ok(Intake {
+            job,
+            format: Format::from_proto(header.format),
+            batch: Batch::default(),
+            skus: HashSet::new(),
+            tx,
+            line: Vec::new(),
+            dead_seq: 0,
+        })
+    }
+}
+
+impl Intake {
+    /// The job.
+    pub fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+
+    /// One record from the stream.
+    pub async fn record(&mut self, r: pb::CatalogRecord) -> Result<(), String> {
+        let source = self.job.source.clone();
+        match r.record {
+            Some(pb::catalog_record::Record::Product(p)) => {
+                let payload = {
+                    use prost::Message;
+                    p.encode_to_vec()
+                };
+                let decoded = records::decode_typed(&source, &p);
+                self.accept(decoded, payload).await
+            }
+            Some(pb::catalog_record::Record::RawJson(raw)) => {
+                let decoded = records::decode_raw(self.format, &source, &raw);
+                self.accept(decoded, raw).await
+            }
+            None => self.accept(Err("record: empty".into()), Vec::new()).await,
+        }
+    }
+
+    /// A chunk of NDJSON; lines may span chunks.
+    pub async fn chunk(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut rest = bytes;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            let (head, tail) = rest.split_at(pos);
+            self.line.extend_from_slice(head);
+            rest = &tail[1..];
+            self.flush_line().await?;
+        }
+        if self.line.len() + rest.len() > records::MAX_RECORD {
+            // An endless line: keep what fits for the dead letter, drop the rest until newline.
+            let room = (records::MAX_RECORD + 1).saturating_sub(self.line.len());
+            self.line.extend_from_slice(&rest[..rest.len().min(room)]);
+        } else {
+            self.line.extend_from_slice(rest);
+        }
+        Ok(())
+    }
+
+    async fn flush_line(&mut self) -> Result<(), String> {
+        let line = std::mem::take(&mut self.line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let decoded = records::decode_raw(self.format, &self.job.source, &line);
+        self.accept(decoded, line).await
+    }
+
+    async fn accept(
+        &mut self,
+        decoded: Result<Frame, String>,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
+        self.job.received.fetch_add(1, Ordering::Relaxed);
+        let checked = decoded.and_then(|f| {
+            records::validate(&f)?;
+            for v in &f.inventory.variants {
+                if self.skus.contains(&v.sku) {
+                    return Err(format!(
+                        "{}: sku {} appears in another record of this batch",
+                        f.id, v.sku
+                    ));
+                }
+            }
+            Ok(f)
+        });
+        match checked {
+            Ok(f) => {
+                for v in &f.inventory.variants {
+                    self.skus.insert(v.sku.clone());
+                }
+                self.batch.docs.push(f.to_document());
+            }
+            Err(reason) => {
+                self.dead_seq += 1;
+                self.batch.dead.push(doc! {
+                    "_id": format!("{}-{:07}", self.job.id, self.dead_seq),
+                    "job_id": &self.job.id,
+                    "source": &self.job.source,
+                    "reason": reason,
+                    "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: payload },
+                    "rejected_at": discovery_kit::now_unix_ms(),
+                    "replays": 0,
+                });
+            }
+        }
+        if self.batch.docs.len() + self.batch.dead.len() >= BATCH {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self) -> Result<(), String> {
+        let batch = std::mem::take(&mut self.batch);
+        self.skus.clear();
+        self.job.bump();
+        self.tx
+            .send(batch)
+            .await
+            .map_err(|_| "the job's writers stopped (see the job's error)".to_string())
+    }
+
+    /// Flushes what is left; the writers finish the job in the background.
+    pub async fn finish(mut self) -> Result<Arc<Job>, String> {
+        if !self.line.is_empty() {
+            self.flush_line().await?;
+        }
+        if !self.batch.docs.is_empty() || !self.batch.dead.is_empty() {
+            self.send().await?;
+        }
+        Ok(self.job)
+    }
+
+    /// The stream broke: what was queued is still written; the job fails.
+    pub fn abort(self, reason: String) {
+        let job = self.job.clone();
+        drop(self);
+        job.finish(pb::SyncJobState::Failed, reason);
+    }
+}
+
+async fn write_batch(store: &Store, job: &Job, batch: Batch) -> Result<(), String> {
+    if !batch.dead.is_empty() {
+        let n = batch.dead.len() as u64;
+        store
+            .bulk_upsert(SYNC_DEAD_LETTERS, batch.dead)
+            .await
+            .map_err(|e| format!("writing dead letters failed: {e}"))?;
+        job.rejected.fetch_add(n, Ordering::Relaxed);
+    }
+    if !batch.docs.is_empty() {
+        let o = store
+            .bulk_upsert_newer(PRODUCTS, batch.docs, GUARD)
+            .await
+            .map_err(|e| format!("writing products failed: {e}"))?;
+        job.upserted
+            .fetch_add(o.inserted + o.replaced, Ordering::Relaxed);
+        job.unchanged.fetch_add(o.stale, Ordering::Relaxed);
+        metrics::counter!("discovery_sync_records_total", "outcome" => "upserted")
+            .increment(o.inserted + o.replaced);
+        metrics::counter!("discovery_sync_records_total", "outcome" => "unchanged")
+            .increment(o.stale);
+    }
+    Ok(())
+}
+
+async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>) {
+    let failed: Mutex<Option<String>> = Mutex::new(None);
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+        .for_each_concurrent(WRITERS, |batch| {
+            let (store, job, failed) = (&store, &job, &failed);
+            async move {
+                if failed.lock().is_some() {
+                    return;
+                }
+                match write_batch(store, job, batch).await {
+                    Ok(()) => {
+                        job.bump();
+                        let _ = store.put(SYNC_JOBS, job_document(&job.to_proto())).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %job.id, error = %e, "sync batch failed");
+                        *failed.lock() = Some(e);
+                    }
+                }
+            }
+        })
+        .await;
+    match failed.into_inner() {
+        Some(e) => job.finish(pb::SyncJobState::Failed, e),
+        None => job.finish(pb::SyncJobState::Succeeded, String::new()),
+    }
+    let view = job.to_proto();
+    if let Err(e) = store.put(SYNC_JOBS, job_document(&view)).await {
+        tracing::error!(job = %job.id, error = %e, "storing the final job state failed");
+    }
+    tracing::info!(
+        job = %view.job_id, received = view.received, upserted = view.upserted,
+        unchanged = view.unchanged, rejected = view.rejected, "sync job ended"
+    );
+}
