@@ -70,13 +70,14 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
         shutdown.clone(),
     )
     .await?;
+    // Sync delivers catalogue changes to the recommendation service.
+    let env = env.with("DISCOVERY_RECOMMENDATION_URLS", url(reco.addr));
     let sync =
         discovery_sync::spawn(discovery_sync::Config::from_env(&env)?, shutdown.clone()).await?;
     // The gateway port is bound last but must be known to monitoring; reserve it
     // by reading the configured value (0 is resolved after the gateway starts).
     let env = env
         .with("DISCOVERY_FACE_ANALYSIS_URLS", url(face.addr))
-        .with("DISCOVERY_RECOMMENDATION_URLS", url(reco.addr))
         .with("DISCOVERY_SYNC_URLS", url(sync.addr));
     let gateway_port = env.port("DISCOVERY_GATEWAY_PORT", 50051)?;
     let monitoring_env = env.clone().with(

@@ -11,6 +11,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod feed;
 pub mod ingest;
 pub mod records;
 
@@ -24,7 +25,7 @@ use discovery_kit::store::{IndexSpec, Store, StoreConfig, Workload, doc};
 use discovery_proto::service_names;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::sync_server::{Sync, SyncServer};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -42,6 +43,11 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Store.
     pub store: StoreConfig,
+    /// Recommendation replicas to deliver catalogue changes to (one is
+    /// enough: it fans out to the others).
+    pub recommendation_urls: Vec<String>,
+    /// Follow the products change stream (one sync replica should).
+    pub follow: bool,
 }
 
 impl Config {
@@ -50,6 +56,9 @@ impl Config {
         Ok(Self {
             serve: ServeConfig::from_env(env, "DISCOVERY_SYNC_PORT", 50054)?,
             store: StoreConfig::from_env(env)?,
+            recommendation_urls: env
+                .list("DISCOVERY_RECOMMENDATION_URLS", &["http://127.0.0.1:50053"]),
+            follow: env.bool("DISCOVERY_SYNC_FOLLOW", true)?,
         })
     }
 }
@@ -58,6 +67,7 @@ impl Config {
 struct Service {
     store: Store,
     jobs: Arc<ingest::Jobs>,
+    watchers: Arc<feed::Watchers>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Status {
@@ -273,9 +283,29 @@ impl Sync for Service {
 
     async fn watch_catalog_changes(
         &self,
-        _req: Request<pb::WatchCatalogChangesRequest>,
+        req: Request<pb::WatchCatalogChangesRequest>,
     ) -> Result<Response<Self::WatchCatalogChangesStream>, Status> {
-        Err(not_yet("WatchCatalogChanges"))
+        let after = req.into_inner().after_sequence;
+        let (backlog, rx) = self.watchers.subscribe(after).map_err(|oldest| {
+            Status::out_of_range(format!(
+                "after_sequence: {after} is older than the kept window (oldest {oldest}); reload the catalogue and watch from 0"
+            ))
+        })?;
+        let last = backlog.last().map_or(after, |c| c.sequence);
+        let live =
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| async move {
+                match r {
+                    Ok(c) if c.sequence > last => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        Some(Err(Status::data_loss(format!(
+                            "this watcher fell {n} changes behind; resume with after_sequence"
+                        ))))
+                    }
+                }
+            });
+        let stream = futures::stream::iter(backlog.into_iter().map(Ok)).chain(live);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -320,17 +350,34 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     for (coll, ix) in indexes() {
         store.ensure_indexes(coll, &ix).await?;
     }
+    let watchers = Arc::new(feed::Watchers::default());
     let routes = Routes::new(SyncServer::new(Service {
-        store,
+        store: store.clone(),
         jobs: Arc::default(),
+        watchers: watchers.clone(),
     }));
-    ServiceHandle::start(
+    let mut handle = ServiceHandle::start(
         "sync",
         &config.serve,
         routes,
         &[service_names::SYNC],
         None,
-        shutdown,
+        shutdown.clone(),
     )
-    .await
+    .await?;
+    if config.follow {
+        let client = match config.recommendation_urls.first() {
+            Some(url) => Some(
+                discovery_proto::v1::cache_admin_client::CacheAdminClient::new(
+                    discovery_kit::client::connect_lazy("DISCOVERY_RECOMMENDATION_URLS", url)?,
+                ),
+            ),
+            None => None,
+        };
+        handle.push_task(tokio::spawn(async move {
+            feed::follow(store, client, watchers, shutdown).await;
+            Ok(())
+        }));
+    }
+    Ok(handle)
 }
