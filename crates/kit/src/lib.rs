@@ -23,6 +23,13 @@ pub mod telemetry;
 
 pub use tokio_util::sync::CancellationToken;
 
+/// mimalloc for every binary, test and benchmark that links the kit.
+/// Measured: with glibc's allocator, sync's pipeline spent three quarters
+/// of its time in `malloc_consolidate`/`_int_malloc` freeing batches of BSON
+/// documents (29k records/s); with mimalloc it is allocation-bound no more.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()

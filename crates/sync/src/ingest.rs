@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use discovery_kit::store::{Document, Store, bson, doc};
+use discovery_kit::store::{Document, RawDocumentBuf, Store, bson, doc};
 use discovery_proto::v1 as pb;
 use discovery_recommendation::catalog::{Frame, PRODUCTS, fnv1a};
 use futures::StreamExt;
@@ -152,7 +152,7 @@ pub fn job_from_document(d: &Document) -> pb::SyncJob {
 /// One unit of work for the writers.
 #[derive(Debug, Default)]
 struct Batch {
-    docs: Vec<Document>,
+    docs: Vec<RawDocumentBuf>,
     dead: Vec<Document>,
 }
 
@@ -315,7 +315,10 @@ impl Intake {
                 for v in &f.inventory.variants {
                     self.skus.insert(v.sku.clone());
                 }
-                self.batch.docs.push(f.to_document());
+                match bson::to_raw_document_buf(&f) {
+                    Ok(d) => self.batch.docs.push(d),
+                    Err(e) => return Err(format!("{}: cannot encode: {e}", f.id)),
+                }
             }
             Err(reason) => {
                 self.dead_seq += 1;

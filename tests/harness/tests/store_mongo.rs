@@ -199,7 +199,12 @@ async fn guarded_bulk_upsert_never_lets_an_older_record_win() {
     for s in [&mongo as &dyn DocumentStore, &*memory as &dyn DocumentStore] {
         let batch = |v: i64, price: f64| {
             (0..20)
-                .map(|i| doc! {"_id": format!("p{i:02}"), "price": price, "metadata": {"updated_at": v + i}})
+                .map(|i| {
+                    discovery_kit::store::bson::to_raw_document_buf(
+                        &doc! {"_id": format!("p{i:02}"), "price": price, "metadata": {"updated_at": v + i}},
+                    )
+                    .unwrap()
+                })
                 .collect::<Vec<_>>()
         };
         let first = s

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use super::filter::{compare, get_path, matches, sort_cmp};
 use super::{
     Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
-    GuardedOutcome, IndexSpec, ResumeToken, Store, StoreError, doc_id,
+    GuardedOutcome, IndexSpec, RawDocumentBuf, ResumeToken, Store, StoreError, doc_id,
 };
 
 /// Change events kept per collection for resuming.
@@ -235,11 +235,14 @@ impl DocumentStore for MemoryStore {
     async fn bulk_upsert_newer(
         &self,
         collection: &str,
-        docs: Vec<Document>,
+        docs: Vec<RawDocumentBuf>,
         guard: &str,
     ) -> Result<GuardedOutcome, StoreError> {
         let mut total = GuardedOutcome::default();
-        for d in docs {
+        for raw in docs {
+            let d = raw
+                .to_document()
+                .map_err(|e| StoreError::Filter(format!("undecodable document: {e}")))?;
             let id = doc_id(collection, &d)?;
             let existing = self
                 .collections

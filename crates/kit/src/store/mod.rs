@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-pub use mongodb::bson::{self, Bson, Document, doc};
+pub use mongodb::bson::{self, Bson, Document, RawDocumentBuf, doc};
 
 use crate::config::{ConfigError, Env};
 
@@ -177,6 +177,31 @@ pub struct BulkOutcome {
     pub upserted: u64,
 }
 
+/// The `_id` of an encoded document, and the value at a dotted `path`.
+pub fn raw_id_and_path(
+    collection: &str,
+    d: &RawDocumentBuf,
+    path: &str,
+) -> Result<(String, Option<bson::RawBson>), StoreError> {
+    let id = d
+        .get_str("_id")
+        .map_err(|_| StoreError::MissingId {
+            collection: collection.to_string(),
+        })?
+        .to_string();
+    let mut cur: &bson::RawDocument = d;
+    let mut parts = path.split('.').peekable();
+    let mut value = None;
+    while let Some(p) = parts.next() {
+        match cur.get(p).ok().flatten() {
+            Some(bson::RawBsonRef::Document(inner)) if parts.peek().is_some() => cur = inner,
+            Some(v) if parts.peek().is_none() => value = Some(v.to_raw_bson()),
+            _ => break,
+        }
+    }
+    Ok((id, value))
+}
+
 /// Counts from a guarded bulk upsert ([`DocumentStore::bulk_upsert_newer`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GuardedOutcome {
@@ -265,10 +290,14 @@ pub trait DocumentStore: Send + Sync + Debug + 'static {
     /// MongoDB this is an upsert whose filter carries the guard; a stale
     /// document's upsert collides with the existing `_id` (duplicate key),
     /// which is how it is recognised.
+    ///
+    /// Documents come as encoded BSON ([`RawDocumentBuf`]): one allocation
+    /// per document instead of one per field, which is what bulk ingestion
+    /// spends its time on otherwise.
     async fn bulk_upsert_newer(
         &self,
         collection: &str,
-        docs: Vec<Document>,
+        docs: Vec<RawDocumentBuf>,
         guard: &str,
     ) -> Result<GuardedOutcome, StoreError>;
     /// Watches a collection, from now or after `resume_after`.

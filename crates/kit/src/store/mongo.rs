@@ -17,7 +17,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
     Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
-    GuardedOutcome, IndexSpec, ResumeToken, StoreError, Workload, doc, doc_id,
+    GuardedOutcome, IndexSpec, RawDocumentBuf, ResumeToken, StoreError, Workload, doc, doc_id,
 };
 use crate::config::{ConfigError, Env};
 
@@ -361,35 +361,34 @@ impl DocumentStore for MongoStore {
     async fn bulk_upsert_newer(
         &self,
         collection: &str,
-        docs: Vec<Document>,
+        docs: Vec<RawDocumentBuf>,
         guard: &str,
     ) -> Result<GuardedOutcome, StoreError> {
+        use bson::{RawArrayBuf, RawBson, rawdoc};
         if docs.is_empty() {
             return Ok(GuardedOutcome::default());
         }
-        let mut updates = Vec::with_capacity(docs.len());
+        let mut updates = RawArrayBuf::new();
         for d in docs {
-            let id = doc_id(collection, &d)?;
-            let value = super::filter::get_path(&d, guard)
-                .cloned()
-                .unwrap_or(Bson::Null);
-            updates.push(Bson::Document(doc! {
-                // `$not: {$gte}` also matches a missing field, without an `$or`
-                // (which keeps the `_id` index usable on every server).
-                "q": {"_id": id, guard: {"$not": {"$gte": value}}},
-                "u": d,
-                "upsert": true,
-                "multi": false,
-            }));
+            let (id, value) = super::raw_id_and_path(collection, &d, guard)?;
+            let mut q = rawdoc! {"_id": id};
+            // `$not: {$gte}` also matches a missing field, without an `$or`
+            // (which keeps the `_id` index usable on every server).
+            q.append(
+                guard,
+                rawdoc! {"$not": {"$gte": value.unwrap_or(RawBson::Null)}},
+            );
+            updates.push(rawdoc! {"q": q, "u": d, "upsert": true, "multi": false});
         }
+        let command = rawdoc! {
+            "update": collection,
+            "updates": updates,
+            "ordered": false,
+            "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
+        };
         let reply = self
             .db
-            .run_command(doc! {
-                "update": collection,
-                "updates": updates,
-                "ordered": false,
-                "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
-            })
+            .run_raw_command(command)
             .await
             .map_err(|e| StoreError::db("bulk_upsert_newer", collection, e))?;
         let mut stale = 0u64;
