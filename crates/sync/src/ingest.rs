@@ -244,6 +244,29 @@ impl Intake {
         &self.job
     }
 
+    /// A dead letter's payload again, decoded as it was the first time.
+    pub async fn replay(
+        &mut self,
+        source: &str,
+        format: Format,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
+        let decoded = match format {
+            Format::Typed => {
+                use prost::Message;
+                pb::Product::decode(&payload[..])
+                    .map_err(|e| format!("record: not a Product: {e}"))
+                    .and_then(|p| records::decode_typed(source, &p))
+            }
+            f => records::decode_raw(f, source, &payload),
+        };
+        let kept = self.format;
+        self.format = format;
+        let r = self.accept(decoded, payload).await;
+        self.format = kept;
+        r
+    }
+
     /// One record from the stream.
     pub async fn record(&mut self, r: pb::CatalogRecord) -> Result<(), String> {
         let source = self.job.source.clone();
@@ -254,7 +277,11 @@ impl Intake {
                     p.encode_to_vec()
                 };
                 let decoded = records::decode_typed(&source, &p);
-                self.accept(decoded, payload).await
+                let kept = self.format;
+                self.format = Format::Typed;
+                let r = self.accept(decoded, payload).await;
+                self.format = kept;
+                r
             }
             Some(pb::catalog_record::Record::RawJson(raw)) => {
                 let decoded = records::decode_raw(self.format, &source, &raw);
@@ -327,6 +354,7 @@ impl Intake {
                     "job_id": &self.job.id,
                     "source": &self.job.source,
                     "reason": reason,
+                    "format": self.format.name(),
                     "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: payload },
                     "rejected_at": discovery_kit::now_unix_ms(),
                     "replays": 0,

@@ -6,8 +6,8 @@
 //! - [`ingest`]: jobs, the bounded batch pipeline, newer-wins bulk upserts,
 //!   dead letters.
 //!
-//! Still to come with the sync issue: dead-letter replay and the change-feed
-//! follower (`WatchCatalogChanges`); those RPCs answer UNIMPLEMENTED.
+//! - [`feed`]: the products change stream delivered to recommendation
+//!   replicas, checkpointed; `WatchCatalogChanges`.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -76,10 +76,6 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Status {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-fn not_yet(what: &str) -> Status {
-    discovery_kit::server::not_yet(what, "sync")
-}
 
 #[tonic::async_trait]
 impl Sync for Service {
@@ -274,9 +270,90 @@ impl Sync for Service {
 
     async fn replay_dead_letters(
         &self,
-        _req: Request<pb::ReplayDeadLettersRequest>,
+        req: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
-        Err(not_yet("ReplayDeadLetters"))
+        let req = req.into_inner();
+        if req.ids.is_empty() && req.job_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "give dead letter ids, or a job_id to replay all of that job's",
+            ));
+        }
+        if req.ids.len() > 10_000 {
+            return Err(Status::invalid_argument("ids: at most 10,000 per call"));
+        }
+        let filter = if req.ids.is_empty() {
+            doc! {"job_id": &req.job_id}
+        } else {
+            doc! {"_id": {"$in": &req.ids}}
+        };
+        let letters = self
+            .store
+            .find(
+                SYNC_DEAD_LETTERS,
+                filter,
+                discovery_kit::store::FindOptions {
+                    sort: Some(doc! {"_id": 1}),
+                    skip: 0,
+                    limit: 100_000,
+                },
+            )
+            .await
+            .map_err(|e| unavailable("reading dead letters", e))?;
+        let Some(first) = letters.first() else {
+            return Err(Status::not_found(
+                "no dead letters match; list them with ListDeadLetters",
+            ));
+        };
+        let header = pb::IngestHeader {
+            source: first.get_str("source").unwrap_or_default().to_string(),
+            format: pb::FeedFormat::Unspecified as i32,
+            idempotency_key: String::new(),
+        };
+        let id = format!("replay-{}", ingest::job_id(&header));
+        let mut intake = self
+            .jobs
+            .start(self.store.clone(), id, &header)
+            .await
+            .map_err(|e| unavailable("creating the replay job", e))?;
+        for d in &letters {
+            let format = records::Format::from_name(d.get_str("format").unwrap_or("shopify"))
+                .unwrap_or(records::Format::Shopify);
+            let payload = d.get_binary_generic("payload").cloned().unwrap_or_default();
+            let source = d.get_str("source").unwrap_or_default();
+            if let Err(e) = intake.replay(source, format, payload).await {
+                let job = intake.job().id.clone();
+                intake.abort(e.clone());
+                return Err(Status::unavailable(format!("job {job}: {e}")));
+            }
+        }
+        let job = intake.finish().await.map_err(Status::unavailable)?;
+        // Once the replay job has succeeded, each replayed record is its:
+        // written, or a new dead letter with today's reason. Only then do
+        // the originals go; if the job fails they stay.
+        let ids: Vec<String> = letters
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+            .collect();
+        let (store, done) = (self.store.clone(), job.clone());
+        tokio::spawn(async move {
+            let mut rx = done.subscribe();
+            while !done.is_done() {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+            if done.to_proto().state != pb::SyncJobState::Succeeded as i32 {
+                return;
+            }
+            for id in ids {
+                if let Err(e) = store.delete(SYNC_DEAD_LETTERS, &id).await {
+                    tracing::warn!(error = %e, id, "replayed dead letter not removed");
+                }
+            }
+        });
+        Ok(Response::new(pb::ReplayDeadLettersResponse {
+            job_id: job.id.clone(),
+        }))
     }
 
     type WatchCatalogChangesStream = BoxStream<pb::CatalogChange>;

@@ -60,6 +60,25 @@ pub enum Format {
 }
 
 impl Format {
+    /// Stored name (dead letters).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Typed => "typed",
+            Self::Ndjson => "ndjson",
+            Self::Shopify => "shopify",
+        }
+    }
+
+    /// From a stored name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "typed" => Some(Self::Typed),
+            "ndjson" => Some(Self::Ndjson),
+            "shopify" => Some(Self::Shopify),
+            _ => None,
+        }
+    }
+
     /// From the header's enum.
     pub fn from_proto(f: i32) -> Self {
         match pb::FeedFormat::try_from(f) {

@@ -152,6 +152,69 @@ async fn fifty_thousand_records_one_percent_invalid_then_all_unchanged() {
     assert_eq!(second.unchanged as usize, n - bad);
     assert_eq!(second.rejected as usize, bad);
 
+    // Replaying the first job's dead letters re-validates them: still invalid,
+    // they move to the replay job with today's reason; nothing is lost.
+    let replay = client
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            ids: Vec::new(),
+            job_id: first.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let mut watch = client
+        .watch_sync_job(pb::WatchSyncJobRequest {
+            job_id: replay.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut replayed = None;
+    while let Some(j) = watch.message().await.unwrap() {
+        replayed = Some(j);
+    }
+    let replayed = replayed.unwrap();
+    assert_eq!(
+        (
+            replayed.received as usize,
+            replayed.rejected as usize,
+            replayed.upserted
+        ),
+        (bad, bad, 0),
+        "{replayed:?}"
+    );
+    let count = |job: String| {
+        let mut c = client.clone();
+        async move {
+            c.list_dead_letters(pb::ListDeadLettersRequest {
+                job_id: job,
+                page: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .page
+            .unwrap()
+            .total_size
+        }
+    };
+    let mut moved = false;
+    for _ in 0..100 {
+        if count(first.job_id.clone()).await == 0 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "originals removed once the replay job succeeded");
+    assert_eq!(count(replay.clone()).await as usize, bad);
+    let err = client
+        .replay_dead_letters(pb::ReplayDeadLettersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
     // Bad streams get clear errors.
     let err = client
         .ingest_catalog(futures::stream::iter(vec![pb::IngestCatalogRequest {
@@ -178,7 +241,6 @@ async fn fifty_thousand_records_one_percent_invalid_then_all_unchanged() {
     );
     shutdown.cancel();
     sync.wait().await.unwrap();
-    let _ = Duration::ZERO;
 }
 
 mod feed {
