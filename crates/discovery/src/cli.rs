@@ -57,6 +57,20 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         count: u32,
     },
+    /// Send a catalogue feed file to a running gateway and show the job's progress.
+    Sync {
+        /// The feed: one JSON object per line.
+        file: std::path::PathBuf,
+        /// Source name; namespaces product ids ("shopify:acme-optics").
+        #[arg(long)]
+        source: String,
+        /// shopify (Shopify product JSON) or ndjson (our product documents).
+        #[arg(long, default_value = "shopify", value_parser = ["shopify", "ndjson"])]
+        format: String,
+        /// Gateway URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        gateway: String,
+    },
     /// List the environment variables with their defaults.
     Env,
 }
@@ -85,25 +99,143 @@ pub fn main() -> std::process::ExitCode {
             face_shape,
             face_width_mm,
             count,
-        } => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("discovery: cannot start the async runtime: {e}");
-                    return std::process::ExitCode::FAILURE;
-                }
+        } => client_command("try", try_it(&gateway, &face_shape, face_width_mm, count)),
+        Command::Sync {
+            file,
+            source,
+            format,
+            gateway,
+        } => client_command("sync", sync_file(file, source, format, gateway)),
+    }
+}
+
+/// Runs a client subcommand on a small runtime; errors become one line and exit 1.
+fn client_command(
+    name: &str,
+    work: impl std::future::Future<Output = Result<(), BoxError>>,
+) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("discovery: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(work) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("discovery {name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Streams a feed file through the gateway in 64 KiB chunks, then follows
+/// the job, redrawing one progress line.
+async fn sync_file(
+    file: std::path::PathBuf,
+    source: String,
+    format: String,
+    gateway: String,
+) -> Result<(), BoxError> {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(&file)
+        .await
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let total = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let mut client = DiscoveryClient::connect(gateway.clone())
+        .await
+        .map_err(|e| format!("cannot reach the gateway at {gateway}: {e}"))?;
+    let header = pb::IngestCatalogRequest {
+        item: Some(pb::ingest_catalog_request::Item::Header(pb::IngestHeader {
+            source,
+            format: if format == "ndjson" {
+                pb::FeedFormat::Ndjson
+            } else {
+                pb::FeedFormat::ShopifyNdjson
+            } as i32,
+            idempotency_key: String::new(),
+        })),
+    };
+    // Read the file as the gRPC stream asks for it (bounded memory).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header).await?;
+    let reader = tokio::spawn(async move {
+        let mut sent = 0u64;
+        loop {
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            buf.truncate(n);
+            sent += n as u64;
+            eprint!(
+                "\rsending {:>5.1}%",
+                100.0 * sent as f64 / total.max(1) as f64
+            );
+            let chunk = pb::IngestCatalogRequest {
+                item: Some(pb::ingest_catalog_request::Item::NdjsonChunk(buf)),
             };
-            match rt.block_on(try_it(&gateway, &face_shape, face_width_mm, count)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("discovery try: {e}");
-                    std::process::ExitCode::FAILURE
-                }
+            if tx.send(chunk).await.is_err() {
+                return Ok(());
             }
         }
+    });
+    let resp = client
+        .ingest_catalog(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    reader.await??;
+    eprintln!();
+    let mut watch = client
+        .watch_sync_job(pb::WatchSyncJobRequest {
+            job_id: resp.job_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(j) = watch.message().await? {
+        let done = j.upserted + j.unchanged + j.rejected;
+        let width = 30usize;
+        let filled = (width as u64 * done / j.received.max(1)) as usize;
+        eprint!(
+            "\r{} [{}{}] {done}/{} written {} unchanged {} rejected {}",
+            j.job_id,
+            "#".repeat(filled.min(width)),
+            " ".repeat(width - filled.min(width)),
+            j.received,
+            j.upserted,
+            j.unchanged,
+            j.rejected
+        );
+        let _ = std::io::stderr().flush();
+        last = Some(j);
+    }
+    eprintln!();
+    let job = last.ok_or("the job stream ended without a state")?;
+    match pb::SyncJobState::try_from(job.state) {
+        Ok(pb::SyncJobState::Succeeded) => {
+            println!(
+                "job {} succeeded: {} received, {} written, {} unchanged, {} rejected{}",
+                job.job_id,
+                job.received,
+                job.upserted,
+                job.unchanged,
+                job.rejected,
+                if job.rejected > 0 {
+                    " (see ListDeadLetters for the reasons)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        _ => Err(format!("job {} failed: {}", job.job_id, job.error).into()),
     }
 }
 
