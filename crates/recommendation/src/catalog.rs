@@ -227,11 +227,9 @@ impl Frame {
             lens_height_mm: d.lens_height_mm,
             price: price.amount_minor as f64 / 100.0,
             currency: price.currency,
-            categories: vec!["eyeglasses".into()],
-            inventory: Inventory {
-                is_in_stock: p.variants.iter().any(|v| v.stock > 0),
-                variants: p
-                    .variants
+            categories: categories(false),
+            inventory: Inventory::from_variants(
+                p.variants
                     .iter()
                     .map(|v| VariantDoc {
                         sku: v.sku.clone(),
@@ -239,7 +237,7 @@ impl Frame {
                         stock: v.stock,
                     })
                     .collect(),
-            },
+            ),
             ai_enhanced: AiEnhanced {
                 face_shape_compatibility: p
                     .face_shape_scores
@@ -272,6 +270,28 @@ impl Frame {
         use prost::Message;
         fnv1a(&self.to_proto().encode_to_vec())
     }
+}
+
+impl Inventory {
+    /// Stock from its variants (`isInStock` when any variant has stock).
+    pub fn from_variants(variants: Vec<VariantDoc>) -> Self {
+        Self {
+            is_in_stock: variants.iter().any(|v| v.stock > 0),
+            variants,
+        }
+    }
+}
+
+/// The category list of a frame: sunglasses or eyeglasses.
+pub fn categories(sunglasses: bool) -> Vec<String> {
+    vec![
+        if sunglasses {
+            "sunglasses"
+        } else {
+            "eyeglasses"
+        }
+        .into(),
+    ]
 }
 
 /// FNV-1a, 64 bit: a stable hash for cache keys and stamps (the same on
@@ -526,18 +546,8 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
             lens_height_mm: height,
             price,
             currency: "USD".into(),
-            categories: vec![
-                if sunglasses {
-                    "sunglasses"
-                } else {
-                    "eyeglasses"
-                }
-                .into(),
-            ],
-            inventory: Inventory {
-                is_in_stock: variants.iter().any(|v| v.stock > 0),
-                variants,
-            },
+            categories: categories(sunglasses),
+            inventory: Inventory::from_variants(variants),
             ai_enhanced: AiEnhanced {
                 face_shape_compatibility: compat,
                 style_keywords: styles,

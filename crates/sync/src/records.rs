@@ -35,7 +35,8 @@ use std::collections::BTreeMap;
 
 use discovery_proto::v1 as pb;
 use discovery_recommendation::catalog::{
-    AiEnhanced, Frame, Inventory, Metadata, VariantDoc, frame_shape_from_str, material_from_str,
+    AiEnhanced, Frame, Inventory, Metadata, VariantDoc, categories, frame_shape_from_str,
+    material_from_str,
 };
 use serde::Deserialize;
 
@@ -368,18 +369,8 @@ fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, String> {
         lens_height_mm: (lens * 0.75).round(),
         price,
         currency: p.currency.unwrap_or_else(|| "USD".into()).to_uppercase(),
-        categories: vec![
-            if sunglasses {
-                "sunglasses"
-            } else {
-                "eyeglasses"
-            }
-            .into(),
-        ],
-        inventory: Inventory {
-            is_in_stock: variants.iter().any(|v| v.stock > 0),
-            variants,
-        },
+        categories: categories(sunglasses),
+        inventory: Inventory::from_variants(variants),
         ai_enhanced: AiEnhanced {
             face_shape_compatibility: BTreeMap::new(),
             feature_summary: format!(
