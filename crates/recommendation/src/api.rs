@@ -252,31 +252,32 @@ impl Service {
             + 'static,
     {
         let origin = self.cache.bus().origin();
-        if let Some(value) = self.cache.get_fresh_l1(kind, &key).await
-            && let Some(payload) = open_envelope(origin, &self.snapshot.load(), value)
-        {
-            return Ok((payload, true));
-        }
-        let snapshot = self.snapshot.clone();
-        let load = {
-            let compute = compute.clone();
-            move || async move {
-                let catalog = snapshot.load();
-                let (payload, rows, tags) = compute(&catalog)?;
-                let value = envelope(origin, &catalog, &rows, &payload);
-                // Computed from a snapshot that changed meanwhile: serve, don't keep.
-                let cacheable = snapshot.load().version == catalog.version;
-                Ok::<_, Status>(Loaded {
-                    value,
-                    tags,
-                    cacheable,
-                })
+        // A fresh L1 entry first (no loader to build); otherwise the full
+        // lookup. Either way one lookup, and one validation below.
+        let (value, cached) = match self.cache.get_fresh_l1(kind, &key).await {
+            Some(value) => (value, true),
+            None => {
+                let snapshot = self.snapshot.clone();
+                let compute = compute.clone();
+                let load = move || async move {
+                    let catalog = snapshot.load();
+                    let (payload, rows, tags) = compute(&catalog)?;
+                    let value = envelope(origin, &catalog, &rows, &payload);
+                    // Computed from a snapshot that changed meanwhile: serve, don't keep.
+                    let cacheable = snapshot.load().version == catalog.version;
+                    Ok::<_, Status>(Loaded {
+                        value,
+                        tags,
+                        cacheable,
+                    })
+                };
+                let Lookup { value, source, .. } = self.cache.get_or_load(kind, &key, load).await?;
+                (value, source != Source::Origin)
             }
         };
-        let Lookup { value, source, .. } = self.cache.get_or_load(kind, &key, load).await?;
         let catalog = self.snapshot.load();
         if let Some(payload) = open_envelope(origin, &catalog, value) {
-            return Ok((payload, source != Source::Origin));
+            return Ok((payload, cached));
         }
         // Out of date (a product it shows changed): recompute and replace.
         metrics::counter!("discovery_recommendation_stale_rejected_total", "kind" => kind.name)
@@ -617,7 +618,7 @@ impl CatalogApi for Service {
     ) -> Result<Response<pb::SearchProductsResponse>, Status> {
         let req = req.into_inner();
         // Validate before touching the cache.
-        search::search(&Catalog::default(), &req)?;
+        search::parse(&self.snapshot.load(), &req)?;
         let mut canonical = req.clone();
         canonical.query = canonical.query.trim().to_lowercase();
         let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));

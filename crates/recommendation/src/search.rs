@@ -131,22 +131,46 @@ fn price_band(minor: i64) -> &'static str {
     }
 }
 
-/// Runs a search.
-pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Results, SearchError> {
+/// A validated search request: page, compiled filter, query words.
+pub struct Parsed {
+    offset: usize,
+    size: usize,
+    filter: Filter,
+    words: Vec<String>,
+}
+
+/// Validates a request (limits, page, filter) and splits the query into words.
+pub fn parse(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Parsed, SearchError> {
     if req.query.len() > MAX_QUERY {
         return Err(SearchError::TooLong(req.query.len()));
     }
     let (offset, size) = page(req.page.as_ref())?;
     let filter = Filter::compile(catalog, req.filter.as_ref())?;
-    let qwords: Vec<String> = req
+    let words: Vec<String> = req
         .query
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect();
-    if qwords.len() > MAX_WORDS {
-        return Err(SearchError::TooManyWords(qwords.len()));
+    if words.len() > MAX_WORDS {
+        return Err(SearchError::TooManyWords(words.len()));
     }
+    Ok(Parsed {
+        offset,
+        size,
+        filter,
+        words,
+    })
+}
+
+/// Runs a search.
+pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Results, SearchError> {
+    let Parsed {
+        offset,
+        size,
+        filter,
+        words: qwords,
+    } = parse(catalog, req)?;
     let mut expanded = Vec::with_capacity(qwords.len());
     let mut corrected = Vec::with_capacity(qwords.len());
     let mut any_correction = false;

@@ -351,27 +351,6 @@ impl Catalog {
             version: self.version,
         }
     }
-
-    /// Approximate heap bytes held (frames, columns, indexes).
-    pub fn approx_bytes(&self) -> usize {
-        let frame_bytes: usize = self
-            .frames
-            .iter()
-            .map(|f| {
-                std::mem::size_of::<Frame>()
-                    + f.name.len()
-                    + f.brand.len()
-                    + f.model.len()
-                    + f.description.len() * 2
-                    + f.image_url.len()
-                    + f.inventory.variants.len() * 64
-                    + f.ai_enhanced.style_keywords.len() * 32
-                    + f.ai_enhanced.face_shape_compatibility.len() * 48
-            })
-            .sum();
-        let n = self.frames.len();
-        frame_bytes + n * (28 + 4 + 4 + 8 + 1 + 1 + 1 + 4 + 8 + 8 + 4 + 16 + 40) + n * 48
-    }
 }
 
 /// The swappable current catalogue.
