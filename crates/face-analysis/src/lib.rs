@@ -1,21 +1,37 @@
 //! The face-analysis service: photo or client landmarks in, landmarks,
 //! millimetre measurements and a face shape out.
 //!
-//! This issue wires the service (contract, server, store, cache); the model
-//! pipeline and measurements arrive with the face-analysis issue, and until
-//! then AnalyzeFace answers UNIMPLEMENTED with that reason.
+//! Code map: [`image`] (decode, limits, orientation, sampling) →
+//! [`models`] (ONNX Runtime sessions, engine pool) → [`detect`] (BlazeFace
+//! post-processing) → [`pipeline`] (stages and quality gates) →
+//! [`geometry`] (millimetres, pose, face shape) → [`api`] (gRPC, cache,
+//! store).
+//!
+//! Invariants: no pixel buffer is allocated before the header's dimensions
+//! pass the limits; model work runs on blocking threads, at most one request
+//! per engine and one engine per core; every rejection has a stable reason
+//! code; a stored analysis is the exact result first returned.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod detect;
+pub mod geometry;
+pub mod image;
+pub mod models;
+pub mod pipeline;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use discovery_kit::CancellationToken;
+use discovery_kit::cache::{Cache, CacheConfig};
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
-use discovery_kit::store::{IndexSpec, Store, StoreConfig, Workload, doc};
+use discovery_kit::store::{IndexSpec, StoreConfig, Workload, doc};
 use discovery_proto::service_names;
-use discovery_proto::v1 as pb;
-use discovery_proto::v1::face_analysis_server::{FaceAnalysis, FaceAnalysisServer};
+use discovery_proto::v1::face_analysis_server::FaceAnalysisServer;
 use tonic::service::Routes;
-use tonic::{Request, Response, Status};
 
 /// Collection of stored analyses (TTL 24 h).
 pub const FACE_ANALYSES: &str = "face_analyses";
@@ -27,14 +43,32 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Store.
     pub store: StoreConfig,
+    /// Cache.
+    pub cache: CacheConfig,
+    /// Models and ONNX Runtime.
+    pub models_dir: PathBuf,
+    /// Engines (concurrent analyses).
+    pub workers: usize,
 }
 
 impl Config {
-    /// Reads `DISCOVERY_FACE_ANALYSIS_PORT` and the store variables.
+    /// Reads `DISCOVERY_FACE_ANALYSIS_PORT`, `DISCOVERY_FACE_MODELS_DIR`,
+    /// `DISCOVERY_FACE_WORKERS`, the store and cache variables.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = env.parse("DISCOVERY_FACE_WORKERS", cores, "a number of workers")?;
+        if workers == 0 || workers > 256 {
+            return Err(ConfigError::new(
+                "DISCOVERY_FACE_WORKERS",
+                format!("{workers} is not between 1 and 256"),
+            ));
+        }
         Ok(Self {
             serve: ServeConfig::from_env(env, "DISCOVERY_FACE_ANALYSIS_PORT", 50052)?,
             store: StoreConfig::from_env(env)?,
+            cache: CacheConfig::from_env(env)?,
+            models_dir: PathBuf::from(env.string("DISCOVERY_FACE_MODELS_DIR", "models")),
+            workers,
         })
     }
 }
@@ -51,59 +85,29 @@ pub fn indexes() -> Vec<IndexSpec> {
     ]
 }
 
-#[derive(Clone)]
-struct Service {
-    store: Store,
-}
-
-#[tonic::async_trait]
-impl FaceAnalysis for Service {
-    async fn analyze_face(
-        &self,
-        req: Request<pb::AnalyzeFaceRequest>,
-    ) -> Result<Response<pb::AnalyzeFaceResponse>, Status> {
-        match req.into_inner().input {
-            None => Err(Status::invalid_argument(
-                "input: send an image (JPEG, PNG or WebP bytes) or client landmarks",
-            )),
-            Some(_) => Err(Status::unimplemented(
-                "face analysis models are not installed in this build yet (tracked by the face-analysis issue)",
-            )),
-        }
-    }
-
-    async fn get_face_analysis(
-        &self,
-        req: Request<pb::GetFaceAnalysisRequest>,
-    ) -> Result<Response<pb::GetFaceAnalysisResponse>, Status> {
-        let id = req.into_inner().analysis_id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument(
-                "analysis_id: give the id AnalyzeFace returned",
-            ));
-        }
-        match self.store.get(FACE_ANALYSES, &id).await {
-            Ok(Some(_)) => Err(Status::unimplemented(
-                "stored analyses cannot be decoded by this build yet",
-            )),
-            Ok(None) => Err(Status::not_found(format!(
-                "analysis_id: no analysis {id:?} (they are kept 24 h)"
-            ))),
-            Err(e) => {
-                tracing::error!(error = %e, "reading face analysis failed");
-                Err(Status::unavailable(
-                    "analyses cannot be read right now; retry later",
-                ))
-            }
-        }
-    }
-}
-
-/// Starts the service.
+/// Starts the service. Missing models do not stop it: photos then get
+/// FAILED_PRECONDITION naming the fix, client landmarks still work.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
     let store = config.store.connect(Workload::Realtime).await?;
     store.ensure_indexes(FACE_ANALYSES, &indexes()).await?;
-    let routes = Routes::new(FaceAnalysisServer::new(Service { store }));
+    let cache = Arc::new(Cache::new(&config.cache).await?);
+    let (dir, workers) = (config.models_dir.clone(), config.workers);
+    let pool = tokio::task::spawn_blocking(move || models::Pool::load(&dir, workers)).await?;
+    match &pool {
+        Ok(p) => {
+            tracing::info!(engines = p.size(), dir = %config.models_dir.display(), "face models loaded")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "face models unavailable; photos will be refused until they are installed")
+        }
+    }
+    let svc = api::Service::new(pool, store, cache);
+    let routes = Routes::new(
+        FaceAnalysisServer::new(svc)
+            .max_decoding_message_size(api::MAX_REQUEST_BYTES)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+    );
     ServiceHandle::start(
         "face-analysis",
         &config.serve,

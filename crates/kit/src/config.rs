@@ -232,6 +232,16 @@ pub const VARIABLES: &[Variable] = &[
         help: "face-analysis gRPC port",
     },
     Variable {
+        name: "DISCOVERY_FACE_MODELS_DIR",
+        default: "models",
+        help: "face models and libonnxruntime.so (scripts/fetch-models.sh fills it)",
+    },
+    Variable {
+        name: "DISCOVERY_FACE_WORKERS",
+        default: "number of cores",
+        help: "face analyses run at once (one model engine, one core each)",
+    },
+    Variable {
         name: "DISCOVERY_RECOMMENDATION_PORT",
         default: "50053",
         help: "recommendation gRPC port",

@@ -1,0 +1,765 @@
+//! Photo input: format sniffing, size limits checked from the header before
+//! any pixel is decoded, DCT-scaled JPEG decoding, EXIF orientation, and the
+//! one sampling routine every model input goes through.
+//!
+//! Coordinates: continuous, in the *oriented* image (as a person would view
+//! it after EXIF orientation), pixel `i` covering `[i, i+1)`. Orientation is
+//! never applied to pixels: it is one more affine step in [`Photo::sample`],
+//! so a sideways 12 MP photo costs no copy.
+
+use std::io::Cursor;
+use std::sync::OnceLock;
+
+/// Input limits (the proto's: 15 MiB and 40 megapixels).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest encoded photo accepted.
+    pub max_bytes: usize,
+    /// Largest width × height accepted (as stored, before scaling).
+    pub max_pixels: u64,
+    /// Largest width or height accepted.
+    pub max_side: u32,
+    /// JPEGs are decoded at 1/2, 1/4 or 1/8 while their long side stays at
+    /// least this; the models never see more than ~200 px of a face, so a
+    /// face of 14 % of the frame or more loses nothing.
+    pub min_decoded_long_side: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 15 << 20,
+            max_pixels: 40_000_000,
+            max_side: 16_384,
+            min_decoded_long_side: 960,
+        }
+    }
+}
+
+/// Why a photo cannot be used.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ImageError {
+    /// Not JPEG, PNG or WebP.
+    #[error("image: unsupported format ({0}); send a JPEG, PNG or WebP photo")]
+    Unsupported(String),
+    /// Over a size limit.
+    #[error("image: {0}")]
+    TooLarge(String),
+    /// Could not be decoded.
+    #[error("image: the {format} data is corrupt or truncated ({detail})")]
+    Corrupt {
+        /// JPEG, PNG or WebP.
+        format: &'static str,
+        /// What the decoder said.
+        detail: String,
+    },
+}
+
+/// Encoded formats we accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JPEG (baseline or progressive).
+    Jpeg,
+    /// PNG.
+    Png,
+    /// WebP (lossy or lossless).
+    Webp,
+}
+
+impl Format {
+    /// Sniffs the format from the magic bytes.
+    pub fn sniff(bytes: &[u8]) -> Result<Self, ImageError> {
+        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Ok(Self::Jpeg)
+        } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Ok(Self::Png)
+        } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+            Ok(Self::Webp)
+        } else if bytes.is_empty() {
+            Err(ImageError::Unsupported("no bytes".into()))
+        } else if bytes.starts_with(b"GIF8") {
+            Err(ImageError::Unsupported("GIF".into()))
+        } else if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+            Err(ImageError::Unsupported("HEIC/AVIF".into()))
+        } else {
+            Err(ImageError::Unsupported("unrecognised bytes".into()))
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Jpeg => "JPEG",
+            Self::Png => "PNG",
+            Self::Webp => "WebP",
+        }
+    }
+}
+
+/// EXIF orientation (1-8): how the stored pixels map to the viewed image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orientation(pub u8);
+
+impl Orientation {
+    /// Stored as viewed.
+    pub const NORMAL: Self = Self(1);
+
+    /// Reads the orientation tag from raw EXIF (TIFF) data; 1 when absent
+    /// or unreadable (a bad EXIF block never rejects a photo).
+    pub fn from_exif(raw: &[u8]) -> Self {
+        let Ok(exif) = exif::Reader::new().read_raw(raw.to_vec()) else {
+            return Self::NORMAL;
+        };
+        exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
+            .and_then(|f| f.value.get_uint(0))
+            .filter(|v| (1..=8).contains(v))
+            .map_or(Self::NORMAL, |v| Self(v as u8))
+    }
+
+    /// True when width and height swap when viewed.
+    pub fn transposes(self) -> bool {
+        self.0 >= 5
+    }
+
+    /// Maps a viewed point to the stored image (`w`, `h`: stored size):
+    /// `stored = a * viewed + b` with `a` a signed permutation.
+    fn affine(self, w: f32, h: f32) -> ([[f32; 2]; 2], [f32; 2]) {
+        match self.0 {
+            2 => ([[-1., 0.], [0., 1.]], [w, 0.]),
+            3 => ([[-1., 0.], [0., -1.]], [w, h]),
+            4 => ([[1., 0.], [0., -1.]], [0., h]),
+            5 => ([[0., 1.], [1., 0.]], [0., 0.]),
+            6 => ([[0., 1.], [-1., 0.]], [0., h]),
+            7 => ([[0., -1.], [-1., 0.]], [w, h]),
+            8 => ([[0., -1.], [1., 0.]], [w, 0.]),
+            _ => ([[1., 0.], [0., 1.]], [0., 0.]),
+        }
+    }
+}
+
+/// An RGB8 raster.
+#[derive(Debug, Clone)]
+pub struct Raster {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Interleaved RGB, row-major.
+    pub rgb: Vec<u8>,
+}
+
+impl Raster {
+    /// Half size, each pixel the mean of a 2×2 block (odd edges dropped).
+    fn halve(&self) -> Raster {
+        let (w, h) = ((self.width / 2).max(1), (self.height / 2).max(1));
+        let mut rgb = vec![0u8; (w * h * 3) as usize];
+        let sw = self.width as usize;
+        let (maxx, maxy) = (self.width as usize - 1, self.height as usize - 1);
+        for y in 0..h as usize {
+            let (r0, r1) = ((2 * y).min(maxy) * sw, (2 * y + 1).min(maxy) * sw);
+            for x in 0..w as usize {
+                let (c0, c1) = ((2 * x).min(maxx), (2 * x + 1).min(maxx));
+                for c in 0..3 {
+                    let s = self.rgb[(r0 + c0) * 3 + c] as u16
+                        + self.rgb[(r0 + c1) * 3 + c] as u16
+                        + self.rgb[(r1 + c0) * 3 + c] as u16
+                        + self.rgb[(r1 + c1) * 3 + c] as u16;
+                    rgb[(y * w as usize + x) * 3 + c] = ((s + 2) / 4) as u8;
+                }
+            }
+        }
+        Raster {
+            width: w,
+            height: h,
+            rgb,
+        }
+    }
+}
+
+const LEVELS: usize = 6;
+
+/// A decoded photo: stored pixels, their orientation, and a lazily built
+/// pyramid of box-filtered halves so that sampling a small model input from
+/// a large region reads a level where one output pixel covers 1-2 input
+/// pixels (bilinear from full resolution would alias).
+#[derive(Debug)]
+pub struct Photo {
+    levels: [OnceLock<Raster>; LEVELS],
+    /// Stored size of level 0.
+    stored: (u32, u32),
+    /// Viewed size at *original* resolution (before DCT scaling).
+    original: (u32, u32),
+    /// Original pixels per decoded pixel (1, 2, 4 or 8).
+    scale: f32,
+    /// EXIF orientation.
+    pub orientation: Orientation,
+    /// Encoded format.
+    pub format: Format,
+}
+
+/// Where a model input comes from: a square of side `size` centred at
+/// `center`, rotated by `rotation` radians (clockwise in image coordinates,
+/// y down), in viewed original-resolution pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Roi {
+    /// Centre.
+    pub center: [f32; 2],
+    /// Side length.
+    pub size: f32,
+    /// Rotation in radians.
+    pub rotation: f32,
+}
+
+impl Roi {
+    /// Maps a point of an `n`×`n` model input (in its pixels) to the image.
+    pub fn to_image(&self, n: f32, p: [f32; 2]) -> [f32; 2] {
+        let (s, c) = self.rotation.sin_cos();
+        let (u, v) = ((p[0] / n - 0.5) * self.size, (p[1] / n - 0.5) * self.size);
+        [
+            self.center[0] + u * c - v * s,
+            self.center[1] + u * s + v * c,
+        ]
+    }
+}
+
+impl Photo {
+    /// Decodes a photo within `limits`. Dimensions are read from the header
+    /// and checked before any pixel buffer is allocated.
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
+        if bytes.len() > limits.max_bytes {
+            return Err(ImageError::TooLarge(format!(
+                "{} bytes is over the limit of {} MiB; send a smaller photo",
+                bytes.len(),
+                limits.max_bytes >> 20
+            )));
+        }
+        let format = Format::sniff(bytes)?;
+        // Third-party decoders are fuzzed upstream; a panic on hostile input
+        // would still take a worker down, so it becomes a clean error here.
+        std::panic::catch_unwind(|| match format {
+            Format::Jpeg => decode_jpeg(bytes, limits),
+            Format::Png => decode_png(bytes, limits),
+            Format::Webp => decode_webp(bytes, limits),
+        })
+        .unwrap_or_else(|_| {
+            Err(ImageError::Corrupt {
+                format: format.name(),
+                detail: "decoder failed".into(),
+            })
+        })
+    }
+
+    /// Wraps an RGB raster (tests, benchmarks, client uploads of raw frames).
+    pub fn from_raster(raster: Raster, orientation: Orientation) -> Photo {
+        let stored = (raster.width, raster.height);
+        let original = if orientation.transposes() {
+            (stored.1, stored.0)
+        } else {
+            stored
+        };
+        let levels: [OnceLock<Raster>; LEVELS] = Default::default();
+        let _ = levels[0].set(raster);
+        Photo {
+            levels,
+            stored,
+            original,
+            scale: 1.0,
+            orientation,
+            format: Format::Png,
+        }
+    }
+
+    /// The decoded pixels as stored (before orientation).
+    pub fn raster(&self) -> &Raster {
+        self.level(0)
+    }
+
+    /// Viewed size at original resolution.
+    pub fn size(&self) -> (u32, u32) {
+        self.original
+    }
+
+    /// Original pixels per decoded pixel.
+    pub fn decode_scale(&self) -> f32 {
+        self.scale
+    }
+
+    fn level(&self, l: usize) -> &Raster {
+        if l == 0 {
+            return self.levels[0]
+                .get()
+                .expect("level 0 is set at construction");
+        }
+        self.levels[l].get_or_init(|| self.level(l - 1).halve())
+    }
+
+    /// Samples `roi` into an `n`×`n` planar (CHW) RGB tensor, bilinear, with
+    /// values mapped from 0..255 to `range`; outside the image is black
+    /// (`range.0`). `flip` mirrors the output horizontally.
+    pub fn sample(&self, roi: &Roi, n: usize, range: (f32, f32), flip: bool, out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(3 * n * n, range.0);
+        // Original-resolution pixels per output pixel -> pyramid level.
+        let step = roi.size / n as f32 / self.scale;
+        let mut l = 0;
+        while l + 1 < LEVELS && step >= (2u32 << l) as f32 && self.stored.0 >> (l + 1) >= 2 {
+            l += 1;
+        }
+        let raster = self.level(l);
+        let k = self.scale * (1u32 << l) as f32; // original px per level px
+        // viewed-original -> stored-level: stored = (A * viewed + b) / k
+        let (a, b) = self
+            .orientation
+            .affine(self.original_stored().0, self.original_stored().1);
+        let (s, c) = roi.rotation.sin_cos();
+        let unit = roi.size / n as f32;
+        // viewed point of output pixel centre (i+0.5, j+0.5):
+        //   p = center + R * ((i+0.5)*unit - size/2, (j+0.5)*unit - size/2)
+        let ox = roi.center[0] - roi.size / 2.0 * (c - s);
+        let oy = roi.center[1] - roi.size / 2.0 * (s + c);
+        let (dx_i, dy_i) = (c * unit, s * unit); // per output column
+        let (dx_j, dy_j) = (-s * unit, c * unit); // per output row
+        let to_level = |x: f32, y: f32| {
+            (
+                (a[0][0] * x + a[0][1] * y + b[0]) / k - 0.5,
+                (a[1][0] * x + a[1][1] * y + b[1]) / k - 0.5,
+            )
+        };
+        let (x0, y0) = to_level(ox + 0.5 * (dx_i + dx_j), oy + 0.5 * (dy_i + dy_j));
+        let (x1, y1) = to_level(ox + 1.5 * dx_i + 0.5 * dx_j, oy + 1.5 * dy_i + 0.5 * dy_j);
+        let (x2, y2) = to_level(ox + 0.5 * dx_i + 1.5 * dx_j, oy + 0.5 * dy_i + 1.5 * dy_j);
+        let (sxi, syi) = (x1 - x0, y1 - y0);
+        let (sxj, syj) = (x2 - x0, y2 - y0);
+        let (w, h) = (raster.width as i32, raster.height as i32);
+        let stride = raster.width as usize * 3;
+        let px = &raster.rgb;
+        let mul = (range.1 - range.0) / 255.0;
+        let plane = n * n;
+        for j in 0..n {
+            let (mut x, mut y) = (x0 + sxj * j as f32, y0 + syj * j as f32);
+            for i in 0..n {
+                let (fx0, fy0) = (x.floor(), y.floor());
+                let (ix, iy) = (fx0 as i32, fy0 as i32);
+                if ix >= -1 && iy >= -1 && ix < w && iy < h {
+                    let (fx, fy) = (x - fx0, y - fy0);
+                    let mut acc = [0f32; 3];
+                    for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+                        let yy = iy + dy;
+                        if yy < 0 || yy >= h {
+                            continue;
+                        }
+                        for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+                            let xx = ix + dx;
+                            if xx < 0 || xx >= w {
+                                continue;
+                            }
+                            let o = yy as usize * stride + xx as usize * 3;
+                            let wgt = wx * wy;
+                            acc[0] += wgt * px[o] as f32;
+                            acc[1] += wgt * px[o + 1] as f32;
+                            acc[2] += wgt * px[o + 2] as f32;
+                        }
+                    }
+                    let col = if flip { n - 1 - i } else { i };
+                    for (ch, v) in acc.iter().enumerate() {
+                        out[ch * plane + j * n + col] = range.0 + v * mul;
+                    }
+                }
+                x += sxi;
+                y += syi;
+            }
+        }
+    }
+
+    /// Stored size in original-resolution pixels.
+    fn original_stored(&self) -> (f32, f32) {
+        (
+            self.stored.0 as f32 * self.scale,
+            self.stored.1 as f32 * self.scale,
+        )
+    }
+}
+
+fn check_dimensions(w: u32, h: u32, limits: &Limits) -> Result<(), ImageError> {
+    if w == 0 || h == 0 {
+        return Err(ImageError::TooLarge(format!(
+            "{w}x{h} has no pixels; send a photo"
+        )));
+    }
+    if w > limits.max_side || h > limits.max_side || w as u64 * h as u64 > limits.max_pixels {
+        return Err(ImageError::TooLarge(format!(
+            "{w}x{h} ({:.1} MP) is over the limit of {} MP and {} px a side; resize it before sending",
+            w as f64 * h as f64 / 1e6,
+            limits.max_pixels / 1_000_000,
+            limits.max_side
+        )));
+    }
+    Ok(())
+}
+
+fn corrupt(format: Format, e: impl std::fmt::Display) -> ImageError {
+    ImageError::Corrupt {
+        format: format.name(),
+        detail: e.to_string(),
+    }
+}
+
+fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
+    use jpeg_decoder::PixelFormat;
+    let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    d.read_info().map_err(|e| corrupt(Format::Jpeg, e))?;
+    let info = d
+        .info()
+        .ok_or_else(|| corrupt(Format::Jpeg, "no frame header"))?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    check_dimensions(w, h, limits)?;
+    let orientation = d
+        .exif_data()
+        .map_or(Orientation::NORMAL, Orientation::from_exif);
+    // Smallest DCT scale keeping the long side >= min_decoded_long_side.
+    let long = w.max(h);
+    let mut div = 1u32;
+    while div < 8 && long / (div * 2) >= limits.min_decoded_long_side {
+        div *= 2;
+    }
+    let (sw, sh) = d
+        .scale(w.div_ceil(div) as u16, h.div_ceil(div) as u16)
+        .map_err(|e| corrupt(Format::Jpeg, e))?;
+    d.set_max_decoding_buffer_size(limits.max_pixels as usize * 4);
+    let data = d.decode().map_err(|e| corrupt(Format::Jpeg, e))?;
+    let (sw, sh) = (sw as u32, sh as u32);
+    let n = (sw * sh) as usize;
+    let rgb = match info.pixel_format {
+        PixelFormat::RGB24 => data,
+        PixelFormat::L8 => data.iter().flat_map(|&v| [v, v, v]).collect(),
+        PixelFormat::L16 => data
+            .chunks_exact(2)
+            .flat_map(|v| [v[0], v[0], v[0]])
+            .collect(),
+        PixelFormat::CMYK32 => data
+            .chunks_exact(4)
+            .flat_map(|p| {
+                let k = p[3] as u16;
+                let f = |c: u8| ((c as u16 * k + 127) / 255) as u8;
+                [f(p[0]), f(p[1]), f(p[2])]
+            })
+            .collect(),
+    };
+    if rgb.len() < n * 3 {
+        return Err(corrupt(Format::Jpeg, "short pixel data"));
+    }
+    let scale = w as f32 / sw as f32;
+    let mut photo = Photo::from_raster(
+        Raster {
+            width: sw,
+            height: sh,
+            rgb,
+        },
+        orientation,
+    );
+    photo.scale = scale;
+    photo.original = if orientation.transposes() {
+        (h, w)
+    } else {
+        (w, h)
+    };
+    photo.format = Format::Jpeg;
+    Ok(photo)
+}
+
+fn decode_png(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
+    let mut d = png::Decoder::new_with_limits(
+        Cursor::new(bytes),
+        png::Limits {
+            bytes: (limits.max_pixels as usize) * 8,
+        },
+    );
+    d.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    // read_info parses IHDR (and chunks up to the first IDAT) only.
+    let mut reader = d.read_info().map_err(|e| match e {
+        png::DecodingError::LimitsExceeded => {
+            ImageError::TooLarge("PNG needs too much memory to decode".into())
+        }
+        e => corrupt(Format::Png, e),
+    })?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    check_dimensions(w, h, limits)?;
+    let orientation = reader
+        .info()
+        .exif_metadata
+        .as_deref()
+        .map_or(Orientation::NORMAL, Orientation::from_exif);
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| ImageError::TooLarge("PNG output size overflows".into()))?;
+    let mut buf = vec![0u8; size];
+    let out = reader
+        .next_frame(&mut buf)
+        .map_err(|e| corrupt(Format::Png, e))?;
+    buf.truncate(out.buffer_size());
+    let rgb = to_rgb(
+        &buf,
+        out.color_type.samples(),
+        out.width,
+        out.height,
+        out.line_size,
+    );
+    Ok(Photo::from_raster(
+        Raster {
+            width: out.width,
+            height: out.height,
+            rgb,
+        },
+        orientation,
+    ))
+    .map(|mut p| {
+        p.format = Format::Png;
+        p
+    })
+}
+
+fn decode_webp(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
+    let mut d =
+        image_webp::WebPDecoder::new(Cursor::new(bytes)).map_err(|e| corrupt(Format::Webp, e))?;
+    let (w, h) = d.dimensions();
+    check_dimensions(w, h, limits)?;
+    d.set_memory_limit(limits.max_pixels as usize * 8);
+    let orientation = d
+        .exif_metadata()
+        .ok()
+        .flatten()
+        .map_or(Orientation::NORMAL, |e| Orientation::from_exif(&e));
+    let size = d
+        .output_buffer_size()
+        .ok_or_else(|| ImageError::TooLarge("WebP output size overflows".into()))?;
+    let mut buf = vec![0u8; size];
+    d.read_image(&mut buf)
+        .map_err(|e| corrupt(Format::Webp, e))?;
+    let samples = if d.has_alpha() { 4 } else { 3 };
+    let rgb = to_rgb(&buf, samples, w, h, w as usize * samples);
+    let mut p = Photo::from_raster(
+        Raster {
+            width: w,
+            height: h,
+            rgb,
+        },
+        orientation,
+    );
+    p.format = Format::Webp;
+    Ok(p)
+}
+
+/// Gray, gray+alpha, RGB or RGBA rows to packed RGB (alpha dropped).
+fn to_rgb(buf: &[u8], samples: usize, w: u32, h: u32, line: usize) -> Vec<u8> {
+    let (w, h) = (w as usize, h as usize);
+    if samples == 3 && line == w * 3 {
+        return buf[..w * h * 3].to_vec();
+    }
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for row in buf.chunks(line).take(h) {
+        for px in row.chunks_exact(samples).take(w) {
+            match samples {
+                1 | 2 => rgb.extend_from_slice(&[px[0], px[0], px[0]]),
+                _ => rgb.extend_from_slice(&px[..3]),
+            }
+        }
+    }
+    rgb.resize(w * h * 3, 0);
+    rgb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> Raster {
+        let mut rgb = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                rgb.extend_from_slice(&[
+                    (x * 7 % 256) as u8,
+                    (y * 5 % 256) as u8,
+                    ((x + y) % 256) as u8,
+                ]);
+            }
+        }
+        Raster {
+            width: w,
+            height: h,
+            rgb,
+        }
+    }
+
+    /// Rotates/mirrors stored pixels to what a viewer shows for `o`.
+    fn view(r: &Raster, o: Orientation) -> Raster {
+        let (w, h) = (r.width as usize, r.height as usize);
+        let (vw, vh) = if o.transposes() { (h, w) } else { (w, h) };
+        let mut rgb = vec![0; vw * vh * 3];
+        for y in 0..vh {
+            for x in 0..vw {
+                // stored pixel whose centre maps to viewed centre (x+.5, y+.5)
+                let (a, b) = o.affine(w as f32, h as f32);
+                let (cx, cy) = (x as f32 + 0.5, y as f32 + 0.5);
+                let sx = (a[0][0] * cx + a[0][1] * cy + b[0] - 0.5).round() as usize;
+                let sy = (a[1][0] * cx + a[1][1] * cy + b[1] - 0.5).round() as usize;
+                rgb[(y * vw + x) * 3..][..3].copy_from_slice(&r.rgb[(sy * w + sx) * 3..][..3]);
+            }
+        }
+        Raster {
+            width: vw as u32,
+            height: vh as u32,
+            rgb,
+        }
+    }
+
+    #[test]
+    fn orientations_match_their_exif_meaning() {
+        // A 3x2 image: stored pixel (0,0) is marked. EXIF 6 (rotate 90° CW
+        // to view) shows it at the top-right; 8 at the bottom-left; 3 at the
+        // bottom-right; 2 at the top-right; 5 at the top-left.
+        let mut r = Raster {
+            width: 3,
+            height: 2,
+            rgb: vec![0; 18],
+        };
+        r.rgb[0] = 255;
+        let at = |o: u8| {
+            let v = view(&r, Orientation(o));
+            let i = v.rgb.chunks(3).position(|p| p[0] == 255).unwrap();
+            (v.width, v.height, i as u32 % v.width, i as u32 / v.width)
+        };
+        assert_eq!(at(1), (3, 2, 0, 0));
+        assert_eq!(at(2), (3, 2, 2, 0));
+        assert_eq!(at(3), (3, 2, 2, 1));
+        assert_eq!(at(4), (3, 2, 0, 1));
+        assert_eq!(at(5), (2, 3, 0, 0));
+        assert_eq!(at(6), (2, 3, 1, 0));
+        assert_eq!(at(7), (2, 3, 1, 2));
+        assert_eq!(at(8), (2, 3, 0, 2));
+    }
+
+    #[test]
+    fn sampling_an_oriented_photo_equals_sampling_the_rotated_pixels() {
+        let r = gradient(40, 24);
+        for o in 1..=8 {
+            let o = Orientation(o);
+            let oriented = Photo::from_raster(r.clone(), o);
+            let viewed = Photo::from_raster(view(&r, o), Orientation::NORMAL);
+            assert_eq!(oriented.size(), viewed.size());
+            let roi = Roi {
+                center: [13.0, 9.5],
+                size: 12.0,
+                rotation: 0.3,
+            };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            oriented.sample(&roi, 12, (0.0, 1.0), false, &mut a);
+            viewed.sample(&roi, 12, (0.0, 1.0), false, &mut b);
+            let max = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(max < 1e-3, "orientation {o:?}: differs by {max}");
+        }
+    }
+
+    #[test]
+    fn sampling_at_unit_scale_reproduces_pixels_and_roi_maps_back() {
+        let r = gradient(16, 16);
+        let p = Photo::from_raster(r.clone(), Orientation::NORMAL);
+        let roi = Roi {
+            center: [8.0, 8.0],
+            size: 16.0,
+            rotation: 0.0,
+        };
+        let mut t = Vec::new();
+        p.sample(&roi, 16, (0.0, 255.0), false, &mut t);
+        for (i, v) in t[..256].iter().enumerate() {
+            assert!((v - r.rgb[i * 3] as f32).abs() < 1e-3);
+        }
+        assert_eq!(roi.to_image(16.0, [3.5, 4.5]), [3.5, 4.5]);
+        let rotated = Roi {
+            rotation: std::f32::consts::FRAC_PI_2,
+            ..roi
+        };
+        let q = rotated.to_image(16.0, [16.0, 8.0]);
+        assert!(
+            (q[0] - 8.0).abs() < 1e-4 && (q[1] - 16.0).abs() < 1e-4,
+            "{q:?}"
+        );
+    }
+
+    #[test]
+    fn pyramid_levels_are_used_for_large_regions_and_agree_on_flat_colour() {
+        let r = Raster {
+            width: 1024,
+            height: 512,
+            rgb: vec![100; 1024 * 512 * 3],
+        };
+        let p = Photo::from_raster(r, Orientation::NORMAL);
+        let roi = Roi {
+            center: [512.0, 256.0],
+            size: 1024.0,
+            rotation: 0.0,
+        };
+        let mut t = Vec::new();
+        p.sample(&roi, 64, (0.0, 1.0), false, &mut t);
+        assert!(
+            p.levels[3].get().is_some(),
+            "1024 px into 64: level 3 (8x) or more"
+        );
+        // Inside rows are flat; rows outside the 512-px-tall image are black.
+        let row = |j: usize| t[j * 64 + 10];
+        assert!((row(32) - 100.0 / 255.0).abs() < 1e-3);
+        assert_eq!(row(2), 0.0);
+    }
+
+    #[test]
+    fn sniffing_names_what_was_sent() {
+        assert_eq!(Format::sniff(b"\xff\xd8\xff\xe0").unwrap(), Format::Jpeg);
+        assert!(
+            matches!(Format::sniff(b"GIF89a...."), Err(ImageError::Unsupported(s)) if s == "GIF")
+        );
+        assert!(matches!(
+            Format::sniff(b""),
+            Err(ImageError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn dimensions_are_checked_before_decoding() {
+        // A PNG header claiming 100000 x 100000 pixels, with no data.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        // The first bytes of a compressed stream: a bomb's IDAT.
+        let idat = b"IDAT\x78\x9c\x00\x00";
+        png.extend_from_slice(&4u32.to_be_bytes());
+        png.extend_from_slice(idat);
+        png.extend_from_slice(&crc32(idat).to_be_bytes());
+        let e = Photo::decode(&png, &Limits::default()).unwrap_err();
+        assert!(
+            matches!(e, ImageError::TooLarge(ref m) if m.contains("100000x100000")),
+            "{e}"
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+}
