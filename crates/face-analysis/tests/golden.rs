@@ -95,12 +95,23 @@ fn sideways_photo_without_exif_is_refused_and_with_exif_is_analysed() {
 
 #[test]
 fn tiny_face_is_too_small_not_nonsense() {
-    let small = resize(&raster("astronaut.png"), 200, 200);
-    let photo = canvas(&small, 640, 480, 220, 140);
+    // A ~52 px face in an 800x600 photo: found by the full-range detector,
+    // too small to measure.
+    let face = crop(&raster("astronaut.png"), 110, 20, 220, 220);
+    let photo = canvas(&resize(&face, 120, 120), 800, 600, 340, 240);
     let e = analyze(&jpeg(&photo, 95, None)).unwrap_err();
     assert!(matches!(e, Rejection::FaceTooSmall(_)), "got {e:?}");
     assert_eq!(e.reason(), "face_too_small");
     eprintln!("tiny: {e}");
+    // The same face in a 640x480 photo: no detector looks for faces that
+    // small there, and the error says what size is needed.
+    let photo = canvas(&resize(&face, 120, 120), 640, 480, 260, 180);
+    let e = analyze(&jpeg(&photo, 95, None)).unwrap_err();
+    assert!(
+        matches!(e, Rejection::NoFace(ref m) if m.contains("64 px")),
+        "got {e:?}"
+    );
+    eprintln!("tiny in 640x480: {e}");
 }
 
 #[test]
@@ -135,7 +146,7 @@ fn large_jpeg_is_decoded_scaled_and_measured_in_original_pixels() {
 
 #[test]
 fn two_faces_side_by_side_are_several_faces() {
-    let face = raster("astronaut.png");
+    let face = crop(&raster("astronaut.png"), 110, 20, 220, 220);
     let half = resize(&face, 300, 300);
     let mut both = canvas(&half, 640, 320, 10, 10);
     let right = canvas(&half, 640, 320, 330, 10);

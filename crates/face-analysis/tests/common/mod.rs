@@ -139,3 +139,34 @@ pub fn jpeg(r: &Raster, quality: u8, orientation: Option<u16>) -> Vec<u8> {
 pub fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt()
 }
+
+/// The `w`×`h` region at (x, y).
+pub fn crop(r: &Raster, x: u32, y: u32, w: u32, h: u32) -> Raster {
+    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+    for row in y..y + h {
+        let start = ((row * r.width + x) * 3) as usize;
+        rgb.extend_from_slice(&r.rgb[start..start + (w * 3) as usize]);
+    }
+    Raster {
+        width: w,
+        height: h,
+        rgb,
+    }
+}
+
+/// A 640x480 selfie-like JPEG: the astronaut's face about 210 px wide.
+pub fn selfie_640() -> Vec<u8> {
+    let face = resize(&crop(&raster("astronaut.png"), 110, 20, 220, 220), 460, 460);
+    jpeg(&canvas(&face, 640, 480, 90, 10), 90, None)
+}
+
+/// A 4000x3000 (12 MP) JPEG with the astronaut enlarged 5.5x.
+pub fn photo_12mp() -> Vec<u8> {
+    let big = resize(&raster("astronaut.png"), 2816, 2816);
+    jpeg(&canvas(&big, 4000, 3000, 600, 100), 90, None)
+}
+
+/// A 640x480 JPEG without a face (the coffee cup).
+pub fn no_face_640() -> Vec<u8> {
+    jpeg(&resize(&raster("coffee.png"), 640, 480), 90, None)
+}
