@@ -56,6 +56,10 @@ enum Command {
         /// How many results.
         #[arg(long, default_value_t = 5)]
         count: u32,
+        /// A photo (JPEG, PNG or WebP): analyse the face first and use its
+        /// shape and measurements instead of --face-shape/--face-width-mm.
+        #[arg(long)]
+        photo: Option<std::path::PathBuf>,
     },
     /// Send a catalogue feed file to a running gateway and show the job's progress.
     Sync {
@@ -99,7 +103,11 @@ pub fn main() -> std::process::ExitCode {
             face_shape,
             face_width_mm,
             count,
-        } => client_command("try", try_it(&gateway, &face_shape, face_width_mm, count)),
+            photo,
+        } => client_command(
+            "try",
+            try_it(&gateway, &face_shape, face_width_mm, count, photo),
+        ),
         Command::Sync {
             file,
             source,
@@ -258,6 +266,9 @@ async fn up(env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
     println!(
         "  cargo run -q -p discovery -- try --gateway http://{gw} --face-shape round --face-width-mm 132"
     );
+    println!(
+        "  cargo run -q -p discovery -- try --gateway http://{gw} --photo your-selfie.jpg   # analyse a face, then recommend"
+    );
     println!("or with grpcurl:");
     println!(
         "  grpcurl -plaintext -d '{{\"face\":{{\"face_shape\":\"FACE_SHAPE_ROUND\",\"face_width_mm\":132}},\"page\":{{\"page_size\":3}}}}' {gw} discovery.v1.Discovery/Recommend"
@@ -299,6 +310,7 @@ async fn try_it(
     face_shape: &str,
     face_width_mm: f32,
     count: u32,
+    photo: Option<std::path::PathBuf>,
 ) -> Result<(), BoxError> {
     let shape = pb::FaceShape::from_str_name(&format!("FACE_SHAPE_{}", face_shape.to_ascii_uppercase()))
         .ok_or_else(|| format!("--face-shape: {face_shape:?} is not one of oval, round, square, heart, oblong, diamond, triangle"))?;
@@ -308,14 +320,61 @@ async fn try_it(
         .map_err(|e| {
             format!("cannot connect to the gateway at {gateway}: {e} (is `discovery up` running?)")
         })?;
-    let mut client = DiscoveryClient::new(channel);
+    let mut client = DiscoveryClient::new(channel)
+        .max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES);
+    let mut face = pb::FaceContext {
+        face_shape: shape as i32,
+        face_width_mm,
+        ..Default::default()
+    };
+    if let Some(path) = photo {
+        let image = std::fs::read(&path).map_err(|e| format!("--photo {}: {e}", path.display()))?;
+        let r = client
+            .analyze_face(pb::AnalyzeFaceRequest {
+                input: Some(pb::analyze_face_request::Input::Image(image)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| format!("{}: {:?}: {}", path.display(), s.code(), s.message()))?
+            .into_inner()
+            .result
+            .unwrap_or_default();
+        let m = r.measurements.unwrap_or_default();
+        let mm = |v: Option<pb::Measurement>| v.unwrap_or_default();
+        let name = |s: i32| {
+            pb::FaceShape::try_from(s)
+                .map_or("unknown", |s| s.as_str_name().trim_start_matches("FACE_SHAPE_"))
+                .to_ascii_lowercase()
+        };
+        let (pd, width) = (mm(m.pupillary_distance), mm(m.face_width));
+        println!(
+            "Face: {} ({:.0}%, then {} {:.0}%), PD {:.1} mm (confidence {:.2}), face width {:.1} mm, analysed in {:.1} ms",
+            name(r.face_shape),
+            r.face_shape_confidence * 100.0,
+            name(r.runner_up_shape),
+            r.runner_up_confidence * 100.0,
+            pd.value_mm,
+            pd.confidence,
+            width.value_mm,
+            r.processing_time_us as f64 / 1000.0
+        );
+        face = pb::FaceContext {
+            face_shape: r.face_shape,
+            face_width_mm: width.value_mm,
+            pupillary_distance_mm: pd.value_mm,
+            nose_bridge_width_mm: mm(m.nose_bridge_width).value_mm,
+            analysis_id: r.analysis_id,
+        };
+    }
+    let (face_shape, face_width_mm) = (
+        pb::FaceShape::try_from(face.face_shape)
+            .map_or("unknown", |s| s.as_str_name().trim_start_matches("FACE_SHAPE_"))
+            .to_ascii_lowercase(),
+        face.face_width_mm,
+    );
     let resp = client
         .recommend(pb::RecommendRequest {
-            face: Some(pb::FaceContext {
-                face_shape: shape as i32,
-                face_width_mm,
-                ..Default::default()
-            }),
+            face: Some(face),
             page: Some(pb::PageRequest {
                 page_size: count,
                 page_token: String::new(),
@@ -326,7 +385,7 @@ async fn try_it(
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
     println!(
-        "Top {} frames for a {face_shape} face, {face_width_mm} mm wide (catalogue version {}):",
+        "Top {} frames for a {face_shape} face, {face_width_mm:.0} mm wide (catalogue version {}):",
         resp.items.len(),
         resp.catalog_version
     );

@@ -18,8 +18,7 @@ use crate::image::Limits;
 use crate::models::{ModelError, Pool};
 use crate::pipeline::{self, Analysis, Gates, Rejection, Scratch, Timings};
 
-/// Largest request accepted: a 15 MiB photo plus the envelope.
-pub const MAX_REQUEST_BYTES: usize = (15 << 20) + 4096;
+pub use discovery_proto::MAX_REQUEST_BYTES;
 
 /// The service.
 #[derive(Clone)]

@@ -15,6 +15,11 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/discovery_descriptor.bin"));
 
+/// Largest request any discovery server accepts: a 15 MiB photo (the
+/// AnalyzeFace limit) plus its envelope. Servers that carry photos set this
+/// as their decoding limit (tonic's default is 4 MiB).
+pub const MAX_REQUEST_BYTES: usize = (15 << 20) + 4096;
+
 /// Fully qualified service names, as used by health checks and reflection.
 pub mod service_names {
     /// The public API served by the gateway.
