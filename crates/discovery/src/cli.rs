@@ -320,8 +320,8 @@ async fn try_it(
         .map_err(|e| {
             format!("cannot connect to the gateway at {gateway}: {e} (is `discovery up` running?)")
         })?;
-    let mut client = DiscoveryClient::new(channel)
-        .max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES);
+    let mut client =
+        DiscoveryClient::new(channel).max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES);
     let mut face = pb::FaceContext {
         face_shape: shape as i32,
         face_width_mm,
@@ -343,7 +343,9 @@ async fn try_it(
         let mm = |v: Option<pb::Measurement>| v.unwrap_or_default();
         let name = |s: i32| {
             pb::FaceShape::try_from(s)
-                .map_or("unknown", |s| s.as_str_name().trim_start_matches("FACE_SHAPE_"))
+                .map_or("unknown", |s| {
+                    s.as_str_name().trim_start_matches("FACE_SHAPE_")
+                })
                 .to_ascii_lowercase()
         };
         let (pd, width) = (mm(m.pupillary_distance), mm(m.face_width));
@@ -368,7 +370,9 @@ async fn try_it(
     }
     let (face_shape, face_width_mm) = (
         pb::FaceShape::try_from(face.face_shape)
-            .map_or("unknown", |s| s.as_str_name().trim_start_matches("FACE_SHAPE_"))
+            .map_or("unknown", |s| {
+                s.as_str_name().trim_start_matches("FACE_SHAPE_")
+            })
             .to_ascii_lowercase(),
         face.face_width_mm,
     );

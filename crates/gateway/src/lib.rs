@@ -279,7 +279,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     let sync = connect_lazy("DISCOVERY_SYNC_URLS", &u.sync[0])?;
     let mon = connect_lazy("DISCOVERY_MONITORING_URLS", &u.monitoring[0])?;
     let gw = Gateway {
-        face: FaceAnalysisClient::new(face).max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES),
+        face: FaceAnalysisClient::new(face)
+            .max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES),
         reco: RecommendationClient::new(reco.clone()),
         catalog: CatalogClient::new(reco.clone()),
         cache_admin: CacheAdminClient::new(reco),
