@@ -60,6 +60,9 @@ enum Command {
         /// shape and measurements instead of --face-shape/--face-width-mm.
         #[arg(long)]
         photo: Option<std::path::PathBuf>,
+        /// API key (`discovery up` prints one).
+        #[arg(long, env = "DISCOVERY_API_KEY", hide_env_values = true)]
+        api_key: String,
     },
     /// Send a catalogue feed file to a running gateway and show the job's progress.
     Sync {
@@ -74,9 +77,40 @@ enum Command {
         /// Gateway URL.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         gateway: String,
+        /// API key with the ingest scope.
+        #[arg(long, env = "DISCOVERY_API_KEY", hide_env_values = true)]
+        api_key: String,
+    },
+    /// Create, list or revoke API keys (in the configured MongoDB).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
     },
     /// List the environment variables with their defaults.
     Env,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Create a key; prints it once (only its hash is stored).
+    Create {
+        /// Client name (the shop or integration).
+        #[arg(long)]
+        client: String,
+        /// anonymous, authenticated or partner.
+        #[arg(long, default_value = "authenticated", value_parser = ["anonymous", "authenticated", "partner"])]
+        tier: String,
+        /// Comma-separated: public, ingest, admin.
+        #[arg(long, default_value = "public")]
+        scopes: String,
+    },
+    /// List keys (ids, clients, tiers, scopes; never secrets).
+    List,
+    /// Revoke a key by id; gateways drop it at their next refresh.
+    Revoke {
+        /// The key id (the part after `dk_`).
+        id: String,
+    },
 }
 
 /// Entry point: parses arguments and runs the subcommand.
@@ -104,16 +138,19 @@ pub fn main() -> std::process::ExitCode {
             face_width_mm,
             count,
             photo,
+            api_key,
         } => client_command(
             "try",
-            try_it(&gateway, &face_shape, face_width_mm, count, photo),
+            try_it(&gateway, &api_key, &face_shape, face_width_mm, count, photo),
         ),
         Command::Sync {
             file,
             source,
             format,
             gateway,
-        } => client_command("sync", sync_file(file, source, format, gateway)),
+            api_key,
+        } => client_command("sync", sync_file(file, source, format, gateway, api_key)),
+        Command::Keys { action } => client_command("keys", keys(action)),
     }
 }
 
@@ -148,6 +185,7 @@ async fn sync_file(
     source: String,
     format: String,
     gateway: String,
+    api_key: String,
 ) -> Result<(), BoxError> {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
@@ -155,9 +193,7 @@ async fn sync_file(
         .await
         .map_err(|e| format!("{}: {e}", file.display()))?;
     let total = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let mut client = DiscoveryClient::connect(gateway.clone())
-        .await
-        .map_err(|e| format!("cannot reach the gateway at {gateway}: {e}"))?;
+    let mut client = gateway_client(&gateway, &api_key).await?;
     let header = pb::IngestCatalogRequest {
         item: Some(pb::ingest_catalog_request::Item::Header(pb::IngestHeader {
             source,
@@ -262,7 +298,14 @@ async fn up(env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
         println!("  {:<15} http://{}/metrics", "metrics", m);
     }
     println!();
-    println!("Public API (gateway): {gw}. Try it:");
+    println!("Public API (gateway): {gw}. API keys for this run:");
+    println!("  development (all scopes): {}", system.api_key);
+    println!(
+        "  browser (public scope, anonymous limits): {}",
+        system.browser_key
+    );
+    println!("Try it:");
+    println!("  export DISCOVERY_API_KEY={}", system.api_key);
     println!(
         "  cargo run -q -p discovery -- try --gateway http://{gw} --face-shape round --face-width-mm 132"
     );
@@ -271,7 +314,7 @@ async fn up(env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
     );
     println!("or with grpcurl:");
     println!(
-        "  grpcurl -plaintext -d '{{\"face\":{{\"face_shape\":\"FACE_SHAPE_ROUND\",\"face_width_mm\":132}},\"page\":{{\"page_size\":3}}}}' {gw} discovery.v1.Discovery/Recommend"
+        "  grpcurl -plaintext -H \"x-api-key: $DISCOVERY_API_KEY\" -d '{{\"face\":{{\"face_shape\":\"FACE_SHAPE_ROUND\",\"face_width_mm\":132}},\"page\":{{\"page_size\":3}}}}' {gw} discovery.v1.Discovery/Recommend"
     );
     println!("Press ctrl-c to stop.");
     system.wait().await
@@ -305,8 +348,103 @@ async fn serve(name: &'static str, env: Env, shutdown: CancellationToken) -> Res
     handle.wait().await
 }
 
+/// Sends the API key on every call.
+#[derive(Clone)]
+struct WithKey(tonic::metadata::AsciiMetadataValue);
+
+impl tonic::service::Interceptor for WithKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("x-api-key", self.0.clone());
+        Ok(req)
+    }
+}
+
+type GatewayClient = DiscoveryClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, WithKey>,
+>;
+
+async fn gateway_client(gateway: &str, api_key: &str) -> Result<GatewayClient, BoxError> {
+    let key = api_key
+        .trim()
+        .parse()
+        .map_err(|_| "--api-key: not a valid header value")?;
+    let channel = discovery_kit::client::endpoint("--gateway", gateway)?
+        .connect()
+        .await
+        .map_err(|e| {
+            format!("cannot connect to the gateway at {gateway}: {e} (is `discovery up` running?)")
+        })?;
+    Ok(DiscoveryClient::with_interceptor(channel, WithKey(key))
+        .max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES))
+}
+
+async fn keys(action: KeysAction) -> Result<(), BoxError> {
+    use discovery_gateway::auth::{self, Tier};
+    use discovery_gateway::routes::Scope;
+    let env = Env::process();
+    let config = discovery_kit::store::StoreConfig::from_env(&env)?;
+    if matches!(config, discovery_kit::store::StoreConfig::Memory) {
+        return Err("keys live in MongoDB: set DISCOVERY_STORE=mongodb and DISCOVERY_MONGO_URI (`discovery up` prints keys for its embedded store)".into());
+    }
+    let store = config
+        .connect(discovery_kit::store::Workload::Realtime)
+        .await?;
+    match action {
+        KeysAction::Create {
+            client,
+            tier,
+            scopes,
+        } => {
+            let tier = Tier::parse(&tier).ok_or("--tier: anonymous, authenticated or partner")?;
+            let scopes = scopes
+                .split(',')
+                .map(|s| {
+                    Scope::parse(s.trim())
+                        .ok_or(format!("--scopes: {s:?} is not public, ingest or admin"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let (key, id) = auth::create(&store, &client, tier, &scopes).await?;
+            println!("{key}");
+            eprintln!(
+                "created key {id} for {client} ({}); it is shown only now",
+                tier.name()
+            );
+        }
+        KeysAction::List => {
+            for d in auth::list(&store).await? {
+                println!(
+                    "{}  client={}  tier={}  scopes={}  {}",
+                    d.get_str("_id").unwrap_or("?"),
+                    d.get_str("client").unwrap_or("?"),
+                    d.get_str("tier").unwrap_or("?"),
+                    d.get_array("scopes")
+                        .map(|a| a
+                            .iter()
+                            .filter_map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default(),
+                    if d.get_datetime("revokedAt").is_ok() {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
+                );
+            }
+        }
+        KeysAction::Revoke { id } => {
+            if !auth::revoke(&store, &id).await? {
+                return Err(format!("no key {id:?}").into());
+            }
+            println!("revoked {id}; gateways drop it within DISCOVERY_API_KEYS_REFRESH (10 s)");
+        }
+    }
+    Ok(())
+}
+
 async fn try_it(
     gateway: &str,
+    api_key: &str,
     face_shape: &str,
     face_width_mm: f32,
     count: u32,
@@ -314,14 +452,7 @@ async fn try_it(
 ) -> Result<(), BoxError> {
     let shape = pb::FaceShape::from_str_name(&format!("FACE_SHAPE_{}", face_shape.to_ascii_uppercase()))
         .ok_or_else(|| format!("--face-shape: {face_shape:?} is not one of oval, round, square, heart, oblong, diamond, triangle"))?;
-    let channel = discovery_kit::client::endpoint("--gateway", gateway)?
-        .connect()
-        .await
-        .map_err(|e| {
-            format!("cannot connect to the gateway at {gateway}: {e} (is `discovery up` running?)")
-        })?;
-    let mut client =
-        DiscoveryClient::new(channel).max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES);
+    let mut client = gateway_client(gateway, api_key).await?;
     let mut face = pb::FaceContext {
         face_shape: shape as i32,
         face_width_mm,

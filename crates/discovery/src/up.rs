@@ -14,6 +14,10 @@ pub struct System {
     pub services: Vec<ServiceHandle>,
     /// Shared metrics endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// A development API key with every scope (partner tier).
+    pub api_key: String,
+    /// A browser key: public scope, anonymous tier (per-address limits).
+    pub browser_key: String,
     metrics_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -90,6 +94,21 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
     )
     .await?;
     let env = env.with("DISCOVERY_MONITORING_URLS", url(monitoring.addr));
+    // Keys for this run, in the embedded store the gateway reads.
+    use discovery_gateway::auth::{self, Tier};
+    use discovery_gateway::routes::Scope;
+    let store = discovery_kit::store::StoreConfig::Memory
+        .connect(discovery_kit::store::Workload::Realtime)
+        .await?;
+    let (api_key, _) = auth::create(
+        &store,
+        "development",
+        Tier::Partner,
+        &[Scope::Public, Scope::Ingest, Scope::Admin],
+    )
+    .await?;
+    let (browser_key, _) =
+        auth::create(&store, "browser", Tier::Anonymous, &[Scope::Public]).await?;
     let gateway =
         discovery_gateway::spawn(discovery_gateway::Config::from_env(&env)?, shutdown.clone())
             .await?;
@@ -111,6 +130,8 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
     Ok(System {
         services: vec![face, reco, sync, monitoring, gateway],
         metrics_addr,
+        api_key,
+        browser_key,
         metrics_task,
     })
 }

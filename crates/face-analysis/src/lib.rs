@@ -103,10 +103,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     }
     let svc = api::Service::new(pool, store, cache);
     let routes = Routes::new(
-        FaceAnalysisServer::new(svc)
-            .max_decoding_message_size(api::MAX_REQUEST_BYTES)
-            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+        discovery_kit::compressed!(FaceAnalysisServer::new(svc))
+            .max_decoding_message_size(api::MAX_REQUEST_BYTES),
     );
     ServiceHandle::start(
         "face-analysis",

@@ -1,33 +1,51 @@
 //! The gateway: the one public gRPC API (`discovery.v1.Discovery`).
 //!
-//! This issue wires the forwarding to the owning services over real gRPC,
-//! with metadata (end-user id, W3C trace context) passed on. Auth, limits,
-//! balancing over replicas, breakers and gRPC-Web arrive with the gateway
-//! issue; until then the first URL of each `DISCOVERY_*_URLS` is used.
+//! A byte-level proxy: a public call's message is forwarded untouched to
+//! the upstream method with the same types ([`routes`]), so the gateway
+//! never decodes or re-encodes a message. Around the forwarding sits a
+//! stack of stages ([`stack`]): route and accounting, API keys ([`auth`]),
+//! rate limits and in-flight bounds ([`limits`]), then [`proxy`] with
+//! per-method circuit breakers ([`breaker`]), balancing over replicas with
+//! health checks and ejection ([`upstream`]), retries and deadlines.
+//! gRPC-Web (tonic-web) and CORS wrap the stack for browsers; compression
+//! is negotiated end to end with the owning service (the gateway passes
+//! `grpc-encoding` through and never recompresses).
 //!
 //! Architecture invariant: the gateway holds no domain logic; every RPC is
-//! answered by the service that owns it.
+//! answered by the service that owns it, or refused here for a reason of
+//! the caller's (key, limit, overload) or of the upstream's (open circuit,
+//! no healthy replica, deadline).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-use std::pin::Pin;
+pub mod auth;
+pub mod breaker;
+pub mod grpc;
+pub mod limits;
+pub mod proxy;
+pub mod routes;
+pub mod stack;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use discovery_kit::CancellationToken;
-use discovery_kit::client::{TracedChannel, connect_lazy};
+use discovery_kit::cache::CacheConfig;
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
+use discovery_kit::store::{StoreConfig, Workload};
 use discovery_proto::service_names;
-use discovery_proto::v1 as pb;
-use discovery_proto::v1::cache_admin_client::CacheAdminClient;
-use discovery_proto::v1::catalog_client::CatalogClient;
-use discovery_proto::v1::discovery_server::{Discovery, DiscoveryServer};
-use discovery_proto::v1::face_analysis_client::FaceAnalysisClient;
-use discovery_proto::v1::monitoring_client::MonitoringClient;
-use discovery_proto::v1::recommendation_client::RecommendationClient;
-use discovery_proto::v1::sync_client::SyncClient;
-use futures::{Stream, StreamExt};
 use tonic::service::Routes;
-use tonic::{Request, Response, Status, Streaming};
+use tower::Layer;
+use tower::util::BoxCloneSyncService;
+
+use crate::auth::KeyRing;
+use crate::limits::{InFlight, LimitConfig, Limiter};
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::routes::Upstream;
+use crate::stack::{Admit, Authenticate, Discovery, Front};
+use crate::upstream::{Pool, PoolConfig};
 
 /// Upstream URLs, one list per service.
 #[derive(Debug, Clone)]
@@ -42,6 +60,17 @@ pub struct Upstreams {
     pub monitoring: Vec<String>,
 }
 
+impl Upstreams {
+    fn of(&self, u: Upstream) -> &[String] {
+        match u {
+            Upstream::FaceAnalysis => &self.face_analysis,
+            Upstream::Recommendation => &self.recommendation,
+            Upstream::Sync => &self.sync,
+            Upstream::Monitoring => &self.monitoring,
+        }
+    }
+}
+
 /// Service configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -49,6 +78,20 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Upstream services.
     pub upstreams: Upstreams,
+    /// Where API keys live.
+    pub store: StoreConfig,
+    /// Redis Cluster (shared rate-limit state).
+    pub cache: CacheConfig,
+    /// Rate and concurrency limits.
+    pub limits: LimitConfig,
+    /// Replica pools.
+    pub pools: PoolConfig,
+    /// Forwarding.
+    pub proxy: ProxyConfig,
+    /// How often API keys are reloaded.
+    pub keys_refresh: Duration,
+    /// Origins allowed for browser (gRPC-Web) calls; `*` for any.
+    pub cors_origins: Vec<String>,
 }
 
 fn urls(env: &Env, var: &'static str, default: &str) -> Result<Vec<String>, ConfigError> {
@@ -56,19 +99,40 @@ fn urls(env: &Env, var: &'static str, default: &str) -> Result<Vec<String>, Conf
     if list.is_empty() {
         return Err(ConfigError::new(
             var,
-            "give at least one URL (http://host:port)",
+            "give at least one URL (http://host:port, or dns://host:port to resolve every replica)",
         ));
     }
     for u in &list {
-        discovery_kit::client::endpoint(var, u)
+        let check = u.replace("dns://", "http://");
+        discovery_kit::client::endpoint(var, &check)
             .map_err(|e| ConfigError::new(var, format!("{u:?}: {}", e.reason)))?;
     }
     Ok(list)
 }
 
 impl Config {
-    /// Reads `DISCOVERY_GATEWAY_PORT` and the `DISCOVERY_*_URLS` lists.
+    /// Reads `DISCOVERY_GATEWAY_PORT`, the `DISCOVERY_*_URLS` lists, the
+    /// store, Redis and limit variables.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let pools = PoolConfig {
+            connections: env.parse(
+                "DISCOVERY_GATEWAY_CONNECTIONS",
+                2,
+                "a number of connections",
+            )?,
+            check_interval: env.duration("DISCOVERY_HEALTH_INTERVAL", Duration::from_secs(10))?,
+            ..PoolConfig::default()
+        };
+        if pools.connections == 0 || pools.check_interval.is_zero() {
+            return Err(ConfigError::new(
+                "DISCOVERY_GATEWAY_CONNECTIONS",
+                "connections and DISCOVERY_HEALTH_INTERVAL must be above zero",
+            ));
+        }
+        let proxy = ProxyConfig {
+            retries: env.parse("DISCOVERY_GATEWAY_RETRIES", 2, "a number of retries")?,
+            ..ProxyConfig::default()
+        };
         Ok(Self {
             serve: ServeConfig::from_env(env, "DISCOVERY_GATEWAY_PORT", 50051)?,
             upstreams: Upstreams {
@@ -85,219 +149,123 @@ impl Config {
                 sync: urls(env, "DISCOVERY_SYNC_URLS", "http://127.0.0.1:50054")?,
                 monitoring: urls(env, "DISCOVERY_MONITORING_URLS", "http://127.0.0.1:50055")?,
             },
+            store: StoreConfig::from_env(env)?,
+            cache: CacheConfig::from_env(env)?,
+            limits: LimitConfig::from_env(env)?,
+            pools,
+            proxy,
+            keys_refresh: env.duration("DISCOVERY_API_KEYS_REFRESH", Duration::from_secs(10))?,
+            cors_origins: env.list("DISCOVERY_CORS_ORIGINS", &["*"]),
         })
     }
 }
 
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let exposed = [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "retry-after",
+        "x-discovery-reason",
+    ]
+    .map(http::HeaderName::from_static);
+    let layer = CorsLayer::new()
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers(exposed)
+        .max_age(Duration::from_secs(3600));
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<http::HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+/// A running gateway's parts, for tests and operators.
 #[derive(Clone)]
-struct Gateway {
-    face: FaceAnalysisClient<TracedChannel>,
-    reco: RecommendationClient<TracedChannel>,
-    catalog: CatalogClient<TracedChannel>,
-    cache_admin: CacheAdminClient<TracedChannel>,
-    sync: SyncClient<TracedChannel>,
-    monitoring: MonitoringClient<TracedChannel>,
-}
-
-/// Re-wraps a request for the upstream, keeping the caller's metadata
-/// (end-user id, deadline) but not its transport headers.
-fn forward<T>(req: Request<T>) -> Request<T> {
-    let (metadata, _ext, msg) = req.into_parts();
-    let mut out = Request::new(msg);
-    *out.metadata_mut() = metadata;
-    out
-}
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// One forwarding method. Spelled in `async_trait`'s desugared form because
-/// `#[tonic::async_trait]` cannot see inside macro invocations.
-macro_rules! unary {
-    ($name:ident, $client:ident, $req:ty, $resp:ty) => {
-        fn $name<'life0, 'async_trait>(
-            &'life0 self,
-            req: Request<$req>,
-        ) -> Pin<
-            Box<
-                dyn std::future::Future<Output = Result<Response<$resp>, Status>>
-                    + Send
-                    + 'async_trait,
-            >,
-        >
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            let mut c = self.$client.clone();
-            Box::pin(async move { c.$name(forward(req)).await })
-        }
-    };
-}
-
-#[tonic::async_trait]
-impl Discovery for Gateway {
-    unary!(
-        analyze_face,
-        face,
-        pb::AnalyzeFaceRequest,
-        pb::AnalyzeFaceResponse
-    );
-    unary!(
-        get_face_analysis,
-        face,
-        pb::GetFaceAnalysisRequest,
-        pb::GetFaceAnalysisResponse
-    );
-    unary!(recommend, reco, pb::RecommendRequest, pb::RecommendResponse);
-    unary!(
-        search_products,
-        catalog,
-        pb::SearchProductsRequest,
-        pb::SearchProductsResponse
-    );
-    unary!(
-        get_product,
-        catalog,
-        pb::GetProductRequest,
-        pb::GetProductResponse
-    );
-    unary!(
-        batch_get_products,
-        catalog,
-        pb::BatchGetProductsRequest,
-        pb::BatchGetProductsResponse
-    );
-    unary!(
-        record_interaction,
-        reco,
-        pb::RecordInteractionRequest,
-        pb::RecordInteractionResponse
-    );
-    unary!(
-        get_session,
-        reco,
-        pb::GetSessionRequest,
-        pb::GetSessionResponse
-    );
-    unary!(
-        update_session,
-        reco,
-        pb::UpdateSessionRequest,
-        pb::UpdateSessionResponse
-    );
-    unary!(
-        get_sync_job,
-        sync,
-        pb::GetSyncJobRequest,
-        pb::GetSyncJobResponse
-    );
-    unary!(
-        list_dead_letters,
-        sync,
-        pb::ListDeadLettersRequest,
-        pb::ListDeadLettersResponse
-    );
-    unary!(
-        replay_dead_letters,
-        sync,
-        pb::ReplayDeadLettersRequest,
-        pb::ReplayDeadLettersResponse
-    );
-    unary!(
-        get_sla_report,
-        monitoring,
-        pb::GetSlaReportRequest,
-        pb::GetSlaReportResponse
-    );
-    unary!(
-        list_alerts,
-        monitoring,
-        pb::ListAlertsRequest,
-        pb::ListAlertsResponse
-    );
-    unary!(
-        get_system_health,
-        monitoring,
-        pb::GetSystemHealthRequest,
-        pb::GetSystemHealthResponse
-    );
-    unary!(
-        get_cache_status,
-        cache_admin,
-        pb::GetCacheStatusRequest,
-        pb::GetCacheStatusResponse
-    );
-    unary!(
-        warm_cache,
-        cache_admin,
-        pb::WarmCacheRequest,
-        pb::WarmCacheResponse
-    );
-    unary!(
-        invalidate_cache,
-        cache_admin,
-        pb::InvalidateCacheRequest,
-        pb::InvalidateCacheResponse
-    );
-
-    async fn ingest_catalog(
-        &self,
-        req: Request<Streaming<pb::IngestCatalogRequest>>,
-    ) -> Result<Response<pb::IngestCatalogResponse>, Status> {
-        let (metadata, _ext, inbound) = req.into_parts();
-        // Forward items until the first transport error, which ends the
-        // upstream stream early and so fails the ingest rather than truncating it silently.
-        let items = inbound
-            .take_while(|r| futures::future::ready(r.is_ok()))
-            .filter_map(|r| futures::future::ready(r.ok()));
-        let mut out = Request::new(items);
-        *out.metadata_mut() = metadata;
-        self.sync.clone().ingest_catalog(out).await
-    }
-
-    type WatchSyncJobStream = BoxStream<pb::SyncJob>;
-
-    async fn watch_sync_job(
-        &self,
-        req: Request<pb::WatchSyncJobRequest>,
-    ) -> Result<Response<Self::WatchSyncJobStream>, Status> {
-        let resp = self.sync.clone().watch_sync_job(forward(req)).await?;
-        let (md, stream, ext) = resp.into_parts();
-        Ok(Response::from_parts(
-            md,
-            Box::pin(stream) as BoxStream<pb::SyncJob>,
-            ext,
-        ))
-    }
+pub struct Parts {
+    /// The forwarding stage (breakers, pools).
+    pub proxy: Proxy,
+    /// API keys.
+    pub keys: Arc<KeyRing>,
 }
 
 /// Starts the gateway.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
-    let u = &config.upstreams;
-    let face = connect_lazy("DISCOVERY_FACE_ANALYSIS_URLS", &u.face_analysis[0])?;
-    let reco = connect_lazy("DISCOVERY_RECOMMENDATION_URLS", &u.recommendation[0])?;
-    let sync = connect_lazy("DISCOVERY_SYNC_URLS", &u.sync[0])?;
-    let mon = connect_lazy("DISCOVERY_MONITORING_URLS", &u.monitoring[0])?;
-    let gw = Gateway {
-        face: FaceAnalysisClient::new(face)
-            .max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES),
-        reco: RecommendationClient::new(reco.clone()),
-        catalog: CatalogClient::new(reco.clone()),
-        cache_admin: CacheAdminClient::new(reco),
-        sync: SyncClient::new(sync),
-        monitoring: MonitoringClient::new(mon),
-    };
-    // Photos for AnalyzeFace are up to 15 MiB (tonic's default limit is 4).
-    let routes = Routes::new(
-        DiscoveryServer::new(gw).max_decoding_message_size(discovery_proto::MAX_REQUEST_BYTES),
+    spawn_with_parts(config, shutdown).await.map(|(h, _)| h)
+}
+
+/// Starts the gateway and returns its parts too.
+pub async fn spawn_with_parts(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(ServiceHandle, Parts), BoxError> {
+    let store = config.store.connect(Workload::Realtime).await?;
+    let keys = Arc::new(KeyRing::default());
+    let n = keys.refresh(&store).await?;
+    if n == 0 {
+        tracing::warn!(
+            "no API keys: every call will be refused; create one with `discovery keys create`"
+        );
+    } else {
+        tracing::info!(keys = n, "API keys loaded");
+    }
+    let redis = discovery_kit::cache::redis_pool(&config.cache)?;
+    let limiter = Limiter::new(Arc::new(config.limits.clone()), redis);
+    let in_flight = InFlight::new(&config.limits);
+    let mut pools = Vec::new();
+    for u in Upstream::ALL {
+        pools.push(Pool::new(
+            u,
+            config.upstreams.of(u).to_vec(),
+            config.pools.clone(),
+        )?);
+    }
+    let proxy = Proxy::new(pools.clone(), config.proxy.clone());
+    let stack = stack::build(
+        vec![
+            Arc::new(Front),
+            Arc::new(Authenticate { keys: keys.clone() }),
+            Arc::new(Admit { limiter, in_flight }),
+        ],
+        BoxCloneSyncService::new(proxy.clone()),
     );
-    ServiceHandle::start(
+    let web =
+        cors(&config.cors_origins).layer(tonic_web::GrpcWebLayer::new().layer(Discovery(stack)));
+    let public = Discovery(BoxCloneSyncService::new(web));
+    let mut handle = ServiceHandle::start_with(
         "gateway",
         &config.serve,
-        routes,
+        Routes::new(public),
         &[service_names::DISCOVERY],
         None,
-        shutdown,
+        shutdown.clone(),
+        // gRPC-Web from browsers arrives over HTTP/1.1.
+        |b| b.accept_http1(true),
     )
-    .await
+    .await?;
+    for pool in pools {
+        let token = shutdown.clone();
+        handle.push_task(tokio::spawn(async move {
+            pool.run(token).await;
+            Ok(())
+        }));
+    }
+    let (ring, token, every) = (keys.clone(), shutdown.clone(), config.keys_refresh);
+    handle.push_task(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = ring.refresh(&store).await {
+                tracing::warn!(error = %e, "reloading API keys failed; keeping the last set");
+            }
+        }
+    }));
+    Ok((handle, Parts { proxy, keys }))
 }

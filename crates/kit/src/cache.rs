@@ -313,6 +313,49 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// The fred builder every Redis Cluster client here uses: 2 s connect,
+/// `redis_timeout` per command, fail fast, reconnect with backoff. None
+/// without nodes.
+fn redis_builder(config: &CacheConfig) -> Option<Builder> {
+    if config.redis_nodes.is_empty() {
+        return None;
+    }
+    let timeout = config.redis_timeout;
+    let mut b = Builder::from_config(redis_config(config));
+    b.with_connection_config(|c| {
+        c.connection_timeout = Duration::from_secs(2);
+        c.max_command_attempts = 2;
+    })
+    .with_performance_config(|p| {
+        p.default_command_timeout = timeout;
+    })
+    .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Some(b)
+}
+
+fn init_in_background(pool: &Pool) {
+    let p = pool.clone();
+    tokio::spawn(async move {
+        if let Err(e) = p.init().await {
+            tracing::warn!(error = %e, "Redis Cluster not reachable yet; serving without it until it is");
+        }
+    });
+}
+
+/// A Redis Cluster connection pool with the cache's settings, connecting
+/// in the background (commands fail fast until it is up). None when no
+/// nodes are configured. For other Redis users (the gateway's limiter).
+pub fn redis_pool(config: &CacheConfig) -> Result<Option<Pool>, CacheError> {
+    let Some(builder) = redis_builder(config) else {
+        return Ok(None);
+    };
+    let pool = builder
+        .build_pool(config.redis_pool.max(1))
+        .map_err(|e| CacheError(e.to_string()))?;
+    init_in_background(&pool);
+    Ok(Some(pool))
+}
+
 fn redis_config(config: &CacheConfig) -> Config {
     let mut cfg = Config {
         server: ServerConfig::new_clustered(config.redis_nodes.clone()),
@@ -351,36 +394,19 @@ impl Cache {
                 }
             })
             .build();
-        let (l2, bus) = if config.redis_nodes.is_empty() {
-            (None, Bus::local())
-        } else {
-            let timeout = config.redis_timeout;
-            let builder = {
-                let mut b = Builder::from_config(redis_config(config));
-                b.with_connection_config(|c| {
-                    c.connection_timeout = Duration::from_secs(2);
-                    c.max_command_attempts = 2;
-                })
-                .with_performance_config(|p| {
-                    p.default_command_timeout = timeout;
-                })
-                .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-                b
-            };
-            let pool = builder
-                .build_pool(config.redis_pool.max(1))
-                .map_err(|e| CacheError(e.to_string()))?;
-            let subscriber = builder
-                .build_subscriber_client()
-                .map_err(|e| CacheError(e.to_string()))?;
-            let p = pool.clone();
-            tokio::spawn(async move {
-                if let Err(e) = p.init().await {
-                    tracing::warn!(error = %e, "Redis Cluster not reachable yet; serving from L1 + origin");
-                }
-            });
-            let bus = Bus::redis(pool.clone(), subscriber);
-            (Some(pool), bus)
+        let (l2, bus) = match redis_builder(config) {
+            None => (None, Bus::local()),
+            Some(builder) => {
+                let pool = builder
+                    .build_pool(config.redis_pool.max(1))
+                    .map_err(|e| CacheError(e.to_string()))?;
+                let subscriber = builder
+                    .build_subscriber_client()
+                    .map_err(|e| CacheError(e.to_string()))?;
+                init_in_background(&pool);
+                let bus = Bus::redis(pool.clone(), subscriber);
+                (Some(pool), bus)
+            }
         };
         let cache = Self {
             l1,

@@ -262,6 +262,91 @@ pub const VARIABLES: &[Variable] = &[
         help: "Prometheus /metrics HTTP port of a service binary (0 disables); `discovery up` serves one on this port for all five",
     },
     Variable {
+        name: "DISCOVERY_API_KEYS_REFRESH",
+        default: "10s",
+        help: "gateway: how often API keys are reloaded from api_keys (revocations take effect within it)",
+    },
+    Variable {
+        name: "DISCOVERY_CORS_ORIGINS",
+        default: "*",
+        help: "gateway: origins allowed for browser gRPC-Web calls (comma-separated)",
+    },
+    Variable {
+        name: "DISCOVERY_LIMITS",
+        default: "true",
+        help: "gateway: rate and per-method concurrency limits on or off (benchmarks)",
+    },
+    Variable {
+        name: "DISCOVERY_LIMIT_GLOBAL",
+        default: "1000/s:2000",
+        help: "gateway: every call, all gateways together (N/s, N/m, N/h, optional :BURST, or off)",
+    },
+    Variable {
+        name: "DISCOVERY_LIMIT_FACE",
+        default: "50/m",
+        help: "gateway: AnalyzeFace, all callers",
+    },
+    Variable {
+        name: "DISCOVERY_LIMIT_RECOMMEND",
+        default: "200/m",
+        help: "gateway: Recommend, all callers",
+    },
+    Variable {
+        name: "DISCOVERY_LIMIT_AUTHENTICATED",
+        default: "100/m,face=10/h,recommend=20/m",
+        help: "gateway: per signed-in user (x-user-id)",
+    },
+    Variable {
+        name: "DISCOVERY_LIMIT_ANONYMOUS",
+        default: "20/m,face=3/h,recommend=5/m",
+        help: "gateway: per address for anonymous callers",
+    },
+    Variable {
+        name: "DISCOVERY_LIMIT_PARTNER",
+        default: "off",
+        help: "gateway: per partner key",
+    },
+    Variable {
+        name: "DISCOVERY_CONCURRENCY_FACE",
+        default: "10",
+        help: "gateway: AnalyzeFace calls in flight per gateway",
+    },
+    Variable {
+        name: "DISCOVERY_CONCURRENCY_RECOMMEND",
+        default: "50",
+        help: "gateway: Recommend calls in flight per gateway",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_MAX_IN_FLIGHT",
+        default: "2000",
+        help: "gateway: calls in flight before shedding (UNAVAILABLE, retry-after)",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_REPLICAS",
+        default: "1",
+        help: "gateway: replica count; the local fallback (Redis down) divides limits by it",
+    },
+    Variable {
+        name: "DISCOVERY_LIMIT_REDIS_TIMEOUT",
+        default: "50ms",
+        help: "gateway: Redis answer time before the local fallback",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_CONNECTIONS",
+        default: "2",
+        help: "gateway: HTTP/2 connections per upstream replica",
+    },
+    Variable {
+        name: "DISCOVERY_HEALTH_INTERVAL",
+        default: "10s",
+        help: "gateway: upstream health checks (unhealthy after 3 failures, healthy after 2 successes)",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_RETRIES",
+        default: "2",
+        help: "gateway: extra attempts for idempotent calls, on another replica, within a retry budget",
+    },
+    Variable {
         name: "DISCOVERY_FACE_ANALYSIS_URLS",
         default: "http://127.0.0.1:50052",
         help: "comma-separated face-analysis replicas the gateway balances over",

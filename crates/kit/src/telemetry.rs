@@ -198,6 +198,28 @@ pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
     TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
 }
 
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+/// Injects the current span's context into outgoing HTTP headers
+/// (replacing the caller's `traceparent`: the next hop is our child).
+pub fn inject_current_headers(headers: &mut http::HeaderMap) {
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    }
+}
+
 /// A tonic client interceptor that propagates W3C trace context.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracePropagator;

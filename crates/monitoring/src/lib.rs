@@ -242,7 +242,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         let ch = discovery_kit::client::connect_lazy("DISCOVERY_*_URLS", &t.url)?;
         targets.push((t, HealthClient::new(ch)));
     }
-    let routes = Routes::new(MonitoringServer::new(Service { store, targets }));
+    let routes = Routes::new(discovery_kit::compressed!(MonitoringServer::new(Service {
+        store,
+        targets
+    })));
     ServiceHandle::start(
         "monitoring",
         &config.serve,

@@ -223,9 +223,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     let mut handle = ServiceHandle::start(
         "recommendation",
         &config.serve,
-        Routes::new(RecommendationServer::new(svc.clone()))
-            .add_service(CatalogServer::new(svc.clone()))
-            .add_service(CacheAdminServer::new(svc.clone())),
+        Routes::new(discovery_kit::compressed!(RecommendationServer::new(
+            svc.clone()
+        )))
+        .add_service(discovery_kit::compressed!(CatalogServer::new(svc.clone())))
+        .add_service(discovery_kit::compressed!(CacheAdminServer::new(
+            svc.clone()
+        ))),
         &[
             service_names::RECOMMENDATION,
             service_names::CATALOG,

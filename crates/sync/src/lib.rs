@@ -428,11 +428,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         store.ensure_indexes(coll, &ix).await?;
     }
     let watchers = Arc::new(feed::Watchers::default());
-    let routes = Routes::new(SyncServer::new(Service {
+    let routes = Routes::new(discovery_kit::compressed!(SyncServer::new(Service {
         store: store.clone(),
         jobs: Arc::default(),
         watchers: watchers.clone(),
-    }));
+    })));
     let mut handle = ServiceHandle::start(
         "sync",
         &config.serve,

@@ -18,10 +18,25 @@ fn ephemeral_env() -> Env {
     ])
 }
 
-async fn client(addr: std::net::SocketAddr) -> DiscoveryClient<tonic::transport::Channel> {
-    DiscoveryClient::connect(format!("http://{addr}"))
+async fn client(
+    addr: std::net::SocketAddr,
+    key: &str,
+) -> DiscoveryClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor + use<>,
+    >,
+> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
-        .expect("connect to gateway")
+        .expect("connect to gateway");
+    let key: tonic::metadata::AsciiMetadataValue = key.parse().unwrap();
+    DiscoveryClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("x-api-key", key.clone());
+        Ok(req)
+    })
 }
 
 fn round_132() -> pb::RecommendRequest {
@@ -45,7 +60,7 @@ async fn all_in_one_gateway_answers_through_recommendation() {
     let system = discovery::up::start(ephemeral_env(), shutdown.clone())
         .await
         .expect("system starts");
-    let mut c = client(system.gateway()).await;
+    let mut c = client(system.gateway(), &system.api_key).await;
 
     let resp = c
         .recommend(round_132())
@@ -181,6 +196,19 @@ async fn recommendation_on_mongo_serves_through_gateway() {
         "DISCOVERY_RECOMMENDATION_URLS",
         format!("http://{}", reco.addr),
     );
+    let store = discovery_kit::store::StoreConfig::from_env(&env)
+        .unwrap()
+        .connect(discovery_kit::store::Workload::Realtime)
+        .await
+        .unwrap();
+    let (key, _) = discovery_gateway::auth::create(
+        &store,
+        "test",
+        discovery_gateway::auth::Tier::Partner,
+        &[discovery_gateway::routes::Scope::Public],
+    )
+    .await
+    .unwrap();
     let gw = discovery_gateway::spawn(
         discovery_gateway::Config::from_env(&env).unwrap(),
         shutdown.clone(),
@@ -188,7 +216,7 @@ async fn recommendation_on_mongo_serves_through_gateway() {
     .await
     .unwrap();
 
-    let mut c = client(gw.addr).await;
+    let mut c = client(gw.addr, &key).await;
     let resp = c
         .search_products(pb::SearchProductsRequest {
             query: "aviater".into(),

@@ -105,7 +105,12 @@ fn value_matches(value: Option<&Bson>, pred: impl Fn(&Bson) -> bool) -> bool {
 fn field_matches(value: Option<&Bson>, cond: &Bson) -> Result<bool, StoreError> {
     let ops = match cond {
         Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')) => d,
-        other => return Ok(value_matches(value, |v| equals(v, other)) || value == Some(other)),
+        // `{field: null}` also matches a missing field (MongoDB semantics).
+        other => {
+            return Ok(value_matches(value, |v| equals(v, other))
+                || value == Some(other)
+                || (matches!(other, Bson::Null) && value.is_none()));
+        }
     };
     for (op, arg) in ops {
         let ok = match op.as_str() {

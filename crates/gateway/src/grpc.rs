@@ -1,0 +1,199 @@
+//! gRPC over HTTP/2 details the proxy needs: error responses,
+//! `grpc-timeout`, and a response body that reports the call's final
+//! status when its trailers go by.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::Code;
+use tonic::body::Body;
+
+/// A trailers-only gRPC error response.
+pub fn error(status: tonic::Status) -> Response<Body> {
+    status.into_http()
+}
+
+/// An error with extra metadata (e.g. `retry-after`).
+pub fn error_with(status: tonic::Status, extra: &[(&'static str, String)]) -> Response<Body> {
+    let mut resp = status.into_http::<Body>();
+    for (k, v) in extra {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            resp.headers_mut().insert(*k, v);
+        }
+    }
+    resp
+}
+
+/// `grpc-status` in a header map (trailers, or headers of a trailers-only
+/// response).
+pub fn status_of(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// Parses `grpc-timeout` (`1-8 digits` + `H M S m u n`).
+pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
+    let s = v.to_str().ok()?;
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = s.split_at(s.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Encodes a `grpc-timeout` value (at most 8 digits, finest unit that fits).
+pub fn encode_timeout(d: Duration) -> HeaderValue {
+    let us = d.as_micros();
+    let text = if us < 100_000_000 {
+        format!("{us}u")
+    } else if d.as_millis() < 100_000_000 {
+        format!("{}m", d.as_millis())
+    } else {
+        format!("{}S", d.as_secs().min(99_999_999))
+    };
+    HeaderValue::from_str(&text).expect("digits and a unit are a valid header")
+}
+
+/// Called once with the call's final status (`Code::Unknown` when the
+/// stream ended without one, e.g. the upstream connection broke).
+pub type OnEnd = Box<dyn FnOnce(Code) + Send + Sync>;
+
+/// A response body that watches for the trailers (and can keep a copy of
+/// the data, up to a limit).
+pub struct Observed {
+    inner: Body,
+    on_end: Option<OnEnd>,
+    capture: Option<(
+        std::sync::Arc<parking_lot::Mutex<Option<bytes::BytesMut>>>,
+        usize,
+    )>,
+}
+
+impl Observed {
+    /// Wraps `inner`; `on_end` runs when the status is known.
+    pub fn new(inner: Body, on_end: OnEnd) -> Self {
+        Self {
+            inner,
+            on_end: Some(on_end),
+            capture: None,
+        }
+    }
+
+    /// Also copies data frames into `buf` (dropped past `limit` bytes).
+    pub fn capturing(
+        mut self,
+        buf: std::sync::Arc<parking_lot::Mutex<Option<bytes::BytesMut>>>,
+        limit: usize,
+    ) -> Self {
+        self.capture = Some((buf, limit));
+        self
+    }
+
+    fn finish(&mut self, code: Code) {
+        if let Some(f) = self.on_end.take() {
+            f(code);
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        // The client went away before the end: the call was cancelled.
+        self.finish(Code::Cancelled);
+    }
+}
+
+impl HttpBody for Observed {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some((buf, limit))) = (frame.data_ref(), &self.capture) {
+                    let mut b = buf.lock();
+                    if let Some(bytes) = b.as_mut() {
+                        if bytes.len() + data.len() <= *limit {
+                            bytes.extend_from_slice(data);
+                        } else {
+                            *b = None;
+                        }
+                    }
+                }
+                if let Some(t) = frame.trailers_ref() {
+                    let code = status_of(t).unwrap_or(Code::Unknown);
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(Code::Unavailable),
+            Poll::Ready(None) => self.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_round_trips() {
+        for (text, d) in [
+            ("5S", Duration::from_secs(5)),
+            ("250m", Duration::from_millis(250)),
+            ("100u", Duration::from_micros(100)),
+            ("2H", Duration::from_secs(7200)),
+        ] {
+            assert_eq!(parse_timeout(&HeaderValue::from_static(text)), Some(d));
+            assert_eq!(parse_timeout(&encode_timeout(d)), Some(d));
+        }
+        for bad in ["", "5", "S", "123456789S", "5x", "-1S"] {
+            assert_eq!(
+                parse_timeout(&HeaderValue::from_str(bad).unwrap()),
+                None,
+                "{bad}"
+            );
+        }
+        let long = Duration::from_secs(10 * 24 * 3600);
+        assert_eq!(parse_timeout(&encode_timeout(long)), Some(long));
+    }
+
+    #[test]
+    fn errors_are_trailers_only_with_metadata() {
+        let r = error_with(
+            tonic::Status::resource_exhausted("slow down"),
+            &[("retry-after", "3".into())],
+        );
+        assert_eq!(status_of(r.headers()), Some(Code::ResourceExhausted));
+        assert_eq!(r.headers()["retry-after"], "3");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+    }
+}

@@ -1,0 +1,752 @@
+//! Rate limits (GCRA), concurrency limits and load shedding.
+//!
+//! # Rate limits
+//!
+//! Generic cell rate algorithm: each limit keeps one number per key, the
+//! theoretical arrival time (TAT). A call at `now` is allowed when
+//! `max(TAT, now) - now <= τ` and then moves TAT on by `T`, where `T` is
+//! the interval between calls at the sustained rate and `τ = T × (burst -
+//! 1)` lets `burst` calls through at once. A refused call learns exactly
+//! when to retry (`retry-after`).
+//!
+//! Limits that apply to a call, checked together:
+//! - global: every call (1,000/s, burst 2,000);
+//! - per method: AnalyzeFace 50/min, Recommend 200/min (all callers);
+//! - per requester and tier: authenticated users 100/min with AnalyzeFace
+//!   10/h and Recommend 20/min; anonymous requesters (per address) 20/min,
+//!   3/h and 5/min; partner keys none.
+//!
+//! Shared across gateway replicas through Redis Cluster: one Lua script per
+//! hash slot checks every limit of its slot and commits only if all pass
+//! (the global and per-method limits share the slot `{rl:g}`, a requester's
+//! limits share `{rl:<requester>}`, so requesters spread over the cluster).
+//! The two scripts run concurrently (one round trip); when one refuses and
+//! the other committed, that commit is refunded. Redis's own clock is used,
+//! so replicas agree. If Redis fails or is slower than the limiter timeout,
+//! each replica falls back to local state with the limits divided by the
+//! configured replica count.
+//!
+//! # Concurrency and shedding
+//!
+//! Per-method in-flight bounds (AnalyzeFace 10, Recommend 50) and a
+//! gateway-wide bound are local to each replica and fail fast
+//! (RESOURCE_EXHAUSTED / UNAVAILABLE) instead of queueing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use discovery_kit::config::{ConfigError, Env};
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::auth::{Principal, Tier};
+use crate::routes::Class;
+
+/// A sustained rate with a burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Calls per second.
+    pub per_second: f64,
+    /// Calls allowed at once.
+    pub burst: u32,
+}
+
+impl Rate {
+    /// Parses `N/s`, `N/m`, `N/h` with an optional `:BURST` (default: N,
+    /// one period's worth).
+    pub fn parse(s: &str) -> Option<Rate> {
+        let (rate, burst) = match s.split_once(':') {
+            Some((r, b)) => (r, Some(b.trim().parse::<u32>().ok()?)),
+            None => (s, None),
+        };
+        let (n, unit) = rate.trim().split_once('/')?;
+        let n: f64 = n.trim().parse().ok()?;
+        let period = match unit.trim() {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        if !(n.is_finite() && n > 0.0) {
+            return None;
+        }
+        let burst = burst.unwrap_or(n.ceil() as u32).max(1);
+        Some(Rate {
+            per_second: n / period,
+            burst,
+        })
+    }
+
+    /// Interval between calls, ms.
+    fn t_ms(&self) -> f64 {
+        1000.0 / self.per_second
+    }
+
+    /// Tolerance, ms.
+    fn tau_ms(&self) -> f64 {
+        self.t_ms() * (self.burst.saturating_sub(1)) as f64
+    }
+
+    /// This rate shared by `n` replicas.
+    fn divided(&self, n: u32) -> Rate {
+        let n = n.max(1);
+        Rate {
+            per_second: self.per_second / n as f64,
+            burst: (self.burst / n).max(1),
+        }
+    }
+}
+
+/// One GCRA step: the new TAT, or how long to wait (ms).
+pub fn gcra(tat: Option<f64>, now: f64, rate: &Rate) -> Result<f64, f64> {
+    let tat = tat.unwrap_or(now).max(now);
+    let wait = tat - now - rate.tau_ms();
+    if wait > 0.0 {
+        Err(wait)
+    } else {
+        Ok(tat + rate.t_ms())
+    }
+}
+
+/// Limits per requester for one tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TierLimits {
+    /// Every call.
+    pub all: Option<Rate>,
+    /// AnalyzeFace.
+    pub face: Option<Rate>,
+    /// Recommend.
+    pub recommend: Option<Rate>,
+}
+
+/// All limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitConfig {
+    /// Off: no rate or concurrency limits (benchmarks).
+    pub enabled: bool,
+    /// Every call.
+    pub global: Option<Rate>,
+    /// Per method, all callers.
+    pub face: Option<Rate>,
+    /// Per method, all callers.
+    pub recommend: Option<Rate>,
+    /// Per tier.
+    pub authenticated: TierLimits,
+    /// Per tier.
+    pub anonymous: TierLimits,
+    /// Per tier (per key).
+    pub partner: TierLimits,
+    /// In-flight AnalyzeFace calls per replica.
+    pub face_concurrency: usize,
+    /// In-flight Recommend calls per replica.
+    pub recommend_concurrency: usize,
+    /// In-flight calls per replica before shedding.
+    pub max_in_flight: usize,
+    /// Gateway replicas (divides limits in the local fallback).
+    pub replicas: u32,
+    /// Redis answer time before falling back to local limits.
+    pub redis_timeout: Duration,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        let r = |s| Rate::parse(s);
+        Self {
+            enabled: true,
+            global: r("1000/s:2000"),
+            face: r("50/m"),
+            recommend: r("200/m"),
+            authenticated: TierLimits {
+                all: r("100/m"),
+                face: r("10/h"),
+                recommend: r("20/m"),
+            },
+            anonymous: TierLimits {
+                all: r("20/m"),
+                face: r("3/h"),
+                recommend: r("5/m"),
+            },
+            partner: TierLimits::default(),
+            face_concurrency: 10,
+            recommend_concurrency: 50,
+            max_in_flight: 2000,
+            replicas: 1,
+            redis_timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+fn rate_var(env: &Env, var: &str, default: Option<Rate>) -> Result<Option<Rate>, ConfigError> {
+    match env.raw(var) {
+        None => Ok(default),
+        Some(s) if s.trim() == "off" => Ok(None),
+        Some(s) => Rate::parse(&s).map(Some).ok_or_else(|| {
+            ConfigError::new(
+                var,
+                format!("{s:?} is not a rate (examples: 100/m, 1000/s:2000, 10/h, off)"),
+            )
+        }),
+    }
+}
+
+fn tier_var(env: &Env, var: &str, default: TierLimits) -> Result<TierLimits, ConfigError> {
+    let Some(s) = env.raw(var) else {
+        return Ok(default);
+    };
+    let mut t = TierLimits::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (slot, value) = match part.split_once('=') {
+            Some((k, v)) => (k.trim(), v),
+            None => ("all", part),
+        };
+        let rate = if value.trim() == "off" {
+            None
+        } else {
+            Some(Rate::parse(value).ok_or_else(|| {
+                ConfigError::new(
+                    var,
+                    format!("{value:?} is not a rate (examples: 100/m, 10/h)"),
+                )
+            })?)
+        };
+        match slot {
+            "all" => t.all = rate,
+            "face" => t.face = rate,
+            "recommend" => t.recommend = rate,
+            other => {
+                return Err(ConfigError::new(
+                    var,
+                    format!(
+                        "{other:?}: use all, face or recommend (e.g. 100/m,face=10/h,recommend=20/m)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(t)
+}
+
+impl LimitConfig {
+    /// Reads the `DISCOVERY_LIMIT_*` variables (defaults from the spec).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        Ok(Self {
+            enabled: env.bool("DISCOVERY_LIMITS", true)?,
+            global: rate_var(env, "DISCOVERY_LIMIT_GLOBAL", d.global)?,
+            face: rate_var(env, "DISCOVERY_LIMIT_FACE", d.face)?,
+            recommend: rate_var(env, "DISCOVERY_LIMIT_RECOMMEND", d.recommend)?,
+            authenticated: tier_var(env, "DISCOVERY_LIMIT_AUTHENTICATED", d.authenticated)?,
+            anonymous: tier_var(env, "DISCOVERY_LIMIT_ANONYMOUS", d.anonymous)?,
+            partner: tier_var(env, "DISCOVERY_LIMIT_PARTNER", d.partner)?,
+            face_concurrency: env.parse(
+                "DISCOVERY_CONCURRENCY_FACE",
+                d.face_concurrency,
+                "a number of calls",
+            )?,
+            recommend_concurrency: env.parse(
+                "DISCOVERY_CONCURRENCY_RECOMMEND",
+                d.recommend_concurrency,
+                "a number of calls",
+            )?,
+            max_in_flight: env.parse(
+                "DISCOVERY_GATEWAY_MAX_IN_FLIGHT",
+                d.max_in_flight,
+                "a number of calls",
+            )?,
+            replicas: env.parse(
+                "DISCOVERY_GATEWAY_REPLICAS",
+                d.replicas,
+                "a number of replicas",
+            )?,
+            redis_timeout: env.duration("DISCOVERY_LIMIT_REDIS_TIMEOUT", d.redis_timeout)?,
+        })
+    }
+
+    fn tier(&self, t: Tier) -> &TierLimits {
+        match t {
+            Tier::Anonymous => &self.anonymous,
+            Tier::Authenticated => &self.authenticated,
+            Tier::Partner => &self.partner,
+        }
+    }
+
+    /// The limits a call counts against, as (slot group, key, rate).
+    /// Group 0 is global, group 1 the requester's.
+    pub fn checks(&self, who: &Principal, class: Class) -> Vec<(usize, String, Rate)> {
+        let mut out = Vec::with_capacity(4);
+        if let Some(r) = self.global {
+            out.push((0, "rl:{rl:g}:all".to_string(), r));
+        }
+        let method = match class {
+            Class::Face => self.face.map(|r| ("face", r)),
+            Class::Recommend => self.recommend.map(|r| ("recommend", r)),
+            Class::Other => None,
+        };
+        if let Some((name, r)) = method {
+            out.push((0, format!("rl:{{rl:g}}:m:{name}"), r));
+        }
+        let tier = self.tier(who.tier);
+        let tag = format!("{{rl:{}:{}}}", who.key.client, who.requester);
+        if let Some(r) = tier.all {
+            out.push((1, format!("rl:{tag}:{}:all", who.tier.name()), r));
+        }
+        let per_class = match class {
+            Class::Face => tier.face.map(|r| ("face", r)),
+            Class::Recommend => tier.recommend.map(|r| ("recommend", r)),
+            Class::Other => None,
+        };
+        if let Some((name, r)) = per_class {
+            out.push((1, format!("rl:{tag}:{}:{name}", who.tier.name()), r));
+        }
+        out
+    }
+}
+
+/// A refused call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// Which limit (its key, for logs and metrics).
+    pub limit: String,
+    /// When to retry.
+    pub retry_after: Duration,
+}
+
+/// In-process GCRA state (the fallback, and the only state without Redis).
+#[derive(Debug)]
+pub struct LocalLimiter {
+    start: Instant,
+    tats: Mutex<HashMap<String, f64>>,
+}
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            tats: Mutex::default(),
+        }
+    }
+}
+
+impl LocalLimiter {
+    fn now_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// Checks all limits; commits only if all pass.
+    pub fn check(&self, checks: &[(usize, String, Rate)]) -> Result<(), Refused> {
+        let now = self.now_ms();
+        let mut tats = self.tats.lock();
+        if tats.len() > 100_000 {
+            // Keys whose TAT has passed hold no information: drop them.
+            tats.retain(|_, tat| *tat > now);
+        }
+        let mut next = Vec::with_capacity(checks.len());
+        let mut refused: Option<Refused> = None;
+        for (_, key, rate) in checks {
+            match gcra(tats.get(key).copied(), now, rate) {
+                Ok(tat) => next.push(tat),
+                Err(wait) => {
+                    let wait = Duration::from_secs_f64(wait / 1000.0);
+                    if refused.as_ref().is_none_or(|r| r.retry_after < wait) {
+                        refused = Some(Refused {
+                            limit: key.clone(),
+                            retry_after: wait,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(r) = refused {
+            return Err(r);
+        }
+        for ((_, key, _), tat) in checks.iter().zip(next) {
+            tats.insert(key.clone(), tat);
+        }
+        Ok(())
+    }
+}
+
+/// Checks and commits a slot's limits atomically. KEYS: limit keys; ARGV:
+/// `T` and `τ` (ms) per key. Returns `{1, ""}` or `{0, wait_ms, index}`.
+const CHECK: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local new = {}
+local wait, worst = 0, 0
+for i, key in ipairs(KEYS) do
+  local period, tau = tonumber(ARGV[2*i-1]), tonumber(ARGV[2*i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  if tat - now > tau then
+    if tat - now - tau > wait then wait = tat - now - tau; worst = i end
+  else
+    new[i] = tat + period
+  end
+end
+if wait > 0 then return {0, tostring(wait), worst} end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, tostring(new[i]), 'PX', math.ceil(new[i] - now) + 1000)
+end
+return {1, '0', 0}
+"#;
+
+/// Gives back one call's worth of each key (its check passed, another slot refused).
+const REFUND: &str = r#"
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key))
+  if tat then redis.call('SET', key, tostring(tat - tonumber(ARGV[i])), 'KEEPTTL') end
+end
+return 1
+"#;
+
+/// Rate limiter: Redis Cluster when configured, local otherwise or on failure.
+#[derive(Clone)]
+pub struct Limiter {
+    config: Arc<LimitConfig>,
+    redis: Option<Pool>,
+    local: Arc<LocalLimiter>,
+    check: Arc<Script>,
+    refund: Arc<Script>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("redis", &self.redis.is_some())
+            .finish()
+    }
+}
+
+enum SlotResult {
+    Allowed,
+    Refused(Refused),
+}
+
+impl Limiter {
+    /// A limiter over `redis` (None: local only).
+    pub fn new(config: Arc<LimitConfig>, redis: Option<Pool>) -> Self {
+        Self {
+            config,
+            redis,
+            local: Arc::default(),
+            check: Arc::new(Script::from_lua(CHECK)),
+            refund: Arc::new(Script::from_lua(REFUND)),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LimitConfig {
+        &self.config
+    }
+
+    async fn slot(
+        &self,
+        pool: &Pool,
+        checks: &[&(usize, String, Rate)],
+    ) -> Result<SlotResult, Error> {
+        if checks.is_empty() {
+            return Ok(SlotResult::Allowed);
+        }
+        let keys: Vec<String> = checks.iter().map(|c| c.1.clone()).collect();
+        let args: Vec<String> = checks
+            .iter()
+            .flat_map(|c| [c.2.t_ms().to_string(), c.2.tau_ms().to_string()])
+            .collect();
+        let (ok, wait, worst): (i64, String, i64) = self
+            .check
+            .evalsha_with_reload(pool.next(), keys, args)
+            .await?;
+        if ok == 1 {
+            return Ok(SlotResult::Allowed);
+        }
+        let wait: f64 = wait.parse().unwrap_or(1000.0);
+        let limit = checks
+            .get((worst.max(1) - 1) as usize)
+            .map_or_else(String::new, |c| c.1.clone());
+        Ok(SlotResult::Refused(Refused {
+            limit,
+            retry_after: Duration::from_secs_f64(wait / 1000.0),
+        }))
+    }
+
+    /// Admits a call or says when to retry.
+    pub async fn admit(&self, who: &Principal, class: Class) -> Result<(), Refused> {
+        let checks = self.config.checks(who, class);
+        if checks.is_empty() {
+            return Ok(());
+        }
+        let Some(pool) = &self.redis else {
+            return self.local.check(&checks);
+        };
+        let groups: [Vec<&(usize, String, Rate)>; 2] = [
+            checks.iter().filter(|c| c.0 == 0).collect(),
+            checks.iter().filter(|c| c.0 == 1).collect(),
+        ];
+        let both = tokio::time::timeout(self.config.redis_timeout, async {
+            tokio::join!(self.slot(pool, &groups[0]), self.slot(pool, &groups[1]))
+        })
+        .await;
+        match both {
+            Ok((Ok(a), Ok(b))) => {
+                let refused = match (&a, &b) {
+                    (SlotResult::Refused(r), _) | (_, SlotResult::Refused(r)) => Some(r.clone()),
+                    _ => None,
+                };
+                let Some(refused) = refused else {
+                    return Ok(());
+                };
+                // Give back what the other slot committed.
+                for (result, group) in [(&a, &groups[0]), (&b, &groups[1])] {
+                    if matches!(result, SlotResult::Allowed) && !group.is_empty() {
+                        let keys: Vec<String> = group.iter().map(|c| c.1.clone()).collect();
+                        let args: Vec<String> =
+                            group.iter().map(|c| c.2.t_ms().to_string()).collect();
+                        let (script, client) = (self.refund.clone(), pool.next().clone());
+                        tokio::spawn(async move {
+                            let _: Result<i64, _> =
+                                script.evalsha_with_reload(&client, keys, args).await;
+                        });
+                    }
+                }
+                Err(refused)
+            }
+            failed => {
+                let reason = match failed {
+                    Err(_) => "timeout".to_string(),
+                    Ok((Err(e), _)) | Ok((_, Err(e))) => e.to_string(),
+                    Ok(_) => unreachable!("both succeeded above"),
+                };
+                metrics::counter!("discovery_gateway_limiter_fallbacks_total").increment(1);
+                tracing::debug!(%reason, "rate limiter: Redis unavailable, using local limits");
+                let n = self.config.replicas;
+                let local: Vec<_> = checks
+                    .iter()
+                    .map(|(g, k, r)| (*g, k.clone(), r.divided(n)))
+                    .collect();
+                self.local.check(&local)
+            }
+        }
+    }
+}
+
+/// Per-method and gateway-wide in-flight bounds (local, fail fast).
+#[derive(Debug)]
+pub struct InFlight {
+    face: AtomicUsize,
+    recommend: AtomicUsize,
+    all: AtomicUsize,
+    limits: (usize, usize, usize),
+}
+
+/// A held slot; released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    counters: Arc<InFlight>,
+    class: Class,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counters.all.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = self.counters.counter(self.class) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why a call was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// The gateway as a whole is at its bound.
+    Overloaded,
+    /// The method is at its bound.
+    Method(usize),
+}
+
+impl InFlight {
+    /// Bounds from the configuration (`usize::MAX` when limits are off,
+    /// except the gateway-wide bound, which always applies).
+    pub fn new(c: &LimitConfig) -> Arc<Self> {
+        let m = |n: usize| if c.enabled { n } else { usize::MAX };
+        Arc::new(Self {
+            face: AtomicUsize::new(0),
+            recommend: AtomicUsize::new(0),
+            all: AtomicUsize::new(0),
+            limits: (
+                m(c.face_concurrency),
+                m(c.recommend_concurrency),
+                c.max_in_flight,
+            ),
+        })
+    }
+
+    fn counter(&self, class: Class) -> Option<&AtomicUsize> {
+        match class {
+            Class::Face => Some(&self.face),
+            Class::Recommend => Some(&self.recommend),
+            Class::Other => None,
+        }
+    }
+
+    /// Calls in flight now.
+    pub fn current(&self) -> usize {
+        self.all.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot or fails at once.
+    pub fn enter(self: &Arc<Self>, class: Class) -> Result<Slot, Busy> {
+        if self.all.fetch_add(1, Ordering::Relaxed) >= self.limits.2 {
+            self.all.fetch_sub(1, Ordering::Relaxed);
+            return Err(Busy::Overloaded);
+        }
+        if let Some(c) = self.counter(class) {
+            let limit = if class == Class::Face {
+                self.limits.0
+            } else {
+                self.limits.1
+            };
+            if c.fetch_add(1, Ordering::Relaxed) >= limit {
+                c.fetch_sub(1, Ordering::Relaxed);
+                self.all.fetch_sub(1, Ordering::Relaxed);
+                return Err(Busy::Method(limit));
+            }
+        }
+        Ok(Slot {
+            counters: self.clone(),
+            class,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ApiKey;
+
+    #[test]
+    fn rates_parse_with_clear_defaults() {
+        assert_eq!(
+            Rate::parse("100/m"),
+            Some(Rate {
+                per_second: 100.0 / 60.0,
+                burst: 100
+            })
+        );
+        assert_eq!(
+            Rate::parse("1000/s:2000"),
+            Some(Rate {
+                per_second: 1000.0,
+                burst: 2000
+            })
+        );
+        assert_eq!(Rate::parse("10/h").unwrap().burst, 10);
+        for bad in ["", "10", "10/d", "-1/s", "x/s", "10/s:x", "0/s"] {
+            assert_eq!(Rate::parse(bad), None, "{bad}");
+        }
+        let env = Env::from_pairs([
+            ("DISCOVERY_LIMIT_ANONYMOUS", "30/m,face=off"),
+            ("DISCOVERY_LIMIT_GLOBAL", "off"),
+        ]);
+        let c = LimitConfig::from_env(&env).unwrap();
+        assert_eq!(c.global, None);
+        assert_eq!(c.anonymous.face, None);
+        assert_eq!(c.anonymous.all, Rate::parse("30/m"));
+        let bad = Env::from_pairs([("DISCOVERY_LIMIT_AUTHENTICATED", "100/m,faces=1/h")]);
+        let e = LimitConfig::from_env(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("DISCOVERY_LIMIT_AUTHENTICATED") && e.contains("faces"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gcra_allows_the_burst_then_the_rate() {
+        let r = Rate::parse("60/m:3").unwrap(); // one a second, three at once
+        let mut tat = None;
+        for _ in 0..3 {
+            tat = Some(gcra(tat, 0.0, &r).expect("burst"));
+        }
+        let wait = gcra(tat, 0.0, &r).unwrap_err();
+        assert!((wait - 1000.0).abs() < 1e-6, "{wait}");
+        assert!(gcra(tat, 999.0, &r).is_err());
+        assert!(gcra(tat, 1000.0, &r).is_ok());
+    }
+
+    fn principal(tier: Tier, requester: &str) -> Principal {
+        Principal {
+            key: Arc::new(ApiKey::for_tests("shop", tier)),
+            tier,
+            requester: requester.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn local_limits_refuse_with_retry_after_and_recover_with_time() {
+        let limiter = Limiter::new(Arc::new(LimitConfig::default()), None);
+        let alice = principal(Tier::Authenticated, "u:alice");
+        let bob = principal(Tier::Authenticated, "u:bob");
+        // Authenticated: 20 Recommend calls a minute (burst 20).
+        for i in 0..20 {
+            limiter
+                .admit(&alice, Class::Recommend)
+                .await
+                .unwrap_or_else(|r| panic!("call {i}: {r:?}"));
+        }
+        let refused = limiter.admit(&alice, Class::Recommend).await.unwrap_err();
+        assert!(
+            refused.limit.contains("u:alice") && refused.limit.ends_with("recommend"),
+            "{refused:?}"
+        );
+        assert!(
+            (refused.retry_after.as_secs_f64() - 3.0).abs() < 0.01,
+            "{refused:?}"
+        );
+        // Other requesters and other methods are not affected.
+        limiter.admit(&bob, Class::Recommend).await.unwrap();
+        limiter.admit(&alice, Class::Other).await.unwrap();
+        // One interval later one more call fits.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        limiter.admit(&alice, Class::Recommend).await.unwrap();
+        assert!(limiter.admit(&alice, Class::Recommend).await.is_err());
+
+        // Anonymous: 3 face analyses an hour.
+        let anon = principal(Tier::Anonymous, "ip:10.0.0.9");
+        for _ in 0..3 {
+            limiter.admit(&anon, Class::Face).await.unwrap();
+        }
+        let r = limiter.admit(&anon, Class::Face).await.unwrap_err();
+        assert_eq!(r.retry_after.as_secs(), 1200);
+        // Partners have no per-user limits: only global and per-method ones.
+        let partner = principal(Tier::Partner, "k:p");
+        for _ in 0..47 {
+            limiter.admit(&partner, Class::Face).await.unwrap();
+        }
+        let r = limiter.admit(&partner, Class::Face).await.unwrap_err();
+        assert!(
+            r.limit.contains("m:face"),
+            "50/min for AnalyzeFace, 3 used above: {r:?}"
+        );
+    }
+
+    #[test]
+    fn in_flight_bounds_fail_fast_and_release_on_drop() {
+        let c = LimitConfig {
+            face_concurrency: 2,
+            max_in_flight: 3,
+            ..LimitConfig::default()
+        };
+        let f = InFlight::new(&c);
+        let a = f.enter(Class::Face).unwrap();
+        let _b = f.enter(Class::Face).unwrap();
+        assert_eq!(f.enter(Class::Face).unwrap_err(), Busy::Method(2));
+        let _c = f.enter(Class::Other).unwrap();
+        assert_eq!(f.enter(Class::Other).unwrap_err(), Busy::Overloaded);
+        drop(a);
+        assert_eq!(f.current(), 2);
+        f.enter(Class::Face).unwrap();
+    }
+}

@@ -1,0 +1,406 @@
+//! The last stage: forwards the call's bytes to a replica of the upstream,
+//! under its method's circuit breaker and deadline, retrying idempotent
+//! calls on another replica within a retry budget, and serving the last
+//! good response when the breaker is open and one is kept.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http_body::Frame;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::body::Body;
+use tower::{Service, ServiceExt};
+
+use crate::breaker::{Breaker, BreakerConfig, is_failure};
+use crate::grpc;
+use crate::routes::{ROUTES, Route, Upstream};
+use crate::stack::call_of;
+use crate::upstream::Pool;
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Longest deadline honoured (callers asking more get this).
+    pub max_deadline: Duration,
+    /// Extra attempts for idempotent calls.
+    pub retries: u32,
+    /// Breakers.
+    pub breaker: BreakerConfig,
+    /// How long a fallback response is kept.
+    pub fallback_ttl: Duration,
+    /// Fallback store budget, bytes.
+    pub fallback_bytes: u64,
+    /// Largest response kept for fallback.
+    pub fallback_max_response: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            max_deadline: Duration::from_secs(60),
+            retries: 2,
+            breaker: BreakerConfig::default(),
+            fallback_ttl: Duration::from_secs(600),
+            fallback_bytes: 64 << 20,
+            fallback_max_response: 1 << 20,
+        }
+    }
+}
+
+/// Retries may add at most a fifth of the calls (plus a reserve of 10):
+/// a failing upstream is not hit with three times the load. Counted in
+/// tenths of a retry.
+#[derive(Debug)]
+pub struct RetryBudget {
+    tenths: Mutex<u32>,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            tenths: Mutex::new(100),
+        }
+    }
+}
+
+impl RetryBudget {
+    /// Every call adds 0.2 of a retry (up to 100 retries).
+    pub fn deposit(&self) {
+        let mut t = self.tenths.lock();
+        *t = (*t + 2).min(1000);
+    }
+
+    /// A retry takes one if there is one.
+    pub fn withdraw(&self) -> bool {
+        let mut t = self.tenths.lock();
+        if *t >= 10 {
+            *t -= 10;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Kept {
+    encoding: Option<HeaderValue>,
+    body: Bytes,
+}
+
+struct Inner {
+    pools: HashMap<Upstream, Arc<Pool>>,
+    breakers: HashMap<&'static str, Breaker>,
+    budget: RetryBudget,
+    kept: moka::sync::Cache<u64, Arc<Kept>>,
+    config: ProxyConfig,
+}
+
+/// The forwarding service.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Proxy")
+    }
+}
+
+/// Headers that belong to one hop (HTTP/1.1 from gRPC-Web) and must not
+/// be forwarded over HTTP/2.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+fn fallback_key(route: &Route, body: &Bytes) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    route.method.hash(&mut h);
+    body.hash(&mut h);
+    h.finish()
+}
+
+fn kept_response(k: &Kept) -> Response<Body> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = futures::stream::iter([
+        Ok::<_, Infallible>(Frame::data(k.body.clone())),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    let mut resp = Response::new(Body::new(StreamBody::new(frames)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    if let Some(e) = &k.encoding {
+        resp.headers_mut().insert("grpc-encoding", e.clone());
+    }
+    resp.headers_mut().insert(
+        "x-discovery-fallback",
+        HeaderValue::from_static("circuit-open"),
+    );
+    resp
+}
+
+impl Proxy {
+    /// A proxy over the upstream pools.
+    pub fn new(pools: Vec<Arc<Pool>>, config: ProxyConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pools: pools.into_iter().map(|p| (p.upstream, p)).collect(),
+                breakers: ROUTES
+                    .iter()
+                    .map(|r| (r.method, Breaker::new(config.breaker)))
+                    .collect(),
+                budget: RetryBudget::default(),
+                kept: moka::sync::Cache::builder()
+                    .max_capacity(config.fallback_bytes)
+                    .weigher(|_, v: &Arc<Kept>| v.body.len().min(u32::MAX as usize) as u32 + 64)
+                    .time_to_live(config.fallback_ttl)
+                    .build(),
+                config,
+            }),
+        }
+    }
+
+    /// The breaker state of a method ("closed", "open", "half-open").
+    pub fn breaker_state(&self, method: &str) -> Option<&'static str> {
+        self.inner.breakers.get(method).map(Breaker::state)
+    }
+
+    /// A pool.
+    pub fn pool(&self, upstream: Upstream) -> Option<&Arc<Pool>> {
+        self.inner.pools.get(&upstream)
+    }
+
+    async fn forward(self, req: Request<Body>) -> Response<Body> {
+        let call = call_of(&req);
+        let Some(route) = call.lock().route else {
+            return grpc::error(tonic::Status::internal("no route"));
+        };
+        let inner = &self.inner;
+        let Some(pool) = inner.pools.get(&route.upstream).cloned() else {
+            return grpc::error(tonic::Status::unavailable(format!(
+                "no {} upstream configured",
+                route.upstream.name()
+            )));
+        };
+        let started = Instant::now();
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(grpc::parse_timeout)
+            .or(route.default_deadline)
+            .map(|d| d.min(inner.config.max_deadline));
+        let (mut parts, body) = req.into_parts();
+        // Idempotent unary calls are buffered (they are one message) so
+        // they can be sent again.
+        let (buffered, mut streaming_body) = if route.idempotent && !route.streaming {
+            match Limited::new(body, discovery_proto::MAX_REQUEST_BYTES)
+                .collect()
+                .await
+            {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(e) => {
+                    return grpc::error(tonic::Status::invalid_argument(format!(
+                        "request body could not be read: {e}"
+                    )));
+                }
+            }
+        } else {
+            (None, Some(body))
+        };
+        let key = buffered
+            .as_ref()
+            .filter(|_| route.fallback)
+            .map(|b| fallback_key(route, b));
+
+        let breaker = &inner.breakers[route.method];
+        let permit = match breaker.allow() {
+            Ok(p) => p,
+            Err(wait) => {
+                if let Some(kept) = key.and_then(|k| inner.kept.get(&k)) {
+                    call.lock().answered_by = "fallback";
+                    metrics::counter!("discovery_gateway_fallbacks_total", "method" => route.method).increment(1);
+                    return kept_response(&kept);
+                }
+                call.lock().answered_by = "breaker";
+                return grpc::error_with(
+                    tonic::Status::unavailable(format!(
+                        "{} is failing upstream (circuit open); retry in {} s",
+                        route.method,
+                        wait.as_secs().max(1)
+                    )),
+                    &[("retry-after", wait.as_secs().max(1).to_string())],
+                );
+            }
+        };
+
+        parts.uri = Uri::from_static(route.path);
+        for h in HOP_BY_HOP {
+            parts.headers.remove(h);
+        }
+        discovery_kit::telemetry::inject_current_headers(&mut parts.headers);
+        inner.budget.deposit();
+        let attempts = if buffered.is_some() {
+            1 + inner.config.retries
+        } else {
+            1
+        };
+        let mut leaving = None;
+        let mut last_error = String::from("no attempt made");
+        for attempt in 0..attempts {
+            if attempt > 0 && !inner.budget.withdraw() {
+                last_error.push_str(" (retry budget spent)");
+                break;
+            }
+            let Some(replica) = pool.pick(leaving.as_ref()) else {
+                last_error = format!("no {} replicas", route.upstream.name());
+                break;
+            };
+            let remaining = match deadline {
+                Some(d) => match d.checked_sub(started.elapsed()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => break,
+                },
+                None => None,
+            };
+            let mut out = Request::new(match (&buffered, streaming_body.take()) {
+                (Some(b), _) => Body::new(http_body_util::Full::new(b.clone())),
+                (None, Some(b)) => b,
+                (None, None) => Body::empty(),
+            });
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = parts.uri.clone();
+            *out.version_mut() = http::Version::HTTP_2;
+            *out.headers_mut() = parts.headers.clone();
+            if let Some(r) = remaining {
+                out.headers_mut()
+                    .insert("grpc-timeout", grpc::encode_timeout(r));
+            }
+            let guard = replica.start();
+            let sent = Instant::now();
+            let channel = replica.channel();
+            let result = match remaining {
+                Some(r) => match tokio::time::timeout(r, channel.oneshot(out)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        breaker.record(permit, true);
+                        call.lock().answered_by = "deadline";
+                        return grpc::error(tonic::Status::deadline_exceeded(format!(
+                            "{} did not answer within {:?} (upstream {})",
+                            route.method,
+                            deadline.unwrap_or_default(),
+                            replica.url
+                        )));
+                    }
+                },
+                None => channel.oneshot(out).await,
+            };
+            match result {
+                Err(e) => {
+                    replica.failed(pool.config());
+                    last_error = format!("{}: {e}", replica.url);
+                    tracing::debug!(method = route.method, replica = %replica.url, error = %e, attempt, "upstream call failed");
+                    leaving = Some(replica);
+                    continue;
+                }
+                Ok(resp) => {
+                    replica.observe_latency(sent.elapsed());
+                    let early = grpc::status_of(resp.headers());
+                    if early == Some(Code::Unavailable) && attempt + 1 < attempts {
+                        replica.failed(pool.config());
+                        last_error = format!("{}: UNAVAILABLE", replica.url);
+                        leaving = Some(replica);
+                        continue;
+                    }
+                    let encoding = resp.headers().get("grpc-encoding").cloned();
+                    let this = self.clone();
+                    let mut state = call.lock();
+                    if key.is_some() {
+                        state.capture = Some(inner.config.fallback_max_response);
+                    }
+                    state
+                        .hooks
+                        .push(Box::new(move |code: Code, body: Option<&Bytes>| {
+                            drop(guard);
+                            if code == Code::Unavailable {
+                                replica.failed(pool.config());
+                            } else if code != Code::Cancelled {
+                                replica.succeeded();
+                            }
+                            if let Some(failed) = is_failure(code) {
+                                this.inner.breakers[route.method].record(permit, failed);
+                            }
+                            if let (Code::Ok, Some(k), Some(b)) = (code, key, body) {
+                                this.inner.kept.insert(
+                                    k,
+                                    Arc::new(Kept {
+                                        encoding,
+                                        body: b.clone(),
+                                    }),
+                                );
+                            }
+                        }));
+                    drop(state);
+                    return resp;
+                }
+            }
+        }
+        breaker.record(permit, true);
+        call.lock().answered_by = "upstream_unavailable";
+        grpc::error(tonic::Status::unavailable(format!(
+            "{} is unavailable: {last_error}",
+            route.upstream.name()
+        )))
+    }
+}
+
+impl Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_budget_is_a_fifth_of_calls_plus_a_reserve() {
+        let b = RetryBudget::default();
+        let mut retries = 0;
+        for _ in 0..100 {
+            b.deposit();
+            while b.withdraw() {
+                retries += 1;
+            }
+        }
+        assert_eq!(retries, 30, "10 reserve + 100 x 0.2");
+    }
+}

@@ -1,0 +1,303 @@
+//! The gateway as a stack of stages, each a tower service over
+//! `http::Request<tonic::body::Body>` that may answer by itself (an error
+//! status) or pass the call on:
+//!
+//! 1. [`Front`]: finds the route (UNIMPLEMENTED otherwise), measures the
+//!    call, and runs the end-of-call accounting when the response's
+//!    trailers go by;
+//! 2. [`Authenticate`]: API key and scope ([`crate::auth`]);
+//! 3. [`Admit`]: rate limits, then in-flight bounds ([`crate::limits`]);
+//! 4. [`crate::proxy::Proxy`]: breaker, balancing, retries, deadline,
+//!    forwarding.
+//!
+//! Stages share one [`Call`] per request (in the request's extensions):
+//! the route, the principal, and what must happen when the call ends.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::body::Body;
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+
+use crate::auth::{KeyRing, Principal};
+use crate::grpc::{self, Observed};
+use crate::limits::{Busy, InFlight, Limiter, Slot};
+use crate::routes::{self, Route};
+
+/// The rest of the stack.
+pub type Next = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// A stage's answer.
+pub type Reply = BoxFuture<'static, Response<Body>>;
+
+/// A hook run when the call ends: its final status and, when capture was
+/// asked for, the response body bytes.
+pub type EndHook = Box<dyn FnOnce(Code, Option<&Bytes>) + Send>;
+
+/// Per-call state shared by the stages.
+#[derive(Default)]
+pub struct CallState {
+    /// The route.
+    pub route: Option<&'static Route>,
+    /// Who is calling.
+    pub principal: Option<Principal>,
+    /// In-flight slot, released at the end.
+    pub slot: Option<Slot>,
+    /// Hooks for the end of the call.
+    pub hooks: Vec<EndHook>,
+    /// Keep the response body for the hooks (up to this many bytes).
+    pub capture: Option<usize>,
+    /// What answered: `upstream`, `fallback`, or the stage that refused.
+    pub answered_by: &'static str,
+}
+
+/// Shared per-call state.
+pub type Call = Arc<Mutex<CallState>>;
+
+/// One stage.
+pub trait Stage: Send + Sync + 'static {
+    /// Handles the call or passes it to `next`.
+    fn call(&self, req: Request<Body>, next: Next) -> Reply;
+}
+
+/// A stage as a tower service.
+#[derive(Clone)]
+pub struct Staged {
+    stage: Arc<dyn Stage>,
+    next: Next,
+}
+
+impl Service<Request<Body>> for Staged {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let fut = self.stage.call(req, self.next.clone());
+        Box::pin(async move { Ok(fut.await) })
+    }
+}
+
+/// Stacks `stages` (outermost first) on `last`.
+pub fn build(stages: Vec<Arc<dyn Stage>>, last: Next) -> Next {
+    stages.into_iter().rev().fold(last, |next, stage| {
+        BoxCloneSyncService::new(Staged { stage, next })
+    })
+}
+
+/// The per-call state of a request.
+pub fn call_of(req: &Request<Body>) -> Call {
+    req.extensions().get::<Call>().cloned().unwrap_or_default()
+}
+
+/// Passes `req` on.
+pub async fn pass(mut next: Next, req: Request<Body>) -> Response<Body> {
+    match next.call(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// Route, measurement and end-of-call accounting.
+#[derive(Debug, Default)]
+pub struct Front;
+
+impl Stage for Front {
+    fn call(&self, mut req: Request<Body>, next: Next) -> Reply {
+        let Some(route) = routes::lookup(req.uri().path()) else {
+            let path = req.uri().path().to_string();
+            return Box::pin(async move {
+                grpc::error(tonic::Status::unimplemented(format!(
+                    "{path}: no such method on discovery.v1.Discovery"
+                )))
+            });
+        };
+        let call: Call = Arc::new(Mutex::new(CallState {
+            route: Some(route),
+            answered_by: "upstream",
+            ..Default::default()
+        }));
+        req.extensions_mut().insert(call.clone());
+        let started = Instant::now();
+        Box::pin(async move {
+            let resp = pass(next, req).await;
+            let (parts, body) = resp.into_parts();
+            let capture = call.lock().capture;
+            let finish = move |code: Code, body: Option<&Bytes>| {
+                let mut state = std::mem::take(&mut *call.lock());
+                for hook in state.hooks.drain(..) {
+                    hook(code, body);
+                }
+                drop(state.slot.take());
+                let code_name = format!("{code:?}");
+                metrics::counter!("discovery_gateway_requests_total", "method" => route.method, "code" => code_name, "by" => state.answered_by)
+                    .increment(1);
+                metrics::histogram!("discovery_gateway_request_duration_seconds", "method" => route.method)
+                    .record(started.elapsed().as_secs_f64());
+            };
+            // Trailers-only answers (errors, refusals) end here.
+            if let Some(code) = grpc::status_of(&parts.headers) {
+                finish(code, None);
+                return Response::from_parts(parts, body);
+            }
+            let observed = match capture {
+                None => Observed::new(body, Box::new(move |code| finish(code, None))),
+                Some(limit) => {
+                    let buf = Arc::new(Mutex::new(Some(BytesMut::new())));
+                    let seen = buf.clone();
+                    Observed::new(
+                        body,
+                        Box::new(move |code| {
+                            let bytes = seen.lock().take().map(BytesMut::freeze);
+                            finish(code, bytes.as_ref());
+                        }),
+                    )
+                    .capturing(buf, limit)
+                }
+            };
+            Response::from_parts(parts, Body::new(observed))
+        })
+    }
+}
+
+/// API key and scope.
+#[derive(Debug)]
+pub struct Authenticate {
+    /// The keys.
+    pub keys: Arc<KeyRing>,
+}
+
+fn peer(req: &Request<Body>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .map(|a| a.ip())
+}
+
+impl Stage for Authenticate {
+    fn call(&self, mut req: Request<Body>, next: Next) -> Reply {
+        let call = call_of(&req);
+        let Some(route) = call.lock().route else {
+            return Box::pin(async { grpc::error(tonic::Status::internal("no route")) });
+        };
+        match self.keys.admit(req.headers(), route, peer(&req)) {
+            Ok(p) => {
+                call.lock().principal = Some(p);
+                // The key stops here: upstreams and their logs never see it.
+                req.headers_mut().remove("x-api-key");
+                req.headers_mut().remove(http::header::AUTHORIZATION);
+                Box::pin(pass(next, req))
+            }
+            Err(status) => {
+                call.lock().answered_by = "auth";
+                Box::pin(async move { grpc::error(status) })
+            }
+        }
+    }
+}
+
+/// Rate limits and in-flight bounds.
+#[derive(Debug)]
+pub struct Admit {
+    /// Rate limiter.
+    pub limiter: Limiter,
+    /// In-flight bounds.
+    pub in_flight: Arc<InFlight>,
+}
+
+impl Stage for Admit {
+    fn call(&self, req: Request<Body>, next: Next) -> Reply {
+        let call = call_of(&req);
+        let (route, principal) = {
+            let c = call.lock();
+            (c.route, c.principal.clone())
+        };
+        let (Some(route), Some(principal)) = (route, principal) else {
+            return Box::pin(async {
+                grpc::error(tonic::Status::internal("admission before authentication"))
+            });
+        };
+        let limiter = self.limiter.clone();
+        let in_flight = self.in_flight.clone();
+        Box::pin(async move {
+            if limiter.config().enabled
+                && let Err(refused) = limiter.admit(&principal, route.class).await
+            {
+                call.lock().answered_by = "rate_limit";
+                let secs = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                metrics::counter!("discovery_gateway_rate_limited_total", "method" => route.method)
+                    .increment(1);
+                return grpc::error_with(
+                    tonic::Status::resource_exhausted(format!(
+                        "rate limit reached ({}); retry in {secs} s",
+                        refused.limit.split(':').next_back().unwrap_or("calls")
+                    )),
+                    &[
+                        ("retry-after", secs.to_string()),
+                        ("x-discovery-limit", refused.limit.clone()),
+                    ],
+                );
+            }
+            match in_flight.enter(route.class) {
+                Ok(slot) => {
+                    call.lock().slot = Some(slot);
+                    pass(next, req).await
+                }
+                Err(busy) => {
+                    call.lock().answered_by = "shed";
+                    metrics::counter!("discovery_gateway_shed_total", "method" => route.method)
+                        .increment(1);
+                    match busy {
+                        Busy::Overloaded => grpc::error_with(
+                            tonic::Status::unavailable("gateway overloaded; retry with backoff"),
+                            &[("retry-after", "1".into())],
+                        ),
+                        Busy::Method(n) => grpc::error_with(
+                            tonic::Status::resource_exhausted(format!(
+                                "{} already has {n} calls in flight on this gateway; retry shortly",
+                                route.method
+                            )),
+                            &[("retry-after", "1".into())],
+                        ),
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The whole stack as the public service (`discovery.v1.Discovery`).
+#[derive(Clone)]
+pub struct Discovery(pub Next);
+
+impl tonic::server::NamedService for Discovery {
+    const NAME: &'static str = "discovery.v1.Discovery";
+}
+
+impl Service<Request<Body>> for Discovery {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let mut next = self.0.clone();
+        Box::pin(async move { next.call(req).await })
+    }
+}
