@@ -33,7 +33,7 @@ key=$(DISCOVERY_STORE=mongodb "$bin" keys create --client bench --tier partner -
 RUST_LOG=warn DISCOVERY_STORE=memory DISCOVERY_RECOMMENDATION_PORT=$reco DISCOVERY_METRICS_PORT=$recom \
   DISCOVERY_WARM_INTERVAL=0s "$bin" serve recommendation >"$work/reco.log" 2>&1 &
 pids+=($!)
-RUST_LOG=warn DISCOVERY_STORE=mongodb DISCOVERY_GATEWAY_PORT=$gw DISCOVERY_METRICS_PORT=$gwm DISCOVERY_LIMITS=off \
+TOKIO_WORKER_THREADS="${GW_THREADS:-2}" RUST_LOG=warn DISCOVERY_STORE=mongodb DISCOVERY_GATEWAY_PORT=$gw DISCOVERY_METRICS_PORT=$gwm DISCOVERY_LIMITS=off \
   DISCOVERY_GATEWAY_MAX_IN_FLIGHT="${MAX_IN_FLIGHT:-2000}" \
   DISCOVERY_RECOMMENDATION_URLS=http://127.0.0.1:$reco "$bin" serve gateway >"$work/gw.log" 2>&1 &
 gwpid=$!
@@ -55,9 +55,9 @@ viagw="http://127.0.0.1:$gw/discovery.v1.Discovery/Recommend"
 run() { # url n c m [extra]
   local url=$1 n=$2 c=$3 m=$4; shift 4
   h2load -n "$n" -c "$c" -m "$m" -t 1 --data="$work/req.bin" "${hdr[@]}" --log-file="$work/h2.log" "$@" "$url" >"$work/h2.out" 2>&1
-  grep -q "succeeded, 0 errored" "$work/h2.out" || { cat "$work/h2.out" >&2; exit 1; }
+  grep -q " 0 failed, 0 errored" "$work/h2.out" || { cat "$work/h2.out" >&2; exit 1; }
   local rps
-  rps=$(awk '/^finished in/ {print $(NF-4)}' "$work/h2.out" | tr -d ',')
+  rps=$(awk '/^finished in/ {print $4}' "$work/h2.out" | tr -d ',')
   python3 - "$work/h2.log" "$rps" <<'EOF'
 import sys
 d = sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.strip())
@@ -70,6 +70,28 @@ grpc_ok() { curl -s "http://127.0.0.1:$gwm/metrics" | awk -v m="$1" -F' ' '$1 ~ 
 
 # Warm both paths (cache entry, connections).
 run "$direct" 2000 1 1 >/dev/null; run "$viagw" 2000 1 1 >/dev/null
+
+if [ -n "${STRACE:-}" ]; then
+  (run "$viagw" 400000 8 16 >/dev/null &)
+  sleep 1
+  ok0=$(grpc_ok Ok)
+  timeout -s INT 4 strace -c -f -p "$gwpid" -o "$work/strace.txt" || true
+  ok1=$(grpc_ok Ok)
+  echo "calls during the run: $((ok1 - ok0))"; head -20 "$work/strace.txt"
+  exit 0
+fi
+if [ -n "${PROFILE:-}" ]; then
+  # perf profile of the gateway at saturation (perf from Debian linux-perf).
+  (run "$viagw" 400000 8 16 >/dev/null &)
+  sleep 2
+  perf record -F 1999 -g -p "$gwpid" -o "$work/perf.data" -- sleep 6 >/dev/null 2>&1
+  perf report -i "$work/perf.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null | grep -v "^$" | grep -E "^ +[0-9]" | head -40
+  echo "--- user space"
+  perf report -i "$work/perf.data" --no-children --dsos discovery,libc.so.6 --percent-limit 0.4 --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -40
+  echo "--- inclusive, by component"
+  perf report -i "$work/perf.data" --children --sort sym --percent-limit 1.5 --stdio -g none 2>/dev/null | grep -E "^ +[0-9]" | grep -vE "\[k\]" | head -50
+  exit 0
+fi
 
 echo "| case | direct | through gateway | ratio |"
 echo "|---|---|---|---|"
@@ -88,6 +110,35 @@ echo "| saturation (8 conn x 16 streams): req/s | $d_rps | $g_rps | $(python3 -c
 echo "| saturation: p50 / p99 µs | $d_p50 / $d_p99 | $g_p50 / $g_p99 | |"
 echo "| gateway CPU per proxied call | | $cpu_us µs | |"
 echo "| grpc-status OK counted by the gateway | | $((ok1 - ok0)) of 200000 | |"
-# 3x the saturating concurrency.
+# 3x the saturating concurrency, first without a useful in-flight bound
+# (2000: everything queues), then through a second gateway that sheds
+# above 128 in flight.
 read -r o_rps o_p50 o_p99 < <(run "$viagw" 200000 24 16)
-echo "| 3x concurrency (24 x 16) through gateway: req/s, p50 / p99 µs | | $o_rps, $o_p50 / $o_p99 | |"
+echo "| 3x concurrency (24 x 16), no shedding: req/s, p50 / p99 µs | | $o_rps, $o_p50 / $o_p99 | |"
+gw2=$(free_port); gwm2=$(free_port)
+TOKIO_WORKER_THREADS="${GW_THREADS:-2}" RUST_LOG=warn DISCOVERY_STORE=mongodb DISCOVERY_GATEWAY_PORT=$gw2 DISCOVERY_METRICS_PORT=$gwm2 \
+  DISCOVERY_LIMITS=off DISCOVERY_GATEWAY_MAX_IN_FLIGHT=128 \
+  DISCOVERY_RECOMMENDATION_URLS=http://127.0.0.1:$reco "$bin" serve gateway >"$work/gw2.log" 2>&1 &
+pids+=($!)
+wait_port "$gw2"
+run "http://127.0.0.1:$gw2/discovery.v1.Discovery/Recommend" 2000 1 1 >/dev/null
+read -r s_rps s_p50 s_p99 < <(run "http://127.0.0.1:$gw2/discovery.v1.Discovery/Recommend" 200000 24 16)
+# Accepted calls' p99 from the gateway's own histogram (by="upstream").
+read -r served shed acc_p99 < <(curl -s "http://127.0.0.1:$gwm2/metrics" | python3 -c '
+import re, sys
+served = shed = 0; buckets = {}
+for line in sys.stdin:
+    if line.startswith("discovery_gateway_requests_total") and "Recommend" in line:
+        n = float(line.split()[-1])
+        if "by=\"shed\"" in line: shed += n
+        elif "by=\"upstream\"" in line: served += n
+    m = re.match(r"discovery_gateway_request_duration_seconds_bucket\{(.*)\} (\S+)", line)
+    if m and "Recommend" in m.group(1) and "by=\"upstream\"" in m.group(1):
+        le = re.search(r"le=\"([^\"]+)\"", m.group(1)).group(1)
+        buckets[float("inf") if le == "+Inf" else float(le)] = float(m.group(2))
+total = buckets.get(float("inf"), 0)
+p99 = next((le for le, c in sorted(buckets.items()) if c >= 0.99 * total), float("inf"))
+print(int(served), int(shed), f"{p99*1000:g}ms")
+')
+echo "| 3x concurrency, shedding above 128 in flight: req/s (all answers), p50 / p99 µs | | $s_rps, $s_p50 / $s_p99 | |"
+echo "| ... of which served / shed (UNAVAILABLE + retry-after); served p99 (histogram bucket) | | $served / $shed; p99 ≤ $acc_p99 | |"

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::breaker::{Breaker, BreakerConfig, is_failure};
 use crate::grpc;
@@ -252,7 +252,6 @@ impl Proxy {
             }
         };
 
-        parts.uri = Uri::from_static(route.path);
         for h in HOP_BY_HOP {
             parts.headers.remove(h);
         }
@@ -287,7 +286,6 @@ impl Proxy {
                 (None, None) => Body::empty(),
             });
             *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = parts.uri.clone();
             *out.version_mut() = http::Version::HTTP_2;
             *out.headers_mut() = parts.headers.clone();
             if let Some(r) = remaining {
@@ -296,9 +294,8 @@ impl Proxy {
             }
             let guard = replica.start();
             let sent = Instant::now();
-            let channel = replica.channel();
             let result = match remaining {
-                Some(r) => match tokio::time::timeout(r, channel.oneshot(out)).await {
+                Some(r) => match tokio::time::timeout(r, replica.send(out, route.path)).await {
                     Ok(r) => r,
                     Err(_) => {
                         breaker.record(permit, true);
@@ -311,7 +308,7 @@ impl Proxy {
                         )));
                     }
                 },
-                None => channel.oneshot(out).await,
+                None => replica.send(out, route.path).await,
             };
             match result {
                 Err(e) => {

@@ -145,7 +145,7 @@ impl Stage for Front {
                 let code_name = format!("{code:?}");
                 metrics::counter!("discovery_gateway_requests_total", "method" => route.method, "code" => code_name, "by" => state.answered_by)
                     .increment(1);
-                metrics::histogram!("discovery_gateway_request_duration_seconds", "method" => route.method)
+                metrics::histogram!("discovery_gateway_request_duration_seconds", "method" => route.method, "by" => state.answered_by)
                     .record(started.elapsed().as_secs_f64());
             };
             // Trailers-only answers (errors, refusals) end here.

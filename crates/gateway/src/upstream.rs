@@ -23,10 +23,82 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use discovery_kit::CancellationToken;
+use discovery_kit::server::BoxError;
+use http::{Request, Response, Uri};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::time::Instant;
+use tonic::body::Body;
 use tonic::transport::Channel;
+
+/// One HTTP/2 connection to a replica, (re)connected on demand.
+#[derive(Debug)]
+struct Conn {
+    host_port: String,
+    send: Mutex<Option<SendRequest<Body>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Conn {
+    fn new(host_port: String) -> Self {
+        Self {
+            host_port,
+            send: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<SendRequest<Body>> {
+        self.send
+            .lock()
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Body>, BoxError> {
+        if let Some(s) = self.current() {
+            return Ok(s);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(s) = self.current() {
+            return Ok(s);
+        }
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&self.host_port),
+        )
+        .await
+        .map_err(|_| format!("connecting to {} timed out", self.host_port))??;
+        tcp.set_nodelay(true)?;
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(discovery_kit::client::STREAM_WINDOW)
+            .initial_connection_window_size(discovery_kit::client::CONNECTION_WINDOW)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tcp))
+            .await?;
+        let host_port = self.host_port.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %host_port, error = %e, "upstream connection closed");
+            }
+        });
+        *self.send.lock() = Some(send.clone());
+        Ok(send)
+    }
+
+    async fn call(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let mut send = self.sender().await?;
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        Ok(resp.map(Body::new))
+    }
+}
 
 use crate::routes::Upstream;
 
@@ -108,7 +180,9 @@ impl HealthState {
 pub struct Replica {
     /// `http://host:port`.
     pub url: String,
-    channels: Vec<Channel>,
+    authority: http::uri::Authority,
+    conns: Vec<Conn>,
+    health_channel: Channel,
     next: AtomicUsize,
     in_flight: AtomicUsize,
     ewma_us: AtomicU64,
@@ -125,12 +199,19 @@ impl Replica {
     fn new(url: String, connections: usize) -> Result<Self, String> {
         let endpoint =
             discovery_kit::client::endpoint("upstream", &url).map_err(|e| e.to_string())?;
-        let channels = (0..connections.max(1))
-            .map(|_| endpoint.connect_lazy())
+        let authority = url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().cloned())
+            .ok_or_else(|| format!("{url:?} has no host:port"))?;
+        let conns = (0..connections.max(1))
+            .map(|_| Conn::new(authority.to_string()))
             .collect();
         Ok(Self {
             url,
-            channels,
+            authority,
+            conns,
+            health_channel: endpoint.connect_lazy(),
             next: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             ewma_us: AtomicU64::new(1000f64.to_bits()),
@@ -143,10 +224,20 @@ impl Replica {
         })
     }
 
-    /// The next connection, in turn.
-    pub fn channel(&self) -> Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+    /// Sends a request on the next connection, in turn; `path` is the
+    /// upstream method path.
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        path: &'static str,
+    ) -> Result<Response<Body>, BoxError> {
+        *req.uri_mut() = Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].call(req).await
     }
 
     fn load(&self) -> f64 {
@@ -319,7 +410,7 @@ impl Pool {
     async fn probe(&self, replica: &Replica) -> bool {
         use tonic_health::pb::health_check_response::ServingStatus;
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let mut client = HealthClient::new(replica.channel());
+        let mut client = HealthClient::new(replica.health_channel.clone());
         let call = client.check(HealthCheckRequest {
             service: self.upstream.health_service().to_string(),
         });

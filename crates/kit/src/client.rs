@@ -7,6 +7,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::telemetry::TracePropagator;
 
+/// HTTP/2 stream flow-control window for every internal connection.
+pub const STREAM_WINDOW: u32 = 2 << 20;
+/// HTTP/2 connection flow-control window.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// A channel that propagates W3C trace context on every call.
 pub type TracedChannel = InterceptedService<Channel, TracePropagator>;
 
@@ -36,7 +41,11 @@ pub fn endpoint(var: &str, url: &str) -> Result<Endpoint, EndpointError> {
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
-        .http2_adaptive_window(true))
+        // Fixed, large flow-control windows: hyper's adaptive window starts
+        // at 64 KiB and, on a sub-millisecond network, its BDP probe keeps
+        // it there, so many concurrent responses stall on WINDOW_UPDATEs.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW))
 }
 
 /// A lazily connecting, trace-propagating channel to `url`.
