@@ -338,45 +338,27 @@ pub struct Prototype {
 
 const SPREAD: [f32; 5] = [0.07, 0.05, 0.05, 0.05, 6.0];
 
+const fn proto(shape: FaceShape, mean: [f32; 5]) -> Prototype {
+    Prototype {
+        shape,
+        mean,
+        spread: SPREAD,
+    }
+}
+
 /// The shape prototypes; see the module docs. Values are for MediaPipe's
 /// mesh points (10 is the upper forehead, not the hairline, so lengths are
-/// shorter than anthropometric face heights).
+/// shorter than anthropometric face heights). Columns: length, forehead,
+/// jaw and chin over width, jaw angle (degrees).
+#[rustfmt::skip]
 pub const PROTOTYPES: [Prototype; 7] = [
-    Prototype {
-        shape: FaceShape::Oval,
-        mean: [1.12, 0.78, 0.74, 0.24, 118.0],
-        spread: SPREAD,
-    },
-    Prototype {
-        shape: FaceShape::Round,
-        mean: [0.98, 0.80, 0.80, 0.27, 126.0],
-        spread: SPREAD,
-    },
-    Prototype {
-        shape: FaceShape::Square,
-        mean: [1.00, 0.86, 0.86, 0.30, 110.0],
-        spread: SPREAD,
-    },
-    Prototype {
-        shape: FaceShape::Heart,
-        mean: [1.08, 0.86, 0.70, 0.20, 120.0],
-        spread: SPREAD,
-    },
-    Prototype {
-        shape: FaceShape::Oblong,
-        mean: [1.28, 0.80, 0.78, 0.26, 116.0],
-        spread: SPREAD,
-    },
-    Prototype {
-        shape: FaceShape::Diamond,
-        mean: [1.12, 0.70, 0.68, 0.22, 120.0],
-        spread: SPREAD,
-    },
-    Prototype {
-        shape: FaceShape::Triangle,
-        mean: [1.06, 0.70, 0.84, 0.28, 116.0],
-        spread: SPREAD,
-    },
+    proto(FaceShape::Oval, [1.12, 0.78, 0.74, 0.24, 118.0]),
+    proto(FaceShape::Round, [0.98, 0.80, 0.80, 0.27, 126.0]),
+    proto(FaceShape::Square, [1.00, 0.86, 0.86, 0.30, 110.0]),
+    proto(FaceShape::Heart, [1.08, 0.86, 0.70, 0.20, 120.0]),
+    proto(FaceShape::Oblong, [1.28, 0.80, 0.78, 0.26, 116.0]),
+    proto(FaceShape::Diamond, [1.12, 0.70, 0.68, 0.22, 120.0]),
+    proto(FaceShape::Triangle, [1.06, 0.70, 0.84, 0.28, 116.0]),
 ];
 
 /// The most likely shape and the runner-up, with confidences.

@@ -224,14 +224,12 @@ pub async fn spawn_with_parts(
         )?);
     }
     let proxy = Proxy::new(pools.clone(), config.proxy.clone());
-    let stack = stack::build(
-        vec![
-            Arc::new(Front),
-            Arc::new(Authenticate { keys: keys.clone() }),
-            Arc::new(Admit { limiter, in_flight }),
-        ],
-        BoxCloneSyncService::new(proxy.clone()),
-    );
+    let stack = stack::build(vec![
+        Arc::new(Front),
+        Arc::new(Authenticate { keys: keys.clone() }),
+        Arc::new(Admit { limiter, in_flight }),
+        Arc::new(proxy.clone()),
+    ]);
     let web =
         cors(&config.cors_origins).layer(tonic_web::GrpcWebLayer::new().layer(Discovery(stack)));
     let public = Discovery(BoxCloneSyncService::new(web));

@@ -7,11 +7,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
@@ -19,12 +17,11 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
-use tower::Service;
 
 use crate::breaker::{Breaker, BreakerConfig, is_failure};
 use crate::grpc;
 use crate::routes::{ROUTES, Route, Upstream};
-use crate::stack::call_of;
+use crate::stack::{Next, Reply, Stage, call_of};
 use crate::upstream::Pool;
 
 /// Proxy settings.
@@ -369,18 +366,11 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Body>> for Proxy {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+/// The last stage: it never calls `next`.
+impl Stage for Proxy {
+    fn call(&self, req: Request<Body>, _next: Next) -> Reply {
         let this = self.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
+        Box::pin(async move { this.forward(req).await })
     }
 }
 

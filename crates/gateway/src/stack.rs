@@ -91,9 +91,14 @@ impl Service<Request<Body>> for Staged {
     }
 }
 
-/// Stacks `stages` (outermost first) on `last`.
-pub fn build(stages: Vec<Arc<dyn Stage>>, last: Next) -> Next {
-    stages.into_iter().rev().fold(last, |next, stage| {
+/// Stacks `stages`, outermost first; the last one must answer by itself.
+pub fn build(stages: Vec<Arc<dyn Stage>>) -> Next {
+    let end = BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(grpc::error(tonic::Status::internal(
+            "the last stage passed the call on",
+        )))
+    }));
+    stages.into_iter().rev().fold(end, |next, stage| {
         BoxCloneSyncService::new(Staged { stage, next })
     })
 }
