@@ -37,6 +37,29 @@ pub fn status_of(headers: &HeaderMap) -> Option<Code> {
         .map(Code::from_i32)
 }
 
+/// A status code's name, for metric labels (no allocation per call).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
 /// Parses `grpc-timeout` (`1-8 digits` + `H M S m u n`).
 pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
     let s = v.to_str().ok()?;

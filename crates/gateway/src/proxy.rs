@@ -93,7 +93,13 @@ impl RetryBudget {
 struct Kept {
     encoding: Option<HeaderValue>,
     body: Bytes,
+    at: Instant,
 }
+
+/// A kept response younger than this is not captured again: repeated
+/// requests (the common case for reads) cost one copy per interval, not
+/// one per call.
+const RECAPTURE_AFTER: Duration = Duration::from_secs(30);
 
 struct Inner {
     pools: HashMap<Upstream, Arc<Pool>>,
@@ -227,6 +233,12 @@ impl Proxy {
             .as_ref()
             .filter(|_| route.fallback)
             .map(|b| fallback_key(route, b));
+        let capture = key.filter(|k| {
+            inner
+                .kept
+                .get(k)
+                .is_none_or(|kept| kept.at.elapsed() >= RECAPTURE_AFTER)
+        });
 
         let breaker = &inner.breakers[route.method];
         let permit = match breaker.allow() {
@@ -327,7 +339,7 @@ impl Proxy {
                     let encoding = resp.headers().get("grpc-encoding").cloned();
                     let this = self.clone();
                     let mut state = call.lock();
-                    if key.is_some() {
+                    if capture.is_some() {
                         state.capture = Some(inner.config.fallback_max_response);
                     }
                     state
@@ -342,12 +354,13 @@ impl Proxy {
                             if let Some(failed) = is_failure(code) {
                                 this.inner.breakers[route.method].record(permit, failed);
                             }
-                            if let (Code::Ok, Some(k), Some(b)) = (code, key, body) {
+                            if let (Code::Ok, Some(k), Some(b)) = (code, capture, body) {
                                 this.inner.kept.insert(
                                     k,
                                     Arc::new(Kept {
                                         encoding,
                                         body: b.clone(),
+                                        at: Instant::now(),
                                     }),
                                 );
                             }

@@ -147,7 +147,7 @@ impl Stage for Front {
                     hook(code, body);
                 }
                 drop(state.slot.take());
-                let code_name = format!("{code:?}");
+                let code_name = grpc::code_name(code);
                 metrics::counter!("discovery_gateway_requests_total", "method" => route.method, "code" => code_name, "by" => state.answered_by)
                     .increment(1);
                 metrics::histogram!("discovery_gateway_request_duration_seconds", "method" => route.method, "by" => state.answered_by)

@@ -441,3 +441,68 @@ status, _ = call({})
 print(f'no key: grpc-status {status}')
 "#
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_serves_the_last_good_answer_and_fails_fast_otherwise() {
+    let env = base_env()
+        .with("DISCOVERY_DEMO_CATALOG", "520")
+        .with("DISCOVERY_LIMITS", "off");
+    let reco_token = CancellationToken::new();
+    let reco = recommendation(&env, 0, &reco_token).await;
+    let env = env.with(
+        "DISCOVERY_RECOMMENDATION_URLS",
+        format!("http://{}", reco.addr),
+    );
+    let key = key(Tier::Partner, &[Scope::Public]).await;
+    let token = CancellationToken::new();
+    let (gw, parts) = discovery_gateway::spawn_with_parts(
+        discovery_gateway::Config::from_env(&env).unwrap(),
+        token.clone(),
+    )
+    .await
+    .unwrap();
+    let mut c = client(gw.addr, &[("x-api-key", &key)]).await;
+    let search = |q: &str| pb::SearchProductsRequest {
+        query: q.into(),
+        ..Default::default()
+    };
+    let good = c
+        .search_products(search("aviator"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!good.hits.is_empty());
+    // The only replica goes away: calls fail until the breaker opens.
+    reco_token.cancel();
+    reco.wait().await.ok();
+    let mut failures = 0;
+    while parts.proxy.breaker_state("SearchProducts") == Some("closed") && failures < 20 {
+        let e = c.search_products(search("round")).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
+        failures += 1;
+    }
+    assert_eq!(
+        parts.proxy.breaker_state("SearchProducts"),
+        Some("open"),
+        "after {failures} failures"
+    );
+    // The request answered before is served from the last good answer...
+    let resp = c
+        .search_products(search("aviator"))
+        .await
+        .expect("fallback answer");
+    assert_eq!(
+        resp.metadata()
+            .get("x-discovery-fallback")
+            .map(|v| v.to_str().unwrap()),
+        Some("circuit-open")
+    );
+    assert_eq!(resp.into_inner(), good);
+    // ...any other fails fast, saying when to retry.
+    let e = c.search_products(search("square")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("circuit open"), "{}", e.message());
+    assert!(e.metadata().get("retry-after").is_some());
+    token.cancel();
+    gw.wait().await.ok();
+}
