@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need, idempotently and without asking:
 #   - Debian's redis-server (Redis Cluster nodes for the cache tests)
+#   - openssl (test certificates for the gateway's TLS test)
 #   - a MongoDB-compatible server: a real `mongod` if one is on PATH,
 #     otherwise SecantusDB from PyPI in ./.venv (secantusd-py)
 set -euo pipefail
@@ -17,6 +18,13 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 # The Debian package may start a system instance; the tests start their own.
+
+# openssl makes the gateway's TLS test certificates.
+if ! command -v openssl >/dev/null; then
+  echo "test-deps: installing openssl (Debian package)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
 
 if command -v mongod >/dev/null; then
   echo "test-deps: using mongod from PATH ($(mongod --version | head -1))"

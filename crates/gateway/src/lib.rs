@@ -92,6 +92,8 @@ pub struct Config {
     pub keys_refresh: Duration,
     /// Origins allowed for browser (gRPC-Web) calls; `*` for any.
     pub cors_origins: Vec<String>,
+    /// TLS certificate chain and key (PEM files); plaintext when None.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 fn urls(env: &Env, var: &'static str, default: &str) -> Result<Vec<String>, ConfigError> {
@@ -156,6 +158,22 @@ impl Config {
             proxy,
             keys_refresh: env.duration("DISCOVERY_API_KEYS_REFRESH", Duration::from_secs(10))?,
             cors_origins: env.list("DISCOVERY_CORS_ORIGINS", &["*"]),
+            tls: match (env.raw("DISCOVERY_TLS_CERT"), env.raw("DISCOVERY_TLS_KEY")) {
+                (None, None) => None,
+                (Some(c), Some(k)) => Some((c.into(), k.into())),
+                (Some(_), None) => {
+                    return Err(ConfigError::new(
+                        "DISCOVERY_TLS_KEY",
+                        "DISCOVERY_TLS_CERT is set: give the private key (PEM) too",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::new(
+                        "DISCOVERY_TLS_CERT",
+                        "DISCOVERY_TLS_KEY is set: give the certificate chain (PEM) too",
+                    ));
+                }
+            },
         })
     }
 }
@@ -233,6 +251,19 @@ pub async fn spawn_with_parts(
     let web =
         cors(&config.cors_origins).layer(tonic_web::GrpcWebLayer::new().layer(Discovery(stack)));
     let public = Discovery(BoxCloneSyncService::new(web));
+    let tls = match &config.tls {
+        None => None,
+        Some((cert, key)) => {
+            let read = |var: &str, p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| ConfigError::new(var, format!("{}: {e}", p.display())))
+            };
+            let identity = tonic::transport::Identity::from_pem(
+                read("DISCOVERY_TLS_CERT", cert)?,
+                read("DISCOVERY_TLS_KEY", key)?,
+            );
+            Some(tonic::transport::ServerTlsConfig::new().identity(identity))
+        }
+    };
     let mut handle = ServiceHandle::start_with(
         "gateway",
         &config.serve,
@@ -240,8 +271,14 @@ pub async fn spawn_with_parts(
         &[service_names::DISCOVERY],
         None,
         shutdown.clone(),
-        // gRPC-Web from browsers arrives over HTTP/1.1.
-        |b| b.accept_http1(true),
+        // gRPC-Web from browsers arrives over HTTP/1.1; TLS when configured.
+        |b| {
+            let b = b.accept_http1(true);
+            match tls {
+                Some(t) => b.tls_config(t),
+                None => Ok(b),
+            }
+        },
     )
     .await?;
     for pool in pools {

@@ -347,6 +347,16 @@ pub const VARIABLES: &[Variable] = &[
         help: "gateway: extra attempts for idempotent calls, on another replica, within a retry budget",
     },
     Variable {
+        name: "DISCOVERY_TLS_CERT",
+        default: "",
+        help: "gateway: TLS certificate chain (PEM file); with DISCOVERY_TLS_KEY, serves TLS (HTTP/2 and gRPC-Web)",
+    },
+    Variable {
+        name: "DISCOVERY_TLS_KEY",
+        default: "",
+        help: "gateway: TLS private key (PEM file)",
+    },
+    Variable {
         name: "DISCOVERY_FACE_ANALYSIS_URLS",
         default: "http://127.0.0.1:50052",
         help: "comma-separated face-analysis replicas the gateway balances over",

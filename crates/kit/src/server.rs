@@ -120,7 +120,7 @@ impl GrpcServer {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<Running, ServerError> {
-        self.serve_with(routes, grpc_names, shutdown, grace, |b| b)
+        self.serve_with(routes, grpc_names, shutdown, grace, Ok)
             .await
     }
 
@@ -132,7 +132,9 @@ impl GrpcServer {
         grpc_names: &[&'static str],
         shutdown: CancellationToken,
         grace: Duration,
-        adjust: impl FnOnce(tonic::transport::Server) -> tonic::transport::Server,
+        adjust: impl FnOnce(
+            tonic::transport::Server,
+        ) -> Result<tonic::transport::Server, tonic::transport::Error>,
     ) -> Result<Running, ServerError> {
         // Reflection lists only what this server serves.
         let reflection = || {
@@ -171,7 +173,10 @@ impl GrpcServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .initial_stream_window_size(Some(crate::client::STREAM_WINDOW))
             .initial_connection_window_size(Some(crate::client::CONNECTION_WINDOW));
-        let builder = adjust(builder);
+        let builder = adjust(builder).map_err(|e| ServerError::Transport {
+            addr: self.addr,
+            reason: format!("server settings: {e}"),
+        })?;
         let addr = self.addr;
         let service = self.service;
         let health = self.health.clone();
@@ -473,16 +478,7 @@ impl ServiceHandle {
         extra_http: Option<axum::Router>,
         shutdown: CancellationToken,
     ) -> Result<Self, BoxError> {
-        Self::start_with(
-            name,
-            config,
-            routes,
-            grpc_names,
-            extra_http,
-            shutdown,
-            |b| b,
-        )
-        .await
+        Self::start_with(name, config, routes, grpc_names, extra_http, shutdown, Ok).await
     }
 
     /// Like [`ServiceHandle::start`], adjusting the tonic builder.
@@ -493,7 +489,9 @@ impl ServiceHandle {
         grpc_names: &[&'static str],
         extra_http: Option<axum::Router>,
         shutdown: CancellationToken,
-        adjust: impl FnOnce(tonic::transport::Server) -> tonic::transport::Server,
+        adjust: impl FnOnce(
+            tonic::transport::Server,
+        ) -> Result<tonic::transport::Server, tonic::transport::Error>,
     ) -> Result<Self, BoxError> {
         let server = GrpcServer::bind(name, config.grpc_var, config.grpc).await?;
         let mut tasks: Vec<tokio::task::JoinHandle<Result<(), BoxError>>> = Vec::new();

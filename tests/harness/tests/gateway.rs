@@ -506,3 +506,159 @@ async fn an_open_breaker_serves_the_last_good_answer_and_fails_fast_otherwise() 
     token.cancel();
     gw.wait().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_tls_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    // A test CA and a server certificate for localhost signed by it.
+    let ca = dir.path().join("ca.pem");
+    let ext = dir.path().join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [Vec<String>; 3] = [
+        ["req", "-x509"]
+            .iter()
+            .chain(&ec)
+            .map(|s| s.to_string())
+            .chain(
+                [
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=discovery test CA",
+                    "-keyout",
+                    &p("ca.key"),
+                    "-out",
+                    &p("ca.pem"),
+                ]
+                .map(String::from),
+            )
+            .collect(),
+        ["req"]
+            .iter()
+            .chain(&ec)
+            .map(|s| s.to_string())
+            .chain(
+                [
+                    "-subj",
+                    "/CN=localhost",
+                    "-keyout",
+                    &p("key.pem"),
+                    "-out",
+                    &p("req.csr"),
+                ]
+                .map(String::from),
+            )
+            .collect(),
+        [
+            "x509",
+            "-req",
+            "-in",
+            &p("req.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &p("ext.cnf"),
+            "-out",
+            &p("cert.pem"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for args in steps {
+        let made = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl (Debian's openssl package) makes the test certificates");
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let env = base_env().with("DISCOVERY_DEMO_CATALOG", "520");
+    let token = CancellationToken::new();
+    let reco = recommendation(&env, 0, &token).await;
+    let key = key(Tier::Partner, &[Scope::Public]).await;
+    let env = env
+        .with(
+            "DISCOVERY_RECOMMENDATION_URLS",
+            format!("http://{}", reco.addr),
+        )
+        .with("DISCOVERY_TLS_CERT", cert.display().to_string())
+        .with("DISCOVERY_TLS_KEY", key_file.display().to_string());
+    let gw = discovery_gateway::spawn(
+        discovery_gateway::Config::from_env(&env).unwrap(),
+        token.clone(),
+    )
+    .await
+    .unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&ca).unwrap(),
+        ))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", gw.addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS handshake with the gateway");
+    let key_value: tonic::metadata::AsciiMetadataValue = key.parse().unwrap();
+    let mut c = DiscoveryClient::with_interceptor(channel, Headers(vec![("x-api-key", key_value)]));
+    let hits = c
+        .search_products(pb::SearchProductsRequest {
+            query: "aviator".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a call over TLS")
+        .into_inner()
+        .hits;
+    assert!(!hits.is_empty());
+    // Plaintext HTTP/2 to the TLS port does not get through.
+    let addr = gw.addr;
+    let plain_call = tokio::time::timeout(Duration::from_secs(5), async move {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        DiscoveryClient::new(channel)
+            .search_products(pb::SearchProductsRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(
+        !matches!(plain_call, Ok(Ok(_))),
+        "plaintext must not be served on the TLS port"
+    );
+    // Half a configuration is refused up front, naming the variable.
+    let half = base_env().with("DISCOVERY_TLS_CERT", cert.display().to_string());
+    let e = discovery_gateway::Config::from_env(&half)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DISCOVERY_TLS_KEY"), "{e}");
+    token.cancel();
+    let _ = (gw.wait().await, reco.wait().await);
+}
