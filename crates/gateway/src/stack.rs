@@ -295,14 +295,13 @@ impl tonic::server::NamedService for Discovery {
 impl Service<Request<Body>> for Discovery {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+    type Future = <Next as Service<Request<Body>>>::Future;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let mut next = self.0.clone();
-        Box::pin(async move { next.call(req).await })
+        self.0.call(req)
     }
 }
