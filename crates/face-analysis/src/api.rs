@@ -191,15 +191,9 @@ impl FaceAnalysis for Service {
                 ));
             }
             Some(pb::analyze_face_request::Input::Image(b)) => {
-                if b.len() > self.limits.max_bytes {
+                if let Err(e) = self.limits.check_bytes(b.len()) {
                     record("photo", "too_large");
-                    return Err(status(&Rejection::Image(
-                        crate::image::ImageError::TooLarge(format!(
-                            "{} bytes is over the limit of {} MiB; send a smaller photo",
-                            b.len(),
-                            self.limits.max_bytes >> 20
-                        )),
-                    )));
+                    return Err(status(&Rejection::Image(e)));
                 }
                 ("photo", Sha256::digest(b))
             }

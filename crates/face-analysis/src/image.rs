@@ -36,6 +36,19 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses an encoded photo over `max_bytes` (before hashing or sniffing it).
+    pub fn check_bytes(&self, len: usize) -> Result<(), ImageError> {
+        if len > self.max_bytes {
+            return Err(ImageError::TooLarge(format!(
+                "{len} bytes is over the limit of {} MiB; send a smaller photo",
+                self.max_bytes >> 20
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Why a photo cannot be used.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ImageError {
@@ -225,13 +238,7 @@ impl Photo {
     /// Decodes a photo within `limits`. Dimensions are read from the header
     /// and checked before any pixel buffer is allocated.
     pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
-        if bytes.len() > limits.max_bytes {
-            return Err(ImageError::TooLarge(format!(
-                "{} bytes is over the limit of {} MiB; send a smaller photo",
-                bytes.len(),
-                limits.max_bytes >> 20
-            )));
-        }
+        limits.check_bytes(bytes.len())?;
         let format = Format::sniff(bytes)?;
         // Third-party decoders are fuzzed upstream; a panic on hostile input
         // would still take a worker down, so it becomes a clean error here.
