@@ -6,8 +6,9 @@
 //! observation layer ([`RpcLayer`]: one span per call, W3C parent from
 //! metadata, latency and status metrics) around the service's own routes, and
 //! runs until the shutdown token fires. Shutdown marks every service
-//! NOT_SERVING, stops accepting, drains in-flight calls, and gives up after the
-//! grace period.
+//! NOT_SERVING, stops accepting, drains in-flight calls, and after the grace
+//! period severs the connections still open (their tasks would otherwise
+//! outlive the server in-process).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -185,17 +186,25 @@ impl GrpcServer {
         // itself; ours are bound up front (to report the port), so each
         // accepted socket gets it here. Without it, a response's HEADERS
         // and DATA writes meet the client's delayed ACK: 40 ms a call.
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(self.listener),
-            |conn| {
-                if let Ok(s) = &conn
-                    && let Err(e) = s.set_nodelay(true)
-                {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-                conn
-            },
-        );
+        // Every connection is severed when the grace period is over: tonic
+        // only asks connections to close (GOAWAY) and keeps serving their
+        // streams, which outlive the server in-process (tests, `discovery
+        // up`) and would make a "stopped" replica keep answering.
+        let sever = CancellationToken::new();
+        let incoming = {
+            let sever = sever.clone();
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                move |conn| {
+                    conn.map(|s| {
+                        if let Err(e) = s.set_nodelay(true) {
+                            tracing::debug!(error = %e, "TCP_NODELAY not set");
+                        }
+                        Severable::new(s, &sever)
+                    })
+                },
+            )
+        };
         let drain_started = CancellationToken::new();
         let signal = {
             let health = health.clone();
@@ -227,6 +236,7 @@ impl GrpcServer {
                     Ok(())
                 }
             };
+            sever.cancel();
             result.map_err(|e| ServerError::Transport {
                 addr,
                 reason: e.to_string(),
@@ -234,6 +244,86 @@ impl GrpcServer {
         });
         tracing::info!(service, %addr, "gRPC server listening");
         Ok(Running { addr, health, task })
+    }
+}
+
+/// A connection that fails every read and write once its token fires, waking
+/// a connection task parked on a read.
+struct Severable<IO> {
+    io: IO,
+    severed: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<IO> Severable<IO> {
+    fn new(io: IO, token: &CancellationToken) -> Self {
+        Self {
+            io,
+            severed: Box::pin(token.clone().cancelled_owned()),
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        match self.severed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "server stopped: grace period over",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Severable<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Severable<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for Severable<IO>
+{
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 
@@ -598,4 +688,54 @@ pub fn not_yet(rpc: &str, owner: &str) -> tonic::Status {
     tonic::Status::unimplemented(format!(
         "{rpc} is not available yet (tracked by the {owner} issue)"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// A stream still open when the grace period ends is cut, not left
+    /// running on a server that has returned.
+    #[tokio::test]
+    async fn calls_left_after_the_grace_period_are_severed() {
+        let server = GrpcServer::bind("test", "TEST_PORT", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let running = server
+            .serve(
+                Routes::default(),
+                &[],
+                shutdown.clone(),
+                Duration::from_millis(50),
+            )
+            .await
+            .unwrap();
+        let channel =
+            crate::client::connect_lazy("TEST_URL", &format!("http://{}", running.addr)).unwrap();
+        let mut health = HealthClient::new(channel);
+        let mut watch = health
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+        shutdown.cancel();
+        running.task.await.unwrap().unwrap();
+        // NOT_SERVING may still arrive; then the stream must end in an error.
+        let end = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match watch.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the open stream was severed");
+        assert!(end.is_err(), "{end:?}");
+    }
 }
