@@ -80,6 +80,37 @@ if [ -n "${STRACE:-}" ]; then
   echo "calls during the run: $((ok1 - ok0))"; head -20 "$work/strace.txt"
   exit 0
 fi
+if [ -n "${TIMELINE:-}" ]; then
+  # Syscall timeline of the gateway at concurrency 1 (strace -ttt -f).
+  (run "$viagw" 3000 1 1 >/dev/null &)
+  sleep 0.5
+  timeout -s INT 1 strace -f -ttt -T -p "$gwpid" -o "$work/tl.txt" || true
+  sed -n '200,260p' "$work/tl.txt"
+  exit 0
+fi
+if [ -n "${CALLERS:-}" ]; then
+  # Who calls the symbols named in CALLERS (comma-separated), dwarf unwinding.
+  (run "$viagw" 400000 8 16 >/dev/null &)
+  sleep 2
+  perf record -F 499 --call-graph dwarf,16384 -p "$gwpid" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1
+  cp "$work/perf.data" /tmp/gw-perf.data; perf script -i "$work/perf.data" -F ip,sym 2>/dev/null | python3 -c '
+import collections, re, sys
+targets = set(sys.argv[1].split(","))
+skip = re.compile(r"^(alloc::|core::|_mi_|mi_|__rust|bytes::|std::|<alloc|<core|__mem|realloc|malloc|free|_int_)")
+counts = collections.Counter(); total = 0
+for block in sys.stdin.read().split("\n\n"):
+    frames = [l.strip() for l in block.strip().splitlines() if l.strip()]
+    if not frames: continue
+    total += 1
+    leaf = frames[0]
+    if not any(t in leaf for t in targets): continue
+    chain = [f for f in frames[1:] if not skip.match(f)][:3]
+    counts[(leaf[:40], " <- ".join(c[:90] for c in chain))] += 1
+for (leaf, chain), n in counts.most_common(25):
+    print(f"{100*n/total:5.1f}% {leaf} <- {chain}")
+' "$CALLERS"
+  exit 0
+fi
 if [ -n "${PROFILE:-}" ]; then
   # perf profile of the gateway at saturation (perf from Debian linux-perf).
   (run "$viagw" 400000 8 16 >/dev/null &)
@@ -100,6 +131,7 @@ for round in 1 2; do
   read -r g_rps g_p50 g_p99 < <(run "$viagw" 20000 1 1)
   echo "| concurrency 1 (run $round): p50 / p99 µs | $d_p50 / $d_p99 | $g_p50 / $g_p99 | +$((g_p50 - d_p50)) µs at p50 |"
 done
+[ -n "${C1_ONLY:-}" ] && exit 0
 read -r d_rps d_p50 d_p99 < <(run "$direct" 200000 8 16)
 t0=$(cpu_ticks $gwpid); ok0=$(grpc_ok Ok)
 read -r g_rps g_p50 g_p99 < <(run "$viagw" 200000 8 16)

@@ -119,8 +119,13 @@ impl Config {
         let pools = PoolConfig {
             connections: env.parse(
                 "DISCOVERY_GATEWAY_CONNECTIONS",
-                2,
+                1,
                 "a number of connections",
+            )?,
+            workers: env.parse(
+                "DISCOVERY_GATEWAY_WORKERS",
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                "a number of threads",
             )?,
             check_interval: env.duration("DISCOVERY_HEALTH_INTERVAL", Duration::from_secs(10))?,
             ..PoolConfig::default()
@@ -129,6 +134,12 @@ impl Config {
             return Err(ConfigError::new(
                 "DISCOVERY_GATEWAY_CONNECTIONS",
                 "connections and DISCOVERY_HEALTH_INTERVAL must be above zero",
+            ));
+        }
+        if pools.workers == 0 {
+            return Err(ConfigError::new(
+                "DISCOVERY_GATEWAY_WORKERS",
+                "give at least 1 worker thread",
             ));
         }
         let proxy = ProxyConfig {
@@ -248,9 +259,11 @@ pub async fn spawn_with_parts(
         Arc::new(Admit { limiter, in_flight }),
         Arc::new(proxy.clone()),
     ]);
-    let web =
-        cors(&config.cors_origins).layer(tonic_web::GrpcWebLayer::new().layer(Discovery(stack)));
-    let public = Discovery(BoxCloneSyncService::new(web));
+    let web = cors(&config.cors_origins).layer(tonic_web::GrpcWebLayer::new().layer(stack.clone()));
+    let public = Discovery {
+        native: stack,
+        web: BoxCloneSyncService::new(web),
+    };
     let tls = match &config.tls {
         None => None,
         Some((cert, key)) => {
@@ -264,18 +277,19 @@ pub async fn spawn_with_parts(
             Some(tonic::transport::ServerTlsConfig::new().identity(identity))
         }
     };
-    let mut handle = ServiceHandle::start_with(
+    let mut handle = ServiceHandle::start_on_workers(
         "gateway",
         &config.serve,
         Routes::new(public),
         &[service_names::DISCOVERY],
         None,
         shutdown.clone(),
+        config.pools.workers,
         // gRPC-Web from browsers arrives over HTTP/1.1; TLS when configured.
         |b| {
             let b = b.accept_http1(true);
-            match tls {
-                Some(t) => b.tls_config(t),
+            match &tls {
+                Some(t) => b.tls_config(t.clone()),
                 None => Ok(b),
             }
         },

@@ -284,9 +284,17 @@ impl Stage for Admit {
     }
 }
 
-/// The whole stack as the public service (`discovery.v1.Discovery`).
+/// The whole stack as the public service (`discovery.v1.Discovery`):
+/// calls from browsers (an `Origin` header, or gRPC-Web) go through the
+/// CORS and gRPC-Web translation in `web`; native gRPC calls skip both (the
+/// CORS layer would add `vary` headers to every answer).
 #[derive(Clone)]
-pub struct Discovery(pub Next);
+pub struct Discovery {
+    /// Native gRPC.
+    pub native: Next,
+    /// Browsers.
+    pub web: Next,
+}
 
 impl tonic::server::NamedService for Discovery {
     const NAME: &'static str = "discovery.v1.Discovery";
@@ -297,11 +305,21 @@ impl Service<Request<Body>> for Discovery {
     type Error = Infallible;
     type Future = <Next as Service<Request<Body>>>::Future;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.0.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both stacks are always ready (admission happens inside).
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        self.0.call(req)
+        let web = req.headers().contains_key(http::header::ORIGIN)
+            || req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"));
+        if web {
+            self.web.call(req)
+        } else {
+            self.native.call(req)
+        }
     }
 }

@@ -12,8 +12,10 @@
 //!   a row take a replica out for 10 s (doubling while it keeps failing,
 //!   up to 2 min); a success resets it.
 //! - **Connections**: each replica has `connections` HTTP/2 connections
-//!   (default 2) used in turn; one connection serialises frames through one
-//!   socket and one task.
+//!   (default 1) per server worker, used in turn, plus a set for callers
+//!   that are not workers. A worker only uses its own: the connection's
+//!   task runs on the worker's thread, so a proxied call never wakes
+//!   another thread ([`discovery_kit::server::serve_on_workers`]).
 //! - **Discovery**: `http://host:port` entries are used as given;
 //!   `dns://host:port` is resolved every interval and each address becomes
 //!   a replica (Kubernetes headless services).
@@ -105,8 +107,10 @@ use crate::routes::Upstream;
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// HTTP/2 connections per replica.
+    /// HTTP/2 connections per replica and server worker.
     pub connections: usize,
+    /// Server workers (each gets its own connections).
+    pub workers: usize,
     /// Health check interval.
     pub check_interval: Duration,
     /// Health check timeout.
@@ -124,7 +128,8 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            connections: 2,
+            connections: 1,
+            workers: 1,
             check_interval: Duration::from_secs(10),
             check_timeout: Duration::from_secs(5),
             unhealthy_after: 3,
@@ -181,7 +186,9 @@ pub struct Replica {
     /// `http://host:port`.
     pub url: String,
     authority: http::uri::Authority,
+    /// `per_slot` connections for each worker, then for other callers.
     conns: Vec<Conn>,
+    per_slot: usize,
     health_channel: Channel,
     next: AtomicUsize,
     in_flight: AtomicUsize,
@@ -196,7 +203,7 @@ pub struct Replica {
 }
 
 impl Replica {
-    fn new(url: String, connections: usize) -> Result<Self, String> {
+    fn new(url: String, config: &PoolConfig) -> Result<Self, String> {
         let endpoint =
             discovery_kit::client::endpoint("upstream", &url).map_err(|e| e.to_string())?;
         let authority = url
@@ -204,13 +211,16 @@ impl Replica {
             .ok()
             .and_then(|u| u.authority().cloned())
             .ok_or_else(|| format!("{url:?} has no host:port"))?;
-        let conns = (0..connections.max(1))
+        let per_slot = config.connections.max(1);
+        let slots = config.workers.max(1) + 1;
+        let conns = (0..per_slot * slots)
             .map(|_| Conn::new(authority.to_string()))
             .collect();
         Ok(Self {
             url,
             authority,
             conns,
+            per_slot,
             health_channel: endpoint.connect_lazy(),
             next: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
@@ -224,8 +234,8 @@ impl Replica {
         })
     }
 
-    /// Sends a request on the next connection, in turn; `path` is the
-    /// upstream method path.
+    /// Sends a request on the calling worker's next connection, in turn;
+    /// `path` is the upstream method path.
     pub async fn send(
         &self,
         mut req: Request<Body>,
@@ -236,7 +246,9 @@ impl Replica {
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()?;
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let slots = self.conns.len() / self.per_slot;
+        let slot = discovery_kit::server::worker().map_or(slots - 1, |w| w % (slots - 1).max(1));
+        let i = slot * self.per_slot + self.next.fetch_add(1, Ordering::Relaxed) % self.per_slot;
         self.conns[i].call(req).await
     }
 
@@ -349,7 +361,7 @@ impl Pool {
         let mut replicas = Vec::new();
         for s in &sources {
             if !s.starts_with("dns://") {
-                replicas.push(Arc::new(Replica::new(s.clone(), config.connections)?));
+                replicas.push(Arc::new(Replica::new(s.clone(), &config)?));
             }
         }
         Ok(Arc::new(Self {
@@ -453,11 +465,11 @@ impl Pool {
         let next: Vec<Arc<Replica>> = urls
             .iter()
             .filter_map(|u| {
-                current.iter().find(|r| &r.url == u).cloned().or_else(|| {
-                    Replica::new(u.clone(), self.config.connections)
-                        .ok()
-                        .map(Arc::new)
-                })
+                current
+                    .iter()
+                    .find(|r| &r.url == u)
+                    .cloned()
+                    .or_else(|| Replica::new(u.clone(), &self.config).ok().map(Arc::new))
             })
             .collect();
         tracing::info!(

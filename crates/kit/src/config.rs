@@ -333,8 +333,13 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "DISCOVERY_GATEWAY_CONNECTIONS",
-        default: "2",
-        help: "gateway: HTTP/2 connections per upstream replica",
+        default: "1",
+        help: "gateway: HTTP/2 connections per upstream replica and worker",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_WORKERS",
+        default: "cores",
+        help: "gateway: worker threads, each serving its connections start to end",
     },
     Variable {
         name: "DISCOVERY_HEALTH_INTERVAL",

@@ -137,6 +137,111 @@ impl GrpcServer {
             tonic::transport::Server,
         ) -> Result<tonic::transport::Server, tonic::transport::Error>,
     ) -> Result<Running, ServerError> {
+        let routes = self.full_routes(routes, grpc_names).await?;
+        let (addr, health) = (self.addr, self.health.clone());
+        let builder = adjust(base_builder()).map_err(|e| settings_error(addr, e))?;
+        let run = Worker {
+            service: self.service,
+            addr,
+            health: self.health,
+            names: grpc_names.to_vec(),
+            shutdown,
+            grace,
+        }
+        .run(self.listener, builder, routes);
+        let task = tokio::spawn(run);
+        tracing::info!(service = self.service, %addr, "gRPC server listening");
+        Ok(Running { addr, health, task })
+    }
+
+    /// Like [`GrpcServer::serve_with`], on `workers` threads of their own,
+    /// each a single-threaded runtime accepting from the shared socket: a
+    /// call is read, handled and answered on one thread, with no wake-up
+    /// crossing threads (the model of Envoy's workers). Tasks the handlers
+    /// spawn stay on their worker; [`worker`] tells a handler which one it
+    /// runs on (the gateway keeps upstream connections per worker).
+    pub async fn serve_on_workers(
+        self,
+        routes: Routes,
+        grpc_names: &[&'static str],
+        shutdown: CancellationToken,
+        grace: Duration,
+        workers: usize,
+        adjust: impl Fn(
+            tonic::transport::Server,
+        ) -> Result<tonic::transport::Server, tonic::transport::Error>,
+    ) -> Result<Running, ServerError> {
+        let routes = self.full_routes(routes, grpc_names).await?;
+        let (addr, service) = (self.addr, self.service);
+        let io = |e: std::io::Error| ServerError::Transport {
+            addr,
+            reason: format!("sharing the listening socket: {e}"),
+        };
+        let listener = self.listener.into_std().map_err(io)?;
+        let mut done = Vec::new();
+        for index in 0..workers.max(1) {
+            let listener = listener.try_clone().map_err(io)?;
+            let builder = adjust(base_builder()).map_err(|e| settings_error(addr, e))?;
+            let worker = Worker {
+                service,
+                addr,
+                health: self.health.clone(),
+                names: grpc_names.to_vec(),
+                shutdown: shutdown.clone(),
+                grace,
+            };
+            let routes = routes.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("{service}-worker-{index}"))
+                .spawn(move || {
+                    let result = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| ServerError::Transport {
+                            addr,
+                            reason: format!("worker runtime: {e}"),
+                        })
+                        .and_then(|rt| {
+                            WORKER.with(|w| w.set(Some(index)));
+                            rt.block_on(async move {
+                                let listener = TcpListener::from_std(listener).map_err(|e| {
+                                    ServerError::Transport {
+                                        addr,
+                                        reason: format!("worker {index}: {e}"),
+                                    }
+                                })?;
+                                worker.run(listener, builder, routes).await
+                            })
+                        });
+                    let _ = tx.send(result);
+                })
+                .map_err(io)?;
+            done.push(rx);
+        }
+        let task = tokio::spawn(async move {
+            for rx in done {
+                rx.await.map_err(|_| ServerError::Transport {
+                    addr,
+                    reason: "a worker thread panicked".into(),
+                })??;
+            }
+            Ok(())
+        });
+        tracing::info!(service, %addr, workers, "gRPC server listening");
+        Ok(Running {
+            addr,
+            health: self.health,
+            task,
+        })
+    }
+
+    /// `routes` plus health (every name SERVING) and reflection.
+    async fn full_routes(
+        &self,
+        routes: Routes,
+        grpc_names: &[&'static str],
+    ) -> Result<Routes, ServerError> {
         // Reflection lists only what this server serves.
         let reflection = || {
             let mut b = tonic_reflection::server::Builder::configure()
@@ -162,26 +267,66 @@ impl GrpcServer {
         self.health
             .set_service_status("", ServingStatus::Serving)
             .await;
-        let routes = routes
+        Ok(routes
             .add_service(tonic_health::pb::health_server::HealthServer::new(
                 tonic_health::server::HealthService::from_health_reporter(self.health.clone()),
             ))
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
-        let builder = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .initial_stream_window_size(Some(crate::client::STREAM_WINDOW))
-            .initial_connection_window_size(Some(crate::client::CONNECTION_WINDOW));
-        let builder = adjust(builder).map_err(|e| ServerError::Transport {
-            addr: self.addr,
-            reason: format!("server settings: {e}"),
-        })?;
-        let addr = self.addr;
-        let service = self.service;
-        let health = self.health.clone();
-        let names: Vec<&'static str> = grpc_names.to_vec();
+            .add_service(reflection_v1alpha))
+    }
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the server worker thread this code runs on, if it runs on
+/// one (see [`GrpcServer::serve_on_workers`]).
+pub fn worker() -> Option<usize> {
+    WORKER.with(|w| w.get())
+}
+
+fn settings_error(addr: SocketAddr, e: tonic::transport::Error) -> ServerError {
+    ServerError::Transport {
+        addr,
+        reason: format!("server settings: {e}"),
+    }
+}
+
+fn base_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(crate::client::STREAM_WINDOW))
+        .initial_connection_window_size(Some(crate::client::CONNECTION_WINDOW))
+}
+
+/// One accept loop and its shutdown.
+struct Worker {
+    service: &'static str,
+    addr: SocketAddr,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Worker {
+    async fn run(
+        self,
+        listener: TcpListener,
+        builder: tonic::transport::Server,
+        routes: Routes,
+    ) -> Result<(), ServerError> {
+        let Worker {
+            service,
+            addr,
+            health,
+            names,
+            shutdown,
+            grace,
+        } = self;
         // The builder's tcp_nodelay applies only to listeners tonic binds
         // itself; ours are bound up front (to report the port), so each
         // accepted socket gets it here. Without it, a response's HEADERS
@@ -194,7 +339,7 @@ impl GrpcServer {
         let incoming = {
             let sever = sever.clone();
             tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
                 move |conn| {
                     conn.map(|s| {
                         if let Err(e) = s.set_nodelay(true) {
@@ -207,7 +352,6 @@ impl GrpcServer {
         };
         let drain_started = CancellationToken::new();
         let signal = {
-            let health = health.clone();
             let drain_started = drain_started.clone();
             async move {
                 shutdown.cancelled().await;
@@ -227,23 +371,19 @@ impl GrpcServer {
             .layer(RpcLayer::new(service))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
-        let task = tokio::spawn(async move {
-            tokio::pin!(server);
-            let result = tokio::select! {
-                r = &mut server => r,
-                _ = async { drain_started.cancelled().await; tokio::time::sleep(grace).await } => {
-                    tracing::warn!(service, ?grace, "grace period over; dropping remaining calls");
-                    Ok(())
-                }
-            };
-            sever.cancel();
-            result.map_err(|e| ServerError::Transport {
-                addr,
-                reason: e.to_string(),
-            })
-        });
-        tracing::info!(service, %addr, "gRPC server listening");
-        Ok(Running { addr, health, task })
+        tokio::pin!(server);
+        let result = tokio::select! {
+            r = &mut server => r,
+            _ = async { drain_started.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(service, ?grace, "grace period over; dropping remaining calls");
+                Ok(())
+            }
+        };
+        sever.cancel();
+        result.map_err(|e| ServerError::Transport {
+            addr,
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -544,6 +684,12 @@ impl ServeConfig {
     }
 }
 
+/// The metrics endpoint's address and task, when enabled.
+type Metrics = (
+    Option<SocketAddr>,
+    Option<tokio::task::JoinHandle<Result<(), BoxError>>>,
+);
+
 /// A started service: where it listens and the tasks that run it.
 pub struct ServiceHandle {
     /// Short service name.
@@ -584,21 +730,57 @@ impl ServiceHandle {
         ) -> Result<tonic::transport::Server, tonic::transport::Error>,
     ) -> Result<Self, BoxError> {
         let server = GrpcServer::bind(name, config.grpc_var, config.grpc).await?;
-        let mut tasks: Vec<tokio::task::JoinHandle<Result<(), BoxError>>> = Vec::new();
-        let mut metrics_addr = None;
-        if let Some(addr) = config.metrics {
-            let listener = bind("DISCOVERY_METRICS_PORT", addr).await?;
-            metrics_addr = listener.local_addr().ok();
-            let token = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                crate::metrics::serve(listener, extra_http, token)
-                    .await
-                    .map_err(|e| Box::new(e) as BoxError)
-            }));
-        }
+        let metrics = Self::metrics_task(config, extra_http, &shutdown).await?;
         let running = server
             .serve_with(routes, grpc_names, shutdown, config.grace, adjust)
             .await?;
+        Ok(Self::finish(name, running, metrics))
+    }
+
+    /// Like [`ServiceHandle::start_with`], serving on `workers` threads of
+    /// their own ([`GrpcServer::serve_on_workers`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_on_workers(
+        name: &'static str,
+        config: &ServeConfig,
+        routes: Routes,
+        grpc_names: &[&'static str],
+        extra_http: Option<axum::Router>,
+        shutdown: CancellationToken,
+        workers: usize,
+        adjust: impl Fn(
+            tonic::transport::Server,
+        ) -> Result<tonic::transport::Server, tonic::transport::Error>,
+    ) -> Result<Self, BoxError> {
+        let server = GrpcServer::bind(name, config.grpc_var, config.grpc).await?;
+        let metrics = Self::metrics_task(config, extra_http, &shutdown).await?;
+        let running = server
+            .serve_on_workers(routes, grpc_names, shutdown, config.grace, workers, adjust)
+            .await?;
+        Ok(Self::finish(name, running, metrics))
+    }
+
+    async fn metrics_task(
+        config: &ServeConfig,
+        extra_http: Option<axum::Router>,
+        shutdown: &CancellationToken,
+    ) -> Result<Metrics, BoxError> {
+        let Some(addr) = config.metrics else {
+            return Ok((None, None));
+        };
+        let listener = bind("DISCOVERY_METRICS_PORT", addr).await?;
+        let addr = listener.local_addr().ok();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            crate::metrics::serve(listener, extra_http, token)
+                .await
+                .map_err(|e| Box::new(e) as BoxError)
+        });
+        Ok((addr, Some(task)))
+    }
+
+    fn finish(name: &'static str, running: Running, (metrics_addr, metrics): Metrics) -> Self {
+        let mut tasks: Vec<_> = metrics.into_iter().collect();
         let task = running.task;
         tasks.push(tokio::spawn(async move {
             match task.await {
@@ -606,13 +788,13 @@ impl ServiceHandle {
                 Err(e) => Err(Box::new(e) as BoxError),
             }
         }));
-        Ok(Self {
+        Self {
             name,
             addr: running.addr,
             metrics_addr,
             health: running.health,
             tasks,
-        })
+        }
     }
 
     /// Adds a background task whose failure should stop the service.
@@ -737,5 +919,64 @@ mod tests {
         .await
         .expect("the open stream was severed");
         assert!(end.is_err(), "{end:?}");
+    }
+
+    /// Workers share the socket, serve every connection, and stop (cutting
+    /// streams left open) on shutdown.
+    #[tokio::test]
+    async fn workers_serve_from_one_socket_and_stop_together() {
+        let server = GrpcServer::bind("test", "TEST_PORT", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let running = server
+            .serve_on_workers(
+                Routes::default(),
+                &[],
+                shutdown.clone(),
+                Duration::from_millis(50),
+                2,
+                Ok,
+            )
+            .await
+            .unwrap();
+        assert_eq!(worker(), None, "the caller's thread is not a worker");
+        let mut watches = Vec::new();
+        for _ in 0..6 {
+            // One connection each (lazy channels do not share).
+            let channel =
+                crate::client::connect_lazy("TEST_URL", &format!("http://{}", running.addr))
+                    .unwrap();
+            let mut health = HealthClient::new(channel);
+            let status = health
+                .check(HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(status, ServingStatus::Serving as i32);
+            watches.push(
+                health
+                    .watch(HealthCheckRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+        shutdown.cancel();
+        running.task.await.unwrap().unwrap();
+        for mut watch in watches {
+            let end = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match watch.message().await {
+                        Ok(Some(_)) => continue,
+                        other => return other,
+                    }
+                }
+            })
+            .await
+            .expect("every open stream was severed");
+            assert!(end.is_err(), "{end:?}");
+        }
     }
 }
