@@ -136,7 +136,10 @@ impl Service {
             .map_err(|e| Rejection::Model(e.clone()))?;
         let mut engine = pool.get().await;
         let (limits, gates) = (self.limits, self.gates);
+        // The stages' spans are children of the call's, across the thread hop.
+        let parent = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _call = parent.entered();
             let mut timings = Timings::default();
             let mut scratch = Scratch::default();
             pipeline::analyze_bytes(

@@ -330,8 +330,10 @@ pub fn analyze_photo(
     scratch: &mut Scratch,
     timings: &mut Timings,
 ) -> Result<Analysis, Rejection> {
-    let t = Instant::now();
+    let (t, span) = (Instant::now(), stage("detect"));
     let Faces { faces, full_range } = detect_faces(engine, photo, gates, scratch)?;
+    span.record("face.count", faces.len());
+    drop(span);
     timings.detect = t.elapsed();
     let Some(largest) = faces.iter().map(|f| f.best().width()).reduce(f32::max) else {
         return Err(Rejection::NoFace(if full_range {
@@ -360,7 +362,7 @@ pub fn analyze_photo(
 
     // FaceMesh on the best box; if it sees no face there, on the other
     // detector's box for the same face.
-    let t = Instant::now();
+    let (t, span) = (Instant::now(), stage("mesh"));
     let mut rejection = None;
     let mut found = None;
     for candidate in &face.candidates {
@@ -385,6 +387,7 @@ pub fn analyze_photo(
             }
         }
     }
+    drop(span);
     timings.mesh = t.elapsed();
     let Some((face, landmarks)) = found else {
         return Err(rejection.unwrap_or_else(|| Rejection::NoFace(String::new())));
@@ -392,7 +395,7 @@ pub fn analyze_photo(
 
     // Iris on 64 px crops 2.3x the eye width; the left eye is mirrored so
     // that the model always sees a right eye.
-    let t = Instant::now();
+    let (t, span) = (Instant::now(), stage("iris"));
     let mut irises = [Iris {
         center: [0.0; 2],
         diameter_px: 0.0,
@@ -420,9 +423,10 @@ pub fn analyze_photo(
             .collect();
         irises[k] = Iris::from_points(&points);
     }
+    drop(span);
     timings.iris = t.elapsed();
 
-    let t = Instant::now();
+    let (t, span) = (Instant::now(), stage("measure"));
     let face_box = [
         face.bbox[0],
         face.bbox[1],
@@ -430,8 +434,20 @@ pub fn analyze_photo(
         face.bbox[3] - face.bbox[1],
     ];
     let result = finish(landmarks, Some(irises), face_box, gates);
+    drop(span);
     timings.measure = t.elapsed();
     result
+}
+
+/// A span for one stage of the pipeline, entered until dropped.
+fn stage(name: &'static str) -> tracing::span::EnteredSpan {
+    tracing::info_span!(
+        "face.stage",
+        otel.name = %format_args!("face.{name}"),
+        face.stage = name,
+        face.count = tracing::field::Empty,
+    )
+    .entered()
 }
 
 /// Decodes and analyses.
@@ -443,8 +459,9 @@ pub fn analyze_bytes(
     scratch: &mut Scratch,
     timings: &mut Timings,
 ) -> Result<Analysis, Rejection> {
-    let t = Instant::now();
+    let (t, span) = (Instant::now(), stage("decode"));
     let photo = Photo::decode(bytes, limits)?;
+    drop(span);
     timings.decode = t.elapsed();
     analyze_photo(engine, &photo, gates, scratch, timings)
 }

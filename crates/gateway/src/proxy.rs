@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -264,7 +265,6 @@ impl Proxy {
         for h in HOP_BY_HOP {
             parts.headers.remove(h);
         }
-        discovery_kit::telemetry::inject_current_headers(&mut parts.headers);
         inner.budget.deposit();
         let attempts = if buffered.is_some() {
             1 + inner.config.retries
@@ -301,10 +301,13 @@ impl Proxy {
                 out.headers_mut()
                     .insert("grpc-timeout", grpc::encode_timeout(r));
             }
+            let span = discovery_kit::telemetry::client_span(route.path, &replica.url);
+            discovery_kit::telemetry::inject_span_headers(&span, out.headers_mut());
+            let send = replica.send(out, route.path).instrument(span.clone());
             let guard = replica.start();
             let sent = Instant::now();
             let result = match remaining {
-                Some(r) => match tokio::time::timeout(r, replica.send(out, route.path)).await {
+                Some(r) => match tokio::time::timeout(r, send).await {
                     Ok(r) => r,
                     Err(_) => {
                         breaker.record(permit, true);
@@ -317,8 +320,19 @@ impl Proxy {
                         )));
                     }
                 },
-                None => replica.send(out, route.path).await,
+                None => send.await,
             };
+            match &result {
+                Ok(resp) => {
+                    let code = grpc::status_of(resp.headers()).unwrap_or(Code::Ok);
+                    span.record("rpc.grpc.status_code", code as i32);
+                }
+                Err(_) => {
+                    span.record("rpc.grpc.status_code", Code::Unavailable as i32);
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            drop(span);
             match result {
                 Err(e) => {
                     replica.failed(pool.config());

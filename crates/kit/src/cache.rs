@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fred::prelude::*;
@@ -506,25 +507,29 @@ impl Cache {
 
     /// Looks `key` up in L1, then L2 (filling L1 on an L2 hit).
     pub async fn get(&self, kind: &'static CacheKind, key: &str) -> Option<Bytes> {
-        let started = Instant::now();
-        if self.use_l1(kind)
-            && let Some(e) = self.l1.get(key).await
-        {
-            if kind.sliding {
-                self.touch_l2(kind, key).await;
+        async {
+            let started = Instant::now();
+            if self.use_l1(kind)
+                && let Some(e) = self.l1.get(key).await
+            {
+                if kind.sliding {
+                    self.touch_l2(kind, key).await;
+                }
+                record(kind, "l1", true, started);
+                return Some(e.value);
             }
-            record(kind, "l1", true, started);
-            return Some(e.value);
-        }
-        if let Some(e) = self.l2_get(kind, key).await {
-            if self.use_l1(kind) {
-                self.insert_l1(key, e.clone()).await;
+            if let Some(e) = self.l2_get(kind, key).await {
+                if self.use_l1(kind) {
+                    self.insert_l1(key, e.clone()).await;
+                }
+                record(kind, "l2", true, started);
+                return Some(e.value);
             }
-            record(kind, "l2", true, started);
-            return Some(e.value);
+            record(kind, "all", false, started);
+            None
         }
-        record(kind, "all", false, started);
-        None
+        .instrument(lookup_span(kind))
+        .await
     }
 
     /// The value in this replica's L1 if present and fresh (no loader, no L2):
@@ -690,89 +695,93 @@ impl Cache {
         Fut: std::future::Future<Output = Result<Loaded, E>> + Send + 'static,
         E: Clone + Send + Sync + 'static,
     {
-        let started = Instant::now();
-        let use_l1 = self.use_l1(kind);
-        if use_l1 && let Some(e) = self.l1.get(key).await {
-            let stale = self.is_stale(kind, &e);
-            if stale {
-                self.refresh_in_background(kind, key, load);
-            }
-            record(kind, "l1", true, started);
-            return Ok(Lookup {
-                value: e.value,
-                source: Source::L1,
-                stale,
-            });
-        }
-        // Set by the init future when it runs: None means another caller's
-        // load answered this one (coalesced).
-        let source: Arc<Mutex<Option<Source>>> = Arc::default();
-        let src = source.clone();
-        let this = self.clone();
-        let key_owned: Arc<str> = Arc::from(key);
-        let init = async move {
-            if let Some(e) = this.l2_get(kind, &key_owned).await {
-                *src.lock() = Some(Source::L2);
-                return Ok(e);
-            }
-            *src.lock() = Some(Source::Origin);
-            match load().await {
-                Ok(l) if l.cacheable => {
-                    let entry = Entry {
-                        value: l.value,
-                        stored_at_ms: crate::now_unix_ms(),
-                        kind,
-                        tags: l.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
-                    };
-                    // Write-behind: the caller does not wait for Redis.
-                    let (c, k, e) = (this.clone(), key_owned.clone(), entry.clone());
-                    tokio::spawn(async move { c.l2_set(&k, &e).await });
-                    Ok(entry)
+        async {
+            let started = Instant::now();
+            let use_l1 = self.use_l1(kind);
+            if use_l1 && let Some(e) = self.l1.get(key).await {
+                let stale = self.is_stale(kind, &e);
+                if stale {
+                    self.refresh_in_background(kind, key, load);
                 }
-                Ok(l) => Err(LoadFailure::Uncacheable(l.value)),
-                Err(e) => Err(LoadFailure::Failed(e)),
-            }
-        };
-        let result = if use_l1 {
-            let key: Arc<str> = Arc::from(key);
-            let r = self.l1.try_get_with(key.clone(), init).await;
-            // Only the caller whose init ran (and inserted) indexes the entry.
-            if let Ok(e) = &r
-                && source.lock().is_some()
-            {
-                self.index_l1(&key, e);
-            }
-            r
-        } else {
-            init.await.map_err(Arc::new)
-        };
-        match result {
-            Ok(e) => {
-                let s = source.lock().unwrap_or(Source::L1);
-                let stale = s == Source::L2 && self.is_stale(kind, &e);
-                match s {
-                    Source::L1 => record(kind, "l1", true, started),
-                    Source::L2 => record(kind, "l2", true, started),
-                    Source::Origin => record(kind, "all", false, started),
-                }
-                Ok(Lookup {
+                record(kind, "l1", true, started);
+                return Ok(Lookup {
                     value: e.value,
-                    source: s,
+                    source: Source::L1,
                     stale,
-                })
+                });
             }
-            Err(f) => {
-                record(kind, "all", false, started);
-                match &*f {
-                    LoadFailure::Uncacheable(v) => Ok(Lookup {
-                        value: v.clone(),
-                        source: Source::Origin,
-                        stale: false,
-                    }),
-                    LoadFailure::Failed(e) => Err(e.clone()),
+            // Set by the init future when it runs: None means another caller's
+            // load answered this one (coalesced).
+            let source: Arc<Mutex<Option<Source>>> = Arc::default();
+            let src = source.clone();
+            let this = self.clone();
+            let key_owned: Arc<str> = Arc::from(key);
+            let init = async move {
+                if let Some(e) = this.l2_get(kind, &key_owned).await {
+                    *src.lock() = Some(Source::L2);
+                    return Ok(e);
+                }
+                *src.lock() = Some(Source::Origin);
+                match load().await {
+                    Ok(l) if l.cacheable => {
+                        let entry = Entry {
+                            value: l.value,
+                            stored_at_ms: crate::now_unix_ms(),
+                            kind,
+                            tags: l.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
+                        };
+                        // Write-behind: the caller does not wait for Redis.
+                        let (c, k, e) = (this.clone(), key_owned.clone(), entry.clone());
+                        tokio::spawn(async move { c.l2_set(&k, &e).await });
+                        Ok(entry)
+                    }
+                    Ok(l) => Err(LoadFailure::Uncacheable(l.value)),
+                    Err(e) => Err(LoadFailure::Failed(e)),
+                }
+            };
+            let result = if use_l1 {
+                let key: Arc<str> = Arc::from(key);
+                let r = self.l1.try_get_with(key.clone(), init).await;
+                // Only the caller whose init ran (and inserted) indexes the entry.
+                if let Ok(e) = &r
+                    && source.lock().is_some()
+                {
+                    self.index_l1(&key, e);
+                }
+                r
+            } else {
+                init.await.map_err(Arc::new)
+            };
+            match result {
+                Ok(e) => {
+                    let s = source.lock().unwrap_or(Source::L1);
+                    let stale = s == Source::L2 && self.is_stale(kind, &e);
+                    match s {
+                        Source::L1 => record(kind, "l1", true, started),
+                        Source::L2 => record(kind, "l2", true, started),
+                        Source::Origin => record(kind, "all", false, started),
+                    }
+                    Ok(Lookup {
+                        value: e.value,
+                        source: s,
+                        stale,
+                    })
+                }
+                Err(f) => {
+                    record(kind, "all", false, started);
+                    match &*f {
+                        LoadFailure::Uncacheable(v) => Ok(Lookup {
+                            value: v.clone(),
+                            source: Source::Origin,
+                            stale: false,
+                        }),
+                        LoadFailure::Failed(e) => Err(e.clone()),
+                    }
                 }
             }
         }
+        .instrument(lookup_span(kind))
+        .await
     }
 
     fn is_stale(&self, kind: &CacheKind, e: &Entry) -> bool {
@@ -954,7 +963,21 @@ impl Invalidation {
     }
 }
 
+/// One span per lookup (`cache.hit` and `cache.level` filled by [`record`]).
+fn lookup_span(kind: &'static CacheKind) -> tracing::Span {
+    tracing::info_span!(
+        "cache.lookup",
+        otel.name = %format_args!("cache {}", kind.name),
+        cache.kind = kind.name,
+        cache.hit = tracing::field::Empty,
+        cache.level = tracing::field::Empty,
+    )
+}
+
 fn record(kind: &'static CacheKind, level: &'static str, hit: bool, started: Instant) {
+    let span = tracing::Span::current();
+    span.record("cache.hit", hit);
+    span.record("cache.level", level);
     let result = if hit {
         kind.hits.fetch_add(1, Ordering::Relaxed);
         "hit"

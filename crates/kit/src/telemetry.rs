@@ -220,6 +220,33 @@ pub fn inject_current_headers(headers: &mut http::HeaderMap) {
     }
 }
 
+/// A client span for a gRPC call to `path` (`/package.Service/Method`) on
+/// `peer` (OpenTelemetry RPC conventions).
+pub fn client_span(path: &str, peer: &str) -> tracing::Span {
+    let p = path.trim_start_matches('/');
+    let (service, method) = p.split_once('/').unwrap_or((p, ""));
+    tracing::info_span!(
+        "grpc.client",
+        otel.name = %p,
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        server.address = %peer,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Injects `span`'s context into outgoing HTTP headers (the next hop is
+/// its child).
+pub fn inject_span_headers(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    }
+}
+
 /// A tonic client interceptor that propagates W3C trace context.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracePropagator;

@@ -18,6 +18,7 @@
 pub mod filter;
 pub mod memory;
 pub mod mongo;
+pub mod traced;
 
 use std::fmt::Debug;
 use std::pin::Pin;
@@ -336,8 +337,10 @@ impl StoreConfig {
     /// Connects (MongoDB: fails fast when unreachable) for `workload`.
     pub async fn connect(&self, workload: Workload) -> Result<Store, StoreError> {
         match self {
-            StoreConfig::Memory => Ok(memory::MemoryStore::shared()),
-            StoreConfig::Mongo(c) => Ok(Arc::new(mongo::MongoStore::connect(c, workload).await?)),
+            StoreConfig::Memory => Ok(traced::traced(memory::MemoryStore::shared())),
+            StoreConfig::Mongo(c) => Ok(traced::traced(Arc::new(
+                mongo::MongoStore::connect(c, workload).await?,
+            ))),
         }
     }
 }
