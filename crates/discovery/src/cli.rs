@@ -38,8 +38,9 @@ enum Command {
     Up,
     /// Run one service, configured from the environment (what each container runs).
     Serve {
-        /// gateway, face-analysis, recommendation, sync or monitoring.
-        #[arg(value_parser = ["gateway", "face-analysis", "recommendation", "sync", "monitoring"])]
+        /// gateway, face-analysis, recommendation, sync or monitoring
+        /// (container images set DISCOVERY_SERVICE).
+        #[arg(env = "DISCOVERY_SERVICE", value_parser = ["gateway", "face-analysis", "recommendation", "sync", "monitoring"])]
         service: String,
     },
     /// Ask a running gateway for recommendations and print them.

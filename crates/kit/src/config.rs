@@ -222,6 +222,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "IP every service binds (0.0.0.0 in containers)",
     },
     Variable {
+        name: "DISCOVERY_SERVICE",
+        default: "",
+        help: "the service `discovery serve` runs when none is named (set by the images)",
+    },
+    Variable {
         name: "DISCOVERY_GATEWAY_PORT",
         default: "50051",
         help: "gateway gRPC port (public API, gRPC-Web)",
