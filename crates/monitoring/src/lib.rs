@@ -6,6 +6,8 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod rules;
+
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 

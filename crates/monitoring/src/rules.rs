@@ -1,0 +1,359 @@
+//! Alert rules as data, and the state machine that runs them.
+//!
+//! A [`Rule`] compares one observed signal ([`Signal`]) per series (a
+//! label set: service, cache kind...) with a threshold. Each series moves
+//! through `inactive → pending → firing → resolved → inactive`:
+//! - the condition turns true: **pending** (nothing is sent);
+//! - still true once it has held for the rule's `for_` duration:
+//!   **firing** (one notification);
+//! - false while pending: back to inactive, silently (a breach shorter
+//!   than the duration never fires);
+//! - false while firing: **resolved** (one notification), then inactive.
+//!
+//! [`Engine::evaluate`] takes the time as an argument, so tests drive it
+//! with a paused tokio clock and nothing here sleeps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// p95 latency of a service's calls, milliseconds (5-minute window).
+    LatencyP95Ms,
+    /// Server-fault calls / all calls (5-minute window).
+    ErrorRate,
+    /// Cache hits / lookups for one cache kind (5-minute window).
+    CacheHitRate,
+    /// Process CPU, fraction of one core.
+    Cpu,
+    /// Resident memory / memory limit.
+    Memory,
+}
+
+/// How the observed value compares with the threshold to breach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// Breach when above.
+    Above,
+    /// Breach when below.
+    Below,
+}
+
+/// Severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// A remediation ran or a hint.
+    Info,
+    /// Soon.
+    Warning,
+    /// Now.
+    Critical,
+}
+
+/// What the monitoring service does itself when a rule fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remediation {
+    /// Ask recommendation to warm its caches.
+    WarmCaches,
+}
+
+/// One rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Name ("HighLatencyP95").
+    pub name: &'static str,
+    /// Observed signal.
+    pub signal: Signal,
+    /// Breach direction.
+    pub comparison: Comparison,
+    /// Threshold in the signal's unit.
+    pub threshold: f64,
+    /// How long the breach must hold before firing (zero: at once).
+    pub for_: Duration,
+    /// Severity.
+    pub severity: Severity,
+    /// Action taken on firing.
+    pub remediation: Option<Remediation>,
+}
+
+impl Rule {
+    /// True when `value` breaches the rule.
+    pub fn breached(&self, value: f64) -> bool {
+        match self.comparison {
+            Comparison::Above => value > self.threshold,
+            Comparison::Below => value < self.threshold,
+        }
+    }
+}
+
+/// The spec's rules (also `deploy/prometheus/alerts.yml` for Prometheus).
+pub fn spec_rules() -> Vec<Rule> {
+    vec![
+        Rule {
+            name: "HighLatencyP95",
+            signal: Signal::LatencyP95Ms,
+            comparison: Comparison::Above,
+            threshold: 500.0,
+            for_: Duration::from_secs(5 * 60),
+            severity: Severity::Warning,
+            remediation: None,
+        },
+        Rule {
+            name: "HighErrorRate",
+            signal: Signal::ErrorRate,
+            comparison: Comparison::Above,
+            threshold: 0.05,
+            for_: Duration::from_secs(2 * 60),
+            severity: Severity::Critical,
+            remediation: None,
+        },
+        Rule {
+            name: "LowCacheHitRate",
+            signal: Signal::CacheHitRate,
+            comparison: Comparison::Below,
+            threshold: 0.80,
+            for_: Duration::ZERO,
+            severity: Severity::Warning,
+            remediation: Some(Remediation::WarmCaches),
+        },
+        Rule {
+            name: "HighCpu",
+            signal: Signal::Cpu,
+            comparison: Comparison::Above,
+            threshold: 0.80,
+            for_: Duration::from_secs(10 * 60),
+            severity: Severity::Warning,
+            remediation: None,
+        },
+        Rule {
+            name: "HighMemory",
+            signal: Signal::Memory,
+            comparison: Comparison::Above,
+            threshold: 0.85,
+            for_: Duration::from_secs(5 * 60),
+            severity: Severity::Critical,
+            remediation: None,
+        },
+    ]
+}
+
+/// Labels of a series ("service" => "gateway").
+pub type Labels = BTreeMap<String, String>;
+
+/// One observed value.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// Which signal.
+    pub signal: Signal,
+    /// Which series.
+    pub labels: Labels,
+    /// The value.
+    pub value: f64,
+}
+
+/// Where an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Breached, not yet for long enough.
+    Pending,
+    /// Breached for at least the rule's duration.
+    Firing,
+    /// Was firing; the condition is false again.
+    Resolved,
+}
+
+/// A change worth telling someone about.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The rule.
+    pub rule: Rule,
+    /// Its series.
+    pub labels: Labels,
+    /// New phase (firing or resolved: pending is not announced).
+    pub phase: Phase,
+    /// Value observed at the change.
+    pub value: f64,
+    /// When the condition became true.
+    pub active_since: Instant,
+    /// When it fired (firing and resolved).
+    pub fired_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct State {
+    phase: Phase,
+    since: Instant,
+    fired_at: Option<Instant>,
+}
+
+/// Runs rules over observations.
+#[derive(Debug)]
+pub struct Engine {
+    rules: Vec<Rule>,
+    states: HashMap<(usize, Labels), State>,
+}
+
+impl Engine {
+    /// An engine for `rules`.
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self {
+            rules,
+            states: HashMap::new(),
+        }
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Series currently pending or firing, by rule name.
+    pub fn active(&self) -> Vec<(&'static str, Labels, Phase)> {
+        self.states
+            .iter()
+            .map(|((i, l), s)| (self.rules[*i].name, l.clone(), s.phase))
+            .collect()
+    }
+
+    /// Applies one round of observations at `now`; returns the firing and
+    /// resolved transitions. A series not observed this round is treated
+    /// as not breaching (its service stopped reporting it).
+    pub fn evaluate(&mut self, now: Instant, observations: &[Observation]) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            for o in observations.iter().filter(|o| o.signal == rule.signal) {
+                let key = (i, o.labels.clone());
+                seen.insert(key.clone());
+                let breached = rule.breached(o.value);
+                match (self.states.get_mut(&key), breached) {
+                    (None, false) => {}
+                    (None, true) => {
+                        let mut s = State {
+                            phase: Phase::Pending,
+                            since: now,
+                            fired_at: None,
+                        };
+                        if rule.for_.is_zero() {
+                            s.phase = Phase::Firing;
+                            s.fired_at = Some(now);
+                            out.push(transition(rule, &o.labels, &s, o.value));
+                        }
+                        self.states.insert(key, s);
+                    }
+                    (Some(s), true) => {
+                        if s.phase == Phase::Pending && now.duration_since(s.since) >= rule.for_ {
+                            s.phase = Phase::Firing;
+                            s.fired_at = Some(now);
+                            out.push(transition(rule, &o.labels, s, o.value));
+                        }
+                    }
+                    (Some(s), false) => {
+                        if s.phase == Phase::Firing {
+                            s.phase = Phase::Resolved;
+                            out.push(transition(rule, &o.labels, s, o.value));
+                        }
+                        self.states.remove(&key);
+                    }
+                }
+            }
+        }
+        // Series that disappeared resolve (firing) or are forgotten (pending).
+        let gone: Vec<(usize, Labels)> = self
+            .states
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(mut s) = self.states.remove(&key)
+                && s.phase == Phase::Firing
+            {
+                s.phase = Phase::Resolved;
+                out.push(transition(&self.rules[key.0], &key.1, &s, f64::NAN));
+            }
+        }
+        out
+    }
+}
+
+fn transition(rule: &Rule, labels: &Labels, s: &State, value: f64) -> Transition {
+    Transition {
+        rule: rule.clone(),
+        labels: labels.clone(),
+        phase: s.phase,
+        value,
+        active_since: s.since,
+        fired_at: s.fired_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(ms: f64) -> Vec<Observation> {
+        vec![Observation {
+            signal: Signal::LatencyP95Ms,
+            labels: [("service".to_string(), "gateway".to_string())].into(),
+            value: ms,
+        }]
+    }
+
+    /// Evaluates every 15 s (the scrape interval) over `minutes` of values.
+    async fn run(engine: &mut Engine, values: &[(u64, f64)]) -> Vec<(u64, Phase)> {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for &(secs, ms) in values {
+            tokio::time::sleep_until(start + Duration::from_secs(secs)).await;
+            for t in engine.evaluate(Instant::now(), &latency(ms)) {
+                out.push((secs, t.phase));
+            }
+        }
+        out
+    }
+
+    fn series(from: u64, to: u64, ms: f64) -> Vec<(u64, f64)> {
+        (from..to).step_by(15).map(|s| (s, ms)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_breach_shorter_than_its_duration_never_fires() {
+        let mut e = Engine::new(spec_rules());
+        // 4 min 45 s above 500 ms (the rule needs 5 min), then fine.
+        let mut v = series(0, 285, 900.0);
+        v.extend(series(285, 900, 120.0));
+        assert!(run(&mut e, &v).await.is_empty());
+        assert!(e.active().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_breach_fires_once_and_resolves_once() {
+        let mut e = Engine::new(spec_rules());
+        let mut v = series(0, 600, 900.0);
+        v.extend(series(600, 900, 120.0));
+        let got = run(&mut e, &v).await;
+        assert_eq!(got, vec![(300, Phase::Firing), (600, Phase::Resolved)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rule_without_duration_fires_at_once_and_a_vanished_series_resolves() {
+        let mut e = Engine::new(spec_rules());
+        let hit = |v: f64| Observation {
+            signal: Signal::CacheHitRate,
+            labels: [("kind".to_string(), "recommendations".to_string())].into(),
+            value: v,
+        };
+        let t = e.evaluate(Instant::now(), &[hit(0.5)]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].phase, Phase::Firing);
+        assert_eq!(t[0].rule.remediation, Some(Remediation::WarmCaches));
+        assert!(e.evaluate(Instant::now(), &[hit(0.6)]).is_empty());
+        let t = e.evaluate(Instant::now(), &[]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].phase, Phase::Resolved);
+    }
+}
