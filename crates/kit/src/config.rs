@@ -387,6 +387,16 @@ pub const VARIABLES: &[Variable] = &[
         help: "comma-separated monitoring replicas",
     },
     Variable {
+        name: "DISCOVERY_MONITORING_SCRAPE",
+        default: "local",
+        help: "monitoring: metrics sources, `local` (this process) or http://host:port/metrics, comma-separated",
+    },
+    Variable {
+        name: "DISCOVERY_MONITORING_SCRAPE_INTERVAL",
+        default: "10s",
+        help: "monitoring: scrape and alert-rule evaluation interval",
+    },
+    Variable {
         name: "DISCOVERY_STORE",
         default: "memory",
         help: "`memory` (embedded, in-process) or `mongodb`",

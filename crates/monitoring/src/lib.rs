@@ -1,14 +1,21 @@
 //! The monitoring service: SLA reports, alerts and aggregated health.
 //!
-//! This issue wires the service with aggregated health (live gRPC health
-//! checks of every service) and alert listing from the `alerts` collection;
-//! SLA reports and the rule engine arrive with the monitoring issue.
+//! - `collect`: metrics sources (this process's registry, or services'
+//!   `/metrics` over HTTP), scraped every `DISCOVERY_MONITORING_SCRAPE_INTERVAL`;
+//! - `window`: the scrapes kept as snapshots, window figures as increases;
+//! - `sla`: `GetSlaReport` and the rules' observations;
+//! - `rules`: the alert rules and their pending/firing/resolved machine;
+//!   transitions are stored in `alerts`.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod collect;
 pub mod rules;
+pub mod sla;
+pub mod window;
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use discovery_kit::CancellationToken;
@@ -49,6 +56,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// Services to watch.
     pub targets: Vec<Target>,
+    /// Metrics sources.
+    pub sources: Vec<collect::Source>,
+    /// Scrape and rule evaluation interval.
+    pub scrape_interval: Duration,
 }
 
 impl Config {
@@ -91,10 +102,28 @@ impl Config {
                 });
             }
         }
+        let var = "DISCOVERY_MONITORING_SCRAPE";
+        let sources = env
+            .list(var, &["local"])
+            .iter()
+            .map(|s| collect::Source::parse(s).map_err(|e| ConfigError::new(var, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scrape_interval = env.duration(
+            "DISCOVERY_MONITORING_SCRAPE_INTERVAL",
+            Duration::from_secs(10),
+        )?;
+        if scrape_interval.is_zero() {
+            return Err(ConfigError::new(
+                "DISCOVERY_MONITORING_SCRAPE_INTERVAL",
+                "must be above zero (e.g. 10s)",
+            ));
+        }
         Ok(Self {
             serve: ServeConfig::from_env(env, "DISCOVERY_MONITORING_PORT", 50055)?,
             store: StoreConfig::from_env(env)?,
             targets,
+            sources,
+            scrape_interval,
         })
     }
 }
@@ -103,6 +132,7 @@ impl Config {
 struct Service {
     store: Store,
     targets: Vec<(Target, HealthClient<discovery_kit::client::TracedChannel>)>,
+    history: Arc<Mutex<window::History>>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -151,9 +181,22 @@ async fn check(
 impl Monitoring for Service {
     async fn get_sla_report(
         &self,
-        _req: Request<pb::GetSlaReportRequest>,
+        req: Request<pb::GetSlaReportRequest>,
     ) -> Result<Response<pb::GetSlaReportResponse>, Status> {
-        Err(discovery_kit::server::not_yet("GetSlaReport", "monitoring"))
+        let req = req.into_inner();
+        let window = pb::Window::try_from(req.window).map_err(|_| {
+            Status::invalid_argument(format!(
+                "window: {} is not a window (1 = 1 min, 2 = 5 min, 3 = 1 h, 4 = 24 h, 0 = all)",
+                req.window
+            ))
+        })?;
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.is_empty() {
+            return Err(Status::unavailable(
+                "no metrics scraped yet; retry after the first scrape interval",
+            ));
+        }
+        Ok(Response::new(sla::report(&history, &req.service, window)))
     }
 
     async fn list_alerts(
@@ -175,15 +218,7 @@ impl Monitoring for Service {
             tracing::error!(error = %e, "listing alerts failed");
             Status::unavailable("alerts cannot be read right now; retry later")
         })?;
-        let alerts = docs
-            .into_iter()
-            .map(|d| pb::Alert {
-                id: d.get_str("_id").unwrap_or_default().to_string(),
-                rule: d.get_str("rule").unwrap_or_default().to_string(),
-                summary: d.get_str("summary").unwrap_or_default().to_string(),
-                ..Default::default()
-            })
-            .collect();
+        let alerts = docs.iter().map(alert_from_doc).collect();
         Ok(Response::new(pb::ListAlertsResponse { alerts }))
     }
 
@@ -218,6 +253,110 @@ impl Monitoring for Service {
     }
 }
 
+fn alert_from_doc(d: &discovery_kit::store::Document) -> pb::Alert {
+    let int = |k: &str| d.get_i64(k).unwrap_or_default();
+    pb::Alert {
+        id: d.get_str("_id").unwrap_or_default().to_string(),
+        rule: d.get_str("rule").unwrap_or_default().to_string(),
+        severity: d.get_i32("severity").unwrap_or_default(),
+        state: d.get_i32("state").unwrap_or_default(),
+        labels: d
+            .get_document("labels")
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        summary: d.get_str("summary").unwrap_or_default().to_string(),
+        value: d.get_f64("value").unwrap_or_default(),
+        active_since_unix_ms: int("active_since"),
+        fired_at_unix_ms: int("fired_at"),
+        resolved_at_unix_ms: int("resolved_at"),
+    }
+}
+
+/// The stored form of a transition (one document per alert instance,
+/// updated when it resolves).
+fn alert_doc(t: &rules::Transition, now: tokio::time::Instant) -> discovery_kit::store::Document {
+    let unix = |at: tokio::time::Instant| {
+        discovery_kit::now_unix_ms() - now.saturating_duration_since(at).as_millis() as i64
+    };
+    let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let active_since = unix(t.active_since);
+    let severity = match t.rule.severity {
+        rules::Severity::Info => pb::Severity::Info,
+        rules::Severity::Warning => pb::Severity::Warning,
+        rules::Severity::Critical => pb::Severity::Critical,
+    };
+    let (state, resolved_at) = match t.phase {
+        rules::Phase::Resolved => (pb::AlertState::Resolved, discovery_kit::now_unix_ms()),
+        rules::Phase::Firing => (pb::AlertState::Firing, 0),
+        rules::Phase::Pending => (pb::AlertState::Pending, 0),
+    };
+    let mut label_doc = discovery_kit::store::Document::new();
+    for (k, v) in &t.labels {
+        label_doc.insert(k.clone(), v.clone());
+    }
+    let value = if t.value.is_finite() { t.value } else { 0.0 };
+    doc! {
+        "_id": format!("{}|{}|{active_since}", t.rule.name, labels.join(",")),
+        "rule": t.rule.name,
+        "severity": severity as i32,
+        "state": state as i32,
+        "labels": label_doc,
+        "summary": format!("{} {} ({}): {value:.3} against {:.3}", t.rule.name,
+            match t.phase { rules::Phase::Resolved => "resolved", _ => "firing" },
+            labels.join(", "), t.rule.threshold),
+        "value": value,
+        "active_since": active_since,
+        "fired_at": t.fired_at.map(unix).unwrap_or(0),
+        "resolved_at": resolved_at,
+    }
+}
+
+/// Scrapes, keeps the history, runs the rules and stores transitions.
+async fn collect_loop(
+    sources: Vec<collect::Source>,
+    every: Duration,
+    history: Arc<Mutex<window::History>>,
+    store: Store,
+    shutdown: CancellationToken,
+) {
+    let mut engine = rules::Engine::new(rules::spec_rules());
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut values: std::collections::HashMap<window::Key, f64> = Default::default();
+        for s in &sources {
+            match s.read().await {
+                Ok(series) => {
+                    for (k, v) in series {
+                        *values.entry(k).or_default() += v;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "scrape failed"),
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let observations = {
+            let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
+            h.push(window::Snapshot { at: now, values });
+            sla::observations(&h)
+        };
+        for t in engine.evaluate(now, &observations) {
+            tracing::warn!(rule = t.rule.name, labels = ?t.labels, phase = ?t.phase, value = t.value, "alert");
+            if let Err(e) = store.put(ALERTS, alert_doc(&t, now)).await {
+                tracing::error!(error = %e, "storing an alert failed");
+            }
+        }
+    }
+}
+
 /// Starts the service.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
     let store = config.store.connect(Workload::Analytics).await?;
@@ -244,17 +383,31 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         let ch = discovery_kit::client::connect_lazy("DISCOVERY_*_URLS", &t.url)?;
         targets.push((t, HealthClient::new(ch)));
     }
+    let history = Arc::new(Mutex::new(window::History::default()));
     let routes = Routes::new(discovery_kit::compressed!(MonitoringServer::new(Service {
-        store,
-        targets
+        store: store.clone(),
+        targets,
+        history: history.clone(),
     })));
-    ServiceHandle::start(
+    let mut handle = ServiceHandle::start(
         "monitoring",
         &config.serve,
         routes,
         &[service_names::MONITORING],
         None,
-        shutdown,
+        shutdown.clone(),
     )
-    .await
+    .await?;
+    handle.push_task(tokio::spawn(async move {
+        collect_loop(
+            config.sources,
+            config.scrape_interval,
+            history,
+            store,
+            shutdown,
+        )
+        .await;
+        Ok(())
+    }));
+    Ok(handle)
 }

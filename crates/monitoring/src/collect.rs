@@ -1,0 +1,125 @@
+//! Where metrics come from: this process's registry (`local`: the
+//! all-in-one system, where every service records into one registry) or
+//! services' `/metrics` endpoints over HTTP.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+
+use crate::window::{Key, parse};
+
+/// One metrics source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// This process's registry.
+    Local,
+    /// `http://host:port/metrics`.
+    Http {
+        /// host:port.
+        authority: String,
+        /// Path and query.
+        path: String,
+    },
+}
+
+impl Source {
+    /// Parses `local` or an `http://` URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "local" {
+            return Ok(Source::Local);
+        }
+        let uri: http::Uri = s.parse().map_err(|e| {
+            format!("{s:?} is not a URL ({e}); use http://host:port/metrics or local")
+        })?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!("{s:?}: only http:// metrics endpoints (or local)"));
+        }
+        let authority = uri
+            .authority()
+            .map(|a| a.to_string())
+            .ok_or_else(|| format!("{s:?} has no host:port"))?;
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| *p != "/")
+            .unwrap_or("/metrics")
+            .to_string();
+        Ok(Source::Http { authority, path })
+    }
+
+    /// Reads the source's series.
+    pub async fn read(&self) -> Result<Vec<(Key, f64)>, String> {
+        match self {
+            Source::Local => Ok(parse(&discovery_kit::metrics::render())),
+            Source::Http { authority, path } => {
+                let text = tokio::time::timeout(Duration::from_secs(5), get(authority, path))
+                    .await
+                    .map_err(|_| format!("http://{authority}{path}: no answer within 5 s"))??;
+                Ok(parse(&text))
+            }
+        }
+    }
+}
+
+async fn get(authority: &str, path: &str) -> Result<String, String> {
+    let err = |e: &dyn std::fmt::Display| format!("http://{authority}{path}: {e}");
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| err(&e))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| err(&e))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, authority)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| err(&e))?;
+    let resp = send.send_request(req).await.map_err(|e| err(&e))?;
+    if !resp.status().is_success() {
+        return Err(err(&format!("HTTP {}", resp.status())));
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| err(&e))?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|e| err(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_with_a_default_path() {
+        assert_eq!(Source::parse("local").unwrap(), Source::Local);
+        assert_eq!(
+            Source::parse("http://gateway:9090").unwrap(),
+            Source::Http {
+                authority: "gateway:9090".into(),
+                path: "/metrics".into()
+            }
+        );
+        assert!(Source::parse("https://x:1/metrics").is_err());
+    }
+
+    #[tokio::test]
+    async fn reads_a_real_metrics_endpoint() {
+        discovery_kit::metrics::handle();
+        metrics::counter!("discovery_cache_requests_total", "kind" => "collect_test", "result" => "hit", "level" => "l1").increment(3);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = discovery_kit::CancellationToken::new();
+        tokio::spawn(discovery_kit::metrics::serve(listener, None, token.clone()));
+        let got = Source::parse(&format!("http://{addr}/metrics"))
+            .unwrap()
+            .read()
+            .await
+            .unwrap();
+        assert!(got.iter().any(|(k, v)| k.1.get("kind").map(String::as_str)
+            == Some("collect_test")
+            && *v == 3.0));
+        token.cancel();
+    }
+}
