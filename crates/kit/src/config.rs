@@ -397,6 +397,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "monitoring: scrape and alert-rule evaluation interval",
     },
     Variable {
+        name: "DISCOVERY_ALERT_WEBHOOK_URL",
+        default: "",
+        help: "monitoring: Slack-compatible webhook (http or https) for firing and resolved alerts",
+    },
+    Variable {
         name: "DISCOVERY_STORE",
         default: "memory",
         help: "`memory` (embedded, in-process) or `mongodb`",

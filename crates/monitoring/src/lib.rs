@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod collect;
+pub mod notify;
 pub mod rules;
 pub mod sla;
 pub mod window;
@@ -24,6 +25,7 @@ use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, Workload, doc};
 use discovery_proto::service_names;
 use discovery_proto::v1 as pb;
+use discovery_proto::v1::cache_admin_client::CacheAdminClient;
 use discovery_proto::v1::monitoring_server::{Monitoring, MonitoringServer};
 use futures::Stream;
 use tonic::service::Routes;
@@ -60,6 +62,8 @@ pub struct Config {
     pub sources: Vec<collect::Source>,
     /// Scrape and rule evaluation interval.
     pub scrape_interval: Duration,
+    /// Where alerts are posted.
+    pub webhook: Option<notify::Webhook>,
 }
 
 impl Config {
@@ -118,12 +122,21 @@ impl Config {
                 "must be above zero (e.g. 10s)",
             ));
         }
+        let webhook = env
+            .raw("DISCOVERY_ALERT_WEBHOOK_URL")
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                notify::Webhook::new(&u)
+                    .map_err(|e| ConfigError::new("DISCOVERY_ALERT_WEBHOOK_URL", e))
+            })
+            .transpose()?;
         Ok(Self {
             serve: ServeConfig::from_env(env, "DISCOVERY_MONITORING_PORT", 50055)?,
             store: StoreConfig::from_env(env)?,
             targets,
             sources,
             scrape_interval,
+            webhook,
         })
     }
 }
@@ -133,6 +146,7 @@ struct Service {
     store: Store,
     targets: Vec<(Target, HealthClient<discovery_kit::client::TracedChannel>)>,
     history: Arc<Mutex<window::History>>,
+    hub: Hub,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -228,7 +242,10 @@ impl Monitoring for Service {
         &self,
         _req: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
-        Err(discovery_kit::server::not_yet("WatchAlerts", "monitoring"))
+        use tokio_stream::StreamExt;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.hub.subscribe())
+            .filter_map(|r| r.ok().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_system_health(
@@ -315,12 +332,89 @@ fn alert_doc(t: &rules::Transition, now: tokio::time::Instant) -> discovery_kit:
     }
 }
 
-/// Scrapes, keeps the history, runs the rules and stores transitions.
+/// Where alert transitions go: the `alerts` collection, `WatchAlerts`
+/// subscribers, the webhook, and the rule's remediation.
+#[derive(Clone)]
+pub struct Hub {
+    store: Store,
+    tx: tokio::sync::broadcast::Sender<pb::Alert>,
+    webhook: Option<notify::Webhook>,
+    recommendation: Option<CacheAdminClient<discovery_kit::client::TracedChannel>>,
+}
+
+impl Hub {
+    /// A hub storing into `store`, posting to `webhook`, warming caches
+    /// through `recommendation`.
+    pub fn new(
+        store: Store,
+        webhook: Option<notify::Webhook>,
+        recommendation: Option<CacheAdminClient<discovery_kit::client::TracedChannel>>,
+    ) -> Self {
+        Self {
+            store,
+            tx: tokio::sync::broadcast::channel(256).0,
+            webhook,
+            recommendation,
+        }
+    }
+
+    /// Live alert changes.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<pb::Alert> {
+        self.tx.subscribe()
+    }
+
+    /// Records and announces one transition; delivery and remediation run
+    /// in the background (a slow webhook never delays evaluation).
+    pub async fn publish(&self, t: &rules::Transition, now: tokio::time::Instant) -> pb::Alert {
+        tracing::warn!(rule = t.rule.name, labels = ?t.labels, phase = ?t.phase, value = t.value, "alert");
+        let doc = alert_doc(t, now);
+        let alert = alert_from_doc(&doc);
+        if let Err(e) = self.store.put(ALERTS, doc).await {
+            tracing::error!(error = %e, "storing an alert failed");
+        }
+        let _ = self.tx.send(alert.clone());
+        if let Some(w) = &self.webhook {
+            let (w, a) = (w.clone(), alert.clone());
+            tokio::spawn(async move {
+                let outcome = match w.deliver(&a).await {
+                    Ok(_) => "delivered",
+                    Err(e) => {
+                        tracing::error!(error = %e, alert = %a.id, "alert not delivered");
+                        "failed"
+                    }
+                };
+                metrics::counter!("discovery_monitoring_webhook_deliveries_total", "outcome" => outcome)
+                    .increment(1);
+            });
+        }
+        if t.phase == rules::Phase::Firing
+            && t.rule.remediation == Some(rules::Remediation::WarmCaches)
+            && let Some(mut reco) = self.recommendation.clone()
+        {
+            tokio::spawn(async move {
+                match reco.warm_cache(pb::WarmCacheRequest {}).await {
+                    Ok(r) => tracing::info!(
+                        entries = r.get_ref().entries_warmed,
+                        "remediation: caches warmed"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e.message(), "remediation: cache warming failed")
+                    }
+                }
+                metrics::counter!("discovery_monitoring_remediations_total", "action" => "warm_caches")
+                    .increment(1);
+            });
+        }
+        alert
+    }
+}
+
+/// Scrapes, keeps the history, runs the rules and publishes transitions.
 async fn collect_loop(
     sources: Vec<collect::Source>,
     every: Duration,
     history: Arc<Mutex<window::History>>,
-    store: Store,
+    hub: Hub,
     shutdown: CancellationToken,
 ) {
     let mut engine = rules::Engine::new(rules::spec_rules());
@@ -349,10 +443,7 @@ async fn collect_loop(
             sla::observations(&h)
         };
         for t in engine.evaluate(now, &observations) {
-            tracing::warn!(rule = t.rule.name, labels = ?t.labels, phase = ?t.phase, value = t.value, "alert");
-            if let Err(e) = store.put(ALERTS, alert_doc(&t, now)).await {
-                tracing::error!(error = %e, "storing an alert failed");
-            }
+            hub.publish(&t, now).await;
         }
     }
 }
@@ -384,10 +475,18 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         targets.push((t, HealthClient::new(ch)));
     }
     let history = Arc::new(Mutex::new(window::History::default()));
+    let recommendation = targets
+        .iter()
+        .find(|(t, _)| t.service == "recommendation")
+        .map(|(t, _)| discovery_kit::client::connect_lazy("DISCOVERY_RECOMMENDATION_URLS", &t.url))
+        .transpose()?
+        .map(CacheAdminClient::new);
+    let hub = Hub::new(store.clone(), config.webhook.clone(), recommendation);
     let routes = Routes::new(discovery_kit::compressed!(MonitoringServer::new(Service {
         store: store.clone(),
         targets,
         history: history.clone(),
+        hub: hub.clone(),
     })));
     let mut handle = ServiceHandle::start(
         "monitoring",
@@ -403,7 +502,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
             config.sources,
             config.scrape_interval,
             history,
-            store,
+            hub,
             shutdown,
         )
         .await;

@@ -1,0 +1,202 @@
+//! Alert delivery: a Slack-compatible webhook (HTTP or HTTPS) with retries.
+//!
+//! The body is Slack's incoming-webhook JSON (`text` plus one attachment
+//! coloured by state) with the alert itself under `alert`, so a generic
+//! receiver gets the fields too. A delivery is retried on transport errors,
+//! 429 and 5xx with doubling waits (1 s, 2 s, 4 s, 8 s: five attempts);
+//! other 4xx mean the request is wrong and are not retried.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use discovery_proto::v1 as pb;
+use http_body_util::BodyExt;
+
+/// Where alerts are posted.
+#[derive(Clone)]
+pub struct Webhook {
+    uri: http::Uri,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("uri", &self.uri)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Delivery failed for good.
+#[derive(Debug, thiserror::Error)]
+#[error("webhook {url}: {reason}")]
+pub struct DeliveryError {
+    url: String,
+    reason: String,
+}
+
+impl Webhook {
+    /// Parses `http://` or `https://` URLs.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if uri.host().is_none() {
+            return Err(format!("{url:?} has no host"));
+        }
+        let tls = match uri.scheme_str() {
+            Some("http") => None,
+            Some("https") => {
+                let roots = rustls::RootCertStore::from_iter(
+                    webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+                );
+                let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+            }
+            _ => return Err(format!("{url:?}: use http:// or https://")),
+        };
+        Ok(Self { uri, tls })
+    }
+
+    /// Posts `alert`, retrying as the module docs say.
+    pub async fn deliver(&self, alert: &pb::Alert) -> Result<u32, DeliveryError> {
+        let body = serde_json::to_vec(&payload(alert)).map_err(|e| self.error(e))?;
+        let mut wait = Duration::from_secs(1);
+        let mut attempt = 1;
+        loop {
+            let result = tokio::time::timeout(Duration::from_secs(10), self.post(&body)).await;
+            let retry = match result {
+                Ok(Ok(status)) if status.is_success() => return Ok(attempt),
+                Ok(Ok(status))
+                    if status.is_client_error()
+                        && status != http::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    return Err(self.error(format!("HTTP {status}: not retried")));
+                }
+                Ok(Ok(status)) => format!("HTTP {status}"),
+                Ok(Err(e)) => e,
+                Err(_) => "no answer within 10 s".into(),
+            };
+            if attempt == 5 {
+                return Err(self.error(format!("{retry} (gave up after {attempt} attempts)")));
+            }
+            tracing::debug!(attempt, error = %retry, "webhook delivery failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+            attempt += 1;
+        }
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> DeliveryError {
+        DeliveryError {
+            url: format!(
+                "{}://{}{}",
+                self.uri.scheme_str().unwrap_or("http"),
+                self.uri.authority().map(|a| a.as_str()).unwrap_or(""),
+                self.uri.path()
+            ),
+            reason: e.to_string(),
+        }
+    }
+
+    async fn post(&self, body: &[u8]) -> Result<http::StatusCode, String> {
+        let host = self.uri.host().unwrap_or_default().to_string();
+        let port = self
+            .uri
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let path = self
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let req = http::Request::post(path)
+            .header(
+                http::header::HOST,
+                self.uri.authority().map(|a| a.as_str()).unwrap_or(""),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                body,
+            )))
+            .map_err(|e| e.to_string())?;
+        match &self.tls {
+            None => send(tcp, req).await,
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| e.to_string())?;
+                let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+                send(stream, req).await
+            }
+        }
+    }
+}
+
+async fn send<IO>(
+    io: IO,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<http::StatusCode, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    Ok(status)
+}
+
+/// Slack's incoming-webhook shape, plus the alert.
+pub fn payload(alert: &pb::Alert) -> serde_json::Value {
+    let state = pb::AlertState::try_from(alert.state).unwrap_or(pb::AlertState::Unspecified);
+    let severity = pb::Severity::try_from(alert.severity).unwrap_or(pb::Severity::Unspecified);
+    let (word, color) = match (state, severity) {
+        (pb::AlertState::Resolved, _) => ("RESOLVED", "#2eb886"),
+        (_, pb::Severity::Critical) => ("FIRING", "#e01e5a"),
+        _ => ("FIRING", "#ecb22e"),
+    };
+    let labels: Vec<String> = alert
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    serde_json::json!({
+        "text": format!("[{word}] {}: {}", alert.rule, alert.summary),
+        "attachments": [{
+            "color": color,
+            "fields": [
+                {"title": "rule", "value": alert.rule, "short": true},
+                {"title": "severity", "value": severity.as_str_name(), "short": true},
+                {"title": "labels", "value": labels.join(", "), "short": false},
+                {"title": "value", "value": format!("{:.3}", alert.value), "short": true},
+            ],
+        }],
+        "alert": {
+            "id": alert.id,
+            "rule": alert.rule,
+            "state": state.as_str_name(),
+            "severity": severity.as_str_name(),
+            "labels": alert.labels,
+            "value": alert.value,
+            "summary": alert.summary,
+            "active_since_unix_ms": alert.active_since_unix_ms,
+            "fired_at_unix_ms": alert.fired_at_unix_ms,
+            "resolved_at_unix_ms": alert.resolved_at_unix_ms,
+        },
+    })
+}
