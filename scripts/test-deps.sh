@@ -2,6 +2,7 @@
 # Installs what the tests need, idempotently and without asking:
 #   - Debian's redis-server (Redis Cluster nodes for the cache tests)
 #   - openssl (test certificates for the gateway's TLS test)
+#   - chromium (the monitoring dashboard's headless browser test)
 #   - a MongoDB-compatible server: a real `mongod` if one is on PATH,
 #     otherwise SecantusDB from PyPI in ./.venv (secantusd-py)
 set -euo pipefail
@@ -24,6 +25,13 @@ if ! command -v openssl >/dev/null; then
   echo "test-deps: installing openssl (Debian package)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
+# Headless Chromium renders the monitoring dashboard in its test.
+if ! command -v chromium >/dev/null; then
+  echo "test-deps: installing chromium (Debian package)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 if command -v mongod >/dev/null; then

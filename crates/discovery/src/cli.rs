@@ -297,6 +297,7 @@ async fn up(env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
     }
     if let Some(m) = system.metrics_addr {
         println!("  {:<15} http://{}/metrics", "metrics", m);
+        println!("  {:<15} http://{}/dashboard", "dashboard", m);
     }
     println!();
     println!("Public API (gateway): {gw}. API keys for this run:");

@@ -88,7 +88,7 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
         "DISCOVERY_GATEWAY_URLS",
         url(SocketAddr::new(bind_ip, gateway_port)),
     );
-    let monitoring = discovery_monitoring::spawn(
+    let (monitoring, dashboard) = discovery_monitoring::spawn_with_dashboard(
         discovery_monitoring::Config::from_env(&monitoring_env)?,
         shutdown.clone(),
     )
@@ -123,7 +123,9 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
         (
             addr,
             Some(tokio::spawn(discovery_kit::metrics::serve(
-                listener, None, token,
+                listener,
+                Some(dashboard),
+                token,
             ))),
         )
     };

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod collect;
+pub mod dashboard;
 pub mod notify;
 pub mod rules;
 pub mod sla;
@@ -336,6 +337,7 @@ fn alert_doc(t: &rules::Transition, now: tokio::time::Instant) -> discovery_kit:
 /// subscribers, the webhook, and the rule's remediation.
 #[derive(Clone)]
 pub struct Hub {
+    firing: Arc<Mutex<std::collections::BTreeMap<String, pb::Alert>>>,
     store: Store,
     tx: tokio::sync::broadcast::Sender<pb::Alert>,
     webhook: Option<notify::Webhook>,
@@ -351,11 +353,20 @@ impl Hub {
         recommendation: Option<CacheAdminClient<discovery_kit::client::TracedChannel>>,
     ) -> Self {
         Self {
+            firing: Arc::default(),
             store,
             tx: tokio::sync::broadcast::channel(256).0,
             webhook,
             recommendation,
         }
+    }
+
+    /// Alerts firing now, oldest first.
+    pub fn firing(&self) -> Vec<pb::Alert> {
+        let firing = self.firing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<pb::Alert> = firing.values().cloned().collect();
+        v.sort_by_key(|a| a.fired_at_unix_ms);
+        v
     }
 
     /// Live alert changes.
@@ -371,6 +382,14 @@ impl Hub {
         let alert = alert_from_doc(&doc);
         if let Err(e) = self.store.put(ALERTS, doc).await {
             tracing::error!(error = %e, "storing an alert failed");
+        }
+        {
+            let mut firing = self.firing.lock().unwrap_or_else(|p| p.into_inner());
+            if alert.state == pb::AlertState::Firing as i32 {
+                firing.insert(alert.id.clone(), alert.clone());
+            } else {
+                firing.remove(&alert.id);
+            }
         }
         let _ = self.tx.send(alert.clone());
         if let Some(w) = &self.webhook {
@@ -448,8 +467,18 @@ async fn collect_loop(
     }
 }
 
-/// Starts the service.
+/// Starts the service; its metrics endpoint also serves the dashboard.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
+    spawn_with_dashboard(config, shutdown).await.map(|(h, _)| h)
+}
+
+/// Starts the service and returns the dashboard's routes (`/dashboard`,
+/// `/api/overview`) for a process that serves one shared HTTP endpoint
+/// (`discovery up`).
+pub async fn spawn_with_dashboard(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(ServiceHandle, axum::Router), BoxError> {
     let store = config.store.connect(Workload::Analytics).await?;
     store
         .ensure_indexes(
@@ -488,12 +517,16 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         history: history.clone(),
         hub: hub.clone(),
     })));
+    let board = dashboard::router(dashboard::Dashboard {
+        history: history.clone(),
+        hub: hub.clone(),
+    });
     let mut handle = ServiceHandle::start(
         "monitoring",
         &config.serve,
         routes,
         &[service_names::MONITORING],
-        None,
+        Some(board.clone()),
         shutdown.clone(),
     )
     .await?;
@@ -508,5 +541,5 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         .await;
         Ok(())
     }));
-    Ok(handle)
+    Ok((handle, board))
 }

@@ -177,6 +177,48 @@ impl History {
         out
     }
 
+    /// Increases between snapshots over the last `span`, at most `points`
+    /// of them (evenly strided), each with the end snapshot's time and the
+    /// seconds it covers.
+    pub fn steps(&self, span: Duration, points: usize) -> Vec<(Instant, f64, HashMap<Key, f64>)> {
+        let Some(newest) = self.snapshots.back() else {
+            return Vec::new();
+        };
+        let recent: Vec<&Snapshot> = self
+            .snapshots
+            .iter()
+            .filter(|s| newest.at.duration_since(s.at) <= span)
+            .collect();
+        if recent.len() < 2 {
+            return Vec::new();
+        }
+        let stride = recent.len().div_ceil(points.max(1)).max(1);
+        let picked: Vec<&Snapshot> = recent
+            .iter()
+            .rev()
+            .step_by(stride)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .copied()
+            .collect();
+        picked
+            .windows(2)
+            .map(|w| {
+                let (a, b) = (w[0], w[1]);
+                let inc = b
+                    .values
+                    .iter()
+                    .map(|(k, v)| {
+                        let before = a.values.get(k).copied().unwrap_or(0.0);
+                        (k.clone(), if *v >= before { v - before } else { *v })
+                    })
+                    .collect();
+                (b.at, b.at.duration_since(a.at).as_secs_f64(), inc)
+            })
+            .collect()
+    }
+
     /// The newest value of every series (gauges).
     pub fn latest(&self) -> HashMap<Key, f64> {
         self.snapshots

@@ -1,0 +1,210 @@
+//! The live dashboard in real headless Chromium (Debian `chromium`): real
+//! load through the all-in-one system, this process's metrics scraped into
+//! a dashboard whose alert hub gets one alert injected the way the rule
+//! engine publishes them. The page must load without console errors, draw
+//! charts with data and show the alert. `DISCOVERY_SCREENSHOT=path` also
+//! saves a screenshot (how `docs/dashboard.png` was made).
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use discovery_kit::CancellationToken;
+use discovery_kit::config::Env;
+use discovery_monitoring::Hub;
+use discovery_monitoring::collect::Source;
+use discovery_monitoring::dashboard::{Dashboard, router};
+use discovery_monitoring::rules::{Engine, Observation, Signal, spec_rules};
+use discovery_monitoring::window::{History, Snapshot};
+use discovery_proto::v1 as pb;
+use discovery_proto::v1::discovery_client::DiscoveryClient;
+
+const FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1360,1100",
+    "--virtual-time-budget=8000",
+    "--enable-logging=stderr",
+    "--v=0",
+];
+
+fn chromium() -> &'static str {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c;
+        }
+    }
+    panic!("no chromium on PATH: run scripts/test-deps.sh (apt-get install chromium)");
+}
+
+async fn scrape(history: &Arc<Mutex<History>>) {
+    let values = Source::Local.read().await.unwrap().into_iter().collect();
+    history.lock().unwrap().push(Snapshot {
+        at: tokio::time::Instant::now(),
+        values,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
+    let browser = chromium();
+    let env = Env::from_pairs([
+        ("DISCOVERY_GATEWAY_PORT", "0"),
+        ("DISCOVERY_FACE_ANALYSIS_PORT", "0"),
+        ("DISCOVERY_RECOMMENDATION_PORT", "0"),
+        ("DISCOVERY_SYNC_PORT", "0"),
+        ("DISCOVERY_MONITORING_PORT", "0"),
+        ("DISCOVERY_METRICS_PORT", "0"),
+        ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
+        ("DISCOVERY_LIMITS", "off"),
+    ]);
+    let shutdown = CancellationToken::new();
+    let system = discovery::up::start(env, shutdown.clone()).await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", system.gateway()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let key: tonic::metadata::AsciiMetadataValue = system.api_key.parse().unwrap();
+    let gw = DiscoveryClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("x-api-key", key.clone());
+        Ok(r)
+    });
+
+    // Load in rounds, a scrape after each: the charts get a time series.
+    let history = Arc::new(Mutex::new(History::default()));
+    scrape(&history).await;
+    for round in 0..12u32 {
+        let calls = (0..40u32).map(|i| {
+            let mut gw = gw.clone();
+            async move {
+                gw.recommend(pb::RecommendRequest {
+                    face: Some(pb::FaceContext {
+                        face_shape: 1 + ((i + round) % 7) as i32,
+                        face_width_mm: 126.0 + (i % 12) as f32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .expect("Recommend")
+            }
+        });
+        futures::future::join_all(calls).await;
+        let mut g = gw.clone();
+        let _ = g
+            .search_products(pb::SearchProductsRequest {
+                query: "round acetate".into(),
+                ..Default::default()
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        scrape(&history).await;
+    }
+
+    // One alert, published the way the rule engine publishes them.
+    let store = discovery_kit::store::StoreConfig::Memory
+        .connect(discovery_kit::store::Workload::Analytics)
+        .await
+        .unwrap();
+    let hub = Hub::new(store, None, None);
+    let mut engine = Engine::new(spec_rules());
+    let now = tokio::time::Instant::now();
+    let fired = engine.evaluate(
+        now,
+        &[Observation {
+            signal: Signal::CacheHitRate,
+            labels: [("kind".to_string(), "product".to_string())].into(),
+            value: 0.42,
+        }],
+    );
+    assert_eq!(fired.len(), 1);
+    hub.publish(&fired[0], now).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(Dashboard {
+        history: history.clone(),
+        hub,
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{addr}/dashboard");
+
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            Command::new(browser)
+                .args(FLAGS)
+                .args(["--dump-dom", &url])
+                .output()
+                .expect("run chromium")
+        }
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed: {log}");
+    // Console messages reach stderr as `CONSOLE(...)` / `Uncaught` lines.
+    let console_errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Uncaught") || (l.contains("CONSOLE") && l.contains("ERROR")))
+        .collect();
+    assert!(
+        console_errors.is_empty(),
+        "console errors: {console_errors:#?}"
+    );
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the page never rendered data:\n{dom}"
+    );
+    // Every chart drew lines with points; the gateway is among them.
+    for chart in ["chart-rate", "chart-p95", "chart-p99", "chart-errors"] {
+        let at = dom.find(&format!("id=\"{chart}\"")).expect(chart);
+        let tag_end = dom[at..].find('>').unwrap();
+        let tag = &dom[at..at + tag_end];
+        let points: usize = tag
+            .split("data-points=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(points >= 10, "{chart}: {points} points ({tag})");
+    }
+    assert!(dom.contains("class=\"series\" data-service=\"gateway\""));
+    assert!(
+        dom.contains("data-rule=\"LowCacheHitRate\""),
+        "the alert is not shown"
+    );
+    assert!(dom.contains("kind=product"));
+    assert!(
+        dom.contains("data-target=\"api_p95_ms\""),
+        "SLA tiles missing"
+    );
+    assert!(
+        dom.contains("data-kind=\"recommendations\""),
+        "cache rows missing"
+    );
+
+    if let Ok(path) = std::env::var("DISCOVERY_SCREENSHOT") {
+        let shot = Command::new(browser)
+            .args(FLAGS)
+            .arg(format!("--screenshot={path}"))
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(shot.status.success());
+    }
+    shutdown.cancel();
+    system.wait().await.ok();
+}
