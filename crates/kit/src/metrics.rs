@@ -33,9 +33,45 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Renders every metric in the Prometheus text format.
+/// Renders every metric in the Prometheus text format, with the
+/// process's CPU and memory read at that moment.
 pub fn render() -> String {
-    handle().render()
+    let h = handle();
+    record_process();
+    h.render()
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes` and, under
+/// a cgroup memory limit, `process_memory_limit_bytes` (Linux `/proc` and
+/// cgroup v2; nothing elsewhere).
+fn record_process() {
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces): utime and
+        // stime are the 12th and 13th, in USER_HZ (100 on Linux).
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(u), Some(s)) = (
+                f.get(11).and_then(|v| v.parse::<f64>().ok()),
+                f.get(12).and_then(|v| v.parse::<f64>().ok()),
+            ) {
+                metrics::gauge!("process_cpu_seconds_total").set((u + s) / 100.0);
+            }
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    {
+        metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
+    }
+    if let Ok(max) = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        && let Ok(limit) = max.trim().parse::<f64>()
+    {
+        metrics::gauge!("process_memory_limit_bytes").set(limit);
+    }
 }
 
 /// An axum router serving `GET /metrics` (text format) and `GET /livez`.

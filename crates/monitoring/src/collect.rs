@@ -55,7 +55,19 @@ impl Source {
                 let text = tokio::time::timeout(Duration::from_secs(5), get(authority, path))
                     .await
                     .map_err(|_| format!("http://{authority}{path}: no answer within 5 s"))??;
-                Ok(parse(&text))
+                // Process series say nothing of their service: name the source.
+                Ok(parse(&text)
+                    .into_iter()
+                    .map(|(k, v)| {
+                        if k.0.starts_with("process_") {
+                            let mut labels = k.1.clone();
+                            labels.insert("instance".into(), authority.clone());
+                            (std::sync::Arc::new((k.0.clone(), labels)), v)
+                        } else {
+                            (k, v)
+                        }
+                    })
+                    .collect())
             }
         }
     }

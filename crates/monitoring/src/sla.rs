@@ -162,6 +162,34 @@ pub fn observations(history: &History) -> Vec<Observation> {
             value: errors as f64 / count.max(1) as f64,
         });
     }
+    // CPU: seconds used per second over the window, per process; memory:
+    // resident over the cgroup limit, where there is one.
+    let latest = history.latest();
+    for (k, v) in &inc {
+        if k.0 == "process_cpu_seconds_total" {
+            out.push(Observation {
+                signal: Signal::Cpu,
+                labels: k.1.clone(),
+                value: v / 300.0,
+            });
+        }
+    }
+    for (k, rss) in &latest {
+        if k.0 != "process_resident_memory_bytes" {
+            continue;
+        }
+        let limit = latest
+            .iter()
+            .find(|(l, _)| l.0 == "process_memory_limit_bytes" && l.1 == k.1)
+            .map(|(_, v)| *v);
+        if let Some(limit) = limit.filter(|l| *l > 0.0) {
+            out.push(Observation {
+                signal: Signal::Memory,
+                labels: k.1.clone(),
+                value: rss / limit,
+            });
+        }
+    }
     for (kind, (h, m)) in window::caches(&inc) {
         if h + m > 0 {
             out.push(Observation {

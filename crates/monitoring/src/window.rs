@@ -22,6 +22,7 @@ const KEPT: &[&str] = &[
     "discovery_cache_requests_total",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
+    "process_memory_limit_bytes",
 ];
 
 /// gRPC codes counted as server faults (the SLA's error rate).
