@@ -3,6 +3,7 @@
 //!   and latency histogram (same labels as `kit::server::RpcLayer`);
 //! - the scrape: rendering the registry and parsing it, every 10 s,
 //!   amortised over the calls served in 10 s;
+//!
 //! against the CPU a real unary gRPC call costs on this machine (a kit
 //! server's health check over loopback, 32 callers, client in-process).
 //!
