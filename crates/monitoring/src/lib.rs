@@ -12,6 +12,7 @@
 pub mod collect;
 pub mod dashboard;
 pub mod notify;
+pub mod rollup;
 pub mod rules;
 pub mod sla;
 pub mod window;
@@ -434,9 +435,11 @@ async fn collect_loop(
     every: Duration,
     history: Arc<Mutex<window::History>>,
     hub: Hub,
+    store: Store,
     shutdown: CancellationToken,
 ) {
     let mut engine = rules::Engine::new(rules::spec_rules());
+    let mut last_rollup: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -456,11 +459,20 @@ async fn collect_loop(
             }
         }
         let now = tokio::time::Instant::now();
+        let snapshot = window::Snapshot { at: now, values };
+        let rollup = (last_rollup.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)))
+            .then(|| rollup::to_doc(&snapshot, discovery_kit::now_unix_ms(), Duration::ZERO));
         let observations = {
             let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
-            h.push(window::Snapshot { at: now, values });
+            h.push(snapshot);
             sla::observations(&h)
         };
+        if let Some(doc) = rollup {
+            last_rollup = Some(now);
+            if let Err(e) = store.put(METRICS_ROLLUPS, doc).await {
+                tracing::warn!(error = %e, "storing a metric rollup failed");
+            }
+        }
         for t in engine.evaluate(now, &observations) {
             hub.publish(&t, now).await;
         }
@@ -492,10 +504,13 @@ pub async fn spawn_with_dashboard(
     store
         .ensure_indexes(
             METRICS_ROLLUPS,
-            &[IndexSpec::new(
-                "service_1_window_start_-1",
-                doc! {"service": 1, "window_start": -1},
-            )],
+            &[
+                IndexSpec::new(
+                    "service_1_window_start_-1",
+                    doc! {"service": 1, "window_start": -1},
+                ),
+                IndexSpec::new("created_at_ttl", doc! {"created_at": 1}).ttl(rollup::KEEP),
+            ],
         )
         .await?;
     let mut targets = Vec::new();
@@ -503,7 +518,14 @@ pub async fn spawn_with_dashboard(
         let ch = discovery_kit::client::connect_lazy("DISCOVERY_*_URLS", &t.url)?;
         targets.push((t, HealthClient::new(ch)));
     }
-    let history = Arc::new(Mutex::new(window::History::default()));
+    // Windows survive a restart: the stored minute rollups come back first.
+    let mut restored = window::History::default();
+    match rollup::restore(&store, &mut restored).await {
+        Ok(n) if n > 0 => tracing::info!(rollups = n, "metric history restored"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "metric rollups unreadable; starting with none"),
+    }
+    let history = Arc::new(Mutex::new(restored));
     let recommendation = targets
         .iter()
         .find(|(t, _)| t.service == "recommendation")
@@ -530,12 +552,14 @@ pub async fn spawn_with_dashboard(
         shutdown.clone(),
     )
     .await?;
+    let store_for_rollups = store.clone();
     handle.push_task(tokio::spawn(async move {
         collect_loop(
             config.sources,
             config.scrape_interval,
             history,
             hub,
+            store_for_rollups,
             shutdown,
         )
         .await;

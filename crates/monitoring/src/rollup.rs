@@ -1,0 +1,124 @@
+//! Minute rollups in `metrics_rollups`, so the windows survive a restart
+//! of monitoring: once a minute the newest snapshot (cumulative values of
+//! the kept series) is stored; at start the last 25 hours are read back
+//! into the history. Documents expire after 25 hours (TTL on `created_at`).
+
+use std::time::Duration;
+
+use discovery_kit::store::{Bson, Document, FindOptions, Store, StoreError, doc};
+use tokio::time::Instant;
+
+use crate::METRICS_ROLLUPS;
+use crate::window::{History, Key, Snapshot};
+
+/// How long rollups are kept.
+pub const KEEP: Duration = Duration::from_secs(25 * 3600);
+
+/// The stored form of a snapshot taken `age` ago.
+pub fn to_doc(snap: &Snapshot, now_unix_ms: i64, age: Duration) -> Document {
+    let at = now_unix_ms - age.as_millis() as i64;
+    let series: Vec<Bson> = snap
+        .values
+        .iter()
+        .map(|(k, v)| {
+            let mut labels = Document::new();
+            for (lk, lv) in &k.1 {
+                labels.insert(lk.clone(), lv.clone());
+            }
+            Bson::Document(doc! {"name": k.0.clone(), "labels": labels, "value": *v})
+        })
+        .collect();
+    doc! {
+        "_id": format!("all|{at}"),
+        "service": "all",
+        "window_start": at,
+        "created_at": discovery_kit::store::bson::DateTime::from_millis(at),
+        "series": series,
+    }
+}
+
+/// A snapshot back from its document, placed on the monotonic clock.
+pub fn from_doc(d: &Document, now: Instant, now_unix_ms: i64) -> Option<Snapshot> {
+    let at_ms = d.get_i64("window_start").ok()?;
+    let age = Duration::from_millis(now_unix_ms.saturating_sub(at_ms).max(0) as u64);
+    let at = now.checked_sub(age)?;
+    let mut values = std::collections::HashMap::new();
+    for s in d.get_array("series").ok()? {
+        let s = s.as_document()?;
+        let labels = s
+            .get_document("labels")
+            .ok()?
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+            .collect();
+        let key: Key = std::sync::Arc::new((s.get_str("name").ok()?.to_string(), labels));
+        values.insert(key, s.get_f64("value").ok()?);
+    }
+    Some(Snapshot { at, values })
+}
+
+/// Loads the stored rollups, oldest first, into `history`.
+pub async fn restore(store: &Store, history: &mut History) -> Result<usize, StoreError> {
+    let now_unix = discovery_kit::now_unix_ms();
+    let since = now_unix - KEEP.as_millis() as i64;
+    let docs = store
+        .find(
+            METRICS_ROLLUPS,
+            doc! {"service": "all", "window_start": {"$gte": since}},
+            FindOptions {
+                sort: Some(doc! {"window_start": 1}),
+                skip: 0,
+                limit: 0,
+            },
+        )
+        .await?;
+    let now = Instant::now();
+    let mut n = 0;
+    for d in &docs {
+        if let Some(s) = from_doc(d, now, now_unix) {
+            history.push(s);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::parse;
+
+    #[tokio::test]
+    async fn rollups_round_trip_through_the_store_into_a_new_history() {
+        let store = discovery_kit::store::StoreConfig::Memory
+            .connect(discovery_kit::store::Workload::Analytics)
+            .await
+            .unwrap();
+        let text = "discovery_rpc_server_requests_total{service=\"gateway\",method=\"m\",code=\"OK\"} 40\n";
+        let snap = Snapshot {
+            at: Instant::now(),
+            values: parse(text).into_iter().collect(),
+        };
+        let now_unix = discovery_kit::now_unix_ms();
+        // Two minutes ago (0 calls) and now (40 calls).
+        let empty = Snapshot {
+            at: snap.at,
+            values: Default::default(),
+        };
+        store
+            .put(
+                METRICS_ROLLUPS,
+                to_doc(&empty, now_unix, Duration::from_secs(120)),
+            )
+            .await
+            .unwrap();
+        store
+            .put(METRICS_ROLLUPS, to_doc(&snap, now_unix, Duration::ZERO))
+            .await
+            .unwrap();
+        let mut h = History::default();
+        assert_eq!(restore(&store, &mut h).await.unwrap(), 2);
+        let m = crate::window::methods(&h.increase(Duration::from_secs(300)));
+        assert_eq!(m[&("gateway".to_string(), "m".to_string())].count, 40);
+    }
+}
