@@ -729,12 +729,11 @@ impl ServiceHandle {
             tonic::transport::Server,
         ) -> Result<tonic::transport::Server, tonic::transport::Error>,
     ) -> Result<Self, BoxError> {
-        let server = GrpcServer::bind(name, config.grpc_var, config.grpc).await?;
-        let metrics = Self::metrics_task(config, extra_http, &shutdown).await?;
-        let running = server
-            .serve_with(routes, grpc_names, shutdown, config.grace, adjust)
-            .await?;
-        Ok(Self::finish(name, running, metrics))
+        let grace = config.grace;
+        Self::start_inner(name, config, extra_http, shutdown, |server, shutdown| {
+            server.serve_with(routes, grpc_names, shutdown, grace, adjust)
+        })
+        .await
     }
 
     /// Like [`ServiceHandle::start_with`], serving on `workers` threads of
@@ -752,11 +751,28 @@ impl ServiceHandle {
             tonic::transport::Server,
         ) -> Result<tonic::transport::Server, tonic::transport::Error>,
     ) -> Result<Self, BoxError> {
+        let grace = config.grace;
+        Self::start_inner(name, config, extra_http, shutdown, |server, shutdown| {
+            server.serve_on_workers(routes, grpc_names, shutdown, grace, workers, adjust)
+        })
+        .await
+    }
+
+    /// Binds, starts the metrics endpoint, then serves with `serve`.
+    async fn start_inner<F, Fut>(
+        name: &'static str,
+        config: &ServeConfig,
+        extra_http: Option<axum::Router>,
+        shutdown: CancellationToken,
+        serve: F,
+    ) -> Result<Self, BoxError>
+    where
+        F: FnOnce(GrpcServer, CancellationToken) -> Fut,
+        Fut: Future<Output = Result<Running, ServerError>>,
+    {
         let server = GrpcServer::bind(name, config.grpc_var, config.grpc).await?;
         let metrics = Self::metrics_task(config, extra_http, &shutdown).await?;
-        let running = server
-            .serve_on_workers(routes, grpc_names, shutdown, config.grace, workers, adjust)
-            .await?;
+        let running = serve(server, shutdown).await?;
         Ok(Self::finish(name, running, metrics))
     }
 

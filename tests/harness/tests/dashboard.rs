@@ -5,19 +5,19 @@
 //! charts with data and show the alert. `DISCOVERY_SCREENSHOT=path` also
 //! saves a screenshot (how `docs/dashboard.png` was made).
 
+mod common;
+
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discovery_kit::CancellationToken;
-use discovery_kit::config::Env;
 use discovery_monitoring::Hub;
 use discovery_monitoring::collect::Source;
 use discovery_monitoring::dashboard::{Dashboard, router};
 use discovery_monitoring::rules::{Engine, Observation, Signal, spec_rules};
 use discovery_monitoring::window::{History, Snapshot};
 use discovery_proto::v1 as pb;
-use discovery_proto::v1::discovery_client::DiscoveryClient;
 
 const FLAGS: &[&str] = &[
     "--headless",
@@ -58,28 +58,11 @@ async fn scrape(history: &Arc<Mutex<History>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
     let browser = chromium();
-    let env = Env::from_pairs([
-        ("DISCOVERY_GATEWAY_PORT", "0"),
-        ("DISCOVERY_FACE_ANALYSIS_PORT", "0"),
-        ("DISCOVERY_RECOMMENDATION_PORT", "0"),
-        ("DISCOVERY_SYNC_PORT", "0"),
-        ("DISCOVERY_MONITORING_PORT", "0"),
-        ("DISCOVERY_METRICS_PORT", "0"),
-        ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-        ("DISCOVERY_LIMITS", "off"),
-    ]);
     let shutdown = CancellationToken::new();
-    let system = discovery::up::start(env, shutdown.clone()).await.unwrap();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", system.gateway()))
-        .unwrap()
-        .connect()
+    let system = discovery::up::start(common::ephemeral_env(), shutdown.clone())
         .await
         .unwrap();
-    let key: tonic::metadata::AsciiMetadataValue = system.api_key.parse().unwrap();
-    let gw = DiscoveryClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("x-api-key", key.clone());
-        Ok(r)
-    });
+    let gw = common::gateway(system.gateway(), &system.api_key).await;
 
     // Load in rounds, a scrape after each: the charts get a time series.
     let history = Arc::new(Mutex::new(History::default()));

@@ -2,41 +2,22 @@
 //! then the SLA report counts exactly the calls made. Its own test binary
 //! (one process): the metrics registry is process-wide.
 
+mod common;
+
 use std::time::Duration;
 
 use discovery_kit::CancellationToken;
-use discovery_kit::config::Env;
 use discovery_proto::v1 as pb;
-use discovery_proto::v1::discovery_client::DiscoveryClient;
 use discovery_proto::v1::monitoring_client::MonitoringClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sla_report_counts_every_call_made_through_the_gateway() {
-    let env = Env::from_pairs([
-        ("DISCOVERY_GATEWAY_PORT", "0"),
-        ("DISCOVERY_FACE_ANALYSIS_PORT", "0"),
-        ("DISCOVERY_RECOMMENDATION_PORT", "0"),
-        ("DISCOVERY_SYNC_PORT", "0"),
-        ("DISCOVERY_MONITORING_PORT", "0"),
-        ("DISCOVERY_METRICS_PORT", "0"),
-        ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-        ("DISCOVERY_LIMITS", "off"),
-        ("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "100ms"),
-    ]);
+    let env = common::ephemeral_env().with("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "100ms");
     let shutdown = CancellationToken::new();
     let system = discovery::up::start(env, shutdown.clone())
         .await
         .expect("system starts");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", system.gateway()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let key: tonic::metadata::AsciiMetadataValue = system.api_key.parse().unwrap();
-    let mut gw = DiscoveryClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("x-api-key", key.clone());
-        Ok(r)
-    });
+    let mut gw = common::gateway(system.gateway(), &system.api_key).await;
     let (recommends, searches, not_found) = (240u64, 60u64, 7u64);
     let calls = (0..recommends).map(|i| {
         let mut gw = gw.clone();
