@@ -1,43 +1,13 @@
 //! Black-box: the services over real gRPC, embedded and on the
 //! MongoDB-compatible server.
 
+mod common;
+
 use discovery_harness::MongoServer;
 use discovery_kit::CancellationToken;
-use discovery_kit::config::Env;
 use discovery_proto::v1 as pb;
-use discovery_proto::v1::discovery_client::DiscoveryClient;
 
-fn ephemeral_env() -> Env {
-    Env::from_pairs([
-        ("DISCOVERY_GATEWAY_PORT", "0"),
-        ("DISCOVERY_FACE_ANALYSIS_PORT", "0"),
-        ("DISCOVERY_RECOMMENDATION_PORT", "0"),
-        ("DISCOVERY_SYNC_PORT", "0"),
-        ("DISCOVERY_MONITORING_PORT", "0"),
-        ("DISCOVERY_SHUTDOWN_GRACE", "2s"),
-    ])
-}
-
-async fn client(
-    addr: std::net::SocketAddr,
-    key: &str,
-) -> DiscoveryClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        impl tonic::service::Interceptor + use<>,
-    >,
-> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to gateway");
-    let key: tonic::metadata::AsciiMetadataValue = key.parse().unwrap();
-    DiscoveryClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("x-api-key", key.clone());
-        Ok(req)
-    })
-}
+use common::{ephemeral_env, gateway as client};
 
 fn round_132() -> pb::RecommendRequest {
     pb::RecommendRequest {
