@@ -211,15 +211,6 @@ impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
     }
 }
 
-/// Injects the current span's context into outgoing HTTP headers
-/// (replacing the caller's `traceparent`: the next hop is our child).
-pub fn inject_current_headers(headers: &mut http::HeaderMap) {
-    let cx = tracing::Span::current().context();
-    if cx.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
-    }
-}
-
 /// A client span for a gRPC call to `path` (`/package.Service/Method`) on
 /// `peer` (OpenTelemetry RPC conventions).
 pub fn client_span(path: &str, peer: &str) -> tracing::Span {

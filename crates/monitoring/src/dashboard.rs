@@ -52,13 +52,7 @@ pub fn overview(d: &Dashboard) -> Value {
     let mut services: BTreeMap<String, Series> = BTreeMap::new();
     for (at, secs, inc) in history.steps(Duration::from_secs(15 * 60), 90) {
         let t = unix(at);
-        let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for ((svc, _), f) in window::methods(&inc) {
-            let e = per.entry(svc).or_default();
-            e.0 += f.count;
-            e.1 += f.errors;
-        }
-        for (svc, (count, errors)) in per {
+        for (svc, (count, errors)) in window::per_service(&inc) {
             let s = services.entry(svc.clone()).or_default();
             s.entry("rate")
                 .or_default()

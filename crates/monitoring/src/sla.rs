@@ -4,13 +4,13 @@
 //! Availability is request-based: the share of calls that did not end in a
 //! server fault (`window::SERVER_FAULTS`).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use discovery_proto::v1 as pb;
 
 use crate::rules::{Observation, Signal};
-use crate::window::{self, History, MethodFigures};
+use crate::window::{self, History, Key};
 
 /// The report's windows.
 pub const WINDOWS: [(pb::Window, Duration); 4] = [
@@ -21,14 +21,10 @@ pub const WINDOWS: [(pb::Window, Duration); 4] = [
 ];
 
 /// The targets of the spec, evaluated on the 5-minute window.
-fn targets(
-    methods: &BTreeMap<(String, String), MethodFigures>,
-    caches: &BTreeMap<String, (u64, u64)>,
-    history: &History,
-) -> Vec<pb::SlaTarget> {
-    let inc = history.increase(Duration::from_secs(300));
+fn targets(inc: &HashMap<Key, f64>) -> Vec<pb::SlaTarget> {
+    let caches = window::caches(inc);
     let p95 = |service: &str, method: Option<&str>| {
-        window::service_quantile(&inc, 0.95, service, method).map(|s| s * 1000.0)
+        window::service_quantile(inc, 0.95, service, method).map(|s| s * 1000.0)
     };
     let mut out = Vec::new();
     let mut push = |name: &str, target: f64, observed: Option<f64>, below: bool| {
@@ -65,9 +61,9 @@ fn targets(
         ),
         true,
     );
-    let (count, errors) = methods
+    let (count, errors) = window::per_service(inc)
         .values()
-        .fold((0u64, 0u64), |(c, e), f| (c + f.count, e + f.errors));
+        .fold((0u64, 0u64), |(c, e), (n, f)| (c + n, e + f));
     let rate = (count > 0).then(|| errors as f64 / count as f64);
     push("error_rate", 0.001, rate, true);
     push("availability", 0.9995, rate.map(|r| 1.0 - r), false);
@@ -129,8 +125,7 @@ pub fn report(history: &History, service: &str, only: pb::Window) -> pb::GetSlaR
             });
         }
     }
-    let inc5 = history.increase(Duration::from_secs(300));
-    resp.targets = targets(&window::methods(&inc5), &window::caches(&inc5), history);
+    resp.targets = targets(&history.increase(Duration::from_secs(300)));
     resp
 }
 
@@ -142,13 +137,7 @@ pub fn observations(history: &History) -> Vec<Observation> {
     let mut out = Vec::new();
     let label =
         |k: &str, v: &str| -> crate::rules::Labels { [(k.to_string(), v.to_string())].into() };
-    let mut per_service: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for ((svc, _), f) in window::methods(&inc) {
-        let e = per_service.entry(svc).or_default();
-        e.0 += f.count;
-        e.1 += f.errors;
-    }
-    for (svc, (count, errors)) in per_service {
+    for (svc, (count, errors)) in window::per_service(&inc) {
         if let Some(p95) = window::service_quantile(&inc, 0.95, &svc, None) {
             out.push(Observation {
                 signal: Signal::LatencyP95Ms,

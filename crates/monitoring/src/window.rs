@@ -314,6 +314,17 @@ pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
     prev.0
 }
 
+/// Calls and server faults per service, all methods together.
+pub fn per_service(inc: &HashMap<Key, f64>) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for ((svc, _), f) in methods(inc) {
+        let e = out.entry(svc).or_default();
+        e.0 += f.count;
+        e.1 += f.errors;
+    }
+    out
+}
+
 /// A quantile (seconds) of one service's calls, all methods or one.
 pub fn service_quantile(
     inc: &HashMap<Key, f64>,
