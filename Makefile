@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make run   - the whole system in one process (no MongoDB or Redis needed)
 #   make test  - installs the test servers it needs, then runs every test
-.PHONY: run test test-deps models test-models check-deploy lint fmt build clean
+.PHONY: run test test-deps models test-models check-deploy bench lint fmt build clean
 
 CARGO ?= cargo
 
@@ -19,6 +19,10 @@ test-deps:
 # docker-compose.yml, the Helm chart and the alert rules, validated offline.
 check-deploy:
 	./scripts/check-deploy.sh
+
+# The load tool's scenarios against the all-in-one system (reports in target/bench).
+bench:
+	./scripts/bench.sh
 
 # Face models and ONNX Runtime into ./models (idempotent; PyPI only).
 models:

@@ -82,6 +82,10 @@ enum Command {
         #[arg(long, env = "DISCOVERY_API_KEY", hide_env_values = true)]
         api_key: String,
     },
+    /// Load a running gateway with one of the spec's scenarios and report
+    /// latency (HDR: p50 ... p99.9, max), throughput and errors by gRPC code.
+    /// Only loopback targets; every run stops by itself.
+    Bench(BenchArgs),
     /// Create, list or revoke API keys (in the configured MongoDB).
     Keys {
         #[command(subcommand)]
@@ -89,6 +93,62 @@ enum Command {
     },
     /// List the environment variables with their defaults.
     Env,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// normal (browse/recommend/search mix at --rate), peak (ramp to 5x),
+    /// spike (0 -> --rate -> 0), soak (--rate for 30 min), face (AnalyzeFace,
+    /// one caller per core).
+    #[arg(long, default_value = "normal", value_parser = discovery_loadgen::plan::SCENARIOS)]
+    scenario: String,
+    /// Calls per second (open loop: calls leave on schedule whatever the answers do).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Closed loop instead: this many callers, each waiting for its answer.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// How long (60s; soak 30m; face 20s).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Stop after this many calls.
+    #[arg(long)]
+    max_calls: Option<u64>,
+    /// Gateway URL (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    gateway: String,
+    /// API key (`discovery up` prints one).
+    #[arg(long, env = "DISCOVERY_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// HTTP/2 connections to the gateway (spread over its workers).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Threads the load tool's runtime uses.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Per-call timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    /// Photo for the face scenario.
+    #[arg(long)]
+    photo: Option<std::path::PathBuf>,
+    /// Skip warming the caches (one call per distinct request) before the run.
+    #[arg(long)]
+    no_warm: bool,
+    /// The server's process id: its CPU per call goes in the report.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write bench-SCENARIO.json and bench-SCENARIO.md here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Exit with status 1 if any call failed or was not sent.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    discovery_kit::config::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 500ms, 60s, 30m)"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,7 +212,90 @@ pub fn main() -> std::process::ExitCode {
             api_key,
         } => client_command("sync", sync_file(file, source, format, gateway, api_key)),
         Command::Keys { action } => client_command("keys", keys(action)),
+        Command::Bench(args) => bench_command(args),
     }
+}
+
+/// `discovery bench`: on a runtime of `--threads` workers; the report goes
+/// to stdout as Markdown (and to `--out` as JSON and Markdown).
+fn bench_command(args: BenchArgs) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("discovery bench: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let strict = args.strict;
+    match rt.block_on(bench(args)) {
+        Ok(report) if strict && !report.clean() => {
+            eprintln!(
+                "discovery bench: {} errors, {} calls not sent",
+                report.errors, report.not_sent
+            );
+            std::process::ExitCode::FAILURE
+        }
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("discovery bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: BenchArgs) -> Result<discovery_loadgen::Report, BoxError> {
+    use std::sync::Arc;
+    let plan = discovery_loadgen::scenario(
+        &args.scenario,
+        args.rate,
+        args.concurrency,
+        args.duration,
+        args.max_calls,
+    )?;
+    let photo = match &args.photo {
+        Some(p) => Some(
+            std::fs::read(p).map_err(|e| format!("cannot read the photo {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let target = Arc::new(
+        discovery_loadgen::Target::connect(
+            &args.gateway,
+            Some(&args.api_key),
+            args.connections,
+            args.timeout,
+        )
+        .await?,
+    );
+    let corpus = Arc::new(discovery_loadgen::Corpus::build(&target, &plan.mix, photo).await?);
+    if !args.no_warm {
+        let n = corpus.warm(&target, &plan.mix).await?;
+        eprintln!("discovery bench: warmed the caches with {n} calls");
+    }
+    eprintln!(
+        "discovery bench: {} against {} ({:?})",
+        plan.scenario, args.gateway, plan.load
+    );
+    let options = discovery_loadgen::RunOptions {
+        progress: true,
+        server_pid: args.server_pid,
+    };
+    let report = discovery_loadgen::run(target, corpus, &plan, &options).await;
+    let md = report.to_markdown();
+    println!("{md}");
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let base = dir.join(format!("bench-{}", plan.scenario));
+        std::fs::write(base.with_extension("json"), report.to_json())?;
+        std::fs::write(base.with_extension("md"), md)?;
+        eprintln!("discovery bench: report in {}.{{json,md}}", base.display());
+    }
+    Ok(report)
 }
 
 /// Runs a client subcommand on a small runtime; errors become one line and exit 1.

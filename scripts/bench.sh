@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# `make bench`: the load tool's scenarios against the all-in-one system on
+# this machine, and a report of each run (Markdown on stdout and in
+# $OUT/bench-*.md, JSON in $OUT/bench-*.json).
+#
+#   RATE=10000 DURATION=60s scripts/bench.sh        # defaults
+#   SCENARIOS="normal face" scripts/bench.sh         # a subset
+#
+# The system runs as `discovery up` (release build, embedded store,
+# in-process cache, demo catalogue) in its own process, with the gateway's
+# rate and concurrency limits off (DISCOVERY_LIMITS=false: a benchmark
+# measures capacity, not the limits); the load tool runs in another process
+# on the same 2 cores and targets loopback only. Each run stops by itself.
+# The figures of record are in docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATE=${RATE:-10000}
+DURATION=${DURATION:-60s}
+OUT=${OUT:-target/bench}
+SCENARIOS=${SCENARIOS:-normal spike peak face}
+BASE=${BENCH_PORT_BASE:-51050}
+
+./scripts/fetch-models.sh --test-data
+cargo build --release --locked -p discovery
+bin=target/release/discovery
+mkdir -p "$OUT"
+
+log="$OUT/up.log"
+env DISCOVERY_LIMITS=false \
+  DISCOVERY_GATEWAY_PORT=$((BASE + 1)) DISCOVERY_FACE_ANALYSIS_PORT=$((BASE + 2)) \
+  DISCOVERY_RECOMMENDATION_PORT=$((BASE + 3)) DISCOVERY_SYNC_PORT=$((BASE + 4)) \
+  DISCOVERY_MONITORING_PORT=$((BASE + 5)) DISCOVERY_METRICS_PORT=$((BASE + 6)) \
+  RUST_LOG=${RUST_LOG:-warn} \
+  "$bin" up >"$log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 600); do
+  grep -q 'export DISCOVERY_API_KEY=' "$log" && break
+  kill -0 $pid 2>/dev/null || { cat "$log" >&2; echo "bench: discovery up stopped" >&2; exit 1; }
+  sleep 0.1
+done
+key=$(sed -n 's/^ *export DISCOVERY_API_KEY=//p' "$log")
+[ -n "$key" ] || { cat "$log" >&2; echo "bench: no API key from discovery up" >&2; exit 1; }
+gw="http://127.0.0.1:$((BASE + 1))"
+echo "bench: discovery up (pid $pid) at $gw; reports in $OUT"
+
+for s in $SCENARIOS; do
+  args=(--scenario "$s" --gateway "$gw" --api-key "$key" --server-pid "$pid" --out "$OUT")
+  case $s in
+    normal) args+=(--rate "$RATE" --duration "$DURATION") ;;
+    spike) args+=(--rate "$RATE" --duration 30s) ;;
+    # The peak scenario ramps to 5x its rate: a fifth of RATE peaks at RATE.
+    peak) args+=(--rate $((RATE / 5)) --duration 40s) ;;
+    soak) args+=(--rate "$RATE" --duration "${SOAK:-30m}") ;;
+    face) args+=(--photo models/testdata/astronaut.png --duration 20s) ;;
+  esac
+  echo
+  "$bin" bench "${args[@]}"
+done
