@@ -19,19 +19,7 @@ use common::*;
 use discovery_face_analysis::image::{ImageError, Limits, Photo, Roi};
 
 /// Deterministic generator (SplitMix64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use discovery_kit::rng::SplitMix as Rng;
 
 fn status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -147,7 +135,7 @@ fn hostile_images_never_panic_and_stay_within_the_memory_budget() {
                 } else {
                     rng.below(b.len())
                 };
-                b[i] = rng.next() as u8;
+                b[i] = rng.next_u64() as u8;
             }
             let _ = exercise(&b, &limits, &mut out);
         }
@@ -162,7 +150,7 @@ fn hostile_images_never_panic_and_stay_within_the_memory_budget() {
     for magic in magics {
         for _ in 0..300 {
             let mut b = magic.to_vec();
-            b.extend((0..rng.below(2048)).map(|_| rng.next() as u8));
+            b.extend((0..rng.below(2048)).map(|_| rng.next_u64() as u8));
             let _ = exercise(&b, &limits, &mut out);
         }
     }

@@ -23,6 +23,9 @@ use prost::Message;
 
 use crate::grpc::{SetupError, Target, frame};
 
+#[cfg(test)]
+use discovery_kit::rng::SplitMix;
+
 /// A public API method the load tool calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
@@ -465,26 +468,6 @@ impl Corpus {
     }
 }
 
-/// A small, fast, deterministic generator (SplitMix64) for draws.
-#[derive(Debug, Clone)]
-pub struct Draws(u64);
-
-impl Draws {
-    /// Seeded.
-    pub fn new(seed: u64) -> Draws {
-        Draws(seed)
-    }
-
-    /// The next draw.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,7 +476,7 @@ mod tests {
     fn the_normal_mix_has_its_shares() {
         let mix = Mix::normal();
         let mut counts = std::collections::HashMap::new();
-        let mut d = Draws::new(7);
+        let mut d = SplitMix(7);
         for _ in 0..100_000 {
             *counts.entry(mix.pick(d.next_u64())).or_insert(0u32) += 1;
         }

@@ -23,7 +23,9 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
 use crate::grpc::{CallError, Target};
-use crate::plan::{Corpus, Draws, Load, Op, Plan};
+use discovery_kit::rng::SplitMix;
+
+use crate::plan::{Corpus, Load, Op, Plan};
 use crate::report::{Report, Second};
 
 /// A histogram of microseconds, 1 µs to 10 min at 3 significant digits.
@@ -256,7 +258,7 @@ async fn open_loop(
         .name("loadgen-dispatch".into())
         .spawn(move || {
             let shared = shared2;
-            let mut draws = Draws::new(0x10AD);
+            let mut draws = SplitMix(0x10AD);
             let mut n = 0u64;
             let mut phase_start = 0.0f64;
             'phases: for (pi, phase) in phases.iter().enumerate() {
@@ -335,7 +337,7 @@ async fn closed_loop(
         let mix = plan.mix.clone();
         let counter = counter.clone();
         tasks.push(tokio::spawn(async move {
-            let mut draws = Draws::new(0xC105ED ^ (w as u64) << 32);
+            let mut draws = SplitMix(0xC105ED ^ (w as u64) << 32);
             while Instant::now() < until {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 if n >= max_calls {

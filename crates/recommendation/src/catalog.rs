@@ -380,27 +380,8 @@ fn base_compat(frame_shape: &str, face: &str) -> f32 {
         .unwrap_or(0.5)
 }
 
-/// SplitMix64: a tiny deterministic generator so the demo catalogue is the
-/// same on every machine without a `rand` dependency.
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next_u64() % items.len() as u64) as usize]
-    }
-}
+/// The demo catalogue's generator (also used by the benchmarks).
+pub use discovery_kit::rng::SplitMix;
 
 /// A deterministic demo catalogue of `n` realistic frames.
 pub fn demo_catalog(n: usize) -> Vec<Frame> {
