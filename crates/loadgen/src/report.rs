@@ -34,7 +34,8 @@ pub struct Latency {
 
 impl Latency {
     fn of(h: &Histogram<u64>) -> Latency {
-        let ms = |v: u64| (v as f64 / 1000.0 * 1000.0).round() / 1000.0;
+        // Recorded in whole microseconds: exact in milliseconds to 3 places.
+        let ms = |v: u64| v as f64 / 1000.0;
         if h.is_empty() {
             return Latency {
                 count: 0,
@@ -55,7 +56,7 @@ impl Latency {
             p99: ms(h.value_at_quantile(0.99)),
             p999: ms(h.value_at_quantile(0.999)),
             max: ms(h.max()),
-            mean: (h.mean() / 1000.0 * 1000.0).round() / 1000.0,
+            mean: h.mean().round() / 1000.0,
         }
     }
 }
