@@ -27,6 +27,7 @@ use std::sync::Arc;
 use discovery_kit::CancellationToken;
 use discovery_kit::cache::{Cache, CacheConfig};
 use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::deps::Dependency;
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{IndexSpec, StoreConfig, Workload, doc};
 use discovery_proto::service_names;
@@ -101,18 +102,24 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
             tracing::warn!(error = %e, "face models unavailable; photos will be refused until they are installed")
         }
     }
+    let deps = [Dependency::store(store.clone())]
+        .into_iter()
+        .chain(Dependency::redis(cache.clone()));
+    let deps: Vec<_> = deps.collect();
     let svc = api::Service::new(pool, store, cache);
     let routes = Routes::new(
         discovery_kit::compressed!(FaceAnalysisServer::new(svc))
             .max_decoding_message_size(api::MAX_REQUEST_BYTES),
     );
-    ServiceHandle::start(
+    let mut handle = ServiceHandle::start(
         "face-analysis",
         &config.serve,
         routes,
         &[service_names::FACE_ANALYSIS],
         None,
-        shutdown,
+        shutdown.clone(),
     )
-    .await
+    .await?;
+    handle.watch_dependencies(&config.serve, deps, shutdown);
+    Ok(handle)
 }

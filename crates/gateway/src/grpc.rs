@@ -100,6 +100,8 @@ pub type OnEnd = Box<dyn FnOnce(Code) + Send + Sync>;
 /// the data, up to a limit).
 pub struct Observed {
     inner: Body,
+    /// The upstream broke off and we answered with our own trailers.
+    cut: bool,
     on_end: Option<OnEnd>,
     capture: Option<(
         std::sync::Arc<parking_lot::Mutex<Option<bytes::BytesMut>>>,
@@ -112,6 +114,7 @@ impl Observed {
     pub fn new(inner: Body, on_end: OnEnd) -> Self {
         Self {
             inner,
+            cut: false,
             on_end: Some(on_end),
             capture: None,
         }
@@ -149,6 +152,9 @@ impl HttpBody for Observed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.cut {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -167,7 +173,24 @@ impl HttpBody for Observed {
                     self.finish(code);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.finish(Code::Unavailable),
+            Poll::Ready(Some(Err(e))) => {
+                // The upstream connection broke after its headers were
+                // forwarded: end the call with a status the client can act
+                // on (and retry) instead of resetting the stream, which
+                // clients report as INTERNAL.
+                tracing::debug!(error = %e, "upstream answer cut off");
+                self.finish(Code::Unavailable);
+                self.cut = true;
+                let mut t = http::HeaderMap::new();
+                t.insert("grpc-status", HeaderValue::from_static("14"));
+                t.insert(
+                    "grpc-message",
+                    HeaderValue::from_static(
+                        "the%20upstream%20replica%20went%20away%20mid-answer%3B%20retry",
+                    ),
+                );
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
             Poll::Ready(None) => self.finish(Code::Unknown),
             Poll::Pending => {}
         }
@@ -175,7 +198,7 @@ impl HttpBody for Observed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.cut || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -186,6 +209,26 @@ impl HttpBody for Observed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_upstream_cut_off_mid_answer_ends_in_unavailable_trailers() {
+        use http_body_util::BodyExt;
+        let broken = http_body_util::StreamBody::new(futures::stream::iter(vec![Err::<
+            Frame<bytes::Bytes>,
+            _,
+        >(
+            tonic::Status::internal("connection reset"),
+        )]));
+        let seen = std::sync::Arc::new(parking_lot::Mutex::new(None));
+        let s = seen.clone();
+        let mut body = Observed::new(Body::new(broken), Box::new(move |c| *s.lock() = Some(c)));
+        let frame = body.frame().await.expect("a frame").expect("not an error");
+        let trailers = frame.into_trailers().expect("trailers");
+        assert_eq!(status_of(&trailers), Some(Code::Unavailable));
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+        assert_eq!(*seen.lock(), Some(Code::Unavailable));
+    }
 
     #[test]
     fn grpc_timeout_round_trips() {

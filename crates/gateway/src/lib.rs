@@ -33,6 +33,7 @@ use std::time::Duration;
 use discovery_kit::CancellationToken;
 use discovery_kit::cache::CacheConfig;
 use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::deps::Dependency;
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{StoreConfig, Workload};
 use discovery_proto::service_names;
@@ -242,6 +243,10 @@ pub async fn spawn_with_parts(
         tracing::info!(keys = n, "API keys loaded");
     }
     let redis = discovery_kit::cache::redis_pool(&config.cache)?;
+    let deps: Vec<_> = [Dependency::store(store.clone())]
+        .into_iter()
+        .chain(redis.clone().map(Dependency::redis_pool))
+        .collect();
     let limiter = Limiter::new(Arc::new(config.limits.clone()), redis);
     let in_flight = InFlight::new(&config.limits);
     let mut pools = Vec::new();
@@ -295,6 +300,7 @@ pub async fn spawn_with_parts(
         },
     )
     .await?;
+    handle.watch_dependencies(&config.serve, deps, shutdown.clone());
     for pool in pools {
         let token = shutdown.clone();
         handle.push_task(tokio::spawn(async move {

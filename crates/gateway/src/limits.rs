@@ -29,8 +29,10 @@
 //! # Concurrency and shedding
 //!
 //! Per-method in-flight bounds (AnalyzeFace 10, Recommend 50) and a
-//! gateway-wide bound are local to each replica and fail fast
-//! (RESOURCE_EXHAUSTED / UNAVAILABLE) instead of queueing.
+//! gateway-wide bound are local to each replica and fail fast with
+//! RESOURCE_EXHAUSTED (`retry-after`, `grpc-retry-pushback-ms`) instead of
+//! queueing: accepted calls keep their latency, the excess is refused in
+//! microseconds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -561,8 +563,8 @@ impl Drop for Slot {
 /// Why a call was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Busy {
-    /// The gateway as a whole is at its bound.
-    Overloaded,
+    /// The gateway as a whole is at its bound (which this is).
+    Overloaded(usize),
     /// The method is at its bound.
     Method(usize),
 }
@@ -601,7 +603,7 @@ impl InFlight {
     pub fn enter(self: &Arc<Self>, class: Class) -> Result<Slot, Busy> {
         if self.all.fetch_add(1, Ordering::Relaxed) >= self.limits.2 {
             self.all.fetch_sub(1, Ordering::Relaxed);
-            return Err(Busy::Overloaded);
+            return Err(Busy::Overloaded(self.limits.2));
         }
         if let Some(c) = self.counter(class) {
             let limit = if class == Class::Face {
@@ -744,7 +746,7 @@ mod tests {
         let _b = f.enter(Class::Face).unwrap();
         assert_eq!(f.enter(Class::Face).unwrap_err(), Busy::Method(2));
         let _c = f.enter(Class::Other).unwrap();
-        assert_eq!(f.enter(Class::Other).unwrap_err(), Busy::Overloaded);
+        assert_eq!(f.enter(Class::Other).unwrap_err(), Busy::Overloaded(3));
         drop(a);
         assert_eq!(f.current(), 2);
         f.enter(Class::Face).unwrap();

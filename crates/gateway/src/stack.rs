@@ -265,17 +265,28 @@ impl Stage for Admit {
                     call.lock().answered_by = "shed";
                     metrics::counter!("discovery_gateway_shed_total", "method" => route.method)
                         .increment(1);
+                    // RESOURCE_EXHAUSTED, gRPC's code for a server out of
+                    // resources for now (UNAVAILABLE is kept for "no replica
+                    // can answer"); `grpc-retry-pushback-ms` is what gRPC
+                    // clients with a retry policy honour, `retry-after` is
+                    // for everyone else.
+                    let pushback = [
+                        ("retry-after", "1".to_string()),
+                        ("grpc-retry-pushback-ms", "1000".to_string()),
+                    ];
                     match busy {
-                        Busy::Overloaded => grpc::error_with(
-                            tonic::Status::unavailable("gateway overloaded; retry with backoff"),
-                            &[("retry-after", "1".into())],
+                        Busy::Overloaded(n) => grpc::error_with(
+                            tonic::Status::resource_exhausted(format!(
+                                "gateway at capacity ({n} calls in flight); load shed, retry in 1 s"
+                            )),
+                            &pushback,
                         ),
                         Busy::Method(n) => grpc::error_with(
                             tonic::Status::resource_exhausted(format!(
-                                "{} already has {n} calls in flight on this gateway; retry shortly",
+                                "{} already has {n} calls in flight on this gateway; load shed, retry in 1 s",
                                 route.method
                             )),
-                            &[("retry-after", "1".into())],
+                            &pushback,
                         ),
                     }
                 }

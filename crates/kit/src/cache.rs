@@ -343,6 +343,14 @@ fn init_in_background(pool: &Pool) {
     });
 }
 
+/// One `PING` through `pool` (bounded by its command timeout).
+pub async fn ping_redis(pool: &Pool) -> Result<(), String> {
+    pool.next()
+        .ping::<()>(None)
+        .await
+        .map_err(|e| format!("Redis Cluster: {e}"))
+}
+
 /// A Redis Cluster connection pool with the cache's settings, connecting
 /// in the background (commands fail fast until it is up). None when no
 /// nodes are configured. For other Redis users (the gateway's limiter).
@@ -477,6 +485,20 @@ impl Cache {
     /// Whether an L2 is configured and currently connected.
     pub fn l2_connected(&self) -> bool {
         self.l2.as_ref().is_some_and(|p| p.is_connected())
+    }
+
+    /// Whether an L2 (Redis Cluster) is configured.
+    pub fn has_l2(&self) -> bool {
+        self.l2.is_some()
+    }
+
+    /// Pings L2 (one round trip to a cluster node, bounded by the command
+    /// timeout); `Ok` when no L2 is configured.
+    pub async fn ping_l2(&self) -> Result<(), String> {
+        match &self.l2 {
+            Some(pool) => ping_redis(pool).await,
+            None => Ok(()),
+        }
     }
 
     /// Waits up to `timeout` for L2 (and the bus) to connect (for tests and readiness).

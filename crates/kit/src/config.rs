@@ -324,7 +324,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "DISCOVERY_GATEWAY_MAX_IN_FLIGHT",
         default: "2000",
-        help: "gateway: calls in flight before shedding (UNAVAILABLE, retry-after)",
+        help: "gateway: calls in flight before shedding (RESOURCE_EXHAUSTED, retry-after)",
     },
     Variable {
         name: "DISCOVERY_GATEWAY_REPLICAS",
@@ -375,6 +375,11 @@ pub const VARIABLES: &[Variable] = &[
         name: "DISCOVERY_RECOMMENDATION_URLS",
         default: "http://127.0.0.1:50053",
         help: "comma-separated recommendation replicas",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_RETRY_FOR",
+        default: "5m",
+        help: "sync: how long a batch is retried while MongoDB is unreachable before the job fails",
     },
     Variable {
         name: "DISCOVERY_SYNC_URLS",
@@ -495,6 +500,11 @@ pub const VARIABLES: &[Variable] = &[
         name: "DISCOVERY_SHUTDOWN_GRACE",
         default: "10s",
         help: "how long shutdown waits for in-flight calls",
+    },
+    Variable {
+        name: "DISCOVERY_DEPENDENCY_CHECKS",
+        default: "2s",
+        help: "how often each service probes MongoDB and Redis (health names discovery.dependency.*; 0s: never)",
     },
 ];
 

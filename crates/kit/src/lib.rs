@@ -16,6 +16,7 @@ pub mod bus;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod deps;
 pub mod metrics;
 pub mod rng;
 pub mod server;

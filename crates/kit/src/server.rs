@@ -654,6 +654,8 @@ pub struct ServeConfig {
     pub metrics: Option<SocketAddr>,
     /// How long shutdown waits for in-flight calls.
     pub grace: Duration,
+    /// How often dependencies are probed ([`crate::deps`]); zero: never.
+    pub dependency_checks: Duration,
 }
 
 impl ServeConfig {
@@ -670,6 +672,8 @@ impl ServeConfig {
             grpc_var: port_var,
             metrics: (metrics_port != 0).then(|| SocketAddr::new(grpc.ip(), metrics_port)),
             grace: env.duration("DISCOVERY_SHUTDOWN_GRACE", Duration::from_secs(10))?,
+            dependency_checks: env
+                .duration("DISCOVERY_DEPENDENCY_CHECKS", Duration::from_secs(2))?,
         })
     }
 
@@ -680,6 +684,7 @@ impl ServeConfig {
             grpc_var,
             metrics: None,
             grace: Duration::from_secs(2),
+            dependency_checks: Duration::from_secs(2),
         }
     }
 }
@@ -816,6 +821,29 @@ impl ServiceHandle {
     /// Adds a background task whose failure should stop the service.
     pub fn push_task(&mut self, task: tokio::task::JoinHandle<Result<(), BoxError>>) {
         self.tasks.push(task);
+    }
+
+    /// Probes `deps` every `config.dependency_checks` and reports each under
+    /// its own health name (see [`crate::deps`]); the service's own names
+    /// stay SERVING while a dependency is down.
+    pub fn watch_dependencies(
+        &mut self,
+        config: &ServeConfig,
+        deps: impl IntoIterator<Item = crate::deps::Dependency>,
+        shutdown: CancellationToken,
+    ) {
+        let deps: Vec<_> = deps.into_iter().collect();
+        if config.dependency_checks.is_zero() || deps.is_empty() {
+            return;
+        }
+        let task = crate::deps::watch(
+            self.name,
+            self.health.clone(),
+            deps,
+            config.dependency_checks,
+            shutdown,
+        );
+        self.push_task(task);
     }
 
     /// Waits until every task of the service has ended.

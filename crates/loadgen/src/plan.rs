@@ -291,6 +291,11 @@ pub struct Corpus {
     search: Vec<Bytes>,
     product: Vec<Bytes>,
     photo: Option<Vec<u8>>,
+    /// Face sessions: a prefix unique to this corpus (time of set-up) and
+    /// a counter over every run that uses it, so no two analyses share a
+    /// session id, whether in one run, across runs or across processes.
+    face_prefix: String,
+    face_seq: std::sync::atomic::AtomicU64,
     /// Products found in the catalogue at set-up.
     pub product_ids: usize,
 }
@@ -414,13 +419,21 @@ impl Corpus {
             search,
             product,
             photo,
+            face_prefix: format!(
+                "load-{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0)
+            ),
+            face_seq: std::sync::atomic::AtomicU64::new(0),
             product_ids,
         })
     }
 
-    /// The request body of the `n`-th call of `op`, `draw` choosing among
-    /// the variants.
-    pub fn body(&self, op: Op, n: u64, draw: u64) -> Bytes {
+    /// The request body of a call of `op`, `draw` choosing among the
+    /// variants.
+    pub fn body(&self, op: Op, draw: u64) -> Bytes {
         let pick = |v: &Vec<Bytes>| v[(draw % v.len().max(1) as u64) as usize].clone();
         match op {
             Op::Recommend => pick(&self.recommend),
@@ -430,9 +443,12 @@ impl Corpus {
                 // A session id of its own per call: the face cache is keyed
                 // by session and content, so every call is a real analysis.
                 let image = self.photo.clone().unwrap_or_default();
+                let seq = self
+                    .face_seq
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 frame(&pb::AnalyzeFaceRequest {
                     requester: Some(pb::Requester {
-                        session_id: format!("load-{n}"),
+                        session_id: format!("{}-{seq}", self.face_prefix),
                         ..Default::default()
                     }),
                     input: Some(pb::analyze_face_request::Input::Image(image)),

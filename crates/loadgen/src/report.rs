@@ -136,6 +136,9 @@ pub struct Report {
     pub errors_by_code: BTreeMap<String, u64>,
     /// Latency of every answer (from when the call was due, open loop).
     pub latency: Latency,
+    /// Latency of the OK answers only: what accepted calls saw while others
+    /// were refused (shedding, limits).
+    pub latency_ok: Latency,
     /// How late calls left against the schedule (open loop): the tool's
     /// own health; a large lag means the figures are the tool's.
     pub send_lag: Latency,
@@ -257,6 +260,7 @@ impl Report {
             ok_rps: (ok as f64 / secs * 10.0).round() / 10.0,
             errors_by_code,
             latency: Latency::of(&st.all),
+            latency_ok: Latency::of(&st.accepted),
             send_lag: Latency::of(&st.lag),
             methods,
             phases,
@@ -323,6 +327,17 @@ impl Report {
             ms(l.p999),
             ms(l.max)
         );
+        if self.errors > 0 && self.ok > 0 {
+            let a = &self.latency_ok;
+            let _ = writeln!(
+                s,
+                "OK answers only: p50 {}, p99 {}, p99.9 {}, max {}.\n",
+                ms(a.p50),
+                ms(a.p99),
+                ms(a.p999),
+                ms(a.max)
+            );
+        }
         let _ = writeln!(
             s,
             "| method | ok | errors | p50 | p95 | p99 | p99.9 | max |"

@@ -41,6 +41,7 @@ pub(crate) struct Stats {
     pub(crate) ops: Vec<OpStats>,
     pub(crate) phases: Vec<PhaseStats>,
     pub(crate) all: Histogram<u64>,
+    pub(crate) accepted: Histogram<u64>,
     pub(crate) lag: Histogram<u64>,
     pub(crate) not_sent: u64,
     pub(crate) window: Window,
@@ -107,6 +108,7 @@ impl Stats {
                 .collect(),
             phases,
             all: histogram(),
+            accepted: histogram(),
             lag: histogram(),
             not_sent: 0,
             window: Window::default(),
@@ -128,6 +130,7 @@ impl Stats {
         let _ = w.record(v);
         match outcome {
             Ok(bytes) => {
+                let _ = self.accepted.record(v);
                 o.ok += 1;
                 p.ok += 1;
                 self.window.ok += 1;
@@ -156,8 +159,8 @@ struct Shared {
 }
 
 impl Shared {
-    async fn call(&self, op: Op, n: u64, draw: u64, phase: usize, due: Instant) {
-        let body = self.corpus.body(op, n, draw);
+    async fn call(&self, op: Op, draw: u64, phase: usize, due: Instant) {
+        let body = self.corpus.body(op, draw);
         let r = self
             .target
             .call(op.path(), body, false)
@@ -293,9 +296,8 @@ async fn open_loop(
                         shared.in_flight.fetch_add(1, Ordering::AcqRel);
                         shared.sent.fetch_add(1, Ordering::Relaxed);
                         let s = shared.clone();
-                        let id = n;
                         handle.spawn(async move {
-                            s.call(op, id, draw, pi, due).await;
+                            s.call(op, draw, pi, due).await;
                             s.in_flight.fetch_sub(1, Ordering::AcqRel);
                         });
                     }
@@ -347,7 +349,7 @@ async fn closed_loop(
                 let draw = draws.next_u64();
                 s.in_flight.fetch_add(1, Ordering::AcqRel);
                 s.sent.fetch_add(1, Ordering::Relaxed);
-                s.call(op, n, draw, 0, Instant::now()).await;
+                s.call(op, draw, 0, Instant::now()).await;
                 s.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         }));

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use discovery_kit::CancellationToken;
 use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::deps::Dependency;
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, Workload, doc};
 use discovery_proto::service_names;
@@ -163,7 +164,7 @@ async fn check(
     };
     let r = tokio::time::timeout(Duration::from_secs(2), client.check(req)).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (live, ready, detail) = match r {
+    let (live, ready, mut detail) = match r {
         Err(_) => (false, false, "health check timed out after 2 s".to_string()),
         Ok(Err(s)) => (
             false,
@@ -183,6 +184,24 @@ async fn check(
             )
         }
     };
+    // Dependencies the service reports under their own health names; an
+    // unknown name (NOT_FOUND) is a dependency it does not have.
+    let mut down = Vec::new();
+    if live {
+        for dep in discovery_kit::deps::KNOWN {
+            let req = tonic_health::pb::HealthCheckRequest {
+                service: discovery_kit::deps::health_name(dep),
+            };
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), client.check(req)).await
+                && r.into_inner().status == ServingStatus::NotServing as i32
+            {
+                down.push(dep.to_string());
+            }
+        }
+    }
+    if !down.is_empty() {
+        detail = format!("{detail}; degraded: {} unreachable", down.join(", "));
+    }
     pb::ServiceHealth {
         service: target.service.clone(),
         address: target.url.clone(),
@@ -190,6 +209,8 @@ async fn check(
         ready,
         detail,
         latency_ms,
+        degraded: !down.is_empty(),
+        degraded_dependencies: down,
     }
 }
 
@@ -256,18 +277,33 @@ impl Monitoring for Service {
     ) -> Result<Response<pb::GetSystemHealthResponse>, Status> {
         let checks = self.targets.iter().map(|(t, c)| check(t, c.clone()));
         let mut services = futures::future::join_all(checks).await;
+        // Monitoring serves from memory; without its store it only loses
+        // rollups and alert history writes (retried on the next tick).
+        let store_ok = self.store.ping().await.is_ok();
         services.push(pb::ServiceHealth {
             service: "monitoring".into(),
             address: "self".into(),
             live: true,
-            ready: self.store.ping().await.is_ok(),
-            detail: format!("store: {}", self.store.kind()),
+            ready: true,
+            detail: if store_ok {
+                format!("store: {}", self.store.kind())
+            } else {
+                format!("store: {}; degraded: store unreachable", self.store.kind())
+            },
             latency_ms: 0.0,
+            degraded: !store_ok,
+            degraded_dependencies: if store_ok {
+                vec![]
+            } else {
+                vec!["store".into()]
+            },
         });
         let ready = services.iter().all(|s| s.ready);
+        let degraded = services.iter().any(|s| s.degraded);
         Ok(Response::new(pb::GetSystemHealthResponse {
             ready,
             services,
+            degraded,
         }))
     }
 }
@@ -552,6 +588,11 @@ pub async fn spawn_with_dashboard(
         shutdown.clone(),
     )
     .await?;
+    handle.watch_dependencies(
+        &config.serve,
+        [Dependency::store(store.clone())],
+        shutdown.clone(),
+    );
     let store_for_rollups = store.clone();
     handle.push_task(tokio::spawn(async move {
         collect_loop(

@@ -20,6 +20,7 @@ use crate::server::recommendation_server::RecommendationServer;
 use discovery_kit::CancellationToken;
 use discovery_kit::cache::{Cache, CacheConfig};
 use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::deps::Dependency;
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, Workload, doc};
 use discovery_proto::service_names;
@@ -239,6 +240,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         shutdown.clone(),
     )
     .await?;
+    handle.watch_dependencies(
+        &config.serve,
+        [Dependency::store(svc.store.clone())]
+            .into_iter()
+            .chain(Dependency::redis(svc.cache.clone())),
+        shutdown.clone(),
+    );
     let (s, t) = (svc.clone(), shutdown.clone());
     handle.push_task(tokio::spawn(async move {
         follow_catalog_changes(s, t).await;

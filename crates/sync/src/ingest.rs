@@ -18,12 +18,21 @@
 //! upserted, unchanged or rejected (or the job is FAILED with the reason);
 //! a record is never dropped silently; rejected records keep their original
 //! payload and a reason naming the field.
+//!
+//! When the database is unreachable or failing over, a batch is retried
+//! with backoff (100 ms doubling to 5 s) for up to `retry_for` (default
+//! 5 min), the job stays RUNNING and the stream is not read meanwhile (so
+//! the client is paused by flow control, not answered with an error).
+//! Retrying is safe: the writes are newer-wins upserts, so a batch that was
+//! partly applied before the failure counts those records as unchanged the
+//! second time. Only after `retry_for` does the job fail, naming the cause.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use discovery_kit::store::{Document, RawDocumentBuf, Store, bson, doc};
+use discovery_kit::store::{Document, RawDocumentBuf, Store, StoreError, bson, doc};
 use discovery_proto::v1 as pb;
 use discovery_recommendation::catalog::{Frame, PRODUCTS, fnv1a};
 use futures::StreamExt;
@@ -157,12 +166,31 @@ struct Batch {
 }
 
 /// Live jobs of this process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Jobs {
     live: Mutex<HashMap<String, Arc<Job>>>,
+    retry_for: Duration,
 }
 
+impl Default for Jobs {
+    fn default() -> Self {
+        Self::new(DEFAULT_RETRY_FOR)
+    }
+}
+
+/// How long a batch is retried while the database is unavailable.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(300);
+
 impl Jobs {
+    /// No jobs yet; batches retried for `retry_for` while the database is
+    /// unavailable.
+    pub fn new(retry_for: Duration) -> Self {
+        Self {
+            live: Mutex::default(),
+            retry_for,
+        }
+    }
+
     /// A live job by id.
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
         self.live.lock().get(id).cloned()
@@ -225,7 +253,7 @@ impl Jobs {
         store.put(SYNC_JOBS, job_document(&job.to_proto())).await?;
         self.live.lock().insert(job.id.clone(), job.clone());
         let (tx, rx) = mpsc::channel::<Batch>(QUEUE_BATCHES);
-        tokio::spawn(write_all(store, job.clone(), rx));
+        tokio::spawn(write_all(store, job.clone(), rx, self.retry_for));
         Ok(Intake {
             job,
             format: Format::from_proto(header.format),
@@ -396,20 +424,66 @@ impl Intake {
     }
 }
 
-async fn write_batch(store: &Store, job: &Job, batch: Batch) -> Result<(), String> {
+/// Runs `op` until it succeeds, fails for a reason retrying cannot help,
+/// or the database has been unavailable for `retry_for`.
+async fn retrying<T, F, Fut>(
+    job: &Job,
+    what: &str,
+    retry_for: Duration,
+    mut op: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut attempts = 1u32;
+    loop {
+        match op().await {
+            Ok(v) => {
+                if attempts > 1 {
+                    tracing::info!(job = %job.id, what, attempts, "write went through after retries");
+                }
+                return Ok(v);
+            }
+            Err(e) if e.is_transient() && started.elapsed() < retry_for => {
+                metrics::counter!("discovery_sync_write_retries_total").increment(1);
+                tracing::warn!(job = %job.id, what, attempts, ?backoff, error = %e, "database unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                attempts += 1;
+            }
+            Err(e) if e.is_transient() => {
+                return Err(format!(
+                    "{what} failed: database unavailable for {:.0} s ({attempts} attempts); resend the feed (upserts are idempotent): {e}",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            Err(e) => return Err(format!("{what} failed: {e}")),
+        }
+    }
+}
+
+async fn write_batch(
+    store: &Store,
+    job: &Job,
+    batch: Batch,
+    retry_for: Duration,
+) -> Result<(), String> {
     if !batch.dead.is_empty() {
         let n = batch.dead.len() as u64;
-        store
-            .bulk_upsert(SYNC_DEAD_LETTERS, batch.dead)
-            .await
-            .map_err(|e| format!("writing dead letters failed: {e}"))?;
+        retrying(job, "writing dead letters", retry_for, || {
+            store.bulk_upsert(SYNC_DEAD_LETTERS, batch.dead.clone())
+        })
+        .await?;
         job.rejected.fetch_add(n, Ordering::Relaxed);
     }
     if !batch.docs.is_empty() {
-        let o = store
-            .bulk_upsert_newer(PRODUCTS, batch.docs, GUARD)
-            .await
-            .map_err(|e| format!("writing products failed: {e}"))?;
+        let o = retrying(job, "writing products", retry_for, || {
+            store.bulk_upsert_newer(PRODUCTS, batch.docs.clone(), GUARD)
+        })
+        .await?;
         job.upserted
             .fetch_add(o.inserted + o.replaced, Ordering::Relaxed);
         job.unchanged.fetch_add(o.stale, Ordering::Relaxed);
@@ -421,7 +495,7 @@ async fn write_batch(store: &Store, job: &Job, batch: Batch) -> Result<(), Strin
     Ok(())
 }
 
-async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>) {
+async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>, retry_for: Duration) {
     let failed: Mutex<Option<String>> = Mutex::new(None);
     tokio_stream::wrappers::ReceiverStream::new(rx)
         .for_each_concurrent(WRITERS, |batch| {
@@ -430,7 +504,7 @@ async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>) {
                 if failed.lock().is_some() {
                     return;
                 }
-                match write_batch(store, job, batch).await {
+                match write_batch(store, job, batch, retry_for).await {
                     Ok(()) => {
                         job.bump();
                         let _ = store.put(SYNC_JOBS, job_document(&job.to_proto())).await;
@@ -448,7 +522,11 @@ async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>) {
         None => job.finish(pb::SyncJobState::Succeeded, String::new()),
     }
     let view = job.to_proto();
-    if let Err(e) = store.put(SYNC_JOBS, job_document(&view)).await {
+    let stored = retrying(&job, "storing the final job state", retry_for, || {
+        store.put(SYNC_JOBS, job_document(&view))
+    })
+    .await;
+    if let Err(e) = stored {
         tracing::error!(job = %job.id, error = %e, "storing the final job state failed");
     }
     tracing::info!(

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use discovery_kit::CancellationToken;
 use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::deps::Dependency;
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{IndexSpec, Store, StoreConfig, Workload, doc};
 use discovery_proto::service_names;
@@ -48,6 +49,8 @@ pub struct Config {
     pub recommendation_urls: Vec<String>,
     /// Follow the products change stream (one sync replica should).
     pub follow: bool,
+    /// How long a batch is retried while the database is unavailable.
+    pub retry_for: std::time::Duration,
 }
 
 impl Config {
@@ -59,6 +62,7 @@ impl Config {
             recommendation_urls: env
                 .list("DISCOVERY_RECOMMENDATION_URLS", &["http://127.0.0.1:50053"]),
             follow: env.bool("DISCOVERY_SYNC_FOLLOW", true)?,
+            retry_for: env.duration("DISCOVERY_SYNC_RETRY_FOR", ingest::DEFAULT_RETRY_FOR)?,
         })
     }
 }
@@ -430,7 +434,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     let watchers = Arc::new(feed::Watchers::default());
     let routes = Routes::new(discovery_kit::compressed!(SyncServer::new(Service {
         store: store.clone(),
-        jobs: Arc::default(),
+        jobs: Arc::new(ingest::Jobs::new(config.retry_for)),
         watchers: watchers.clone(),
     })));
     let mut handle = ServiceHandle::start(
@@ -442,6 +446,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         shutdown.clone(),
     )
     .await?;
+    handle.watch_dependencies(
+        &config.serve,
+        [Dependency::store(store.clone())],
+        shutdown.clone(),
+    );
     if config.follow {
         let client = match config.recommendation_urls.first() {
             Some(url) => Some(

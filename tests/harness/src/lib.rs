@@ -113,7 +113,43 @@ impl Drop for Proc {
 /// A Redis Cluster on loopback.
 pub struct RedisCluster {
     nodes: Vec<(u16, Option<Proc>)>,
-    _dir: tempfile::TempDir,
+    server: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// Starts one cluster-mode node; its cluster state lives in `dir`
+/// (`nodes-PORT.conf`), so a node started again on the same port rejoins
+/// with its slots.
+fn redis_node(server: &Path, dir: &Path, port: u16) -> Result<Proc, HarnessError> {
+    let child = Command::new(server)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &format!("nodes-{port}.conf"),
+            "--cluster-node-timeout",
+            "1000",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| start_err("redis-server", e))?;
+    Ok(Proc { child })
 }
 
 impl RedisCluster {
@@ -130,35 +166,7 @@ impl RedisCluster {
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {
             let port = free_port(true)?;
-            let child = Command::new(&server)
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--protected-mode",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                    "--loglevel",
-                    "warning",
-                ])
-                .current_dir(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| start_err("redis-server", e))?;
-            nodes.push((port, Some(Proc { child })));
+            nodes.push((port, Some(redis_node(&server, dir.path(), port)?)));
         }
         for (port, _) in &nodes {
             if !wait_tcp(
@@ -188,7 +196,7 @@ impl RedisCluster {
                 String::from_utf8_lossy(&out.stdout).into_owned(),
             ));
         }
-        let cluster = Self { nodes, _dir: dir };
+        let cluster = Self { nodes, server, dir };
         cluster.wait_ok(Duration::from_secs(20))?;
         eprintln!(
             "harness: Redis Cluster up ({masters} masters, {replicas} replica(s) each) on ports {:?}",
@@ -261,6 +269,36 @@ impl RedisCluster {
             }
         }
     }
+
+    /// Kills every node (SIGKILL): the whole cluster is gone.
+    pub fn kill_all(&mut self) {
+        for (_, proc_) in &mut self.nodes {
+            proc_.take();
+        }
+    }
+
+    /// Starts every stopped node again on its port with its cluster state
+    /// (slots, node ids; the data is gone, as after a crash without
+    /// persistence) and waits for `cluster_state:ok`.
+    pub fn restart_stopped(&mut self) -> Result<(), HarnessError> {
+        for (port, proc_) in &mut self.nodes {
+            if proc_.is_none() {
+                *proc_ = Some(redis_node(&self.server, self.dir.path(), *port)?);
+            }
+        }
+        for (port, _) in &self.nodes {
+            if !wait_tcp(
+                SocketAddr::from(([127, 0, 0, 1], *port)),
+                Duration::from_secs(10),
+            ) {
+                return Err(start_err(
+                    "redis-server",
+                    format!("port {port} did not open again"),
+                ));
+            }
+        }
+        self.wait_ok(Duration::from_secs(30))
+    }
 }
 
 /// Which MongoDB-compatible server is running.
@@ -276,8 +314,46 @@ pub enum MongoFlavor {
 pub struct MongoServer {
     port: u16,
     flavor: MongoFlavor,
-    _proc: Proc,
-    _dir: tempfile::TempDir,
+    binary: PathBuf,
+    proc_: Option<Proc>,
+    dir: tempfile::TempDir,
+}
+
+fn mongo_process(
+    flavor: MongoFlavor,
+    binary: &Path,
+    port: u16,
+    dir: &Path,
+) -> Result<Proc, HarnessError> {
+    let mut cmd = Command::new(binary);
+    match flavor {
+        MongoFlavor::Mongod => cmd.args([
+            "--replSet",
+            "rs0",
+            "--bind_ip",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--quiet",
+            "--dbpath",
+        ]),
+        MongoFlavor::Secantus => cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--log-level",
+            "WARNING",
+            "--storage-path",
+        ]),
+    };
+    let child = cmd
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| start_err(&binary.display().to_string(), e))?;
+    Ok(Proc { child })
 }
 
 static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -287,24 +363,8 @@ impl MongoServer {
     pub async fn start() -> Result<Self, HarnessError> {
         let dir = tempfile::tempdir().map_err(|e| start_err("mongo dir", e))?;
         let port = free_port(false)?;
-        let (flavor, child) = if let Some(mongod) = which("mongod") {
-            let child = Command::new(mongod)
-                .args([
-                    "--replSet",
-                    "rs0",
-                    "--bind_ip",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--quiet",
-                    "--dbpath",
-                ])
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| start_err("mongod", e))?;
-            (MongoFlavor::Mongod, child)
+        let (flavor, binary) = if let Some(mongod) = which("mongod") {
+            (MongoFlavor::Mongod, mongod)
         } else {
             let bin = std::env::var_os("DISCOVERY_SECANTUSD")
                 .map(PathBuf::from)
@@ -315,28 +375,15 @@ impl MongoServer {
                 .ok_or(HarnessError::Missing {
                     binary: "mongod or secantusd-py".into(),
                 })?;
-            let child = Command::new(bin)
-                .args([
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--log-level",
-                    "WARNING",
-                    "--storage-path",
-                ])
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| start_err("secantusd-py", e))?;
-            (MongoFlavor::Secantus, child)
+            (MongoFlavor::Secantus, bin)
         };
+        let proc_ = mongo_process(flavor, &binary, port, dir.path())?;
         let server = Self {
             port,
             flavor,
-            _proc: Proc { child },
-            _dir: dir,
+            binary,
+            proc_: Some(proc_),
+            dir,
         };
         if !wait_tcp(
             SocketAddr::from(([127, 0, 0, 1], port)),
@@ -392,6 +439,34 @@ impl MongoServer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Kills the server (SIGKILL, as a crash would); its data stays on disk.
+    pub fn kill(&mut self) {
+        self.proc_.take();
+    }
+
+    /// Starts the server again on the same port with the same data and
+    /// waits until it accepts writes.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        if self.proc_.is_none() {
+            self.proc_ = Some(mongo_process(
+                self.flavor,
+                &self.binary,
+                self.port,
+                self.dir.path(),
+            )?);
+        }
+        if !wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(30),
+        ) {
+            return Err(start_err(
+                "mongo server",
+                format!("port {} did not open again", self.port),
+            ));
+        }
+        self.wait_writable().await
     }
 
     /// Connection string (direct connection to the one node).

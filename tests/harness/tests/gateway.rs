@@ -204,14 +204,23 @@ async fn a_killed_replica_is_ejected_without_failed_calls_and_gets_traffic_when_
         after_ejection.is_empty(),
         "calls failed after ejection: {after_ejection:?}"
     );
+    let total = ok.load(Ordering::Relaxed) + f.len() as u64;
     eprintln!(
-        "replica kill: {} calls ok, {} failed in all (retries hide the kill: idempotent Recommend goes to the other replica)",
-        ok.load(Ordering::Relaxed),
-        f.len()
+        "replica kill: {total} calls, {} failed ({:.3}%; retries on the other replica hide a kill \
+         unless it cuts an answer already under way)",
+        f.len(),
+        f.len() as f64 * 100.0 / total as f64
+    );
+    // The target is < 0.1%. A crash can cut an answer whose headers the
+    // gateway already forwarded; that one call ends UNAVAILABLE (retryable),
+    // never INTERNAL or a reset stream.
+    assert!(
+        f.len() as u64 * 1000 < total,
+        "error rate under 0.1%: {f:?}"
     );
     assert!(
-        f.is_empty(),
-        "retries on the other replica hide even the kill itself: {f:?}"
+        f.iter().all(|(_, e)| e.starts_with("Unavailable")),
+        "a cut answer is UNAVAILABLE: {f:?}"
     );
     for t in [gw_token, token_a, token_b2] {
         t.cancel();

@@ -60,6 +60,17 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The database is unreachable or changing primaries right now: the
+    /// operation may be retried (every write here is an idempotent upsert).
+    #[error("{op} on {collection}: database unavailable ({reason}); retrying may succeed")]
+    Unavailable {
+        /// Operation.
+        op: &'static str,
+        /// Collection.
+        collection: String,
+        /// Driver message.
+        reason: String,
+    },
     /// Any other database error.
     #[error("{op} on {collection}: {reason}")]
     Database {
@@ -73,6 +84,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether retrying the same operation later may succeed (the database
+    /// was unreachable, not the request wrong).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Unreachable { .. }
+        )
+    }
+
     pub(crate) fn db(op: &'static str, collection: &str, e: impl std::fmt::Display) -> Self {
         StoreError::Database {
             op,

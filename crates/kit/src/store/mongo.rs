@@ -107,6 +107,46 @@ pub struct MongoStore {
     target: String,
 }
 
+/// MongoDB's codes for "this node is shutting down, stepping down or not
+/// (yet) primary": the operation may succeed on a retry.
+const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
+
+/// A driver error, classified: unreachable servers, timeouts, closed
+/// connections and failovers are [`StoreError::Unavailable`] (retryable).
+fn driver(op: &'static str, collection: &str, e: mongodb::error::Error) -> StoreError {
+    use mongodb::error::{ErrorKind, RETRYABLE_WRITE_ERROR, TRANSIENT_TRANSACTION_ERROR};
+    let transient = e.contains_label(RETRYABLE_WRITE_ERROR)
+        || e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        || match e.kind.as_ref() {
+            ErrorKind::Io(_)
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. } => true,
+            ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+            _ => false,
+        };
+    if transient {
+        StoreError::Unavailable {
+            op,
+            collection: collection.to_string(),
+            reason: e.to_string(),
+        }
+    } else {
+        StoreError::db(op, collection, e)
+    }
+}
+
+/// The writes were applied on the primary but not (yet) acknowledged by a
+/// majority: retryable, as every bulk write here is an idempotent upsert.
+fn write_concern(op: &'static str, collection: &str, wce: &Document) -> StoreError {
+    StoreError::Unavailable {
+        op,
+        collection: collection.to_string(),
+        reason: format!("write concern not satisfied: {wce}"),
+    }
+}
+
 fn unreachable(config: &MongoConfig, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unreachable {
         var: URI_VAR,
@@ -235,7 +275,7 @@ impl DocumentStore for MongoStore {
         if !required.is_empty() {
             coll.create_indexes(required)
                 .await
-                .map_err(|e| StoreError::db("create_indexes", collection, e))?;
+                .map_err(|e| driver("create_indexes", collection, e))?;
         }
         for spec in indexes.iter().filter(|i| i.optional) {
             if let Err(e) = coll.create_index(to_index_model(spec)).await {
@@ -249,14 +289,14 @@ impl DocumentStore for MongoStore {
         self.coll(collection)
             .list_index_names()
             .await
-            .map_err(|e| StoreError::db("list_indexes", collection, e))
+            .map_err(|e| driver("list_indexes", collection, e))
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
         self.coll(collection)
             .find_one(doc! {"_id": id})
             .await
-            .map_err(|e| StoreError::db("find_one", collection, e))
+            .map_err(|e| driver("find_one", collection, e))
     }
 
     async fn put(&self, collection: &str, doc: Document) -> Result<(), StoreError> {
@@ -266,7 +306,7 @@ impl DocumentStore for MongoStore {
             .upsert(true)
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::db("replace_one", collection, e))
+            .map_err(|e| driver("replace_one", collection, e))
     }
 
     async fn delete(&self, collection: &str, id: &str) -> Result<bool, StoreError> {
@@ -274,7 +314,7 @@ impl DocumentStore for MongoStore {
             .delete_one(doc! {"_id": id})
             .await
             .map(|r| r.deleted_count > 0)
-            .map_err(|e| StoreError::db("delete_one", collection, e))
+            .map_err(|e| driver("delete_one", collection, e))
     }
 
     async fn find(
@@ -295,20 +335,18 @@ impl DocumentStore for MongoStore {
         if options.limit > 0 {
             find = find.limit(options.limit as i64);
         }
-        let cursor = find
-            .await
-            .map_err(|e| StoreError::db("find", collection, e))?;
+        let cursor = find.await.map_err(|e| driver("find", collection, e))?;
         cursor
             .try_collect()
             .await
-            .map_err(|e| StoreError::db("find", collection, e))
+            .map_err(|e| driver("find", collection, e))
     }
 
     async fn count(&self, collection: &str, filter: Document) -> Result<u64, StoreError> {
         self.coll(collection)
             .count_documents(filter)
             .await
-            .map_err(|e| StoreError::db("count", collection, e))
+            .map_err(|e| driver("count", collection, e))
     }
 
     async fn bulk_upsert(
@@ -336,7 +374,10 @@ impl DocumentStore for MongoStore {
                 "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
             })
             .await
-            .map_err(|e| StoreError::db("bulk_upsert", collection, e))?;
+            .map_err(|e| driver("bulk_upsert", collection, e))?;
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(write_concern("bulk_upsert", collection, wce));
+        }
         if let Ok(errs) = reply.get_array("writeErrors")
             && !errs.is_empty()
         {
@@ -390,7 +431,10 @@ impl DocumentStore for MongoStore {
             .db
             .run_raw_command(command)
             .await
-            .map_err(|e| StoreError::db("bulk_upsert_newer", collection, e))?;
+            .map_err(|e| driver("bulk_upsert_newer", collection, e))?;
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(write_concern("bulk_upsert_newer", collection, wce));
+        }
         let mut stale = 0u64;
         if let Ok(errs) = reply.get_array("writeErrors") {
             for e in errs {
@@ -436,15 +480,13 @@ impl DocumentStore for MongoStore {
                 })?;
             w = w.resume_after(token);
         }
-        let stream = w
-            .await
-            .map_err(|e| StoreError::db("watch", collection, e))?;
+        let stream = w.await.map_err(|e| driver("watch", collection, e))?;
         let name = collection.to_string();
         Ok(Box::pin(stream.filter_map(move |r| {
             let name = name.clone();
             async move {
                 match r {
-                    Err(e) => Some(Err(StoreError::db("watch", &name, e))),
+                    Err(e) => Some(Err(driver("watch", &name, e))),
                     Ok(ev) => convert_event(ev).map(Ok),
                 }
             }
