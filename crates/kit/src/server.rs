@@ -571,8 +571,12 @@ where
         let fut = inner.call(req);
         Box::pin(
             async move {
-                let result = fut.await;
+                let mut result = fut.await;
                 let elapsed = started.elapsed().as_secs_f64();
+                if let Ok(resp) = &mut result {
+                    undecodable_is_invalid_argument(resp.headers_mut(), &rpc_method_of(&path));
+                    cap_message(resp.headers_mut());
+                }
                 let code = match &result {
                     Ok(resp) => resp
                         .headers()
@@ -605,6 +609,90 @@ where
             .instrument(span),
         )
     }
+}
+
+fn rpc_method_of(path: &str) -> String {
+    split_path(path).1.to_string()
+}
+
+/// tonic answers a request body it cannot decode (not protobuf, invalid
+/// UTF-8 in a string, a frame cut short, a compressed frame nobody
+/// negotiated) with INTERNAL, which tells the caller "our bug". It is the
+/// caller's: rewrite it to INVALID_ARGUMENT naming the method.
+fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap, method: &str) {
+    const CALLER_FAULTS: [&str; 3] = [
+        "failed to decode Protobuf message",
+        "Unexpected EOF decoding stream",
+        "protocol error: received message with compressed-flag",
+    ];
+    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"13") {
+        return;
+    }
+    let Some(message) = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(percent_decode)
+    else {
+        return;
+    };
+    if !CALLER_FAULTS.iter().any(|f| message.starts_with(f)) {
+        return;
+    }
+    let status = tonic::Status::invalid_argument(format!(
+        "the request is not a valid {method} message: {message}"
+    ));
+    let mut fixed = http::HeaderMap::new();
+    if status.add_header(&mut fixed).is_ok() {
+        for (k, v) in fixed.iter() {
+            headers.insert(k, v.clone());
+        }
+    }
+}
+
+/// Longest `grpc-message` sent, bytes: a handler that echoes a huge input
+/// back must not make the answer's headers overflow the client's limit
+/// (which fails the whole call as a protocol error instead).
+const MAX_MESSAGE: usize = 1024;
+
+fn cap_message(headers: &mut http::HeaderMap) {
+    let Some(m) = headers.get("grpc-message") else {
+        return;
+    };
+    if m.len() <= MAX_MESSAGE {
+        return;
+    }
+    let mut cut = m.as_bytes()[..MAX_MESSAGE].to_vec();
+    // Do not end inside a %XX escape.
+    if let Some(p) = cut.iter().rposition(|b| *b == b'%')
+        && p + 3 > cut.len()
+    {
+        cut.truncate(p);
+    }
+    cut.extend_from_slice(b"...%20(cut)");
+    if let Ok(v) = http::HeaderValue::from_bytes(&cut) {
+        headers.insert("grpc-message", v);
+    }
+}
+
+/// Undoes grpc-message's percent-encoding (ASCII only; anything else is
+/// kept as it is).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn split_path(path: &str) -> (&str, &str) {
@@ -924,6 +1012,37 @@ mod tests {
 
     /// A stream still open when the grace period ends is cut, not left
     /// running on a server that has returned.
+    #[test]
+    fn an_undecodable_request_is_invalid_argument_not_internal() {
+        let mut h = http::HeaderMap::new();
+        tonic::Status::internal("failed to decode Protobuf message: invalid varint")
+            .add_header(&mut h)
+            .unwrap();
+        undecodable_is_invalid_argument(&mut h, "GetProduct");
+        let s = tonic::Status::from_header_map(&h).unwrap();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "the request is not a valid GetProduct message: failed to decode Protobuf message: invalid varint"
+        );
+        // Our own INTERNAL errors stay what they are.
+        let mut h = http::HeaderMap::new();
+        tonic::Status::internal("bug").add_header(&mut h).unwrap();
+        undecodable_is_invalid_argument(&mut h, "GetProduct");
+        assert_eq!(
+            tonic::Status::from_header_map(&h).unwrap().code(),
+            tonic::Code::Internal
+        );
+        assert_eq!(percent_decode("a%20b%3Bc%"), "a b;c%");
+        let mut h = http::HeaderMap::new();
+        tonic::Status::not_found(format!("id: no product {:?}", "x".repeat(100_000)))
+            .add_header(&mut h)
+            .unwrap();
+        cap_message(&mut h);
+        let s = tonic::Status::from_header_map(&h).unwrap();
+        assert!(s.message().len() < 1100 && s.message().ends_with("... (cut)"));
+    }
+
     #[tokio::test]
     async fn calls_left_after_the_grace_period_are_severed() {
         let server = GrpcServer::bind("test", "TEST_PORT", "127.0.0.1:0".parse().unwrap())

@@ -389,6 +389,7 @@ impl Recommendation for Service {
                     "kind: give one of VIEW, CLICK, TRY_ON, ADD_TO_CART, PURCHASE",
                 )
             })?;
+        check_product_id("product_id", &req.product_id)?;
         if self.snapshot.load().get(&req.product_id).is_none() {
             return Err(Status::not_found(format!(
                 "product_id: no product {:?}",
@@ -510,6 +511,26 @@ impl Service {
     }
 }
 
+/// Longest product id accepted, bytes (ids are `source:external-id`).
+pub const MAX_PRODUCT_ID: usize = 256;
+
+/// A product id must be 1-256 bytes: a longer one cannot exist, and
+/// echoing it back in a NOT_FOUND would make the answer's headers huge.
+fn check_product_id(field: &str, id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field}: give a product id"
+        )));
+    }
+    if id.len() > MAX_PRODUCT_ID {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {} bytes is over the maximum of {MAX_PRODUCT_ID} for a product id",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
 fn check_session_id(id: &str) -> Result<(), Status> {
     if id.is_empty()
         || id.len() > 128
@@ -578,9 +599,7 @@ impl CatalogApi for Service {
         req: Request<pb::GetProductRequest>,
     ) -> Result<Response<pb::GetProductResponse>, Status> {
         let id = req.into_inner().id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument("id: give a product id"));
-        }
+        check_product_id("id", &id)?;
         let catalog = self.snapshot.load();
         let f = catalog
             .get(&id)
@@ -600,6 +619,9 @@ impl CatalogApi for Service {
                 "ids: {} ids is over the maximum of 100",
                 ids.len()
             )));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            check_product_id(&format!("ids[{i}]"), id)?;
         }
         let catalog = self.snapshot.load();
         let mut out = pb::BatchGetProductsResponse::default();

@@ -83,6 +83,9 @@ pub enum RankError {
     /// Malformed currency.
     #[error("filter.currency: {0:?} is not an ISO 4217 code like \"EUR\"")]
     Currency(String),
+    /// A requester id longer than any real one.
+    #[error("requester.{0}: {1} bytes is over the maximum of 128")]
+    RequesterId(&'static str, usize),
 }
 
 /// Validates and normalises a page request into (offset, size).
@@ -438,6 +441,13 @@ impl Query {
             Err(_) => return Err(RankError::UnknownEnum("face.face_shape", face.face_shape)),
         };
         let prefs = Prefs::compile(catalog, &req.preferences.clone().unwrap_or_default())?;
+        if let Some(r) = &req.requester {
+            for (field, v) in [("user_id", &r.user_id), ("session_id", &r.session_id)] {
+                if v.len() > 128 {
+                    return Err(RankError::RequesterId(field, v.len()));
+                }
+            }
+        }
         let user = req.requester.as_ref().map_or("", |r| r.user_id.as_str());
         let mut personal: Vec<(u32, f32)> = if user.is_empty() {
             Vec::new()
