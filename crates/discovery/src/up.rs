@@ -58,6 +58,11 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
     // One shared metrics endpoint for the process, read before the
     // per-service endpoints are turned off below.
     let metrics_port = env.port("DISCOVERY_METRICS_PORT", 9090)?;
+    // Services of this one process call each other directly, not over
+    // loopback HTTP/2.
+    if env.bool("DISCOVERY_IN_PROCESS_CALLS", true)? {
+        discovery_kit::inproc::enable();
+    }
     let env = env
         .with("DISCOVERY_STORE", "memory")
         .with("DISCOVERY_REDIS_URLS", "")

@@ -16,6 +16,10 @@
 //!   that are not workers. A worker only uses its own: the connection's
 //!   task runs on the worker's thread, so a proxied call never wakes
 //!   another thread ([`discovery_kit::server::serve_on_workers`]).
+//! - **In-process**: when the replica is a service of this very process
+//!   (`discovery up`), its routes are called directly
+//!   ([`discovery_kit::inproc`]), with the same balancing, health checks,
+//!   breakers and deadlines around the call.
 //! - **Discovery**: `http://host:port` entries are used as given;
 //!   `dns://host:port` is resolved every interval and each address becomes
 //!   a replica (Kubernetes headless services).
@@ -186,6 +190,9 @@ pub struct Replica {
     /// `http://host:port`.
     pub url: String,
     authority: http::uri::Authority,
+    /// The address, when it is a literal one a service of this process may
+    /// serve ([`discovery_kit::inproc`]).
+    local_addr: Option<std::net::SocketAddr>,
     /// `per_slot` connections for each worker, then for other callers.
     conns: Vec<Conn>,
     per_slot: usize,
@@ -218,6 +225,7 @@ impl Replica {
             .collect();
         Ok(Self {
             url,
+            local_addr: authority.as_str().parse().ok(),
             authority,
             conns,
             per_slot,
@@ -246,6 +254,16 @@ impl Replica {
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()?;
+        // A service of this process (`discovery up`): call its routes.
+        if let Some(local) = self
+            .local_addr
+            .as_ref()
+            .and_then(discovery_kit::inproc::lookup)
+        {
+            use tower::ServiceExt;
+            let Ok(resp) = local.oneshot(req).await;
+            return Ok(resp);
+        }
         let slots = self.conns.len() / self.per_slot;
         let slot = discovery_kit::server::worker().map_or(slots - 1, |w| w % (slots - 1).max(1));
         let i = slot * self.per_slot + self.next.fetch_add(1, Ordering::Relaxed) % self.per_slot;

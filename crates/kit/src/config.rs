@@ -502,6 +502,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "how long shutdown waits for in-flight calls",
     },
     Variable {
+        name: "DISCOVERY_IN_PROCESS_CALLS",
+        default: "true",
+        help: "discovery up: the gateway calls the services of its own process directly instead of over loopback HTTP/2",
+    },
+    Variable {
         name: "DISCOVERY_DEPENDENCY_CHECKS",
         default: "2s",
         help: "how often each service probes MongoDB and Redis (health names discovery.dependency.*; 0s: never)",

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod deps;
+pub mod inproc;
 pub mod metrics;
 pub mod rng;
 pub mod server;

@@ -138,6 +138,7 @@ impl GrpcServer {
         ) -> Result<tonic::transport::Server, tonic::transport::Error>,
     ) -> Result<Running, ServerError> {
         let routes = self.full_routes(routes, grpc_names).await?;
+        self.register_in_process(&routes);
         let (addr, health) = (self.addr, self.health.clone());
         let builder = adjust(base_builder()).map_err(|e| settings_error(addr, e))?;
         let run = Worker {
@@ -172,6 +173,7 @@ impl GrpcServer {
         ) -> Result<tonic::transport::Server, tonic::transport::Error>,
     ) -> Result<Running, ServerError> {
         let routes = self.full_routes(routes, grpc_names).await?;
+        self.register_in_process(&routes);
         let (addr, service) = (self.addr, self.service);
         let io = |e: std::io::Error| ServerError::Transport {
             addr,
@@ -234,6 +236,15 @@ impl GrpcServer {
             health: self.health,
             task,
         })
+    }
+
+    /// Offers `routes` for in-process calls when enabled ([`crate::inproc`]).
+    fn register_in_process(&self, routes: &Routes) {
+        if crate::inproc::enabled() {
+            use tower::Layer;
+            let local = RpcLayer::new(self.service).layer(routes.clone());
+            crate::inproc::register(self.addr, tower::util::BoxCloneSyncService::new(local));
+        }
     }
 
     /// `routes` plus health (every name SERVING) and reflection.
@@ -355,6 +366,7 @@ impl Worker {
             let drain_started = drain_started.clone();
             async move {
                 shutdown.cancelled().await;
+                crate::inproc::deregister(addr);
                 for name in names {
                     health
                         .set_service_status(name, ServingStatus::NotServing)

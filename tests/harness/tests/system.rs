@@ -137,9 +137,15 @@ async fn all_in_one_gateway_answers_through_recommendation() {
             "{s} ready: {health:?}"
         );
     }
+    assert!(!health.degraded, "{health:?}");
 
+    // One process: the gateway reaches the services in-process (the calls
+    // above went that way), and a stopping service leaves the registry.
+    let reco = system.addr_of("recommendation");
+    assert!(discovery_kit::inproc::lookup(&reco).is_some());
     shutdown.cancel();
     system.wait().await.expect("clean shutdown");
+    assert!(discovery_kit::inproc::lookup(&reco).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
