@@ -263,8 +263,12 @@ impl Stage for Admit {
                 }
                 Err(busy) => {
                     call.lock().answered_by = "shed";
-                    metrics::counter!("discovery_gateway_shed_total", "method" => route.method)
-                        .increment(1);
+                    metrics::counter!(
+                        "discovery_gateway_shed_total",
+                        "method" => route.method,
+                        "path" => route.path
+                    )
+                    .increment(1);
                     // RESOURCE_EXHAUSTED, gRPC's code for a server out of
                     // resources for now (UNAVAILABLE is kept for "no replica
                     // can answer"); `grpc-retry-pushback-ms` is what gRPC

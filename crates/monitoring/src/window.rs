@@ -20,12 +20,16 @@ const KEPT: &[&str] = &[
     "discovery_rpc_server_requests_total",
     "discovery_rpc_server_duration_seconds_bucket",
     "discovery_cache_requests_total",
+    "discovery_gateway_shed_total",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_memory_limit_bytes",
 ];
 
-/// gRPC codes counted as server faults (the SLA's error rate).
+/// gRPC codes counted as server faults (the SLA's error rate). Calls the
+/// gateway shed at its in-flight bound answer RESOURCE_EXHAUSTED (like a
+/// caller over its rate limit, which is not a fault) and are counted as
+/// faults from `discovery_gateway_shed_total` instead.
 pub const SERVER_FAULTS: &[&str] = &[
     "UNKNOWN",
     "INTERNAL",
@@ -265,6 +269,13 @@ pub fn methods(inc: &HashMap<Key, f64>) -> BTreeMap<(String, String), MethodFigu
                     f.errors += v.round() as u64;
                 }
             }
+            "discovery_gateway_shed_total" => {
+                let id = (
+                    "gateway".to_string(),
+                    labels.get("path").cloned().unwrap_or_default(),
+                );
+                out.entry(id).or_default().errors += v.round() as u64;
+            }
             "discovery_rpc_server_duration_seconds_bucket" => {
                 let le = match labels.get("le").map(String::as_str) {
                     Some("+Inf") => f64::INFINITY,
@@ -378,6 +389,8 @@ mod tests {
 discovery_rpc_server_requests_total{service="gateway",method="/discovery.v1.Discovery/Recommend",code="OK"} 90
 discovery_rpc_server_requests_total{service="gateway",method="/discovery.v1.Discovery/Recommend",code="UNAVAILABLE"} 10
 discovery_rpc_server_requests_total{service="gateway",method="/discovery.v1.Discovery/Recommend",code="NOT_FOUND"} 5
+discovery_rpc_server_requests_total{service="gateway",method="/discovery.v1.Discovery/Recommend",code="RESOURCE_EXHAUSTED"} 7
+discovery_gateway_shed_total{method="Recommend",path="/discovery.v1.Discovery/Recommend"} 3
 discovery_rpc_server_duration_seconds_bucket{service="gateway",method="/discovery.v1.Discovery/Recommend",le="0.001"} 50
 discovery_rpc_server_duration_seconds_bucket{service="gateway",method="/discovery.v1.Discovery/Recommend",le="0.01"} 100
 discovery_rpc_server_duration_seconds_bucket{service="gateway",method="/discovery.v1.Discovery/Recommend",le="+Inf"} 105
@@ -413,7 +426,8 @@ something_else{a="b"} 1
             "gateway".to_string(),
             "/discovery.v1.Discovery/Recommend".to_string(),
         )];
-        assert_eq!((f.count, f.errors), (105, 10));
+        // 7 refused: 4 over a rate limit (the caller's doing), 3 shed.
+        assert_eq!((f.count, f.errors), (112, 13));
         // 50 of 105 below 1 ms: the median is just above 1 ms.
         assert!(f.p50_ms > 1.0 && f.p50_ms < 2.0, "{}", f.p50_ms);
         assert!(f.p95_ms > 9.0 && f.p95_ms <= 10.0, "{}", f.p95_ms);
