@@ -102,10 +102,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
             tracing::warn!(error = %e, "face models unavailable; photos will be refused until they are installed")
         }
     }
-    let deps = [Dependency::store(store.clone())]
-        .into_iter()
-        .chain(Dependency::redis(cache.clone()));
-    let deps: Vec<_> = deps.collect();
+    let deps = Dependency::store_and_redis(store.clone(), cache.l2_pool().cloned());
     let svc = api::Service::new(pool, store, cache);
     let routes = Routes::new(
         discovery_kit::compressed!(FaceAnalysisServer::new(svc))

@@ -182,13 +182,9 @@ impl HttpBody for Observed {
                 self.finish(Code::Unavailable);
                 self.cut = true;
                 let mut t = http::HeaderMap::new();
-                t.insert("grpc-status", HeaderValue::from_static("14"));
-                t.insert(
-                    "grpc-message",
-                    HeaderValue::from_static(
-                        "the%20upstream%20replica%20went%20away%20mid-answer%3B%20retry",
-                    ),
-                );
+                let _ =
+                    tonic::Status::unavailable("the upstream replica went away mid-answer; retry")
+                        .add_header(&mut t);
                 return Poll::Ready(Some(Ok(Frame::trailers(t))));
             }
             Poll::Ready(None) => self.finish(Code::Unknown),

@@ -243,10 +243,7 @@ pub async fn spawn_with_parts(
         tracing::info!(keys = n, "API keys loaded");
     }
     let redis = discovery_kit::cache::redis_pool(&config.cache)?;
-    let deps: Vec<_> = [Dependency::store(store.clone())]
-        .into_iter()
-        .chain(redis.clone().map(Dependency::redis_pool))
-        .collect();
+    let deps = Dependency::store_and_redis(store.clone(), redis.clone());
     let limiter = Limiter::new(Arc::new(config.limits.clone()), redis);
     let in_flight = InFlight::new(&config.limits);
     let mut pools = Vec::new();

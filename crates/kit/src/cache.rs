@@ -487,18 +487,9 @@ impl Cache {
         self.l2.as_ref().is_some_and(|p| p.is_connected())
     }
 
-    /// Whether an L2 (Redis Cluster) is configured.
-    pub fn has_l2(&self) -> bool {
-        self.l2.is_some()
-    }
-
-    /// Pings L2 (one round trip to a cluster node, bounded by the command
-    /// timeout); `Ok` when no L2 is configured.
-    pub async fn ping_l2(&self) -> Result<(), String> {
-        match &self.l2 {
-            Some(pool) => ping_redis(pool).await,
-            None => Ok(()),
-        }
+    /// The L2 (Redis Cluster) pool, when one is configured.
+    pub fn l2_pool(&self) -> Option<&Pool> {
+        self.l2.as_ref()
     }
 
     /// Waits up to `timeout` for L2 (and the bus) to connect (for tests and readiness).

@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::cache::Cache;
 use crate::server::BoxError;
 use crate::store::Store;
 
@@ -65,19 +64,16 @@ impl Dependency {
         }
     }
 
-    /// The cache's Redis Cluster, when one is configured.
-    pub fn redis(cache: Arc<Cache>) -> Option<Self> {
-        cache.has_l2().then(|| Self {
-            name: "redis",
-            probe: Arc::new(move || {
-                let cache = cache.clone();
-                Box::pin(async move { cache.ping_l2().await })
-            }),
-        })
+    /// The store, and Redis Cluster when the service has one (its cache's
+    /// L2 pool, or the gateway's limiter pool).
+    pub fn store_and_redis(store: Store, redis: Option<fred::clients::Pool>) -> Vec<Self> {
+        std::iter::once(Self::store(store))
+            .chain(redis.map(Self::redis))
+            .collect()
     }
 
-    /// A Redis Cluster pool used directly (the gateway's shared limits).
-    pub fn redis_pool(pool: fred::clients::Pool) -> Self {
+    /// A Redis Cluster pool (`PING` through it).
+    pub fn redis(pool: fred::clients::Pool) -> Self {
         Self {
             name: "redis",
             probe: Arc::new(move || {

@@ -586,7 +586,7 @@ where
                 let mut result = fut.await;
                 let elapsed = started.elapsed().as_secs_f64();
                 if let Ok(resp) = &mut result {
-                    undecodable_is_invalid_argument(resp.headers_mut(), &rpc_method_of(&path));
+                    undecodable_is_invalid_argument(resp.headers_mut(), &path);
                     cap_message(resp.headers_mut());
                 }
                 let code = match &result {
@@ -623,15 +623,11 @@ where
     }
 }
 
-fn rpc_method_of(path: &str) -> String {
-    split_path(path).1.to_string()
-}
-
 /// tonic answers a request body it cannot decode (not protobuf, invalid
 /// UTF-8 in a string, a frame cut short, a compressed frame nobody
 /// negotiated) with INTERNAL, which tells the caller "our bug". It is the
-/// caller's: rewrite it to INVALID_ARGUMENT naming the method.
-fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap, method: &str) {
+/// caller's: rewrite it to INVALID_ARGUMENT naming the method of `path`.
+fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap, path: &str) {
     const CALLER_FAULTS: [&str; 3] = [
         "failed to decode Protobuf message",
         "Unexpected EOF decoding stream",
@@ -650,6 +646,7 @@ fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap, method: &str) 
     if !CALLER_FAULTS.iter().any(|f| message.starts_with(f)) {
         return;
     }
+    let method = split_path(path).1;
     let status = tonic::Status::invalid_argument(format!(
         "the request is not a valid {method} message: {message}"
     ));
@@ -1030,7 +1027,7 @@ mod tests {
         tonic::Status::internal("failed to decode Protobuf message: invalid varint")
             .add_header(&mut h)
             .unwrap();
-        undecodable_is_invalid_argument(&mut h, "GetProduct");
+        undecodable_is_invalid_argument(&mut h, "/discovery.v1.Catalog/GetProduct");
         let s = tonic::Status::from_header_map(&h).unwrap();
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert_eq!(
@@ -1040,7 +1037,7 @@ mod tests {
         // Our own INTERNAL errors stay what they are.
         let mut h = http::HeaderMap::new();
         tonic::Status::internal("bug").add_header(&mut h).unwrap();
-        undecodable_is_invalid_argument(&mut h, "GetProduct");
+        undecodable_is_invalid_argument(&mut h, "/discovery.v1.Catalog/GetProduct");
         assert_eq!(
             tonic::Status::from_header_map(&h).unwrap().code(),
             tonic::Code::Internal

@@ -397,11 +397,7 @@ impl Recommendation for Service {
             )));
         }
         let requester = req.requester.unwrap_or_default();
-        if requester.user_id.len() > 128 || requester.session_id.len() > 128 {
-            return Err(Status::invalid_argument(
-                "requester: user_id and session_id are at most 128 bytes",
-            ));
-        }
+        rank::check_requester(&requester)?;
         let now = discovery_kit::now_unix_ms();
         let at = if req.at_unix_ms > 0 {
             req.at_unix_ms

@@ -242,9 +242,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     .await?;
     handle.watch_dependencies(
         &config.serve,
-        [Dependency::store(svc.store.clone())]
-            .into_iter()
-            .chain(Dependency::redis(svc.cache.clone())),
+        Dependency::store_and_redis(svc.store.clone(), svc.cache.l2_pool().cloned()),
         shutdown.clone(),
     );
     let (s, t) = (svc.clone(), shutdown.clone());

@@ -88,6 +88,16 @@ pub enum RankError {
     RequesterId(&'static str, usize),
 }
 
+/// Requester ids are at most 128 bytes (Recommend, RecordInteraction).
+pub fn check_requester(r: &pb::Requester) -> Result<(), RankError> {
+    for (field, v) in [("user_id", &r.user_id), ("session_id", &r.session_id)] {
+        if v.len() > 128 {
+            return Err(RankError::RequesterId(field, v.len()));
+        }
+    }
+    Ok(())
+}
+
 /// Validates and normalises a page request into (offset, size).
 pub fn page(p: Option<&pb::PageRequest>) -> Result<(usize, usize), RankError> {
     let Some(p) = p else {
@@ -442,11 +452,7 @@ impl Query {
         };
         let prefs = Prefs::compile(catalog, &req.preferences.clone().unwrap_or_default())?;
         if let Some(r) = &req.requester {
-            for (field, v) in [("user_id", &r.user_id), ("session_id", &r.session_id)] {
-                if v.len() > 128 {
-                    return Err(RankError::RequesterId(field, v.len()));
-                }
-            }
+            check_requester(r)?;
         }
         let user = req.requester.as_ref().map_or("", |r| r.user_id.as_str());
         let mut personal: Vec<(u32, f32)> = if user.is_empty() {
