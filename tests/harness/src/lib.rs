@@ -78,15 +78,20 @@ fn free_port(with_bus: bool) -> Result<u16, HarnessError> {
     Err(start_err("free port", "no free port pair found"))
 }
 
-fn wait_tcp(addr: SocketAddr, timeout: Duration) -> bool {
+/// Waits until `what` accepts connections on loopback port `port`.
+fn wait_port(what: &str, port: u16, timeout: Duration) -> Result<(), HarnessError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    false
+    Err(start_err(
+        what,
+        format!("port {port} did not open within {timeout:?}"),
+    ))
 }
 
 /// Sends one inline Redis command and returns the raw reply text.
@@ -169,15 +174,7 @@ impl RedisCluster {
             nodes.push((port, Some(redis_node(&server, dir.path(), port)?)));
         }
         for (port, _) in &nodes {
-            if !wait_tcp(
-                SocketAddr::from(([127, 0, 0, 1], *port)),
-                Duration::from_secs(10),
-            ) {
-                return Err(start_err(
-                    "redis-server",
-                    format!("port {port} did not open"),
-                ));
-            }
+            wait_port("redis-server", *port, Duration::from_secs(10))?;
         }
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")));
@@ -287,15 +284,7 @@ impl RedisCluster {
             }
         }
         for (port, _) in &self.nodes {
-            if !wait_tcp(
-                SocketAddr::from(([127, 0, 0, 1], *port)),
-                Duration::from_secs(10),
-            ) {
-                return Err(start_err(
-                    "redis-server",
-                    format!("port {port} did not open again"),
-                ));
-            }
+            wait_port("redis-server", *port, Duration::from_secs(10))?;
         }
         self.wait_ok(Duration::from_secs(30))
     }
@@ -385,15 +374,7 @@ impl MongoServer {
             proc_: Some(proc_),
             dir,
         };
-        if !wait_tcp(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(30),
-        ) {
-            return Err(start_err(
-                "mongo server",
-                format!("port {port} did not open"),
-            ));
-        }
+        wait_port("mongo server", port, Duration::from_secs(30))?;
         if flavor == MongoFlavor::Mongod {
             server.initiate_replica_set().await?;
         }
@@ -457,15 +438,7 @@ impl MongoServer {
                 self.dir.path(),
             )?);
         }
-        if !wait_tcp(
-            SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_secs(30),
-        ) {
-            return Err(start_err(
-                "mongo server",
-                format!("port {} did not open again", self.port),
-            ));
-        }
+        wait_port("mongo server", self.port, Duration::from_secs(30))?;
         self.wait_writable().await
     }
 

@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use discovery_kit::CancellationToken;
 use discovery_kit::rng::SplitMix;
 use discovery_loadgen::grpc::frame;
 use discovery_loadgen::{CallError, Target};
@@ -181,16 +179,9 @@ fn mutate(b: &[u8], r: &mut SplitMix) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_statuses_and_leaves_the_system_healthy() {
-    let shutdown = CancellationToken::new();
-    let system = discovery::up::start(common::ephemeral_env(), shutdown.clone())
-        .await
-        .expect("system starts");
+    let (system, t, shutdown) =
+        common::system_and_target(common::ephemeral_env(), 1, Duration::from_secs(20)).await;
     let url = format!("http://{}", system.gateway());
-    let t = Arc::new(
-        Target::connect(&url, Some(&system.api_key), 1, Duration::from_secs(20))
-            .await
-            .expect("connect"),
-    );
     let mut gw = common::gateway(system.gateway(), &system.api_key).await;
     let listed = gw
         .search_products(pb::SearchProductsRequest::default())

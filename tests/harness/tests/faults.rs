@@ -12,6 +12,8 @@
 //! killed behind the gateway in `gateway.rs`, overload in `overload.rs`.)
 //! Each test prints calls made, failed and the data checked afterwards.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -532,20 +534,7 @@ async fn mongo_killed_and_restarted_under_read_load_serves_and_loses_no_sync_wri
         .unwrap()
         .expect("the feed is accepted");
     assert_eq!(resp.received as usize, N);
-    let job = {
-        let mut watch = sync_client
-            .watch_sync_job(pb::WatchSyncJobRequest {
-                job_id: resp.job_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut last = None;
-        while let Some(j) = watch.message().await.unwrap() {
-            last = Some(j);
-        }
-        last.expect("job progress")
-    };
+    let job = common::final_job(&mut sync_client, &resp.job_id).await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             let h = system(&health_client).await;

@@ -8,7 +8,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery_kit::CancellationToken;
 use discovery_loadgen::{Corpus, Load, Mix, Op, Phase, Plan, RunOptions, Target};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::monitoring_client::MonitoringClient;
@@ -35,16 +34,9 @@ async fn gateway_counts(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_tool_sends_the_schedule_and_counts_what_the_gateway_counts() {
     let env = common::ephemeral_env().with("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "100ms");
-    let shutdown = CancellationToken::new();
-    let system = discovery::up::start(env, shutdown.clone())
-        .await
-        .expect("system starts");
+    let (system, target, shutdown) =
+        common::system_and_target(env, 2, Duration::from_secs(10)).await;
     let url = format!("http://{}", system.gateway());
-    let target = Arc::new(
-        Target::connect(&url, Some(&system.api_key), 2, Duration::from_secs(10))
-            .await
-            .expect("connect"),
-    );
     let plan =
         discovery_loadgen::scenario("normal", 300.0, None, Some(Duration::from_secs(2)), None)
             .unwrap();

@@ -16,8 +16,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery_kit::CancellationToken;
-use discovery_loadgen::{Corpus, Load, Phase, Plan, Report, RunOptions, Target};
+use discovery_loadgen::{Corpus, Load, Phase, Plan, Report, RunOptions};
 
 fn open(name: &str, rps: f64, secs: u64, mix: &discovery_loadgen::Mix) -> Plan {
     Plan {
@@ -60,16 +59,8 @@ async fn three_times_capacity_is_shed_with_resource_exhausted_and_recovers() {
             "DISCOVERY_FACE_MODELS_DIR",
             root.join("models").display().to_string(),
         );
-    let shutdown = CancellationToken::new();
-    let system = discovery::up::start(env, shutdown.clone())
-        .await
-        .expect("system starts");
-    let url = format!("http://{}", system.gateway());
-    let target = Arc::new(
-        Target::connect(&url, Some(&system.api_key), 2, Duration::from_secs(10))
-            .await
-            .expect("connect"),
-    );
+    let (system, target, shutdown) =
+        common::system_and_target(env, 2, Duration::from_secs(10)).await;
     let mix = discovery_loadgen::Mix::only(discovery_loadgen::Op::AnalyzeFace);
     let corpus = Arc::new(Corpus::build(&target, &mix, Some(photo)).await.unwrap());
     let options = RunOptions::default();

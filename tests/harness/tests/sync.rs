@@ -1,6 +1,8 @@
 //! Sync against the MongoDB-compatible server: a 50,000-record Shopify feed
 //! with 1% invalid records, then the same feed again.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use discovery_harness::MongoServer;
@@ -52,18 +54,7 @@ async fn ingest(client: &mut SyncClient<Channel>, n: usize) -> pb::SyncJob {
         .into_inner();
     assert_eq!(resp.received as usize, n);
     // Wait for the writers through WatchSyncJob's final message.
-    let mut watch = client
-        .watch_sync_job(pb::WatchSyncJobRequest {
-            job_id: resp.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(j) = watch.message().await.unwrap() {
-        last = Some(j);
-    }
-    let job = last.expect("at least one progress message");
+    let job = common::final_job(client, &resp.job_id).await;
     assert_eq!(job.state, pb::SyncJobState::Succeeded as i32, "{job:?}");
     job
 }
@@ -163,18 +154,7 @@ async fn fifty_thousand_records_one_percent_invalid_then_all_unchanged() {
         .unwrap()
         .into_inner()
         .job_id;
-    let mut watch = client
-        .watch_sync_job(pb::WatchSyncJobRequest {
-            job_id: replay.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut replayed = None;
-    while let Some(j) = watch.message().await.unwrap() {
-        replayed = Some(j);
-    }
-    let replayed = replayed.unwrap();
+    let replayed = common::final_job(&mut client, &replay).await;
     assert_eq!(
         (
             replayed.received as usize,

@@ -43,3 +43,51 @@ pub async fn gateway(addr: std::net::SocketAddr, key: &str) -> Gateway {
         .expect("connect to gateway");
     DiscoveryClient::with_interceptor(channel, ApiKey(key.parse().unwrap()))
 }
+
+/// A sync job's final state: follows `WatchSyncJob` to its last message.
+pub async fn final_job<T>(
+    client: &mut discovery_proto::v1::sync_client::SyncClient<T>,
+    job_id: &str,
+) -> discovery_proto::v1::SyncJob
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let mut watch = client
+        .watch_sync_job(discovery_proto::v1::WatchSyncJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .expect("watch the job")
+        .into_inner();
+    let mut last = None;
+    while let Some(j) = watch.message().await.expect("job progress") {
+        last = Some(j);
+    }
+    last.expect("at least one progress message")
+}
+
+/// The all-in-one system on `env`, and a load-tool target on its gateway
+/// with `connections` HTTP/2 connections and a per-call `timeout`.
+pub async fn system_and_target(
+    env: Env,
+    connections: usize,
+    timeout: std::time::Duration,
+) -> (
+    discovery::up::System,
+    std::sync::Arc<discovery_loadgen::Target>,
+    discovery_kit::CancellationToken,
+) {
+    let shutdown = discovery_kit::CancellationToken::new();
+    let system = discovery::up::start(env, shutdown.clone())
+        .await
+        .expect("system starts");
+    let url = format!("http://{}", system.gateway());
+    let target =
+        discovery_loadgen::Target::connect(&url, Some(&system.api_key), connections, timeout)
+            .await
+            .expect("connect the load tool");
+    (system, std::sync::Arc::new(target), shutdown)
+}
