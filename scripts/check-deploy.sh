@@ -56,6 +56,30 @@ fi
 
 echo "check-deploy: docker-compose config"
 docker-compose -f docker-compose.yml config -q
+# docs/security.md's promises about compose, checked on the resolved file.
+docker-compose -f docker-compose.yml config >"${TMPDIR:-/tmp}/compose-resolved.yml"
+"$tools/venv/bin/python" - "${TMPDIR:-/tmp}/compose-resolved.yml" <<'PY'
+import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+services = c["services"]
+for name, svc in services.items():
+    for p in svc.get("ports", []):
+        ip = p.get("host_ip") if isinstance(p, dict) else str(p).split(":")[0]
+        assert ip == "127.0.0.1", f"compose: {name} publishes {p} beyond 127.0.0.1"
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    assert str(env.get("GF_AUTH_ANONYMOUS_ENABLED", "false")).lower() != "true", f"compose: {name} allows anonymous Grafana"
+    assert "--web.enable-lifecycle" not in str(svc.get("command", "")), f"compose: {name} enables Prometheus' lifecycle API"
+    if env.get("DISCOVERY_SERVICE"):
+        for var in ["DISCOVERY_INTERNAL_SECRET_FILE", "DISCOVERY_REDIS_PASSWORD_FILE", "DISCOVERY_MONGO_PASSWORD_FILE"]:
+            assert env.get(var, "").startswith("/run/secrets/"), f"compose: {name} lacks {var} from a secret"
+        for k, v in env.items():
+            assert not ("PASSWORD" in k and not k.endswith("_FILE")), f"compose: {name} has {k} in plain text"
+assert "--requirepass" in str(services["redis-1"]["command"]), "compose: Redis without a password"
+assert "MONGO_INITDB_ROOT_PASSWORD_FILE" in services["mongo"]["environment"], "compose: MongoDB without auth"
+print("  compose: ports on 127.0.0.1, secrets from files, no anonymous admin UIs")
+PY
 
 echo "check-deploy: alert rules and dashboard"
 cmp helm/discovery/files/alerts.yml deploy/prometheus/alerts.yml \
@@ -88,6 +112,20 @@ for d in docs:
         assert d["spec"]["selector"]["matchLabels"], "ServiceMonitor needs a selector"
 for k in ["Deployment", "Service", "ConfigMap"]:
     assert kinds.get(k), f"no {k} rendered"
+# docs/security.md's promises about the chart.
+deployments = [d for d in docs if d["kind"] == "Deployment"]
+policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+assert len(policies) == len(deployments), "a NetworkPolicy per Deployment"
+for d in deployments:
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+    internal = env.get("DISCOVERY_INTERNAL_SECRET", {})
+    assert "secretKeyRef" in internal.get("valueFrom", {}), f"{d['metadata']['name']}: internal secret not from a Secret"
+    for name, e in env.items():
+        if "PASSWORD" in name or "SECRET" in name:
+            assert "value" not in e, f"{d['metadata']['name']}: {name} in plain text"
+cm = next(d for d in docs if d["kind"] == "ConfigMap")
+assert not any("PASSWORD" in k or "SECRET" in k for k in cm["data"]), "secrets in the ConfigMap"
 print("  " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
 PY
 done

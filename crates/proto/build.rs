@@ -18,6 +18,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // Served by gRPC reflection.
     std::fs::write(out.join("discovery_descriptor.bin"), fds.encode_to_vec())?;
+    // Every method path, for metric labels from a closed set.
+    let mut paths = String::from("&[\n");
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                paths.push_str(&format!(
+                    "    \"/{}.{}/{}\",\n",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    paths.push(']');
+    std::fs::write(out.join("method_paths.rs"), paths)?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

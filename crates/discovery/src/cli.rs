@@ -164,6 +164,10 @@ enum KeysAction {
         /// Comma-separated: public, ingest, admin.
         #[arg(long, default_value = "public")]
         scopes: String,
+        /// With the ingest scope: the feed sources the key may write and
+        /// read, comma-separated (e.g. shopify:acme-optics), or * for all.
+        #[arg(long, default_value = "")]
+        sources: String,
     },
     /// List keys (ids, clients, tiers, scopes; never secrets).
     List,
@@ -539,6 +543,7 @@ async fn keys(action: KeysAction) -> Result<(), BoxError> {
             client,
             tier,
             scopes,
+            sources,
         } => {
             let tier = Tier::parse(&tier).ok_or("--tier: anonymous, authenticated or partner")?;
             let scopes = scopes
@@ -548,7 +553,16 @@ async fn keys(action: KeysAction) -> Result<(), BoxError> {
                         .ok_or(format!("--scopes: {s:?} is not public, ingest or admin"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let (key, id) = auth::create(&store, &client, tier, &scopes).await?;
+            let sources: Vec<String> = sources
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if scopes.contains(&Scope::Ingest) && sources.is_empty() {
+                return Err("--sources: an ingest key needs the feed sources it may write (e.g. --sources shopify:acme-optics), or * for every source".into());
+            }
+            let (key, id) =
+                auth::create_with_sources(&store, &client, tier, &scopes, &sources).await?;
             println!("{key}");
             eprintln!(
                 "created key {id} for {client} ({}); it is shown only now",

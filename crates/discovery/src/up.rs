@@ -63,6 +63,18 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
     if env.bool("DISCOVERY_IN_PROCESS_CALLS", true)? {
         discovery_kit::inproc::enable();
     }
+    // Internal ports are authenticated even here: a secret for this run
+    // unless the user gave one.
+    let env = if env.raw("DISCOVERY_INTERNAL_SECRET").is_none()
+        && env.raw("DISCOVERY_INTERNAL_SECRET_FILE").is_none()
+    {
+        env.with(
+            "DISCOVERY_INTERNAL_SECRET",
+            discovery_kit::internal::InternalAuth::random_secret(),
+        )
+    } else {
+        env
+    };
     let env = env
         .with("DISCOVERY_STORE", "memory")
         .with("DISCOVERY_REDIS_URLS", "")

@@ -23,6 +23,11 @@ pub struct Limits {
     /// least this; the models never see more than ~200 px of a face, so a
     /// face of 14 % of the frame or more loses nothing.
     pub min_decoded_long_side: u32,
+    /// Memory one decode may need, estimated per format from the header
+    /// before any buffer is allocated ([`decode_budget`]): a small file can
+    /// describe a large image (a 150 KB PNG of 40 MP needs ~280 MB), and
+    /// one engine per core decodes at once.
+    pub max_decode_bytes: u64,
 }
 
 impl Default for Limits {
@@ -32,6 +37,7 @@ impl Default for Limits {
             max_pixels: 40_000_000,
             max_side: 16_384,
             min_decoded_long_side: 960,
+            max_decode_bytes: 128 << 20,
         }
     }
 }
@@ -403,6 +409,66 @@ fn check_dimensions(w: u32, h: u32, limits: &Limits) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// What decoding needs, in bytes, by format: every buffer the decoder and
+/// our conversion to RGB hold at once, from the header alone.
+/// - JPEG, baseline: the output at the chosen DCT scale (components per
+///   pixel) and its RGB copy. Progressive: also a coefficient buffer for
+///   the whole image at full size (64 × i16 per 8×8 block per component:
+///   2 bytes a pixel a component), whatever the output scale.
+/// - PNG: the decoded image (up to 4 samples of 8 bits after STRIP_16, 8
+///   bytes a pixel while de-filtering 16-bit rows) and its RGB copy.
+/// - WebP: the RGBA output and its RGB copy, plus the decoder's own planes
+///   (YUV 4:2:0 for lossy, ARGB words for lossless: 4 bytes a pixel).
+pub fn decode_budget(format: Format, w: u32, h: u32, detail: BudgetDetail) -> u64 {
+    let px = w as u64 * h as u64;
+    match format {
+        Format::Jpeg => {
+            let out = detail.scaled_pixels * detail.components;
+            let rgb = detail.scaled_pixels * 3;
+            let coefficients = if detail.progressive {
+                px * detail.components * 2
+            } else {
+                0
+            };
+            out + rgb + coefficients
+        }
+        Format::Png => {
+            px * detail.components.max(1) * if detail.sixteen_bit { 2 } else { 1 } + px * 3
+        }
+        Format::Webp => px * 4 + px * 3 + px * 4,
+    }
+}
+
+/// Header facts [`decode_budget`] needs beyond the dimensions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetDetail {
+    /// Samples per pixel (JPEG components; PNG channels).
+    pub components: u64,
+    /// JPEG: progressive coding.
+    pub progressive: bool,
+    /// JPEG: pixels of the output at its DCT scale.
+    pub scaled_pixels: u64,
+    /// PNG: 16 bits a sample.
+    pub sixteen_bit: bool,
+}
+
+fn check_budget(format: Format, need: u64, limits: &Limits) -> Result<(), ImageError> {
+    if need > limits.max_decode_bytes {
+        return Err(ImageError::TooLarge(format!(
+            "this {} needs about {} MiB to decode, over the budget of {} MiB; send a smaller photo{}",
+            format.name(),
+            need >> 20,
+            limits.max_decode_bytes >> 20,
+            if format == Format::Jpeg {
+                " or a baseline (not progressive) JPEG"
+            } else {
+                " or a JPEG"
+            }
+        )));
+    }
+    Ok(())
+}
+
 fn corrupt(format: Format, e: impl std::fmt::Display) -> ImageError {
     ImageError::Corrupt {
         format: format.name(),
@@ -431,7 +497,28 @@ fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
     let (sw, sh) = d
         .scale(w.div_ceil(div) as u16, h.div_ceil(div) as u16)
         .map_err(|e| corrupt(Format::Jpeg, e))?;
-    d.set_max_decoding_buffer_size(limits.max_pixels as usize * 4);
+    let components = match info.pixel_format {
+        PixelFormat::L8 => 1,
+        PixelFormat::L16 => 2,
+        PixelFormat::RGB24 => 3,
+        PixelFormat::CMYK32 => 4,
+    };
+    check_budget(
+        Format::Jpeg,
+        decode_budget(
+            Format::Jpeg,
+            w,
+            h,
+            BudgetDetail {
+                components,
+                progressive: info.coding_process == jpeg_decoder::CodingProcess::DctProgressive,
+                scaled_pixels: sw as u64 * sh as u64,
+                sixteen_bit: false,
+            },
+        ),
+        limits,
+    )?;
+    d.set_max_decoding_buffer_size(limits.max_decode_bytes as usize);
     let data = d.decode().map_err(|e| corrupt(Format::Jpeg, e))?;
     let (sw, sh) = (sw as u32, sh as u32);
     let n = (sw * sh) as usize;
@@ -477,7 +564,7 @@ fn decode_png(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
     let mut d = png::Decoder::new_with_limits(
         Cursor::new(bytes),
         png::Limits {
-            bytes: (limits.max_pixels as usize) * 8,
+            bytes: limits.max_decode_bytes as usize,
         },
     );
     d.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
@@ -490,6 +577,22 @@ fn decode_png(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
     })?;
     let (w, h) = (reader.info().width, reader.info().height);
     check_dimensions(w, h, limits)?;
+    let (color, depth) = reader.output_color_type();
+    check_budget(
+        Format::Png,
+        decode_budget(
+            Format::Png,
+            w,
+            h,
+            BudgetDetail {
+                components: color.samples() as u64,
+                sixteen_bit: reader.info().bit_depth == png::BitDepth::Sixteen
+                    || depth == png::BitDepth::Sixteen,
+                ..BudgetDetail::default()
+            },
+        ),
+        limits,
+    )?;
     let orientation = reader
         .info()
         .exif_metadata
@@ -529,7 +632,12 @@ fn decode_webp(bytes: &[u8], limits: &Limits) -> Result<Photo, ImageError> {
         image_webp::WebPDecoder::new(Cursor::new(bytes)).map_err(|e| corrupt(Format::Webp, e))?;
     let (w, h) = d.dimensions();
     check_dimensions(w, h, limits)?;
-    d.set_memory_limit(limits.max_pixels as usize * 8);
+    check_budget(
+        Format::Webp,
+        decode_budget(Format::Webp, w, h, BudgetDetail::default()),
+        limits,
+    )?;
+    d.set_memory_limit(limits.max_decode_bytes as usize);
     let orientation = d
         .exif_metadata()
         .ok()

@@ -176,6 +176,45 @@ fn hostile_images_never_panic_and_stay_within_the_memory_budget() {
         let e = exercise(&bytes, &limits, &mut out).expect_err(name);
         assert!(matches!(e, ImageError::TooLarge(_)), "{name}: {e}");
     }
+    // Under the pixel cap but over the decode budget: a small file that
+    // describes a 36 MP image (PNG: ~216 MB to decode; progressive JPEG:
+    // a full-size coefficient buffer of ~216 MB; lossless WebP: ~400 MB).
+    // Refused from the header, before any buffer.
+    let mut png_36mp = seeds[2].1.clone();
+    png_36mp[16..24].copy_from_slice(&[0, 0, 0x17, 0x70, 0, 0, 0x17, 0x70]); // 6000 x 6000
+    let ihdr_crc = crc(&png_36mp[12..29]);
+    png_36mp[29..33].copy_from_slice(&ihdr_crc.to_be_bytes());
+    let mut progressive = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut progressive, 80);
+    enc.set_progressive(true);
+    enc.encode(
+        &small.rgb,
+        small.width as u16,
+        small.height as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .unwrap();
+    let sof2 = progressive
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC2])
+        .expect("progressive SOF2");
+    progressive[sof2 + 5..sof2 + 9].copy_from_slice(&[0x17, 0x70, 0x17, 0x70]); // 6000 x 6000
+    let mut vp8l_36mp = b"RIFF\x1a\0\0\0WEBPVP8L\x0d\0\0\0\x2f".to_vec();
+    let bits: u32 = 5999 | (5999 << 14);
+    vp8l_36mp.extend_from_slice(&bits.to_le_bytes());
+    vp8l_36mp.extend_from_slice(&[0; 9]);
+    for (name, bytes) in [
+        ("png 36 MP", png_36mp),
+        ("progressive jpeg 36 MP", progressive),
+        ("webp 36 MP", vp8l_36mp),
+    ] {
+        let e = exercise(&bytes, &limits, &mut out).expect_err(name);
+        assert!(
+            matches!(&e, ImageError::TooLarge(m) if m.contains("to decode")),
+            "{name}: {e}"
+        );
+        eprintln!("{name} in {} bytes: {e}", bytes.len());
+    }
     let bombs_peak = out.peak_growth_kb;
     // Over the byte limit: refused before sniffing.
     let e = Photo::decode(&vec![0u8; limits.max_bytes + 1], &limits).unwrap_err();

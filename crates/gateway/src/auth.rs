@@ -66,6 +66,8 @@ pub struct ApiKey {
     pub tier: Tier,
     /// Allowed scopes.
     pub scopes: Vec<Scope>,
+    /// Feed sources an ingest key may write and read (`*`: all).
+    pub sources: Vec<String>,
     hash: [u8; 32],
 }
 
@@ -78,9 +80,39 @@ impl ApiKey {
             client: client.into(),
             tier,
             scopes: vec![Scope::Public, Scope::Ingest, Scope::Admin],
+            sources: vec!["*".into()],
             hash: [0; 32],
         }
     }
+
+    /// The `x-discovery-sources` the gateway sends for this key: only
+    /// for keys with the ingest scope (comma-separated; `*` for all).
+    pub fn sources_header(&self) -> Option<http::HeaderValue> {
+        if !self.scopes.contains(&Scope::Ingest) {
+            return None;
+        }
+        http::HeaderValue::from_str(&self.sources.join(",")).ok()
+    }
+}
+
+/// Checks a list of feed sources for a key (`*`, or source names).
+pub fn check_sources(sources: &[String]) -> Result<(), String> {
+    if sources.len() > 100 {
+        return Err("sources: at most 100 per key".into());
+    }
+    for s in sources {
+        let ok = s == "*"
+            || (!s.is_empty()
+                && s.len() <= 100
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ":._-".contains(c)));
+        if !ok {
+            return Err(format!(
+                "sources: {s:?} is not a source name (letters, digits, ':', '.', '_', '-') or *"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Who is calling, as the limiter sees it.
@@ -140,6 +172,16 @@ fn parse_doc(d: &bson::Document) -> Option<ApiKey> {
             .iter()
             .filter_map(|s| s.as_str().and_then(Scope::parse))
             .collect(),
+        // Keys made before sources existed have none: they may ingest
+        // nothing until recreated with --sources.
+        sources: d
+            .get_array("sources")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
         hash: hash.try_into().ok()?,
     })
 }
@@ -235,7 +277,7 @@ impl KeyRing {
             (_, _) => (
                 Tier::Anonymous,
                 match peer {
-                    Some(ip) => format!("ip:{ip}"),
+                    Some(ip) => crate::client_addr::requester_of(ip),
                     None => format!("k:{}", key.id),
                 },
             ),
@@ -248,13 +290,27 @@ impl KeyRing {
     }
 }
 
-/// Creates a key; returns the plaintext (shown once) and its id.
+/// Creates a key; returns the plaintext (shown once) and its id. A key
+/// with the ingest scope may use every feed source (see
+/// [`create_with_sources`] to scope it).
 pub async fn create(
     store: &Store,
     client: &str,
     tier: Tier,
     scopes: &[Scope],
 ) -> Result<(String, String), KeyError> {
+    create_with_sources(store, client, tier, scopes, &["*".to_string()]).await
+}
+
+/// Creates a key whose ingest scope covers only `sources` (`*`: all).
+pub async fn create_with_sources(
+    store: &Store,
+    client: &str,
+    tier: Tier,
+    scopes: &[Scope],
+    sources: &[String],
+) -> Result<(String, String), KeyError> {
+    check_sources(sources).map_err(KeyError::Invalid)?;
     if client.is_empty() || client.len() > 100 {
         return Err(KeyError::Invalid(
             "client: give a name of 1-100 characters".into(),
@@ -278,6 +334,7 @@ pub async fn create(
                 "client": client,
                 "tier": tier.name(),
                 "scopes": scopes.iter().map(|s| s.name()).collect::<Vec<_>>(),
+                "sources": sources,
                 "createdAt": bson::DateTime::now(),
                 "revokedAt": null,
             },

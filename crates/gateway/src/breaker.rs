@@ -8,10 +8,19 @@
 //! time; a success closes it, a failure opens it again.
 //!
 //! Failures are what the upstream cannot help: UNAVAILABLE,
-//! DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, DATA_LOSS and transport errors.
-//! Caller mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) and cancellations
-//! are neither.
+//! DEADLINE_EXCEEDED of the gateway's own deadline for the route, INTERNAL,
+//! UNKNOWN, DATA_LOSS and transport errors. Caller mistakes
+//! (INVALID_ARGUMENT, NOT_FOUND, ...), cancellations and the caller's own
+//! deadline are neither: a caller must not be able to open a circuit for
+//! everyone by sending `grpc-timeout: 1n` (the proxy decides whose deadline
+//! it was, [`crate::proxy`]).
+//!
+//! [`Breaker::allow`] hands out a [`Ticket`]; the ticket reports the call's
+//! outcome once, and a ticket dropped without an outcome (the caller went
+//! away, the future was dropped) counts as neither: a half-open probe is
+//! released on every path, so a method cannot stay open until restart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -83,8 +92,44 @@ struct Inner {
 pub enum Permit {
     /// A normal call.
     Call,
-    /// The half-open probe: report its outcome with `probe = true`.
+    /// The half-open probe: its outcome closes or re-opens the breaker.
     Probe,
+}
+
+/// A call admitted by a breaker. Report the outcome with [`Ticket::record`];
+/// dropped unreported, it counts as neither success nor failure (and a
+/// probe lets the next call probe).
+#[derive(Debug)]
+pub struct Ticket {
+    breaker: Arc<Breaker>,
+    permit: Permit,
+    reported: bool,
+}
+
+impl Ticket {
+    /// What was allowed.
+    pub fn permit(&self) -> Permit {
+        self.permit
+    }
+
+    /// Reports the outcome: `Some(true)` failed, `Some(false)` succeeded,
+    /// `None` says nothing about the upstream (cancelled, the caller's own
+    /// deadline).
+    pub fn record(mut self, outcome: Option<bool>) {
+        self.reported = true;
+        match outcome {
+            Some(failed) => self.breaker.record(self.permit, failed),
+            None => self.breaker.release(self.permit),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.release(self.permit);
+        }
+    }
 }
 
 /// One breaker.
@@ -123,7 +168,15 @@ impl Breaker {
     }
 
     /// May a call go now? `Err` carries how long until the next probe.
-    pub fn allow(&self) -> Result<Permit, Duration> {
+    pub fn allow(self: &Arc<Self>) -> Result<Ticket, Duration> {
+        self.permit().map(|permit| Ticket {
+            breaker: self.clone(),
+            permit,
+            reported: false,
+        })
+    }
+
+    fn permit(&self) -> Result<Permit, Duration> {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         match inner.state {
@@ -164,8 +217,27 @@ impl Breaker {
         inner.in_a_row = 0;
     }
 
+    /// A call ended with no verdict on the upstream: a probe lets the
+    /// next call probe instead.
+    fn release(&self, permit: Permit) {
+        if permit != Permit::Probe {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if let State::HalfOpen {
+            probing: true,
+            times,
+        } = inner.state
+        {
+            inner.state = State::HalfOpen {
+                probing: false,
+                times,
+            };
+        }
+    }
+
     /// Records a call's outcome (`failed`: see [`is_failure`]).
-    pub fn record(&self, permit: Permit, failed: bool) {
+    fn record(&self, permit: Permit, failed: bool) {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         if permit == Permit::Probe {
@@ -220,26 +292,55 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn opens_on_consecutive_failures_probes_and_closes() {
-        let b = Breaker::new(BreakerConfig::default());
+        let b = Arc::new(Breaker::new(BreakerConfig::default()));
         for _ in 0..4 {
-            assert_eq!(b.allow(), Ok(Permit::Call));
-            b.record(Permit::Call, true);
+            let t = b.allow().unwrap();
+            assert_eq!(t.permit(), Permit::Call);
+            t.record(Some(true));
         }
         assert_eq!(b.state(), "closed");
-        b.record(Permit::Call, true);
+        b.allow().unwrap().record(Some(true));
         assert_eq!(b.state(), "open");
-        assert_eq!(b.allow(), Err(Duration::from_secs(5)));
+        assert_eq!(b.allow().unwrap_err(), Duration::from_secs(5));
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(b.allow(), Ok(Permit::Probe));
+        let probe = b.allow().unwrap();
+        assert_eq!(probe.permit(), Permit::Probe);
         assert!(b.allow().is_err(), "one probe at a time");
         // A failed probe re-opens it for twice as long.
-        b.record(Permit::Probe, true);
-        assert_eq!(b.allow(), Err(Duration::from_secs(10)));
+        probe.record(Some(true));
+        assert_eq!(b.allow().unwrap_err(), Duration::from_secs(10));
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(b.allow(), Ok(Permit::Probe));
-        b.record(Permit::Probe, false);
+        let probe = b.allow().unwrap();
+        assert_eq!(probe.permit(), Permit::Probe);
+        probe.record(Some(false));
         assert_eq!(b.state(), "closed");
-        assert_eq!(b.allow(), Ok(Permit::Call));
+        assert_eq!(b.allow().unwrap().permit(), Permit::Call);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_is_released_when_cancelled_or_dropped() {
+        let b = Arc::new(Breaker::new(BreakerConfig::default()));
+        for _ in 0..5 {
+            b.allow().unwrap().record(Some(true));
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // Cancelled: no verdict, the next call probes.
+        let probe = b.allow().unwrap();
+        assert!(b.allow().is_err());
+        probe.record(None);
+        assert_eq!(b.state(), "half-open");
+        // Dropped without a word (the caller's future went away).
+        let probe = b.allow().unwrap();
+        assert_eq!(probe.permit(), Permit::Probe);
+        drop(probe);
+        let probe = b.allow().expect("a dropped probe lets the next call probe");
+        probe.record(Some(false));
+        assert_eq!(b.state(), "closed");
+        // Unreported normal calls count as nothing: 100 of them leave it closed.
+        for _ in 0..100 {
+            drop(b.allow().unwrap());
+        }
+        assert_eq!(b.state(), "closed");
     }
 
     #[tokio::test(start_paused = true)]

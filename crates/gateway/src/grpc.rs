@@ -2,6 +2,7 @@
 //! `grpc-timeout`, and a response body that reports the call's final
 //! status when its trailers go by.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -202,9 +203,161 @@ impl HttpBody for Observed {
     }
 }
 
+/// Why the gateway stopped reading a caller's request body. Set by
+/// [`CallerBody`]; when set, the call's end says nothing about the
+/// upstream (no breaker or replica penalty) and the caller gets this.
+pub type CallerFault = std::sync::Arc<std::sync::OnceLock<tonic::Status>>;
+
+/// A caller's request body, bounded: at most `limit` bytes in all, and a
+/// frame at least every `idle` (a slow-loris sender holding a stream and an
+/// in-flight slot is cut). Crossing either ends the body with an error and
+/// records the reason in `fault`.
+pub struct CallerBody {
+    inner: Body,
+    method: &'static str,
+    limit: Option<usize>,
+    read: usize,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The timer runs only while we wait on the caller: not while the
+    /// upstream is not asking for more (flow control) between polls.
+    waiting: bool,
+    fault: CallerFault,
+}
+
+impl CallerBody {
+    /// Wraps `inner`.
+    pub fn new(
+        inner: Body,
+        method: &'static str,
+        limit: Option<usize>,
+        idle: Duration,
+        fault: CallerFault,
+    ) -> Self {
+        Self {
+            inner,
+            method,
+            limit,
+            read: 0,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            fault,
+        }
+    }
+
+    fn fail(
+        &mut self,
+        status: tonic::Status,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, tonic::Status>>> {
+        let _ = self.fault.set(status.clone());
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+/// The status for a body over its route's limit.
+pub fn too_large(method: &str, limit: usize) -> tonic::Status {
+    tonic::Status::resource_exhausted(format!(
+        "{method} requests are limited to {limit} bytes; send less"
+    ))
+}
+
+/// The status for a body that stopped arriving.
+pub fn too_slow(method: &str, idle: Duration) -> tonic::Status {
+    tonic::Status::cancelled(format!(
+        "the {method} request body stalled: not received within the gateway's read timeout of {} s",
+        idle.as_secs_f64()
+    ))
+}
+
+impl HttpBody for CallerBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.fault.get().is_some() {
+            return Poll::Ready(None);
+        }
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = tokio::time::Instant::now() + self.idle;
+            self.timer.as_mut().reset(deadline);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.read += d.len();
+                    if let Some(limit) = self.limit
+                        && self.read > limit
+                    {
+                        let status = too_large(self.method, limit);
+                        return self.fail(status);
+                    }
+                }
+                self.waiting = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let status = tonic::Status::cancelled(format!(
+                    "the {} request body could not be read: {e}",
+                    self.method
+                ));
+                self.fail(status)
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    let status = too_slow(self.method, self.idle);
+                    return self.fail(status);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_body_is_cut_when_too_large_or_too_slow() {
+        use http_body_util::BodyExt;
+        let fault = CallerFault::default();
+        let big = Body::new(http_body_util::Full::new(bytes::Bytes::from(vec![
+            0u8;
+            100
+        ])));
+        let mut b = CallerBody::new(big, "M", Some(99), Duration::from_secs(5), fault.clone());
+        let e = b
+            .frame()
+            .await
+            .expect("a frame")
+            .expect_err("over the limit");
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert_eq!(fault.get().map(|s| s.code()), Some(Code::ResourceExhausted));
+
+        let fault = CallerFault::default();
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<bytes::Bytes>, tonic::Status>>(1);
+        let stalled = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let mut b = CallerBody::new(stalled, "M", None, Duration::from_secs(5), fault.clone());
+        let e = b.frame().await.expect("a frame").expect_err("stalled");
+        assert_eq!(e.code(), Code::Cancelled);
+        assert!(e.message().contains("stalled"), "{}", e.message());
+    }
 
     #[tokio::test]
     async fn an_upstream_cut_off_mid_answer_ends_in_unavailable_trailers() {

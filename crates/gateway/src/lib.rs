@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod client_addr;
 pub mod grpc;
 pub mod limits;
 pub mod proxy;
@@ -95,6 +96,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// TLS certificate chain and key (PEM files); plaintext when None.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Proxies (load balancers) whose forwarding headers are believed.
+    pub trusted_proxies: client_addr::TrustedProxies,
 }
 
 fn urls(env: &Env, var: &'static str, default: &str) -> Result<Vec<String>, ConfigError> {
@@ -143,12 +146,31 @@ impl Config {
                 "give at least 1 worker thread",
             ));
         }
+        let defaults = ProxyConfig::default();
         let proxy = ProxyConfig {
             retries: env.parse("DISCOVERY_GATEWAY_RETRIES", 2, "a number of retries")?,
-            ..ProxyConfig::default()
+            stream_idle: env.duration("DISCOVERY_GATEWAY_BODY_TIMEOUT", defaults.stream_idle)?,
+            min_deadline: env.duration("DISCOVERY_GATEWAY_MIN_DEADLINE", defaults.min_deadline)?,
+            max_deadline: env.duration("DISCOVERY_GATEWAY_MAX_DEADLINE", defaults.max_deadline)?,
+            ..defaults
+        };
+        if proxy.max_deadline.is_zero() || proxy.min_deadline >= proxy.max_deadline {
+            return Err(ConfigError::new(
+                "DISCOVERY_GATEWAY_MAX_DEADLINE",
+                "must be above zero and above DISCOVERY_GATEWAY_MIN_DEADLINE",
+            ));
+        }
+        let mut serve = ServeConfig::from_env(env, "DISCOVERY_GATEWAY_PORT", 50051)?;
+        // The public port: API keys instead of internal tokens, and
+        // reflection of the public API on unless turned off.
+        serve.exempt = discovery_kit::internal::Exempt::Public;
+        serve.reflection = env.bool("DISCOVERY_REFLECTION", true)?;
+        let proxy = ProxyConfig {
+            internal: serve.internal.clone(),
+            ..proxy
         };
         Ok(Self {
-            serve: ServeConfig::from_env(env, "DISCOVERY_GATEWAY_PORT", 50051)?,
+            serve,
             upstreams: Upstreams {
                 face_analysis: urls(
                     env,
@@ -170,6 +192,7 @@ impl Config {
             proxy,
             keys_refresh: env.duration("DISCOVERY_API_KEYS_REFRESH", Duration::from_secs(10))?,
             cors_origins: env.list("DISCOVERY_CORS_ORIGINS", &["*"]),
+            trusted_proxies: client_addr::TrustedProxies::from_env(env)?,
             tls: match (env.raw("DISCOVERY_TLS_CERT"), env.raw("DISCOVERY_TLS_KEY")) {
                 (None, None) => None,
                 (Some(c), Some(k)) => Some((c.into(), k.into())),
@@ -257,7 +280,10 @@ pub async fn spawn_with_parts(
     let proxy = Proxy::new(pools.clone(), config.proxy.clone());
     let stack = stack::build(vec![
         Arc::new(Front),
-        Arc::new(Authenticate { keys: keys.clone() }),
+        Arc::new(Authenticate {
+            keys: keys.clone(),
+            trusted: Arc::new(config.trusted_proxies.clone()),
+        }),
         Arc::new(Admit { limiter, in_flight }),
         Arc::new(proxy.clone()),
     ]);
@@ -276,7 +302,11 @@ pub async fn spawn_with_parts(
                 read("DISCOVERY_TLS_CERT", cert)?,
                 read("DISCOVERY_TLS_KEY", key)?,
             );
-            Some(tonic::transport::ServerTlsConfig::new().identity(identity))
+            Some(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(identity)
+                    .timeout(config.serve.limits.handshake_timeout),
+            )
         }
     };
     let mut handle = ServiceHandle::start_on_workers(

@@ -93,6 +93,14 @@ impl Rate {
         self.t_ms() * (self.burst.saturating_sub(1)) as f64
     }
 
+    /// A share of this rate (at least one call of burst).
+    fn scaled(&self, share: f64) -> Rate {
+        Rate {
+            per_second: self.per_second * share,
+            burst: ((self.burst as f64 * share).floor() as u32).max(1),
+        }
+    }
+
     /// This rate shared by `n` replicas.
     fn divided(&self, n: u32) -> Rate {
         let n = n.max(1);
@@ -100,6 +108,15 @@ impl Rate {
             per_second: self.per_second / n as f64,
             burst: (self.burst / n).max(1),
         }
+    }
+}
+
+/// A key part with the hash-tag braces of Redis Cluster replaced.
+fn tag_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['{', '}']) {
+        std::borrow::Cow::Owned(s.replace(['{', '}'], "_"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
     }
 }
 
@@ -152,6 +169,13 @@ pub struct LimitConfig {
     pub replicas: u32,
     /// Redis answer time before falling back to local limits.
     pub redis_timeout: Duration,
+    /// A unary request body must arrive whole within this (four times as
+    /// long for a photo); a stream must send a frame at least this often.
+    pub body_timeout: Duration,
+    /// The largest share of the global rate and of the in-flight bound one
+    /// client (an API key's client) may take, so that one tenant cannot
+    /// starve the others (1.0: no share).
+    pub client_share: f64,
 }
 
 impl Default for LimitConfig {
@@ -178,6 +202,8 @@ impl Default for LimitConfig {
             max_in_flight: 2000,
             replicas: 1,
             redis_timeout: Duration::from_millis(50),
+            body_timeout: Duration::from_secs(10),
+            client_share: 0.5,
         }
     }
 }
@@ -265,6 +291,24 @@ impl LimitConfig {
                 "a number of replicas",
             )?,
             redis_timeout: env.duration("DISCOVERY_LIMIT_REDIS_TIMEOUT", d.redis_timeout)?,
+            body_timeout: env.duration("DISCOVERY_GATEWAY_BODY_TIMEOUT", d.body_timeout)?,
+            client_share: match env.raw("DISCOVERY_LIMIT_CLIENT_SHARE") {
+                None => d.client_share,
+                Some(v) if v.trim() == "off" => 1.0,
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| *x > 0.0 && *x <= 1.0)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "DISCOVERY_LIMIT_CLIENT_SHARE",
+                            format!(
+                                "{v:?} is not a share above 0 and at most 1 (e.g. 0.5), or off"
+                            ),
+                        )
+                    })?,
+            },
         })
     }
 
@@ -279,9 +323,16 @@ impl LimitConfig {
     /// The limits a call counts against, as (slot group, key, rate).
     /// Group 0 is global, group 1 the requester's.
     pub fn checks(&self, who: &Principal, class: Class) -> Vec<(usize, String, Rate)> {
-        let mut out = Vec::with_capacity(4);
+        let mut out = Vec::with_capacity(5);
         if let Some(r) = self.global {
             out.push((0, "rl:{rl:g}:all".to_string(), r));
+            if self.client_share < 1.0 {
+                out.push((
+                    0,
+                    format!("rl:{{rl:g}}:c:{}", tag_safe(&who.key.client)),
+                    r.scaled(self.client_share),
+                ));
+            }
         }
         let method = match class {
             Class::Face => self.face.map(|r| ("face", r)),
@@ -292,7 +343,13 @@ impl LimitConfig {
             out.push((0, format!("rl:{{rl:g}}:m:{name}"), r));
         }
         let tier = self.tier(who.tier);
-        let tag = format!("{{rl:{}:{}}}", who.key.client, who.requester);
+        // Braces would change the key's hash slot (and split one
+        // script's keys over two slots): never from caller input.
+        let tag = format!(
+            "{{rl:{}:{}}}",
+            tag_safe(&who.key.client),
+            tag_safe(&who.requester)
+        );
         if let Some(r) = tier.all {
             out.push((1, format!("rl:{tag}:{}:all", who.tier.name()), r));
         }
@@ -542,6 +599,9 @@ pub struct InFlight {
     recommend: AtomicUsize,
     all: AtomicUsize,
     limits: (usize, usize, usize),
+    /// Calls in flight per client, and the most one client may hold.
+    per_client: Mutex<HashMap<String, usize>>,
+    client_limit: usize,
 }
 
 /// A held slot; released on drop.
@@ -549,6 +609,7 @@ pub struct InFlight {
 pub struct Slot {
     counters: Arc<InFlight>,
     class: Class,
+    client: Option<Arc<crate::auth::ApiKey>>,
 }
 
 impl Drop for Slot {
@@ -556,6 +617,9 @@ impl Drop for Slot {
         self.counters.all.fetch_sub(1, Ordering::Relaxed);
         if let Some(c) = self.counters.counter(self.class) {
             c.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(key) = &self.client {
+            self.counters.leave_client(&key.client);
         }
     }
 }
@@ -567,6 +631,8 @@ pub enum Busy {
     Overloaded(usize),
     /// The method is at its bound.
     Method(usize),
+    /// The caller's client holds its share of the gateway.
+    Client(usize),
 }
 
 impl InFlight {
@@ -583,7 +649,42 @@ impl InFlight {
                 m(c.recommend_concurrency),
                 c.max_in_flight,
             ),
+            per_client: Mutex::default(),
+            client_limit: if c.enabled && c.client_share < 1.0 {
+                ((c.max_in_flight as f64 * c.client_share).ceil() as usize).max(1)
+            } else {
+                usize::MAX
+            },
         })
+    }
+
+    fn enter_client(&self, client: &str) -> Result<(), Busy> {
+        if self.client_limit == usize::MAX {
+            return Ok(());
+        }
+        let mut m = self.per_client.lock();
+        let n = match m.get_mut(client) {
+            Some(n) => n,
+            None => m.entry(client.to_string()).or_insert(0),
+        };
+        if *n >= self.client_limit {
+            return Err(Busy::Client(self.client_limit));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    fn leave_client(&self, client: &str) {
+        if self.client_limit == usize::MAX {
+            return;
+        }
+        let mut m = self.per_client.lock();
+        if let Some(n) = m.get_mut(client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(client);
+            }
+        }
     }
 
     fn counter(&self, class: Class) -> Option<&AtomicUsize> {
@@ -597,6 +698,26 @@ impl InFlight {
     /// Calls in flight now.
     pub fn current(&self) -> usize {
         self.all.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot for a call of `client` (the principal's key), or fails
+    /// at once.
+    pub fn enter_for(
+        self: &Arc<Self>,
+        class: Class,
+        key: &Arc<crate::auth::ApiKey>,
+    ) -> Result<Slot, Busy> {
+        self.enter_client(&key.client)?;
+        match self.enter(class) {
+            Ok(mut slot) => {
+                slot.client = Some(key.clone());
+                Ok(slot)
+            }
+            Err(busy) => {
+                self.leave_client(&key.client);
+                Err(busy)
+            }
+        }
     }
 
     /// Takes a slot or fails at once.
@@ -620,6 +741,7 @@ impl InFlight {
         Ok(Slot {
             counters: self.clone(),
             class,
+            client: None,
         })
     }
 }
@@ -750,5 +872,52 @@ mod tests {
         drop(a);
         assert_eq!(f.current(), 2);
         f.enter(Class::Face).unwrap();
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share_of_the_gateway() {
+        let c = LimitConfig {
+            max_in_flight: 10,
+            client_share: 0.5,
+            ..LimitConfig::default()
+        };
+        let f = InFlight::new(&c);
+        let greedy = Arc::new(ApiKey::for_tests("greedy", Tier::Partner));
+        let other = Arc::new(ApiKey::for_tests("other", Tier::Partner));
+        let held: Vec<_> = (0..5)
+            .map(|_| f.enter_for(Class::Other, &greedy).unwrap())
+            .collect();
+        assert_eq!(
+            f.enter_for(Class::Other, &greedy).unwrap_err(),
+            Busy::Client(5)
+        );
+        // The rest is there for everyone else.
+        let others: Vec<_> = (0..5)
+            .map(|_| f.enter_for(Class::Other, &other).unwrap())
+            .collect();
+        drop(held);
+        assert!(f.enter_for(Class::Other, &greedy).is_ok());
+        drop(others);
+        assert!(
+            f.per_client.lock().len() <= 1,
+            "released clients leave the map"
+        );
+        // The rate share rides in the global slot, under a brace-free key.
+        let who = Principal {
+            key: Arc::new(ApiKey::for_tests("evil}{client", Tier::Anonymous)),
+            tier: Tier::Anonymous,
+            requester: "u:{x}".into(),
+        };
+        let checks = c.checks(&who, Class::Other);
+        let share = checks.iter().find(|k| k.1.contains(":c:")).unwrap();
+        assert_eq!(share.0, 0);
+        assert_eq!(share.1, "rl:{rl:g}:c:evil__client");
+        assert!((share.2.per_second - 500.0).abs() < 1e-9);
+        assert!(
+            checks
+                .iter()
+                .filter(|k| k.0 == 1)
+                .all(|k| k.1.matches('{').count() == 1)
+        );
     }
 }

@@ -30,8 +30,16 @@ use crate::upstream::Pool;
 pub struct ProxyConfig {
     /// Longest deadline honoured (callers asking more get this).
     pub max_deadline: Duration,
+    /// Shortest caller deadline forwarded: a call whose `grpc-timeout` is
+    /// below it is answered DEADLINE_EXCEEDED at once, without touching an
+    /// upstream (no useful answer fits in it, and it must cost nothing).
+    pub min_deadline: Duration,
     /// Extra attempts for idempotent calls.
     pub retries: u32,
+    /// A client stream must send a frame at least this often.
+    pub stream_idle: Duration,
+    /// Signs upstream calls as the gateway.
+    pub internal: Option<discovery_kit::internal::InternalAuth>,
     /// Breakers.
     pub breaker: BreakerConfig,
     /// How long a fallback response is kept.
@@ -46,7 +54,10 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             max_deadline: Duration::from_secs(60),
+            min_deadline: Duration::from_millis(5),
             retries: 2,
+            stream_idle: Duration::from_secs(10),
+            internal: None,
             breaker: BreakerConfig::default(),
             fallback_ttl: Duration::from_secs(600),
             fallback_bytes: 64 << 20,
@@ -104,7 +115,7 @@ const RECAPTURE_AFTER: Duration = Duration::from_secs(30);
 
 struct Inner {
     pools: HashMap<Upstream, Arc<Pool>>,
-    breakers: HashMap<&'static str, Breaker>,
+    breakers: HashMap<&'static str, Arc<Breaker>>,
     budget: RetryBudget,
     kept: moka::sync::Cache<u64, Arc<Kept>>,
     config: ProxyConfig,
@@ -132,6 +143,15 @@ const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
     "host",
 ];
+
+/// A DEADLINE_EXCEEDED the caller's own deadline caused: marked so that
+/// it is not counted as a server fault (`kit::server::CallerDeadline`).
+fn callers_deadline_error(status: tonic::Status) -> Response<Body> {
+    let mut resp = grpc::error(status);
+    resp.extensions_mut()
+        .insert(discovery_kit::server::CallerDeadline);
+    resp
+}
 
 fn fallback_key(route: &Route, body: &Bytes) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -170,7 +190,7 @@ impl Proxy {
                 pools: pools.into_iter().map(|p| (p.upstream, p)).collect(),
                 breakers: ROUTES
                     .iter()
-                    .map(|r| (r.method, Breaker::new(config.breaker)))
+                    .map(|r| (r.method, Arc::new(Breaker::new(config.breaker))))
                     .collect(),
                 budget: RetryBudget::default(),
                 kept: moka::sync::Cache::builder()
@@ -185,7 +205,7 @@ impl Proxy {
 
     /// The breaker state of a method ("closed", "open", "half-open").
     pub fn breaker_state(&self, method: &str) -> Option<&'static str> {
-        self.inner.breakers.get(method).map(Breaker::state)
+        self.inner.breakers.get(method).map(|b| b.state())
     }
 
     /// A pool.
@@ -206,16 +226,40 @@ impl Proxy {
             )));
         };
         let started = Instant::now();
-        let deadline = req
+        let callers = req
             .headers()
             .get("grpc-timeout")
-            .and_then(grpc::parse_timeout)
+            .and_then(grpc::parse_timeout);
+        if let Some(d) = callers
+            && d < inner.config.min_deadline
+        {
+            call.lock().answered_by = "deadline_floor";
+            return callers_deadline_error(tonic::Status::deadline_exceeded(format!(
+                "grpc-timeout of {d:?} is below this gateway's floor of {:?}; give the call at least that long",
+                inner.config.min_deadline
+            )));
+        }
+        let deadline = callers
             .or(route.default_deadline)
             .map(|d| d.min(inner.config.max_deadline));
+        // Whose deadline is it? A DEADLINE_EXCEEDED under the caller's own
+        // (shorter) deadline says nothing about the upstream's health.
+        let callers_deadline = match (callers, route.default_deadline) {
+            (Some(c), Some(own)) => c < own.min(inner.config.max_deadline),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let verdict = move |code: Code| match code {
+            Code::DeadlineExceeded if callers_deadline => None,
+            c => is_failure(c),
+        };
         let (mut parts, body) = req.into_parts();
-        // Idempotent unary calls are buffered (they are one message) so
-        // they can be sent again.
-        let (buffered, mut streaming_body) = if route.idempotent && !route.streaming {
+        // Unary calls arrive buffered (`stack::Admit` read them whole), so
+        // idempotent ones can be sent again. A stream's body is watched: a
+        // caller that stalls or breaks its own stream is the caller's
+        // fault, never the upstream's.
+        let fault = grpc::CallerFault::default();
+        let (buffered, mut streaming_body) = if !route.streaming {
             match Limited::new(body, discovery_proto::MAX_REQUEST_BYTES)
                 .collect()
                 .await
@@ -228,7 +272,14 @@ impl Proxy {
                 }
             }
         } else {
-            (None, Some(body))
+            let watched = grpc::CallerBody::new(
+                body,
+                route.method,
+                route.max_body,
+                inner.config.stream_idle,
+                fault.clone(),
+            );
+            (None, Some(Body::new(watched)))
         };
         let key = buffered
             .as_ref()
@@ -242,7 +293,7 @@ impl Proxy {
         });
 
         let breaker = &inner.breakers[route.method];
-        let permit = match breaker.allow() {
+        let ticket = match breaker.allow() {
             Ok(p) => p,
             Err(wait) => {
                 if let Some(kept) = key.and_then(|k| inner.kept.get(&k)) {
@@ -265,13 +316,19 @@ impl Proxy {
         for h in HOP_BY_HOP {
             parts.headers.remove(h);
         }
+        discovery_kit::internal::sign(
+            inner.config.internal.as_ref(),
+            "gateway",
+            &mut parts.headers,
+        );
         inner.budget.deposit();
-        let attempts = if buffered.is_some() {
+        let attempts = if buffered.is_some() && route.idempotent {
             1 + inner.config.retries
         } else {
             1
         };
         let mut leaving = None;
+        let mut out_of_time = false;
         let mut last_error = String::from("no attempt made");
         for attempt in 0..attempts {
             if attempt > 0 && !inner.budget.withdraw() {
@@ -285,7 +342,10 @@ impl Proxy {
             let remaining = match deadline {
                 Some(d) => match d.checked_sub(started.elapsed()) {
                     Some(r) if !r.is_zero() => Some(r),
-                    _ => break,
+                    _ => {
+                        out_of_time = true;
+                        break;
+                    }
                 },
                 None => None,
             };
@@ -310,14 +370,19 @@ impl Proxy {
                 Some(r) => match tokio::time::timeout(r, send).await {
                     Ok(r) => r,
                     Err(_) => {
-                        breaker.record(permit, true);
+                        ticket.record(verdict(Code::DeadlineExceeded));
                         call.lock().answered_by = "deadline";
-                        return grpc::error(tonic::Status::deadline_exceeded(format!(
+                        let status = tonic::Status::deadline_exceeded(format!(
                             "{} did not answer within {:?} (upstream {})",
                             route.method,
                             deadline.unwrap_or_default(),
                             replica.url
-                        )));
+                        ));
+                        return if callers_deadline {
+                            callers_deadline_error(status)
+                        } else {
+                            grpc::error(status)
+                        };
                     }
                 },
                 None => send.await,
@@ -333,6 +398,13 @@ impl Proxy {
                 }
             }
             drop(span);
+            if let Some(status) = fault.get() {
+                // The caller's own body failed: nothing to learn about the
+                // upstream, nothing to retry.
+                ticket.record(None);
+                call.lock().answered_by = "caller_body";
+                return grpc::error(status.clone());
+            }
             match result {
                 Err(e) => {
                     replica.failed(pool.config());
@@ -360,13 +432,16 @@ impl Proxy {
                         .hooks
                         .push(Box::new(move |code: Code, body: Option<&Bytes>| {
                             drop(guard);
-                            if code == Code::Unavailable {
-                                replica.failed(pool.config());
-                            } else if code != Code::Cancelled {
-                                replica.succeeded();
-                            }
-                            if let Some(failed) = is_failure(code) {
-                                this.inner.breakers[route.method].record(permit, failed);
+                            if fault.get().is_some() {
+                                // Cut short by the caller's own body.
+                                ticket.record(None);
+                            } else {
+                                if code == Code::Unavailable {
+                                    replica.failed(pool.config());
+                                } else if code != Code::Cancelled {
+                                    replica.succeeded();
+                                }
+                                ticket.record(verdict(code));
                             }
                             if let (Code::Ok, Some(k), Some(b)) = (code, capture, body) {
                                 this.inner.kept.insert(
@@ -384,7 +459,23 @@ impl Proxy {
                 }
             }
         }
-        breaker.record(permit, true);
+        if out_of_time {
+            // The deadline ran out before (another) attempt: the replicas
+            // tried failed, unless the deadline was the caller's own.
+            ticket.record(verdict(Code::DeadlineExceeded).map(|_| true));
+            call.lock().answered_by = "deadline";
+            let status = tonic::Status::deadline_exceeded(format!(
+                "{} did not answer within {:?}: {last_error}",
+                route.method,
+                deadline.unwrap_or_default()
+            ));
+            return if callers_deadline {
+                callers_deadline_error(status)
+            } else {
+                grpc::error(status)
+            };
+        }
+        ticket.record(Some(true));
         call.lock().answered_by = "upstream_unavailable";
         grpc::error(tonic::Status::unavailable(format!(
             "{} is unavailable: {last_error}",

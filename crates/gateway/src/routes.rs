@@ -128,7 +128,18 @@ pub struct Route {
     pub default_deadline: Option<Duration>,
     /// A last good response may be served while the breaker is open.
     pub fallback: bool,
+    /// Largest request body, bytes: photos only on AnalyzeFace; `None` for
+    /// the streams (a feed is as long as the catalogue; each message is
+    /// bounded by the upstream's decoder, and a stalled stream is cut).
+    pub max_body: Option<usize>,
 }
+
+/// Largest AnalyzeFace request: a 15 MiB photo and its envelope.
+pub const PHOTO_BODY: usize = discovery_proto::MAX_REQUEST_BYTES;
+
+/// Largest request of every other unary method: far above any real one
+/// (a Recommend with every filter set is a few KiB).
+pub const SMALL_BODY: usize = 1 << 20;
 
 // One row of the table below; positional so the table reads as one.
 #[allow(clippy::too_many_arguments)]
@@ -156,6 +167,11 @@ const fn route(
             Some(Duration::from_millis(deadline_ms))
         },
         fallback,
+        max_body: match (class, deadline_ms) {
+            (Class::Face, _) => Some(PHOTO_BODY),
+            (_, 0) => None,
+            _ => Some(SMALL_BODY),
+        },
     }
 }
 

@@ -183,6 +183,8 @@ impl Stage for Front {
 pub struct Authenticate {
     /// The keys.
     pub keys: Arc<KeyRing>,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted: Arc<crate::client_addr::TrustedProxies>,
 }
 
 fn peer(req: &Request<Body>) -> Option<IpAddr> {
@@ -198,12 +200,14 @@ impl Stage for Authenticate {
         let Some(route) = call.lock().route else {
             return Box::pin(async { grpc::error(tonic::Status::internal("no route")) });
         };
-        match self.keys.admit(req.headers(), route, peer(&req)) {
+        let client = crate::client_addr::client_ip(peer(&req), req.headers(), &self.trusted);
+        match self.keys.admit(req.headers(), route, client) {
             Ok(p) => {
-                call.lock().principal = Some(p);
                 // The key stops here: upstreams and their logs never see it.
                 req.headers_mut().remove("x-api-key");
                 req.headers_mut().remove(http::header::AUTHORIZATION);
+                set_identity(req.headers_mut(), &p);
+                call.lock().principal = Some(p);
                 Box::pin(pass(next, req))
             }
             Err(status) => {
@@ -211,6 +215,35 @@ impl Stage for Authenticate {
                 Box::pin(async move { grpc::error(status) })
             }
         }
+    }
+}
+
+/// Replaces whatever identity headers the caller sent with the ones the
+/// key proves: `x-discovery-client` (the key's client) and, for a key of
+/// the authenticated tier that names a shopper, `x-discovery-user`.
+/// Upstreams take the user for personalisation, interactions and session
+/// ownership from these, never from a request body a browser controls.
+fn set_identity(headers: &mut http::HeaderMap, p: &Principal) {
+    use discovery_kit::internal::{CALLER_HEADER, IDENTITY_HEADERS, TOKEN_HEADER};
+    for h in IDENTITY_HEADERS
+        .iter()
+        .chain(&[CALLER_HEADER, TOKEN_HEADER])
+    {
+        headers.remove(*h);
+    }
+    let client = http::HeaderValue::from_str(&p.key.client)
+        .or_else(|_| http::HeaderValue::from_str(&format!("key:{}", p.key.id)));
+    if let Ok(v) = client {
+        headers.insert("x-discovery-client", v);
+    }
+    if p.tier == crate::auth::Tier::Authenticated
+        && let Some(user) = p.requester.strip_prefix("u:")
+        && let Ok(v) = http::HeaderValue::from_str(user)
+    {
+        headers.insert("x-discovery-user", v);
+    }
+    if let Some(sources) = p.key.sources_header() {
+        headers.insert("x-discovery-sources", sources);
     }
 }
 
@@ -256,7 +289,21 @@ impl Stage for Admit {
                     ],
                 );
             }
-            match in_flight.enter(route.class) {
+            // A unary body is read whole before the call takes an
+            // in-flight slot: a slow sender holds no slot others need, and
+            // the body is bounded by its route's limit and a timeout.
+            let req = if route.streaming {
+                req
+            } else {
+                match read_unary(req, route, limiter.config().body_timeout).await {
+                    Ok(r) => r,
+                    Err(status) => {
+                        call.lock().answered_by = "caller_body";
+                        return grpc::error(status);
+                    }
+                }
+            };
+            match in_flight.enter_for(route.class, &principal.key) {
                 Ok(slot) => {
                     call.lock().slot = Some(slot);
                     pass(next, req).await
@@ -285,6 +332,13 @@ impl Stage for Admit {
                             )),
                             &pushback,
                         ),
+                        Busy::Client(n) => grpc::error_with(
+                            tonic::Status::resource_exhausted(format!(
+                                "client {:?} already has {n} calls in flight on this gateway (its share of the gateway); load shed, retry in 1 s",
+                                principal.key.client
+                            )),
+                            &pushback,
+                        ),
                         Busy::Method(n) => grpc::error_with(
                             tonic::Status::resource_exhausted(format!(
                                 "{} already has {n} calls in flight on this gateway; load shed, retry in 1 s",
@@ -297,6 +351,35 @@ impl Stage for Admit {
             }
         })
     }
+}
+
+/// Reads a unary call's body whole (at most the route's limit, within
+/// `timeout`, four times that for a photo) and gives the request back with
+/// the bytes in memory.
+async fn read_unary(
+    req: Request<Body>,
+    route: &'static Route,
+    timeout: std::time::Duration,
+) -> Result<Request<Body>, tonic::Status> {
+    use http_body_util::BodyExt;
+    let limit = route.max_body.unwrap_or(routes::SMALL_BODY);
+    let timeout = if route.max_body == Some(routes::PHOTO_BODY) {
+        timeout * 4
+    } else {
+        timeout
+    };
+    let (parts, body) = req.into_parts();
+    let fault = grpc::CallerFault::default();
+    let read = grpc::CallerBody::new(body, route.method, Some(limit), timeout, fault).collect();
+    let bytes = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(status)) => return Err(status),
+        Err(_) => return Err(grpc::too_slow(route.method, timeout)),
+    };
+    Ok(Request::from_parts(
+        parts,
+        Body::new(http_body_util::Full::new(bytes)),
+    ))
 }
 
 /// The whole stack as the public service (`discovery.v1.Discovery`):

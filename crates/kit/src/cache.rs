@@ -11,8 +11,11 @@
 //! - Tags (`product:{id}`, `brand:{name}`, `face_shape:{shape}`) are attached
 //!   to entries when stored. [`Cache::invalidate_tags`] drops the tagged
 //!   entries from this replica's L1 (an in-process tag index), from L2 (a Redis
-//!   set `tag:{tag}` of keys per tag) and, through the [`Bus`], from the L1 of
-//!   every other replica.
+//!   sorted set `tagz:{tag}` of keys per tag, scored by when each key
+//!   expires) and, through the [`Bus`], from the L1 of every other replica.
+//!   Every add prunes the members that have expired (one script, one round
+//!   trip), so a hot tag's set holds only live keys: it is bounded by the
+//!   keys alive at once, not by every key ever tagged.
 //! - A failing or absent L2 never fails a call: errors are logged, counted in
 //!   `discovery_cache_l2_errors_total`, and the lookup falls through to the
 //!   origin (degraded to L1 + origin).
@@ -34,6 +37,26 @@ use parking_lot::Mutex;
 
 use crate::bus::Bus;
 use crate::config::{ConfigError, Env};
+
+/// The L2 key of a tag's set of keys.
+fn tag_set(tag: &str) -> String {
+    format!("tagz:{tag}")
+}
+
+/// Adds a key to a tag's set (score: when it expires, ms), drops the
+/// members already expired, and keeps the set as long as its newest
+/// member. KEYS: the set; ARGV: expiry, key, now, TTL (ms).
+static TAG_ADD: std::sync::LazyLock<fred::types::scripts::Script> =
+    std::sync::LazyLock::new(|| {
+        fred::types::scripts::Script::from_lua(
+            r#"
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZCARD', KEYS[1])
+"#,
+        )
+    });
 
 /// Values larger than this are zstd-compressed in L2.
 pub const COMPRESS_ABOVE: usize = 1024;
@@ -143,25 +166,105 @@ pub struct CacheConfig {
     pub redis_pool: usize,
     /// Per-command timeout for L2 (a slow Redis degrades, it does not stall).
     pub redis_timeout: Duration,
+    /// Redis ACL user and password (`DISCOVERY_REDIS_USERNAME`,
+    /// `DISCOVERY_REDIS_PASSWORD` or `DISCOVERY_REDIS_PASSWORD_FILE`).
+    pub redis_auth: Option<RedisAuth>,
+    /// TLS to every node (`rediss://` URLs), with an optional private CA
+    /// (`DISCOVERY_REDIS_CA_FILE`, PEM) beside the system roots.
+    pub redis_tls: Option<RedisTls>,
+}
+
+/// Credentials for Redis (`AUTH [user] password`).
+#[derive(Clone)]
+pub struct RedisAuth {
+    /// ACL user; `None` for the default user.
+    pub username: Option<String>,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &"<secret>")
+            .finish()
+    }
+}
+
+/// TLS settings for Redis.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// PEM file of a private CA to trust (besides the system roots).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Reads a secret from `var`, or from the file `var_FILE` names (a mounted
+/// Kubernetes or compose secret: the value never sits in the environment).
+pub fn secret(env: &Env, var: &str) -> Result<Option<String>, ConfigError> {
+    let file_var = format!("{var}_FILE");
+    match (env.raw(var), env.raw(&file_var)) {
+        (None, None) => Ok(None),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| ConfigError::new(&file_var, format!("{path}: {e}"))),
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            var,
+            format!("set {var} or {file_var}, not both"),
+        )),
+    }
 }
 
 impl CacheConfig {
     /// Reads `DISCOVERY_CACHE_L1_BYTES`, `DISCOVERY_REDIS_URLS`, `DISCOVERY_REDIS_POOL`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let mut nodes = Vec::new();
-        for url in env.list("DISCOVERY_REDIS_URLS", &[]) {
-            nodes.push(parse_node(&url).ok_or_else(|| {
+        let urls = env.list("DISCOVERY_REDIS_URLS", &[]);
+        let tls_urls = urls
+            .iter()
+            .filter(|u| u.trim().starts_with("rediss://"))
+            .count();
+        if tls_urls != 0 && tls_urls != urls.len() {
+            return Err(ConfigError::new(
+                "DISCOVERY_REDIS_URLS",
+                "mixes rediss:// (TLS) and plain nodes; use one scheme for the whole cluster",
+            ));
+        }
+        for url in &urls {
+            nodes.push(parse_node(url).ok_or_else(|| {
                 ConfigError::new(
                     "DISCOVERY_REDIS_URLS",
-                    format!("{url:?} is not a Redis node (redis://host:port or host:port)"),
+                    format!("{url:?} is not a Redis node (redis://host:port, rediss://host:port or host:port)"),
                 )
             })?);
+        }
+        let password = secret(env, "DISCOVERY_REDIS_PASSWORD")?;
+        let username = env
+            .raw("DISCOVERY_REDIS_USERNAME")
+            .filter(|u| !u.is_empty());
+        if username.is_some() && password.is_none() {
+            return Err(ConfigError::new(
+                "DISCOVERY_REDIS_PASSWORD",
+                "DISCOVERY_REDIS_USERNAME is set: give the password too (or DISCOVERY_REDIS_PASSWORD_FILE)",
+            ));
+        }
+        let ca_file = env.raw("DISCOVERY_REDIS_CA_FILE").filter(|f| !f.is_empty());
+        if ca_file.is_some() && tls_urls == 0 {
+            return Err(ConfigError::new(
+                "DISCOVERY_REDIS_CA_FILE",
+                "a CA only matters with TLS: use rediss:// URLs in DISCOVERY_REDIS_URLS",
+            ));
         }
         Ok(Self {
             l1_bytes: env.parse("DISCOVERY_CACHE_L1_BYTES", 256 << 20, "a number of bytes")?,
             redis_nodes: nodes,
             redis_pool: env.parse("DISCOVERY_REDIS_POOL", 4usize, "a whole number")?,
             redis_timeout: Duration::from_millis(250),
+            redis_auth: password.map(|password| RedisAuth { username, password }),
+            redis_tls: (tls_urls > 0).then(|| RedisTls {
+                ca_file: ca_file.map(Into::into),
+            }),
         })
     }
 
@@ -172,6 +275,8 @@ impl CacheConfig {
             redis_nodes: Vec::new(),
             redis_pool: 1,
             redis_timeout: Duration::from_millis(250),
+            redis_auth: None,
+            redis_tls: None,
         }
     }
 }
@@ -180,6 +285,7 @@ fn parse_node(url: &str) -> Option<(String, u16)> {
     let rest = url
         .trim()
         .trim_start_matches("redis://")
+        .trim_start_matches("rediss://")
         .trim_start_matches("redis-cluster://");
     let rest = rest.split('/').next()?;
     let (host, port) = rest.rsplit_once(':')?;
@@ -317,12 +423,12 @@ impl std::fmt::Debug for Cache {
 /// The fred builder every Redis Cluster client here uses: 2 s connect,
 /// `redis_timeout` per command, fail fast, reconnect with backoff. None
 /// without nodes.
-fn redis_builder(config: &CacheConfig) -> Option<Builder> {
+fn redis_builder(config: &CacheConfig) -> Result<Option<Builder>, CacheError> {
     if config.redis_nodes.is_empty() {
-        return None;
+        return Ok(None);
     }
     let timeout = config.redis_timeout;
-    let mut b = Builder::from_config(redis_config(config));
+    let mut b = Builder::from_config(redis_config(config)?);
     b.with_connection_config(|c| {
         c.connection_timeout = Duration::from_secs(2);
         c.max_command_attempts = 2;
@@ -331,7 +437,7 @@ fn redis_builder(config: &CacheConfig) -> Option<Builder> {
         p.default_command_timeout = timeout;
     })
     .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-    Some(b)
+    Ok(Some(b))
 }
 
 fn init_in_background(pool: &Pool) {
@@ -355,7 +461,7 @@ pub async fn ping_redis(pool: &Pool) -> Result<(), String> {
 /// in the background (commands fail fast until it is up). None when no
 /// nodes are configured. For other Redis users (the gateway's limiter).
 pub fn redis_pool(config: &CacheConfig) -> Result<Option<Pool>, CacheError> {
-    let Some(builder) = redis_builder(config) else {
+    let Some(builder) = redis_builder(config)? else {
         return Ok(None);
     };
     let pool = builder
@@ -365,14 +471,54 @@ pub fn redis_pool(config: &CacheConfig) -> Result<Option<Pool>, CacheError> {
     Ok(Some(pool))
 }
 
-fn redis_config(config: &CacheConfig) -> Config {
+fn redis_config(config: &CacheConfig) -> Result<Config, CacheError> {
     let mut cfg = Config {
         server: ServerConfig::new_clustered(config.redis_nodes.clone()),
         fail_fast: true,
         ..Default::default()
     };
     cfg.version = fred::types::RespVersion::RESP3;
-    cfg
+    if let Some(auth) = &config.redis_auth {
+        cfg.username = auth.username.clone();
+        cfg.password = Some(auth.password.clone());
+    }
+    if let Some(tls) = &config.redis_tls {
+        cfg.tls = Some(redis_tls(tls)?);
+    }
+    Ok(cfg)
+}
+
+/// rustls (ring) with the system roots plus an optional private CA.
+fn redis_tls(tls: &RedisTls) -> Result<fred::types::config::TlsConfig, CacheError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &tls.ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| CacheError(format!("DISCOVERY_REDIS_CA_FILE {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| {
+                CacheError(format!("DISCOVERY_REDIS_CA_FILE {}: {e}", path.display()))
+            })?;
+            roots.add(cert).map_err(|e| {
+                CacheError(format!("DISCOVERY_REDIS_CA_FILE {}: {e}", path.display()))
+            })?;
+        }
+    }
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CacheError(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(fred::types::config::TlsConfig {
+        connector: fred::types::config::TlsConnector::from(client),
+        hostnames: fred::types::config::TlsHostMapping::None,
+    })
 }
 
 impl Cache {
@@ -403,7 +549,7 @@ impl Cache {
                 }
             })
             .build();
-        let (l2, bus) = match redis_builder(config) {
+        let (l2, bus) = match redis_builder(config)? {
             None => (None, Bus::local()),
             Some(builder) => {
                 let pool = builder
@@ -627,8 +773,11 @@ impl Cache {
             && pool.is_connected()
         {
             let jobs = tags.iter().map(|t| async move {
-                let set = format!("tag:{t}");
-                match pool.smembers::<Vec<String>, _>(&set).await {
+                let set = tag_set(t);
+                match pool
+                    .zrange::<Vec<String>, _, _, _>(&set, 0, -1, None, false, None, false)
+                    .await
+                {
                     Ok(keys) => {
                         let dels = keys.iter().map(|k| pool.del::<i64, _>(k.as_str()));
                         for r in futures::future::join_all(dels).await {
@@ -640,7 +789,7 @@ impl Cache {
                             l2_error("del", &e);
                         }
                     }
-                    Err(e) => l2_error("smembers", &e),
+                    Err(e) => l2_error("zrange", &e),
                 }
             });
             futures::future::join_all(jobs).await;
@@ -865,14 +1014,23 @@ impl Cache {
             l2_error("set", &err);
             return;
         }
+        let now_ms = crate::now_unix_ms();
+        let expires_ms = now_ms + ttl * 1000;
         let adds = e.tags.iter().map(|t| async move {
-            let set = format!("tag:{t}");
-            pool.sadd::<i64, _, _>(&set, key).await?;
-            pool.expire::<i64, _>(&set, ttl, None).await
+            let set = tag_set(t);
+            let args = vec![
+                expires_ms.to_string(),
+                key.to_string(),
+                now_ms.to_string(),
+                (ttl * 1000).to_string(),
+            ];
+            TAG_ADD
+                .evalsha_with_reload::<i64, _, _>(pool.next(), vec![set], args)
+                .await
         });
         for r in futures::future::join_all(adds).await {
             if let Err(err) = r {
-                l2_error("sadd", &err);
+                l2_error("tag", &err);
             }
         }
         metrics::histogram!("discovery_cache_l2_duration_seconds", "kind" => e.kind.name, "op" => "set")

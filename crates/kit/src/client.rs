@@ -5,15 +5,14 @@ use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::telemetry::TracePropagator;
-
 /// HTTP/2 stream flow-control window for every internal connection.
 pub const STREAM_WINDOW: u32 = 2 << 20;
 /// HTTP/2 connection flow-control window.
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 
-/// A channel that propagates W3C trace context on every call.
-pub type TracedChannel = InterceptedService<Channel, TracePropagator>;
+/// A channel that propagates W3C trace context on every call, and signs
+/// it as a service when internal authentication is on.
+pub type TracedChannel = InterceptedService<Channel, crate::internal::Signer>;
 
 /// The URL is not a usable gRPC endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +47,23 @@ pub fn endpoint(var: &str, url: &str) -> Result<Endpoint, EndpointError> {
         .initial_connection_window_size(CONNECTION_WINDOW))
 }
 
-/// A lazily connecting, trace-propagating channel to `url`.
+/// A lazily connecting, trace-propagating channel to `url` (unsigned:
+/// health checks and tests).
 pub fn connect_lazy(var: &str, url: &str) -> Result<TracedChannel, EndpointError> {
+    connect_as(var, url, None, "")
+}
+
+/// A lazily connecting, trace-propagating channel to `url` whose calls are
+/// signed as service `name` ([`crate::internal`]) when `auth` is set.
+pub fn connect_as(
+    var: &str,
+    url: &str,
+    auth: Option<&crate::internal::InternalAuth>,
+    name: &str,
+) -> Result<TracedChannel, EndpointError> {
     let channel = endpoint(var, url)?.connect_lazy();
-    Ok(InterceptedService::new(channel, TracePropagator))
+    Ok(InterceptedService::new(
+        channel,
+        crate::internal::Signer::new(auth, name),
+    ))
 }

@@ -193,6 +193,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         return None;
     }
     let secs = match unit.trim() {
+        "us" => n / 1_000_000.0,
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
@@ -357,6 +358,96 @@ pub const VARIABLES: &[Variable] = &[
         help: "gateway: extra attempts for idempotent calls, on another replica, within a retry budget",
     },
     Variable {
+        name: "DISCOVERY_MAX_CONNECTIONS",
+        default: "10000",
+        help: "every service: open connections at once; more are closed as they arrive",
+    },
+    Variable {
+        name: "DISCOVERY_MAX_STREAMS",
+        default: "256",
+        help: "every service: concurrent HTTP/2 streams per connection",
+    },
+    Variable {
+        name: "DISCOVERY_HANDSHAKE_TIMEOUT",
+        default: "10s",
+        help: "every service: a TLS handshake not finished within this is cut",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_URI_FILE",
+        default: "",
+        help: "a file holding DISCOVERY_MONGO_URI (when the URI carries credentials: keep it in a secret)",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_USERNAME",
+        default: "",
+        help: "MongoDB user (SCRAM), given apart from the URI",
+    },
+    Variable {
+        name: "DISCOVERY_MONGO_PASSWORD_FILE",
+        default: "",
+        help: "a file holding the MongoDB password (or DISCOVERY_MONGO_PASSWORD)",
+    },
+    Variable {
+        name: "DISCOVERY_REDIS_USERNAME",
+        default: "",
+        help: "Redis ACL user (default user when empty)",
+    },
+    Variable {
+        name: "DISCOVERY_REDIS_PASSWORD_FILE",
+        default: "",
+        help: "a file holding the Redis password (or DISCOVERY_REDIS_PASSWORD); AUTH on every connection",
+    },
+    Variable {
+        name: "DISCOVERY_REDIS_CA_FILE",
+        default: "",
+        help: "PEM CA trusted for rediss:// (TLS) nodes, besides the system roots",
+    },
+    Variable {
+        name: "DISCOVERY_DASHBOARD_TOKEN_FILE",
+        default: "",
+        help: "monitoring: a file holding the dashboard's token (or DISCOVERY_DASHBOARD_TOKEN); without one the dashboard answers loopback only",
+    },
+    Variable {
+        name: "DISCOVERY_TRUSTED_PROXIES",
+        default: "",
+        help: "gateway: CIDRs of the load balancers whose X-Forwarded-For / Forwarded name the client (empty: the TCP peer is the client)",
+    },
+    Variable {
+        name: "DISCOVERY_LIMIT_CLIENT_SHARE",
+        default: "0.5",
+        help: "gateway: the largest share of the global rate and in-flight budgets one client (API key's client) may take; 1 turns it off",
+    },
+    Variable {
+        name: "DISCOVERY_INTERNAL_SECRET",
+        default: "",
+        help: "every service: shared secret for calls between services (at least 16 bytes); internal ports refuse calls without its tokens",
+    },
+    Variable {
+        name: "DISCOVERY_INTERNAL_SECRET_FILE",
+        default: "",
+        help: "every service: a file holding DISCOVERY_INTERNAL_SECRET (a mounted Kubernetes or compose secret)",
+    },
+    Variable {
+        name: "DISCOVERY_REFLECTION",
+        default: "off (gateway: on)",
+        help: "every service: serve gRPC reflection",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_BODY_TIMEOUT",
+        default: "10s",
+        help: "gateway: a unary request body must arrive within this (a photo: 4x); a stream must send a frame at least this often",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_MIN_DEADLINE",
+        default: "5ms",
+        help: "gateway: shortest caller deadline (grpc-timeout) forwarded; shorter ones answer DEADLINE_EXCEEDED at once",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_MAX_DEADLINE",
+        default: "60s",
+        help: "gateway: longest deadline honoured; callers asking more get this",
+    },
+    Variable {
         name: "DISCOVERY_TLS_CERT",
         default: "",
         help: "gateway: TLS certificate chain (PEM file); with DISCOVERY_TLS_KEY, serves TLS (HTTP/2 and gRPC-Web)",
@@ -380,6 +471,11 @@ pub const VARIABLES: &[Variable] = &[
         name: "DISCOVERY_SYNC_RETRY_FOR",
         default: "5m",
         help: "sync: how long a batch is retried while MongoDB is unreachable before the job fails",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_MAX_FUTURE",
+        default: "24h",
+        help: "sync: a record whose updated_at is further ahead than this is a dead letter (newer wins: a far-future date would pin the product)",
     },
     Variable {
         name: "DISCOVERY_SYNC_URLS",
@@ -539,6 +635,7 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10us"), Some(Duration::from_micros(10)));
         assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));

@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod deps;
 pub mod inproc;
+pub mod internal;
 pub mod metrics;
 pub mod rng;
 pub mod server;

@@ -105,9 +105,14 @@ pub async fn serve(
         Some(r) => router().merge(r),
         None => router(),
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    // Peer addresses for routes that tell loopback from the network (the
+    // dashboard).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 #[cfg(test)]

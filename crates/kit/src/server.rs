@@ -67,6 +67,7 @@ pub struct GrpcServer {
     listener: TcpListener,
     addr: SocketAddr,
     health: HealthReporter,
+    policy: Policy,
 }
 
 /// A running server.
@@ -99,7 +100,14 @@ impl GrpcServer {
             listener,
             addr,
             health,
+            policy: Policy::default(),
         })
+    }
+
+    /// Serves under `policy` instead of the defaults.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The bound address.
@@ -140,7 +148,9 @@ impl GrpcServer {
         let routes = self.full_routes(routes, grpc_names).await?;
         self.register_in_process(&routes);
         let (addr, health) = (self.addr, self.health.clone());
-        let builder = adjust(base_builder()).map_err(|e| settings_error(addr, e))?;
+        let builder =
+            adjust(base_builder(&self.policy.limits)).map_err(|e| settings_error(addr, e))?;
+        let check = self.check_layer();
         let run = Worker {
             service: self.service,
             addr,
@@ -148,6 +158,8 @@ impl GrpcServer {
             names: grpc_names.to_vec(),
             shutdown,
             grace,
+            connections: Connections::new(self.service, self.policy.limits),
+            check,
         }
         .run(self.listener, builder, routes);
         let task = tokio::spawn(run);
@@ -179,11 +191,14 @@ impl GrpcServer {
             addr,
             reason: format!("sharing the listening socket: {e}"),
         };
+        let check = self.check_layer();
         let listener = self.listener.into_std().map_err(io)?;
+        let connections = Connections::new(service, self.policy.limits);
         let mut done = Vec::new();
         for index in 0..workers.max(1) {
             let listener = listener.try_clone().map_err(io)?;
-            let builder = adjust(base_builder()).map_err(|e| settings_error(addr, e))?;
+            let builder =
+                adjust(base_builder(&self.policy.limits)).map_err(|e| settings_error(addr, e))?;
             let worker = Worker {
                 service,
                 addr,
@@ -191,6 +206,8 @@ impl GrpcServer {
                 names: grpc_names.to_vec(),
                 shutdown: shutdown.clone(),
                 grace,
+                connections: connections.clone(),
+                check: check.clone(),
             };
             let routes = routes.clone();
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -238,11 +255,15 @@ impl GrpcServer {
         })
     }
 
+    fn check_layer(&self) -> crate::internal::CheckLayer {
+        crate::internal::CheckLayer::new(self.policy.internal.clone(), self.policy.exempt)
+    }
+
     /// Offers `routes` for in-process calls when enabled ([`crate::inproc`]).
     fn register_in_process(&self, routes: &Routes) {
         if crate::inproc::enabled() {
             use tower::Layer;
-            let local = RpcLayer::new(self.service).layer(routes.clone());
+            let local = RpcLayer::new(self.service).layer(self.check_layer().layer(routes.clone()));
             crate::inproc::register(self.addr, tower::util::BoxCloneSyncService::new(local));
         }
     }
@@ -264,12 +285,22 @@ impl GrpcServer {
             }
             b
         };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| ServerError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let (reflection_v1, reflection_v1alpha) = if self.policy.reflection {
+            (
+                Some(
+                    reflection()
+                        .build_v1()
+                        .map_err(|e| ServerError::Reflection(e.to_string()))?,
+                ),
+                Some(
+                    reflection()
+                        .build_v1alpha()
+                        .map_err(|e| ServerError::Reflection(e.to_string()))?,
+                ),
+            )
+        } else {
+            (None, None)
+        };
         for name in grpc_names {
             self.health
                 .set_service_status(*name, ServingStatus::Serving)
@@ -278,12 +309,13 @@ impl GrpcServer {
         self.health
             .set_service_status("", ServingStatus::Serving)
             .await;
-        Ok(routes
-            .add_service(tonic_health::pb::health_server::HealthServer::new(
-                tonic_health::server::HealthService::from_health_reporter(self.health.clone()),
-            ))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha))
+        let mut routes = routes.add_service(tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(self.health.clone()),
+        ));
+        if let (Some(v1), Some(v1alpha)) = (reflection_v1, reflection_v1alpha) {
+            routes = routes.add_service(v1).add_service(v1alpha);
+        }
+        Ok(routes)
     }
 }
 
@@ -304,13 +336,51 @@ fn settings_error(addr: SocketAddr, e: tonic::transport::Error) -> ServerError {
     }
 }
 
-fn base_builder() -> tonic::transport::Server {
+fn base_builder(limits: &ConnLimits) -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams)
+        .http2_max_header_list_size(limits.max_header_bytes)
+        .http2_max_pending_accept_reset_streams(Some(64))
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_stream_window_size(Some(crate::client::STREAM_WINDOW))
         .initial_connection_window_size(Some(crate::client::CONNECTION_WINDOW))
+}
+
+/// The open-connection bound shared by a server's workers.
+#[derive(Clone)]
+struct Connections {
+    service: &'static str,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    limits: ConnLimits,
+}
+
+impl Connections {
+    fn new(service: &'static str, limits: ConnLimits) -> Self {
+        Self {
+            service,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            limits,
+        }
+    }
+
+    /// A permit for one more connection, or `None` at the bound.
+    fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                metrics::counter!("discovery_connections_refused_total", "service" => self.service)
+                    .increment(1);
+                tracing::warn!(
+                    service = self.service,
+                    max = self.limits.max_connections,
+                    "connection refused: at DISCOVERY_MAX_CONNECTIONS"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// One accept loop and its shutdown.
@@ -321,6 +391,8 @@ struct Worker {
     names: Vec<&'static str>,
     shutdown: CancellationToken,
     grace: Duration,
+    connections: Connections,
+    check: crate::internal::CheckLayer,
 }
 
 impl Worker {
@@ -337,6 +409,8 @@ impl Worker {
             names,
             shutdown,
             grace,
+            connections,
+            check,
         } = self;
         // The builder's tcp_nodelay applies only to listeners tonic binds
         // itself; ours are bound up front (to report the port), so each
@@ -349,15 +423,19 @@ impl Worker {
         let sever = CancellationToken::new();
         let incoming = {
             let sever = sever.clone();
-            tokio_stream::StreamExt::map(
+            // Over the connection bound, a new connection is closed at
+            // once (dropped here): those already open keep their service.
+            tokio_stream::StreamExt::filter_map(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
-                move |conn| {
-                    conn.map(|s| {
+                move |conn| match conn {
+                    Err(e) => Some(Err(e)),
+                    Ok(s) => {
+                        let permit = connections.admit()?;
                         if let Err(e) = s.set_nodelay(true) {
                             tracing::debug!(error = %e, "TCP_NODELAY not set");
                         }
-                        Severable::new(s, &sever)
-                    })
+                        Some(Ok(Severable::new(s, &sever, permit)))
+                    }
                 },
             )
         };
@@ -381,6 +459,7 @@ impl Worker {
         };
         let server = builder
             .layer(RpcLayer::new(service))
+            .layer(check)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);
@@ -401,16 +480,19 @@ impl Worker {
 
 /// A connection that fails every read and write once its token fires, waking
 /// a connection task parked on a read.
+/// It also holds the connection's place under the connection bound.
 struct Severable<IO> {
     io: IO,
     severed: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl<IO> Severable<IO> {
-    fn new(io: IO, token: &CancellationToken) -> Self {
+    fn new(io: IO, token: &CancellationToken, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
         Self {
             io,
             severed: Box::pin(token.clone().cancelled_owned()),
+            _permit: permit,
         }
     }
 
@@ -556,8 +638,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        let path = req.uri().path().to_string();
-        let (rpc_service, rpc_method) = split_path(&path);
+        let path = method_label(req.uri().path());
+        let (rpc_service, rpc_method) = split_path(path);
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %path.trim_start_matches('/'),
@@ -586,7 +668,7 @@ where
                 let mut result = fut.await;
                 let elapsed = started.elapsed().as_secs_f64();
                 if let Ok(resp) = &mut result {
-                    undecodable_is_invalid_argument(resp.headers_mut(), &path);
+                    undecodable_is_invalid_argument(resp.headers_mut(), path);
                     cap_message(resp.headers_mut());
                 }
                 let code = match &result {
@@ -598,6 +680,17 @@ where
                         .unwrap_or(0),
                     Err(_) => 2,
                 };
+                if code == 4
+                    && let Ok(resp) = &result
+                    && resp.extensions().get::<CallerDeadline>().is_some()
+                {
+                    metrics::counter!(
+                        "discovery_rpc_server_caller_deadline_total",
+                        "service" => service,
+                        "method" => path,
+                    )
+                    .increment(1);
+                }
                 let span = tracing::Span::current();
                 span.record("rpc.grpc.status_code", code);
                 if code != 0 {
@@ -606,7 +699,7 @@ where
                 metrics::counter!(
                     "discovery_rpc_server_requests_total",
                     "service" => service,
-                    "method" => path.clone(),
+                    "method" => path,
                     "code" => code_name(code),
                 )
                 .increment(1);
@@ -621,6 +714,46 @@ where
             .instrument(span),
         )
     }
+}
+
+/// Put in a response's extensions by a handler that answers
+/// DEADLINE_EXCEEDED because the caller's own deadline ran out (not a
+/// deadline of the server's): [`RpcLayer`] counts it in
+/// `discovery_rpc_server_caller_deadline_total`, which monitoring takes off
+/// the server faults, so a caller with tiny deadlines cannot fire SLA
+/// alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallerDeadline;
+
+/// Paths the kit serves beside the contracts' own.
+const KIT_PATHS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The label for an unknown path.
+pub const UNMATCHED: &str = "unmatched";
+
+/// The metric label and span name of a request path: the path itself when
+/// it is one of the contracts' methods or the kit's (a closed set), else
+/// [`UNMATCHED`]. A caller choosing paths must not choose series: every
+/// label value comes from this set, never from the request.
+pub fn method_label(path: &str) -> &'static str {
+    static KNOWN: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    KNOWN
+        .get_or_init(|| {
+            discovery_proto::METHOD_PATHS
+                .iter()
+                .chain(KIT_PATHS.iter())
+                .copied()
+                .collect()
+        })
+        .get(path)
+        .copied()
+        .unwrap_or(UNMATCHED)
 }
 
 /// tonic answers a request body it cannot decode (not protobuf, invalid
@@ -753,6 +886,74 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// How often dependencies are probed ([`crate::deps`]); zero: never.
     pub dependency_checks: Duration,
+    /// What one peer may hold of this server.
+    pub limits: ConnLimits,
+    /// Internal-call authentication (`DISCOVERY_INTERNAL_SECRET`); `None`:
+    /// internal calls are open.
+    pub internal: Option<crate::internal::InternalAuth>,
+    /// What passes without an internal token.
+    pub exempt: crate::internal::Exempt,
+    /// gRPC reflection (`DISCOVERY_REFLECTION`; off on internal ports by
+    /// default, on at the gateway).
+    pub reflection: bool,
+}
+
+/// Bounds on what callers may hold of a server, so that a slow or hostile
+/// peer (slow-loris: many connections, many streams, a byte a second)
+/// cannot take what others need. Read from `DISCOVERY_MAX_CONNECTIONS`,
+/// `DISCOVERY_MAX_STREAMS` and `DISCOVERY_HANDSHAKE_TIMEOUT`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnLimits {
+    /// Open connections at once (all workers together); a connection over
+    /// it is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection (SETTINGS, enforced by the
+    /// peer's stack and refused with REFUSED_STREAM by ours).
+    pub max_streams: u32,
+    /// Largest header block, bytes.
+    pub max_header_bytes: u32,
+    /// TLS handshakes and idle connections that never send a request are
+    /// cut after this long.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_streams: 256,
+            max_header_bytes: 16 << 10,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnLimits {
+    /// Reads the limit variables.
+    pub fn from_env(env: &crate::config::Env) -> Result<Self, crate::config::ConfigError> {
+        let d = Self::default();
+        let limits = Self {
+            max_connections: env.parse(
+                "DISCOVERY_MAX_CONNECTIONS",
+                d.max_connections,
+                "a number of connections",
+            )?,
+            max_streams: env.parse(
+                "DISCOVERY_MAX_STREAMS",
+                d.max_streams,
+                "a number of streams",
+            )?,
+            max_header_bytes: d.max_header_bytes,
+            handshake_timeout: env.duration("DISCOVERY_HANDSHAKE_TIMEOUT", d.handshake_timeout)?,
+        };
+        if limits.max_connections == 0 || limits.max_streams == 0 {
+            return Err(crate::config::ConfigError::new(
+                "DISCOVERY_MAX_CONNECTIONS",
+                "DISCOVERY_MAX_CONNECTIONS and DISCOVERY_MAX_STREAMS must be above zero",
+            ));
+        }
+        Ok(limits)
+    }
 }
 
 impl ServeConfig {
@@ -771,6 +972,10 @@ impl ServeConfig {
             grace: env.duration("DISCOVERY_SHUTDOWN_GRACE", Duration::from_secs(10))?,
             dependency_checks: env
                 .duration("DISCOVERY_DEPENDENCY_CHECKS", Duration::from_secs(2))?,
+            limits: ConnLimits::from_env(env)?,
+            internal: crate::internal::InternalAuth::from_env(env)?,
+            exempt: crate::internal::Exempt::HealthOnly,
+            reflection: env.bool("DISCOVERY_REFLECTION", false)?,
         })
     }
 
@@ -782,6 +987,44 @@ impl ServeConfig {
             metrics: None,
             grace: Duration::from_secs(2),
             dependency_checks: Duration::from_secs(2),
+            limits: ConnLimits::default(),
+            internal: None,
+            exempt: crate::internal::Exempt::HealthOnly,
+            reflection: true,
+        }
+    }
+
+    /// The policy its server applies.
+    fn policy(&self) -> Policy {
+        Policy {
+            limits: self.limits,
+            internal: self.internal.clone(),
+            exempt: self.exempt,
+            reflection: self.reflection,
+        }
+    }
+}
+
+/// How a server treats its callers (from [`ServeConfig`]).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Connection bounds.
+    pub limits: ConnLimits,
+    /// Internal-call authentication.
+    pub internal: Option<crate::internal::InternalAuth>,
+    /// What passes without an internal token.
+    pub exempt: crate::internal::Exempt,
+    /// gRPC reflection served.
+    pub reflection: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            limits: ConnLimits::default(),
+            internal: None,
+            exempt: crate::internal::Exempt::HealthOnly,
+            reflection: true,
         }
     }
 }
@@ -872,7 +1115,15 @@ impl ServiceHandle {
         F: FnOnce(GrpcServer, CancellationToken) -> Fut,
         Fut: Future<Output = Result<Running, ServerError>>,
     {
-        let server = GrpcServer::bind(name, config.grpc_var, config.grpc).await?;
+        if config.internal.is_none() {
+            tracing::warn!(
+                service = name,
+                "DISCOVERY_INTERNAL_SECRET is not set: this service's port accepts calls from anyone who can reach it"
+            );
+        }
+        let server = GrpcServer::bind(name, config.grpc_var, config.grpc)
+            .await?
+            .with_policy(config.policy());
         let metrics = Self::metrics_task(config, extra_http, &shutdown).await?;
         let running = serve(server, shutdown).await?;
         Ok(Self::finish(name, running, metrics))
@@ -1018,6 +1269,22 @@ mod tests {
     use super::*;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
+
+    #[test]
+    fn metric_labels_come_from_a_closed_set() {
+        assert_eq!(
+            method_label("/discovery.v1.Catalog/GetProduct"),
+            "/discovery.v1.Catalog/GetProduct"
+        );
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        assert_eq!(method_label("/discovery.v1.Catalog/Nope"), UNMATCHED);
+        assert_eq!(method_label("/x/../../etc/passwd"), UNMATCHED);
+        assert_eq!(method_label(""), UNMATCHED);
+        assert!(discovery_proto::METHOD_PATHS.len() > 20);
+    }
 
     /// A stream still open when the grace period ends is cut, not left
     /// running on a server that has returned.

@@ -240,7 +240,30 @@ impl Target {
         body: Bytes,
         keep: bool,
     ) -> Result<Answer, CallError> {
-        match tokio::time::timeout(self.timeout, self.call_inner(path, body, keep)).await {
+        match tokio::time::timeout(self.timeout, self.call_inner(path, body, keep, &[])).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Transport(TIMEOUT.into())),
+        }
+    }
+
+    /// Like [`Target::call`], to any path and with extra request headers
+    /// (tests that play a hostile caller: odd paths, deadlines, identity
+    /// headers).
+    pub async fn call_with(
+        &self,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, CallError> {
+        let mut extra = Vec::with_capacity(headers.len());
+        for (k, v) in headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| CallError::Transport(format!("header {k:?}: {e}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| CallError::Transport(format!("header {k:?}: {e}")))?;
+            extra.push((name, value));
+        }
+        match tokio::time::timeout(self.timeout, self.call_inner(path, body, true, &extra)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Transport(TIMEOUT.into())),
         }
@@ -248,9 +271,10 @@ impl Target {
 
     async fn call_inner(
         &self,
-        path: &'static str,
+        path: &str,
         body: Bytes,
         keep: bool,
+        extra: &[(http::HeaderName, HeaderValue)],
     ) -> Result<Answer, CallError> {
         let conn = &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
         let mut send = conn.sender().await.map_err(CallError::Transport)?;
@@ -267,6 +291,9 @@ impl Target {
             .map_err(|e| CallError::Transport(e.to_string()))?;
         if let Some(k) = &self.api_key {
             req.headers_mut().insert("x-api-key", k.clone());
+        }
+        for (k, v) in extra {
+            req.headers_mut().insert(k.clone(), v.clone());
         }
         send.ready()
             .await

@@ -50,13 +50,13 @@ impl Source {
     /// Reads the source's series.
     pub async fn read(&self) -> Result<Vec<(Key, f64)>, String> {
         match self {
-            Source::Local => Ok(parse(&discovery_kit::metrics::render())),
+            Source::Local => Ok(bounded(parse(&discovery_kit::metrics::render()), &"local")),
             Source::Http { authority, path } => {
                 let text = tokio::time::timeout(Duration::from_secs(5), get(authority, path))
                     .await
                     .map_err(|_| format!("http://{authority}{path}: no answer within 5 s"))??;
                 // Process series say nothing of their service: name the source.
-                Ok(parse(&text)
+                Ok(bounded(parse(&text), authority)
                     .into_iter()
                     .map(|(k, v)| {
                         if k.0.starts_with("process_") {
@@ -71,6 +71,22 @@ impl Source {
             }
         }
     }
+}
+
+/// Largest `/metrics` page read from one endpoint.
+const MAX_SCRAPE_BYTES: usize = 16 << 20;
+
+/// Most series kept from one source per scrape; the rest are dropped with
+/// a warning (the services' labels come from closed sets, so a page with
+/// more is a bug or an attack, not data).
+pub const MAX_SERIES_PER_SOURCE: usize = 50_000;
+
+fn bounded(mut series: Vec<(Key, f64)>, source: &dyn std::fmt::Display) -> Vec<(Key, f64)> {
+    if series.len() > MAX_SERIES_PER_SOURCE {
+        tracing::warn!(%source, series = series.len(), kept = MAX_SERIES_PER_SOURCE, "too many series; the rest are dropped");
+        series.truncate(MAX_SERIES_PER_SOURCE);
+    }
+    series
 }
 
 async fn get(authority: &str, path: &str) -> Result<String, String> {
@@ -90,11 +106,16 @@ async fn get(authority: &str, path: &str) -> Result<String, String> {
     if !resp.status().is_success() {
         return Err(err(&format!("HTTP {}", resp.status())));
     }
-    let body = resp
-        .into_body()
+    // A scrape is bounded: a misbehaving or compromised endpoint cannot
+    // make monitoring buffer without limit.
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_SCRAPE_BYTES)
         .collect()
         .await
-        .map_err(|e| err(&e))?
+        .map_err(|e| {
+            err(&format!(
+                "{e} (a scrape is read up to {MAX_SCRAPE_BYTES} bytes)"
+            ))
+        })?
         .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|e| err(&e))
 }

@@ -27,17 +27,114 @@ pub struct Dashboard {
     pub history: Arc<Mutex<History>>,
     /// Alerts.
     pub hub: Hub,
+    /// Who may look: callers from loopback always (`discovery up`,
+    /// `kubectl port-forward`); anyone else only with this token
+    /// (`DISCOVERY_DASHBOARD_TOKEN[_FILE]`) as a Bearer token or as the
+    /// password of HTTP Basic auth (the browser asks). Without a token the
+    /// dashboard answers only loopback.
+    pub token: Option<Arc<str>>,
+}
+
+/// May the caller of `req` see the dashboard?
+fn allowed(req: &axum::extract::Request, token: Option<&str>) -> bool {
+    use axum::extract::ConnectInfo;
+    let loopback = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback());
+    if loopback {
+        return true;
+    }
+    let Some(token) = token else {
+        return false;
+    };
+    let Some(auth) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let presented = if let Some(b) = auth.strip_prefix("Bearer ") {
+        Some(b.trim().to_string())
+    } else if let Some(b) = auth.strip_prefix("Basic ") {
+        basic_password(b.trim())
+    } else {
+        None
+    };
+    presented.is_some_and(|p| {
+        p.len() == token.len()
+            && p.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+/// The password of an HTTP Basic credential (`base64(user:password)`).
+fn basic_password(b64: &str) -> Option<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if b64.len() > 1024 {
+        return None;
+    }
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in b64.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c)? as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    text.split_once(':').map(|(_, p)| p.to_string())
+}
+
+fn refused() -> axum::response::Response {
+    (
+        http::StatusCode::UNAUTHORIZED,
+        [(
+            http::header::WWW_AUTHENTICATE,
+            "Basic realm=\"discovery dashboard\", charset=\"UTF-8\"",
+        )],
+        "the dashboard needs the token (DISCOVERY_DASHBOARD_TOKEN) as a Bearer token or Basic auth password, or a loopback connection (kubectl port-forward)\n",
+    )
+        .into_response()
 }
 
 /// `/dashboard` and `/api/overview`.
 pub fn router(d: Dashboard) -> axum::Router {
+    let token = d.token.clone();
     axum::Router::new()
-        .route("/dashboard", axum::routing::get(|| async { Html(PAGE) }))
+        .route(
+            "/dashboard",
+            axum::routing::get(move |req: axum::extract::Request| {
+                let ok = allowed(&req, token.as_deref());
+                async move {
+                    if ok {
+                        Html(PAGE).into_response()
+                    } else {
+                        refused()
+                    }
+                }
+            }),
+        )
         .route(
             "/api/overview",
-            axum::routing::get(move || {
+            axum::routing::get(move |req: axum::extract::Request| {
                 let d = d.clone();
-                async move { axum::Json(overview(&d)).into_response() }
+                let ok = allowed(&req, d.token.as_deref());
+                async move {
+                    if ok {
+                        axum::Json(overview(&d)).into_response()
+                    } else {
+                        refused()
+                    }
+                }
             }),
         )
 }
@@ -110,4 +207,44 @@ pub fn overview(d: &Dashboard) -> Value {
         "targets": targets,
         "alerts": alerts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(peer: &str, auth: Option<&str>) -> axum::extract::Request {
+        let mut r = http::Request::get("/dashboard");
+        if let Some(a) = auth {
+            r = r.header(http::header::AUTHORIZATION, a);
+        }
+        let mut r = r.body(axum::body::Body::empty()).unwrap();
+        r.extensions_mut()
+            .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(
+                peer.parse().unwrap(),
+            ));
+        r
+    }
+
+    #[test]
+    fn the_dashboard_answers_loopback_or_the_token_only() {
+        let t = Some("s3cret-token");
+        assert!(allowed(&request("127.0.0.1:5000", None), None));
+        assert!(
+            !allowed(&request("10.1.2.3:5000", None), None),
+            "no token: loopback only"
+        );
+        assert!(!allowed(&request("10.1.2.3:5000", None), t));
+        assert!(allowed(
+            &request("10.1.2.3:5000", Some("Bearer s3cret-token")),
+            t
+        ));
+        assert!(!allowed(&request("10.1.2.3:5000", Some("Bearer wrong")), t));
+        // "ops:s3cret-token" in base64.
+        assert!(allowed(
+            &request("10.1.2.3:5000", Some("Basic b3BzOnMzY3JldC10b2tlbg==")),
+            t
+        ));
+        assert!(!allowed(&request("10.1.2.3:5000", Some("Basic !!!")), t));
+    }
 }

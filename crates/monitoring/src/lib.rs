@@ -67,6 +67,9 @@ pub struct Config {
     pub scrape_interval: Duration,
     /// Where alerts are posted.
     pub webhook: Option<notify::Webhook>,
+    /// Token for the dashboard from beyond loopback
+    /// (`DISCOVERY_DASHBOARD_TOKEN[_FILE]`).
+    pub dashboard_token: Option<String>,
 }
 
 impl Config {
@@ -140,6 +143,8 @@ impl Config {
             sources,
             scrape_interval,
             webhook,
+            dashboard_token: discovery_kit::cache::secret(env, "DISCOVERY_DASHBOARD_TOKEN")?
+                .filter(|t| !t.is_empty()),
         })
     }
 }
@@ -565,7 +570,14 @@ pub async fn spawn_with_dashboard(
     let recommendation = targets
         .iter()
         .find(|(t, _)| t.service == "recommendation")
-        .map(|(t, _)| discovery_kit::client::connect_lazy("DISCOVERY_RECOMMENDATION_URLS", &t.url))
+        .map(|(t, _)| {
+            discovery_kit::client::connect_as(
+                "DISCOVERY_RECOMMENDATION_URLS",
+                &t.url,
+                config.serve.internal.as_ref(),
+                "monitoring",
+            )
+        })
         .transpose()?
         .map(CacheAdminClient::new);
     let hub = Hub::new(store.clone(), config.webhook.clone(), recommendation);
@@ -578,6 +590,7 @@ pub async fn spawn_with_dashboard(
     let board = dashboard::router(dashboard::Dashboard {
         history: history.clone(),
         hub: hub.clone(),
+        token: config.dashboard_token.as_deref().map(Arc::from),
     });
     let mut handle = ServiceHandle::start(
         "monitoring",

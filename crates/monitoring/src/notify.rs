@@ -5,6 +5,10 @@
 //! receiver gets the fields too. A delivery is retried on transport errors,
 //! 429 and 5xx with doubling waits (1 s, 2 s, 4 s, 8 s: five attempts);
 //! other 4xx mean the request is wrong and are not retried.
+//!
+//! A webhook URL is a secret (Slack's carries its token in the path): it
+//! never appears in logs, errors or `Debug`; only scheme and host do
+//! ([`redact`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +26,23 @@ pub struct Webhook {
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhook")
-            .field("uri", &self.uri)
+            .field("uri", &redact_uri(&self.uri))
             .field("tls", &self.tls.is_some())
             .finish()
     }
+}
+
+/// What may be shown of a webhook URL: scheme and host, never the user
+/// info, path or query (where tokens live).
+pub fn redact_uri(uri: &http::Uri) -> String {
+    let host = uri.host().unwrap_or("");
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let rest = if uri.path().len() > 1 || uri.query().is_some() {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{}://{host}{port}{rest}", uri.scheme_str().unwrap_or("?"))
 }
 
 /// Delivery failed for good.
@@ -41,9 +58,9 @@ impl Webhook {
     pub fn new(url: &str) -> Result<Self, String> {
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+            .map_err(|e| format!("the value is not a URL ({e}); give http(s)://host/path"))?;
         if uri.host().is_none() {
-            return Err(format!("{url:?} has no host"));
+            return Err("the URL has no host".into());
         }
         let tls = match uri.scheme_str() {
             Some("http") => None,
@@ -60,7 +77,9 @@ impl Webhook {
                 .with_no_client_auth();
                 Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
             }
-            _ => return Err(format!("{url:?}: use http:// or https://")),
+            _ => {
+                return Err(format!("{}: use http:// or https://", redact_uri(&uri)));
+            }
         };
         Ok(Self { uri, tls })
     }
@@ -96,12 +115,7 @@ impl Webhook {
 
     fn error(&self, e: impl std::fmt::Display) -> DeliveryError {
         DeliveryError {
-            url: format!(
-                "{}://{}{}",
-                self.uri.scheme_str().unwrap_or("http"),
-                self.uri.authority().map(|a| a.as_str()).unwrap_or(""),
-                self.uri.path()
-            ),
+            url: redact_uri(&self.uri),
             reason: e.to_string(),
         }
     }
@@ -199,4 +213,31 @@ pub fn payload(alert: &pb::Alert) -> serde_json::Value {
             "resolved_at_unix_ms": alert.resolved_at_unix_ms,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_url_is_never_shown_whole() {
+        let secret = "https://user:pw@hooks.example.com:8443/services/T000/B000/s3cr3t?token=x";
+        let w = Webhook::new(secret).unwrap();
+        let shown = [
+            format!("{w:?}"),
+            w.error("HTTP 500").to_string(),
+            Webhook::new("ftp://hooks.example.com/s3cr3t").unwrap_err(),
+            Webhook::new("https://hooks.example.com/s3cr3t with space").unwrap_err(),
+        ];
+        for s in &shown {
+            assert!(
+                !s.contains("s3cr3t") && !s.contains("pw"),
+                "leaked in {s:?}"
+            );
+        }
+        assert_eq!(
+            w.error("HTTP 500").to_string(),
+            "webhook https://hooks.example.com:8443/…: HTTP 500"
+        );
+    }
 }

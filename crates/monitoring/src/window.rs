@@ -21,12 +21,15 @@ const KEPT: &[&str] = &[
     "discovery_rpc_server_duration_seconds_bucket",
     "discovery_cache_requests_total",
     "discovery_gateway_shed_total",
+    "discovery_rpc_server_caller_deadline_total",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_memory_limit_bytes",
 ];
 
-/// gRPC codes counted as server faults (the SLA's error rate). Calls the
+/// gRPC codes counted as server faults (the SLA's error rate).
+/// UNIMPLEMENTED is the caller's (a path nobody serves: anyone could fire
+/// SLA alerts and webhooks by calling made-up methods). Calls the
 /// gateway shed at its in-flight bound answer RESOURCE_EXHAUSTED (like a
 /// caller over its rate limit, which is not a fault) and are counted as
 /// faults from `discovery_gateway_shed_total` instead.
@@ -36,7 +39,6 @@ pub const SERVER_FAULTS: &[&str] = &[
     "UNAVAILABLE",
     "DEADLINE_EXCEEDED",
     "DATA_LOSS",
-    "UNIMPLEMENTED",
 ];
 
 /// One series: metric name and sorted labels.
@@ -240,6 +242,9 @@ pub struct MethodFigures {
     pub count: u64,
     /// Server faults.
     pub errors: u64,
+    /// DEADLINE_EXCEEDED answers the caller's own deadline caused (taken
+    /// off `errors`).
+    pub caller_deadlines: u64,
     /// Latency percentiles, milliseconds.
     pub p50_ms: f64,
     /// 95th.
@@ -269,6 +274,9 @@ pub fn methods(inc: &HashMap<Key, f64>) -> BTreeMap<(String, String), MethodFigu
                     f.errors += v.round() as u64;
                 }
             }
+            "discovery_rpc_server_caller_deadline_total" => {
+                out.entry(id).or_default().caller_deadlines += v.round() as u64;
+            }
             "discovery_gateway_shed_total" => {
                 let id = (
                     "gateway".to_string(),
@@ -293,6 +301,9 @@ pub fn methods(inc: &HashMap<Key, f64>) -> BTreeMap<(String, String), MethodFigu
         f.p50_ms = quantile(0.50, &b) * 1000.0;
         f.p95_ms = quantile(0.95, &b) * 1000.0;
         f.p99_ms = quantile(0.99, &b) * 1000.0;
+    }
+    for f in out.values_mut() {
+        f.errors = f.errors.saturating_sub(f.caller_deadlines);
     }
     out.retain(|_, f| f.count > 0);
     out

@@ -15,6 +15,11 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/discovery_descriptor.bin"));
 
+/// Every `/package.Service/Method` path the contracts define (all
+/// services), generated from the `.proto` files: the closed set metric
+/// labels and span names are drawn from.
+pub const METHOD_PATHS: &[&str] = include!(concat!(env!("OUT_DIR"), "/method_paths.rs"));
+
 /// Largest request any discovery server accepts: a 15 MiB photo (the
 /// AnalyzeFace limit) plus its envelope. Servers that carry photos set this
 /// as their decoding limit (tonic's default is 4 MiB).

@@ -28,6 +28,7 @@ use crate::catalog::{FACE_SHAPES, Frame, fnv1a};
 use crate::rank::{self, RankError};
 use crate::search::{self, SearchError};
 use crate::snapshot::{Catalog, Change, Snapshot};
+use discovery_kit::internal::require_caller;
 
 /// Collection of recorded interactions.
 pub const INTERACTIONS: &str = "interactions";
@@ -44,7 +45,14 @@ pub struct Service {
     pub(crate) snapshot: Snapshot,
     pub(crate) store: Store,
     pub(crate) cache: Arc<Cache>,
+    /// Internal calls are authenticated: privileged methods check who
+    /// called ([`discovery_kit::internal::require_caller`]).
+    pub(crate) internal_auth: bool,
 }
+
+/// Who may call the cache administration methods: the gateway (for keys
+/// with the admin scope) and monitoring (warming on a low hit rate).
+const CACHE_ADMINS: &[&str] = &["gateway", "monitoring"];
 
 impl From<RankError> for Status {
     fn from(e: RankError) -> Self {
@@ -233,6 +241,7 @@ impl Service {
             snapshot,
             store,
             cache,
+            internal_auth: false,
         }
     }
 
@@ -356,7 +365,9 @@ impl Recommendation for Service {
         &self,
         req: Request<pb::RecommendRequest>,
     ) -> Result<Response<Reply>, Status> {
-        let req = req.into_inner();
+        let who = Identity::of(&req);
+        let mut req = req.into_inner();
+        who.apply(&mut req.requester);
         let started = Instant::now();
         let catalog = self.snapshot.load();
         let q = rank::Query::compile(&catalog, &req)?;
@@ -380,7 +391,9 @@ impl Recommendation for Service {
         &self,
         req: Request<pb::RecordInteractionRequest>,
     ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
-        let req = req.into_inner();
+        let who = Identity::of(&req);
+        let mut req = req.into_inner();
+        who.apply(&mut req.requester);
         let kind = pb::InteractionKind::try_from(req.kind)
             .ok()
             .filter(|k| *k != pb::InteractionKind::Unspecified)
@@ -436,9 +449,10 @@ impl Recommendation for Service {
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let who = Identity::of(&req);
         let id = req.into_inner().session_id;
         check_session_id(&id)?;
-        let session = self.read_session(&id).await?.ok_or_else(|| {
+        let session = self.read_session(&who, &id).await?.ok_or_else(|| {
             Status::not_found(format!(
                 "session_id: session {id:?} has expired (30 minutes without activity) or never existed"
             ))
@@ -452,13 +466,21 @@ impl Recommendation for Service {
         &self,
         req: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
-        let update = req
+        let who = Identity::of(&req);
+        let mut update = req
             .into_inner()
             .session
             .ok_or_else(|| Status::invalid_argument("session: required"))?;
         check_session_id(&update.session_id)?;
+        check_session_update(&update)?;
+        if let Some(user) = &who.user {
+            // Whose session it is comes from the gateway, not the body.
+            update.user_id = user.clone();
+        } else if who.client.is_some() {
+            update.user_id.clear();
+        }
         let mut s = self
-            .read_session(&update.session_id)
+            .read_session(&who, &update.session_id)
             .await?
             .unwrap_or_else(|| pb::SessionContext {
                 session_id: update.session_id.clone(),
@@ -466,7 +488,7 @@ impl Recommendation for Service {
             });
         merge_session(&mut s, update)?;
         s.expires_at_unix_ms = discovery_kit::now_unix_ms() + kinds::SESSION.ttl.as_millis() as i64;
-        let key = format!("conversation:{}", s.session_id);
+        let key = who.session_key(&s.session_id);
         self.cache
             .set(&kinds::SESSION, &key, Bytes::from(s.encode_to_vec()), &[])
             .await;
@@ -493,9 +515,116 @@ impl Recommendation for Service {
     }
 }
 
+/// Who a call is for, as the gateway proved it: the API key's client and,
+/// for a key of the authenticated tier, the shopper the BFF names
+/// (`x-user-id`). Set only by the gateway (`x-discovery-client`,
+/// `x-discovery-user`); with internal authentication on, servers drop these
+/// headers from any call that is not from another service. A call with no
+/// client (a direct internal call) keeps what its body says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    /// The API key's client.
+    pub client: Option<String>,
+    /// The authenticated shopper.
+    pub user: Option<String>,
+}
+
+impl Identity {
+    /// Reads the identity headers of `req`.
+    pub fn of<T>(req: &Request<T>) -> Self {
+        let get = |k: &str| {
+            req.metadata()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 128)
+                .map(str::to_string)
+        };
+        Self {
+            client: get("x-discovery-client"),
+            user: get("x-discovery-user"),
+        }
+    }
+
+    /// Personalisation and interactions count for the proven user only: a
+    /// browser cannot act as another shopper by naming them in the body.
+    pub fn apply(&self, requester: &mut Option<pb::Requester>) {
+        if self.client.is_none() {
+            return;
+        }
+        let r = requester.get_or_insert_with(Default::default);
+        r.user_id = self.user.clone().unwrap_or_default();
+    }
+
+    /// The cache key of a session: the id under its owner (client and
+    /// user), so another client asking for the same id finds nothing.
+    pub fn session_key(&self, id: &str) -> String {
+        match &self.client {
+            None => format!("conversation:{id}"),
+            // Hex, not a hash: no two owners can ever share a key.
+            Some(c) => format!(
+                "conversation:{}.{}:{id}",
+                hex(c),
+                hex(self.user.as_deref().unwrap_or(""))
+            ),
+        }
+    }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bounds of a session update (beyond [`merge_session`]'s): every list and
+/// string is bounded so one caller cannot grow a session without end.
+fn check_session_update(u: &pb::SessionContext) -> Result<(), Status> {
+    if u.recently_viewed.len() > MAX_RECENT {
+        return Err(Status::invalid_argument(format!(
+            "recently_viewed: {} entries; send at most {MAX_RECENT} per update",
+            u.recently_viewed.len()
+        )));
+    }
+    for p in &u.recently_viewed {
+        check_product_id("recently_viewed", p)?;
+    }
+    if u.user_id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "user_id: at most 128 bytes".to_string(),
+        ));
+    }
+    if let Some(p) = &u.preferences {
+        for (field, list) in [
+            ("preferences.style_keywords", &p.style_keywords),
+            ("preferences.colors", &p.colors),
+            ("preferences.brands", &p.brands),
+        ] {
+            if list.len() > rank::MAX_LIST || list.iter().any(|v| v.len() > 64) {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: at most {} entries of at most 64 bytes",
+                    rank::MAX_LIST
+                )));
+            }
+        }
+        if p.shapes.len() > 16 {
+            return Err(Status::invalid_argument(
+                "preferences.shapes: at most 16 entries",
+            ));
+        }
+    }
+    if u.attributes.len() > MAX_ATTRIBUTES {
+        return Err(Status::invalid_argument(format!(
+            "attributes: at most {MAX_ATTRIBUTES} per update"
+        )));
+    }
+    Ok(())
+}
+
 impl Service {
-    async fn read_session(&self, id: &str) -> Result<Option<pb::SessionContext>, Status> {
-        let key = format!("conversation:{id}");
+    async fn read_session(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<Option<pb::SessionContext>, Status> {
+        let key = who.session_key(id);
         let Some(b) = self.cache.get(&kinds::SESSION, &key).await else {
             return Ok(None);
         };
@@ -724,8 +853,9 @@ const KEY_PREFIXES: [&str; 5] = [
 impl CacheAdmin for Service {
     async fn get_cache_status(
         &self,
-        _req: Request<pb::GetCacheStatusRequest>,
+        req: Request<pb::GetCacheStatusRequest>,
     ) -> Result<Response<pb::GetCacheStatusResponse>, Status> {
+        require_caller(&req, self.internal_auth, CACHE_ADMINS, "GetCacheStatus")?;
         let catalog = self.snapshot.load();
         self.cache.run_pending_tasks().await;
         let kinds_list = [
@@ -763,8 +893,9 @@ impl CacheAdmin for Service {
 
     async fn warm_cache(
         &self,
-        _req: Request<pb::WarmCacheRequest>,
+        req: Request<pb::WarmCacheRequest>,
     ) -> Result<Response<pb::WarmCacheResponse>, Status> {
+        require_caller(&req, self.internal_auth, CACHE_ADMINS, "WarmCache")?;
         let started = Instant::now();
         let n = self.warm().await;
         Ok(Response::new(pb::WarmCacheResponse {
@@ -777,6 +908,7 @@ impl CacheAdmin for Service {
         &self,
         req: Request<pb::InvalidateCacheRequest>,
     ) -> Result<Response<pb::InvalidateCacheResponse>, Status> {
+        require_caller(&req, self.internal_auth, CACHE_ADMINS, "InvalidateCache")?;
         let req = req.into_inner();
         if req.tags.is_empty() && req.key_pattern.is_empty() {
             return Err(Status::invalid_argument(
@@ -819,6 +951,9 @@ impl CacheAdmin for Service {
         &self,
         req: Request<pb::ApplyCatalogChangeRequest>,
     ) -> Result<Response<pb::ApplyCatalogChangeResponse>, Status> {
+        // Only sync writes the catalogue: anyone else on the pod network
+        // could pin a forged price with a huge version.
+        require_caller(&req, self.internal_auth, &["sync"], "ApplyCatalogChange")?;
         let req = req.into_inner();
         let changes = changes_from_proto(&req)?;
         let (applied, version, tags) = self.apply_local(changes);

@@ -217,9 +217,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     );
     let cache = Arc::new(Cache::new(&config.cache).await?);
     let svc = api::Service {
-        snapshot,
-        store,
-        cache,
+        internal_auth: config.serve.internal.is_some(),
+        ..api::Service::new(snapshot, store, cache)
     };
     let mut handle = ServiceHandle::start(
         "recommendation",

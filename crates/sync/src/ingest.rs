@@ -170,6 +170,7 @@ struct Batch {
 pub struct Jobs {
     live: Mutex<HashMap<String, Arc<Job>>>,
     retry_for: Duration,
+    max_future: Duration,
 }
 
 impl Default for Jobs {
@@ -181,6 +182,9 @@ impl Default for Jobs {
 /// How long a batch is retried while the database is unavailable.
 pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(300);
 
+/// How far in the future a record's `updated_at` may be (clock skew).
+pub const DEFAULT_MAX_FUTURE: Duration = Duration::from_secs(24 * 3600);
+
 impl Jobs {
     /// No jobs yet; batches retried for `retry_for` while the database is
     /// unavailable.
@@ -188,7 +192,14 @@ impl Jobs {
         Self {
             live: Mutex::default(),
             retry_for,
+            max_future: DEFAULT_MAX_FUTURE,
         }
+    }
+
+    /// Records dated more than `d` ahead are dead letters.
+    pub fn with_max_future(mut self, d: Duration) -> Self {
+        self.max_future = d;
+        self
     }
 
     /// A live job by id.
@@ -237,6 +248,7 @@ pub struct Intake {
     tx: mpsc::Sender<Batch>,
     line: Vec<u8>,
     dead_seq: u64,
+    max_future: Duration,
 }
 
 impl Jobs {
@@ -262,6 +274,7 @@ impl Jobs {
             tx,
             line: Vec::new(),
             dead_seq: 0,
+            max_future: self.max_future,
         })
     }
 }
@@ -355,6 +368,7 @@ impl Intake {
         self.job.received.fetch_add(1, Ordering::Relaxed);
         let checked = decoded.and_then(|f| {
             records::validate(&f)?;
+            records::check_not_future(&f, discovery_kit::now_unix_ms(), self.max_future)?;
             for v in &f.inventory.variants {
                 if self.skus.contains(&v.sku) {
                     return Err(format!(

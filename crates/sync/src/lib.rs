@@ -51,6 +51,8 @@ pub struct Config {
     pub follow: bool,
     /// How long a batch is retried while the database is unavailable.
     pub retry_for: std::time::Duration,
+    /// How far ahead of now a record's `updated_at` may be.
+    pub max_future: std::time::Duration,
 }
 
 impl Config {
@@ -63,6 +65,7 @@ impl Config {
                 .list("DISCOVERY_RECOMMENDATION_URLS", &["http://127.0.0.1:50053"]),
             follow: env.bool("DISCOVERY_SYNC_FOLLOW", true)?,
             retry_for: env.duration("DISCOVERY_SYNC_RETRY_FOR", ingest::DEFAULT_RETRY_FOR)?,
+            max_future: env.duration("DISCOVERY_SYNC_MAX_FUTURE", ingest::DEFAULT_MAX_FUTURE)?,
         })
     }
 }
@@ -88,6 +91,7 @@ impl Sync for Service {
         req: Request<Streaming<pb::IngestCatalogRequest>>,
     ) -> Result<Response<pb::IngestCatalogResponse>, Status> {
         use pb::ingest_catalog_request::Item;
+        let sources = Sources::of(&req);
         let mut stream = req.into_inner();
         let header = match stream.message().await? {
             Some(pb::IngestCatalogRequest {
@@ -100,6 +104,7 @@ impl Sync for Service {
             }
         };
         ingest::check_source(&header.source).map_err(Status::invalid_argument)?;
+        sources.check_write(&header.source)?;
         let id = ingest::job_id(&header);
         if !header.idempotency_key.is_empty()
             && let Some(existing) = self
@@ -158,9 +163,10 @@ impl Sync for Service {
         &self,
         req: Request<pb::GetSyncJobRequest>,
     ) -> Result<Response<pb::GetSyncJobResponse>, Status> {
+        let sources = Sources::of(&req);
         let id = req.into_inner().job_id;
         Ok(Response::new(pb::GetSyncJobResponse {
-            job: Some(self.job(&id).await?),
+            job: Some(self.job(&sources, &id).await?),
         }))
     }
 
@@ -170,8 +176,9 @@ impl Sync for Service {
         &self,
         req: Request<pb::WatchSyncJobRequest>,
     ) -> Result<Response<Self::WatchSyncJobStream>, Status> {
+        let sources = Sources::of(&req);
         let id = req.into_inner().job_id;
-        let first = self.job(&id).await?;
+        let first = self.job(&sources, &id).await?;
         let live = self.jobs.get(&id);
         let stream = futures::stream::unfold(
             (Some(first), live.map(|j| (j.subscribe(), j)), false),
@@ -201,6 +208,7 @@ impl Sync for Service {
         &self,
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let sources = Sources::of(&req);
         let req = req.into_inner();
         let page = req.page.unwrap_or_default();
         if page.page_size > 500 {
@@ -224,11 +232,12 @@ impl Sync for Service {
                     Status::invalid_argument("page.page_token: not a token returned by this API")
                 })?
         };
-        let filter = if req.job_id.is_empty() {
+        let mut filter = if req.job_id.is_empty() {
             doc! {}
         } else {
             doc! {"job_id": &req.job_id}
         };
+        sources.restrict(&mut filter);
         let total = self
             .store
             .count(SYNC_DEAD_LETTERS, filter.clone())
@@ -276,6 +285,7 @@ impl Sync for Service {
         &self,
         req: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        let sources = Sources::of(&req);
         let req = req.into_inner();
         if req.ids.is_empty() && req.job_id.is_empty() {
             return Err(Status::invalid_argument(
@@ -285,11 +295,12 @@ impl Sync for Service {
         if req.ids.len() > 10_000 {
             return Err(Status::invalid_argument("ids: at most 10,000 per call"));
         }
-        let filter = if req.ids.is_empty() {
+        let mut filter = if req.ids.is_empty() {
             doc! {"job_id": &req.job_id}
         } else {
             doc! {"_id": {"$in": &req.ids}}
         };
+        sources.restrict(&mut filter);
         let letters = self
             .store
             .find(
@@ -390,21 +401,95 @@ impl Sync for Service {
     }
 }
 
+/// The feed sources a call may touch. The gateway names them
+/// (`x-discovery-sources`, from the API key: a comma-separated list, or
+/// `*`) on every call it forwards (`x-discovery-client`); a call without a
+/// client is a direct internal one and may touch any. Jobs, dead letters
+/// and idempotency keys of other sources are invisible (NOT_FOUND, or not
+/// listed), and writing another source is PERMISSION_DENIED.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sources {
+    /// Every source.
+    Any,
+    /// Only these.
+    Only(Vec<String>),
+}
+
+impl Sources {
+    /// The sources of a call, from its metadata.
+    pub fn of<T>(req: &Request<T>) -> Self {
+        let md = req.metadata();
+        if md.get("x-discovery-client").is_none() {
+            return Sources::Any;
+        }
+        let list = md
+            .get("x-discovery-sources")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let list: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if list.iter().any(|s| s == "*") {
+            Sources::Any
+        } else {
+            Sources::Only(list)
+        }
+    }
+
+    /// May the call touch `source`?
+    pub fn allows(&self, source: &str) -> bool {
+        match self {
+            Sources::Any => true,
+            Sources::Only(l) => l.iter().any(|s| s == source),
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_write(&self, source: &str) -> Result<(), Status> {
+        match self {
+            _ if self.allows(source) => Ok(()),
+            Sources::Only(l) if l.is_empty() => Err(Status::permission_denied(format!(
+                "header.source: this API key may not write any source; create an ingest key with `discovery keys create --sources {source}`"
+            ))),
+            Sources::Only(l) => Err(Status::permission_denied(format!(
+                "header.source: this API key may write {}; {source:?} is not one of them",
+                l.join(", ")
+            ))),
+            Sources::Any => Ok(()),
+        }
+    }
+
+    fn restrict(&self, filter: &mut discovery_kit::store::bson::Document) {
+        if let Sources::Only(l) = self {
+            filter.insert("source", doc! {"$in": l});
+        }
+    }
+}
+
 impl Service {
-    async fn job(&self, id: &str) -> Result<pb::SyncJob, Status> {
+    async fn job(&self, sources: &Sources, id: &str) -> Result<pb::SyncJob, Status> {
         if id.is_empty() {
             return Err(Status::invalid_argument(
                 "job_id: give the id IngestCatalog returned",
             ));
         }
-        if let Some(j) = self.jobs.get(id) {
-            return Ok(j.to_proto());
+        let not_found = || Status::not_found(format!("job_id: no job {id:?}"));
+        let job = if let Some(j) = self.jobs.get(id) {
+            j.to_proto()
+        } else {
+            match self.store.get(SYNC_JOBS, id).await {
+                Ok(Some(d)) => ingest::job_from_document(&d),
+                Ok(None) => return Err(not_found()),
+                Err(e) => return Err(unavailable("reading jobs", e)),
+            }
+        };
+        if !sources.allows(&job.source) {
+            return Err(not_found());
         }
-        match self.store.get(SYNC_JOBS, id).await {
-            Ok(Some(d)) => Ok(ingest::job_from_document(&d)),
-            Ok(None) => Err(Status::not_found(format!("job_id: no job {id:?}"))),
-            Err(e) => Err(unavailable("reading jobs", e)),
-        }
+        Ok(job)
     }
 }
 
@@ -417,10 +502,17 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
         ),
         (
             SYNC_DEAD_LETTERS,
-            vec![IndexSpec::new(
-                "job_id_1_rejected_at_-1",
-                doc! {"job_id": 1, "rejected_at": -1},
-            )],
+            vec![
+                IndexSpec::new(
+                    "job_id_1_rejected_at_-1",
+                    doc! {"job_id": 1, "rejected_at": -1},
+                ),
+                // Listing for a key scoped to its sources.
+                IndexSpec::new(
+                    "source_1_rejected_at_-1",
+                    doc! {"source": 1, "rejected_at": -1},
+                ),
+            ],
         ),
     ]
 }
@@ -434,7 +526,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     let watchers = Arc::new(feed::Watchers::default());
     let routes = Routes::new(discovery_kit::compressed!(SyncServer::new(Service {
         store: store.clone(),
-        jobs: Arc::new(ingest::Jobs::new(config.retry_for)),
+        jobs: Arc::new(ingest::Jobs::new(config.retry_for).with_max_future(config.max_future)),
         watchers: watchers.clone(),
     })));
     let mut handle = ServiceHandle::start(
@@ -455,7 +547,12 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         let client = match config.recommendation_urls.first() {
             Some(url) => Some(
                 discovery_proto::v1::cache_admin_client::CacheAdminClient::new(
-                    discovery_kit::client::connect_lazy("DISCOVERY_RECOMMENDATION_URLS", url)?,
+                    discovery_kit::client::connect_as(
+                        "DISCOVERY_RECOMMENDATION_URLS",
+                        url,
+                        config.serve.internal.as_ref(),
+                        "sync",
+                    )?,
                 ),
             ),
             None => None,

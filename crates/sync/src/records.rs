@@ -129,6 +129,27 @@ fn namespaced(source: &str, id: &str) -> String {
     }
 }
 
+/// Refuses an `updated_at` more than `max_skew` ahead of `now_ms`: newer
+/// wins, so a record dated in year 9999 would pin the product against every
+/// later correction.
+pub fn check_not_future(
+    f: &Frame,
+    now_ms: i64,
+    max_skew: std::time::Duration,
+) -> Result<(), String> {
+    let limit = now_ms.saturating_add(max_skew.as_millis().min(i64::MAX as u128) as i64);
+    if f.metadata.updated_at > limit {
+        return Err(format!(
+            "{}: updated_at {} ms is {} s in the future (at most {} s of clock skew is accepted, DISCOVERY_SYNC_MAX_FUTURE)",
+            f.id,
+            f.metadata.updated_at,
+            (f.metadata.updated_at - now_ms) / 1000,
+            max_skew.as_secs()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a frame against the catalogue's rules; the error names the field.
 pub fn validate(f: &Frame) -> Result<(), String> {
     let id = &f.id;

@@ -33,3 +33,8 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- $svc := index .root.Values.services .name -}}
 {{- printf "dns://%s-%s-headless.%s.svc:%v" (include "discovery.fullname" .root) .name .root.Release.Namespace $svc.port -}}
 {{- end -}}
+
+{{/* The Secret holding DISCOVERY_INTERNAL_SECRET. */}}
+{{- define "discovery.internalSecret" -}}
+{{- default (printf "%s-internal" (include "discovery.fullname" .)) .Values.internalAuth.existingSecret -}}
+{{- end -}}

@@ -96,10 +96,27 @@ fn wait_port(what: &str, port: u16, timeout: Duration) -> Result<(), HarnessErro
 
 /// Sends one inline Redis command and returns the raw reply text.
 pub fn redis_command(port: u16, command: &str) -> std::io::Result<String> {
+    redis_command_as(port, None, command)
+}
+
+/// Like [`redis_command`], authenticating with `password` first.
+pub fn redis_command_as(
+    port: u16,
+    password: Option<&str>,
+    command: &str,
+) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(format!("{command}\r\n").as_bytes())?;
     let mut buf = vec![0u8; 16 * 1024];
+    if let Some(pw) = password {
+        s.write_all(format!("AUTH {pw}\r\n").as_bytes())?;
+        let n = s.read(&mut buf)?;
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        if !reply.starts_with("+OK") {
+            return Ok(reply.into_owned());
+        }
+    }
+    s.write_all(format!("{command}\r\n").as_bytes())?;
     let n = s.read(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
@@ -120,13 +137,24 @@ pub struct RedisCluster {
     nodes: Vec<(u16, Option<Proc>)>,
     server: PathBuf,
     dir: tempfile::TempDir,
+    password: Option<String>,
 }
 
 /// Starts one cluster-mode node; its cluster state lives in `dir`
 /// (`nodes-PORT.conf`), so a node started again on the same port rejoins
 /// with its slots.
-fn redis_node(server: &Path, dir: &Path, port: u16) -> Result<Proc, HarnessError> {
+fn redis_node(
+    server: &Path,
+    dir: &Path,
+    port: u16,
+    password: Option<&str>,
+) -> Result<Proc, HarnessError> {
+    let auth: Vec<&str> = match password {
+        Some(pw) => vec!["--requirepass", pw, "--masterauth", pw],
+        None => Vec::new(),
+    };
     let child = Command::new(server)
+        .args(auth)
         .args([
             "--port",
             &port.to_string(),
@@ -160,6 +188,24 @@ fn redis_node(server: &Path, dir: &Path, port: u16) -> Result<Proc, HarnessError
 impl RedisCluster {
     /// Starts `masters` masters with `replicas` replicas each (3/0 or 3/1).
     pub fn start(masters: usize, replicas: usize) -> Result<Self, HarnessError> {
+        Self::start_with(masters, replicas, None)
+    }
+
+    /// Like [`RedisCluster::start`], with every node requiring `password`
+    /// (`requirepass`, and `masterauth` for replication).
+    pub fn start_with_password(
+        masters: usize,
+        replicas: usize,
+        password: &str,
+    ) -> Result<Self, HarnessError> {
+        Self::start_with(masters, replicas, Some(password.to_string()))
+    }
+
+    fn start_with(
+        masters: usize,
+        replicas: usize,
+        password: Option<String>,
+    ) -> Result<Self, HarnessError> {
         let server = which("redis-server").ok_or(HarnessError::Missing {
             binary: "redis-server".into(),
         })?;
@@ -171,12 +217,19 @@ impl RedisCluster {
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {
             let port = free_port(true)?;
-            nodes.push((port, Some(redis_node(&server, dir.path(), port)?)));
+            nodes.push((
+                port,
+                Some(redis_node(&server, dir.path(), port, password.as_deref())?),
+            ));
         }
         for (port, _) in &nodes {
             wait_port("redis-server", *port, Duration::from_secs(10))?;
         }
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        let mut args: Vec<String> = match &password {
+            Some(pw) => vec!["-a".into(), pw.clone(), "--no-auth-warning".into()],
+            None => Vec::new(),
+        };
+        args.extend(["--cluster".into(), "create".into()]);
         args.extend(nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")));
         args.extend([
             "--cluster-replicas".into(),
@@ -193,7 +246,12 @@ impl RedisCluster {
                 String::from_utf8_lossy(&out.stdout).into_owned(),
             ));
         }
-        let cluster = Self { nodes, server, dir };
+        let cluster = Self {
+            nodes,
+            server,
+            dir,
+            password,
+        };
         cluster.wait_ok(Duration::from_secs(20))?;
         eprintln!(
             "harness: Redis Cluster up ({masters} masters, {replicas} replica(s) each) on ports {:?}",
@@ -211,7 +269,7 @@ impl RedisCluster {
                 .iter()
                 .filter(|(_, p)| p.is_some())
                 .all(|(port, _)| {
-                    redis_command(*port, "CLUSTER INFO")
+                    redis_command_as(*port, self.password.as_deref(), "CLUSTER INFO")
                         .is_ok_and(|r| r.contains("cluster_state:ok"))
                 });
             if all_ok {
@@ -253,7 +311,10 @@ impl RedisCluster {
         self.nodes
             .iter()
             .filter(|(_, p)| p.is_some())
-            .filter(|(port, _)| redis_command(*port, "ROLE").is_ok_and(|r| r.contains("master")))
+            .filter(|(port, _)| {
+                redis_command_as(*port, self.password.as_deref(), "ROLE")
+                    .is_ok_and(|r| r.contains("master"))
+            })
             .map(|(p, _)| *p)
             .collect()
     }
@@ -280,7 +341,12 @@ impl RedisCluster {
     pub fn restart_stopped(&mut self) -> Result<(), HarnessError> {
         for (port, proc_) in &mut self.nodes {
             if proc_.is_none() {
-                *proc_ = Some(redis_node(&self.server, self.dir.path(), *port)?);
+                *proc_ = Some(redis_node(
+                    &self.server,
+                    self.dir.path(),
+                    *port,
+                    self.password.as_deref(),
+                )?);
             }
         }
         for (port, _) in &self.nodes {

@@ -149,3 +149,67 @@ async fn redis_unreachable_degrades_to_l1_and_origin() {
     );
     assert!(!cache.l2_connected());
 }
+
+static SHORT: CacheKind = CacheKind::new("itest_short", Duration::from_secs(1), false);
+
+/// Where a key lives in the cluster: the master whose slots hold it.
+fn node_of(cluster: &RedisCluster, key: &str) -> u16 {
+    for port in cluster.master_ports() {
+        let r = discovery_harness::redis_command(port, &format!("ZCARD {key}")).unwrap();
+        if !r.starts_with("-MOVED") {
+            return port;
+        }
+    }
+    panic!("no master holds {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_tag_set_holds_only_live_keys() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+        .await
+        .unwrap()
+        .expect("start cluster");
+    let cache = Cache::new(&config(&cluster)).await.unwrap();
+    assert!(cache.wait_l2(Duration::from_secs(10)).await);
+    let tag = "face_shape:oval".to_string();
+    for i in 0..500 {
+        cache
+            .set(
+                &SHORT,
+                &format!("recommendations:k{i}"),
+                Bytes::from_static(b"v"),
+                std::slice::from_ref(&tag),
+            )
+            .await;
+    }
+    let set = "tagz:face_shape:oval";
+    let port = node_of(&cluster, set);
+    let card = |port: u16| {
+        discovery_harness::redis_command(port, &format!("ZCARD {set}"))
+            .unwrap()
+            .trim()
+            .trim_start_matches(':')
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = card(port);
+    assert_eq!(before, 500);
+    // The keys expire (1 s); the next add prunes them from the set.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    cache
+        .set(
+            &SHORT,
+            "recommendations:fresh",
+            Bytes::from_static(b"v"),
+            std::slice::from_ref(&tag),
+        )
+        .await;
+    let after = card(port);
+    println!(
+        "tag set of a hot tag: {before} members, {after} after its keys expired and one more was added"
+    );
+    assert_eq!(after, 1, "only the live key is left");
+    // Invalidation still finds the live key.
+    cache.invalidate_tags(std::slice::from_ref(&tag)).await;
+    assert_eq!(card(port), 0);
+}

@@ -119,8 +119,17 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
     let app = router(Dashboard {
         history: history.clone(),
         hub,
+        token: None,
     });
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    // As the kit serves it: with peer addresses (the browser here is on
+    // loopback, so no token is needed).
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
     let url = format!("http://{addr}/dashboard");
 
     let out = tokio::task::spawn_blocking({

@@ -14,7 +14,7 @@ use discovery_proto::v1::monitoring_client::MonitoringClient;
 
 /// Calls the gateway counted per method (all codes), from the 1 h window.
 async fn gateway_counts(
-    monitoring: &mut MonitoringClient<tonic::transport::Channel>,
+    monitoring: &mut MonitoringClient<discovery_kit::client::TracedChannel>,
 ) -> std::collections::BTreeMap<String, u64> {
     let r = monitoring
         .get_sla_report(pb::GetSlaReportRequest {
@@ -45,10 +45,10 @@ async fn the_load_tool_sends_the_schedule_and_counts_what_the_gateway_counts() {
     let warmed = corpus.warm(&target, &plan.mix).await.unwrap();
     assert!(warmed > 200, "{warmed}");
 
-    let mut monitoring =
-        MonitoringClient::connect(format!("http://{}", system.addr_of("monitoring")))
-            .await
-            .unwrap();
+    let mut monitoring = MonitoringClient::new(common::internal_channel(
+        system.addr_of("monitoring"),
+        "tests",
+    ));
     // The set-up calls are counted before the run starts.
     let mut before = Default::default();
     for _ in 0..100 {

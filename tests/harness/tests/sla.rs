@@ -54,10 +54,10 @@ async fn the_sla_report_counts_every_call_made_through_the_gateway() {
     }
 
     // The next scrapes see every call (the report waits for none).
-    let mut monitoring =
-        MonitoringClient::connect(format!("http://{}", system.addr_of("monitoring")))
-            .await
-            .unwrap();
+    let mut monitoring = MonitoringClient::new(common::internal_channel(
+        system.addr_of("monitoring"),
+        "tests",
+    ));
     let count = |r: &pb::GetSlaReportResponse, service: &str, method: &str| {
         r.methods
             .iter()

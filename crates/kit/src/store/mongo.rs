@@ -24,10 +24,15 @@ use crate::config::{ConfigError, Env};
 const URI_VAR: &str = "DISCOVERY_MONGO_URI";
 
 /// MongoDB connection settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MongoConfig {
-    /// Connection string.
+    /// Connection string (`DISCOVERY_MONGO_URI`, or the file
+    /// `DISCOVERY_MONGO_URI_FILE` names when it carries credentials).
     pub uri: String,
+    /// User and password given apart from the URI
+    /// (`DISCOVERY_MONGO_USERNAME`, `DISCOVERY_MONGO_PASSWORD[_FILE]`),
+    /// so the URI can sit in a ConfigMap and the password in a Secret.
+    pub credentials: Option<(String, String)>,
     /// Database name.
     pub database: String,
     /// Minimum pooled connections per host.
@@ -42,10 +47,41 @@ pub struct MongoConfig {
     pub app_name: String,
 }
 
+impl std::fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri", &redact(&self.uri))
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MongoConfig {
     /// Reads the `DISCOVERY_MONGO_*` variables.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let uri = env.string(URI_VAR, "mongodb://127.0.0.1:27017/?replicaSet=rs0");
+        let uri = crate::cache::secret(env, URI_VAR)?
+            .unwrap_or_else(|| "mongodb://127.0.0.1:27017/?replicaSet=rs0".to_string());
+        let credentials = match (
+            env.raw("DISCOVERY_MONGO_USERNAME")
+                .filter(|u| !u.is_empty()),
+            crate::cache::secret(env, "DISCOVERY_MONGO_PASSWORD")?,
+        ) {
+            (None, None) => None,
+            (Some(u), Some(p)) => Some((u, p)),
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "DISCOVERY_MONGO_PASSWORD",
+                    "DISCOVERY_MONGO_USERNAME is set: give the password (or DISCOVERY_MONGO_PASSWORD_FILE)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "DISCOVERY_MONGO_USERNAME",
+                    "a password is set: give the user name too",
+                ));
+            }
+        };
         if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
             return Err(ConfigError::new(
                 URI_VAR,
@@ -67,6 +103,7 @@ impl MongoConfig {
         }
         Ok(Self {
             uri,
+            credentials,
             database: env.string("DISCOVERY_MONGO_DATABASE", "discovery"),
             min_pool,
             max_pool,
@@ -80,6 +117,7 @@ impl MongoConfig {
     pub fn for_tests(uri: &str, database: &str) -> Self {
         Self {
             uri: uri.to_string(),
+            credentials: None,
             database: database.to_string(),
             min_pool: 0,
             max_pool: 20,
@@ -162,6 +200,14 @@ impl MongoStore {
             .await
             .map_err(|e| unreachable(config, e))?;
         opts.app_name = Some(config.app_name.clone());
+        if let Some((user, password)) = &config.credentials {
+            // The auth source and mechanism the URI names (authSource=...)
+            // still apply; the default is the admin database.
+            let mut credential = opts.credential.take().unwrap_or_default();
+            credential.username = Some(user.clone());
+            credential.password = Some(password.clone());
+            opts.credential = Some(credential);
+        }
         opts.min_pool_size = Some(config.min_pool);
         opts.max_pool_size = Some(config.max_pool);
         opts.max_idle_time = Some(config.max_idle);

@@ -15,7 +15,22 @@ pub fn ephemeral_env() -> Env {
         ("DISCOVERY_METRICS_PORT", "0"),
         ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
         ("DISCOVERY_LIMITS", "off"),
+        ("DISCOVERY_INTERNAL_SECRET", TEST_SECRET),
     ])
+}
+
+/// The internal secret of the tests' systems.
+pub const TEST_SECRET: &str = "test-internal-secret-0123456789";
+
+/// A channel to an internal service port of a test system, signed as
+/// `caller` with [`TEST_SECRET`].
+pub fn internal_channel(
+    addr: std::net::SocketAddr,
+    caller: &str,
+) -> discovery_kit::client::TracedChannel {
+    let auth = discovery_kit::internal::InternalAuth::new(TEST_SECRET.as_bytes().to_vec());
+    discovery_kit::client::connect_as("TEST", &format!("http://{addr}"), Some(&auth), caller)
+        .expect("a valid URL")
 }
 
 /// Sends an API key on every call.

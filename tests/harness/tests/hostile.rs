@@ -1,0 +1,1097 @@
+//! Hostile callers, performed against the real system: the gateway and the
+//! services (recommendation, sync, monitoring) on a 3-master Redis Cluster
+//! and the MongoDB-compatible server, with internal authentication on, as
+//! the chart runs them. Each attack runs while a legitimate caller works,
+//! and each test prints what the attacker sent and what the others saw,
+//! then asserts that the others saw no failure and no forged or stale data
+//! and that memory and series stayed bounded. The threat model is in
+//! `docs/security.md`.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use discovery_gateway::auth::{self, Tier};
+use discovery_gateway::routes::Scope;
+use discovery_harness::{MongoServer, RedisCluster};
+use discovery_kit::CancellationToken;
+use discovery_kit::config::Env;
+use discovery_kit::server::ServiceHandle;
+use discovery_kit::store::{FindOptions, Store, StoreConfig, Workload, doc};
+use discovery_loadgen::grpc::frame;
+use discovery_loadgen::{CallError, Target};
+use discovery_proto::v1 as pb;
+use discovery_proto::v1::discovery_client::DiscoveryClient;
+use tonic::Code;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const GET: &str = "/discovery.v1.Discovery/GetProduct";
+
+/// The system under attack.
+struct Rig {
+    _redis: RedisCluster,
+    _mongo: MongoServer,
+    shutdown: CancellationToken,
+    store: Store,
+    gateway: ServiceHandle,
+    parts: discovery_gateway::Parts,
+    reco: ServiceHandle,
+    sync: ServiceHandle,
+    monitoring: ServiceHandle,
+}
+
+impl Rig {
+    async fn start(name: &str, extra: &[(&str, &str)]) -> Rig {
+        let redis = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+            .await
+            .unwrap()
+            .expect("start redis cluster");
+        let mongo = MongoServer::start().await.expect("start mongo");
+        let mut env = Env::from_pairs([
+            ("DISCOVERY_GATEWAY_PORT", "0"),
+            ("DISCOVERY_RECOMMENDATION_PORT", "0"),
+            ("DISCOVERY_SYNC_PORT", "0"),
+            ("DISCOVERY_MONITORING_PORT", "0"),
+            ("DISCOVERY_METRICS_PORT", "0"),
+            ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
+            ("DISCOVERY_STORE", "mongodb"),
+            ("DISCOVERY_MONGO_MIN_POOL", "0"),
+            ("DISCOVERY_DEMO_CATALOG", "200"),
+            ("DISCOVERY_WARM_INTERVAL", "0s"),
+            ("DISCOVERY_SIGNALS_REFRESH", "0s"),
+            ("DISCOVERY_CATALOG_REFRESH", "0s"),
+            ("DISCOVERY_HEALTH_INTERVAL", "200ms"),
+            ("DISCOVERY_API_KEYS_REFRESH", "1s"),
+            ("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "1s"),
+            ("DISCOVERY_INTERNAL_SECRET", common::TEST_SECRET),
+        ])
+        .with("DISCOVERY_MONGO_URI", mongo.uri())
+        .with("DISCOVERY_MONGO_DATABASE", mongo.fresh_db(name))
+        .with("DISCOVERY_REDIS_URLS", redis.urls().join(","));
+        for (k, v) in extra {
+            env = env.with(*k, *v);
+        }
+        let shutdown = CancellationToken::new();
+        let reco = discovery_recommendation::spawn(
+            discovery_recommendation::Config::from_env(&env).expect("config"),
+            shutdown.clone(),
+        )
+        .await
+        .expect("recommendation starts");
+        let env = env.with(
+            "DISCOVERY_RECOMMENDATION_URLS",
+            format!("http://{}", reco.addr),
+        );
+        let sync = discovery_sync::spawn(
+            discovery_sync::Config::from_env(&env).expect("config"),
+            shutdown.clone(),
+        )
+        .await
+        .expect("sync starts");
+        let env = env.with("DISCOVERY_SYNC_URLS", format!("http://{}", sync.addr));
+        let monitoring = discovery_monitoring::spawn(
+            discovery_monitoring::Config::from_env(&env).expect("config"),
+            shutdown.clone(),
+        )
+        .await
+        .expect("monitoring starts");
+        let env = env.with(
+            "DISCOVERY_MONITORING_URLS",
+            format!("http://{}", monitoring.addr),
+        );
+        let store = StoreConfig::from_env(&env)
+            .unwrap()
+            .connect(Workload::Realtime)
+            .await
+            .unwrap();
+        let (gateway, parts) = discovery_gateway::spawn_with_parts(
+            discovery_gateway::Config::from_env(&env).expect("config"),
+            shutdown.clone(),
+        )
+        .await
+        .expect("gateway starts");
+        Rig {
+            _redis: redis,
+            _mongo: mongo,
+            shutdown,
+            store,
+            gateway,
+            parts,
+            reco,
+            sync,
+            monitoring,
+        }
+    }
+
+    /// A new key, loaded by the gateway before this returns.
+    async fn key(&self, client: &str, tier: Tier, scopes: &[Scope], sources: &[&str]) -> String {
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let (key, _) = auth::create_with_sources(&self.store, client, tier, scopes, &sources)
+            .await
+            .unwrap();
+        self.parts.keys.refresh(&self.store).await.unwrap();
+        key
+    }
+
+    async fn target(&self, key: &str, connections: usize) -> Target {
+        Target::connect(
+            &format!("http://{}", self.gateway.addr),
+            Some(key),
+            connections,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("connect to the gateway")
+    }
+
+    async fn product_ids(&self, key: &str) -> Vec<String> {
+        let mut c = client(self.gateway.addr, &[("x-api-key", key)]).await;
+        c.search_products(pb::SearchProductsRequest {
+            query: String::new(),
+            page: Some(pb::PageRequest {
+                page_size: 20,
+                page_token: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("search")
+        .into_inner()
+        .hits
+        .into_iter()
+        .filter_map(|h| h.product.map(|p| p.id))
+        .collect()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for s in [self.gateway, self.monitoring, self.sync, self.reco] {
+            let _ = s.wait().await;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Headers(Vec<(&'static str, tonic::metadata::AsciiMetadataValue)>);
+
+impl Interceptor for Headers {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        for (k, v) in &self.0 {
+            req.metadata_mut().insert(*k, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+async fn client(
+    addr: std::net::SocketAddr,
+    headers: &[(&'static str, &str)],
+) -> DiscoveryClient<InterceptedService<Channel, Headers>> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let h = headers
+        .iter()
+        .map(|(k, v)| (*k, v.parse().unwrap()))
+        .collect();
+    DiscoveryClient::with_interceptor(channel, Headers(h))
+}
+
+/// A legitimate caller reading products while an attack runs; counts its
+/// calls and failures (with the first few reasons).
+struct Bystander {
+    calls: Arc<AtomicU64>,
+    failures: Arc<parking_lot::Mutex<Vec<String>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Bystander {
+    fn start(target: Arc<Target>, ids: Vec<String>) -> Bystander {
+        let calls = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (c, f, s) = (calls.clone(), failures.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut i = 0usize;
+            while !s.is_cancelled() {
+                let id = ids[i % ids.len()].clone();
+                i += 1;
+                let r = target
+                    .call(GET, frame(&pb::GetProductRequest { id: id.clone() }), true)
+                    .await;
+                c.fetch_add(1, Ordering::Relaxed);
+                match r {
+                    Ok(a) => {
+                        let p = <pb::GetProductResponse as prost::Message>::decode(a.message)
+                            .expect("a product");
+                        assert_eq!(p.product.map(|p| p.id), Some(id), "no wrong answer");
+                    }
+                    Err(e) => {
+                        let mut f = f.lock();
+                        if f.len() < 1000 {
+                            f.push(format!("{e:?}"));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Bystander {
+            calls,
+            failures,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self, what: &str) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let calls = self.calls.load(Ordering::Relaxed);
+        let failures = self.failures.lock().clone();
+        println!(
+            "{what}: a legitimate caller made {calls} calls during the attack, {} failed",
+            failures.len()
+        );
+        assert!(calls > 0, "{what}: the bystander made calls");
+        assert!(
+            failures.is_empty(),
+            "{what}: the bystander saw failures: {:?}",
+            &failures[..failures.len().min(5)]
+        );
+    }
+}
+
+fn code_of(r: &Result<discovery_loadgen::grpc::Answer, CallError>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(CallError::Status(c, _)) => *c,
+        Err(_) => -1,
+    }
+}
+
+/// Series and bytes of the process's `/metrics` page (every service of
+/// the rig records into the one process registry).
+fn metrics_size() -> (usize, usize) {
+    let (series, bytes) = metrics_series();
+    (series.len(), bytes)
+}
+
+/// The series names (with labels) of the process's `/metrics` page.
+fn metrics_series() -> (std::collections::BTreeSet<String>, usize) {
+    let text = discovery_kit::metrics::render();
+    let series = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(k, _)| k.to_string()))
+        .collect();
+    (series, text.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_cannot_open_a_circuit_for_everyone_or_grow_the_metrics() {
+    // Rate limits off: the attacker must reach the breaker and the metrics
+    // (with limits on, the anonymous tier's 20/min would hide both).
+    let rig = Rig::start(
+        "hostile_breaker",
+        &[
+            ("DISCOVERY_LIMITS", "off"),
+            ("DISCOVERY_GATEWAY_MIN_DEADLINE", "10us"),
+        ],
+    )
+    .await;
+    let browser = rig
+        .key("browser", Tier::Anonymous, &[Scope::Public], &[])
+        .await;
+    let shop = rig
+        .key("shop-bff", Tier::Authenticated, &[Scope::Public], &[])
+        .await;
+    let ids = rig.product_ids(&shop).await;
+    let bystander = Bystander::start(Arc::new(rig.target(&shop, 1).await), ids.clone());
+    let attacker = Arc::new(rig.target(&browser, 4).await);
+
+    // 1. The caller's own absurd deadline, 1,000 times: below the floor.
+    let mut codes = std::collections::BTreeMap::new();
+    for i in 0..1000 {
+        let r = attacker
+            .call_with(
+                GET,
+                frame(&pb::GetProductRequest {
+                    id: ids[i % ids.len()].clone(),
+                }),
+                &[("grpc-timeout", "1n")],
+            )
+            .await;
+        *codes.entry(code_of(&r)).or_insert(0) += 1;
+    }
+    println!("1,000 GetProduct with grpc-timeout 1n from an anonymous key: codes {codes:?}");
+    // DEADLINE_EXCEEDED from the floor, or CANCELLED when tonic's own
+    // server timeout fires first (it honours grpc-timeout too): either way
+    // the caller's deadline, and the call's future is dropped.
+    assert!(
+        codes.keys().all(|c| *c == 4 || *c == 1),
+        "only the caller's deadline: {codes:?}"
+    );
+    assert_eq!(rig.parts.proxy.breaker_state("GetProduct"), Some("closed"));
+
+    // 2. Above the floor (10 µs here) but shorter than any answer: the
+    //    gateway forwards and gives up on the caller's behalf, 1,000 times.
+    let mut codes = std::collections::BTreeMap::new();
+    for i in 0..1000 {
+        let r = attacker
+            .call_with(
+                GET,
+                frame(&pb::GetProductRequest {
+                    id: ids[i % ids.len()].clone(),
+                }),
+                &[("grpc-timeout", "20u")],
+            )
+            .await;
+        *codes.entry(code_of(&r)).or_insert(0) += 1;
+    }
+    println!("1,000 GetProduct with grpc-timeout 20u: codes {codes:?}");
+    assert!(codes.get(&4).copied().unwrap_or(0) > 0, "some expired");
+    assert_eq!(
+        rig.parts.proxy.breaker_state("GetProduct"),
+        Some("closed"),
+        "the caller's deadline is not the upstream's failure"
+    );
+
+    // 3. No key at all, 10,000 random paths and methods: one `unmatched`
+    //    series, whatever the paths.
+    let anonymous = Arc::new(
+        Target::connect(
+            &format!("http://{}", rig.gateway.addr),
+            None,
+            4,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap(),
+    );
+    let mut rng = discovery_kit::rng::SplitMix(7);
+    let mut random_path = move || {
+        let svc = [
+            "discovery.v1.Discovery",
+            "x",
+            "discovery.v1.Catalog",
+            "a.b.C",
+        ];
+        format!(
+            "/{}/{:x}{}",
+            rng.pick(&svc),
+            rng.next_u64(),
+            "z".repeat(rng.below(200))
+        )
+    };
+    // The baseline is taken once the system has settled: every series a
+    // normal run makes exists (the dependency probes' first round, a cache
+    // hit, the first unknown path).
+    let mut shopper = client(rig.gateway.addr, &[("x-api-key", &shop)]).await;
+    for _ in 0..2 {
+        shopper
+            .recommend(pb::RecommendRequest::default())
+            .await
+            .expect("a recommendation");
+    }
+    for _ in 0..20 {
+        let p = random_path();
+        let _ = anonymous
+            .call_with(&p, frame(&pb::GetProductRequest::default()), &[])
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (names_before, _) = metrics_series();
+    let (series_before, bytes_before) = metrics_size();
+    let mut codes = std::collections::BTreeMap::new();
+    let mut sent = 0;
+    for _ in 0..100 {
+        let batch: Vec<_> = (0..100)
+            .map(|_| {
+                let (t, p) = (anonymous.clone(), random_path());
+                tokio::spawn(async move {
+                    code_of(
+                        &t.call_with(&p, Bytes::from_static(&[0, 0, 0, 0, 0]), &[])
+                            .await,
+                    )
+                })
+            })
+            .collect();
+        for c in futures::future::join_all(batch).await {
+            *codes.entry(c.unwrap()).or_insert(0) += 1;
+            sent += 1;
+        }
+    }
+    let (series_after, bytes_after) = metrics_size();
+    let (names_after, _) = metrics_series();
+    for n in names_after.difference(&names_before) {
+        println!("new series: {n}");
+    }
+    println!(
+        "{sent} calls to random paths without a key: codes {codes:?}; /metrics {series_before} -> {series_after} series, {bytes_before} -> {bytes_after} bytes"
+    );
+    assert!(
+        codes.keys().all(|c| *c == 12 || *c == 16),
+        "UNIMPLEMENTED or UNAUTHENTICATED"
+    );
+    assert!(
+        (bytes_after as f64) <= bytes_before as f64 * 1.05,
+        "metrics page grew from {bytes_before} to {bytes_after} bytes"
+    );
+    assert!(series_after <= series_before + series_before / 20);
+
+    // 4. Made-up methods do not count against the SLA: monitoring's report
+    //    of the gateway shows no errors after them.
+    let mut monitoring = discovery_proto::v1::monitoring_client::MonitoringClient::new(
+        common::internal_channel(rig.monitoring.addr, "tests"),
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let report = monitoring
+        .get_sla_report(pb::GetSlaReportRequest {
+            service: "gateway".into(),
+            window: pb::Window::Window1h as i32,
+        })
+        .await
+        .expect("SLA report")
+        .into_inner();
+    let errors: u64 = report.methods.iter().map(|m| m.errors).sum();
+    let calls: u64 = report.methods.iter().map(|m| m.count).sum();
+    println!("monitoring's SLA report of the gateway: {calls} calls, {errors} server faults");
+    assert_eq!(errors, 0, "{:?}", report.methods);
+    bystander.finish("breaker and metrics attacks").await;
+    rig.stop().await;
+}
+
+/// A request whose body the caller sends slowly (or never finishes).
+async fn stalled_call(
+    addr: std::net::SocketAddr,
+    key: &str,
+    path: &str,
+    prefix: Bytes,
+) -> (Code, String, Duration) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(4);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-api-key", key)
+        .body(body)
+        .unwrap();
+    let started = Instant::now();
+    // The first bytes, then nothing: the sender keeps the stream open.
+    tx.send(Ok(http_body::Frame::data(prefix))).await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let trailers = if parts.headers.contains_key("grpc-status") {
+        parts.headers
+    } else {
+        body.collect()
+            .await
+            .ok()
+            .and_then(|c| c.trailers().cloned())
+            .unwrap_or_default()
+    };
+    drop(tx);
+    match tonic::Status::from_header_map(&trailers) {
+        Some(s) => (s.code(), s.message().to_string(), started.elapsed()),
+        None => (Code::Unknown, String::new(), started.elapsed()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_oversized_bodies_hold_nothing_others_need() {
+    // A small in-flight bound so that held slots would show at once.
+    let rig = Rig::start(
+        "hostile_bodies",
+        &[
+            ("DISCOVERY_LIMITS", "off"),
+            ("DISCOVERY_GATEWAY_MAX_IN_FLIGHT", "16"),
+            ("DISCOVERY_GATEWAY_BODY_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let shop = rig
+        .key("shop-bff", Tier::Authenticated, &[Scope::Public], &[])
+        .await;
+    let ids = rig.product_ids(&shop).await;
+    let bystander = Bystander::start(Arc::new(rig.target(&shop, 1).await), ids.clone());
+
+    // 64 slow-loris streams, each sending 3 bytes of a frame and stalling:
+    // four times the gateway's in-flight bound.
+    let stalled: Vec<_> = (0..64)
+        .map(|_| {
+            let (addr, key) = (rig.gateway.addr, shop.clone());
+            tokio::spawn(async move {
+                stalled_call(addr, &key, GET, Bytes::from_static(&[0, 0, 0])).await
+            })
+        })
+        .collect();
+    let stalled = futures::future::join_all(stalled).await;
+    let mut worst = Duration::ZERO;
+    for r in &stalled {
+        let (code, message, took) = r.as_ref().unwrap();
+        assert_eq!(*code, Code::Cancelled, "{message}");
+        assert!(message.contains("read timeout"), "{message}");
+        worst = worst.max(*took);
+    }
+    println!(
+        "64 stalled GetProduct bodies (in-flight bound 16): each cut after at most {worst:?} with CANCELLED, naming the read timeout"
+    );
+
+    // Oversized bodies: refused naming the limit, photos only on AnalyzeFace.
+    let t = rig.target(&shop, 1).await;
+    let big = frame(&pb::GetProductRequest {
+        id: "x".repeat(2 << 20),
+    });
+    let r = t.call_with(GET, big, &[]).await;
+    match &r {
+        Err(CallError::Status(8, m)) => {
+            println!("a 2 MiB GetProduct: RESOURCE_EXHAUSTED: {m}");
+            assert!(m.contains("limited to 1048576 bytes"), "{m}");
+        }
+        other => panic!("a 2 MiB GetProduct: {other:?}"),
+    }
+    let breaker = rig.parts.proxy.breaker_state("GetProduct");
+    assert_eq!(breaker, Some("closed"));
+    bystander.finish("slow and oversized bodies").await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn internal_ports_refuse_strangers_and_only_sync_writes_the_catalogue() {
+    let rig = Rig::start("hostile_internal", &[]).await;
+    let shop = rig
+        .key("shop-bff", Tier::Authenticated, &[Scope::Public], &[])
+        .await;
+    let ids = rig.product_ids(&shop).await;
+    let victim = ids[0].clone();
+    let mut gw = client(rig.gateway.addr, &[("x-api-key", &shop)]).await;
+    let before = gw
+        .get_product(pb::GetProductRequest { id: victim.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
+
+    // A forged price with a huge version, sent straight to the
+    // recommendation port from the pod network.
+    let mut forged = before.clone();
+    forged.price = Some(pb::Money {
+        currency: "EUR".into(),
+        amount_minor: 1,
+    });
+    forged.version = i64::MAX;
+    let change = pb::ApplyCatalogChangeRequest {
+        changes: vec![pb::CatalogChange {
+            sequence: 1,
+            product_id: victim.clone(),
+            kind: pb::ChangeKind::Upsert as i32,
+            product: Some(forged),
+            ..Default::default()
+        }],
+    };
+    let plain = Channel::from_shared(format!("http://{}", rig.reco.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut stranger =
+        discovery_proto::v1::cache_admin_client::CacheAdminClient::new(plain.clone());
+    let e = stranger
+        .apply_catalog_change(change.clone())
+        .await
+        .unwrap_err();
+    println!(
+        "ApplyCatalogChange without a token: {:?}: {}",
+        e.code(),
+        e.message()
+    );
+    assert_eq!(e.code(), Code::Unauthenticated);
+    // Another service's identity is not enough either.
+    let mut gateway_signed = discovery_proto::v1::cache_admin_client::CacheAdminClient::new(
+        common::internal_channel(rig.reco.addr, "gateway"),
+    );
+    let e = gateway_signed
+        .apply_catalog_change(change.clone())
+        .await
+        .unwrap_err();
+    println!(
+        "ApplyCatalogChange signed as the gateway: {:?}: {}",
+        e.code(),
+        e.message()
+    );
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // A wrong token for sync's name.
+    let wrong = discovery_kit::internal::InternalAuth::new(b"not the secret, guessed".to_vec());
+    let mut guessed = discovery_proto::v1::cache_admin_client::CacheAdminClient::new(
+        discovery_kit::client::connect_as(
+            "T",
+            &format!("http://{}", rig.reco.addr),
+            Some(&wrong),
+            "sync",
+        )
+        .unwrap(),
+    );
+    let e = guessed.apply_catalog_change(change).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    // Reads on the internal port are refused too; health is not (the
+    // kubelet's probes carry no token); reflection is off.
+    let mut catalog = discovery_proto::v1::catalog_client::CatalogClient::new(plain.clone());
+    let e = catalog
+        .get_product(pb::GetProductRequest { id: victim.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(plain.clone());
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "discovery.v1.Recommendation".into(),
+        })
+        .await
+        .expect("health needs no token")
+        .into_inner();
+    assert_eq!(h.status, 1);
+    let reflection = reflection_code(common::internal_channel(rig.reco.addr, "gateway")).await;
+    assert_eq!(
+        reflection,
+        Code::Unimplemented,
+        "reflection is off on internal ports"
+    );
+
+    // Identity headers a public caller forges are replaced by the gateway.
+    let mut forger = client(
+        rig.gateway.addr,
+        &[
+            ("x-api-key", &shop),
+            ("x-discovery-caller", "sync"),
+            ("x-discovery-token", "00"),
+            ("x-discovery-client", "someone-else"),
+        ],
+    )
+    .await;
+    forger
+        .get_product(pb::GetProductRequest { id: victim.clone() })
+        .await
+        .expect("the call itself is fine");
+
+    // Nothing changed: the price every caller sees is the stored one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = gw
+        .get_product(pb::GetProductRequest { id: victim.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
+    println!(
+        "price of {victim}: {:?} before, {:?} after the attacks",
+        before.price, after.price
+    );
+    assert_eq!(after.price, before.price);
+    rig.stop().await;
+}
+
+/// The reflection service's answer code on `channel`.
+async fn reflection_code(channel: discovery_kit::client::TracedChannel) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<pb::GetProductRequest, pb::GetProductResponse>::default();
+    let path = http::uri::PathAndQuery::from_static(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    );
+    match grpc
+        .unary(
+            tonic::Request::new(pb::GetProductRequest::default()),
+            path,
+            codec,
+        )
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(e) => e.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_and_shoppers_belong_to_the_key_that_proves_them() {
+    let rig = Rig::start("hostile_sessions", &[("DISCOVERY_LIMITS", "off")]).await;
+    let bff_a = rig
+        .key("shop-a", Tier::Authenticated, &[Scope::Public], &[])
+        .await;
+    let bff_b = rig
+        .key("shop-b", Tier::Authenticated, &[Scope::Public], &[])
+        .await;
+    let browser = rig
+        .key("shop-a-browser", Tier::Anonymous, &[Scope::Public], &[])
+        .await;
+    let ids = rig.product_ids(&bff_a).await;
+    let mut a = client(
+        rig.gateway.addr,
+        &[("x-api-key", &bff_a), ("x-user-id", "alice")],
+    )
+    .await;
+    let mut b = client(
+        rig.gateway.addr,
+        &[("x-api-key", &bff_b), ("x-user-id", "alice")],
+    )
+    .await;
+    let mut anon = client(
+        rig.gateway.addr,
+        &[("x-api-key", &browser), ("x-user-id", "alice")],
+    )
+    .await;
+
+    let session = pb::SessionContext {
+        session_id: "sess-1".into(),
+        user_id: "mallory".into(),
+        recently_viewed: vec![ids[0].clone()],
+        ..Default::default()
+    };
+    let made = a
+        .update_session(pb::UpdateSessionRequest {
+            session: Some(session.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(
+        made.user_id, "alice",
+        "the user comes from the key's tier, not the body"
+    );
+    // Another client (even naming the same user) and a browser key of the
+    // same shop do not see it.
+    for (who, c) in [("shop-b", &mut b), ("browser", &mut anon)] {
+        let e = c
+            .get_session(pb::GetSessionRequest {
+                session_id: "sess-1".into(),
+            })
+            .await
+            .unwrap_err();
+        println!("GetSession of shop-a's session by {who}: {:?}", e.code());
+        assert_eq!(e.code(), Code::NotFound);
+    }
+    // B writing the same id makes B's own session; A's is unchanged.
+    b.update_session(pb::UpdateSessionRequest {
+        session: Some(pb::SessionContext {
+            session_id: "sess-1".into(),
+            recently_viewed: vec![ids[1].clone()],
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let mine = a
+        .get_session(pb::GetSessionRequest {
+            session_id: "sess-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(mine.recently_viewed, vec![ids[0].clone()]);
+
+    // Every list is bounded.
+    let e = a
+        .update_session(pb::UpdateSessionRequest {
+            session: Some(pb::SessionContext {
+                session_id: "sess-1".into(),
+                recently_viewed: (0..10_000).map(|i| format!("p{i}")).collect(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    println!(
+        "10,000 recently_viewed entries: {:?}: {}",
+        e.code(),
+        e.message()
+    );
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("recently_viewed"));
+
+    // A browser claiming to be alice in the body records an anonymous
+    // interaction: popularity for alice cannot be inflated by others.
+    anon.record_interaction(pb::RecordInteractionRequest {
+        product_id: ids[2].clone(),
+        kind: pb::InteractionKind::Purchase as i32,
+        requester: Some(pb::Requester {
+            user_id: "alice".into(),
+            session_id: "x".into(),
+        }),
+        at_unix_ms: 0,
+    })
+    .await
+    .unwrap();
+    let stored = rig
+        .store
+        .find(
+            "interactions",
+            doc! {"productId": &ids[2]},
+            FindOptions::default(),
+        )
+        .await
+        .unwrap();
+    println!(
+        "interaction stored for a browser naming alice: userId {:?}",
+        stored[0].get_str("userId")
+    );
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].get_str("userId").unwrap(), "");
+    rig.stop().await;
+}
+
+fn shopify_line(id: usize, updated_at: &str, price: &str) -> String {
+    format!(
+        concat!(
+            r#"{{"id": {id}, "title": "Hostile Model {id}", "vendor": "Acme", "tags": "shape:round, material:acetate, size:50-20-145, width:130","#,
+            r#" "updated_at": "{u}", "variants": [{{"sku": "HOSTILE-{id}", "price": "{p}", "option1": "Black", "inventory_quantity": 3}}]}}"#,
+            "\n"
+        ),
+        id = id,
+        u = updated_at,
+        p = price
+    )
+}
+
+async fn feed(
+    addr: std::net::SocketAddr,
+    key: &str,
+    source: &str,
+    lines: String,
+) -> Result<pb::SyncJob, tonic::Status> {
+    let mut c = client(addr, &[("x-api-key", key)]).await;
+    let msgs = vec![
+        pb::IngestCatalogRequest {
+            item: Some(pb::ingest_catalog_request::Item::Header(pb::IngestHeader {
+                source: source.into(),
+                format: pb::FeedFormat::ShopifyNdjson as i32,
+                idempotency_key: String::new(),
+            })),
+        },
+        pb::IngestCatalogRequest {
+            item: Some(pb::ingest_catalog_request::Item::NdjsonChunk(
+                lines.into_bytes(),
+            )),
+        },
+    ];
+    let resp = c
+        .ingest_catalog(futures::stream::iter(msgs))
+        .await?
+        .into_inner();
+    let mut watch = c
+        .watch_sync_job(pb::WatchSyncJobRequest {
+            job_id: resp.job_id,
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(j) = watch.message().await? {
+        last = Some(j);
+    }
+    Ok(last.expect("a final state"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn feeds_are_scoped_to_their_sources_and_cannot_pin_the_future() {
+    let rig = Rig::start("hostile_feeds", &[("DISCOVERY_LIMITS", "off")]).await;
+    let a = rig
+        .key(
+            "feeds-a",
+            Tier::Partner,
+            &[Scope::Ingest, Scope::Public],
+            &["shopify:a"],
+        )
+        .await;
+    let b = rig
+        .key("feeds-b", Tier::Partner, &[Scope::Ingest], &["shopify:b"])
+        .await;
+    let addr = rig.gateway.addr;
+
+    // B writing A's source: refused, nothing written.
+    let e = feed(
+        addr,
+        &b,
+        "shopify:a",
+        shopify_line(1, "2026-01-01T00:00:00Z", "10.00"),
+    )
+    .await
+    .unwrap_err();
+    println!("feeds-b writing shopify:a: {:?}: {}", e.code(), e.message());
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // A's feed: one good record, one dated in year 9999.
+    let now = "2026-01-01T00:00:00Z";
+    let job = feed(
+        addr,
+        &a,
+        "shopify:a",
+        shopify_line(1, now, "100.00") + &shopify_line(2, "9999-01-01T00:00:00Z", "1.00"),
+    )
+    .await
+    .unwrap();
+    println!(
+        "feeds-a: received {}, upserted {}, rejected {}",
+        job.received, job.upserted, job.rejected
+    );
+    assert_eq!((job.upserted, job.rejected), (1, 1));
+    let mut ca = client(addr, &[("x-api-key", &a)]).await;
+    let letters = ca
+        .list_dead_letters(pb::ListDeadLettersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters;
+    assert_eq!(letters.len(), 1);
+    println!("dead letter: {}", letters[0].reason);
+    assert!(
+        letters[0].reason.contains("updated_at"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(
+        letters[0].reason.contains("future"),
+        "{}",
+        letters[0].reason
+    );
+    // The far-future record was not stored: a later correction is free.
+    let stored = rig.store.get("products", "shopify:a:2").await.unwrap();
+    assert!(
+        stored.is_none(),
+        "the year-9999 record is not in the catalogue"
+    );
+
+    // B sees none of A's jobs or dead letters.
+    let mut cb = client(addr, &[("x-api-key", &b)]).await;
+    let e = cb
+        .get_sync_job(pb::GetSyncJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let theirs = cb
+        .list_dead_letters(pb::ListDeadLettersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    println!(
+        "feeds-b listing dead letters: {} (A has {})",
+        theirs.dead_letters.len(),
+        letters.len()
+    );
+    assert!(theirs.dead_letters.is_empty());
+    let e = cb
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            ids: vec![letters[0].id.clone()],
+            job_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refuses_strangers_and_the_services_bring_the_password_from_a_file() {
+    const PASSWORD: &str = "redis-test-password-9f3c";
+    let redis = tokio::task::spawn_blocking(|| RedisCluster::start_with_password(3, 0, PASSWORD))
+        .await
+        .unwrap()
+        .expect("start a password-protected redis cluster");
+    let port = redis.ports()[0];
+    // Anyone on the network without the password: refused.
+    let stranger = discovery_harness::redis_command(port, "KEYS *").unwrap();
+    println!("KEYS * without the password: {}", stranger.trim());
+    assert!(stranger.starts_with("-NOAUTH"), "{stranger}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+
+    let shutdown = CancellationToken::new();
+    let base = Env::from_pairs([
+        ("DISCOVERY_RECOMMENDATION_PORT", "0"),
+        ("DISCOVERY_METRICS_PORT", "0"),
+        ("DISCOVERY_SHUTDOWN_GRACE", "0s"),
+        ("DISCOVERY_DEMO_CATALOG", "50"),
+        ("DISCOVERY_WARM_INTERVAL", "0s"),
+    ])
+    .with("DISCOVERY_REDIS_URLS", redis.urls().join(","));
+    let good = discovery_recommendation::spawn(
+        discovery_recommendation::Config::from_env(
+            &base
+                .clone()
+                .with("DISCOVERY_REDIS_PASSWORD_FILE", file.display().to_string()),
+        )
+        .unwrap(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let wrong = discovery_recommendation::spawn(
+        discovery_recommendation::Config::from_env(
+            &base.clone().with("DISCOVERY_REDIS_PASSWORD", "guessed"),
+        )
+        .unwrap(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let status = |addr: std::net::SocketAddr| async move {
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        discovery_proto::v1::cache_admin_client::CacheAdminClient::new(ch)
+            .get_cache_status(pb::GetCacheStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let mut connected = false;
+    for _ in 0..100 {
+        if status(good.addr).await.l2_connected {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = status(wrong.addr).await;
+    println!(
+        "recommendation with the password file: L2 connected {connected}; with a wrong password: L2 connected {}, catalogue {} frames served",
+        refused.l2_connected, refused.catalog_size
+    );
+    assert!(connected, "the right password connects");
+    assert!(!refused.l2_connected, "a wrong password does not");
+    assert_eq!(refused.catalog_size, 50, "and the replica still serves");
+    // The config never shows the password.
+    let config = discovery_kit::cache::CacheConfig::from_env(
+        &base.with("DISCOVERY_REDIS_PASSWORD_FILE", file.display().to_string()),
+    )
+    .unwrap();
+    assert!(!format!("{config:?}").contains(PASSWORD));
+    shutdown.cancel();
+    let _ = good.wait().await;
+    let _ = wrong.wait().await;
+}
