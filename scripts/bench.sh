@@ -5,6 +5,7 @@
 #
 #   RATE=10000 DURATION=60s scripts/bench.sh        # defaults
 #   SCENARIOS="normal face" scripts/bench.sh         # a subset
+#   BIN=/tmp/discovery-old scripts/bench.sh          # another build, same scenarios
 #
 # The system runs as `discovery up` (release build, embedded store,
 # in-process cache, demo catalogue) in its own process, with the gateway's
@@ -22,8 +23,14 @@ SCENARIOS=${SCENARIOS:-normal spike peak face}
 BASE=${BENCH_PORT_BASE:-51050}
 
 ./scripts/fetch-models.sh --test-data
-cargo build --release --locked -p discovery
-bin=target/release/discovery
+# BIN=path runs another build (e.g. the previous commit's, for a side by
+# side comparison in one session) instead of building this one.
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  cargo build --release --locked -p discovery
+  bin=target/release/discovery
+fi
 mkdir -p "$OUT"
 
 log="$OUT/up.log"

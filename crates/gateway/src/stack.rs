@@ -278,10 +278,18 @@ impl Stage for Admit {
                 let secs = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 metrics::counter!("discovery_gateway_rate_limited_total", "method" => route.method)
                     .increment(1);
+                let which = match refused.limit.split_once(":c:") {
+                    Some((_, client)) => format!("client {client}'s share of the global rate"),
+                    None => refused
+                        .limit
+                        .split(':')
+                        .next_back()
+                        .unwrap_or("calls")
+                        .to_string(),
+                };
                 return grpc::error_with(
                     tonic::Status::resource_exhausted(format!(
-                        "rate limit reached ({}); retry in {secs} s",
-                        refused.limit.split(':').next_back().unwrap_or("calls")
+                        "rate limit reached ({which}); retry in {secs} s"
                     )),
                     &[
                         ("retry-after", secs.to_string()),

@@ -1270,6 +1270,59 @@ mod tests {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
+    /// Past `max_connections`, a new connection is closed as soon as it is
+    /// accepted; those already open keep their service; a closed one frees
+    /// its place.
+    #[tokio::test]
+    async fn connections_over_the_bound_are_closed_and_the_rest_served() {
+        use tokio::io::AsyncReadExt;
+        let server = GrpcServer::bind("test", "TEST_PORT", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+            .with_policy(Policy {
+                limits: ConnLimits {
+                    max_connections: 2,
+                    ..ConnLimits::default()
+                },
+                ..Policy::default()
+            });
+        let shutdown = CancellationToken::new();
+        let running = server
+            .serve(
+                Routes::default(),
+                &[],
+                shutdown.clone(),
+                Duration::from_millis(50),
+            )
+            .await
+            .unwrap();
+        let url = format!("http://{}", running.addr);
+        let check = |ch: crate::client::TracedChannel| async move {
+            HealthClient::new(ch)
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|r| r.into_inner().status)
+        };
+        // Two idle connections (a slow-loris holding them).
+        let a = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        let b = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A third is closed at once: the peer reads end-of-stream.
+        let mut c = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("closed, not left hanging")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "over the bound: closed");
+        drop((a, b));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ok = check(crate::client::connect_lazy("T", &url).unwrap()).await;
+        assert_eq!(ok.unwrap(), ServingStatus::Serving as i32, "places freed");
+        shutdown.cancel();
+        running.task.await.unwrap().unwrap();
+    }
+
     #[test]
     fn metric_labels_come_from_a_closed_set() {
         assert_eq!(

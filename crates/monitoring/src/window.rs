@@ -393,6 +393,57 @@ pub fn caches(inc: &HashMap<Key, f64>) -> BTreeMap<String, (u64, u64)> {
 }
 
 #[cfg(test)]
+mod props {
+    //! Property tests of the exposition parser (a fixed budget of cases,
+    //! inside `make test`): any text parses without panicking, and kept
+    //! series round-trip whatever their label values hold.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn escape(v: &str) -> String {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_text_parses_without_panicking(text in "\\PC{0,400}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn arbitrary_bytes_as_lossy_text_parse_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn kept_series_round_trip_with_any_label_values(
+            name in proptest::sample::select(KEPT.to_vec()),
+            labels in proptest::collection::btree_map("[a-z_]{1,12}", "\\PC{0,40}", 0..5),
+            value in -1e12f64..1e12,
+        ) {
+            let rendered: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let text = if rendered.is_empty() {
+                format!("# HELP x y\n{name} {value}\n")
+            } else {
+                format!("{name}{{{}}} {value}\n", rendered.join(","))
+            };
+            let got = parse(&text);
+            prop_assert_eq!(got.len(), 1, "{}", text);
+            prop_assert_eq!(&got[0].0.0, name);
+            prop_assert_eq!(&got[0].0.1, &labels);
+            prop_assert_eq!(got[0].1, value);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -153,6 +153,41 @@ fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
     c
 }
 
+/// Search latency, ordinary and hostile queries, on the same catalogue.
+fn search_side_by_side(catalog: &Catalog) {
+    use discovery_recommendation::search;
+    let mut rng = SplitMix(7);
+    let letters: Vec<char> = "abcdefghijklmnopqrstuvwxyz".chars().collect();
+    let mut word = |n: usize| -> String {
+        (0..n)
+            .map(|_| letters[(rng.next_u64() % 26) as usize])
+            .collect()
+    };
+    let hostile: Vec<String> = (0..50)
+        .map(|_| (0..12).map(|_| word(8)).collect::<Vec<_>>().join(" "))
+        .collect();
+    for (name, queries) in [
+        (
+            "search, ordinary query (\"round acetate\")",
+            vec!["round acetate".to_string(); 50],
+        ),
+        ("search, hostile query (12 random 8-letter words)", hostile),
+    ] {
+        let mut t = Vec::new();
+        for q in &queries {
+            let req = pb::SearchProductsRequest {
+                query: q.clone(),
+                ..Default::default()
+            };
+            let started = Instant::now();
+            let r = search::search(catalog, &req).expect("valid search");
+            std::hint::black_box(r);
+            t.push(started.elapsed());
+        }
+        line(name, t);
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -178,6 +213,10 @@ fn main() {
         miss.push(t.elapsed());
     }
     line("cache-miss ranking, 100k products, request mix", miss);
+
+    // 2b. Search: an ordinary query beside hostile ones (12 made-up words
+    //     of 8 letters: every one scans the vocabulary for typos).
+    search_side_by_side(&catalog);
 
     // 3. The service with its cache under a Zipf(1.0) mix.
     let snapshot = Snapshot::default();

@@ -247,10 +247,13 @@ impl Service {
 
     /// Looks a cached envelope up (or computes it), validates it against the
     /// snapshot, and recomputes once if it is out of date.
+    /// `blocking`: the computation is large (a caller can make it so) and
+    /// runs on a blocking thread instead of the async threads.
     async fn cached<F>(
         &self,
         kind: &'static CacheKind,
         key: String,
+        blocking: bool,
         compute: F,
     ) -> Result<(Bytes, bool), Status>
     where
@@ -270,7 +273,7 @@ impl Service {
                 let compute = compute.clone();
                 let load = move || async move {
                     let catalog = snapshot.load();
-                    let (payload, rows, tags) = compute(&catalog)?;
+                    let (payload, rows, tags) = run(blocking, &catalog, compute).await?;
                     let value = envelope(origin, &catalog, &rows, &payload);
                     // Computed from a snapshot that changed meanwhile: serve, don't keep.
                     let cacheable = snapshot.load().version == catalog.version;
@@ -291,7 +294,7 @@ impl Service {
         // Out of date (a product it shows changed): recompute and replace.
         metrics::counter!("discovery_recommendation_stale_rejected_total", "kind" => kind.name)
             .increment(1);
-        let (payload, rows, tags) = compute(&catalog)?;
+        let (payload, rows, tags) = run(blocking, &catalog, compute).await?;
         let value = envelope(origin, &catalog, &rows, &payload);
         self.cache.set(kind, &key, value, &tags).await;
         Ok((Bytes::from(payload), false))
@@ -375,7 +378,7 @@ impl Recommendation for Service {
         drop(catalog);
         let r = req.clone();
         let (payload, cached) = self
-            .cached(&kinds::RECOMMENDATIONS, key, move |catalog| {
+            .cached(&kinds::RECOMMENDATIONS, key, false, move |catalog| {
                 let (resp, rows) = compute_recommend(catalog, &r)?;
                 let tags = recommend_tags(catalog, &rows, &r);
                 Ok((resp.encode_to_vec(), rows, tags))
@@ -636,6 +639,23 @@ impl Service {
     }
 }
 
+/// Computed result: encoded payload, rows shown, tags.
+type Computed = (Vec<u8>, Vec<usize>, Vec<String>);
+
+/// Runs `compute` here, or on a blocking thread when `blocking`.
+async fn run<F>(blocking: bool, catalog: &Arc<Catalog>, compute: F) -> Result<Computed, Status>
+where
+    F: Fn(&Catalog) -> Result<Computed, Status> + Send + 'static,
+{
+    if !blocking {
+        return compute(catalog);
+    }
+    let catalog = catalog.clone();
+    tokio::task::spawn_blocking(move || compute(&catalog))
+        .await
+        .map_err(|e| Status::internal(format!("search task failed: {e}")))?
+}
+
 /// Longest product id accepted, bytes (ids are `source:external-id`).
 pub const MAX_PRODUCT_ID: usize = 256;
 
@@ -765,12 +785,15 @@ impl CatalogApi for Service {
     ) -> Result<Response<pb::SearchProductsResponse>, Status> {
         let req = req.into_inner();
         // Validate before touching the cache.
-        search::parse(&self.snapshot.load(), &req)?;
+        let catalog = self.snapshot.load();
+        let words = search::parse(&catalog, &req)?.words().len();
+        let large = search::is_large(&catalog, words);
+        drop(catalog);
         let mut canonical = req.clone();
         canonical.query = canonical.query.trim().to_lowercase();
         let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));
         let (payload, _) = self
-            .cached(&kinds::SEARCH, key, move |catalog| {
+            .cached(&kinds::SEARCH, key, large, move |catalog| {
                 let r = search::search(catalog, &req)?;
                 let rows: Vec<usize> = r.hits.iter().map(|h| h.0).collect();
                 let tags = rows

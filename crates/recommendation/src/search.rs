@@ -8,6 +8,14 @@
 //! its score is the sum of the best match per query word plus 1% of its
 //! popularity. A query word with no exact match but a close one is reported
 //! in `corrected_query` ("aviater" -> "aviator").
+//!
+//! The work a query may cause is bounded (a caller chooses the words):
+//! typo matching compares only vocabulary words whose length is within the
+//! edit bound, with no allocation per comparison, at most
+//! [`MAX_TYPO_COMPARISONS`] per query; each query word expands to at most
+//! [`MAX_EXPANSIONS`] vocabulary words (exact, then prefixes, then typos);
+//! and a query whose scan is large ([`is_large`]) runs on a blocking
+//! thread, not on the async threads that serve every other call.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +28,13 @@ use crate::snapshot::Catalog;
 pub const MAX_QUERY: usize = 256;
 /// Most words in a query.
 pub const MAX_WORDS: usize = 12;
+/// Most vocabulary words one query word expands to.
+pub const MAX_EXPANSIONS: usize = 64;
+/// Most typo comparisons (bounded edit distances) one query makes.
+pub const MAX_TYPO_COMPARISONS: usize = 200_000;
+/// A query whose scan (frames × words plus vocabulary × words) is over this
+/// runs on a blocking thread.
+pub const LARGE_WORK: usize = 400_000;
 
 /// Search input errors.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -35,14 +50,28 @@ pub enum SearchError {
     Rank(#[from] RankError),
 }
 
-/// Edit distance, bounded: returns `max + 1` as soon as it exceeds `max`.
-fn levenshtein(a: &str, b: &str, max: usize) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+/// Scratch rows for [`levenshtein`], reused across comparisons.
+#[derive(Default)]
+struct Rows {
+    a: Vec<char>,
+    prev: Vec<usize>,
+    cur: Vec<usize>,
+}
+
+/// Edit distance between `a` and the already split `b`, bounded: returns
+/// `max + 1` as soon as it exceeds `max`.
+fn levenshtein(a: &str, b: &[char], max: usize, rows: &mut Rows) -> usize {
+    rows.a.clear();
+    rows.a.extend(a.chars());
+    let a = &rows.a;
     if a.len().abs_diff(b.len()) > max {
         return max + 1;
     }
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
+    rows.prev.clear();
+    rows.prev.extend(0..=b.len());
+    rows.cur.clear();
+    rows.cur.resize(b.len() + 1, 0);
+    let (prev, cur) = (&mut rows.prev, &mut rows.cur);
     for (i, ca) in a.iter().enumerate() {
         cur[0] = i + 1;
         let mut row_min = cur[0];
@@ -55,16 +84,24 @@ fn levenshtein(a: &str, b: &str, max: usize) -> usize {
         if row_min > max {
             return max + 1;
         }
-        std::mem::swap(&mut prev, &mut cur);
+        std::mem::swap(prev, cur);
     }
     prev[b.len()]
 }
 
+/// Is the scan of `words` over this catalogue large enough to move off
+/// the async threads?
+pub fn is_large(catalog: &Catalog, words: usize) -> bool {
+    catalog.frames.len() * words + catalog.vocabs.words.len() * words > LARGE_WORK
+}
+
 /// The vocabulary words a query word matches, with weights, and the
 /// correction when it matched only by typo.
-fn expand(catalog: &Catalog, q: &str) -> (Vec<(u32, f32)>, Option<String>) {
+fn expand(catalog: &Catalog, q: &str, budget: &mut usize) -> (Vec<(u32, f32)>, Option<String>) {
     let words = &catalog.vocabs.words;
-    let mut out = Vec::new();
+    let mut out: Vec<(u32, f32)> = Vec::new();
+    let mut rows = Rows::default();
+    let qc: Vec<char> = q.chars().collect();
     let exact = words.get(q);
     if let Some(id) = exact {
         out.push((id, 1.0));
@@ -84,8 +121,13 @@ fn expand(catalog: &Catalog, q: &str) -> (Vec<(u32, f32)>, Option<String>) {
         }
         if n >= 3 && w.starts_with(q) {
             out.push((id, 0.9));
-        } else if max_edits > 0 {
-            let d = levenshtein(w, q, max_edits);
+        } else if max_edits > 0 && *budget > 0 {
+            // Byte lengths bound char counts: skip before counting.
+            if w.len() + max_edits < n || w.chars().count().abs_diff(n) > max_edits {
+                continue;
+            }
+            *budget -= 1;
+            let d = levenshtein(w, &qc, max_edits, &mut rows);
             if d <= max_edits {
                 out.push((id, 0.7));
                 if best_typo.is_none_or(|(bd, bw)| (d, w) < (bd, bw)) {
@@ -94,6 +136,10 @@ fn expand(catalog: &Catalog, q: &str) -> (Vec<(u32, f32)>, Option<String>) {
             }
         }
     }
+    // The strongest matches first (exact, prefix, typo; then by id), at
+    // most MAX_EXPANSIONS of them.
+    out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.truncate(MAX_EXPANSIONS);
     out.sort_unstable_by_key(|x| x.0);
     let correction = if exact.is_none() {
         best_typo.map(|(_, w)| w.to_string())
@@ -139,6 +185,13 @@ pub struct Parsed {
     words: Vec<String>,
 }
 
+impl Parsed {
+    /// Query words.
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+}
+
 /// Validates a request (limits, page, filter) and splits the query into words.
 pub fn parse(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Parsed, SearchError> {
     if req.query.len() > MAX_QUERY {
@@ -174,8 +227,9 @@ pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Resu
     let mut expanded = Vec::with_capacity(qwords.len());
     let mut corrected = Vec::with_capacity(qwords.len());
     let mut any_correction = false;
+    let mut budget = MAX_TYPO_COMPARISONS;
     for w in &qwords {
-        let (ids, c) = expand(catalog, w);
+        let (ids, c) = expand(catalog, w, &mut budget);
         any_correction |= c.is_some();
         corrected.push(c.unwrap_or_else(|| w.clone()));
         expanded.push(ids);
@@ -298,8 +352,12 @@ mod tests {
 
     #[test]
     fn levenshtein_is_bounded() {
-        assert_eq!(levenshtein("aviator", "aviater", 1), 1);
-        assert_eq!(levenshtein("abc", "xyz", 1), 2);
-        assert_eq!(levenshtein("", "", 0), 0);
+        let lev = |a: &str, b: &str, max| {
+            let b: Vec<char> = b.chars().collect();
+            levenshtein(a, &b, max, &mut Rows::default())
+        };
+        assert_eq!(lev("aviator", "aviater", 1), 1);
+        assert_eq!(lev("abc", "xyz", 1), 2);
+        assert_eq!(lev("", "", 0), 0);
     }
 }

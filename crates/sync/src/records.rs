@@ -415,6 +415,86 @@ fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, String> {
 }
 
 #[cfg(test)]
+mod props {
+    //! Property tests of the feed decoders and validation (a fixed budget
+    //! of cases, inside `make test`): nothing a feed sends panics them, a
+    //! valid record is accepted, and a record with a field out of range is
+    //! refused naming that field.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shopify(id: u64, width: u32, price_cents: u32, year: u32, stock: i32) -> String {
+        format!(
+            r#"{{"id": {id}, "title": "Model {id}", "vendor": "Acme", "tags": "shape:round, material:acetate, size:50-20-145, width:{width}", "updated_at": "{year}-01-01T00:00:00Z", "variants": [{{"sku": "S-{id}", "price": "{}.{:02}", "option1": "Black", "inventory_quantity": {stock}}}]}}"#,
+            price_cents / 100,
+            price_cents % 100
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_a_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            for format in [Format::Ndjson, Format::Shopify, Format::Typed] {
+                if let Ok(f) = decode_raw(format, "shopify:p", &bytes) {
+                    let _ = validate(&f);
+                }
+            }
+        }
+
+        #[test]
+        fn json_shaped_garbage_never_panics(text in r#"\{("[a-z_]{1,10}": ("[^"]{0,20}"|-?[0-9]{1,20}|\[\]|\{\}|null|true),? ?){0,8}\}"#) {
+            for format in [Format::Ndjson, Format::Shopify] {
+                if let Ok(f) = decode_raw(format, "shopify:p", text.as_bytes()) {
+                    let _ = validate(&f);
+                }
+            }
+        }
+
+        #[test]
+        fn valid_shopify_records_are_accepted(
+            id in 1u64..u64::MAX / 2,
+            width in 100u32..=170,
+            price in 0u32..1_000_000,
+            year in 2000u32..2030,
+            stock in 0i32..10_000,
+        ) {
+            let line = shopify(id, width, price, year, stock);
+            let f = decode_raw(Format::Shopify, "shopify:p", line.as_bytes()).expect("decodes");
+            prop_assert_eq!(validate(&f), Ok(()));
+            prop_assert_eq!(f.id, format!("shopify:p:{id}"));
+        }
+
+        #[test]
+        fn an_out_of_range_width_is_refused_naming_the_field(
+            width in prop_oneof![0u32..100, 171u32..100_000],
+        ) {
+            let line = shopify(7, width, 100, 2024, 1);
+            match decode_raw(Format::Shopify, "shopify:p", line.as_bytes()) {
+                Ok(f) => {
+                    let e = validate(&f).expect_err("out of range");
+                    prop_assert!(e.contains("total_width_mm"), "{}", e);
+                }
+                Err(e) => prop_assert!(e.contains("width"), "{}", e),
+            }
+        }
+
+        #[test]
+        fn a_far_future_date_is_refused_and_a_near_one_is_not(ahead_h in 0i64..200) {
+            let now = 1_800_000_000_000i64;
+            let mut f = decode_raw(Format::Shopify, "shopify:p", shopify(1, 130, 100, 2024, 1).as_bytes()).unwrap();
+            f.metadata.updated_at = now + ahead_h * 3_600_000;
+            let r = check_not_future(&f, now, std::time::Duration::from_secs(24 * 3600));
+            prop_assert_eq!(r.is_ok(), ahead_h <= 24);
+            if let Err(e) = r {
+                prop_assert!(e.contains("updated_at"), "{}", e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -43,10 +43,16 @@ struct Rig {
     reco: ServiceHandle,
     sync: ServiceHandle,
     monitoring: ServiceHandle,
+    face: Option<ServiceHandle>,
 }
 
 impl Rig {
     async fn start(name: &str, extra: &[(&str, &str)]) -> Rig {
+        Self::start_full(name, extra, false).await
+    }
+
+    /// With a face-analysis service too (the models from `make test`).
+    async fn start_full(name: &str, extra: &[(&str, &str)], with_face: bool) -> Rig {
         let redis = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
             .await
             .unwrap()
@@ -100,10 +106,33 @@ impl Rig {
         )
         .await
         .expect("monitoring starts");
-        let env = env.with(
+        let mut env = env.with(
             "DISCOVERY_MONITORING_URLS",
             format!("http://{}", monitoring.addr),
         );
+        let face = if with_face {
+            let face_env = env
+                .clone()
+                .with("DISCOVERY_FACE_ANALYSIS_PORT", "0")
+                .with("DISCOVERY_FACE_WORKERS", "1")
+                .with(
+                    "DISCOVERY_FACE_MODELS_DIR",
+                    discovery_harness::workspace_root()
+                        .join("models")
+                        .display()
+                        .to_string(),
+                );
+            let f = discovery_face_analysis::spawn(
+                discovery_face_analysis::Config::from_env(&face_env).expect("config"),
+                shutdown.clone(),
+            )
+            .await
+            .expect("face-analysis starts");
+            env = env.with("DISCOVERY_FACE_ANALYSIS_URLS", format!("http://{}", f.addr));
+            Some(f)
+        } else {
+            None
+        };
         let store = StoreConfig::from_env(&env)
             .unwrap()
             .connect(Workload::Realtime)
@@ -125,6 +154,7 @@ impl Rig {
             reco,
             sync,
             monitoring,
+            face,
         }
     }
 
@@ -170,7 +200,10 @@ impl Rig {
 
     async fn stop(self) {
         self.shutdown.cancel();
-        for s in [self.gateway, self.monitoring, self.sync, self.reco] {
+        for s in [self.gateway, self.monitoring, self.sync, self.reco]
+            .into_iter()
+            .chain(self.face)
+        {
             let _ = s.wait().await;
         }
     }
@@ -1094,4 +1127,215 @@ async fn redis_refuses_strangers_and_the_services_bring_the_password_from_a_file
     shutdown.cancel();
     let _ = good.wait().await;
     let _ = wrong.wait().await;
+}
+
+/// Calls GetProduct `n` times with `headers`; the codes seen.
+async fn codes_of(
+    t: &Target,
+    id: &str,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> std::collections::BTreeMap<i32, usize> {
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let r = t
+            .call_with(
+                GET,
+                frame(&pb::GetProductRequest { id: id.into() }),
+                headers,
+            )
+            .await;
+        *codes.entry(code_of(&r)).or_insert(0) += 1;
+    }
+    codes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_address_limits_count_the_shopper_behind_the_balancer_not_what_a_caller_claims() {
+    // The gateway sits behind a balancer at 127.0.0.0/8 (the tests' own
+    // connections come from there): it appends the shopper's address.
+    let rig = Rig::start(
+        "hostile_addresses",
+        &[
+            ("DISCOVERY_TRUSTED_PROXIES", "127.0.0.0/8"),
+            ("DISCOVERY_LIMIT_ANONYMOUS", "10/m"),
+            ("DISCOVERY_LIMIT_GLOBAL", "off"),
+            ("DISCOVERY_LIMIT_CLIENT_SHARE", "off"),
+        ],
+    )
+    .await;
+    let browser = rig
+        .key("browser", Tier::Anonymous, &[Scope::Public], &[])
+        .await;
+    let id = rig.product_ids(&browser).await[0].clone();
+    let t = rig.target(&browser, 1).await;
+    let x = codes_of(&t, &id, 12, &[("x-forwarded-for", "203.0.113.7")]).await;
+    let y = codes_of(&t, &id, 10, &[("x-forwarded-for", "198.51.100.9")]).await;
+    println!("shopper 203.0.113.7, 12 calls: {x:?}; shopper 198.51.100.9, 10 calls: {y:?}");
+    assert_eq!(x.get(&0), Some(&10), "10/m each");
+    assert_eq!(x.get(&8), Some(&2));
+    assert_eq!(
+        y.get(&0),
+        Some(&10),
+        "another shopper has a bucket of its own"
+    );
+    // Prepending another address does not escape the bucket: the balancer's
+    // entry (the right-most) is the one believed.
+    let spoof = codes_of(&t, &id, 5, &[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]).await;
+    println!("shopper 203.0.113.7 prepending 6.6.6.6: {spoof:?}");
+    assert_eq!(spoof.get(&8), Some(&5));
+    // Rotating IPv6 addresses within one /64: one bucket.
+    let mut v6 = std::collections::BTreeMap::new();
+    for i in 1..=30 {
+        let addr = format!("2001:db8:1:2::{i:x}");
+        for (c, n) in codes_of(&t, &id, 1, &[("x-forwarded-for", &addr)]).await {
+            *v6.entry(c).or_insert(0) += n;
+        }
+    }
+    println!("30 calls from 30 addresses of one IPv6 /64: {v6:?}");
+    assert_eq!(v6.get(&0), Some(&10));
+    assert_eq!(v6.get(&8), Some(&20));
+    rig.stop().await;
+
+    // Without trusted proxies, the header is ignored: a caller cannot
+    // become a new shopper by naming one.
+    let rig = Rig::start(
+        "hostile_addresses_direct",
+        &[
+            ("DISCOVERY_LIMIT_ANONYMOUS", "10/m"),
+            ("DISCOVERY_LIMIT_GLOBAL", "off"),
+            ("DISCOVERY_LIMIT_CLIENT_SHARE", "off"),
+        ],
+    )
+    .await;
+    let browser = rig
+        .key("browser", Tier::Anonymous, &[Scope::Public], &[])
+        .await;
+    let id = rig.product_ids(&browser).await[0].clone();
+    let t = rig.target(&browser, 1).await;
+    let mut rotated = std::collections::BTreeMap::new();
+    for i in 0..20 {
+        let fake = format!("198.51.100.{i}");
+        for (c, n) in codes_of(&t, &id, 1, &[("x-forwarded-for", &fake)]).await {
+            *rotated.entry(c).or_insert(0) += n;
+        }
+    }
+    println!("20 calls each claiming a new X-Forwarded-For, no trusted proxy: {rotated:?}");
+    // The search above used one call of this address's 10.
+    assert_eq!(rotated.get(&0), Some(&9));
+    assert_eq!(rotated.get(&8), Some(&11));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_tenant_cannot_take_the_whole_global_budget() {
+    let rig = Rig::start(
+        "hostile_share",
+        &[
+            ("DISCOVERY_LIMIT_GLOBAL", "40/m:40"),
+            ("DISCOVERY_LIMIT_CLIENT_SHARE", "0.5"),
+        ],
+    )
+    .await;
+    let greedy = rig
+        .key("greedy-shop", Tier::Partner, &[Scope::Public], &[])
+        .await;
+    let modest = rig
+        .key("modest-shop", Tier::Partner, &[Scope::Public], &[])
+        .await;
+    let id = rig.product_ids(&modest).await[0].clone();
+    let g = rig.target(&greedy, 1).await;
+    let burst = codes_of(&g, &id, 60, &[]).await;
+    let refusal = g
+        .call_with(GET, frame(&pb::GetProductRequest { id: id.clone() }), &[])
+        .await;
+    println!("greedy tenant, 60 calls against a global 40: {burst:?}; then: {refusal:?}");
+    assert_eq!(burst.get(&0), Some(&20), "half of the global budget");
+    match refusal {
+        Err(CallError::Status(8, m)) => assert!(m.contains("share of the global rate"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let m = rig.target(&modest, 1).await;
+    let others = codes_of(&m, &id, 15, &[]).await;
+    println!("the other tenant, right after: {others:?}");
+    assert_eq!(
+        others.get(&0),
+        Some(&15),
+        "the rest of the budget is there for others"
+    );
+    rig.stop().await;
+}
+
+fn png_crc(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A PNG of a few dozen bytes whose header claims `w` x `h` RGBA pixels.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut b = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
+    b.extend_from_slice(&13u32.to_be_bytes());
+    b.extend_from_slice(&ihdr);
+    b.extend_from_slice(&png_crc(&ihdr).to_be_bytes());
+    // The decoder reads chunks up to the first IDAT before it knows the
+    // header is complete: an empty one.
+    b.extend_from_slice(&0u32.to_be_bytes());
+    b.extend_from_slice(b"IDAT");
+    b.extend_from_slice(&png_crc(b"IDAT").to_be_bytes());
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tiny_photo_describing_a_huge_image_is_refused_before_decoding() {
+    let rig = Rig::start_full("hostile_photo", &[("DISCOVERY_LIMITS", "off")], true).await;
+    let shop = rig
+        .key("shop-bff", Tier::Authenticated, &[Scope::Public], &[])
+        .await;
+    let ids = rig.product_ids(&shop).await;
+    let bystander = Bystander::start(Arc::new(rig.target(&shop, 1).await), ids);
+    let mut c = client(rig.gateway.addr, &[("x-api-key", &shop)]).await;
+    // 6,000 x 6,000 RGBA: 36 MP, under the 40 MP cap, ~250 MB to decode.
+    let bomb = png_claiming(6000, 6000);
+    let mut refused = 0;
+    for i in 0..20 {
+        let e = c
+            .analyze_face(pb::AnalyzeFaceRequest {
+                requester: Some(pb::Requester {
+                    user_id: String::new(),
+                    session_id: format!("s{i}"),
+                }),
+                input: Some(pb::analyze_face_request::Input::Image(bomb.clone())),
+                include_landmarks: false,
+            })
+            .await
+            .unwrap_err();
+        if i == 0 {
+            println!(
+                "a {}-byte PNG claiming 6000x6000: {:?}: {}",
+                bomb.len(),
+                e.code(),
+                e.message()
+            );
+        }
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("to decode"), "{}", e.message());
+        refused += 1;
+    }
+    println!("{refused} such photos refused from their header");
+    bystander.finish("decompression bombs").await;
+    rig.stop().await;
 }
