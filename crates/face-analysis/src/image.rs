@@ -682,6 +682,31 @@ fn to_rgb(buf: &[u8], samples: usize, w: u32, h: u32, line: usize) -> Vec<u8> {
     rgb
 }
 
+/// Hand-made inputs for hostile-input tests (here, in `tests/` and in the
+/// harness): one implementation of the PNG framing they need.
+#[doc(hidden)]
+pub mod testing {
+    /// A PNG header claiming `w` x `h` pixels of `color` (PNG colour type:
+    /// 2 RGB, 6 RGBA; 8 bits) followed by an IDAT chunk holding `idat`:
+    /// enough for a decoder to read the header, never a whole image.
+    pub fn png_claiming(w: u32, h: u32, color: u8, idat: &[u8]) -> Vec<u8> {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let chunk = |png: &mut Vec<u8>, kind: &[u8], data: &[u8]| {
+            let mut body = kind.to_vec();
+            body.extend_from_slice(data);
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            png.extend_from_slice(&body);
+            png.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        };
+        let mut ihdr = w.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, color, 0, 0, 0]);
+        chunk(&mut png, b"IHDR", &ihdr);
+        chunk(&mut png, b"IDAT", idat);
+        png
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -842,39 +867,13 @@ mod tests {
 
     #[test]
     fn dimensions_are_checked_before_decoding() {
-        // A PNG header claiming 100000 x 100000 pixels, with no data.
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = b"IHDR".to_vec();
-        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
-        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        png.extend_from_slice(&13u32.to_be_bytes());
-        png.extend_from_slice(&ihdr);
-        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-        // The first bytes of a compressed stream: a bomb's IDAT.
-        let idat = b"IDAT\x78\x9c\x00\x00";
-        png.extend_from_slice(&4u32.to_be_bytes());
-        png.extend_from_slice(idat);
-        png.extend_from_slice(&crc32(idat).to_be_bytes());
+        // A PNG header claiming 100000 x 100000 pixels, and the first
+        // bytes of a compressed stream: a bomb's IDAT.
+        let png = testing::png_claiming(100_000, 100_000, 2, b"\x78\x9c\x00\x00");
         let e = Photo::decode(&png, &Limits::default()).unwrap_err();
         assert!(
             matches!(e, ImageError::TooLarge(ref m) if m.contains("100000x100000")),
             "{e}"
         );
-    }
-
-    fn crc32(data: &[u8]) -> u32 {
-        let mut c = !0u32;
-        for &b in data {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
     }
 }

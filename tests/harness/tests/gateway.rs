@@ -3,6 +3,8 @@
 //! gateway replicas through a real Redis Cluster, and a browser-style
 //! gRPC-Web call with CORS from a Python client.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +19,6 @@ use discovery_kit::store::{StoreConfig, Workload};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::discovery_client::DiscoveryClient;
 use tonic::Code;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -43,32 +44,11 @@ async fn key(tier: Tier, scopes: &[Scope]) -> String {
     auth::create(&store, "tests", tier, scopes).await.unwrap().0
 }
 
-#[derive(Clone)]
-struct Headers(Vec<(&'static str, tonic::metadata::AsciiMetadataValue)>);
-
-impl Interceptor for Headers {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        for (k, v) in &self.0 {
-            req.metadata_mut().insert(*k, v.clone());
-        }
-        Ok(req)
-    }
-}
-
 async fn client(
     addr: std::net::SocketAddr,
     headers: &[(&'static str, &str)],
-) -> DiscoveryClient<InterceptedService<Channel, Headers>> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let h = headers
-        .iter()
-        .map(|(k, v)| (*k, v.parse().unwrap()))
-        .collect();
-    DiscoveryClient::with_interceptor(channel, Headers(h))
+) -> DiscoveryClient<InterceptedService<Channel, common::Headers>> {
+    common::client_with(addr, headers).await
 }
 
 async fn recommendation(env: &Env, port: u16, token: &CancellationToken) -> ServiceHandle {
@@ -632,7 +612,8 @@ async fn the_gateway_serves_tls_when_given_a_certificate() {
         .await
         .expect("TLS handshake with the gateway");
     let key_value: tonic::metadata::AsciiMetadataValue = key.parse().unwrap();
-    let mut c = DiscoveryClient::with_interceptor(channel, Headers(vec![("x-api-key", key_value)]));
+    let mut c =
+        DiscoveryClient::with_interceptor(channel, common::Headers(vec![("x-api-key", key_value)]));
     let hits = c
         .search_products(pb::SearchProductsRequest {
             query: "aviator".into(),

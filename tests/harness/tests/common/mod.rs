@@ -1,6 +1,8 @@
 //! Helpers shared by the tests that run the all-in-one system.
 #![allow(dead_code)]
 
+pub mod rig;
+
 use discovery_kit::config::Env;
 use discovery_proto::v1::discovery_client::DiscoveryClient;
 
@@ -105,4 +107,36 @@ pub async fn system_and_target(
             .await
             .expect("connect the load tool");
     (system, std::sync::Arc::new(target), shutdown)
+}
+
+/// Sends the given metadata on every call.
+#[derive(Clone)]
+pub struct Headers(pub Vec<(&'static str, tonic::metadata::AsciiMetadataValue)>);
+
+impl tonic::service::Interceptor for Headers {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        for (k, v) in &self.0 {
+            req.metadata_mut().insert(*k, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client of the public API at `addr` sending `headers` on every call.
+pub async fn client_with(
+    addr: std::net::SocketAddr,
+    headers: &[(&'static str, &str)],
+) -> DiscoveryClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Headers>,
+> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let h = headers
+        .iter()
+        .map(|(k, v)| (*k, v.parse().unwrap()))
+        .collect();
+    DiscoveryClient::with_interceptor(channel, Headers(h))
 }
