@@ -592,7 +592,8 @@ async fn the_gateway_serves_tls_when_given_a_certificate() {
             format!("http://{}", reco.addr),
         )
         .with("DISCOVERY_TLS_CERT", cert.display().to_string())
-        .with("DISCOVERY_TLS_KEY", key_file.display().to_string());
+        .with("DISCOVERY_TLS_KEY", key_file.display().to_string())
+        .with("DISCOVERY_HANDSHAKE_TIMEOUT", "1s");
     let gw = discovery_gateway::spawn(
         discovery_gateway::Config::from_env(&env).unwrap(),
         token.clone(),
@@ -643,6 +644,52 @@ async fn the_gateway_serves_tls_when_given_a_certificate() {
         !matches!(plain_call, Ok(Ok(_))),
         "plaintext must not be served on the TLS port"
     );
+    // Slow-loris handshakes: 32 connections that never finish their TLS
+    // handshake (half of them send the first byte of a ClientHello) are
+    // cut after DISCOVERY_HANDSHAKE_TIMEOUT, and a real client is served
+    // meanwhile.
+    let started = Instant::now();
+    let stalled: Vec<_> = (0..32)
+        .map(|i| {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                if i % 2 == 0 {
+                    s.write_all(&[0x16]).await.unwrap();
+                }
+                let mut buf = [0u8; 64];
+                let closed = tokio::time::timeout(Duration::from_secs(10), async {
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => continue,
+                        }
+                    }
+                })
+                .await;
+                closed.is_ok()
+            })
+        })
+        .collect();
+    let during = c
+        .search_products(pb::SearchProductsRequest {
+            query: "round".into(),
+            ..Default::default()
+        })
+        .await;
+    let closed = futures::future::join_all(stalled)
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Ok(true)))
+        .count();
+    println!(
+        "32 stalled TLS handshakes: {closed} cut within {:?}; a real client's call meanwhile: {}",
+        started.elapsed(),
+        if during.is_ok() { "OK" } else { "failed" }
+    );
+    assert_eq!(closed, 32, "every stalled handshake is cut");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(during.is_ok(), "{during:?}");
     // Half a configuration is refused up front, naming the variable.
     let half = base_env().with("DISCOVERY_TLS_CERT", cert.display().to_string());
     let e = discovery_gateway::Config::from_env(&half)

@@ -816,3 +816,53 @@ async fn a_tiny_photo_describing_a_huge_image_is_refused_before_decoding() {
     bystander.finish("decompression bombs").await;
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_made_up_search_words_leaves_other_callers_served() {
+    let rig = Rig::start("hostile_search", &[("DISCOVERY_LIMITS", "off")]).await;
+    let shop = rig
+        .key("shop-bff", Tier::Authenticated, &[Scope::Public], &[])
+        .await;
+    let ids = rig.product_ids(&shop).await;
+    let bystander = Bystander::start(Arc::new(rig.target(&shop, 1).await), ids);
+    let attacker = Arc::new(rig.target(&shop, 4).await);
+    let mut rng = discovery_kit::rng::SplitMix(11);
+    let letters: Vec<char> = "abcdefghijklmnopqrstuvwxyz".chars().collect();
+    let mut codes = std::collections::BTreeMap::new();
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..40)
+            .map(|_| {
+                // 12 words of 8 letters: each one scans the vocabulary for typos.
+                let query = (0..12)
+                    .map(|_| (0..8).map(|_| *rng.pick(&letters)).collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let t = attacker.clone();
+                tokio::spawn(async move {
+                    code_of(
+                        &t.call_with(
+                            "/discovery.v1.Discovery/SearchProducts",
+                            frame(&pb::SearchProductsRequest {
+                                query,
+                                ..Default::default()
+                            }),
+                            &[],
+                        )
+                        .await,
+                    )
+                })
+            })
+            .collect();
+        for c in futures::future::join_all(batch).await {
+            *codes.entry(c.unwrap()).or_insert(0) += 1;
+        }
+    }
+    println!(
+        "400 searches of 12 made-up words, 40 at a time: codes {codes:?} in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(codes.get(&0), Some(&400), "answered (nothing matches)");
+    bystander.finish("search flood").await;
+    rig.stop().await;
+}
