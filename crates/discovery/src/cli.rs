@@ -446,6 +446,9 @@ async fn up(env: Env, shutdown: CancellationToken) -> Result<(), BoxError> {
         println!("  {:<15} http://{}/metrics", "metrics", m);
         println!("  {:<15} http://{}/dashboard", "dashboard", m);
     }
+    println!(
+        "  (the services' own ports answer health checks to anyone and everything else only to each other: docs/security.md)"
+    );
     println!();
     println!("Public API (gateway): {gw}. API keys for this run:");
     println!("  development (all scopes): {}", system.api_key);
