@@ -40,19 +40,7 @@ async fn a_caller_cannot_open_a_circuit_for_everyone_or_grow_the_metrics() {
     let attacker = Arc::new(rig.target(&browser, 4).await);
 
     // 1. The caller's own absurd deadline, 1,000 times: below the floor.
-    let mut codes = std::collections::BTreeMap::new();
-    for i in 0..1000 {
-        let r = attacker
-            .call_with(
-                GET,
-                frame(&pb::GetProductRequest {
-                    id: ids[i % ids.len()].clone(),
-                }),
-                &[("grpc-timeout", "1n")],
-            )
-            .await;
-        *codes.entry(code_of(&r)).or_insert(0) += 1;
-    }
+    let codes = codes_of(&attacker, &ids[0], 1000, &[("grpc-timeout", "1n")]).await;
     println!("1,000 GetProduct with grpc-timeout 1n from an anonymous key: codes {codes:?}");
     // DEADLINE_EXCEEDED from the floor, or CANCELLED when tonic's own
     // server timeout fires first (it honours grpc-timeout too): either way
@@ -65,19 +53,7 @@ async fn a_caller_cannot_open_a_circuit_for_everyone_or_grow_the_metrics() {
 
     // 2. Above the floor (10 µs here) but shorter than any answer: the
     //    gateway forwards and gives up on the caller's behalf, 1,000 times.
-    let mut codes = std::collections::BTreeMap::new();
-    for i in 0..1000 {
-        let r = attacker
-            .call_with(
-                GET,
-                frame(&pb::GetProductRequest {
-                    id: ids[i % ids.len()].clone(),
-                }),
-                &[("grpc-timeout", "20u")],
-            )
-            .await;
-        *codes.entry(code_of(&r)).or_insert(0) += 1;
-    }
+    let codes = codes_of(&attacker, &ids[0], 1000, &[("grpc-timeout", "20u")]).await;
     println!("1,000 GetProduct with grpc-timeout 20u: codes {codes:?}");
     assert!(codes.get(&4).copied().unwrap_or(0) > 0, "some expired");
     assert_eq!(
