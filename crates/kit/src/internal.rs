@@ -52,7 +52,14 @@ pub struct Caller(pub String);
 #[derive(Clone)]
 pub struct InternalAuth {
     secret: Arc<Vec<u8>>,
+    /// Tokens computed so far, by service name: signing and checking a call
+    /// is then a lookup, not an HMAC. Bounded: names past [`MAX_CACHED`]
+    /// (a stranger inventing caller names) are computed each time.
+    tokens: Arc<parking_lot::RwLock<std::collections::HashMap<String, Arc<str>>>>,
 }
+
+/// Most tokens kept (the services of a deployment are a handful).
+const MAX_CACHED: usize = 32;
 
 impl std::fmt::Debug for InternalAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,6 +75,7 @@ impl InternalAuth {
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
         Self {
             secret: Arc::new(secret.into()),
+            tokens: Arc::default(),
         }
     }
 
@@ -115,13 +123,29 @@ impl InternalAuth {
         Ok(Some(Self::new(secret)))
     }
 
-    /// The token of service `name`.
-    pub fn token(&self, name: &str) -> String {
+    /// The token of service `name` (kept for next time).
+    pub fn token(&self, name: &str) -> Arc<str> {
+        if let Some(t) = self.tokens.read().get(name) {
+            return t.clone();
+        }
+        let token = self.compute(name);
+        self.keep(name, &token);
+        token
+    }
+
+    fn compute(&self, name: &str) -> Arc<str> {
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secret)
             .expect("HMAC takes keys of any length");
         mac.update(b"discovery-internal/v1/");
         mac.update(name.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        hex::encode(mac.finalize().into_bytes()).into()
+    }
+
+    fn keep(&self, name: &str, token: &Arc<str>) {
+        let mut tokens = self.tokens.write();
+        if tokens.len() < MAX_CACHED {
+            tokens.insert(name.to_string(), token.clone());
+        }
     }
 
     /// The headers service `name` sends on every call.
@@ -146,8 +170,17 @@ impl InternalAuth {
             return None;
         }
         let token = headers.get(TOKEN_HEADER)?.as_bytes();
-        let expected = self.token(name);
-        same(token, expected.as_bytes()).then(|| Caller(name.to_string()))
+        // Only a proven name is kept: a stranger inventing names cannot
+        // fill the cache.
+        let cached = self.tokens.read().get(name).cloned();
+        let expected = cached.clone().unwrap_or_else(|| self.compute(name));
+        if !same(token, expected.as_bytes()) {
+            return None;
+        }
+        if cached.is_none() {
+            self.keep(name, &expected);
+        }
+        Some(Caller(name.to_string()))
     }
 }
 
@@ -182,7 +215,7 @@ impl Signer {
             headers: auth.and_then(|a| {
                 Some((
                     tonic::metadata::AsciiMetadataValue::try_from(name).ok()?,
-                    tonic::metadata::AsciiMetadataValue::try_from(a.token(name)).ok()?,
+                    tonic::metadata::AsciiMetadataValue::try_from(&*a.token(name)).ok()?,
                 ))
             }),
         }
@@ -346,6 +379,25 @@ mod tests {
         assert_eq!(a.verify(&h), None);
         assert_eq!(a.verify(&http::HeaderMap::new()), None);
         assert!(!format!("{a:?}").contains("0123"));
+        // Cached tokens are the computed ones; invented names past the
+        // bound are computed each time and never kept.
+        let first = a.token("sync");
+        assert_eq!(a.token("sync"), first);
+        for i in 0..100 {
+            let mut h = http::HeaderMap::new();
+            h.insert(CALLER_HEADER, format!("stranger-{i}").parse().unwrap());
+            h.insert(TOKEN_HEADER, http::HeaderValue::from_static("00"));
+            assert_eq!(a.verify(&h), None);
+        }
+        assert!(a.tokens.read().len() <= 1, "failed checks keep nothing");
+        for i in 0..100 {
+            let _ = a.token(&format!("service-{i}"));
+        }
+        assert!(a.tokens.read().len() <= MAX_CACHED);
+        assert_eq!(a.token("sync"), first);
+        let mut h = http::HeaderMap::new();
+        sign(Some(&a), "stranger-99", &mut h);
+        assert_eq!(a.verify(&h), Some(Caller("stranger-99".into())));
     }
 
     #[test]
