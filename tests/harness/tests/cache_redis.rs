@@ -150,7 +150,11 @@ async fn redis_unreachable_degrades_to_l1_and_origin() {
     assert!(!cache.l2_connected());
 }
 
-static SHORT: CacheKind = CacheKind::new("itest_short", Duration::from_secs(1), false);
+/// Long enough that writing 500 keys on a loaded CI machine (debug build, tests
+/// running side by side) finishes well before the first of them expires: a 1 s
+/// TTL made the count before expiry depend on the machine's speed.
+const SHORT_TTL: Duration = Duration::from_secs(5);
+static SHORT: CacheKind = CacheKind::new("itest_short", SHORT_TTL, false);
 
 /// Where a key lives in the cluster: the master whose slots hold it.
 fn node_of(cluster: &RedisCluster, key: &str) -> u16 {
@@ -172,6 +176,7 @@ async fn a_hot_tag_set_holds_only_live_keys() {
     let cache = Cache::new(&config(&cluster)).await.unwrap();
     assert!(cache.wait_l2(Duration::from_secs(10)).await);
     let tag = "face_shape:oval".to_string();
+    let started = std::time::Instant::now();
     for i in 0..500 {
         cache
             .set(
@@ -193,9 +198,13 @@ async fn a_hot_tag_set_holds_only_live_keys() {
             .unwrap()
     };
     let before = card(port);
-    assert_eq!(before, 500);
-    // The keys expire (1 s); the next add prunes them from the set.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let writing = started.elapsed();
+    assert_eq!(
+        before, 500,
+        "every key written is live (written in {writing:?}, TTL {SHORT_TTL:?})"
+    );
+    // The keys expire; the next add prunes them from the set.
+    tokio::time::sleep(SHORT_TTL + Duration::from_millis(1100)).await;
     cache
         .set(
             &SHORT,
