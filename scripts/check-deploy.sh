@@ -77,6 +77,12 @@ for name, svc in services.items():
         for k, v in env.items():
             assert not ("PASSWORD" in k and not k.endswith("_FILE")), f"compose: {name} has {k} in plain text"
 assert "--requirepass" in str(services["redis-1"]["command"]), "compose: Redis without a password"
+# Monitoring health-checks and scrapes every service (issue 16).
+menv = services["monitoring"]["environment"]
+for s in ["gateway", "face-analysis", "recommendation", "sync"]:
+    var = "DISCOVERY_" + s.upper().replace("-", "_") + "_URLS"
+    assert menv.get(var, "").startswith(f"http://{s}:"), f"compose: monitoring lacks {var}"
+    assert f"http://{s}:9090/metrics" in menv.get("DISCOVERY_MONITORING_SCRAPE", ""), f"compose: monitoring does not scrape {s}"
 assert "MONGO_INITDB_ROOT_PASSWORD_FILE" in services["mongo"]["environment"], "compose: MongoDB without auth"
 print("  compose: ports on 127.0.0.1, secrets from files, no anonymous admin UIs")
 PY
@@ -126,6 +132,53 @@ for d in deployments:
             assert "value" not in e, f"{d['metadata']['name']}: {name} in plain text"
 cm = next(d for d in docs if d["kind"] == "ConfigMap")
 assert not any("PASSWORD" in k or "SECRET" in k for k in cm["data"]), "secrets in the ConfigMap"
+# Monitoring sees every replica of every service (issue 16): every
+# service's URL list and a scrape source are dns:// names of headless
+# Services that exist and expose the port named.
+services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+def headless(url, port_name):
+    host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    name = host.split(".")[0]
+    svc = services.get(name)
+    assert svc and svc["spec"].get("clusterIP") == "None", f"{url}: {name} is not a headless Service"
+    ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+    assert ports.get(port_name) == int(port), f"{url}: {name} has no {port_name} port {port}"
+names = [d["metadata"]["labels"]["app.kubernetes.io/name"] for d in deployments]
+for n in names:
+    var = "DISCOVERY_" + n.upper().replace("-", "_") + "_URLS"
+    assert cm["data"].get(var, "").startswith("dns://"), f"ConfigMap: {var} is not every replica"
+    headless(cm["data"][var], "grpc")
+scrape = cm["data"].get("DISCOVERY_MONITORING_SCRAPE", "").split(",")
+assert "local" in scrape, f"monitoring does not read its own registry: {scrape}"
+scraped = [u for u in scrape if u != "local"]
+assert len(scraped) == len(names) - 1, f"monitoring scrapes {scraped}, not every other service"
+for u in scraped:
+    headless(u, "metrics")
+assert cm["data"].get("DISCOVERY_GATEWAY_REPLICAS", "").startswith("dns://"), "gateway replicas not counted"
+headless(cm["data"]["DISCOVERY_GATEWAY_REPLICAS"], "grpc")
+# Probes: gRPC probes have no TLS; a TLS gateway is probed over HTTP.
+for d in deployments:
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+    tls = "DISCOVERY_TLS_CERT" in env
+    for probe in ["readinessProbe", "startupProbe"]:
+        p = c[probe]
+        if tls:
+            assert p.get("httpGet", {}).get("path") == "/readyz", f"{d['metadata']['name']}: TLS but {probe} is {p}"
+        else:
+            assert "grpc" in p, f"{d['metadata']['name']}: {probe} is not a gRPC probe"
+# The CPU alert selects job="discovery": the ServiceMonitor makes that job
+# from the Services' part-of label, as compose's Prometheus names its job.
+for d in docs:
+    if d["kind"] == "ServiceMonitor":
+        key = d["spec"].get("jobLabel")
+        assert key, "ServiceMonitor sets no job label"
+        for svc in services.values():
+            assert svc["metadata"]["labels"].get(key) == "discovery", f"{svc['metadata']['name']}: job would not be discovery"
+    if d["kind"] == "PrometheusRule":
+        for r in [r for g in d["spec"]["groups"] for r in g["rules"]]:
+            if "job=" in r["expr"]:
+                assert 'job="discovery"' in r["expr"], r["expr"]
 print("  " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
 PY
 done

@@ -268,6 +268,10 @@ pub async fn spawn_with_parts(
     let redis = discovery_kit::cache::redis_pool(&config.cache)?;
     let deps = Dependency::store_and_redis(store.clone(), redis.clone());
     let limiter = Limiter::new(Arc::new(config.limits.clone()), redis);
+    if config.limits.replicas_from.is_some() {
+        let (l, stop) = (limiter.clone(), shutdown.clone());
+        tokio::spawn(async move { l.follow_replicas(stop).await });
+    }
     let in_flight = InFlight::new(&config.limits);
     let mut pools = Vec::new();
     for u in Upstream::ALL {

@@ -167,6 +167,10 @@ pub struct LimitConfig {
     pub max_in_flight: usize,
     /// Gateway replicas (divides limits in the local fallback).
     pub replicas: u32,
+    /// Where to count them instead: `host:port` of a headless Service whose
+    /// addresses are the ready gateway replicas (`DISCOVERY_GATEWAY_REPLICAS`
+    /// given as `dns://host:port`), resolved again as they scale.
+    pub replicas_from: Option<String>,
     /// Redis answer time before falling back to local limits.
     pub redis_timeout: Duration,
     /// A unary request body must arrive whole within this (four times as
@@ -201,6 +205,7 @@ impl Default for LimitConfig {
             recommend_concurrency: 50,
             max_in_flight: 2000,
             replicas: 1,
+            replicas_from: None,
             redis_timeout: Duration::from_millis(50),
             body_timeout: Duration::from_secs(10),
             client_share: 0.5,
@@ -285,11 +290,33 @@ impl LimitConfig {
                 d.max_in_flight,
                 "a number of calls",
             )?,
-            replicas: env.parse(
-                "DISCOVERY_GATEWAY_REPLICAS",
-                d.replicas,
-                "a number of replicas",
-            )?,
+            replicas: match env.raw("DISCOVERY_GATEWAY_REPLICAS") {
+                Some(v) if v.trim().starts_with("dns://") => d.replicas,
+                _ => env.parse(
+                    "DISCOVERY_GATEWAY_REPLICAS",
+                    d.replicas,
+                    "a number of replicas, or dns://host:port of the gateway's headless Service",
+                )?,
+            },
+            replicas_from: match env.raw("DISCOVERY_GATEWAY_REPLICAS") {
+                Some(v) => match v.trim().strip_prefix("dns://") {
+                    Some(hp)
+                        if hp
+                            .rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+                    {
+                        Some(hp.to_string())
+                    }
+                    Some(_) => {
+                        return Err(ConfigError::new(
+                            "DISCOVERY_GATEWAY_REPLICAS",
+                            format!("{v:?}: give dns://host:port (the gateway's headless Service)"),
+                        ));
+                    }
+                    None => None,
+                },
+                None => None,
+            },
             redis_timeout: env.duration("DISCOVERY_LIMIT_REDIS_TIMEOUT", d.redis_timeout)?,
             body_timeout: env.duration("DISCOVERY_GATEWAY_BODY_TIMEOUT", d.body_timeout)?,
             client_share: match env.raw("DISCOVERY_LIMIT_CLIENT_SHARE") {
@@ -466,6 +493,8 @@ return 1
 #[derive(Clone)]
 pub struct Limiter {
     config: Arc<LimitConfig>,
+    /// Gateway replicas now (the fallback divides limits by it).
+    replicas: Arc<std::sync::atomic::AtomicU32>,
     redis: Option<Pool>,
     local: Arc<LocalLimiter>,
     check: Arc<Script>,
@@ -489,6 +518,7 @@ impl Limiter {
     /// A limiter over `redis` (None: local only).
     pub fn new(config: Arc<LimitConfig>, redis: Option<Pool>) -> Self {
         Self {
+            replicas: Arc::new(std::sync::atomic::AtomicU32::new(config.replicas.max(1))),
             config,
             redis,
             local: Arc::default(),
@@ -500,6 +530,40 @@ impl Limiter {
     /// The configuration.
     pub fn config(&self) -> &LimitConfig {
         &self.config
+    }
+
+    /// Gateway replicas the local fallback divides limits by.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
+    }
+
+    /// Counts the gateway replicas from `replicas_from` now and every
+    /// [`discovery_kit::client::DNS_REFRESH`] until `shutdown` (nothing to do
+    /// with a fixed count). While a name does not resolve, the last count
+    /// stays.
+    pub async fn follow_replicas(&self, shutdown: discovery_kit::CancellationToken) {
+        let Some(hostport) = self.config.replicas_from.clone() else {
+            return;
+        };
+        loop {
+            match discovery_kit::client::resolve_all(&hostport).await {
+                Ok(addrs) if !addrs.is_empty() => {
+                    let n = addrs.len() as u32;
+                    if self.replicas.swap(n, Ordering::Relaxed) != n {
+                        tracing::info!(replicas = n, name = %hostport, "gateway replicas counted");
+                    }
+                    metrics::gauge!("discovery_gateway_replicas").set(n as f64);
+                }
+                Ok(_) => tracing::debug!(name = %hostport, "no ready gateway replica listed yet"),
+                Err(e) => {
+                    tracing::warn!(name = %hostport, error = %e, "cannot count gateway replicas; keeping the last count")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(discovery_kit::client::DNS_REFRESH) => {}
+            }
+        }
     }
 
     async fn slot(
@@ -581,7 +645,7 @@ impl Limiter {
                 };
                 metrics::counter!("discovery_gateway_limiter_fallbacks_total").increment(1);
                 tracing::debug!(%reason, "rate limiter: Redis unavailable, using local limits");
-                let n = self.config.replicas;
+                let n = self.replicas();
                 let local: Vec<_> = checks
                     .iter()
                     .map(|(g, k, r)| (*g, k.clone(), r.divided(n)))
@@ -750,6 +814,41 @@ impl InFlight {
 mod tests {
     use super::*;
     use crate::auth::ApiKey;
+
+    #[tokio::test]
+    async fn replicas_are_counted_from_the_headless_service_name() {
+        let env = Env::from_pairs([("DISCOVERY_GATEWAY_REPLICAS", "dns://localhost:50051")]);
+        let config = LimitConfig::from_env(&env).unwrap();
+        assert_eq!(config.replicas_from.as_deref(), Some("localhost:50051"));
+        let limiter = Limiter::new(Arc::new(config), None);
+        assert_eq!(limiter.replicas(), 1, "one until counted");
+        let want = discovery_kit::client::resolve_all("localhost:50051")
+            .await
+            .unwrap()
+            .len() as u32;
+        let stop = discovery_kit::CancellationToken::new();
+        let follow = tokio::spawn({
+            let (l, stop) = (limiter.clone(), stop.clone());
+            async move { l.follow_replicas(stop).await }
+        });
+        while limiter.replicas() != want {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        follow.await.unwrap();
+        // A name without a port, or a number that is not one, is refused.
+        for bad in ["dns://gateway-headless", "three"] {
+            let env = Env::from_pairs([("DISCOVERY_GATEWAY_REPLICAS", bad)]);
+            let e = LimitConfig::from_env(&env).unwrap_err().to_string();
+            assert!(e.contains("DISCOVERY_GATEWAY_REPLICAS"), "{e}");
+        }
+        assert_eq!(
+            LimitConfig::from_env(&Env::from_pairs([("DISCOVERY_GATEWAY_REPLICAS", "4")]))
+                .unwrap()
+                .replicas,
+            4
+        );
+    }
 
     #[test]
     fn rates_parse_with_clear_defaults() {

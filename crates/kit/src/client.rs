@@ -67,3 +67,91 @@ pub fn connect_as(
         crate::internal::Signer::new(auth, name),
     ))
 }
+
+/// How often `dns://` names are resolved again (replicas come and go).
+pub const DNS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Every address `host:port` resolves to, sorted (a headless Kubernetes
+/// Service answers with one per ready replica).
+pub async fn resolve_all(hostport: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    let mut addrs: Vec<_> = tokio::net::lookup_host(hostport).await?.collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+/// A channel that balances calls over every URL of `urls`, signed as
+/// service `name` when `auth` is set. `http://host:port` URLs are used as
+/// given; `dns://host:port` is resolved now and every [`DNS_REFRESH`], and
+/// each address it names is one endpoint, so every replica behind a
+/// headless Service takes calls and new ones join (a plain `http://` URL of
+/// a name would pin one connection to whichever address answered first).
+/// Needs a Tokio runtime; the resolver stops when the channel is dropped.
+pub fn connect_balanced(
+    var: &str,
+    urls: &[String],
+    auth: Option<&crate::internal::InternalAuth>,
+    name: &str,
+) -> Result<TracedChannel, EndpointError> {
+    use tonic::transport::channel::Change;
+    let (channel, tx) = Channel::balance_channel::<String>(64);
+    for url in urls {
+        match url.strip_prefix("dns://") {
+            None => {
+                let ep = endpoint(var, url)?;
+                // The buffer holds 64 changes; a list longer than that is a
+                // configuration error worth failing on.
+                tx.try_send(Change::Insert(url.clone(), ep))
+                    .map_err(|e| EndpointError {
+                        var: var.to_string(),
+                        url: url.clone(),
+                        reason: format!("too many endpoints: {e}"),
+                    })?;
+            }
+            Some(hostport) => {
+                // Validate now; connect per address later.
+                endpoint(var, &format!("http://{hostport}"))?;
+                let (hostport, tx, var) = (hostport.to_string(), tx.clone(), var.to_string());
+                tokio::spawn(async move {
+                    let mut known = std::collections::BTreeSet::new();
+                    loop {
+                        match resolve_all(&hostport).await {
+                            Ok(addrs) => {
+                                let now: std::collections::BTreeSet<_> =
+                                    addrs.into_iter().map(|a| a.to_string()).collect();
+                                for gone in known.difference(&now) {
+                                    if tx.send(Change::Remove(gone.clone())).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                for new in now.difference(&known) {
+                                    let Ok(ep) = endpoint(&var, &format!("http://{new}")) else {
+                                        continue;
+                                    };
+                                    if tx.send(Change::Insert(new.clone(), ep)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                if now != known {
+                                    tracing::debug!(%var, name = %hostport, replicas = now.len(), "replicas resolved");
+                                }
+                                known = now;
+                            }
+                            Err(e) => {
+                                tracing::warn!(%var, name = %hostport, error = %e, "cannot resolve replicas; keeping the last known")
+                            }
+                        }
+                        tokio::select! {
+                            _ = tx.closed() => return,
+                            _ = tokio::time::sleep(DNS_REFRESH) => {}
+                        }
+                    }
+                });
+            }
+        }
+    }
+    Ok(InterceptedService::new(
+        channel,
+        crate::internal::Signer::new(auth, name),
+    ))
+}

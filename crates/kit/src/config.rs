@@ -330,7 +330,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "DISCOVERY_GATEWAY_REPLICAS",
         default: "1",
-        help: "gateway: replica count; the local fallback (Redis down) divides limits by it",
+        help: "gateway: replica count, or dns://host:port of the gateway's headless Service to count them; the local fallback (Redis down) divides limits by it",
     },
     Variable {
         name: "DISCOVERY_LIMIT_REDIS_TIMEOUT",
@@ -490,7 +490,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "DISCOVERY_MONITORING_SCRAPE",
         default: "local",
-        help: "monitoring: metrics sources, `local` (this process) or http://host:port/metrics, comma-separated",
+        help: "monitoring: metrics sources, comma-separated: `local` (this process), http://host:port/metrics, or dns://host:port/metrics (every address the name resolves to, e.g. a headless Service)",
     },
     Variable {
         name: "DISCOVERY_MONITORING_SCRAPE_INTERVAL",

@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,34 @@ pub async fn bind(var: &str, addr: SocketAddr) -> Result<TcpListener, ServerErro
         })
 }
 
+/// `GET /readyz` on the metrics port: 200 while the process's gRPC health
+/// status is SERVING, 503 otherwise (starting, draining). The same answer as
+/// the gRPC health check, for probes that cannot speak gRPC over TLS: the
+/// kubelet's gRPC probe has no TLS, so a gateway serving TLS is probed here.
+pub fn readyz(health: HealthReporter) -> axum::Router {
+    use tonic_health::pb::health_server::Health;
+    let svc = Arc::new(tonic_health::server::HealthService::from_health_reporter(
+        health,
+    ));
+    axum::Router::new().route(
+        "/readyz",
+        axum::routing::get(move || {
+            let svc = svc.clone();
+            async move {
+                let req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                });
+                match svc.check(req).await {
+                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => {
+                        (http::StatusCode::OK, "serving")
+                    }
+                    _ => (http::StatusCode::SERVICE_UNAVAILABLE, "not serving"),
+                }
+            }
+        }),
+    )
+}
+
 /// A bound, not yet serving, gRPC server.
 pub struct GrpcServer {
     service: &'static str,
@@ -95,6 +124,11 @@ impl GrpcServer {
             source,
         })?;
         let health = HealthReporter::new();
+        // tonic-health starts "" at SERVING; this server is not serving
+        // until `serve` says so (`/readyz` reads the same status).
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         Ok(Self {
             service,
             listener,
@@ -1124,6 +1158,11 @@ impl ServiceHandle {
         let server = GrpcServer::bind(name, config.grpc_var, config.grpc)
             .await?
             .with_policy(config.policy());
+        let probes = readyz(server.health());
+        let extra_http = Some(match extra_http {
+            Some(r) => probes.merge(r),
+            None => probes,
+        });
         let metrics = Self::metrics_task(config, extra_http, &shutdown).await?;
         let running = serve(server, shutdown).await?;
         Ok(Self::finish(name, running, metrics))
@@ -1269,6 +1308,37 @@ mod tests {
     use super::*;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
+
+    #[tokio::test]
+    async fn readyz_answers_what_the_grpc_health_check_answers() {
+        use tower::ServiceExt;
+        let health = HealthReporter::new();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let status = |health: &HealthReporter| {
+            let app = readyz(health.clone());
+            async move {
+                app.oneshot(
+                    http::Request::get("/readyz")
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .status()
+            }
+        };
+        // Not serving yet (as `GrpcServer::bind` leaves it).
+        assert_eq!(status(&health).await, 503);
+        health.set_service_status("", ServingStatus::Serving).await;
+        assert_eq!(status(&health).await, 200);
+        // Draining.
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        assert_eq!(status(&health).await, 503);
+    }
 
     /// Past `max_connections`, a new connection is closed as soon as it is
     /// accepted; those already open keep their service; a closed one frees

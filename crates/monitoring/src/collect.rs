@@ -20,19 +20,36 @@ pub enum Source {
         /// Path and query.
         path: String,
     },
+    /// `dns://host:port/metrics`: every address the name resolves to at
+    /// each scrape (a headless Kubernetes Service: every ready replica).
+    Dns {
+        /// host:port.
+        authority: String,
+        /// Path and query.
+        path: String,
+    },
 }
 
 impl Source {
-    /// Parses `local` or an `http://` URL.
+    /// Parses `local`, an `http://` URL or a `dns://` URL.
     pub fn parse(s: &str) -> Result<Self, String> {
         if s == "local" {
             return Ok(Source::Local);
         }
         let uri: http::Uri = s.parse().map_err(|e| {
-            format!("{s:?} is not a URL ({e}); use http://host:port/metrics or local")
+            format!("{s:?} is not a URL ({e}); use http://host:port/metrics, dns://host:port/metrics or local")
         })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!("{s:?}: only http:// metrics endpoints (or local)"));
+        let dns = match uri.scheme_str() {
+            Some("http") => false,
+            Some("dns") => true,
+            _ => {
+                return Err(format!(
+                    "{s:?}: only http:// or dns:// metrics endpoints (or local)"
+                ));
+            }
+        };
+        if dns && uri.port().is_none() {
+            return Err(format!("{s:?} has no port (e.g. :9090)"));
         }
         let authority = uri
             .authority()
@@ -44,33 +61,60 @@ impl Source {
             .filter(|p| *p != "/")
             .unwrap_or("/metrics")
             .to_string();
-        Ok(Source::Http { authority, path })
+        Ok(if dns {
+            Source::Dns { authority, path }
+        } else {
+            Source::Http { authority, path }
+        })
     }
 
     /// Reads the source's series.
     pub async fn read(&self) -> Result<Vec<(Key, f64)>, String> {
         match self {
             Source::Local => Ok(bounded(parse(&discovery_kit::metrics::render()), &"local")),
-            Source::Http { authority, path } => {
-                let text = tokio::time::timeout(Duration::from_secs(5), get(authority, path))
+            Source::Http { authority, path } => read_one(authority, path).await,
+            Source::Dns { authority, path } => {
+                let addrs = discovery_kit::client::resolve_all(authority)
                     .await
-                    .map_err(|_| format!("http://{authority}{path}: no answer within 5 s"))??;
-                // Process series say nothing of their service: name the source.
-                Ok(bounded(parse(&text), authority)
-                    .into_iter()
-                    .map(|(k, v)| {
-                        if k.0.starts_with("process_") {
-                            let mut labels = k.1.clone();
-                            labels.insert("instance".into(), authority.clone());
-                            (std::sync::Arc::new((k.0.clone(), labels)), v)
-                        } else {
-                            (k, v)
+                    .map_err(|e| format!("dns://{authority}{path}: cannot resolve: {e}"))?;
+                if addrs.is_empty() {
+                    return Err(format!("dns://{authority}{path}: no addresses"));
+                }
+                let reads = addrs
+                    .iter()
+                    .map(|a| async move { (a, read_one(&a.to_string(), path).await) });
+                let mut out = Vec::new();
+                for (a, r) in futures::future::join_all(reads).await {
+                    match r {
+                        Ok(series) => out.extend(series),
+                        // One replica going away does not blind the rest.
+                        Err(e) => {
+                            tracing::warn!(replica = %a, error = %e, "scrape of one replica failed")
                         }
-                    })
-                    .collect())
+                    }
+                }
+                Ok(out)
             }
         }
     }
+}
+
+/// One endpoint's series, each labelled with `instance` (host:port), so
+/// replicas of one service stay apart (a counter that resets on one
+/// replica's restart is seen as a reset of that replica only) and sum up in
+/// the service's figures.
+async fn read_one(authority: &str, path: &str) -> Result<Vec<(Key, f64)>, String> {
+    let text = tokio::time::timeout(Duration::from_secs(5), get(authority, path))
+        .await
+        .map_err(|_| format!("http://{authority}{path}: no answer within 5 s"))??;
+    Ok(bounded(parse(&text), &authority)
+        .into_iter()
+        .map(|(k, v)| {
+            let mut labels = k.1.clone();
+            labels.insert("instance".into(), authority.to_string());
+            (std::sync::Arc::new((k.0.clone(), labels)), v)
+        })
+        .collect())
 }
 
 /// Largest `/metrics` page read from one endpoint.
@@ -150,9 +194,25 @@ mod tests {
             .read()
             .await
             .unwrap();
-        assert!(got.iter().any(|(k, v)| k.1.get("kind").map(String::as_str)
-            == Some("collect_test")
-            && *v == 3.0));
+        let mine = |got: &[(Key, f64)]| {
+            got.iter()
+                .filter(|(k, v)| {
+                    k.1.get("kind").map(String::as_str) == Some("collect_test") && *v == 3.0
+                })
+                .map(|(k, _)| k.1.get("instance").cloned().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(mine(&got), [addr.to_string()], "labelled with its instance");
+        // The same endpoint by name: every address `localhost` resolves to
+        // is scraped (the ones that do not answer are skipped).
+        let by_name = Source::parse(&format!("dns://localhost:{}/metrics", addr.port())).unwrap();
+        assert!(matches!(by_name, Source::Dns { .. }));
+        let got = by_name.read().await.unwrap();
+        assert_eq!(mine(&got), [addr.to_string()]);
+        assert!(
+            Source::parse("dns://gateway-headless/metrics").is_err(),
+            "a port is needed"
+        );
         token.cancel();
     }
 }

@@ -152,15 +152,67 @@ impl Config {
 #[derive(Clone)]
 struct Service {
     store: Store,
-    targets: Vec<(Target, HealthClient<discovery_kit::client::TracedChannel>)>,
+    targets: Vec<(Target, Probe)>,
     history: Arc<Mutex<window::History>>,
     hub: Hub,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// How a target is reached for health checks.
+#[derive(Clone)]
+enum Probe {
+    /// One address (`http://host:port`).
+    One(Box<HealthClient<discovery_kit::client::TracedChannel>>),
+    /// Every replica a name resolves to (`dns://host:port`, a headless
+    /// Service), each checked on its own.
+    Every(String),
+}
+
+impl Probe {
+    fn new(t: &Target) -> Result<Self, discovery_kit::client::EndpointError> {
+        Ok(match t.url.strip_prefix("dns://") {
+            Some(hostport) => Probe::Every(hostport.to_string()),
+            None => Probe::One(Box::new(HealthClient::new(
+                discovery_kit::client::connect_lazy("DISCOVERY_*_URLS", &t.url)?,
+            ))),
+        })
+    }
+
+    /// One entry per replica checked.
+    async fn check(&self, target: &Target) -> Vec<pb::ServiceHealth> {
+        match self {
+            Probe::One(client) => vec![check(target, &target.url, (**client).clone()).await],
+            Probe::Every(hostport) => {
+                let addrs = match discovery_kit::client::resolve_all(hostport).await {
+                    Ok(a) if !a.is_empty() => a,
+                    failed => {
+                        let why = match failed {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "no addresses (no ready replica)".to_string(),
+                        };
+                        return vec![pb::ServiceHealth {
+                            service: target.service.clone(),
+                            address: target.url.clone(),
+                            detail: format!("cannot resolve {}: {why}", target.url),
+                            ..Default::default()
+                        }];
+                    }
+                };
+                let checks = addrs.into_iter().filter_map(|a| {
+                    let url = format!("http://{a}");
+                    let ch = discovery_kit::client::connect_lazy("DISCOVERY_*_URLS", &url).ok()?;
+                    Some(async move { check(target, &a.to_string(), HealthClient::new(ch)).await })
+                });
+                futures::future::join_all(checks).await
+            }
+        }
+    }
+}
+
 async fn check(
     target: &Target,
+    address: &str,
     mut client: HealthClient<discovery_kit::client::TracedChannel>,
 ) -> pb::ServiceHealth {
     let started = Instant::now();
@@ -209,7 +261,7 @@ async fn check(
     }
     pb::ServiceHealth {
         service: target.service.clone(),
-        address: target.url.clone(),
+        address: address.to_string(),
         live,
         ready,
         detail,
@@ -280,8 +332,12 @@ impl Monitoring for Service {
         &self,
         _req: Request<pb::GetSystemHealthRequest>,
     ) -> Result<Response<pb::GetSystemHealthResponse>, Status> {
-        let checks = self.targets.iter().map(|(t, c)| check(t, c.clone()));
-        let mut services = futures::future::join_all(checks).await;
+        let checks = self.targets.iter().map(|(t, p)| p.check(t));
+        let mut services: Vec<pb::ServiceHealth> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         // Monitoring serves from memory; without its store it only loses
         // rollups and alert history writes (retried on the next tick).
         let store_ok = self.store.ping().await.is_ok();
@@ -520,6 +576,29 @@ async fn collect_loop(
     }
 }
 
+/// Indexes of the monitoring collections.
+pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
+    vec![
+        (
+            ALERTS,
+            vec![IndexSpec::new(
+                "state_1_active_since_-1",
+                doc! {"state": 1, "active_since": -1},
+            )],
+        ),
+        (
+            METRICS_ROLLUPS,
+            vec![
+                IndexSpec::new(
+                    "service_1_window_start_-1",
+                    doc! {"service": 1, "window_start": -1},
+                ),
+                IndexSpec::new("created_at_ttl", doc! {"created_at": 1}).ttl(rollup::KEEP),
+            ],
+        ),
+    ]
+}
+
 /// Starts the service; its metrics endpoint also serves the dashboard.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
     spawn_with_dashboard(config, shutdown).await.map(|(h, _)| h)
@@ -533,31 +612,13 @@ pub async fn spawn_with_dashboard(
     shutdown: CancellationToken,
 ) -> Result<(ServiceHandle, axum::Router), BoxError> {
     let store = config.store.connect(Workload::Analytics).await?;
-    store
-        .ensure_indexes(
-            ALERTS,
-            &[IndexSpec::new(
-                "state_1_active_since_-1",
-                doc! {"state": 1, "active_since": -1},
-            )],
-        )
-        .await?;
-    store
-        .ensure_indexes(
-            METRICS_ROLLUPS,
-            &[
-                IndexSpec::new(
-                    "service_1_window_start_-1",
-                    doc! {"service": 1, "window_start": -1},
-                ),
-                IndexSpec::new("created_at_ttl", doc! {"created_at": 1}).ttl(rollup::KEEP),
-            ],
-        )
-        .await?;
+    for (coll, ix) in indexes() {
+        store.ensure_indexes(coll, &ix).await?;
+    }
     let mut targets = Vec::new();
     for t in config.targets {
-        let ch = discovery_kit::client::connect_lazy("DISCOVERY_*_URLS", &t.url)?;
-        targets.push((t, HealthClient::new(ch)));
+        let probe = Probe::new(&t)?;
+        targets.push((t, probe));
     }
     // Windows survive a restart: the stored minute rollups come back first.
     let mut restored = window::History::default();
@@ -567,13 +628,16 @@ pub async fn spawn_with_dashboard(
         Err(e) => tracing::warn!(error = %e, "metric rollups unreadable; starting with none"),
     }
     let history = Arc::new(Mutex::new(restored));
-    let recommendation = targets
+    let recommendation_urls: Vec<String> = targets
         .iter()
-        .find(|(t, _)| t.service == "recommendation")
-        .map(|(t, _)| {
-            discovery_kit::client::connect_as(
+        .filter(|(t, _)| t.service == "recommendation")
+        .map(|(t, _)| t.url.clone())
+        .collect();
+    let recommendation = (!recommendation_urls.is_empty())
+        .then(|| {
+            discovery_kit::client::connect_balanced(
                 "DISCOVERY_RECOMMENDATION_URLS",
-                &t.url,
+                &recommendation_urls,
                 config.serve.internal.as_ref(),
                 "monitoring",
             )

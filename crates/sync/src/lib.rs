@@ -544,18 +544,21 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         shutdown.clone(),
     );
     if config.follow {
-        let client = match config.recommendation_urls.first() {
-            Some(url) => Some(
+        // Every replica takes deliveries (dns:// names are resolved again
+        // as replicas come and go); each one fans the change out to the rest.
+        let client = if config.recommendation_urls.is_empty() {
+            None
+        } else {
+            Some(
                 discovery_proto::v1::cache_admin_client::CacheAdminClient::new(
-                    discovery_kit::client::connect_as(
+                    discovery_kit::client::connect_balanced(
                         "DISCOVERY_RECOMMENDATION_URLS",
-                        url,
+                        &config.recommendation_urls,
                         config.serve.internal.as_ref(),
                         "sync",
                     )?,
                 ),
-            ),
-            None => None,
+            )
         };
         handle.push_task(tokio::spawn(async move {
             feed::follow(store, client, watchers, shutdown).await;

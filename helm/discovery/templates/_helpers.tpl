@@ -28,10 +28,28 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The headless Service of a service: one address per ready replica. */}}
+{{- define "discovery.headless" -}}
+{{- printf "%s-%s-headless.%s.svc" (include "discovery.fullname" .root) .name .root.Release.Namespace -}}
+{{- end -}}
+
 {{/* In-cluster URL list for an upstream: every replica via the headless Service. */}}
 {{- define "discovery.upstream" -}}
 {{- $svc := index .root.Values.services .name -}}
-{{- printf "dns://%s-%s-headless.%s.svc:%v" (include "discovery.fullname" .root) .name .root.Release.Namespace $svc.port -}}
+{{- printf "dns://%s:%v" (include "discovery.headless" .) $svc.port -}}
+{{- end -}}
+
+{{/* Monitoring's scrape list: every replica of every other service through
+     its headless Service (resolved at each scrape), and its own registry. */}}
+{{- define "discovery.scrape" -}}
+{{- $out := list -}}
+{{- range $name, $svc := .Values.services -}}
+{{- if and $svc.enabled (ne $name "monitoring") -}}
+{{- $out = append $out (printf "dns://%s:%v/metrics" (include "discovery.headless" (dict "root" $ "name" $name)) $.Values.metrics.port) -}}
+{{- end -}}
+{{- end -}}
+{{- $out = append $out "local" -}}
+{{- join "," $out -}}
 {{- end -}}
 
 {{/* The Secret holding DISCOVERY_INTERNAL_SECRET. */}}

@@ -420,57 +420,6 @@ async fn sessions_and_shoppers_belong_to_the_key_that_proves_them() {
     rig.stop().await;
 }
 
-fn shopify_line(id: usize, updated_at: &str, price: &str) -> String {
-    format!(
-        concat!(
-            r#"{{"id": {id}, "title": "Hostile Model {id}", "vendor": "Acme", "tags": "shape:round, material:acetate, size:50-20-145, width:130","#,
-            r#" "updated_at": "{u}", "variants": [{{"sku": "HOSTILE-{id}", "price": "{p}", "option1": "Black", "inventory_quantity": 3}}]}}"#,
-            "\n"
-        ),
-        id = id,
-        u = updated_at,
-        p = price
-    )
-}
-
-async fn feed(
-    addr: std::net::SocketAddr,
-    key: &str,
-    source: &str,
-    lines: String,
-) -> Result<pb::SyncJob, tonic::Status> {
-    let mut c = client(addr, &[("x-api-key", key)]).await;
-    let msgs = vec![
-        pb::IngestCatalogRequest {
-            item: Some(pb::ingest_catalog_request::Item::Header(pb::IngestHeader {
-                source: source.into(),
-                format: pb::FeedFormat::ShopifyNdjson as i32,
-                idempotency_key: String::new(),
-            })),
-        },
-        pb::IngestCatalogRequest {
-            item: Some(pb::ingest_catalog_request::Item::NdjsonChunk(
-                lines.into_bytes(),
-            )),
-        },
-    ];
-    let resp = c
-        .ingest_catalog(futures::stream::iter(msgs))
-        .await?
-        .into_inner();
-    let mut watch = c
-        .watch_sync_job(pb::WatchSyncJobRequest {
-            job_id: resp.job_id,
-        })
-        .await?
-        .into_inner();
-    let mut last = None;
-    while let Some(j) = watch.message().await? {
-        last = Some(j);
-    }
-    Ok(last.expect("a final state"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn feeds_are_scoped_to_their_sources_and_cannot_pin_the_future() {
     let rig = Rig::start("hostile_feeds", &[("DISCOVERY_LIMITS", "off")]).await;

@@ -238,7 +238,7 @@ async fn recommendation_on_mongo_serves_through_gateway() {
     for want in [
         "face_shape_compat_price",
         "in_stock_price_partial",
-        "brand_categories_keywords_stock",
+        "brand_categories_stock",
     ] {
         assert!(
             names.iter().any(|n| n == want),

@@ -13,6 +13,7 @@ use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
 use super::filter::{compare, get_path, matches, sort_cmp};
+use super::multikey;
 use super::{
     Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
     GuardedOutcome, IndexSpec, RawDocumentBuf, ResumeToken, Store, StoreError, doc_id,
@@ -25,6 +26,8 @@ pub const HISTORY: usize = 100_000;
 struct Collection {
     docs: BTreeMap<String, Document>,
     indexes: Vec<String>,
+    /// Compound indexes, for MongoDB's parallel-array rule ([`multikey`]).
+    compound: Vec<IndexSpec>,
     history: VecDeque<ChangeEvent>,
     tx: broadcast::Sender<ChangeEvent>,
 }
@@ -34,6 +37,7 @@ impl Collection {
         Self {
             docs: BTreeMap::new(),
             indexes: vec!["_id_".to_string()],
+            compound: Vec::new(),
             history: VecDeque::new(),
             tx: broadcast::channel(4096).0,
         }
@@ -89,9 +93,29 @@ impl MemoryStore {
         let _ = col.tx.send(ev);
     }
 
+    /// Refuses a document MongoDB would refuse under the collection's
+    /// indexes (two arrays in one compound index), as MongoDB does.
+    fn check_indexes(
+        &self,
+        op: &'static str,
+        collection: &str,
+        doc: &Document,
+    ) -> Result<(), StoreError> {
+        let cols = self.collections.read();
+        let Some(col) = cols.get(collection) else {
+            return Ok(());
+        };
+        multikey::check(&col.compound, doc).map_err(|p| StoreError::Database {
+            op,
+            collection: collection.to_string(),
+            reason: p.to_string(),
+        })
+    }
+
     /// Writes one document, returning whether it was new, changed or equal.
     fn upsert_one(&self, collection: &str, doc: Document) -> Result<BulkOutcome, StoreError> {
         let id = doc_id(collection, &doc)?;
+        self.check_indexes("upsert", collection, &doc)?;
         let existing = self
             .collections
             .read()
@@ -134,9 +158,25 @@ impl DocumentStore for MemoryStore {
             .entry(collection.to_string())
             .or_insert_with(Collection::new);
         for ix in indexes {
-            if !col.indexes.contains(&ix.name) {
-                col.indexes.push(ix.name.clone());
+            if col.indexes.contains(&ix.name) {
+                continue;
             }
+            // MongoDB fails an index build over documents it cannot index.
+            if ix.keys.len() > 1 {
+                if let Some(p) = col
+                    .docs
+                    .values()
+                    .find_map(|d| multikey::parallel_arrays(ix, d))
+                {
+                    return Err(StoreError::Database {
+                        op: "create_index",
+                        collection: collection.to_string(),
+                        reason: p.to_string(),
+                    });
+                }
+                col.compound.push(ix.clone());
+            }
+            col.indexes.push(ix.name.clone());
         }
         Ok(())
     }
@@ -244,6 +284,7 @@ impl DocumentStore for MemoryStore {
                 .to_document()
                 .map_err(|e| StoreError::Filter(format!("undecodable document: {e}")))?;
             let id = doc_id(collection, &d)?;
+            self.check_indexes("bulk_upsert_newer", collection, &d)?;
             let existing = self
                 .collections
                 .read()
@@ -359,6 +400,29 @@ mod tests {
 
     use super::*;
     use crate::store::doc;
+
+    #[tokio::test]
+    async fn refuses_what_mongodb_refuses_parallel_arrays() {
+        let s = MemoryStore::new();
+        s.put("p", doc! {"_id": "old", "a": [1], "b": [2]})
+            .await
+            .unwrap();
+        let ix = IndexSpec::new("a_b", doc! {"a": 1, "b": 1});
+        // The build fails over a document it cannot index, as MongoDB's does.
+        let err = s.ensure_indexes("p", std::slice::from_ref(&ix)).await;
+        assert!(err.unwrap_err().to_string().contains("parallel arrays"));
+        s.delete("p", "old").await.unwrap();
+        s.ensure_indexes("p", &[ix]).await.unwrap();
+        let err = s
+            .bulk_upsert("p", vec![doc! {"_id": "x", "a": [1], "b": [2]}])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("[a] [b]"), "{err}");
+        assert_eq!(s.get("p", "x").await.unwrap(), None, "nothing written");
+        s.put("p", doc! {"_id": "y", "a": [1], "b": 2})
+            .await
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn round_trip_bulk_and_resume() {

@@ -18,6 +18,7 @@
 pub mod filter;
 pub mod memory;
 pub mod mongo;
+pub mod multikey;
 pub mod traced;
 
 use std::fmt::Debug;
