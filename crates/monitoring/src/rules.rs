@@ -110,12 +110,16 @@ pub fn spec_rules() -> Vec<Rule> {
             severity: Severity::Critical,
             remediation: None,
         },
+        // Only caches that repeat traffic should hit ([`CACHE_HIT_RATE_KINDS`];
+        // face analyses are new photos, almost always misses), only with
+        // enough lookups to mean something ([`MIN_CACHE_LOOKUPS`]: a cold
+        // cache at boot is not an incident), and only when it lasts.
         Rule {
             name: "LowCacheHitRate",
             signal: Signal::CacheHitRate,
             comparison: Comparison::Below,
             threshold: 0.80,
-            for_: Duration::ZERO,
+            for_: Duration::from_secs(5 * 60),
             severity: Severity::Warning,
             remediation: Some(Remediation::WarmCaches),
         },
@@ -138,6 +142,27 @@ pub fn spec_rules() -> Vec<Rule> {
             remediation: None,
         },
     ]
+}
+
+/// Cache kinds whose hit rate `LowCacheHitRate` watches: the ones serving
+/// repeated lookups (the same products, pages and queries), where warming
+/// helps. `alerts.yml` selects the same kinds (checked by a test).
+pub const CACHE_HIT_RATE_KINDS: &[&str] = &["product", "recommendations", "search"];
+
+/// Lookups of one cache kind in the 5-minute window below which its hit
+/// rate is not observed (no traffic, or a trickle at boot, is no signal).
+pub const MIN_CACHE_LOOKUPS: u64 = 100;
+
+/// The name of each rule in `alerts.yml` (Prometheus' copy).
+pub fn prometheus_name(rule: &str) -> Option<&'static str> {
+    Some(match rule {
+        "HighLatencyP95" => "DiscoveryLatencyP95High",
+        "HighErrorRate" => "DiscoveryErrorRateHigh",
+        "LowCacheHitRate" => "DiscoveryCacheHitRateLow",
+        "HighCpu" => "DiscoveryCpuHigh",
+        "HighMemory" => "DiscoveryMemoryHigh",
+        _ => return None,
+    })
 }
 
 /// Labels of a series ("service" => "gateway").
@@ -341,7 +366,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_rule_without_duration_fires_at_once_and_a_vanished_series_resolves() {
-        let mut e = Engine::new(spec_rules());
+        let mut rule = spec_rules()
+            .into_iter()
+            .find(|r| r.name == "LowCacheHitRate")
+            .unwrap();
+        rule.for_ = Duration::ZERO;
+        let mut e = Engine::new(vec![rule]);
         let hit = |v: f64| Observation {
             signal: Signal::CacheHitRate,
             labels: [("kind".to_string(), "recommendations".to_string())].into(),

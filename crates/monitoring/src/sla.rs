@@ -180,7 +180,9 @@ pub fn observations(history: &History) -> Vec<Observation> {
         }
     }
     for (kind, (h, m)) in window::caches(&inc) {
-        if h + m > 0 {
+        if h + m >= crate::rules::MIN_CACHE_LOOKUPS
+            && crate::rules::CACHE_HIT_RATE_KINDS.contains(&kind.as_str())
+        {
             out.push(Observation {
                 signal: Signal::CacheHitRate,
                 labels: label("kind", &kind),

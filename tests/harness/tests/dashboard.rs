@@ -102,15 +102,16 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         .unwrap();
     let hub = Hub::new(store, None, None);
     let mut engine = Engine::new(spec_rules());
-    let now = tokio::time::Instant::now();
-    let fired = engine.evaluate(
-        now,
-        &[Observation {
-            signal: Signal::CacheHitRate,
-            labels: [("kind".to_string(), "product".to_string())].into(),
-            value: 0.42,
-        }],
-    );
+    let low = [Observation {
+        signal: Signal::CacheHitRate,
+        labels: [("kind".to_string(), "product".to_string())].into(),
+        value: 0.42,
+    }];
+    // Pending first; firing once it has lasted the rule's 5 minutes.
+    let start = tokio::time::Instant::now();
+    assert!(engine.evaluate(start, &low).is_empty());
+    let now = start + std::time::Duration::from_secs(300);
+    let fired = engine.evaluate(now, &low);
     assert_eq!(fired.len(), 1);
     hub.publish(&fired[0], now).await;
 
