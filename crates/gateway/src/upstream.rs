@@ -464,8 +464,8 @@ impl Pool {
         for s in &self.sources {
             match s.strip_prefix("dns://") {
                 None => urls.push(s.clone()),
-                Some(hostport) => match tokio::net::lookup_host(hostport).await {
-                    Ok(addrs) => urls.extend(addrs.map(|a| format!("http://{a}"))),
+                Some(hostport) => match discovery_kit::client::resolve_all(hostport).await {
+                    Ok(addrs) => urls.extend(addrs.iter().map(|a| format!("http://{a}"))),
                     Err(e) => {
                         tracing::warn!(source = %s, error = %e, "DNS lookup failed; keeping the last replicas")
                     }

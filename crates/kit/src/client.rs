@@ -1,5 +1,7 @@
 //! gRPC client channels between services.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
@@ -72,12 +74,66 @@ pub fn connect_as(
 pub const DNS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Every address `host:port` resolves to, sorted (a headless Kubernetes
-/// Service answers with one per ready replica).
+/// Service answers with one per ready replica). Names listed in
+/// `DISCOVERY_HOSTS` ([`parse_hosts`]) answer from there, like /etc/hosts.
 pub async fn resolve_all(hostport: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    if let Some((host, port)) = hostport.rsplit_once(':')
+        && let Some(ips) = hosts().get(host)
+    {
+        let port: u16 = port.parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{hostport}: bad port"),
+            )
+        })?;
+        return Ok(ips
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, port))
+            .collect());
+    }
     let mut addrs: Vec<_> = tokio::net::lookup_host(hostport).await?.collect();
     addrs.sort();
     addrs.dedup();
     Ok(addrs)
+}
+
+/// Names and their addresses: `name=ip,ip name2=ip` (entries separated by
+/// white space, addresses by commas). What /etc/hosts is to a process, for
+/// `dns://` names only: one machine can run the chart's topology, each
+/// replica at its own loopback address under the chart's Service names
+/// (`discovery cluster`, the cluster tests). Addresses come out sorted.
+pub fn parse_hosts(text: &str) -> Result<HashMap<String, Vec<IpAddr>>, String> {
+    let mut out: HashMap<String, Vec<IpAddr>> = HashMap::new();
+    for entry in text.split_whitespace() {
+        let (name, ips) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?}: expected name=ip[,ip...]"))?;
+        if name.is_empty() {
+            return Err(format!("{entry:?}: no name"));
+        }
+        let list = out.entry(name.to_string()).or_default();
+        for ip in ips.split(',').filter(|i| !i.is_empty()) {
+            list.push(
+                ip.parse()
+                    .map_err(|_| format!("{entry:?}: {ip:?} is not an IP address"))?,
+            );
+        }
+        list.sort();
+        list.dedup();
+    }
+    Ok(out)
+}
+
+/// `DISCOVERY_HOSTS` of this process, read once (services validate it at
+/// start through `ServeConfig`, so a bad value never gets here).
+fn hosts() -> &'static HashMap<String, Vec<IpAddr>> {
+    static HOSTS: std::sync::OnceLock<HashMap<String, Vec<IpAddr>>> = std::sync::OnceLock::new();
+    HOSTS.get_or_init(|| {
+        std::env::var("DISCOVERY_HOSTS")
+            .ok()
+            .and_then(|t| parse_hosts(&t).ok())
+            .unwrap_or_default()
+    })
 }
 
 /// A channel that balances calls over every URL of `urls`, signed as
@@ -154,4 +210,26 @@ pub fn connect_balanced(
         channel,
         crate::internal::Signer::new(auth, name),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hosts_parse_like_a_hosts_file() {
+        let h = super::parse_hosts(
+            "gw-headless.shop.svc=127.77.0.2,127.77.0.1\n sync-headless.shop.svc=127.77.0.9",
+        )
+        .unwrap();
+        assert_eq!(
+            h["gw-headless.shop.svc"],
+            [
+                "127.77.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "127.77.0.2".parse().unwrap()
+            ]
+        );
+        assert_eq!(h.len(), 2);
+        for bad in ["gw", "=127.0.0.1", "gw=localhost"] {
+            assert!(super::parse_hosts(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -218,6 +218,11 @@ pub struct Variable {
 /// code that reads them (a test checks the names appear in the README).
 pub const VARIABLES: &[Variable] = &[
     Variable {
+        name: "DISCOVERY_HOSTS",
+        default: "",
+        help: "static addresses for dns:// names, like /etc/hosts: `name=ip,ip name2=ip` (runs the chart's topology on one machine)",
+    },
+    Variable {
         name: "DISCOVERY_BIND_IP",
         default: "127.0.0.1",
         help: "IP every service binds (0.0.0.0 in containers)",

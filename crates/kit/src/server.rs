@@ -999,6 +999,10 @@ impl ServeConfig {
     ) -> Result<Self, crate::config::ConfigError> {
         let grpc = env.listen("DISCOVERY_BIND_IP", port_var, default_port)?;
         let metrics_port = env.port("DISCOVERY_METRICS_PORT", 9090)?;
+        if let Some(hosts) = env.raw("DISCOVERY_HOSTS") {
+            crate::client::parse_hosts(&hosts)
+                .map_err(|e| crate::config::ConfigError::new("DISCOVERY_HOSTS", e))?;
+        }
         Ok(Self {
             grpc,
             grpc_var: port_var,

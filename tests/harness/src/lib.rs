@@ -13,6 +13,8 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -41,7 +43,7 @@ pub enum HarnessError {
     },
 }
 
-fn start_err(what: &str, reason: impl std::fmt::Display) -> HarnessError {
+pub(crate) fn start_err(what: &str, reason: impl std::fmt::Display) -> HarnessError {
     HarnessError::Start {
         what: what.to_string(),
         reason: reason.to_string(),
