@@ -113,12 +113,22 @@ impl Sync for Service {
                 .await
                 .map_err(|e| unavailable("reading jobs", e))?
         {
-            // Same key again: the job already exists; do not ingest twice.
+            // Same key again. A job that succeeded, or is still running in
+            // this process, is not ingested twice. One that failed, or whose
+            // sync process stopped mid-feed (its stored state says running,
+            // but nothing here runs it), is what the sender is retrying:
+            // ingest again under the same id (every write is an upsert
+            // guarded by `updated_at`, so records already written are
+            // unchanged, not doubled).
             let job = ingest::job_from_document(&existing);
-            return Ok(Response::new(pb::IngestCatalogResponse {
-                job_id: job.job_id,
-                received: job.received,
-            }));
+            let running_here = self.jobs.get(&id).is_some_and(|j| !j.is_done());
+            if job.state == pb::SyncJobState::Succeeded as i32 || running_here {
+                return Ok(Response::new(pb::IngestCatalogResponse {
+                    job_id: job.job_id,
+                    received: job.received,
+                }));
+            }
+            tracing::info!(job = %id, state = job.state, "the same idempotency key after the job did not finish: ingesting again");
         }
         let mut intake = self
             .jobs

@@ -541,26 +541,31 @@ impl Cluster {
     pub async fn wait_started(&mut self, timeout: Duration) -> Result<(), String> {
         let until = Instant::now() + timeout;
         for i in 0..self.pods.len() {
-            loop {
-                let pod = &mut self.pods[i];
-                let r = pod.deployment.startup.check(pod.ip).await;
-                if r.is_ok() {
-                    break;
-                }
-                if !pod.running() || Instant::now() > until {
-                    return Err(format!(
-                        "{} at {}: startup probe {:?}: {}\n{}",
-                        pod.service,
-                        pod.ip,
-                        pod.deployment.startup,
-                        r.unwrap_err(),
-                        tail(&pod.log, 20)
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            self.wait_pod_started(i, until).await?;
         }
         Ok(())
+    }
+
+    /// Waits until pod `i`'s startup probe passes (or `until`).
+    pub async fn wait_pod_started(&mut self, i: usize, until: Instant) -> Result<(), String> {
+        loop {
+            let pod = &mut self.pods[i];
+            let r = pod.deployment.startup.check(pod.ip).await;
+            if r.is_ok() {
+                return Ok(());
+            }
+            if !pod.running() || Instant::now() > until {
+                return Err(format!(
+                    "{} at {}: startup probe {:?}: {}\n{}",
+                    pod.service,
+                    pod.ip,
+                    pod.deployment.startup,
+                    r.unwrap_err(),
+                    tail(&pod.log, 20)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
