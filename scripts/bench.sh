@@ -6,6 +6,15 @@
 #   RATE=10000 DURATION=60s scripts/bench.sh        # defaults
 #   SCENARIOS="normal face" scripts/bench.sh         # a subset
 #   BIN=/tmp/discovery-old scripts/bench.sh          # another build, same scenarios
+#   TOPOLOGY=cluster scripts/bench.sh                # the chart's topology instead
+#
+# TOPOLOGY=cluster runs what the Helm chart deploys, as processes
+# (`discovery-cluster`, tests/harness: 2 gateways, 2 recommendation, 2
+# face-analysis, sync and monitoring, each configured from `helm template`,
+# on a Redis Cluster of 3+3 and the MongoDB-compatible server, every call
+# between them over the network); the load tool spreads its connections over
+# both gateways and counts the CPU of every process. REPLICAS=svc=n,...
+# changes the replica counts.
 #
 # The system runs as `discovery up` (release build, embedded store,
 # in-process cache, demo catalogue) in its own process, with the gateway's
@@ -33,27 +42,53 @@ else
 fi
 mkdir -p "$OUT"
 
-log="$OUT/up.log"
-env DISCOVERY_LIMITS=false \
-  DISCOVERY_GATEWAY_PORT=$((BASE + 1)) DISCOVERY_FACE_ANALYSIS_PORT=$((BASE + 2)) \
-  DISCOVERY_RECOMMENDATION_PORT=$((BASE + 3)) DISCOVERY_SYNC_PORT=$((BASE + 4)) \
-  DISCOVERY_MONITORING_PORT=$((BASE + 5)) DISCOVERY_METRICS_PORT=$((BASE + 6)) \
-  RUST_LOG=${RUST_LOG:-warn} \
-  "$bin" up >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 600); do
-  grep -q 'export DISCOVERY_API_KEY=' "$log" && break
-  kill -0 $pid 2>/dev/null || { cat "$log" >&2; echo "bench: discovery up stopped" >&2; exit 1; }
-  sleep 0.1
-done
-key=$(sed -n 's/^ *export DISCOVERY_API_KEY=//p' "$log")
-[ -n "$key" ] || { cat "$log" >&2; echo "bench: no API key from discovery up" >&2; exit 1; }
-gw="http://127.0.0.1:$((BASE + 1))"
-echo "bench: discovery up (pid $pid) at $gw; reports in $OUT"
+if [ "${TOPOLOGY:-all-in-one}" = cluster ]; then
+  ./scripts/test-deps.sh
+  [ -x .tools/helm ] || ./scripts/check-deploy.sh
+  cargo build --release --locked -p discovery-harness --bin discovery-cluster
+  log="$OUT/cluster.log"
+  target/release/discovery-cluster --bin "$bin" \
+    --set env.DISCOVERY_LIMITS=false --set env.DISCOVERY_DEMO_CATALOG=520 \
+    --set env.RUST_LOG=${RUST_LOG:-warn} \
+    ${REPLICAS:+--replicas "$REPLICAS"} >"$log" 2>&1 &
+  pid=$!
+  trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1800); do
+    grep -q '^ready' "$log" && break
+    kill -0 $pid 2>/dev/null || { cat "$log" >&2; echo "bench: discovery-cluster stopped" >&2; exit 1; }
+    sleep 0.1
+  done
+  grep -q '^ready' "$log" || { cat "$log" >&2; echo "bench: the cluster never got ready" >&2; exit 1; }
+  key=$(sed -n 's/^export DISCOVERY_API_KEY=//p' "$log")
+  gw=$(sed -n 's/^gateways: //p' "$log")
+  pids=$(sed -n 's/^pids: //p' "$log")
+  echo "bench: the chart's topology (discovery-cluster, pid $pid) at $gw; reports in $OUT"
+  OUT="$OUT/cluster"
+  mkdir -p "$OUT"
+else
+  log="$OUT/up.log"
+  env DISCOVERY_LIMITS=false \
+    DISCOVERY_GATEWAY_PORT=$((BASE + 1)) DISCOVERY_FACE_ANALYSIS_PORT=$((BASE + 2)) \
+    DISCOVERY_RECOMMENDATION_PORT=$((BASE + 3)) DISCOVERY_SYNC_PORT=$((BASE + 4)) \
+    DISCOVERY_MONITORING_PORT=$((BASE + 5)) DISCOVERY_METRICS_PORT=$((BASE + 6)) \
+    RUST_LOG=${RUST_LOG:-warn} \
+    "$bin" up >"$log" 2>&1 &
+  pid=$!
+  trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 600); do
+    grep -q 'export DISCOVERY_API_KEY=' "$log" && break
+    kill -0 $pid 2>/dev/null || { cat "$log" >&2; echo "bench: discovery up stopped" >&2; exit 1; }
+    sleep 0.1
+  done
+  key=$(sed -n 's/^ *export DISCOVERY_API_KEY=//p' "$log")
+  [ -n "$key" ] || { cat "$log" >&2; echo "bench: no API key from discovery up" >&2; exit 1; }
+  gw="http://127.0.0.1:$((BASE + 1))"
+  echo "bench: discovery up (pid $pid) at $gw; reports in $OUT"
+  pids=$pid
+fi
 
 for s in $SCENARIOS; do
-  args=(--scenario "$s" --gateway "$gw" --api-key "$key" --server-pid "$pid" --out "$OUT")
+  args=(--scenario "$s" --gateway "$gw" --api-key "$key" --server-pid "$pids" --out "$OUT")
   case $s in
     normal) args+=(--rate "$RATE" --duration "$DURATION") ;;
     spike) args+=(--rate "$RATE" --duration 30s) ;;

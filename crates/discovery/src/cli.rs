@@ -114,7 +114,8 @@ struct BenchArgs {
     /// Stop after this many calls.
     #[arg(long)]
     max_calls: Option<u64>,
-    /// Gateway URL (loopback only).
+    /// Gateway URL (loopback only); several, comma-separated, for a
+    /// multi-process system: the connections are spread over them.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     gateway: String,
     /// API key (`discovery up` prints one).
@@ -135,9 +136,10 @@ struct BenchArgs {
     /// Skip warming the caches (one call per distinct request) before the run.
     #[arg(long)]
     no_warm: bool,
-    /// The server's process id: its CPU per call goes in the report.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's process ids (comma-separated for a multi-process
+    /// system): their CPU per call goes in the report.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Write bench-SCENARIO.json and bench-SCENARIO.md here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -286,7 +288,7 @@ async fn bench(args: BenchArgs) -> Result<discovery_loadgen::Report, BoxError> {
     );
     let options = discovery_loadgen::RunOptions {
         progress: true,
-        server_pid: args.server_pid,
+        server_pids: args.server_pid,
     };
     let report = discovery_loadgen::run(target, corpus, &plan, &options).await;
     let md = report.to_markdown();

@@ -79,18 +79,30 @@ fn feed(n: usize) -> Vec<pb::IngestCatalogRequest> {
     feed_from(0, n, "")
 }
 
-/// Records `first..first + n` of the cluster's feed, one chunk per 50.
 fn feed_from(first: usize, n: usize, idempotency_key: &str) -> Vec<pb::IngestCatalogRequest> {
+    feed_described(first, n, idempotency_key, 0)
+}
+
+/// Records `first..first + n` of the cluster's feed, one chunk per 50, each
+/// with a description of `description` bytes.
+fn feed_described(
+    first: usize,
+    n: usize,
+    idempotency_key: &str,
+    description: usize,
+) -> Vec<pb::IngestCatalogRequest> {
+    let body_html = "b".repeat(description);
     let mut chunks = Vec::new();
     let mut body = String::new();
     for i in first..first + n {
         body.push_str(&format!(
             concat!(
-                r#"{{"id": {i}, "title": "Cluster Model {i}", "vendor": "Acme", "tags": "shape:round, material:acetate, size:50-20-145, width:{w}","#,
+                r#"{{"id": {i}, "title": "Cluster Model {i}", "vendor": "Acme", "body_html": "{body_html}", "tags": "shape:round, material:acetate, size:50-20-145, width:{w}","#,
                 r#" "updated_at": "2026-01-01T00:00:00Z", "variants": [{{"sku": "CL-{i}", "price": "{p}.00", "option1": "Black", "inventory_quantity": 3}}]}}"#,
                 "\n"
             ),
             i = i,
+            body_html = body_html,
             w = 120 + i % 30,
             p = 80 + i % 90
         ));
@@ -278,6 +290,35 @@ async fn the_chart_topology_runs_as_processes_and_monitoring_sees_every_replica(
         assert_eq!(seen, 120, "recommendation at {addr} never saw the feed");
     }
 
+    // 400 products with 12 KB descriptions: one change-stream batch of
+    // about 5 MB, over the 4 MiB a gRPC server takes in one request. The
+    // feed delivers it in parts; every replica serves every product.
+    let (job, _) = ingest_until_done(&mut g0, feed_described(5000, 400, "", 12_000)).await;
+    assert_eq!(job.upserted, 400, "{job:?}");
+    let ids: Vec<String> = (5000..5400)
+        .map(|i| format!("shopify:cluster:{i}"))
+        .collect();
+    for reco in cluster.of("recommendation") {
+        let addr = cluster.pods[reco].addr("grpc");
+        let mut missing = ids.clone();
+        for _ in 0..100 {
+            missing = direct_missing(addr, &ids).await;
+            if missing.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "recommendation at {addr}: {} of 400 long-description products from the feed",
+            400 - missing.len()
+        );
+        assert!(
+            missing.is_empty(),
+            "the feed stalled: {} missing at {addr}",
+            missing.len()
+        );
+    }
+
     // Mixed load through both gateways.
     let targets: Vec<Arc<discovery_loadgen::Target>> =
         futures::future::join_all(gateways.iter().map(|g| {
@@ -304,10 +345,11 @@ async fn the_chart_topology_runs_as_processes_and_monitoring_sees_every_replica(
             .await
             .expect("corpus"),
     );
-    // Set-up calls settle into the report before the baseline is taken.
+    // Set-up calls settle into the report before the baseline is taken:
+    // the same counts across more than one scrape (1 s).
     let mut before = sla_counts(&mut g0).await;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let now = sla_counts(&mut g0).await;
         let settled = now == before;
         before = now;

@@ -160,42 +160,51 @@ pub struct Target {
 }
 
 impl Target {
-    /// Resolves `url` (it must be a loopback address), opens `connections`
-    /// HTTP/2 connections and checks that they answer.
+    /// Resolves `url` (loopback addresses only; several URLs,
+    /// comma-separated, for a system with several gateways), opens
+    /// `connections` HTTP/2 connections spread over the addresses in turn
+    /// and checks that they answer.
     pub async fn connect(
         url: &str,
         api_key: Option<&str>,
         connections: usize,
         timeout: Duration,
     ) -> Result<Target, SetupError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| SetupError::BadUrl(url.to_string()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(SetupError::BadUrl(url.to_string()));
+        let mut authority = None;
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let uri: Uri = one
+                .parse()
+                .map_err(|_| SetupError::BadUrl(one.to_string()))?;
+            if uri.scheme_str() != Some("http") {
+                return Err(SetupError::BadUrl(one.to_string()));
+            }
+            let a = uri
+                .authority()
+                .cloned()
+                .ok_or_else(|| SetupError::BadUrl(one.to_string()))?;
+            let port = a.port_u16().unwrap_or(80);
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((a.host(), port))
+                .await
+                .map_err(|e| SetupError::Connect {
+                    target: one.to_string(),
+                    reason: e.to_string(),
+                })?
+                .collect();
+            let first = *found.first().ok_or_else(|| SetupError::Connect {
+                target: one.to_string(),
+                reason: "the name resolves to no address".into(),
+            })?;
+            if let Some(bad) = found.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(SetupError::NotLoopback {
+                    target: one.to_string(),
+                    addr: *bad,
+                });
+            }
+            addrs.push(first);
+            authority.get_or_insert(a);
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| SetupError::BadUrl(url.to_string()))?;
-        let port = authority.port_u16().unwrap_or(80);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((authority.host(), port))
-            .await
-            .map_err(|e| SetupError::Connect {
-                target: url.to_string(),
-                reason: e.to_string(),
-            })?
-            .collect();
-        let addr = *addrs.first().ok_or_else(|| SetupError::Connect {
-            target: url.to_string(),
-            reason: "the name resolves to no address".into(),
-        })?;
-        if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-            return Err(SetupError::NotLoopback {
-                target: url.to_string(),
-                addr: *bad,
-            });
-        }
+        let authority = authority.ok_or_else(|| SetupError::BadUrl(url.to_string()))?;
         let api_key = api_key
             .map(|k| {
                 HeaderValue::from_str(k).map_err(|_| {
@@ -203,9 +212,9 @@ impl Target {
                 })
             })
             .transpose()?;
-        let conns: Vec<Conn> = (0..connections.max(1))
-            .map(|_| Conn {
-                addr,
+        let conns: Vec<Conn> = (0..connections.max(addrs.len()))
+            .map(|i| Conn {
+                addr: addrs[i % addrs.len()],
                 send: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             })

@@ -176,8 +176,9 @@ impl Shared {
 pub struct RunOptions {
     /// Print a progress line every second (on a terminal, redrawn).
     pub progress: bool,
-    /// The server's process id, to report its CPU per call.
-    pub server_pid: Option<u32>,
+    /// The server's process ids (every process of a multi-process
+    /// system), to report their CPU per call together.
+    pub server_pids: Vec<u32>,
 }
 
 /// Runs `plan` against `target` and reports. The run is bounded by the
@@ -199,9 +200,7 @@ pub async fn run(
     });
     let cpu_before = (
         crate::report::cpu_seconds(None),
-        options
-            .server_pid
-            .and_then(|p| crate::report::cpu_seconds(Some(p))),
+        servers_cpu(&options.server_pids),
     );
     let started = Instant::now();
     let ticker = tokio::spawn(tick(shared.clone(), started, options.progress));
@@ -222,9 +221,7 @@ pub async fn run(
     let _ = ticker.await;
     let cpu_after = (
         crate::report::cpu_seconds(None),
-        options
-            .server_pid
-            .and_then(|p| crate::report::cpu_seconds(Some(p))),
+        servers_cpu(&options.server_pids),
     );
     let cpu = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b - a);
     let mut stats = shared.stats.lock();
@@ -244,6 +241,17 @@ pub async fn run(
         cpu(cpu_before.1, cpu_after.1),
         shared.corpus.product_ids,
     )
+}
+
+/// CPU seconds of all `pids` together (None without any, or when one
+/// cannot be read).
+fn servers_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|p| crate::report::cpu_seconds(Some(*p)))
+        .sum()
 }
 
 async fn open_loop(

@@ -26,12 +26,18 @@ use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_client::CacheAdminClient;
 use discovery_recommendation::catalog::{Frame, PRODUCTS};
 use futures::StreamExt;
+use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::SYNC_CHECKPOINTS;
 
 /// Most changes per delivery.
 pub const MAX_BATCH: usize = 500;
+/// Largest `ApplyCatalogChange` request: a gRPC server takes 4 MiB by
+/// default; 500 products with long descriptions pass that, and a batch
+/// refused for its size would be retried, and refused, for ever. Batches are
+/// delivered in parts under this many bytes, in order.
+pub const MAX_DELIVERY_BYTES: usize = 3 << 20;
 /// How long a partial batch waits for more changes.
 pub const LINGER: Duration = Duration::from_millis(10);
 const CHECKPOINT_ID: &str = "products";
@@ -167,9 +173,18 @@ async fn run(
             }
         }
         if !changes.is_empty() {
-            if !deliver(&mut recommendation, &changes, shutdown).await {
-                // Shutting down undelivered: keep the checkpoint where it is.
-                return Ok(());
+            for part in parts(&changes, MAX_DELIVERY_BYTES) {
+                if part.len() == 1 && part[0].encoded_len() > MAX_DELIVERY_BYTES {
+                    // One product larger than a request may be: no replica
+                    // can take it; they pick it up on their periodic reload.
+                    tracing::error!(product = %part[0].product_id, bytes = part[0].encoded_len(), "a product change is too large to deliver; replicas get it on their next full reload");
+                    metrics::counter!("discovery_sync_feed_oversized_total").increment(1);
+                    continue;
+                }
+                if !deliver(&mut recommendation, part, shutdown).await {
+                    // Shutting down undelivered: keep the checkpoint where it is.
+                    return Ok(());
+                }
             }
             watchers.publish(&changes);
             metrics::counter!("discovery_sync_feed_changes_total").increment(changes.len() as u64);
@@ -177,6 +192,26 @@ async fn run(
         cp.token = last_token;
         save_checkpoint(store, &cp).await?;
     }
+}
+
+/// `changes` cut, in order, into runs whose encoded size stays under `max`
+/// bytes (a change larger than `max` is a run of its own).
+pub fn parts(changes: &[pb::CatalogChange], max: usize) -> Vec<&[pb::CatalogChange]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, c) in changes.iter().enumerate() {
+        // The field's tag and length prefix: at most 6 bytes.
+        let n = c.encoded_len() + 6;
+        if i > start && bytes + n > max {
+            out.push(&changes[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < changes.len() {
+        out.push(&changes[start..]);
+    }
+    out
 }
 
 /// Sends changes to a recommendation replica until one accepts them; false
@@ -269,5 +304,61 @@ impl Watchers {
                 .collect(),
             rx,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(i: u64, description: usize) -> pb::CatalogChange {
+        pb::CatalogChange {
+            kind: pb::ChangeKind::Upsert as i32,
+            product_id: format!("p{i}"),
+            product: Some(pb::Product {
+                id: format!("p{i}"),
+                description: "x".repeat(description),
+                ..Default::default()
+            }),
+            sequence: i,
+            committed_at_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_delivered_in_parts_under_the_request_limit_in_order() {
+        // 500 products of 12 KB: 6 MB, over the 4 MiB a server takes.
+        let changes: Vec<_> = (1..=500).map(|i| change(i, 12_000)).collect();
+        let whole = pb::ApplyCatalogChangeRequest {
+            changes: changes.clone(),
+        }
+        .encoded_len();
+        assert!(whole > 4 << 20, "{whole}");
+        let parts = parts(&changes, MAX_DELIVERY_BYTES);
+        assert!(parts.len() >= 2);
+        for p in &parts {
+            let req = pb::ApplyCatalogChangeRequest {
+                changes: p.to_vec(),
+            };
+            assert!(
+                req.encoded_len() <= MAX_DELIVERY_BYTES,
+                "{}",
+                req.encoded_len()
+            );
+        }
+        let seqs: Vec<u64> = parts
+            .iter()
+            .flat_map(|p| p.iter().map(|c| c.sequence))
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=500).collect::<Vec<_>>(),
+            "every change, once, in order"
+        );
+        // A change larger than the limit is a part of its own.
+        let big = vec![change(1, 10), change(2, 4 << 20), change(3, 10)];
+        let p = super::parts(&big, MAX_DELIVERY_BYTES);
+        assert_eq!(p.iter().map(|p| p.len()).collect::<Vec<_>>(), [1, 1, 1]);
+        assert!(super::parts(&[], MAX_DELIVERY_BYTES).is_empty());
     }
 }

@@ -44,6 +44,11 @@ use crate::{SYNC_DEAD_LETTERS, SYNC_JOBS};
 
 /// Records per bulk write (seed spec).
 pub const BATCH: usize = 1000;
+/// Bytes per bulk write: a batch is cut at [`BATCH`] records or this many
+/// bytes of documents, whichever comes first. The store sends a batch as one
+/// `update` command, a BSON document MongoDB bounds at 16 MiB; 1,000 records
+/// of 20 KB (long Shopify descriptions) would pass it and fail the job.
+pub const BATCH_BYTES: usize = 8 << 20;
 /// Batches waiting for a writer (seed spec queue: 1,000 records).
 pub const QUEUE_BATCHES: usize = 1;
 /// Concurrent bulk writes per job (seed spec: 10 sync workers).
@@ -163,6 +168,8 @@ pub fn job_from_document(d: &Document) -> pb::SyncJob {
 struct Batch {
     docs: Vec<RawDocumentBuf>,
     dead: Vec<Document>,
+    /// Encoded size of `docs` and of the dead letters' payloads.
+    bytes: usize,
 }
 
 /// Live jobs of this process.
@@ -385,12 +392,16 @@ impl Intake {
                     self.skus.insert(v.sku.clone());
                 }
                 match bson::to_raw_document_buf(&f) {
-                    Ok(d) => self.batch.docs.push(d),
+                    Ok(d) => {
+                        self.batch.bytes += d.as_bytes().len();
+                        self.batch.docs.push(d);
+                    }
                     Err(e) => return Err(format!("{}: cannot encode: {e}", f.id)),
                 }
             }
             Err(reason) => {
                 self.dead_seq += 1;
+                self.batch.bytes += payload.len() + reason.len();
                 self.batch.dead.push(doc! {
                     "_id": format!("{}-{:07}", self.job.id, self.dead_seq),
                     "job_id": &self.job.id,
@@ -403,7 +414,8 @@ impl Intake {
                 });
             }
         }
-        if self.batch.docs.len() + self.batch.dead.len() >= BATCH {
+        if self.batch.docs.len() + self.batch.dead.len() >= BATCH || self.batch.bytes >= BATCH_BYTES
+        {
             self.send().await?;
         }
         Ok(())

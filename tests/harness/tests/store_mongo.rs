@@ -248,3 +248,37 @@ async fn guarded_bulk_upsert_never_lets_an_older_record_win() {
         assert_eq!(p15.get_f64("price").unwrap(), 20.0, "newer record written");
     }
 }
+
+/// A guarded bulk write of 24 MB (1,000 documents of 24 KB, as 1,000 Shopify
+/// products with long descriptions) is written whole: one `update` command
+/// is one BSON document, which MongoDB bounds at 16 MiB, so the store sends
+/// it as several. (SecantusDB accepts larger commands; `mongod` does not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_write_over_sixteen_mib_goes_as_several_commands() {
+    let server = MongoServer::start()
+        .await
+        .expect("start mongo-compatible server");
+    let mongo = store(&server, "big_bulk").await;
+    let text = "d".repeat(24_000);
+    let docs: Vec<_> = (0..1000)
+        .map(|i| {
+            discovery_kit::store::bson::to_raw_document_buf(
+                &doc! {"_id": format!("p{i:04}"), "description": &text, "metadata": {"updated_at": 1_i64}},
+            )
+            .unwrap()
+        })
+        .collect();
+    let bytes: usize = docs.iter().map(|d| d.as_bytes().len()).sum();
+    assert!(bytes > 16 << 20);
+    let out = mongo
+        .bulk_upsert_newer("products", docs, "metadata.updated_at")
+        .await
+        .expect("a 24 MB batch is written");
+    println!(
+        "{bytes} bytes in one call: {} inserted, at most {} bytes of documents per command",
+        out.inserted,
+        discovery_kit::store::MAX_COMMAND_DOCS_BYTES
+    );
+    assert_eq!(out.inserted, 1000);
+    assert_eq!(mongo.count("products", doc! {}).await.unwrap(), 1000);
+}

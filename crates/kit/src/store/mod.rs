@@ -188,6 +188,11 @@ pub struct FindOptions {
     pub limit: u64,
 }
 
+/// Most document bytes one write command carries: MongoDB bounds a command
+/// (a BSON document) at 16 MiB; the rest is room for the command's own
+/// fields and each update's filter.
+pub const MAX_COMMAND_DOCS_BYTES: usize = (16 << 20) - (1 << 20);
+
 /// Counts from a bulk upsert.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BulkOutcome {

@@ -194,6 +194,73 @@ fn unreachable(config: &MongoConfig, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl MongoStore {
+    /// One guarded `update` command over `docs` (see `bulk_upsert_newer`).
+    async fn update_newer(
+        &self,
+        collection: &str,
+        docs: Vec<RawDocumentBuf>,
+        guard: &str,
+    ) -> Result<GuardedOutcome, StoreError> {
+        use bson::{RawArrayBuf, RawBson, rawdoc};
+        if docs.is_empty() {
+            return Ok(GuardedOutcome::default());
+        }
+        let mut updates = RawArrayBuf::new();
+        for d in docs {
+            let (id, value) = super::raw_id_and_path(collection, &d, guard)?;
+            let mut q = rawdoc! {"_id": id};
+            // `$not: {$gte}` also matches a missing field, without an `$or`
+            // (which keeps the `_id` index usable on every server).
+            q.append(
+                guard,
+                rawdoc! {"$not": {"$gte": value.unwrap_or(RawBson::Null)}},
+            );
+            updates.push(rawdoc! {"q": q, "u": d, "upsert": true, "multi": false});
+        }
+        let command = rawdoc! {
+            "update": collection,
+            "updates": updates,
+            "ordered": false,
+            "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
+        };
+        let reply = self
+            .db
+            .run_raw_command(command)
+            .await
+            .map_err(|e| driver("bulk_upsert_newer", collection, e))?;
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(write_concern("bulk_upsert_newer", collection, wce));
+        }
+        let mut stale = 0u64;
+        if let Ok(errs) = reply.get_array("writeErrors") {
+            for e in errs {
+                let code = e
+                    .as_document()
+                    .and_then(|d| d.get("code"))
+                    .map(|c| as_u64(Some(c)));
+                if code == Some(11000) {
+                    stale += 1;
+                } else {
+                    return Err(StoreError::db(
+                        "bulk_upsert_newer",
+                        collection,
+                        format!("{} writes failed; first: {e:?}", errs.len()),
+                    ));
+                }
+            }
+        }
+        let inserted = reply
+            .get_array("upserted")
+            .map(|a| a.len() as u64)
+            .unwrap_or(0);
+        let matched = as_u64(reply.get("n")).saturating_sub(inserted);
+        Ok(GuardedOutcome {
+            inserted,
+            replaced: matched,
+            stale,
+        })
+    }
+
     /// Connects and pings; fails within `config.timeout` when unreachable.
     pub async fn connect(config: &MongoConfig, workload: Workload) -> Result<Self, StoreError> {
         let mut opts = ClientOptions::parse(&config.uri)
@@ -451,64 +518,28 @@ impl DocumentStore for MongoStore {
         docs: Vec<RawDocumentBuf>,
         guard: &str,
     ) -> Result<GuardedOutcome, StoreError> {
-        use bson::{RawArrayBuf, RawBson, rawdoc};
-        if docs.is_empty() {
-            return Ok(GuardedOutcome::default());
-        }
-        let mut updates = RawArrayBuf::new();
-        for d in docs {
-            let (id, value) = super::raw_id_and_path(collection, &d, guard)?;
-            let mut q = rawdoc! {"_id": id};
-            // `$not: {$gte}` also matches a missing field, without an `$or`
-            // (which keeps the `_id` index usable on every server).
-            q.append(
-                guard,
-                rawdoc! {"$not": {"$gte": value.unwrap_or(RawBson::Null)}},
-            );
-            updates.push(rawdoc! {"q": q, "u": d, "upsert": true, "multi": false});
-        }
-        let command = rawdoc! {
-            "update": collection,
-            "updates": updates,
-            "ordered": false,
-            "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
-        };
-        let reply = self
-            .db
-            .run_raw_command(command)
-            .await
-            .map_err(|e| driver("bulk_upsert_newer", collection, e))?;
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(write_concern("bulk_upsert_newer", collection, wce));
-        }
-        let mut stale = 0u64;
-        if let Ok(errs) = reply.get_array("writeErrors") {
-            for e in errs {
-                let code = e
-                    .as_document()
-                    .and_then(|d| d.get("code"))
-                    .map(|c| as_u64(Some(c)));
-                if code == Some(11000) {
-                    stale += 1;
-                } else {
-                    return Err(StoreError::db(
-                        "bulk_upsert_newer",
-                        collection,
-                        format!("{} writes failed; first: {e:?}", errs.len()),
-                    ));
-                }
+        // One `update` command is one BSON document, which MongoDB bounds at
+        // 16 MiB: a batch of large documents goes as several commands.
+        let mut total = GuardedOutcome::default();
+        let mut docs = docs.into_iter().peekable();
+        while docs.peek().is_some() {
+            let mut part = Vec::new();
+            let mut bytes = 0;
+            // Each update also carries its filter (`_id`, the guard) and
+            // flags: counted at 256 bytes, more than they take.
+            let size = |d: &RawDocumentBuf| d.as_bytes().len() + 256;
+            while let Some(d) = docs
+                .next_if(|d| part.is_empty() || bytes + size(d) <= super::MAX_COMMAND_DOCS_BYTES)
+            {
+                bytes += size(&d);
+                part.push(d);
             }
+            let o = self.update_newer(collection, part, guard).await?;
+            total.inserted += o.inserted;
+            total.replaced += o.replaced;
+            total.stale += o.stale;
         }
-        let inserted = reply
-            .get_array("upserted")
-            .map(|a| a.len() as u64)
-            .unwrap_or(0);
-        let matched = as_u64(reply.get("n")).saturating_sub(inserted);
-        Ok(GuardedOutcome {
-            inserted,
-            replaced: matched,
-            stale,
-        })
+        Ok(total)
     }
 
     async fn watch(
