@@ -1,12 +1,20 @@
 # The two commands of the README:
 #   make run   - the whole system in one process (no MongoDB or Redis needed)
 #   make test  - installs the test servers it needs, then runs every test
-.PHONY: run test test-deps models test-models check-deploy bench lint fmt build clean
+.PHONY: run cluster test test-deps models test-models check-deploy bench lint fmt build clean
 
 CARGO ?= cargo
 
 run: models
 	$(CARGO) run --release --locked -p discovery -- up
+
+# The Helm chart's topology as processes on this machine (one per pod, on a
+# Redis Cluster and the MongoDB-compatible server); Ctrl-C stops it.
+cluster: test-deps models
+	[ -x .tools/helm ] || ./scripts/check-deploy.sh
+	$(CARGO) build --release --locked -p discovery
+	$(CARGO) build --release --locked -p discovery-harness --bin discovery-cluster
+	./target/release/discovery-cluster $(ARGS)
 
 test: test-deps test-models check-deploy
 	$(CARGO) fmt --all -- --check

@@ -173,6 +173,11 @@ impl Running {
     /// not about them) and a 1 s scrape; on a Redis Cluster of 3 masters and
     /// 3 replicas and the MongoDB-compatible server.
     async fn start(replicas: &[(&str, usize)]) -> Running {
+        Self::start_with(replicas, &["env.DISCOVERY_LIMITS=off"]).await
+    }
+
+    /// As [`Running::start`], with these `--set` values instead of limits off.
+    async fn start_with(replicas: &[(&str, usize)], sets: &[&str]) -> Running {
         let redis = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
             .await
             .unwrap()
@@ -180,14 +185,9 @@ impl Running {
         let mongo = MongoServer::start().await.expect("start mongo");
         let db = mongo.fresh_db("cluster");
         let key = create_key(&mongo, &db, "public,ingest,admin", "shopify:cluster");
-        let chart = Chart::render(
-            "shop",
-            &[
-                "env.DISCOVERY_LIMITS=off",
-                "env.DISCOVERY_MONITORING_SCRAPE_INTERVAL=1s",
-            ],
-        )
-        .expect("helm template");
+        let mut all = vec!["env.DISCOVERY_MONITORING_SCRAPE_INTERVAL=1s"];
+        all.extend_from_slice(sets);
+        let chart = Chart::render("shop", &all).expect("helm template");
         let supplied = Supplied {
             mongo_uri: mongo.uri(),
             mongo_database: db.clone(),
@@ -752,4 +752,161 @@ async fn direct_missing(addr: std::net::SocketAddr, ids: &[String]) -> Vec<Strin
         .filter_map(|(id, ok)| async move { (!ok).then_some(id) })
         .collect()
         .await
+}
+
+/// One trace follows a catalogue feed across every asynchronous hop, as an
+/// operator reads it in Jaeger: the gateway's call (its key check and rate
+/// limit as spans), sync's call, the job's bulk writes, the change feed's
+/// delivery (through the change stream, by the `traceparent` stamped on
+/// each record), `ApplyCatalogChange` on one recommendation replica and
+/// the fan-out over Redis to the other. Every span names its pod, namespace
+/// and version, from the chart's `OTEL_RESOURCE_ATTRIBUTES`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_trace_follows_a_feed_from_the_gateway_to_every_replica() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let otlp = discovery_harness::otlp::Receiver::start()
+        .await
+        .expect("OTLP receiver");
+    let endpoint = format!("otlp.endpoint={}", otlp.endpoint());
+    let replicas = [("gateway", 1), ("recommendation", 2), ("sync", 1)];
+    // The chart's default limits stay on: the limiter's span is checked.
+    let mut run = Running::start_with(&replicas, &[&endpoint, "otlp.samplerRatio=1"]).await;
+    let gateway = run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc");
+    let mut g = client(gateway, &run.key).await;
+    let (job, _) = ingest_until_done(&mut g, feed_from(9000, 30, "traced")).await;
+    assert_eq!(job.upserted, 30, "{job:?}");
+    for reco in run.cluster.of("recommendation") {
+        let addr = run.cluster.pods[reco].addr("grpc");
+        let mut seen = 0;
+        for _ in 0..100 {
+            seen = direct_search_total(addr).await;
+            if seen == 30 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, 30, "recommendation at {addr} never saw the feed");
+    }
+    // SIGTERM: each process flushes its spans as it exits.
+    for pod in &mut run.cluster.pods {
+        pod.terminate(Duration::from_secs(10));
+    }
+    let spans = otlp.spans();
+    println!("{} spans received", spans.len());
+
+    let root = spans
+        .iter()
+        .find(|s| {
+            s.service == "gateway"
+                && s.kind == SpanKind::Server as i32
+                && s.attrs.get("rpc.method").map(String::as_str) == Some("IngestCatalog")
+        })
+        .expect("the gateway's IngestCatalog span");
+    assert!(root.parent.is_empty(), "the gateway's span is the root");
+    let trace: Vec<&discovery_harness::otlp::Span> =
+        spans.iter().filter(|s| s.trace == root.trace).collect();
+    let ids: std::collections::HashSet<&[u8]> = trace.iter().map(|s| s.id.as_slice()).collect();
+    for s in &trace {
+        assert!(
+            s.parent.is_empty() || ids.contains(s.parent.as_slice()),
+            "{} ({}) hangs off a span outside the trace",
+            s.name,
+            s.service
+        );
+    }
+    let find = |what: &str, pred: &dyn Fn(&discovery_harness::otlp::Span) -> bool| {
+        let found: Vec<&discovery_harness::otlp::Span> =
+            trace.iter().copied().filter(|s| pred(s)).collect();
+        assert!(
+            !found.is_empty(),
+            "{what} is not in the ingest's trace: {:#?}",
+            trace
+                .iter()
+                .map(|s| (&s.service, &s.name))
+                .collect::<Vec<_>>()
+        );
+        println!("in the trace: {what} ({} span(s))", found.len());
+        found
+    };
+    let parent_of = |s: &discovery_harness::otlp::Span| {
+        trace
+            .iter()
+            .copied()
+            .find(|p| p.id == s.parent)
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
+    };
+    let auth = find("gateway.auth", &|s| s.name == "gateway.auth");
+    assert_eq!(auth[0].parent, root.id);
+    assert_eq!(
+        auth[0].attrs.get("discovery.tier").map(String::as_str),
+        Some("partner")
+    );
+    find("gateway.limit", &|s| s.name == "gateway.limit");
+    find("sync's IngestCatalog", &|s| {
+        s.service == "sync" && s.kind == SpanKind::Server as i32
+    });
+    let jobs = find("sync.job", &|s| s.name == "sync.job");
+    let writes = find("sync.write_batch", &|s| s.name == "sync.write_batch");
+    assert!(writes.iter().all(|w| w.parent == jobs[0].id));
+    let db = find("the bulk write of products", &|s| {
+        s.service == "sync"
+            && s.attrs.get("db.collection.name").map(String::as_str) == Some("products")
+    });
+    assert!(db.iter().any(|d| parent_of(d) == "sync.write_batch"));
+    let deliveries = find("sync.feed.deliver", &|s| s.name == "sync.feed.deliver");
+    assert!(
+        deliveries.iter().all(|d| d.parent == jobs[0].id),
+        "a delivery of one job's records is that job's child"
+    );
+    let applied = find("ApplyCatalogChange on a recommendation replica", &|s| {
+        s.service == "recommendation"
+            && s.kind == SpanKind::Server as i32
+            && s.attrs.get("rpc.method").map(String::as_str) == Some("ApplyCatalogChange")
+    });
+    assert!(applied.iter().all(|a| parent_of(a) == "sync.feed.deliver"));
+    let fanned = find("the fan-out to the other replica", &|s| {
+        s.name == "recommendation.apply_published"
+    });
+    let pod = |s: &discovery_harness::otlp::Span| {
+        s.resource
+            .get("service.instance.id")
+            .cloned()
+            .unwrap_or_default()
+    };
+    for f in &fanned {
+        let from = trace.iter().find(|p| p.id == f.parent).expect("its parent");
+        assert_eq!(
+            from.attrs.get("rpc.method").map(String::as_str),
+            Some("ApplyCatalogChange")
+        );
+        assert_ne!(pod(f), pod(from), "the fan-out runs on the other replica");
+    }
+
+    // Resource attributes: the pod, its namespace, the build.
+    for s in &trace {
+        let r = &s.resource;
+        let instance = pod(s);
+        assert!(
+            instance.starts_with(&format!("discovery-{}-", s.service)),
+            "{}: service.instance.id {instance:?}",
+            s.name
+        );
+        assert_eq!(r.get("k8s.pod.name"), Some(&instance));
+        assert_eq!(
+            r.get("k8s.namespace.name").map(String::as_str),
+            Some("shop")
+        );
+        assert_eq!(
+            r.get("service.version").map(String::as_str),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+    }
+    let pods: std::collections::BTreeSet<String> = trace.iter().map(|s| pod(s)).collect();
+    println!("pods in the trace: {pods:?}");
+    assert_eq!(
+        pods.len(),
+        4,
+        "gateway, sync and both recommendation replicas"
+    );
 }

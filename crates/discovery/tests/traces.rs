@@ -9,81 +9,13 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discovery_harness::{MongoServer, workspace_root};
 use discovery_proto::v1 as pb;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
-/// A span as received, with its process's `service.name`.
-#[derive(Debug, Clone)]
-struct Got {
-    service: String,
-    name: String,
-    kind: i32,
-    trace: Vec<u8>,
-    id: Vec<u8>,
-    parent: Vec<u8>,
-    attrs: HashMap<String, String>,
-}
-
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<Got>>>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
-            .as_ref()
-            .and_then(|v| v.value.as_ref())
-        {
-            Some(Value::StringValue(s)) => s.clone(),
-            Some(Value::IntValue(i)) => i.to_string(),
-            Some(Value::BoolValue(b)) => b.to_string(),
-            Some(Value::DoubleValue(d)) => d.to_string(),
-            _ => String::new(),
-        };
-        let mut got = self.0.lock().unwrap();
-        for rs in req.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .map(|a| text(&a.value))
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    got.push(Got {
-                        service: service.clone(),
-                        name: s.name,
-                        kind: s.kind,
-                        trace: s.trace_id,
-                        id: s.span_id,
-                        parent: s.parent_span_id,
-                        attrs: s
-                            .attributes
-                            .iter()
-                            .map(|a| (a.key.clone(), text(&a.value)))
-                            .collect(),
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
+type Got = discovery_harness::otlp::Span;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -183,14 +115,9 @@ async fn one_trace_per_request_across_gateway_and_services() {
     let db = mongo.fresh_db("traces");
 
     // The OTLP receiver.
-    let received = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(received.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let received = discovery_harness::otlp::Receiver::start()
+        .await
+        .expect("OTLP receiver");
 
     let bin = env!("CARGO_BIN_EXE_discovery");
     let (reco, face, gw) = (free_port(), free_port(), free_port());
@@ -203,7 +130,7 @@ async fn one_trace_per_request_across_gateway_and_services() {
             .env("DISCOVERY_MONGO_DATABASE", &db)
             .env("DISCOVERY_METRICS_PORT", "0")
             .env("DISCOVERY_SHUTDOWN_GRACE", "1s")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", received.endpoint())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
     };
@@ -311,8 +238,7 @@ async fn one_trace_per_request_across_gateway_and_services() {
 
     // SIGTERM: each process flushes its spans before exiting.
     procs.stop();
-    server.abort();
-    let spans = received.0.lock().unwrap().clone();
+    let spans = received.spans();
 
     // Recommend: gateway server -> gateway client -> recommendation server
     // -> the recommendation's cache lookup.

@@ -201,7 +201,24 @@ impl Stage for Authenticate {
             return Box::pin(async { grpc::error(tonic::Status::internal("no route")) });
         };
         let client = crate::client_addr::client_ip(peer(&req), req.headers(), &self.trusted);
-        match self.keys.admit(req.headers(), route, client) {
+        let span = tracing::info_span!(
+            "gateway.auth",
+            discovery.client = tracing::field::Empty,
+            discovery.tier = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let admitted = span.in_scope(|| self.keys.admit(req.headers(), route, client));
+        match &admitted {
+            Ok(p) => {
+                span.record("discovery.client", p.key.client.as_str());
+                span.record("discovery.tier", p.tier.name());
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        drop(span);
+        match admitted {
             Ok(p) => {
                 // The key stops here: upstreams and their logs never see it.
                 req.headers_mut().remove("x-api-key");
@@ -272,7 +289,20 @@ impl Stage for Admit {
         let in_flight = self.in_flight.clone();
         Box::pin(async move {
             if limiter.config().enabled
-                && let Err(refused) = limiter.admit(&principal, route.class).await
+                && let Err(refused) = {
+                    use tracing::Instrument;
+                    let span = tracing::info_span!(
+                        "gateway.limit",
+                        discovery.class = route.class.name(),
+                        discovery.limited = tracing::field::Empty,
+                    );
+                    let r = limiter
+                        .admit(&principal, route.class)
+                        .instrument(span.clone())
+                        .await;
+                    span.record("discovery.limited", r.is_err());
+                    r
+                }
             {
                 call.lock().answered_by = "rate_limit";
                 let secs = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;

@@ -12,6 +12,14 @@
 //! - Without Redis, [`Bus::publish`] is a no-op: there is nobody else to tell.
 //! - Subscriptions are re-issued after every reconnect (failover of the node the
 //!   subscriber is connected to).
+//! - A message carries the publisher's trace context (W3C `traceparent`), so
+//!   what a receiver does with it joins the publisher's trace
+//!   ([`Message::follow`]).
+//!
+//! Frame: the origin id (u64, little-endian; its top bit says a trace
+//! context follows), then, if flagged, one length byte and the
+//! `traceparent`, then the payload. A frame without the flag is read as
+//! before the flag existed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -27,12 +35,69 @@ use tokio::sync::broadcast;
 /// Messages buffered per channel for slow local subscribers.
 const LOCAL_BUFFER: usize = 4096;
 
+/// The origin's top bit: a trace context follows.
+const TRACED: u64 = 1 << 63;
+
+/// A message from another replica.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// What the other replica published.
+    pub payload: Bytes,
+    /// The publisher's span, if it was traced.
+    pub traceparent: Option<Arc<str>>,
+}
+
+impl Message {
+    /// Makes `span` (not yet entered) part of the publisher's trace.
+    pub fn follow(&self, span: &tracing::Span) {
+        if let Some(sc) = self
+            .traceparent
+            .as_deref()
+            .and_then(crate::telemetry::parse_traceparent)
+        {
+            crate::telemetry::follow(span, [sc]);
+        }
+    }
+}
+
+/// Encodes a frame (see the module docs).
+fn frame(origin: u64, traceparent: Option<&str>, payload: &[u8]) -> Bytes {
+    let tp = traceparent.filter(|t| t.len() <= u8::MAX as usize);
+    let mut msg = BytesMut::with_capacity(9 + tp.map_or(0, str::len) + payload.len());
+    match tp {
+        Some(tp) => {
+            msg.put_u64_le(origin | TRACED);
+            msg.put_u8(tp.len() as u8);
+            msg.put_slice(tp.as_bytes());
+        }
+        None => msg.put_u64_le(origin),
+    }
+    msg.put_slice(payload);
+    msg.freeze()
+}
+
+/// A decoded frame: origin, trace context, payload.
+type Unframed<'a> = (u64, Option<Arc<str>>, &'a [u8]);
+
+/// Decodes a frame (`None` if truncated).
+fn unframe(raw: &[u8]) -> Option<Unframed<'_>> {
+    let (origin, rest) = raw.split_at_checked(8)?;
+    let origin = u64::from_le_bytes(origin.try_into().ok()?);
+    if origin & TRACED == 0 {
+        return Some((origin, None, rest));
+    }
+    let (&n, rest) = rest.split_first()?;
+    let (tp, payload) = rest.split_at_checked(n as usize)?;
+    let tp = std::str::from_utf8(tp).ok().map(Arc::from);
+    Some((origin & !TRACED, tp, payload))
+}
+
 /// See the module docs.
 pub struct Bus {
     origin: u64,
     publisher: Option<Pool>,
     subscriber: Option<SubscriberClient>,
-    topics: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
+    topics: Mutex<HashMap<String, broadcast::Sender<Message>>>,
     wanted: Mutex<BTreeSet<String>>,
 }
 
@@ -55,7 +120,7 @@ fn new_origin() -> u64 {
             .unwrap_or(0),
     );
     h.write_u32(std::process::id());
-    h.finish()
+    h.finish() & !TRACED
 }
 
 impl Bus {
@@ -145,21 +210,22 @@ impl Bus {
 
     fn deliver(&self, channel: &str, value: RedisValue) {
         let Some(raw) = value.as_bytes() else { return };
-        if raw.len() < 8 {
+        let Some((origin, traceparent, payload)) = unframe(raw) else {
             return;
-        }
-        let (origin, payload) = raw.split_at(8);
-        let origin = u64::from_le_bytes(origin.try_into().unwrap_or([0; 8]));
+        };
         if origin == self.origin {
             return;
         }
         if let Some(tx) = self.topics.lock().get(channel) {
-            let _ = tx.send(Bytes::copy_from_slice(payload));
+            let _ = tx.send(Message {
+                payload: Bytes::copy_from_slice(payload),
+                traceparent,
+            });
         }
     }
 
     /// Receives messages other replicas publish on `channel`.
-    pub fn subscribe(self: &Arc<Self>, channel: &str) -> broadcast::Receiver<Bytes> {
+    pub fn subscribe(self: &Arc<Self>, channel: &str) -> broadcast::Receiver<Message> {
         let rx = self
             .topics
             .lock()
@@ -174,20 +240,16 @@ impl Bus {
         rx
     }
 
-    /// Sends `payload` to every other replica subscribed to `channel`.
-    /// Returns whether Redis accepted it (false without Redis).
+    /// Sends `payload` to every other replica subscribed to `channel`, with
+    /// the current span's trace context. Returns whether Redis accepted it
+    /// (false without Redis).
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> bool {
         let Some(pool) = &self.publisher else {
             return false;
         };
-        let mut msg = BytesMut::with_capacity(8 + payload.len());
-        msg.put_u64_le(self.origin);
-        msg.put_slice(payload);
-        match pool
-            .next()
-            .publish::<i64, _, _>(channel, msg.freeze())
-            .await
-        {
+        let tp = crate::telemetry::traceparent(&tracing::Span::current());
+        let msg = frame(self.origin, tp.as_deref(), payload);
+        match pool.next().publish::<i64, _, _>(channel, msg).await {
             Ok(_) => true,
             Err(e) => {
                 metrics::counter!("discovery_bus_publish_errors_total").increment(1);
@@ -195,5 +257,30 @@ impl Bus {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_carries_origin_trace_and_payload() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let origin = new_origin();
+        assert_eq!(origin & TRACED, 0, "an origin never has the flag bit");
+        let f = frame(origin, Some(tp), b"payload");
+        let (o, t, p) = unframe(&f).unwrap();
+        assert_eq!((o, t.as_deref(), p), (origin, Some(tp), &b"payload"[..]));
+        // Untraced, and the frame of a build before trace contexts: the same.
+        let f = frame(origin, None, b"x");
+        assert_eq!(f.len(), 9);
+        let (o, t, p) = unframe(&f).unwrap();
+        assert_eq!((o, t, p), (origin, None, &b"x"[..]));
+        // Truncated frames are dropped, not misread.
+        assert!(unframe(&[1, 2, 3]).is_none());
+        let mut cut = frame(origin, Some(tp), b"").to_vec();
+        cut.truncate(20);
+        assert!(unframe(&cut).is_none());
     }
 }

@@ -584,7 +584,7 @@ impl Cache {
                 match rx.recv().await {
                     Ok(msg) => {
                         let Some(tags) = tags.upgrade() else { break };
-                        let dropped = match Invalidation::decode(&msg) {
+                        let dropped = match Invalidation::decode(&msg.payload) {
                             Some(Invalidation::Tags(t)) => {
                                 drop_tagged_l1(&weak_l1, &tags, &t).await
                             }

@@ -598,6 +598,16 @@ pub const VARIABLES: &[Variable] = &[
         help: "parent-based trace sampling ratio in [0, 1]",
     },
     Variable {
+        name: "OTEL_SERVICE_NAME",
+        default: "",
+        help: "`service.name` of the spans (default: the service's name)",
+    },
+    Variable {
+        name: "OTEL_RESOURCE_ATTRIBUTES",
+        default: "",
+        help: "more resource attributes, `k=v,k=v` (the chart sets service.instance.id, k8s.pod.name, k8s.namespace.name)",
+    },
+    Variable {
         name: "DISCOVERY_SHUTDOWN_GRACE",
         default: "10s",
         help: "how long shutdown waits for in-flight calls",

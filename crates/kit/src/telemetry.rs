@@ -31,8 +31,12 @@ pub enum LogFormat {
 /// Telemetry settings.
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
-    /// Service name reported in traces (`service.name`).
+    /// Service name reported in traces (`service.name`): `OTEL_SERVICE_NAME`
+    /// when set, else the service's own name.
     pub service_name: String,
+    /// `service.instance.id` unless `OTEL_RESOURCE_ATTRIBUTES` names one:
+    /// the host name (a pod's name on Kubernetes) and the process id.
+    pub instance: String,
     /// Log format.
     pub log_format: LogFormat,
     /// OTLP/gRPC endpoint; `None` disables export.
@@ -42,7 +46,9 @@ pub struct TelemetryConfig {
 }
 
 impl TelemetryConfig {
-    /// Reads `DISCOVERY_LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER_ARG`.
+    /// Reads `DISCOVERY_LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_SERVICE_NAME` and `HOSTNAME`
+    /// (`OTEL_RESOURCE_ATTRIBUTES` is read by the SDK's detector).
     pub fn from_env(env: &Env, service_name: &str) -> Result<Self, ConfigError> {
         let log_format = match env.string("DISCOVERY_LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
@@ -61,8 +67,21 @@ impl TelemetryConfig {
                 format!("{sample_ratio} is not in [0, 1]"),
             ));
         }
+        let host = env
+            .raw("HOSTNAME")
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
         Ok(Self {
-            service_name: service_name.to_string(),
+            service_name: env
+                .raw("OTEL_SERVICE_NAME")
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| service_name.to_string()),
+            instance: format!("{host}/{}", std::process::id()),
             log_format,
             otlp_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
             sample_ratio,
@@ -125,11 +144,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
                 .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                     config.sample_ratio,
                 ))))
-                .with_resource(
-                    opentelemetry_sdk::Resource::builder()
-                        .with_service_name(config.service_name.clone())
-                        .build(),
-                )
+                .with_resource(resource(config))
                 .build();
             let tracer = p.tracer(config.service_name.clone());
             opentelemetry::global::set_tracer_provider(p.clone());
@@ -154,6 +169,26 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         }
     }
     Ok(TelemetryGuard { provider })
+}
+
+/// What every span of this process is from: `service.name`,
+/// `service.version` (this build's) and `service.instance.id` (see
+/// [`TelemetryConfig`]), then whatever `OTEL_RESOURCE_ATTRIBUTES` says
+/// (it wins: the chart names the pod and namespace there), then
+/// `OTEL_SERVICE_NAME` if set (the specification's order).
+pub fn resource(config: &TelemetryConfig) -> opentelemetry_sdk::Resource {
+    use opentelemetry::KeyValue;
+    opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name(config.service_name.clone())
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", config.instance.clone()),
+        ])
+        .with_detector(Box::new(
+            opentelemetry_sdk::resource::EnvResourceDetector::new(),
+        ))
+        .with_service_name(config.service_name.clone())
+        .build()
 }
 
 /// The current span's trace id, if it belongs to a sampled or remote trace.
@@ -238,6 +273,63 @@ pub fn inject_span_headers(span: &tracing::Span, headers: &mut http::HeaderMap) 
     }
 }
 
+/// The W3C `traceparent` of `span`, for carriers headers cannot reach (a
+/// stored document, a bus message); `None` when the span is not traced.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The span a `traceparent` names; `None` if it is malformed.
+pub fn parse_traceparent(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Most links one span carries (a batch may gather many origins).
+pub const MAX_LINKS: usize = 32;
+
+/// Ties `span` (not yet entered) to the work that caused it, across an
+/// asynchronous hop (a change stream, a bus): a child of the origin when
+/// all of its work has one, else the root of its own trace with a link to
+/// each origin (at most [`MAX_LINKS`]), as the OpenTelemetry messaging
+/// conventions do for batches.
+pub fn follow(
+    span: &tracing::Span,
+    origins: impl IntoIterator<Item = opentelemetry::trace::SpanContext>,
+) {
+    let mut distinct: Vec<opentelemetry::trace::SpanContext> = Vec::new();
+    for o in origins {
+        if distinct.len() > MAX_LINKS {
+            break;
+        }
+        if !distinct.iter().any(|d| d.span_id() == o.span_id()) {
+            distinct.push(o);
+        }
+    }
+    match distinct.len() {
+        0 => {}
+        1 => {
+            let parent =
+                opentelemetry::Context::new().with_remote_span_context(distinct.swap_remove(0));
+            let _ = span.set_parent(parent);
+        }
+        _ => {
+            for o in distinct.into_iter().take(MAX_LINKS) {
+                span.add_link(o);
+            }
+        }
+    }
+}
+
 /// A tonic client interceptor that propagates W3C trace context.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracePropagator;
@@ -272,6 +364,46 @@ mod tests {
         TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(&mut md));
         let tp = md.get("traceparent").unwrap().to_str().unwrap();
         assert!(tp.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{tp}");
+    }
+
+    #[test]
+    fn the_resource_names_service_version_and_instance() {
+        let env = Env::from_pairs([("OTEL_SERVICE_NAME", "shop-gateway"), ("HOSTNAME", "pod-7")]);
+        let c = TelemetryConfig::from_env(&env, "gateway").unwrap();
+        assert_eq!(c.service_name, "shop-gateway");
+        assert_eq!(c.instance, format!("pod-7/{}", std::process::id()));
+        let r = resource(&c);
+        let get = |k: &'static str| r.get(&opentelemetry::Key::new(k)).map(|v| v.to_string());
+        assert_eq!(get("service.name").as_deref(), Some("shop-gateway"));
+        assert_eq!(
+            get("service.version").as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(get("service.instance.id"), Some(c.instance.clone()));
+        let plain =
+            TelemetryConfig::from_env(&Env::from_pairs([("HOSTNAME", "h")]), "sync").unwrap();
+        assert_eq!(plain.service_name, "sync");
+    }
+
+    #[test]
+    fn a_traceparent_parses_back_to_its_span() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sc = parse_traceparent(tp).unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(sc.is_sampled() && sc.is_remote());
+        for bad in [
+            "",
+            "00-xyz",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad:?}");
+        }
+        // No tracer in unit tests: an untraced span has no traceparent.
+        assert_eq!(traceparent(&tracing::info_span!("x")), None);
     }
 
     #[test]

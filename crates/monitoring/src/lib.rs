@@ -508,8 +508,17 @@ impl Hub {
             && t.rule.remediation == Some(rules::Remediation::WarmCaches)
             && let Some(mut reco) = self.recommendation.clone()
         {
+            // Its own trace, named after the alert: the WarmCache call on
+            // recommendation is its child.
+            let span = tracing::info_span!(
+                "monitoring.remediate",
+                alert.rule = t.rule.name,
+                alert.id = %alert.id,
+                action = "warm_caches",
+            );
             tokio::spawn(async move {
-                match reco.warm_cache(pb::WarmCacheRequest {}).await {
+                let call = reco.warm_cache(pb::WarmCacheRequest {});
+                match tracing::Instrument::instrument(call, span).await {
                     Ok(r) => tracing::info!(
                         entries = r.get_ref().entries_warmed,
                         "remediation: caches warmed"

@@ -277,22 +277,40 @@ async fn follow_catalog_changes(svc: api::Service, shutdown: CancellationToken) 
             m = rx.recv() => m,
         };
         match msg {
-            Ok(bytes) => {
-                let req = match discovery_proto::v1::ApplyCatalogChangeRequest::decode(bytes) {
+            Ok(msg) => {
+                use tracing::Instrument;
+                // In the trace of the ApplyCatalogChange that published it.
+                let span = tracing::info_span!(
+                    "recommendation.apply_published",
+                    otel.kind = "consumer",
+                    messaging.system = "redis",
+                    messaging.destination.name = api::CATALOG_CHANNEL,
+                    changes = tracing::field::Empty,
+                );
+                msg.follow(&span);
+                let req = match discovery_proto::v1::ApplyCatalogChangeRequest::decode(msg.payload)
+                {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::warn!(error = %e, "unreadable catalogue change message");
+                        tracing::warn!(parent: &span, error = %e, "unreadable catalogue change message");
                         continue;
                     }
                 };
-                match api::changes_from_proto(&req) {
-                    Ok(changes) => {
-                        let (_, _, tags) = svc.apply_local(changes);
-                        // Local L1 only: the sender already cleared L2 and told every L1.
-                        svc.cache.drop_tags_local(&tags).await;
+                span.record("changes", req.changes.len());
+                async {
+                    match api::changes_from_proto(&req) {
+                        Ok(changes) => {
+                            let (_, _, tags) = svc.apply_local(changes);
+                            // Local L1 only: the sender already cleared L2 and told every L1.
+                            svc.cache.drop_tags_local(&tags).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "rejected a catalogue change message")
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "rejected a catalogue change message"),
                 }
+                .instrument(span)
+                .await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(

@@ -28,8 +28,14 @@ use discovery_recommendation::catalog::{Frame, PRODUCTS};
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 use crate::SYNC_CHECKPOINTS;
+
+/// The field of a product document that names the span that wrote it
+/// (W3C `traceparent`, stamped by ingestion): a delivery joins the trace of
+/// the ingest call whose records it carries, through the change stream.
+pub const TRACE_FIELD: &str = "trace_parent";
 
 /// Most changes per delivery.
 pub const MAX_BATCH: usize = 500;
@@ -140,9 +146,15 @@ async fn run(
         }
         let now = discovery_kit::now_unix_ms();
         let mut changes = Vec::with_capacity(events.len());
+        let mut origins = Vec::with_capacity(events.len());
         let mut last_token = None;
         for ev in events {
             last_token = Some(ev.token.clone());
+            let origin = ev
+                .document
+                .as_ref()
+                .and_then(|d| d.get_str(TRACE_FIELD).ok())
+                .and_then(discovery_kit::telemetry::parse_traceparent);
             let change = match (ev.op, ev.document) {
                 (ChangeOp::Delete, _) => Some(pb::CatalogChange {
                     kind: pb::ChangeKind::Delete as i32,
@@ -170,10 +182,14 @@ async fn run(
                 cp.sequence += 1;
                 c.sequence = cp.sequence;
                 changes.push(c);
+                origins.push(origin);
             }
         }
         if !changes.is_empty() {
+            let mut at = 0;
             for part in parts(&changes, MAX_DELIVERY_BYTES) {
+                let from = &origins[at..at + part.len()];
+                at += part.len();
                 if part.len() == 1 && part[0].encoded_len() > MAX_DELIVERY_BYTES {
                     // One product larger than a request may be: no replica
                     // can take it; they pick it up on their periodic reload.
@@ -181,7 +197,18 @@ async fn run(
                     metrics::counter!("discovery_sync_feed_oversized_total").increment(1);
                     continue;
                 }
-                if !deliver(&mut recommendation, part, shutdown).await {
+                // Under the ingest call that wrote these records (or linked
+                // to each, when a delivery carries several calls' records).
+                let span = tracing::info_span!(
+                    "sync.feed.deliver",
+                    changes = part.len(),
+                    first_sequence = part[0].sequence,
+                );
+                discovery_kit::telemetry::follow(&span, from.iter().flatten().cloned());
+                if !deliver(&mut recommendation, part, shutdown)
+                    .instrument(span)
+                    .await
+                {
                     // Shutting down undelivered: keep the checkpoint where it is.
                     return Ok(());
                 }

@@ -38,6 +38,7 @@ use discovery_recommendation::catalog::{Frame, PRODUCTS, fnv1a};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::records::{self, Format};
 use crate::{SYNC_DEAD_LETTERS, SYNC_JOBS};
@@ -256,6 +257,9 @@ pub struct Intake {
     line: Vec<u8>,
     dead_seq: u64,
     max_future: Duration,
+    /// The job span's `traceparent`, stamped on every product written
+    /// ([`crate::feed::TRACE_FIELD`]) so the change feed can join the trace.
+    trace: Option<String>,
 }
 
 impl Jobs {
@@ -272,7 +276,11 @@ impl Jobs {
         store.put(SYNC_JOBS, job_document(&job.to_proto())).await?;
         self.live.lock().insert(job.id.clone(), job.clone());
         let (tx, rx) = mpsc::channel::<Batch>(QUEUE_BATCHES);
-        tokio::spawn(write_all(store, job.clone(), rx, self.retry_for));
+        // The writers outlive the call that started them: their span is a
+        // child of the call's, so the bulk writes stay in its trace.
+        let span = tracing::info_span!("sync.job", job.id = %job.id, job.source = %job.source);
+        let trace = discovery_kit::telemetry::traceparent(&span);
+        tokio::spawn(write_all(store, job.clone(), rx, self.retry_for).instrument(span));
         Ok(Intake {
             job,
             format: Format::from_proto(header.format),
@@ -282,6 +290,7 @@ impl Jobs {
             line: Vec::new(),
             dead_seq: 0,
             max_future: self.max_future,
+            trace,
         })
     }
 }
@@ -392,7 +401,10 @@ impl Intake {
                     self.skus.insert(v.sku.clone());
                 }
                 match bson::to_raw_document_buf(&f) {
-                    Ok(d) => {
+                    Ok(mut d) => {
+                        if let Some(tp) = &self.trace {
+                            d.append(crate::feed::TRACE_FIELD, tp.as_str());
+                        }
                         self.batch.bytes += d.as_bytes().len();
                         self.batch.docs.push(d);
                     }
@@ -530,7 +542,16 @@ async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>, retry
                 if failed.lock().is_some() {
                     return;
                 }
-                match write_batch(store, job, batch, retry_for).await {
+                let span = tracing::info_span!(
+                    "sync.write_batch",
+                    records = batch.docs.len(),
+                    rejected = batch.dead.len(),
+                    bytes = batch.bytes,
+                );
+                match write_batch(store, job, batch, retry_for)
+                    .instrument(span)
+                    .await
+                {
                     Ok(()) => {
                         job.bump();
                         let _ = store.put(SYNC_JOBS, job_document(&job.to_proto())).await;

@@ -59,10 +59,15 @@ pub enum Probe {
 pub struct Deployment {
     /// `app.kubernetes.io/name` (gateway, recommendation...).
     pub service: String,
+    /// `metadata.name` (pods are named after it).
+    pub name: String,
     /// Container args.
     pub args: Vec<String>,
-    /// Env entries with a literal value.
+    /// Env entries with a literal value (`$(VAR)` references still in).
     pub env: BTreeMap<String, String>,
+    /// Env entries from the pod's own fields (`valueFrom.fieldRef`): name
+    /// and field path.
+    pub field_env: Vec<(String, String)>,
     /// Env entries from a Secret (the harness supplies them).
     pub secret_env: Vec<String>,
     /// Named container ports.
@@ -79,6 +84,87 @@ pub struct Deployment {
 
 fn tools() -> PathBuf {
     workspace_root().join(".tools")
+}
+
+/// Every YAML document in `yaml` (none empty), as JSON values, through the
+/// YAML parser `scripts/check-deploy.sh` installs (PyYAML).
+fn yaml_documents(yaml: &[u8]) -> Result<Vec<Value>, HarnessError> {
+    let python = tools().join("venv/bin/python");
+    let mut py = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| start_err(&format!("{} (yaml to json)", python.display()), e))?;
+    {
+        use std::io::Write;
+        let mut stdin = py.stdin.take().expect("piped");
+        stdin
+            .write_all(yaml)
+            .map_err(|e| start_err("yaml to json", e))?;
+    }
+    let json = py
+        .wait_with_output()
+        .map_err(|e| start_err("yaml to json", e))?;
+    serde_json::from_slice(&json.stdout).map_err(|e| start_err("yaml to json", e))
+}
+
+/// The environment of each service of `docker-compose.yml`, as
+/// `docker-compose config` resolves it (anchors and merges applied), for
+/// the services that run `discovery` (those setting `DISCOVERY_SERVICE`).
+pub fn compose_services() -> Result<BTreeMap<String, BTreeMap<String, String>>, HarnessError> {
+    let out = Command::new("docker-compose")
+        .arg("-f")
+        .arg(workspace_root().join("docker-compose.yml"))
+        .arg("config")
+        .output()
+        .map_err(|e| {
+            start_err(
+                "docker-compose config (scripts/check-deploy.sh installs it)",
+                e,
+            )
+        })?;
+    if !out.status.success() {
+        return Err(start_err(
+            "docker-compose config",
+            String::from_utf8_lossy(&out.stderr),
+        ));
+    }
+    let docs = yaml_documents(&out.stdout)?;
+    let mut services = BTreeMap::new();
+    for (name, svc) in docs
+        .first()
+        .and_then(|d| d["services"].as_object())
+        .into_iter()
+        .flatten()
+    {
+        let env: BTreeMap<String, String> = match &svc["environment"] {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|e| e.as_str()?.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        if env.contains_key("DISCOVERY_SERVICE") {
+            services.insert(name.clone(), env);
+        }
+    }
+    Ok(services)
 }
 
 impl Chart {
@@ -111,31 +197,22 @@ impl Chart {
                 String::from_utf8_lossy(&out.stderr),
             ));
         }
-        let mut py = Command::new(&python)
-            .args([
-                "-c",
-                "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| start_err("yaml to json", e))?;
-        {
-            use std::io::Write;
-            let mut stdin = py.stdin.take().expect("piped");
-            stdin
-                .write_all(&out.stdout)
-                .map_err(|e| start_err("yaml to json", e))?;
-        }
-        let json = py
-            .wait_with_output()
-            .map_err(|e| start_err("yaml to json", e))?;
-        let docs: Vec<Value> =
-            serde_json::from_slice(&json.stdout).map_err(|e| start_err("rendered chart", e))?;
+        let docs = yaml_documents(&out.stdout)?;
         Ok(Self {
             docs,
             namespace: namespace.to_string(),
         })
+    }
+
+    /// The keys a Secret of the chart's own provides.
+    pub fn secret_keys(&self) -> Vec<String> {
+        self.of_kind("Secret")
+            .flat_map(|d| {
+                ["data", "stringData"]
+                    .into_iter()
+                    .flat_map(move |f| d[f].as_object().into_iter().flat_map(|m| m.keys().cloned()))
+            })
+            .collect()
     }
 
     fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -201,17 +278,26 @@ fn deployment(d: &Value) -> Deployment {
     };
     let mut env = BTreeMap::new();
     let mut secret_env = Vec::new();
+    let mut field_env = Vec::new();
     for e in c["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or_default().to_string();
-        match e["value"].as_str() {
-            Some(v) => {
+        match (
+            e["value"].as_str(),
+            e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        ) {
+            (Some(v), _) => {
                 env.insert(name, v.to_string());
             }
-            None => secret_env.push(name),
+            (None, Some(field)) => field_env.push((name, field.to_string())),
+            (None, None) => secret_env.push(name),
         }
     }
     Deployment {
         service: d["metadata"]["labels"]["app.kubernetes.io/name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        name: d["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string(),
@@ -222,6 +308,7 @@ fn deployment(d: &Value) -> Deployment {
             .filter_map(|a| a.as_str().map(String::from))
             .collect(),
         env,
+        field_env,
         secret_env,
         startup: probe(&c["startupProbe"]),
         readiness: probe(&c["readinessProbe"]),
@@ -378,9 +465,35 @@ impl Cluster {
         let hosts = hosts.join(" ");
         let config = chart.config_map();
         let mut pods = Vec::new();
+        let mut per_service: BTreeMap<String, usize> = BTreeMap::new();
+        let mut plan_before = |service: &str| {
+            let n = per_service.entry(service.to_string()).or_default();
+            *n += 1;
+            *n - 1
+        };
         for (i, (d, ip)) in plan.into_iter().enumerate() {
             let mut env = config.clone();
-            env.extend(d.env.clone());
+            let replica = plan_before(&d.service);
+            let pod_name = format!("{}-{replica}", d.name);
+            for (name, field) in &d.field_env {
+                let value = match field.as_str() {
+                    "metadata.name" => pod_name.clone(),
+                    "metadata.namespace" => chart.namespace.clone(),
+                    "status.podIP" => ip.to_string(),
+                    other => {
+                        return Err(start_err(
+                            &d.service,
+                            format!("{name}: the harness has no pod field {other}"),
+                        ));
+                    }
+                };
+                env.insert(name.clone(), value);
+            }
+            // The container's own `env` entries expand `$(VAR)` as the
+            // kubelet does (variables defined before them).
+            for (name, value) in &d.env {
+                env.insert(name.clone(), expand(value, &env));
+            }
             for name in &d.secret_env {
                 match name.as_str() {
                     "DISCOVERY_INTERNAL_SECRET" => {
@@ -448,6 +561,29 @@ impl Cluster {
             .filter(|i| self.pods[*i].service == service)
             .collect()
     }
+}
+
+/// `$(VAR)` replaced by `env`'s value; an unknown one stays as written
+/// (the kubelet's rule).
+fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find("$(") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 2..];
+        match tail.find(')').map(|end| (&tail[..end], end)) {
+            Some((name, end)) if env.contains_key(name) => {
+                out.push_str(&env[name]);
+                rest = &tail[end + 1..];
+            }
+            _ => {
+                out.push_str("$(");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn spawn(pod: &mut Pod, binary: &Path) -> Result<(), HarnessError> {
@@ -579,4 +715,20 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_references_expand_as_the_kubelet_expands_them() {
+        let env: BTreeMap<String, String> = [("POD_NAME", "gw-0"), ("NS", "shop")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(expand("id=$(POD_NAME),ns=$(NS)", &env), "id=gw-0,ns=shop");
+        assert_eq!(expand("$(UNKNOWN)/$(NS)", &env), "$(UNKNOWN)/shop");
+        assert_eq!(expand("a $( b", &env), "a $( b");
+    }
 }

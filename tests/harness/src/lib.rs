@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod otlp;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
