@@ -8,7 +8,9 @@
 //! through one gateway reaches every recommendation replica; a mixed load
 //! through both gateways shows up in monitoring's SLA report with the load
 //! tool's counts, from every replica; `GetSystemHealth` lists every replica
-//! of every service.
+//! of every service; crashes (recommendation, sync, a gateway) and rolling
+//! restarts (recommendation, gateway, face-analysis) under load; one trace
+//! from an ingest call to every recommendation replica.
 
 use std::collections::BTreeMap;
 
@@ -908,5 +910,150 @@ async fn one_trace_follows_a_feed_from_the_gateway_to_every_replica() {
         pods.len(),
         4,
         "gateway, sync and both recommendation replicas"
+    );
+}
+
+/// Runs `plan` through `target` in the background.
+fn load(
+    target: &Arc<discovery_loadgen::Target>,
+    corpus: &Arc<discovery_loadgen::Corpus>,
+    plan: &discovery_loadgen::Plan,
+) -> tokio::task::JoinHandle<discovery_loadgen::Report> {
+    let (t, c, p) = (target.clone(), corpus.clone(), plan.clone());
+    tokio::spawn(async move {
+        discovery_loadgen::run(t, c, &p, &discovery_loadgen::RunOptions::default()).await
+    })
+}
+
+/// Calls sent and failed (errors and calls the tool could not send).
+fn outcome(what: &str, r: &discovery_loadgen::Report) -> (u64, u64) {
+    println!(
+        "{what}: sent {} ok {} errors {} not sent {} {:?} {:?}",
+        r.sent, r.ok, r.errors, r.not_sent, r.errors_by_code, r.first_errors
+    );
+    (r.sent, r.errors + r.not_sent)
+}
+
+/// A shop's BFF calls the gateways through their Service: a cluster IP
+/// that spreads connections over the ready pods, as kube-proxy does
+/// (`ServiceIp`). A gateway crashes (SIGKILL) and comes back: fewer than
+/// 0.1% of calls fail (those in flight on the dead process). Then, as
+/// rolling updates do, each gateway and each face-analysis replica is
+/// stopped (SIGTERM: not ready, drain) and started again, one at a time,
+/// under recommendation traffic and face analyses: not one call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_crash_and_rolling_restarts_behind_the_service_ip() {
+    let replicas = [
+        ("gateway", 2),
+        ("recommendation", 2),
+        ("face-analysis", 2),
+        ("sync", 1),
+    ];
+    let mut run = Running::start(&replicas).await;
+    let key = run.key.clone();
+    let gateways = run.cluster.of("gateway");
+    let service = discovery_harness::cluster::ServiceIp::start(
+        gateways
+            .iter()
+            .map(|&i| {
+                let pod = &run.cluster.pods[i];
+                (pod.addr("grpc"), pod.deployment.readiness.clone())
+            })
+            .collect(),
+    )
+    .await
+    .expect("the gateway Service's IP");
+    println!("the gateway Service at {}", service.addr());
+    let mut g = client(service.addr(), &key).await;
+    let (job, _) = ingest_until_done(&mut g, feed(120)).await;
+    assert_eq!(job.upserted, 120);
+    for _ in 0..100 {
+        if stored_products(&mut g).await == 120 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let target = Arc::new(
+        discovery_loadgen::Target::connect(
+            &format!("http://{}", service.addr()),
+            Some(&key),
+            4,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("connect the load tool"),
+    );
+    let normal = |rate: f64, secs: u64| {
+        discovery_loadgen::scenario("normal", rate, None, Some(Duration::from_secs(secs)), None)
+            .unwrap()
+    };
+    let corpus = Arc::new(
+        discovery_loadgen::Corpus::build(&target, &normal(1.0, 1).mix, None)
+            .await
+            .expect("corpus"),
+    );
+    let grace = Duration::from_secs(30); // terminationGracePeriodSeconds
+    let started = |i: usize| (i, std::time::Instant::now() + Duration::from_secs(120));
+
+    // A gateway crashes under 250 calls/s; Kubernetes starts it again.
+    let crash = load(&target, &corpus, &normal(250.0, 24));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!("kill -9 gateway at {}", run.cluster.pods[gateways[0]].ip);
+    run.cluster.pods[gateways[0]].kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run.cluster.restart(gateways[0]).unwrap();
+    let (i, until) = started(gateways[0]);
+    run.cluster.wait_pod_started(i, until).await.unwrap();
+    let (sent, failed) = outcome("through a gateway crash", &crash.await.unwrap());
+    println!(
+        "gateway crash: {failed} of {sent} calls failed ({:.3} %)",
+        failed as f64 * 100.0 / sent.max(1) as f64
+    );
+    assert!(
+        (failed as f64) < 0.001 * sent as f64,
+        "{failed} of {sent} calls failed through a gateway crash"
+    );
+
+    // Rolling restarts under 100 calls/s and a face analysis at a time.
+    let photo = std::fs::read(workspace_root().join("models/testdata/astronaut.png"))
+        .expect("models/testdata/astronaut.png: run scripts/fetch-models.sh --test-data");
+    let face_plan =
+        discovery_loadgen::scenario("face", 1.0, Some(1), Some(Duration::from_secs(60)), None)
+            .unwrap();
+    let face_corpus = Arc::new(
+        discovery_loadgen::Corpus::build(&target, &face_plan.mix, Some(photo))
+            .await
+            .expect("face corpus"),
+    );
+    let rolling = load(&target, &corpus, &normal(100.0, 60));
+    let faces = load(&target, &face_corpus, &face_plan);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for service in ["gateway", "face-analysis"] {
+        for i in run.cluster.of(service) {
+            println!("rolling: SIGTERM {service} at {}", run.cluster.pods[i].ip);
+            run.cluster.pods[i].terminate(grace);
+            run.cluster.restart(i).unwrap();
+            let (i, until) = started(i);
+            run.cluster.wait_pod_started(i, until).await.unwrap();
+            // Ready before the next one goes, as maxUnavailable 0 waits.
+            let pod = &run.cluster.pods[i];
+            for _ in 0..100 {
+                if pod.deployment.readiness.check(pod.ip).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let (sent, failed) = outcome("recommendation traffic", &rolling.await.unwrap());
+    let (face_sent, face_failed) = outcome("face analyses", &faces.await.unwrap());
+    println!(
+        "rolling restarts of gateway and face-analysis: {failed} of {sent} calls and {face_failed} of {face_sent} face analyses failed"
+    );
+    assert!(face_sent > 0, "no face analysis was made");
+    assert_eq!(
+        (failed, face_failed),
+        (0, 0),
+        "calls failed during rolling restarts"
     );
 }

@@ -116,6 +116,11 @@ impl Conn {
             .cloned()
     }
 
+    /// Drops the connection (it refused a call): the next call reconnects.
+    fn forget(&self) {
+        *self.send.lock() = None;
+    }
+
     async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, String> {
         if let Some(s) = self.current() {
             return Ok(s);
@@ -286,31 +291,55 @@ impl Target {
         extra: &[(http::HeaderName, HeaderValue)],
     ) -> Result<Answer, CallError> {
         let conn = &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
-        let mut send = conn.sender().await.map_err(CallError::Transport)?;
         let uri = Uri::builder()
             .scheme("http")
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
             .map_err(|e| CallError::Transport(e.to_string()))?;
-        let mut req = Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .body(Full::new(body))
-            .map_err(|e| CallError::Transport(e.to_string()))?;
-        if let Some(k) = &self.api_key {
-            req.headers_mut().insert("x-api-key", k.clone());
-        }
-        for (k, v) in extra {
-            req.headers_mut().insert(k.clone(), v.clone());
-        }
-        send.ready()
-            .await
-            .map_err(|e| CallError::Transport(e.to_string()))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let make = || {
+            let mut req = Request::post(uri.clone())
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers")
+                .body(Full::new(body.clone()))
+                .map_err(|e| CallError::Transport(e.to_string()))?;
+            if let Some(k) = &self.api_key {
+                req.headers_mut().insert("x-api-key", k.clone());
+            }
+            for (k, v) in extra {
+                req.headers_mut().insert(k.clone(), v.clone());
+            }
+            Ok::<_, CallError>(req)
+        };
+        // gRPC's transparent retry: a call the server never saw (no
+        // connection, a connection closed or gone away with GOAWAY before
+        // the call was sent on it, or a stream the server refused) goes
+        // once more on a new connection, as gRPC clients do. A call the
+        // server may have seen is never resent.
+        let mut retried = false;
+        let resp = loop {
+            let unseen = match conn.sender().await {
+                Err(e) => e,
+                Ok(mut send) => match send.ready().await {
+                    Err(e) => e.to_string(),
+                    Ok(()) => match send.try_send_request(make()?).await {
+                        Ok(resp) => break resp,
+                        Err(e) if e.message().is_some() || refused_stream(e.error()) => {
+                            e.into_error().to_string()
+                        }
+                        Err(e) => {
+                            conn.forget();
+                            return Err(CallError::Transport(e.into_error().to_string()));
+                        }
+                    },
+                },
+            };
+            conn.forget();
+            if retried {
+                return Err(CallError::Transport(unseen));
+            }
+            retried = true;
+        };
         if resp.status() != http::StatusCode::OK {
             return Err(CallError::Transport(format!("HTTP {}", resp.status())));
         }
@@ -361,6 +390,19 @@ pub struct Answer {
 }
 
 /// `Some(error)` when the headers carry a non-zero `grpc-status`.
+/// Whether the server refused the stream (HTTP/2 REFUSED_STREAM, or a
+/// stream above a GOAWAY's last id): it did not process the call.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut at: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = at {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        at = err.source();
+    }
+    false
+}
+
 fn grpc_status(h: &http::HeaderMap) -> Option<CallError> {
     let code: i32 = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     if code == 0 {

@@ -563,6 +563,98 @@ impl Cluster {
     }
 }
 
+/// A Service's cluster IP as kube-proxy gives it: each new connection goes
+/// to one of the Service's ready pods in turn. Readiness is each pod's
+/// readiness probe, run every 250 ms (the endpoints controller's view); a
+/// pod that refuses the connection (killed, draining) is skipped for the
+/// next ready one, as a connection to a removed endpoint would be.
+/// Connections already open stay with their pod until it closes them.
+pub struct ServiceIp {
+    addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServiceIp {
+    /// Balances over `pods`: each pod's address and readiness probe.
+    pub async fn start(pods: Vec<(SocketAddr, Probe)>) -> Result<Self, HarnessError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| start_err("service IP", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| start_err("service IP", e))?;
+        let all: Vec<SocketAddr> = pods.iter().map(|p| p.0).collect();
+        let ready = std::sync::Arc::new(std::sync::Mutex::new(all.clone()));
+        let prober = {
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                loop {
+                    let checks = pods.iter().map(|(a, probe)| async move {
+                        probe.check(a.ip()).await.is_ok().then_some(*a)
+                    });
+                    let now: Vec<SocketAddr> = futures::future::join_all(checks)
+                        .await
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    *ready.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        };
+        let accept = tokio::spawn(async move {
+            let mut turn = 0usize;
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let mut order = ready.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if order.is_empty() {
+                    // Nothing ready: try every pod (a Service with no ready
+                    // endpoint refuses, but a pod may be ready since the probe).
+                    order = all.clone();
+                }
+                turn = turn.wrapping_add(1);
+                let n = order.len();
+                order.rotate_left(turn % n);
+                tokio::spawn(async move {
+                    for backend in order {
+                        let Ok(Ok(mut out)) = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            tokio::net::TcpStream::connect(backend),
+                        )
+                        .await
+                        else {
+                            continue;
+                        };
+                        let _ = out.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        return;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            tasks: vec![prober, accept],
+        })
+    }
+
+    /// The address callers connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for ServiceIp {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 /// `$(VAR)` replaced by `env`'s value; an unknown one stays as written
 /// (the kubelet's rule).
 fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
