@@ -22,7 +22,7 @@ use discovery_kit::cache::{Cache, CacheConfig};
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::deps::Dependency;
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
-use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, Workload, doc};
+use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, StoreError, Workload, doc};
 use discovery_proto::service_names;
 use discovery_proto::v1::cache_admin_server::CacheAdminServer;
 use discovery_proto::v1::catalog_server::CatalogServer;
@@ -195,6 +195,12 @@ pub async fn load_catalog(store: &Store, version: i64) -> Result<Catalog, BoxErr
     Ok(Catalog::new(frames, version))
 }
 
+/// Indexes an earlier version created and this one drops at start:
+/// `brand_categories_keywords_stock` (the seed's products index over two
+/// arrays) exists wherever it was built on an empty collection, and then
+/// MongoDB refuses every product written (code 171).
+pub const RETIRED_INDEXES: &[(&str, &str)] = &[(PRODUCTS, "brand_categories_keywords_stock")];
+
 /// Every collection this service indexes, with its indexes.
 pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
     vec![
@@ -205,12 +211,23 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
     ]
 }
 
-/// Starts the service.
-pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
-    let store = config.store.connect(Workload::Recommendation).await?;
+/// Drops the retired indexes, then creates this version's (idempotent).
+pub async fn ensure_schema(store: &Store) -> Result<(), StoreError> {
+    for (coll, name) in RETIRED_INDEXES {
+        if store.drop_index(coll, name).await? {
+            tracing::info!(collection = coll, index = name, "dropped a retired index");
+        }
+    }
     for (coll, ix) in indexes() {
         store.ensure_indexes(coll, &ix).await?;
     }
+    Ok(())
+}
+
+/// Starts the service.
+pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
+    let store = config.store.connect(Workload::Recommendation).await?;
+    ensure_schema(&store).await?;
     if config.demo_catalog > 0 && store.count(PRODUCTS, doc! {}).await? == 0 {
         let frames = catalog::demo_catalog(config.demo_catalog);
         for chunk in frames.chunks(1000) {

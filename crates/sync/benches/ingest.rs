@@ -43,6 +43,9 @@ impl DocumentStore for Sink {
     async fn ensure_indexes(&self, _: &str, _: &[IndexSpec]) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn drop_index(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
     async fn index_names(&self, _: &str) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }

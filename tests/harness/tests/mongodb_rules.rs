@@ -229,3 +229,80 @@ async fn the_test_server_accepts_parallel_arrays_mongodb_refuses() {
         }
     }
 }
+
+/// A deployment of an earlier version built the seed's products index while
+/// the collection was empty (MongoDB allows that); from then on MongoDB
+/// refuses every product. Starting this version drops it, on the embedded
+/// store (which enforces the rule) and on the test server.
+#[tokio::test]
+async fn an_upgrade_drops_the_index_mongodb_would_refuse_products_under() {
+    let (coll, name) = discovery_recommendation::RETIRED_INDEXES[0];
+    let old = IndexSpec::new(
+        name,
+        doc! {"brand": 1, "categories": 1, "ai_enhanced.style_keywords": 1, "inventory.isInStock": 1},
+    );
+    let product = discovery_recommendation::catalog::demo_catalog(1)[0].to_document();
+
+    let memory: discovery_kit::store::Store = discovery_kit::store::memory::MemoryStore::new();
+    memory
+        .ensure_indexes(coll, std::slice::from_ref(&old))
+        .await
+        .unwrap();
+    let refused = memory
+        .put(coll, product.clone())
+        .await
+        .expect_err("refused");
+    println!("under the old index: {refused}");
+    discovery_recommendation::ensure_schema(&memory)
+        .await
+        .unwrap();
+    memory
+        .put(coll, product.clone())
+        .await
+        .expect("accepted once the index is gone");
+    assert!(
+        !memory
+            .index_names(coll)
+            .await
+            .unwrap()
+            .contains(&name.to_string())
+    );
+
+    let mongo = discovery_harness::MongoServer::start()
+        .await
+        .expect("start mongo");
+    let store: discovery_kit::store::Store = std::sync::Arc::new(
+        discovery_kit::store::mongo::MongoStore::connect(
+            &discovery_kit::store::mongo::MongoConfig::for_tests(
+                &mongo.uri(),
+                &mongo.fresh_db("rules_upgrade"),
+            ),
+            discovery_kit::store::Workload::Realtime,
+        )
+        .await
+        .unwrap(),
+    );
+    store
+        .ensure_indexes(coll, std::slice::from_ref(&old))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .index_names(coll)
+            .await
+            .unwrap()
+            .contains(&name.to_string())
+    );
+    discovery_recommendation::ensure_schema(&store)
+        .await
+        .unwrap();
+    let names = store.index_names(coll).await.unwrap();
+    println!("after start: {names:?}");
+    assert!(!names.contains(&name.to_string()), "{names:?}");
+    assert!(names.contains(&"brand_categories_stock".to_string()));
+    // Again: nothing left to drop, no error.
+    assert!(!store.drop_index(coll, name).await.unwrap());
+    discovery_recommendation::ensure_schema(&store)
+        .await
+        .unwrap();
+}

@@ -181,6 +181,17 @@ impl DocumentStore for MemoryStore {
         Ok(())
     }
 
+    async fn drop_index(&self, collection: &str, name: &str) -> Result<bool, StoreError> {
+        let mut cols = self.collections.write();
+        let Some(col) = cols.get_mut(collection) else {
+            return Ok(false);
+        };
+        let before = col.indexes.len();
+        col.indexes.retain(|n| n != name);
+        col.compound.retain(|ix| ix.name != name);
+        Ok(col.indexes.len() < before)
+    }
+
     async fn index_names(&self, collection: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
             .collections

@@ -287,6 +287,9 @@ pub trait DocumentStore: Send + Sync + Debug + 'static {
         collection: &str,
         indexes: &[IndexSpec],
     ) -> Result<(), StoreError>;
+    /// Drops the index `name` if it exists; true when one was dropped
+    /// (retired indexes: one MongoDB refuses documents under must go).
+    async fn drop_index(&self, collection: &str, name: &str) -> Result<bool, StoreError>;
     /// Index names on the collection (including `_id_` for MongoDB).
     async fn index_names(&self, collection: &str) -> Result<Vec<String>, StoreError>;
     /// One document by `_id`.

@@ -398,6 +398,17 @@ impl DocumentStore for MongoStore {
         Ok(())
     }
 
+    async fn drop_index(&self, collection: &str, name: &str) -> Result<bool, StoreError> {
+        match self.coll(collection).drop_index(name).await {
+            Ok(()) => Ok(true),
+            Err(e) => match e.kind.as_ref() {
+                // IndexNotFound, NamespaceNotFound: nothing to drop.
+                mongodb::error::ErrorKind::Command(c) if c.code == 27 || c.code == 26 => Ok(false),
+                _ => Err(driver("drop_index", collection, e)),
+            },
+        }
+    }
+
     async fn index_names(&self, collection: &str) -> Result<Vec<String>, StoreError> {
         self.coll(collection)
             .list_index_names()

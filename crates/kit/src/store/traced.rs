@@ -108,6 +108,15 @@ impl DocumentStore for Traced {
         .await
     }
 
+    async fn drop_index(&self, collection: &str, name: &str) -> Result<bool, StoreError> {
+        self.observe(
+            "dropIndexes",
+            collection,
+            self.inner.drop_index(collection, name),
+        )
+        .await
+    }
+
     async fn index_names(&self, collection: &str) -> Result<Vec<String>, StoreError> {
         self.observe(
             "listIndexes",
