@@ -147,7 +147,11 @@ names = [d["metadata"]["labels"]["app.kubernetes.io/name"] for d in deployments]
 for n in names:
     var = "DISCOVERY_" + n.upper().replace("-", "_") + "_URLS"
     assert cm["data"].get(var, "").startswith("dns://"), f"ConfigMap: {var} is not every replica"
-    headless(cm["data"][var], "grpc")
+    if cm["data"][var].endswith("/readyz"):
+        # A TLS gateway: monitoring asks /readyz on the metrics port.
+        headless(cm["data"][var], "metrics")
+    else:
+        headless(cm["data"][var], "grpc")
 scrape = cm["data"].get("DISCOVERY_MONITORING_SCRAPE", "").split(",")
 assert "local" in scrape, f"monitoring does not read its own registry: {scrape}"
 scraped = [u for u in scrape if u != "local"]

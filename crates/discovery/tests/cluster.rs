@@ -175,11 +175,17 @@ impl Running {
     /// not about them) and a 1 s scrape; on a Redis Cluster of 3 masters and
     /// 3 replicas and the MongoDB-compatible server.
     async fn start(replicas: &[(&str, usize)]) -> Running {
-        Self::start_with(replicas, &["env.DISCOVERY_LIMITS=off"]).await
+        Self::start_with(replicas, &["env.DISCOVERY_LIMITS=off"], &[]).await
     }
 
-    /// As [`Running::start`], with these `--set` values instead of limits off.
-    async fn start_with(replicas: &[(&str, usize)], sets: &[&str]) -> Running {
+    /// As [`Running::start`], with these `--set` values instead of limits
+    /// off, and Secret volumes: the chart's mount path and the local
+    /// directory holding its files.
+    async fn start_with(
+        replicas: &[(&str, usize)],
+        sets: &[&str],
+        volumes: &[(&str, &std::path::Path)],
+    ) -> Running {
         let redis = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
             .await
             .unwrap()
@@ -195,12 +201,15 @@ impl Running {
             mongo_database: db.clone(),
             redis_urls: redis.urls().join(","),
             internal_secret: SECRET.into(),
+            volumes: volumes
+                .iter()
+                .map(|(mount, dir)| (mount.to_string(), dir.to_path_buf()))
+                .collect(),
             extra: [(
                 "DISCOVERY_FACE_MODELS_DIR".to_string(),
                 workspace_root().join("models").display().to_string(),
             )]
             .into(),
-            ..Default::default()
         };
         let mut cluster = Cluster::start(chart, std::path::Path::new(BIN), replicas, &supplied)
             .expect("start the processes");
@@ -772,7 +781,7 @@ async fn one_trace_follows_a_feed_from_the_gateway_to_every_replica() {
     let endpoint = format!("otlp.endpoint={}", otlp.endpoint());
     let replicas = [("gateway", 1), ("recommendation", 2), ("sync", 1)];
     // The chart's default limits stay on: the limiter's span is checked.
-    let mut run = Running::start_with(&replicas, &[&endpoint, "otlp.samplerRatio=1"]).await;
+    let mut run = Running::start_with(&replicas, &[&endpoint, "otlp.samplerRatio=1"], &[]).await;
     let gateway = run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc");
     let mut g = client(gateway, &run.key).await;
     let (job, _) = ingest_until_done(&mut g, feed_from(9000, 30, "traced")).await;
@@ -1056,4 +1065,89 @@ async fn gateway_crash_and_rolling_restarts_behind_the_service_ip() {
         (0, 0),
         "calls failed during rolling restarts"
     );
+}
+
+/// The chart with TLS on the gateway (`services.gateway.tlsSecret`): every
+/// probe passes as the kubelet runs it (a gateway's readiness on `/readyz`:
+/// the kubelet's gRPC probe has no TLS), a shop calls it over TLS, and
+/// monitoring sees every gateway replica ready through the same endpoint
+/// (its gRPC health is not reachable in plain text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_gateway_passes_its_probes_and_monitoring_sees_every_replica() {
+    let secret = tempfile::tempdir().unwrap();
+    let certs = discovery_harness::TestCerts::make(secret.path()).unwrap_or_else(|e| panic!("{e}"));
+    // The Secret's keys, as Kubernetes mounts a kubernetes.io/tls Secret.
+    std::fs::copy(&certs.cert, secret.path().join("tls.crt")).unwrap();
+    std::fs::copy(&certs.key, secret.path().join("tls.key")).unwrap();
+    let replicas = [("gateway", 2), ("recommendation", 1), ("monitoring", 1)];
+    let run = Running::start_with(
+        &replicas,
+        &[
+            "env.DISCOVERY_LIMITS=off",
+            "services.gateway.tlsSecret=shop-tls",
+        ],
+        &[("/etc/discovery/tls", secret.path())],
+    )
+    .await;
+    for pod in &run.cluster.pods {
+        let d = &pod.deployment;
+        for (what, probe) in [
+            ("startup", &d.startup),
+            ("readiness", &d.readiness),
+            ("liveness", &d.liveness),
+        ] {
+            let r = probe.check(pod.ip).await;
+            println!(
+                "{:<15} {:<12} {what:<9} {probe:?}: {r:?}",
+                pod.service,
+                pod.ip.to_string()
+            );
+            assert_eq!(r, Ok(()), "{} at {}: {what}", pod.service, pod.ip);
+            if pod.service == "gateway" && what == "readiness" {
+                assert!(
+                    matches!(probe, discovery_harness::cluster::Probe::Http { path, .. } if path == "/readyz"),
+                    "a TLS gateway is probed on /readyz: {probe:?}"
+                );
+            }
+        }
+    }
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&certs.ca).unwrap(),
+        ))
+        .domain_name("localhost");
+    let gateway = run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc");
+    let channel = Channel::from_shared(format!("https://{gateway}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS handshake with a gateway");
+    let mut c = DiscoveryClient::with_interceptor(channel, Key(run.key.parse().unwrap()));
+    let health = c
+        .get_system_health(pb::GetSystemHealthRequest {})
+        .await
+        .expect("GetSystemHealth over TLS")
+        .into_inner();
+    let gateways: Vec<_> = health
+        .services
+        .iter()
+        .filter(|s| s.service == "gateway")
+        .collect();
+    for s in &gateways {
+        println!(
+            "health: gateway {:<20} live {} ready {} {}",
+            s.address, s.live, s.ready, s.detail
+        );
+    }
+    assert_eq!(gateways.len(), 2, "{gateways:?}");
+    assert!(gateways.iter().all(|s| s.live && s.ready), "{gateways:?}");
+    for i in run.cluster.of("gateway") {
+        let metrics = run.cluster.pods[i].addr("metrics").to_string();
+        assert!(
+            gateways.iter().any(|s| s.address == metrics),
+            "gateway at {metrics} missing from {gateways:?}"
+        );
+    }
 }

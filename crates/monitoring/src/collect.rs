@@ -133,7 +133,11 @@ fn bounded(mut series: Vec<(Key, f64)>, source: &dyn std::fmt::Display) -> Vec<(
     series
 }
 
-async fn get(authority: &str, path: &str) -> Result<String, String> {
+/// `GET http://{authority}{path}` over HTTP/1.1.
+async fn request(
+    authority: &str,
+    path: &str,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
     let err = |e: &dyn std::fmt::Display| format!("http://{authority}{path}: {e}");
     let tcp = tokio::net::TcpStream::connect(authority)
         .await
@@ -146,7 +150,17 @@ async fn get(authority: &str, path: &str) -> Result<String, String> {
         .header(http::header::HOST, authority)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| err(&e))?;
-    let resp = send.send_request(req).await.map_err(|e| err(&e))?;
+    send.send_request(req).await.map_err(|e| err(&e))
+}
+
+/// The status `GET http://{authority}{path}` answers (a readiness check).
+pub async fn status(authority: &str, path: &str) -> Result<http::StatusCode, String> {
+    request(authority, path).await.map(|r| r.status())
+}
+
+async fn get(authority: &str, path: &str) -> Result<String, String> {
+    let err = |e: &dyn std::fmt::Display| format!("http://{authority}{path}: {e}");
+    let resp = request(authority, path).await?;
     if !resp.status().is_success() {
         return Err(err(&format!("HTTP {}", resp.status())));
     }

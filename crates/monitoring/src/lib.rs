@@ -46,7 +46,9 @@ pub const METRICS_ROLLUPS: &str = "metrics_rollups";
 pub struct Target {
     /// Short name.
     pub service: String,
-    /// gRPC URL.
+    /// gRPC URL (`http://host:port`, `dns://host:port`), or, with a path,
+    /// an HTTP readiness endpoint (`dns://host:9090/readyz`: a gateway
+    /// serving TLS, whose gRPC health monitoring cannot ask in plain text).
     pub url: String,
     /// Fully qualified gRPC service checked for readiness.
     pub grpc_name: &'static str,
@@ -103,8 +105,22 @@ impl Config {
             ),
         ] {
             for url in env.list(var, &[default]) {
-                discovery_kit::client::endpoint(var, &url)
-                    .map_err(|e| ConfigError::new(var, e.reason))?;
+                match readiness_path(&url) {
+                    Some((scheme, authority, _)) => {
+                        if !matches!(scheme, "http" | "dns") || authority.is_empty() {
+                            return Err(ConfigError::new(
+                                var,
+                                format!(
+                                    "{url:?}: a readiness URL is http://host:port/path or dns://host:port/path"
+                                ),
+                            ));
+                        }
+                    }
+                    None => {
+                        discovery_kit::client::endpoint(var, &url)
+                            .map_err(|e| ConfigError::new(var, e.reason))?;
+                    }
+                }
                 targets.push(Target {
                     service: service.into(),
                     url,
@@ -159,9 +175,26 @@ struct Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// `(scheme, host:port, /path)` of a URL with a path (an HTTP readiness
+/// endpoint); `None` for a plain gRPC URL.
+fn readiness_path(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let at = rest.find('/')?;
+    let (authority, path) = rest.split_at(at);
+    (path.len() > 1).then_some((scheme, authority, path))
+}
+
 /// How a target is reached for health checks.
 #[derive(Clone)]
 enum Probe {
+    /// HTTP GET of a readiness path on one address (`http://`) or on every
+    /// replica of a name (`dns://`): 200 is ready, another answer live but
+    /// not ready.
+    Http {
+        authority: String,
+        path: String,
+        every: bool,
+    },
     /// One address (`http://host:port`).
     One(Box<HealthClient<discovery_kit::client::TracedChannel>>),
     /// Every replica a name resolves to (`dns://host:port`, a headless
@@ -171,6 +204,13 @@ enum Probe {
 
 impl Probe {
     fn new(t: &Target) -> Result<Self, discovery_kit::client::EndpointError> {
+        if let Some((scheme, authority, path)) = readiness_path(&t.url) {
+            return Ok(Probe::Http {
+                authority: authority.to_string(),
+                path: path.to_string(),
+                every: scheme == "dns",
+            });
+        }
         Ok(match t.url.strip_prefix("dns://") {
             Some(hostport) => Probe::Every(hostport.to_string()),
             None => Probe::One(Box::new(HealthClient::new(
@@ -183,21 +223,28 @@ impl Probe {
     async fn check(&self, target: &Target) -> Vec<pb::ServiceHealth> {
         match self {
             Probe::One(client) => vec![check(target, &target.url, (**client).clone()).await],
+            Probe::Http {
+                authority,
+                path,
+                every: false,
+            } => vec![check_http(target, authority, path).await],
+            Probe::Http {
+                authority,
+                path,
+                every: true,
+            } => match discovery_kit::client::resolve_all(authority).await {
+                Ok(addrs) if !addrs.is_empty() => {
+                    let checks = addrs
+                        .into_iter()
+                        .map(|a| async move { check_http(target, &a.to_string(), path).await });
+                    futures::future::join_all(checks).await
+                }
+                failed => vec![unresolved(target, failed)],
+            },
             Probe::Every(hostport) => {
                 let addrs = match discovery_kit::client::resolve_all(hostport).await {
                     Ok(a) if !a.is_empty() => a,
-                    failed => {
-                        let why = match failed {
-                            Err(e) => e.to_string(),
-                            Ok(_) => "no addresses (no ready replica)".to_string(),
-                        };
-                        return vec![pb::ServiceHealth {
-                            service: target.service.clone(),
-                            address: target.url.clone(),
-                            detail: format!("cannot resolve {}: {why}", target.url),
-                            ..Default::default()
-                        }];
-                    }
+                    failed => return vec![unresolved(target, failed)],
                 };
                 let checks = addrs.into_iter().filter_map(|a| {
                     let url = format!("http://{a}");
@@ -207,6 +254,46 @@ impl Probe {
                 futures::future::join_all(checks).await
             }
         }
+    }
+}
+
+/// The entry for a `dns://` name that gave no address.
+fn unresolved<E: std::fmt::Display>(
+    target: &Target,
+    failed: Result<Vec<std::net::SocketAddr>, E>,
+) -> pb::ServiceHealth {
+    let why = match failed {
+        Err(e) => e.to_string(),
+        Ok(_) => "no addresses (no ready replica)".to_string(),
+    };
+    pb::ServiceHealth {
+        service: target.service.clone(),
+        address: target.url.clone(),
+        detail: format!("cannot resolve {}: {why}", target.url),
+        ..Default::default()
+    }
+}
+
+/// One replica's HTTP readiness endpoint (the same answer as its gRPC
+/// health; dependencies are not reported there).
+async fn check_http(target: &Target, authority: &str, path: &str) -> pb::ServiceHealth {
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(2), collect::status(authority, path)).await;
+    let (live, ready, detail) = match r {
+        Err(_) => (false, false, format!("GET {path} timed out after 2 s")),
+        Ok(Err(e)) => (false, false, format!("GET {path} failed: {e}")),
+        Ok(Ok(code)) if code == http::StatusCode::OK => (true, true, "serving".to_string()),
+        Ok(Ok(code)) => (true, false, format!("not serving (GET {path}: {code})")),
+    };
+    pb::ServiceHealth {
+        service: target.service.clone(),
+        address: authority.to_string(),
+        live,
+        ready,
+        detail,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        degraded: false,
+        degraded_dependencies: Vec::new(),
     }
 }
 
@@ -693,4 +780,27 @@ pub async fn spawn_with_dashboard(
         Ok(())
     }));
     Ok((handle, board))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_with_a_path_is_an_http_readiness_check() {
+        assert_eq!(
+            readiness_path("dns://gw-headless.shop.svc:9090/readyz"),
+            Some(("dns", "gw-headless.shop.svc:9090", "/readyz"))
+        );
+        assert_eq!(readiness_path("http://127.0.0.1:50051"), None);
+        assert_eq!(readiness_path("http://127.0.0.1:50051/"), None);
+        let env = Env::from_pairs([("DISCOVERY_GATEWAY_URLS", "ftp://x:1/readyz")]);
+        let err = Config::from_env(&env).unwrap_err().to_string();
+        assert!(err.starts_with("DISCOVERY_GATEWAY_URLS:"), "{err}");
+        let env = Env::from_pairs([("DISCOVERY_GATEWAY_URLS", "dns://gw:9090/readyz")]);
+        assert_eq!(
+            Config::from_env(&env).unwrap().targets[0].url,
+            "dns://gw:9090/readyz"
+        );
+    }
 }

@@ -530,3 +530,68 @@ impl MongoServer {
         )
     }
 }
+
+/// A test CA and a server certificate for `localhost` signed by it (EC
+/// P-256, one day), made with `openssl` (Debian's package, installed by
+/// `make test-deps`).
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    /// The CA certificate (PEM): what a client trusts.
+    pub ca: PathBuf,
+    /// The server certificate (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+}
+
+impl TestCerts {
+    /// Writes `ca.pem`, `cert.pem` and `key.pem` (and the CA's key) in `dir`.
+    pub fn make(dir: &Path) -> Result<Self, HarnessError> {
+        let p = |name: &str| dir.join(name).display().to_string();
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .map_err(|e| start_err("test certificates", e))?;
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let steps: [String; 3] = [
+            format!(
+                "req -x509 {ec} -days 1 -subj /CN=discovery-test-CA -keyout {} -out {}",
+                p("ca.key"),
+                p("ca.pem")
+            ),
+            format!(
+                "req {ec} -subj /CN=localhost -keyout {} -out {}",
+                p("key.pem"),
+                p("req.csr")
+            ),
+            format!(
+                "x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -days 1 -extfile {} -out {}",
+                p("req.csr"),
+                p("ca.pem"),
+                p("ca.key"),
+                p("ext.cnf"),
+                p("cert.pem")
+            ),
+        ];
+        for args in steps {
+            let made = Command::new("openssl")
+                .args(args.split_whitespace())
+                .output()
+                .map_err(|_| HarnessError::Missing {
+                    binary: "openssl".into(),
+                })?;
+            if !made.status.success() {
+                return Err(start_err(
+                    &format!("openssl {args}"),
+                    String::from_utf8_lossy(&made.stderr),
+                ));
+            }
+        }
+        Ok(Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        })
+    }
+}
