@@ -54,6 +54,16 @@ pub const BATCH_BYTES: usize = 8 << 20;
 pub const QUEUE_BATCHES: usize = 1;
 /// Concurrent bulk writes per job (seed spec: 10 sync workers).
 pub const WRITERS: usize = 10;
+/// How often a running job's state is stored even without progress (a
+/// sender between batches): a job whose stored state is older than
+/// [`ORPHANED_AFTER`] has no process running it.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+/// A job stored as running but not stored for this long was left by a
+/// process that stopped (crash, OOM kill, node loss): it is reported
+/// failed, and the sender may resend (see the idempotency rule in
+/// `IngestCatalog`).
+pub const ORPHANED_AFTER: Duration = Duration::from_secs(120);
+
 /// The guard field: newer `metadata.updated_at` wins.
 pub const GUARD: &str = "metadata.updated_at";
 
@@ -71,6 +81,9 @@ pub struct Job {
     rejected: AtomicU64,
     end: Mutex<Option<(pb::SyncJobState, String, i64)>>,
     changed: watch::Sender<u64>,
+    /// Held while the job's state is stored: the heartbeat never writes
+    /// "running" over the final state.
+    storing: tokio::sync::Mutex<()>,
 }
 
 impl Job {
@@ -85,7 +98,28 @@ impl Job {
             rejected: AtomicU64::new(0),
             end: Mutex::new(None),
             changed: watch::channel(0).0,
+            storing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Stores the job's current state.
+    async fn store(&self, store: &Store) -> Result<(), StoreError> {
+        let _one = self.storing.lock().await;
+        store.put(SYNC_JOBS, job_document(&self.to_proto())).await
+    }
+
+    /// Stores the job's state every [`HEARTBEAT`] until it ends.
+    async fn heartbeat(self: Arc<Self>, store: Store) {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            let _one = self.storing.lock().await;
+            if self.is_done() {
+                return;
+            }
+            if let Err(e) = store.put(SYNC_JOBS, job_document(&self.to_proto())).await {
+                tracing::debug!(job = %self.id, error = %e, "job heartbeat not stored");
+            }
+        }
     }
 
     fn bump(&self) {
@@ -143,7 +177,27 @@ pub fn job_document(j: &pb::SyncJob) -> Document {
         "started_at": j.started_at_unix_ms,
         "finished_at": j.finished_at_unix_ms,
         "error": &j.error,
+        "stored_at": discovery_kit::now_unix_ms(),
     }
+}
+
+/// The stored job, as the API reports it at `now_ms`: one stored as
+/// running whose state is older than [`ORPHANED_AFTER`] has no process
+/// running it (a live job is stored every [`HEARTBEAT`]) and is reported
+/// failed.
+pub fn job_at(d: &Document, now_ms: i64) -> pb::SyncJob {
+    let mut job = job_from_document(d);
+    let stored_at = d.get_i64("stored_at").unwrap_or(job.started_at_unix_ms);
+    let silent = now_ms.saturating_sub(stored_at);
+    if job.state == pb::SyncJobState::Running as i32 && silent > ORPHANED_AFTER.as_millis() as i64 {
+        job.state = pb::SyncJobState::Failed as i32;
+        job.finished_at_unix_ms = stored_at;
+        job.error = format!(
+            "the sync process running this job stopped (nothing stored for {} s); resend the feed with the same idempotency key (records already written count as unchanged)",
+            silent / 1000
+        );
+    }
+    job
 }
 
 /// A stored job document back to the API view.
@@ -273,14 +327,16 @@ impl Jobs {
         header: &pb::IngestHeader,
     ) -> Result<Intake, discovery_kit::store::StoreError> {
         let job = Job::new(id, header.source.clone());
-        store.put(SYNC_JOBS, job_document(&job.to_proto())).await?;
+        job.store(&store).await?;
         self.live.lock().insert(job.id.clone(), job.clone());
+        tokio::spawn(job.clone().heartbeat(store.clone()));
         let (tx, rx) = mpsc::channel::<Batch>(QUEUE_BATCHES);
         // The writers outlive the call that started them: their span is a
         // child of the call's, so the bulk writes stay in its trace.
         let span = tracing::info_span!("sync.job", job.id = %job.id, job.source = %job.source);
         let trace = discovery_kit::telemetry::traceparent(&span);
-        tokio::spawn(write_all(store, job.clone(), rx, self.retry_for).instrument(span));
+        let jobs = Arc::downgrade(self);
+        tokio::spawn(write_all(store, job.clone(), rx, self.retry_for, jobs).instrument(span));
         Ok(Intake {
             job,
             format: Format::from_proto(header.format),
@@ -533,7 +589,15 @@ async fn write_batch(
     Ok(())
 }
 
-async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>, retry_for: Duration) {
+/// Writes a job's batches, then stores its final state and forgets it (a
+/// finished job is read from the store).
+async fn write_all(
+    store: Store,
+    job: Arc<Job>,
+    rx: mpsc::Receiver<Batch>,
+    retry_for: Duration,
+    jobs: std::sync::Weak<Jobs>,
+) {
     let failed: Mutex<Option<String>> = Mutex::new(None);
     tokio_stream::wrappers::ReceiverStream::new(rx)
         .for_each_concurrent(WRITERS, |batch| {
@@ -554,7 +618,7 @@ async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>, retry
                 {
                     Ok(()) => {
                         job.bump();
-                        let _ = store.put(SYNC_JOBS, job_document(&job.to_proto())).await;
+                        let _ = job.store(store).await;
                     }
                     Err(e) => {
                         tracing::error!(job = %job.id, error = %e, "sync batch failed");
@@ -570,14 +634,92 @@ async fn write_all(store: Store, job: Arc<Job>, rx: mpsc::Receiver<Batch>, retry
     }
     let view = job.to_proto();
     let stored = retrying(&job, "storing the final job state", retry_for, || {
-        store.put(SYNC_JOBS, job_document(&view))
+        job.store(&store)
     })
     .await;
-    if let Err(e) = stored {
-        tracing::error!(job = %job.id, error = %e, "storing the final job state failed");
+    match stored {
+        // Readers find it in the store from now on.
+        Ok(()) => {
+            if let Some(jobs) = jobs.upgrade() {
+                jobs.live.lock().remove(&job.id);
+            }
+        }
+        // Kept here: this process's answer is the only record of its end.
+        Err(e) => tracing::error!(job = %job.id, error = %e, "storing the final job state failed"),
     }
     tracing::info!(
         job = %view.job_id, received = view.received, upserted = view.upserted,
         unchanged = view.unchanged, rejected = view.rejected, "sync job ended"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(state: pb::SyncJobState, stored_ago: Duration) -> Document {
+        let now = discovery_kit::now_unix_ms();
+        let mut d = job_document(&pb::SyncJob {
+            job_id: "job-1".into(),
+            source: "shopify:a".into(),
+            state: state as i32,
+            started_at_unix_ms: now - 600_000,
+            ..Default::default()
+        });
+        d.insert("stored_at", now - stored_ago.as_millis() as i64);
+        d
+    }
+
+    #[test]
+    fn a_running_job_nobody_stores_any_more_is_reported_failed() {
+        let now = discovery_kit::now_unix_ms();
+        let fresh = job_at(&stored(pb::SyncJobState::Running, HEARTBEAT), now);
+        assert_eq!(fresh.state, pb::SyncJobState::Running as i32);
+        let left = job_at(
+            &stored(pb::SyncJobState::Running, ORPHANED_AFTER + HEARTBEAT),
+            now,
+        );
+        assert_eq!(left.state, pb::SyncJobState::Failed as i32);
+        assert!(left.error.contains("resend the feed"), "{}", left.error);
+        let done = job_at(
+            &stored(pb::SyncJobState::Succeeded, Duration::from_secs(3600)),
+            now,
+        );
+        assert_eq!(done.state, pb::SyncJobState::Succeeded as i32);
+        assert!(done.error.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_leaves_the_live_set_once_its_end_is_stored() {
+        let store: Store = discovery_kit::store::memory::MemoryStore::new();
+        let jobs = Arc::new(Jobs::default());
+        let header = pb::IngestHeader {
+            source: "shopify:a".into(),
+            ..Default::default()
+        };
+        let intake = jobs
+            .start(store.clone(), "job-x".into(), &header)
+            .await
+            .unwrap();
+        assert!(jobs.get("job-x").is_some());
+        let job = intake.finish().await.unwrap();
+        let mut changes = job.subscribe();
+        while !job.is_done() {
+            changes.changed().await.unwrap();
+        }
+        for _ in 0..200 {
+            if jobs.get("job-x").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(jobs.get("job-x").is_none(), "still live after its end");
+        let d = store
+            .get(SYNC_JOBS, "job-x")
+            .await
+            .unwrap()
+            .expect("stored");
+        let view = job_at(&d, discovery_kit::now_unix_ms());
+        assert_eq!(view.state, pb::SyncJobState::Succeeded as i32);
+    }
 }

@@ -120,7 +120,7 @@ impl Sync for Service {
             // ingest again under the same id (every write is an upsert
             // guarded by `updated_at`, so records already written are
             // unchanged, not doubled).
-            let job = ingest::job_from_document(&existing);
+            let job = ingest::job_at(&existing, discovery_kit::now_unix_ms());
             let running_here = self.jobs.get(&id).is_some_and(|j| !j.is_done());
             if job.state == pb::SyncJobState::Succeeded as i32 || running_here {
                 return Ok(Response::new(pb::IngestCatalogResponse {
@@ -188,8 +188,9 @@ impl Sync for Service {
     ) -> Result<Response<Self::WatchSyncJobStream>, Status> {
         let sources = Sources::of(&req);
         let id = req.into_inner().job_id;
-        let first = self.job(&sources, &id).await?;
-        let live = self.jobs.get(&id);
+        // One look: the view and the live job it came from (a job leaves
+        // the live set once its end is stored).
+        let (first, live) = self.job_and_live(&sources, &id).await?;
         let stream = futures::stream::unfold(
             (Some(first), live.map(|j| (j.subscribe(), j)), false),
             |(first, live, done)| async move {
@@ -481,25 +482,34 @@ impl Sources {
 
 impl Service {
     async fn job(&self, sources: &Sources, id: &str) -> Result<pb::SyncJob, Status> {
+        self.job_and_live(sources, id).await.map(|(j, _)| j)
+    }
+
+    /// The job's view and, while this process runs it, the live job.
+    async fn job_and_live(
+        &self,
+        sources: &Sources,
+        id: &str,
+    ) -> Result<(pb::SyncJob, Option<Arc<ingest::Job>>), Status> {
         if id.is_empty() {
             return Err(Status::invalid_argument(
                 "job_id: give the id IngestCatalog returned",
             ));
         }
         let not_found = || Status::not_found(format!("job_id: no job {id:?}"));
-        let job = if let Some(j) = self.jobs.get(id) {
-            j.to_proto()
-        } else {
-            match self.store.get(SYNC_JOBS, id).await {
-                Ok(Some(d)) => ingest::job_from_document(&d),
+        let live = self.jobs.get(id);
+        let job = match &live {
+            Some(j) => j.to_proto(),
+            None => match self.store.get(SYNC_JOBS, id).await {
+                Ok(Some(d)) => ingest::job_at(&d, discovery_kit::now_unix_ms()),
                 Ok(None) => return Err(not_found()),
                 Err(e) => return Err(unavailable("reading jobs", e)),
-            }
+            },
         };
         if !sources.allows(&job.source) {
             return Err(not_found());
         }
-        Ok(job)
+        Ok((job, live))
     }
 }
 
