@@ -1151,3 +1151,118 @@ async fn a_tls_gateway_passes_its_probes_and_monitoring_sees_every_replica() {
         );
     }
 }
+
+/// Sync and monitoring run one replica each (the chart's defaults). Their
+/// rolling update, as Kubernetes runs it with the chart's strategy
+/// (`maxSurge: 1`, `maxUnavailable: 0`, `minReadySeconds`): the new pod
+/// starts, is ready, stays ready for `minReadySeconds` while callers learn
+/// it from DNS, and only then is the old one stopped (SIGTERM). Calls to
+/// both through the gateway all the while: not one fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_services_roll_without_a_failed_call() {
+    // A second slot per service for the surge pod, stopped until the
+    // update starts it. Its address is in the hosts table from the start
+    // (Kubernetes DNS lists ready pods only): until the gateway ejects it,
+    // a feed sent there is refused, and the sender retries.
+    let replicas = [
+        ("gateway", 1),
+        ("recommendation", 1),
+        ("sync", 2),
+        ("monitoring", 2),
+    ];
+    let mut run = Running::start(&replicas).await;
+    let (syncs, monitors) = (run.cluster.of("sync"), run.cluster.of("monitoring"));
+    let grace = Duration::from_secs(30);
+    run.cluster.pods[syncs[1]].terminate(grace);
+    run.cluster.pods[monitors[1]].terminate(grace);
+    let min_ready = run.cluster.pods[syncs[0]].deployment.min_ready;
+    println!("minReadySeconds: {min_ready:?}");
+    assert!(
+        min_ready >= Duration::from_secs(10),
+        "the chart must wait at least the callers' 10 s DNS interval"
+    );
+    let gateway = run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc");
+    let mut g = client(gateway, &run.key).await;
+    let (job, _) = ingest_until_done(&mut g, feed(40)).await;
+    let job_id = job.job_id.clone();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = {
+        let (stop, g, job_id) = (stop.clone(), g.clone(), job_id.clone());
+        tokio::spawn(async move {
+            let mut counts: BTreeMap<&'static str, (u64, Vec<String>)> = BTreeMap::new();
+            let mut tick = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut c = g.clone();
+                let mut note = |what: &'static str, r: Result<(), tonic::Status>| {
+                    let e = counts.entry(what).or_default();
+                    e.0 += 1;
+                    if let Err(s) = r {
+                        e.1.push(format!("{:?} {}", s.code(), s.message()));
+                    }
+                };
+                let r = c
+                    .get_sync_job(pb::GetSyncJobRequest {
+                        job_id: job_id.clone(),
+                    })
+                    .await
+                    .map(|_| ());
+                note("GetSyncJob", r);
+                let r = c
+                    .list_dead_letters(pb::ListDeadLettersRequest::default())
+                    .await
+                    .map(|_| ());
+                note("ListDeadLetters", r);
+                if tick.is_multiple_of(5) {
+                    let r = c
+                        .get_sla_report(pb::GetSlaReportRequest::default())
+                        .await
+                        .map(|_| ());
+                    note("GetSlaReport", r);
+                }
+                if tick.is_multiple_of(25) {
+                    let r = c
+                        .get_system_health(pb::GetSystemHealthRequest {})
+                        .await
+                        .map(|_| ());
+                    note("GetSystemHealth", r);
+                }
+                tick += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            counts
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, pods) in [("sync", &syncs), ("monitoring", &monitors)] {
+        println!("rolling {name}: start the new pod, ready, wait {min_ready:?}, stop the old one");
+        run.cluster
+            .roll(pods[0], pods[1], grace)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let counts = calls.await.unwrap();
+    let mut failed = 0;
+    for (what, (n, errors)) in &counts {
+        println!(
+            "{what}: {n} calls, {} failed {:?}",
+            errors.len(),
+            errors.iter().take(3).collect::<Vec<_>>()
+        );
+        failed += errors.len();
+        assert!(*n > 0, "no {what} call was made");
+    }
+    assert_eq!(failed, 0, "calls failed while sync and monitoring rolled");
+    // The job is still there, from the store, through the new sync.
+    let again = g
+        .get_sync_job(pb::GetSyncJobRequest { job_id })
+        .await
+        .expect("the job after the update")
+        .into_inner();
+    assert_eq!(
+        again.job.map(|j| j.state),
+        Some(pb::SyncJobState::Succeeded as i32)
+    );
+}

@@ -80,6 +80,9 @@ pub struct Deployment {
     pub liveness: Probe,
     /// Volume mount paths by volume name.
     pub mounts: BTreeMap<String, String>,
+    /// `spec.minReadySeconds`: how long a new pod is ready before a rolling
+    /// update stops an old one.
+    pub min_ready: Duration,
 }
 
 fn tools() -> PathBuf {
@@ -301,6 +304,7 @@ fn deployment(d: &Value) -> Deployment {
             .as_str()
             .unwrap_or_default()
             .to_string(),
+        min_ready: Duration::from_secs(d["spec"]["minReadySeconds"].as_u64().unwrap_or(0)),
         args: c["args"]
             .as_array()
             .into_iter()
@@ -553,6 +557,28 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) -> Result<(), HarnessError> {
         let binary = self.binary.clone();
         spawn(&mut self.pods[i], &binary)
+    }
+
+    /// One step of a rolling update with a surge of one (the chart's
+    /// `maxSurge: 1, maxUnavailable: 0`): starts pod `new` (a stopped slot
+    /// of the same Deployment), waits until it is ready and then for the
+    /// Deployment's `minReadySeconds`, then stops pod `old` (SIGTERM,
+    /// `grace`).
+    pub async fn roll(&mut self, old: usize, new: usize, grace: Duration) -> Result<(), String> {
+        self.restart(new).map_err(|e| e.to_string())?;
+        self.wait_pod_started(new, Instant::now() + Duration::from_secs(120))
+            .await?;
+        let pod = &self.pods[new];
+        let until = Instant::now() + Duration::from_secs(60);
+        while pod.deployment.readiness.check(pod.ip).await.is_err() {
+            if Instant::now() > until {
+                return Err(format!("{} at {} never got ready", pod.service, pod.ip));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(pod.deployment.min_ready).await;
+        self.pods[old].terminate(grace);
+        Ok(())
     }
 
     /// Indexes of the pods of `service`.
