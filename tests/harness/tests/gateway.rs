@@ -258,30 +258,7 @@ async fn limits_hold_across_two_gateway_replicas_sharing_redis_cluster() {
     // still connecting answers from its local fallback bucket (by design,
     // as when Redis is down), which would let more than the shared 20 in.
     for g in [&g1, &g2] {
-        let ch = tonic::transport::Channel::from_shared(format!("http://{}", g.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = h
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: discovery_kit::deps::health_name("redis"),
-                })
-                .await
-                .map(|r| r.into_inner().status)
-                .ok();
-            if status == Some(tonic_health::ServingStatus::Serving as i32) {
-                break;
-            }
-            assert!(
-                Instant::now() < until,
-                "gateway never reached Redis: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_dependency(g.addr, "redis").await;
     }
 
     // Authenticated shopper "alice": 20 Recommend calls a minute, shared by

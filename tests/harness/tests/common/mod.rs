@@ -140,3 +140,35 @@ pub async fn client_with(
         .collect();
     DiscoveryClient::with_interceptor(channel, Headers(h))
 }
+
+/// Waits until the service at `addr` reports its dependency `name` (e.g.
+/// "redis") reachable on its health service. A gateway whose Redis pool is
+/// still connecting counts limits in its local fallback bucket, by design
+/// (as when Redis is down); a test that counts shared limits waits first.
+#[allow(dead_code)]
+pub async fn wait_dependency(addr: std::net::SocketAddr, name: &str) {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: discovery_kit::deps::health_name(name),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .ok();
+        if status == Some(tonic_health::ServingStatus::Serving as i32) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{addr} never reached its {name}: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

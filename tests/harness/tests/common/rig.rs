@@ -136,6 +136,8 @@ impl Rig {
         )
         .await
         .expect("gateway starts");
+        // Limits are counted in Redis from the first call.
+        super::wait_dependency(gateway.addr, "redis").await;
         Rig {
             _redis: redis,
             _mongo: mongo,
