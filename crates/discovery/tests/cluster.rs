@@ -161,6 +161,26 @@ async fn sla_counts(c: &mut Client) -> BTreeMap<(String, String), u64> {
     .collect()
 }
 
+/// Every probe of every pod, as the kubelet runs it.
+async fn every_probe_passes(cluster: &Cluster) {
+    for pod in &cluster.pods {
+        let d = &pod.deployment;
+        for (what, probe) in [
+            ("startup", &d.startup),
+            ("readiness", &d.readiness),
+            ("liveness", &d.liveness),
+        ] {
+            let r = probe.check(pod.ip).await;
+            println!(
+                "{:<15} {:<12} {what:<9} {probe:?}: {r:?}",
+                pod.service,
+                pod.ip.to_string()
+            );
+            assert_eq!(r, Ok(()), "{} at {}: {what}", pod.service, pod.ip);
+        }
+    }
+}
+
 /// A cluster and what it runs on.
 struct Running {
     cluster: Cluster,
@@ -242,22 +262,7 @@ async fn the_chart_topology_runs_as_processes_and_monitoring_sees_every_replica(
     let (cluster, key) = (&run.cluster, &run.key);
 
     // Every probe, as the kubelet runs it.
-    for pod in &cluster.pods {
-        let d = &pod.deployment;
-        for (what, probe) in [
-            ("startup", &d.startup),
-            ("readiness", &d.readiness),
-            ("liveness", &d.liveness),
-        ] {
-            let r = probe.check(pod.ip).await;
-            println!(
-                "{:<15} {:<12} {what:<9} {probe:?}: {r:?}",
-                pod.service,
-                pod.ip.to_string()
-            );
-            assert_eq!(r, Ok(()), "{} at {}: {what}", pod.service, pod.ip);
-        }
-    }
+    every_probe_passes(cluster).await;
 
     // A feed through the first gateway reaches both recommendation
     // replicas (sync's change feed and the fan-out between replicas).
@@ -1089,27 +1094,13 @@ async fn a_tls_gateway_passes_its_probes_and_monitoring_sees_every_replica() {
         &[("/etc/discovery/tls", secret.path())],
     )
     .await;
-    for pod in &run.cluster.pods {
-        let d = &pod.deployment;
-        for (what, probe) in [
-            ("startup", &d.startup),
-            ("readiness", &d.readiness),
-            ("liveness", &d.liveness),
-        ] {
-            let r = probe.check(pod.ip).await;
-            println!(
-                "{:<15} {:<12} {what:<9} {probe:?}: {r:?}",
-                pod.service,
-                pod.ip.to_string()
-            );
-            assert_eq!(r, Ok(()), "{} at {}: {what}", pod.service, pod.ip);
-            if pod.service == "gateway" && what == "readiness" {
-                assert!(
-                    matches!(probe, discovery_harness::cluster::Probe::Http { path, .. } if path == "/readyz"),
-                    "a TLS gateway is probed on /readyz: {probe:?}"
-                );
-            }
-        }
+    every_probe_passes(&run.cluster).await;
+    for i in run.cluster.of("gateway") {
+        let probe = &run.cluster.pods[i].deployment.readiness;
+        assert!(
+            matches!(probe, discovery_harness::cluster::Probe::Http { path, .. } if path == "/readyz"),
+            "a TLS gateway is probed on /readyz: {probe:?}"
+        );
     }
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(
