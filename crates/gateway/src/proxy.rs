@@ -322,7 +322,12 @@ impl Proxy {
             &mut parts.headers,
         );
         inner.budget.deposit();
-        let attempts = if buffered.is_some() && route.idempotent {
+        // Idempotent calls are retried on another replica after any
+        // upstream failure; the others only when the upstream provably
+        // never took the call (`never_sent`: refused connection, refused
+        // stream, a stream above its GOAWAY), as gRPC's transparent retry
+        // does: a replica that is draining must not fail a face analysis.
+        let attempts = if buffered.is_some() {
             1 + inner.config.retries
         } else {
             1
@@ -410,13 +415,19 @@ impl Proxy {
                     replica.failed(pool.config());
                     last_error = format!("{}: {e}", replica.url);
                     tracing::debug!(method = route.method, replica = %replica.url, error = %e, attempt, "upstream call failed");
+                    if !route.idempotent && !discovery_kit::client::never_sent(&*e) {
+                        break; // it may have run: not ours to repeat
+                    }
                     leaving = Some(replica);
                     continue;
                 }
                 Ok(resp) => {
                     replica.observe_latency(sent.elapsed());
                     let early = grpc::status_of(resp.headers());
-                    if early == Some(Code::Unavailable) && attempt + 1 < attempts {
+                    if early == Some(Code::Unavailable)
+                        && route.idempotent
+                        && attempt + 1 < attempts
+                    {
                         replica.failed(pool.config());
                         last_error = format!("{}: UNAVAILABLE", replica.url);
                         leaving = Some(replica);

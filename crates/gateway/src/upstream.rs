@@ -99,8 +99,15 @@ impl Conn {
     }
 
     async fn call(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let mut send = self.sender().await?;
-        send.ready().await?;
+        // Failures before the request leaves (no connection, or one that
+        // closed first) are connect errors, which `never_sent` recognises:
+        // the caller may send the call elsewhere even if it is not
+        // idempotent.
+        let before_sending = |e: BoxError| -> BoxError { Box::new(tonic::ConnectError(e)) };
+        let mut send = self.sender().await.map_err(before_sending)?;
+        send.ready()
+            .await
+            .map_err(|e| before_sending(Box::new(e)))?;
         let resp = send.send_request(req).await?;
         Ok(resp.map(Body::new))
     }

@@ -49,6 +49,36 @@ pub fn endpoint(var: &str, url: &str) -> Result<Endpoint, EndpointError> {
         .initial_connection_window_size(CONNECTION_WINDOW))
 }
 
+/// Whether a failed call provably never reached the server's handler, so
+/// that sending it again (to this replica or another) cannot run it twice:
+/// the cases gRPC clients retry transparently. The connection could not be
+/// made (tonic's `ConnectError`); the request was still queued when its
+/// connection closed (hyper's "canceled"); the server refused the stream
+/// (HTTP/2 `REFUSED_STREAM`); or the server's GOAWAY named a last stream
+/// below it (RFC 9113 6.8: such streams were not processed; h2 reports them
+/// as a GOAWAY from the remote). Anything else (a reset or a cut connection
+/// after the request went out) may have run and is not retried here.
+pub fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(err) = at {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        at = err.source();
+    }
+    false
+}
+
 /// A lazily connecting, trace-propagating channel to `url` (unsigned:
 /// health checks and tests).
 pub fn connect_lazy(var: &str, url: &str) -> Result<TracedChannel, EndpointError> {
@@ -214,6 +244,88 @@ pub fn connect_balanced(
 
 #[cfg(test)]
 mod tests {
+    use tower::ServiceExt;
+
+    /// One call through a tonic channel to `addr`: the error it fails with.
+    async fn failed_call(addr: std::net::SocketAddr) -> tonic::transport::Error {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let req = http::Request::post(format!("http://{addr}/discovery.v1.T/Call"))
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        channel.oneshot(req).await.expect_err("the call fails")
+    }
+
+    /// A raw HTTP/2 server that takes one connection and does `then` with it.
+    async fn h2_server<F, Fut>(then: F) -> std::net::SocketAddr
+    where
+        F: FnOnce(h2::server::Connection<tokio::net::TcpStream, bytes::Bytes>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let conn = h2::server::handshake(socket).await.unwrap();
+            then(conn).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_was_never_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let e = failed_call(addr).await;
+        assert!(super::never_sent(&e), "connect refused: {e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_above_the_goaway_was_never_sent() {
+        // GOAWAY with last stream 0 before reading any frame: the call's
+        // stream (1) was not processed, whichever side of the GOAWAY the
+        // client opened it on.
+        let addr = h2_server(|mut conn| async move {
+            conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+            let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+        })
+        .await;
+        let e = failed_call(addr).await;
+        assert!(super::never_sent(&e), "stream above GOAWAY: {e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_was_never_sent() {
+        let addr = h2_server(|mut conn| async move {
+            if let Some(Ok((_, mut respond))) = conn.accept().await {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
+            let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+        })
+        .await;
+        let e = failed_call(addr).await;
+        assert!(super::never_sent(&e), "REFUSED_STREAM: {e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_call_cut_after_the_server_took_it_may_have_run() {
+        // The server accepted the stream (its handler could have run), then
+        // the connection died: not safe to send again.
+        let addr = h2_server(|mut conn| async move {
+            let taken = conn.accept().await;
+            drop(taken);
+            drop(conn);
+        })
+        .await;
+        let e = failed_call(addr).await;
+        assert!(!super::never_sent(&e), "cut after accept: {e:?}");
+    }
+
     #[test]
     fn hosts_parse_like_a_hosts_file() {
         let h = super::parse_hosts(

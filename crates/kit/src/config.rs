@@ -613,6 +613,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "how long shutdown waits for in-flight calls",
     },
     Variable {
+        name: "DISCOVERY_SHUTDOWN_DELAY",
+        default: "0s",
+        help: "on SIGTERM, how long to keep serving (not ready) before refusing new connections: the time a Service takes to drop the pod (the chart sets 5s)",
+    },
+    Variable {
         name: "DISCOVERY_IN_PROCESS_CALLS",
         default: "true",
         help: "discovery up: the gateway calls the services of its own process directly instead of over loopback HTTP/2",

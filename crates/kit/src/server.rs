@@ -6,9 +6,11 @@
 //! observation layer ([`RpcLayer`]: one span per call, W3C parent from
 //! metadata, latency and status metrics) around the service's own routes, and
 //! runs until the shutdown token fires. Shutdown marks every service
-//! NOT_SERVING, stops accepting, drains in-flight calls, and after the grace
-//! period severs the connections still open (their tasks would otherwise
-//! outlive the server in-process).
+//! NOT_SERVING, keeps serving for the policy's `unready_for` (a Service
+//! still sends new connections for a moment), then stops accepting (GOAWAY
+//! on open connections), drains in-flight calls, and after the grace period
+//! severs the connections still open (their tasks would otherwise outlive
+//! the server in-process).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -191,6 +193,7 @@ impl GrpcServer {
             health: self.health,
             names: grpc_names.to_vec(),
             shutdown,
+            unready_for: self.policy.unready_for,
             grace,
             connections: Connections::new(self.service, self.policy.limits),
             check,
@@ -239,6 +242,7 @@ impl GrpcServer {
                 health: self.health.clone(),
                 names: grpc_names.to_vec(),
                 shutdown: shutdown.clone(),
+                unready_for: self.policy.unready_for,
                 grace,
                 connections: connections.clone(),
                 check: check.clone(),
@@ -424,6 +428,7 @@ struct Worker {
     health: HealthReporter,
     names: Vec<&'static str>,
     shutdown: CancellationToken,
+    unready_for: Duration,
     grace: Duration,
     connections: Connections,
     check: crate::internal::CheckLayer,
@@ -442,6 +447,7 @@ impl Worker {
             health,
             names,
             shutdown,
+            unready_for,
             grace,
             connections,
             check,
@@ -487,6 +493,10 @@ impl Worker {
                 health
                     .set_service_status("", ServingStatus::NotServing)
                     .await;
+                if !unready_for.is_zero() {
+                    tracing::info!(service, %addr, ?unready_for, "shutting down: not ready, still serving while load balancers catch up");
+                    tokio::time::sleep(unready_for).await;
+                }
                 tracing::info!(service, %addr, "shutting down: draining in-flight calls");
                 drain_started.cancel();
             }
@@ -918,6 +928,9 @@ pub struct ServeConfig {
     pub metrics: Option<SocketAddr>,
     /// How long shutdown waits for in-flight calls.
     pub grace: Duration,
+    /// How long a stopping server keeps serving, not ready, before it
+    /// stops accepting (`DISCOVERY_SHUTDOWN_DELAY`).
+    pub unready_for: Duration,
     /// How often dependencies are probed ([`crate::deps`]); zero: never.
     pub dependency_checks: Duration,
     /// What one peer may hold of this server.
@@ -1008,6 +1021,7 @@ impl ServeConfig {
             grpc_var: port_var,
             metrics: (metrics_port != 0).then(|| SocketAddr::new(grpc.ip(), metrics_port)),
             grace: env.duration("DISCOVERY_SHUTDOWN_GRACE", Duration::from_secs(10))?,
+            unready_for: env.duration("DISCOVERY_SHUTDOWN_DELAY", Duration::ZERO)?,
             dependency_checks: env
                 .duration("DISCOVERY_DEPENDENCY_CHECKS", Duration::from_secs(2))?,
             limits: ConnLimits::from_env(env)?,
@@ -1024,6 +1038,7 @@ impl ServeConfig {
             grpc_var,
             metrics: None,
             grace: Duration::from_secs(2),
+            unready_for: Duration::ZERO,
             dependency_checks: Duration::from_secs(2),
             limits: ConnLimits::default(),
             internal: None,
@@ -1039,6 +1054,7 @@ impl ServeConfig {
             internal: self.internal.clone(),
             exempt: self.exempt,
             reflection: self.reflection,
+            unready_for: self.unready_for,
         }
     }
 }
@@ -1054,6 +1070,14 @@ pub struct Policy {
     pub exempt: crate::internal::Exempt,
     /// gRPC reflection served.
     pub reflection: bool,
+    /// On shutdown, how long to keep serving (health NOT_SERVING) before
+    /// refusing new connections and sending GOAWAY. Behind a Kubernetes
+    /// Service the pod's endpoint is removed only after SIGTERM, and each
+    /// node's proxy learns of it later still: new connections keep arriving
+    /// for a few seconds, and a server that had already closed its socket
+    /// would refuse them (the chart sets 5 s; a `preStop` sleep does the
+    /// same where the image has a shell).
+    pub unready_for: Duration,
 }
 
 impl Default for Policy {
@@ -1063,6 +1087,7 @@ impl Default for Policy {
             internal: None,
             exempt: crate::internal::Exempt::HealthOnly,
             reflection: true,
+            unready_for: Duration::ZERO,
         }
     }
 }
@@ -1485,6 +1510,80 @@ mod tests {
         .await
         .expect("the open stream was severed");
         assert!(end.is_err(), "{end:?}");
+    }
+
+    /// A stopping server first keeps serving, not ready, for its
+    /// `unready_for` (new connections too: a Service still sends them),
+    /// then refuses new connections and drains. Callers hammering it
+    /// throughout see only answers, or failures of calls the server never
+    /// took (`never_sent`: safe to send elsewhere): no call it accepted is
+    /// cut.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopping_server_stays_up_unready_then_cuts_no_call_it_took() {
+        let unready_for = Duration::from_millis(400);
+        let server = GrpcServer::bind("test", "TEST_PORT", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+            .with_policy(Policy {
+                unready_for,
+                ..Policy::default()
+            });
+        let shutdown = CancellationToken::new();
+        let running = server
+            .serve(
+                Routes::default(),
+                &[],
+                shutdown.clone(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let url = format!("http://{}", running.addr);
+        let stop = CancellationToken::new();
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, stop) = (url.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut answered, mut unsent, mut cut) = (0u32, 0u32, Vec::new());
+                    let mut health =
+                        HealthClient::new(crate::client::connect_lazy("T", &url).unwrap());
+                    while !stop.is_cancelled() {
+                        match health.check(HealthCheckRequest::default()).await {
+                            Ok(_) => answered += 1,
+                            Err(e) if crate::client::never_sent(&e) => {
+                                unsent += 1;
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            Err(e) => cut.push(format!("{e:?}")),
+                        }
+                    }
+                    (answered, unsent, cut)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.cancel();
+        // Within the delay: not ready, yet a new connection is served.
+        tokio::time::sleep(unready_for / 4).await;
+        let late = HealthClient::new(crate::client::connect_lazy("T", &url).unwrap())
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("a new connection during the delay is served");
+        assert_eq!(late.into_inner().status, ServingStatus::NotServing as i32);
+        running.task.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        let (mut answered, mut unsent) = (0, 0);
+        for c in callers {
+            let (a, u, cut) = c.await.unwrap();
+            assert!(cut.is_empty(), "calls the server took were cut: {cut:?}");
+            (answered, unsent) = (answered + a, unsent + u);
+        }
+        println!("{answered} answered, {unsent} refused before the server took them");
+        assert!(
+            answered > 0 && unsent > 0,
+            "{answered} answered, {unsent} refused"
+        );
     }
 
     /// Workers share the socket, serve every connection, and stop (cutting

@@ -313,7 +313,8 @@ impl Target {
         };
         // gRPC's transparent retry: a call the server never saw (no
         // connection, a connection closed or gone away with GOAWAY before
-        // the call was sent on it, or a stream the server refused) goes
+        // the call was sent on it, a stream the server refused or left
+        // above its GOAWAY's last stream: `never_sent`) goes
         // once more on a new connection, as gRPC clients do. A call the
         // server may have seen is never resent.
         let mut retried = false;
@@ -324,12 +325,18 @@ impl Target {
                     Err(e) => e.to_string(),
                     Ok(()) => match send.try_send_request(make()?).await {
                         Ok(resp) => break resp,
-                        Err(e) if e.message().is_some() || refused_stream(e.error()) => {
+                        Err(e)
+                            if e.message().is_some()
+                                || discovery_kit::client::never_sent(e.error()) =>
+                        {
                             e.into_error().to_string()
                         }
                         Err(e) => {
                             conn.forget();
-                            return Err(CallError::Transport(e.into_error().to_string()));
+                            return Err(CallError::Transport(format!(
+                                "sent, no answer: {}",
+                                chain(&e.into_error())
+                            )));
                         }
                     },
                 },
@@ -351,7 +358,8 @@ impl Target {
         let mut kept = BytesMut::new();
         let mut bytes = 0usize;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| CallError::Transport(e.to_string()))?;
+            let frame =
+                frame.map_err(|e| CallError::Transport(format!("answer cut: {}", chain(&e))))?;
             match frame.into_data() {
                 Ok(data) => {
                     bytes += data.len();
@@ -389,20 +397,20 @@ pub struct Answer {
     pub message: Bytes,
 }
 
-/// `Some(error)` when the headers carry a non-zero `grpc-status`.
-/// Whether the server refused the stream (HTTP/2 REFUSED_STREAM, or a
-/// stream above a GOAWAY's last id): it did not process the call.
-fn refused_stream(e: &hyper::Error) -> bool {
-    let mut at: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+/// `e` and its sources, as one line ("connection error: Connection reset
+/// by peer (os error 104)"): hyper's own message names only the kind.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut at = e.source();
     while let Some(err) = at {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
+        line.push_str(": ");
+        line.push_str(&err.to_string());
         at = err.source();
     }
-    false
+    line
 }
 
+/// `Some(error)` when the headers carry a non-zero `grpc-status`.
 fn grpc_status(h: &http::HeaderMap) -> Option<CallError> {
     let code: i32 = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     if code == 0 {

@@ -383,6 +383,17 @@ impl Pod {
     /// SIGTERM (what the kubelet sends first), then waits up to `grace`
     /// before SIGKILL (terminationGracePeriodSeconds).
     pub fn terminate(&mut self, grace: Duration) {
+        // The wait blocks: on a multi-threaded runtime, hand this worker's
+        // other tasks (the load, the Service IP's copies) to the others.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.stop(grace))
+            }
+            _ => self.stop(grace),
+        }
+    }
+
+    fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -591,10 +602,14 @@ impl Cluster {
 
 /// A Service's cluster IP as kube-proxy gives it: each new connection goes
 /// to one of the Service's ready pods in turn. Readiness is each pod's
-/// readiness probe, run every 250 ms (the endpoints controller's view); a
-/// pod that refuses the connection (killed, draining) is skipped for the
-/// next ready one, as a connection to a removed endpoint would be.
-/// Connections already open stay with their pod until it closes them.
+/// readiness probe, run every 250 ms (the endpoints controller's view).
+/// Connections already open stay with their pod until it closes them. A
+/// pod that refuses a new connection (killed, or no longer accepting before
+/// the probe saw it unready) is skipped for the next one: through
+/// kube-proxy's NAT the caller's own connect would fail, before it sent
+/// anything, and it would connect again (every gRPC client does), landing
+/// on another pod; this proxy has already accepted, so it connects again
+/// itself.
 pub struct ServiceIp {
     addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,

@@ -26,6 +26,10 @@ const ONLY_IN_CHART: &[(&str, &str)] = &[
         "DISCOVERY_GATEWAY_REPLICAS",
         "the chart counts gateway replicas from their headless Service; compose runs one (the default)",
     ),
+    (
+        "DISCOVERY_SHUTDOWN_DELAY",
+        "a Service keeps sending new connections to a terminating pod until every node drops its endpoint; compose stops a container nothing balances to",
+    ),
     ("POD_NAME", "a Kubernetes pod field, for the trace resource"),
     (
         "POD_NAMESPACE",

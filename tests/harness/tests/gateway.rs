@@ -208,6 +208,81 @@ async fn a_killed_replica_is_ejected_without_failed_calls_and_gets_traffic_when_
     let _ = (gw.wait().await, a.wait().await, b2.wait().await);
 }
 
+/// A call that is not idempotent (RecordInteraction) is never repeated
+/// after a replica may have run it, but one the replica provably never took
+/// (its connection refused: a pod gone, or stopped accepting) goes to
+/// another replica, as gRPC's transparent retry does. The gateway starts
+/// with one replica address refusing connections, before any health check
+/// has taken it out: 24 concurrent interactions, none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_no_replica_took_goes_to_another_even_if_not_idempotent() {
+    let env = base_env()
+        .with("DISCOVERY_DEMO_CATALOG", "50")
+        .with("DISCOVERY_LIMITS", "off")
+        .with("DISCOVERY_HEALTH_INTERVAL", "60s");
+    let token = CancellationToken::new();
+    let live = recommendation(&env, 0, &token).await;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_addr = refused.local_addr().unwrap();
+    drop(refused);
+    let env = env.with(
+        "DISCOVERY_RECOMMENDATION_URLS",
+        format!("http://{refused_addr},http://{}", live.addr),
+    );
+    let key = key(Tier::Partner, &[Scope::Public]).await;
+    let gw_token = CancellationToken::new();
+    let gw = discovery_gateway::spawn(
+        discovery_gateway::Config::from_env(&env).unwrap(),
+        gw_token.clone(),
+    )
+    .await
+    .unwrap();
+    // Health checks are a minute apart: the refused address stays in.
+    let product = client(gw.addr, &[("x-api-key", &key)])
+        .await
+        .search_products(pb::SearchProductsRequest::default())
+        .await
+        .expect("an idempotent read is retried on the live replica")
+        .into_inner()
+        .hits[0]
+        .product
+        .as_ref()
+        .map(|p| p.id.clone())
+        .expect("a product");
+    let calls = (0..24).map(|i| {
+        let (key, product) = (key.clone(), product.clone());
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let mut c = client(addr, &[("x-api-key", &key)]).await;
+            c.record_interaction(pb::RecordInteractionRequest {
+                requester: Some(pb::Requester {
+                    session_id: format!("s-{i}"),
+                    ..Default::default()
+                }),
+                product_id: product,
+                kind: pb::InteractionKind::View as i32,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{:?}: {}", e.code(), e.message()))
+        })
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed: Vec<_> = results
+        .into_iter()
+        .filter_map(|r| r.unwrap().err())
+        .collect();
+    println!(
+        "24 interactions with one replica refusing connections: {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    gw_token.cancel();
+    token.cancel();
+    let _ = (gw.wait().await, live.wait().await);
+}
+
 /// A small failure log (std only).
 mod failures {
     use std::sync::Mutex;
