@@ -86,6 +86,8 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
         shutdown.clone(),
     )
     .await?;
+    // Recommendation resolves analysis ids through face-analysis.
+    let env = env.with("DISCOVERY_FACE_ANALYSIS_URLS", url(face.addr));
     let reco = discovery_recommendation::spawn(
         discovery_recommendation::Config::from_env(&env)?,
         shutdown.clone(),
@@ -97,9 +99,7 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
         discovery_sync::spawn(discovery_sync::Config::from_env(&env)?, shutdown.clone()).await?;
     // The gateway port is bound last but must be known to monitoring; reserve it
     // by reading the configured value (0 is resolved after the gateway starts).
-    let env = env
-        .with("DISCOVERY_FACE_ANALYSIS_URLS", url(face.addr))
-        .with("DISCOVERY_SYNC_URLS", url(sync.addr));
+    let env = env.with("DISCOVERY_SYNC_URLS", url(sync.addr));
     let gateway_port = env.port("DISCOVERY_GATEWAY_PORT", 50051)?;
     let monitoring_env = env.clone().with(
         "DISCOVERY_GATEWAY_URLS",

@@ -10,7 +10,8 @@
 //! tool's counts, from every replica; `GetSystemHealth` lists every replica
 //! of every service; crashes (recommendation, sync, a gateway) and rolling
 //! restarts (recommendation, gateway, face-analysis) under load; one trace
-//! from an ingest call to every recommendation replica.
+//! from an ingest call to every recommendation replica; recommendations by
+//! a face analysis's id.
 
 use std::collections::BTreeMap;
 
@@ -316,14 +317,7 @@ async fn the_chart_topology_runs_as_processes_and_monitoring_sees_every_replica(
         .collect();
     for reco in cluster.of("recommendation") {
         let addr = cluster.pods[reco].addr("grpc");
-        let mut missing = ids.clone();
-        for _ in 0..100 {
-            missing = direct_missing(addr, &ids).await;
-            if missing.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let missing = wait_served(addr, &ids, Duration::from_secs(20)).await;
         println!(
             "recommendation at {addr}: {} of 400 long-description products from the feed",
             400 - missing.len()
@@ -725,20 +719,26 @@ async fn killed_and_restarted_replicas_lose_no_calls_or_records() {
         .collect();
     for &i in &recos {
         let addr = run.cluster.pods[i].addr("grpc");
-        let mut missing = Vec::new();
-        for _ in 0..50 {
-            missing = direct_missing(addr, &ids).await;
-            if missing.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let missing = wait_served(addr, &ids, Duration::from_secs(10)).await;
         println!(
             "recommendation at {addr}: {} of {} products served",
             ids.len() - missing.len(),
             ids.len()
         );
         assert!(missing.is_empty(), "records lost at {addr}: {missing:?}");
+    }
+}
+
+/// Asks the recommendation replica at `addr` for `ids` every 200 ms until
+/// it serves them all or `within` passes: the ids still missing.
+async fn wait_served(addr: std::net::SocketAddr, ids: &[String], within: Duration) -> Vec<String> {
+    let until = std::time::Instant::now() + within;
+    loop {
+        let missing = direct_missing(addr, ids).await;
+        if missing.is_empty() || std::time::Instant::now() > until {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -797,14 +797,7 @@ async fn one_trace_follows_a_feed_from_the_gateway_to_every_replica() {
         .collect();
     for reco in run.cluster.of("recommendation") {
         let addr = run.cluster.pods[reco].addr("grpc");
-        let mut missing = Vec::new();
-        for _ in 0..200 {
-            missing = direct_missing(addr, &ids).await;
-            if missing.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let missing = wait_served(addr, &ids, Duration::from_secs(20)).await;
         assert!(
             missing.is_empty(),
             "recommendation at {addr} lacks {missing:?}"
@@ -1082,6 +1075,144 @@ async fn gateway_crash_and_rolling_restarts_behind_the_service_ip() {
         (failed, face_failed),
         (0, 0),
         "calls failed during rolling restarts"
+    );
+}
+
+/// The journey's hand-off, on the chart's topology: a photo analysed
+/// through the gateway, then `Recommend` with only the analysis id gives
+/// exactly the ranking of the same face passed field by field (each
+/// recommendation replica asks face-analysis for the stored analysis); an
+/// id no analysis has is NOT_FOUND naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recommend_by_analysis_id_ranks_as_the_face_it_names() {
+    let replicas = [
+        ("gateway", 1),
+        ("recommendation", 2),
+        ("face-analysis", 1),
+        ("sync", 1),
+    ];
+    let run = Running::start(&replicas).await;
+    let gateway = run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc");
+    let mut g = client(gateway, &run.key).await;
+    let (job, _) = ingest_until_done(&mut g, feed(120)).await;
+    assert_eq!(job.upserted, 120);
+    for reco in run.cluster.of("recommendation") {
+        let addr = run.cluster.pods[reco].addr("grpc");
+        for _ in 0..100 {
+            if direct_search_total(addr).await == 120 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let photo = std::fs::read(workspace_root().join("models/testdata/astronaut.png"))
+        .expect("models/testdata/astronaut.png: run scripts/fetch-models.sh --test-data");
+    let analysis = g
+        .analyze_face(pb::AnalyzeFaceRequest {
+            input: Some(pb::analyze_face_request::Input::Image(photo)),
+            ..Default::default()
+        })
+        .await
+        .expect("the photo is analysed")
+        .into_inner()
+        .result
+        .expect("a result");
+    let m = analysis.measurements.unwrap_or_default();
+    let explicit = pb::FaceContext {
+        face_shape: analysis.face_shape,
+        face_width_mm: m.face_width.map_or(0.0, |x| x.value_mm),
+        pupillary_distance_mm: m.pupillary_distance.map_or(0.0, |x| x.value_mm),
+        nose_bridge_width_mm: m.nose_bridge_width.map_or(0.0, |x| x.value_mm),
+        analysis_id: String::new(),
+    };
+    println!(
+        "analysis {}: shape {} width {:.1} mm PD {:.1} mm bridge {:.1} mm",
+        analysis.analysis_id,
+        analysis.face_shape,
+        explicit.face_width_mm,
+        explicit.pupillary_distance_mm,
+        explicit.nose_bridge_width_mm
+    );
+    let ask = |face: pb::FaceContext| pb::RecommendRequest {
+        face: Some(face),
+        page: Some(pb::PageRequest {
+            page_size: 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ranking = |r: pb::RecommendResponse| -> Vec<(String, u32, Vec<String>)> {
+        r.items
+            .into_iter()
+            .map(|i| {
+                (
+                    i.product.unwrap_or_default().id,
+                    i.score.to_bits(),
+                    i.reasons,
+                )
+            })
+            .collect()
+    };
+    let by_fields = ranking(
+        g.recommend(ask(explicit.clone()))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(
+        by_fields
+            .iter()
+            .any(|(_, _, why)| why.iter().any(|w| w.contains("face"))),
+        "the explicit face shapes the reasons: {by_fields:?}"
+    );
+    // Through the gateway, and on each replica directly (each resolves the
+    // id itself; the gateway's answer may come from either).
+    let by_id = pb::FaceContext {
+        analysis_id: analysis.analysis_id.clone(),
+        ..Default::default()
+    };
+    let through_gateway = ranking(g.recommend(ask(by_id.clone())).await.unwrap().into_inner());
+    assert_eq!(
+        through_gateway, by_fields,
+        "Recommend by analysis id through the gateway"
+    );
+    for reco in run.cluster.of("recommendation") {
+        let addr = run.cluster.pods[reco].addr("grpc");
+        let auth = discovery_kit::internal::InternalAuth::new(SECRET);
+        let ch = discovery_kit::client::connect_as(
+            "test",
+            &format!("http://{addr}"),
+            Some(&auth),
+            "gateway",
+        )
+        .unwrap();
+        let mut direct = discovery_proto::v1::recommendation_client::RecommendationClient::new(ch);
+        let got = ranking(
+            direct
+                .recommend(ask(by_id.clone()))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(got, by_fields, "recommendation at {addr}");
+    }
+    println!(
+        "Recommend{{analysis_id}} = Recommend{{explicit face}}: {} items, top {:?}",
+        by_fields.len(),
+        by_fields.first()
+    );
+    let unknown = g
+        .recommend(ask(pb::FaceContext {
+            analysis_id: "0123456789abcdef01234567".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("an unknown analysis id");
+    println!("unknown id: {:?} {}", unknown.code(), unknown.message());
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(
+        unknown.message().starts_with("face.analysis_id:"),
+        "{unknown:?}"
     );
 }
 

@@ -465,7 +465,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "DISCOVERY_FACE_ANALYSIS_URLS",
         default: "http://127.0.0.1:50052",
-        help: "comma-separated face-analysis replicas the gateway balances over",
+        help: "comma-separated face-analysis replicas the gateway balances over (recommendation reads stored analyses from them)",
     },
     Variable {
         name: "DISCOVERY_RECOMMENDATION_URLS",

@@ -48,6 +48,8 @@ pub struct Service {
     /// Internal calls are authenticated: privileged methods check who
     /// called ([`discovery_kit::internal::require_caller`]).
     pub(crate) internal_auth: bool,
+    /// `FaceContext.analysis_id` resolved through face-analysis.
+    pub(crate) faces: crate::faces::Faces,
 }
 
 /// Who may call the cache administration methods: the gateway (for keys
@@ -242,6 +244,7 @@ impl Service {
             store,
             cache,
             internal_auth: false,
+            faces: crate::faces::Faces::new(None),
         }
     }
 
@@ -372,6 +375,12 @@ impl Recommendation for Service {
         let mut req = req.into_inner();
         who.apply(&mut req.requester);
         let started = Instant::now();
+        // The hand-off from AnalyzeFace: the stored analysis's face, under
+        // what the request set explicitly; the cache key is then the one
+        // of the same face passed field by field.
+        if let Some(face) = req.face.as_mut() {
+            self.faces.resolve_into(face).await?;
+        }
         let catalog = self.snapshot.load();
         let q = rank::Query::compile(&catalog, &req)?;
         let key = recommend_key(&req, &q);

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod faces;
 pub mod fast;
 pub mod rank;
 pub mod search;
@@ -56,6 +57,8 @@ pub struct Config {
     pub signals_refresh: Duration,
     /// Cache warming period (also once at start); zero disables.
     pub warm_interval: Duration,
+    /// Face-analysis replicas, asked for the analyses `analysis_id` names.
+    pub face_analysis_urls: Vec<String>,
 }
 
 impl Config {
@@ -80,6 +83,8 @@ impl Config {
             catalog_refresh: env.duration("DISCOVERY_CATALOG_REFRESH", Duration::from_secs(300))?,
             signals_refresh: env.duration("DISCOVERY_SIGNALS_REFRESH", Duration::from_secs(60))?,
             warm_interval: env.duration("DISCOVERY_WARM_INTERVAL", Duration::from_secs(900))?,
+            face_analysis_urls: env
+                .list("DISCOVERY_FACE_ANALYSIS_URLS", &["http://127.0.0.1:50052"]),
         })
     }
 }
@@ -244,8 +249,15 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         "catalogue snapshot loaded"
     );
     let cache = Arc::new(Cache::new(&config.cache).await?);
+    let faces = discovery_kit::client::connect_balanced(
+        "DISCOVERY_FACE_ANALYSIS_URLS",
+        &config.face_analysis_urls,
+        config.serve.internal.as_ref(),
+        "recommendation",
+    )?;
     let svc = api::Service {
         internal_auth: config.serve.internal.is_some(),
+        faces: faces::Faces::new(Some(faces)),
         ..api::Service::new(snapshot, store, cache)
     };
     let mut handle = ServiceHandle::start(
