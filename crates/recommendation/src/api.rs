@@ -2,13 +2,16 @@
 //! and puts the cache in front of ranking and search.
 //!
 //! Cached results are stored in an envelope that lists the products they
-//! show with their content stamps. A hit is served only if the snapshot still
-//! holds every one of those products with the same stamp; otherwise it is
-//! recomputed. So a product's price or stock change can never be served
-//! stale from any cache level once this replica's snapshot has it, whatever
-//! the timing of invalidation messages. Tag invalidation (`product:{id}`)
-//! frees the memory and saves the check; stale-while-revalidate (60 s for
-//! recommendations) brings in products that newly qualify for a result.
+//! show with their content stamps, what could enter them (entry tags: the
+//! brands a page is filtered to, or `any`) and the catalogue version they
+//! were made from. A hit is served only if the snapshot still holds every
+//! one of those products with the same stamp and no product that could
+//! enter the page changed since it was made (a new frame, a restock, a
+//! removal); otherwise it is recomputed. So once this replica's snapshot
+//! has a change, no cache level serves a page it alters, whatever the
+//! timing of invalidation messages, and a 50,000-record feed costs each
+//! page one recomputation per change batch that touches it, not one per
+//! record. Tag invalidation (`product:{id}`) frees the memory.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,12 +71,35 @@ impl From<SearchError> for Status {
     }
 }
 
-/// A cached result: who computed it from which snapshot version, the
-/// products it shows with their stamps, then the encoded response.
-fn envelope(origin: u64, catalog: &Catalog, rows: &[usize], payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(payload.len() + rows.len() * 24 + 18);
+/// How much later than another replica this one may apply the same
+/// catalogue change (the Redis fan-out takes milliseconds; clocks of pods
+/// agree to a few). A page another replica made less than this before this
+/// one applied a change that could enter it is not trusted: its maker may
+/// not have had the change yet.
+pub const PEER_LAG_MS: i64 = 1_000;
+
+/// A cached result: who made it and from which catalogue version (its
+/// [`Freshness::as_of`](crate::snapshot::Freshness)), what could enter it
+/// (entry tags), the products it shows with their stamps, then the encoded
+/// response.
+fn envelope(
+    origin: u64,
+    catalog: &Catalog,
+    entry: &[String],
+    rows: &[usize],
+    payload: &[u8],
+) -> Bytes {
+    let tag_bytes: usize = entry.iter().map(|t| t.len().min(255) + 1).sum();
+    let mut b = BytesMut::with_capacity(payload.len() + rows.len() * 24 + tag_bytes + 19);
     b.put_u64_le(origin);
-    b.put_i64_le(catalog.version);
+    b.put_i64_le(catalog.fresh.as_of);
+    let entry = &entry[..entry.len().min(255)];
+    b.put_u8(entry.len() as u8);
+    for t in entry {
+        let t = &t.as_bytes()[..t.len().min(255)];
+        b.put_u8(t.len() as u8);
+        b.put_slice(t);
+    }
     b.put_u16_le(rows.len() as u16);
     for &r in rows {
         let id = catalog.frames[r].id.as_bytes();
@@ -86,15 +112,46 @@ fn envelope(origin: u64, catalog: &Catalog, rows: &[usize], payload: &[u8]) -> B
     b.freeze()
 }
 
-/// The payload of an envelope if every product in it is unchanged in
-/// `catalog`. An envelope this replica (`origin`) made from the very
-/// snapshot version it holds needs no per-product check.
+/// The payload of an envelope if it is still what `catalog` would answer:
+/// every product it shows unchanged (same stamp), and no change applied
+/// since it was made to a product that could enter it (a new frame of a
+/// brand it lists, a restock, a removal). A page this replica (`origin`)
+/// made from the very version it holds needs no check at all; one another
+/// replica made is judged with [`PEER_LAG_MS`] of doubt.
 fn open_envelope(origin: u64, catalog: &Catalog, mut b: Bytes) -> Option<Bytes> {
-    if b.remaining() < 18 {
+    if b.remaining() < 17 {
         return None;
     }
-    let (made_by, made_from) = (b.get_u64_le(), b.get_i64_le());
-    let same_snapshot = made_by == origin && made_from == catalog.version;
+    let (made_by, made_at) = (b.get_u64_le(), b.get_i64_le());
+    let same_snapshot = made_by == origin && made_at == catalog.fresh.as_of;
+    let limit = if made_by == origin {
+        made_at
+    } else {
+        made_at - PEER_LAG_MS
+    };
+    if !same_snapshot && catalog.fresh.loaded_at > limit {
+        return None;
+    }
+    let tags = b.get_u8() as usize;
+    for _ in 0..tags {
+        if b.remaining() < 1 {
+            return None;
+        }
+        let len = b.get_u8() as usize;
+        if b.remaining() < len {
+            return None;
+        }
+        if !same_snapshot {
+            let tag = std::str::from_utf8(&b[..len]).ok()?;
+            if catalog.fresh.changed.get(tag).is_some_and(|&at| at > limit) {
+                return None;
+            }
+        }
+        b.advance(len);
+    }
+    if b.remaining() < 2 {
+        return None;
+    }
     let n = b.get_u16_le() as usize;
     for _ in 0..n {
         if b.remaining() < 1 {
@@ -256,6 +313,7 @@ impl Service {
         &self,
         kind: &'static CacheKind,
         key: String,
+        entry: Vec<String>,
         blocking: bool,
         compute: F,
     ) -> Result<(Bytes, bool), Status>
@@ -274,10 +332,11 @@ impl Service {
             None => {
                 let snapshot = self.snapshot.clone();
                 let compute = compute.clone();
+                let entry = entry.clone();
                 let load = move || async move {
                     let catalog = snapshot.load();
                     let (payload, rows, tags) = run(blocking, &catalog, compute).await?;
-                    let value = envelope(origin, &catalog, &rows, &payload);
+                    let value = envelope(origin, &catalog, &entry, &rows, &payload);
                     // Computed from a snapshot that changed meanwhile: serve, don't keep.
                     let cacheable = snapshot.load().version == catalog.version;
                     Ok::<_, Status>(Loaded {
@@ -294,11 +353,12 @@ impl Service {
         if let Some(payload) = open_envelope(origin, &catalog, value) {
             return Ok((payload, cached));
         }
-        // Out of date (a product it shows changed): recompute and replace.
+        // Out of date (a product it shows changed, or one could enter it):
+        // recompute and replace.
         metrics::counter!("discovery_recommendation_stale_rejected_total", "kind" => kind.name)
             .increment(1);
         let (payload, rows, tags) = run(blocking, &catalog, compute).await?;
-        let value = envelope(origin, &catalog, &rows, &payload);
+        let value = envelope(origin, &catalog, &entry, &rows, &payload);
         self.cache.set(kind, &key, value, &tags).await;
         Ok((Bytes::from(payload), false))
     }
@@ -385,9 +445,12 @@ impl Recommendation for Service {
         let q = rank::Query::compile(&catalog, &req)?;
         let key = recommend_key(&req, &q);
         drop(catalog);
+        let entry = crate::snapshot::page_entry_tags(
+            req.filter.as_ref().map_or(&[][..], |f| f.brands.as_slice()),
+        );
         let r = req.clone();
         let (payload, cached) = self
-            .cached(&kinds::RECOMMENDATIONS, key, false, move |catalog| {
+            .cached(&kinds::RECOMMENDATIONS, key, entry, false, move |catalog| {
                 let (resp, rows) = compute_recommend(catalog, &r)?;
                 let tags = recommend_tags(catalog, &rows, &r);
                 Ok((resp.encode_to_vec(), rows, tags))
@@ -801,8 +864,11 @@ impl CatalogApi for Service {
         let mut canonical = req.clone();
         canonical.query = canonical.query.trim().to_lowercase();
         let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));
+        let entry = crate::snapshot::page_entry_tags(
+            req.filter.as_ref().map_or(&[][..], |f| f.brands.as_slice()),
+        );
         let (payload, _) = self
-            .cached(&kinds::SEARCH, key, large, move |catalog| {
+            .cached(&kinds::SEARCH, key, entry, large, move |catalog| {
                 let r = search::search(catalog, &req)?;
                 let rows: Vec<usize> = r.hits.iter().map(|h| h.0).collect();
                 let tags = rows
@@ -1010,11 +1076,16 @@ mod tests {
 
     #[test]
     fn envelopes_reject_changed_products() {
+        let any = [crate::snapshot::ANY.to_string()];
         let c = Catalog::new(demo_catalog(50), 1);
-        let e = envelope(7, &c, &[1, 2, 3], b"payload");
+        let e = envelope(7, &c, &any, &[1, 2, 3], b"payload");
         assert_eq!(open_envelope(7, &c, e.clone()).unwrap(), "payload");
-        // Another replica validates product by product.
-        assert_eq!(open_envelope(8, &c, e.clone()).unwrap(), "payload");
+        // A page another replica made (well after this one loaded) is
+        // checked product by product.
+        let mut theirs = Catalog::new(demo_catalog(50), 1);
+        theirs.fresh.as_of = c.fresh.loaded_at + 2 * PEER_LAG_MS;
+        let t = envelope(8, &theirs, &any, &[1, 2, 3], b"payload");
+        assert_eq!(open_envelope(7, &c, t.clone()).unwrap(), "payload");
         let mut f = (*c.frames[2]).clone();
         f.price += 10.0;
         f.metadata.version += 1;
@@ -1026,13 +1097,59 @@ mod tests {
             open_envelope(7, &c2, e.clone()).is_none(),
             "price change detected"
         );
-        assert!(
-            open_envelope(8, &c2, e.clone()).is_none(),
-            "on every replica"
-        );
+        assert!(open_envelope(7, &c2, t).is_none(), "on every replica");
         let (c3, _) = c.apply(vec![Change::Delete(c.frames[1].id.clone())]);
         assert!(open_envelope(7, &c3, e).is_none(), "deletion detected");
         assert!(open_envelope(7, &c, Bytes::from_static(&[5, 0, 1])).is_none());
+    }
+
+    /// Issue 17: a page is stale when a product that could enter it changed
+    /// (a new frame, a restock), not only when one it shows did; a page
+    /// filtered to other brands is not.
+    #[test]
+    fn a_product_that_could_enter_a_page_makes_it_stale() {
+        use crate::snapshot::{ANY, page_entry_tags};
+        let c = Catalog::new(demo_catalog(50), 1);
+        let brand = c.frames[0].brand.clone();
+        let other = c
+            .frames
+            .iter()
+            .find(|f| f.brand != brand)
+            .unwrap()
+            .brand
+            .clone();
+        let filtered = page_entry_tags(std::slice::from_ref(&brand));
+        let page = envelope(7, &c, &filtered, &[0], b"p");
+        let open = envelope(7, &c, &[ANY.to_string()], &[0], b"p");
+        let new_frame = |id: &str, brand: &str| {
+            let mut f = (*c.frames[1]).clone();
+            f.id = id.into();
+            f.brand = brand.into();
+            Change::Upsert(Box::new(f))
+        };
+        // A new frame of another brand: the brand's page holds, an
+        // unfiltered one does not.
+        let (c2, _) = c.apply(vec![new_frame("zz-new-1", &other)]);
+        assert!(open_envelope(7, &c2, page.clone()).is_some());
+        assert!(open_envelope(7, &c2, open).is_none());
+        // A new frame of its brand (any case): stale.
+        let (c3, _) = c2.apply(vec![new_frame("zz-new-2", &brand.to_uppercase())]);
+        assert!(open_envelope(7, &c3, page).is_none());
+        // A restock of a frame the page does not show: stale.
+        let again = envelope(7, &c3, &filtered, &[0], b"p");
+        assert!(open_envelope(7, &c3, again.clone()).is_some());
+        let row = c3.index("zz-new-2").unwrap();
+        let mut restocked = (*c3.frames[row]).clone();
+        restocked.inventory.is_in_stock = !restocked.inventory.is_in_stock;
+        restocked.metadata.version += 1;
+        let (c4, _) = c3.apply(vec![Change::Upsert(Box::new(restocked))]);
+        assert!(open_envelope(7, &c4, again).is_none());
+        // Another replica's page made just before this one applied the
+        // change is not trusted (its maker may not have had it yet).
+        let mut theirs = Catalog::new(demo_catalog(50), 1);
+        theirs.fresh.as_of = c4.fresh.as_of - 10;
+        let t = envelope(8, &theirs, &filtered, &[0], b"p");
+        assert!(open_envelope(7, &c4, t).is_none());
     }
 
     #[test]

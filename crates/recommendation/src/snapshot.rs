@@ -106,6 +106,51 @@ pub struct Features {
     pub stamp: Vec<u64>,
 }
 
+/// What a cached page needs to know to tell whether a product could have
+/// entered or left it since it was made: when this catalogue version was
+/// installed and, per entry tag ([`entry_tags`]), when this replica last
+/// applied a change to a product carrying it. Times are this replica's
+/// clock in Unix milliseconds; `as_of` strictly increases per version.
+#[derive(Debug, Default, Clone)]
+pub struct Freshness {
+    /// When this version was installed.
+    pub as_of: i64,
+    /// When the catalogue was loaded whole (every page made before is
+    /// suspect: the load may hold anything).
+    pub loaded_at: i64,
+    /// Entry tag -> the last change applied to a product carrying it.
+    pub changed: Arc<HashMap<String, i64>>,
+}
+
+/// The entry tags of a product: `any` (every page without a brand filter
+/// could show it) and `brand:{name}` (pages filtered to its brand). A page
+/// carries the tags of what could enter it ([`page_entry_tags`]); a change
+/// to a product with one of them may change the page even if the page does
+/// not show the product (a new frame, a restock, a product leaving).
+pub fn entry_tags(f: &Frame) -> [String; 2] {
+    [
+        ANY.to_string(),
+        format!("brand:{}", f.brand.trim().to_lowercase()),
+    ]
+}
+
+/// The entry tag every page without a brand filter carries.
+pub const ANY: &str = "any";
+
+/// The entry tags of a page filtered to `brands` (none: [`ANY`]).
+pub fn page_entry_tags(brands: &[String]) -> Vec<String> {
+    if brands.is_empty() {
+        return vec![ANY.to_string()];
+    }
+    let mut tags: Vec<String> = brands
+        .iter()
+        .map(|b| format!("brand:{}", b.trim().to_lowercase()))
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
 /// One immutable version of the catalogue.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -121,6 +166,8 @@ pub struct Catalog {
     pub signals: Arc<Signals>,
     /// Version, bumped on each change applied.
     pub version: i64,
+    /// What cached pages are checked against.
+    pub fresh: Freshness,
 }
 
 fn words_of(s: &str) -> impl Iterator<Item = &str> {
@@ -238,6 +285,7 @@ impl Catalog {
             features.push(f, &mut vocabs, &signals);
             by_id.insert(Arc::from(f.id.as_str()), i as u32);
         }
+        let now = discovery_kit::now_unix_ms();
         Self {
             frames,
             by_id,
@@ -245,6 +293,11 @@ impl Catalog {
             vocabs,
             signals,
             version,
+            fresh: Freshness {
+                as_of: now,
+                loaded_at: now,
+                changed: Arc::default(),
+            },
         }
     }
 
@@ -269,6 +322,8 @@ impl Catalog {
         let mut reorder = false;
         let mut deleted = std::collections::HashSet::new();
         let mut appended: HashMap<String, usize> = HashMap::new();
+        let as_of = discovery_kit::now_unix_ms().max(self.fresh.as_of + 1);
+        let mut changed = HashMap::new();
         for change in changes {
             match change {
                 Change::Upsert(f) => {
@@ -290,10 +345,16 @@ impl Catalog {
                                 continue;
                             }
                             features.set(i, &f, &mut vocabs, &self.signals);
+                            for t in entry_tags(old).into_iter().chain(entry_tags(&f)) {
+                                changed.insert(t, as_of);
+                            }
                             frames[i] = Arc::from(f);
                         }
                         None => {
                             deleted.remove(&id);
+                            for t in entry_tags(&f) {
+                                changed.insert(t, as_of);
+                            }
                             appended.insert(id.clone(), frames.len());
                             features.push(&f, &mut vocabs, &self.signals);
                             frames.push(Arc::from(f));
@@ -304,7 +365,14 @@ impl Catalog {
                     out.tags.push(format!("product:{id}"));
                 }
                 Change::Delete(id) => {
-                    if by_id.remove(id.as_str()).is_some() || appended.remove(&id).is_some() {
+                    let gone = by_id
+                        .remove(id.as_str())
+                        .map(|i| i as usize)
+                        .or_else(|| appended.remove(&id));
+                    if let Some(i) = gone {
+                        for t in entry_tags(&frames[i]) {
+                            changed.insert(t, as_of);
+                        }
                         deleted.insert(id.clone());
                         reorder = true;
                         out.applied += 1;
@@ -314,12 +382,24 @@ impl Catalog {
             }
         }
         let version = self.version + i64::from(out.applied > 0);
+        let fresh = if changed.is_empty() {
+            self.fresh.clone()
+        } else {
+            let mut all = (*self.fresh.changed).clone();
+            all.extend(changed);
+            Freshness {
+                as_of,
+                loaded_at: self.fresh.loaded_at,
+                changed: Arc::new(all),
+            }
+        };
         if reorder {
             let keep: Vec<Arc<Frame>> = frames
                 .into_iter()
                 .filter(|f| !deleted.contains(&f.id))
                 .collect();
-            let next = Self::build(keep, version, self.signals.clone(), vocabs);
+            let mut next = Self::build(keep, version, self.signals.clone(), vocabs);
+            next.fresh = fresh;
             return (next, out);
         }
         by_id.shrink_to_fit();
@@ -331,6 +411,7 @@ impl Catalog {
                 vocabs,
                 signals: self.signals.clone(),
                 version,
+                fresh,
             },
             out,
         )
@@ -349,6 +430,7 @@ impl Catalog {
             vocabs: self.vocabs.clone(),
             signals,
             version: self.version,
+            fresh: self.fresh.clone(),
         }
     }
 }
