@@ -278,6 +278,84 @@ fn main() {
         hits2 as f64 / total2 as f64
     );
 
+    // 3b. The same mix while a 50,000-record feed arrives in 100 change
+    //     batches of 500, then after it. A page is stale once a product
+    //     that could enter it changed (issue 17): price and stock updates
+    //     alone touch only pages filtering on them; a new frame touches
+    //     every page without a brand filter. Two feeds: updates only (80 %
+    //     price, 20 % stock, a third of those flipping it), and the same
+    //     with 5 % new frames; each at 200 and 1,000 calls per batch.
+    for (feed, new_per_100) in [("price/stock updates", 0u64), ("with 5 % new frames", 5)] {
+        for reads_per_batch in [200usize, 1_000] {
+            let mut feed_rng = SplitMix(99 + reads_per_batch as u64 + new_per_100);
+            let (mut hits, mut calls, mut hits_after, mut calls_after) = (0usize, 0usize, 0, 0);
+            let mut miss_during = Vec::new();
+            let mut fresh_id = 0usize;
+            rt.block_on(async {
+                for batch in 0..200 {
+                    let during = batch < 100;
+                    if during {
+                        let catalog = snapshot.load();
+                        let changes = (0..500)
+                            .map(|_| {
+                                let row =
+                                    (feed_rng.next_u64() % catalog.frames.len() as u64) as usize;
+                                let mut f = (*catalog.frames[row]).clone();
+                                f.metadata.version += 1;
+                                let dice = feed_rng.next_u64() % 100;
+                                if dice < new_per_100 {
+                                    fresh_id += 1;
+                                    f.id = format!("new-{reads_per_batch}-{fresh_id}");
+                                } else if dice < 80 {
+                                    f.price += 1.0;
+                                } else if dice.is_multiple_of(3) {
+                                    f.inventory.is_in_stock = !f.inventory.is_in_stock;
+                                } else if let Some(v) = f.inventory.variants.first_mut() {
+                                    v.stock += 1;
+                                }
+                                discovery_recommendation::snapshot::Change::Upsert(Box::new(f))
+                            })
+                            .collect();
+                        drop(catalog);
+                        svc.apply_local(changes);
+                    }
+                    for _ in 0..reads_per_batch {
+                        let u = rng.unit();
+                        let k = cdf.partition_point(|c| *c < u).min(PROFILES - 1);
+                        let t = Instant::now();
+                        let resp = svc
+                            .recommend(tonic::Request::new(profiles[k].clone()))
+                            .await
+                            .expect("recommend")
+                            .into_inner();
+                        let cached = matches!(resp, Reply::Encoded(_, true));
+                        if during {
+                            calls += 1;
+                            hits += usize::from(cached);
+                            if !cached {
+                                miss_during.push(t.elapsed());
+                            }
+                        } else {
+                            calls_after += 1;
+                            hits_after += usize::from(cached);
+                        }
+                    }
+                    cache.run_pending_tasks().await;
+                }
+            });
+            println!(
+                "50,000-record feed ({feed}), 100 batches, {reads_per_batch} calls per batch: hit ratio \
+                 {:.3} during ({calls} calls), {:.3} after ({calls_after} calls)",
+                hits as f64 / calls as f64,
+                hits_after as f64 / calls_after as f64
+            );
+            line(
+                "  misses during the feed (rank, explain, encode)",
+                miss_during,
+            );
+        }
+    }
+
     // 4. The spec's aggregation pipeline on the MongoDB-compatible server.
     if std::env::var_os("DISCOVERY_BENCH_SKIP_MONGO").is_some() {
         println!("aggregation side skipped (DISCOVERY_BENCH_SKIP_MONGO)");

@@ -176,6 +176,16 @@ fn open_envelope(origin: u64, catalog: &Catalog, mut b: Bytes) -> Option<Bytes> 
     Some(b)
 }
 
+/// The entry tags of a page asked for with `filter` (and price facets).
+fn page_inputs(filter: Option<&pb::ProductFilter>, facets: bool) -> Vec<String> {
+    let f = filter.cloned().unwrap_or_default();
+    crate::snapshot::page_entry_tags(crate::snapshot::PageInputs {
+        brands: &f.brands,
+        price: facets || f.min_price_minor.is_some() || f.max_price_minor.is_some(),
+        stock: f.in_stock_only,
+    })
+}
+
 /// The request in canonical form: what cannot change the answer removed,
 /// widths rounded as the ranking rounds them, lists sorted, page normalised.
 fn canonical_recommend(
@@ -445,9 +455,7 @@ impl Recommendation for Service {
         let q = rank::Query::compile(&catalog, &req)?;
         let key = recommend_key(&req, &q);
         drop(catalog);
-        let entry = crate::snapshot::page_entry_tags(
-            req.filter.as_ref().map_or(&[][..], |f| f.brands.as_slice()),
-        );
+        let entry = page_inputs(req.filter.as_ref(), false);
         let r = req.clone();
         let (payload, cached) = self
             .cached(&kinds::RECOMMENDATIONS, key, entry, false, move |catalog| {
@@ -864,9 +872,7 @@ impl CatalogApi for Service {
         let mut canonical = req.clone();
         canonical.query = canonical.query.trim().to_lowercase();
         let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));
-        let entry = crate::snapshot::page_entry_tags(
-            req.filter.as_ref().map_or(&[][..], |f| f.brands.as_slice()),
-        );
+        let entry = page_inputs(req.filter.as_ref(), req.include_facets);
         let (payload, _) = self
             .cached(&kinds::SEARCH, key, entry, large, move |catalog| {
                 let r = search::search(catalog, &req)?;
@@ -1108,7 +1114,7 @@ mod tests {
     /// filtered to other brands is not.
     #[test]
     fn a_product_that_could_enter_a_page_makes_it_stale() {
-        use crate::snapshot::{ANY, page_entry_tags};
+        use crate::snapshot::{ANY, PageInputs, page_entry_tags};
         let c = Catalog::new(demo_catalog(50), 1);
         let brand = c.frames[0].brand.clone();
         let other = c
@@ -1118,7 +1124,11 @@ mod tests {
             .unwrap()
             .brand
             .clone();
-        let filtered = page_entry_tags(std::slice::from_ref(&brand));
+        let brands = [brand.clone()];
+        let filtered = page_entry_tags(PageInputs {
+            brands: &brands,
+            ..Default::default()
+        });
         let page = envelope(7, &c, &filtered, &[0], b"p");
         let open = envelope(7, &c, &[ANY.to_string()], &[0], b"p");
         let new_frame = |id: &str, brand: &str| {
@@ -1135,15 +1145,39 @@ mod tests {
         // A new frame of its brand (any case): stale.
         let (c3, _) = c2.apply(vec![new_frame("zz-new-2", &brand.to_uppercase())]);
         assert!(open_envelope(7, &c3, page).is_none());
-        // A restock of a frame the page does not show: stale.
-        let again = envelope(7, &c3, &filtered, &[0], b"p");
-        assert!(open_envelope(7, &c3, again.clone()).is_some());
+        // A restock of a frame it does not show: stale if it shows in-stock
+        // frames only; a page without that filter cannot change.
+        let in_stock = page_entry_tags(PageInputs {
+            brands: &brands,
+            stock: true,
+            ..Default::default()
+        });
+        let plain = envelope(7, &c3, &filtered, &[0], b"p");
+        let stocked = envelope(7, &c3, &in_stock, &[0], b"p");
         let row = c3.index("zz-new-2").unwrap();
         let mut restocked = (*c3.frames[row]).clone();
         restocked.inventory.is_in_stock = !restocked.inventory.is_in_stock;
         restocked.metadata.version += 1;
-        let (c4, _) = c3.apply(vec![Change::Upsert(Box::new(restocked))]);
-        assert!(open_envelope(7, &c4, again).is_none());
+        let (c4, _) = c3.apply(vec![Change::Upsert(Box::new(restocked.clone()))]);
+        assert!(open_envelope(7, &c4, stocked).is_none());
+        assert!(open_envelope(7, &c4, plain.clone()).is_some());
+        // A price change alone: only pages filtering on price.
+        let priced = envelope(
+            7,
+            &c4,
+            &page_entry_tags(PageInputs {
+                price: true,
+                ..Default::default()
+            }),
+            &[0],
+            b"p",
+        );
+        let again = envelope(7, &c4, &filtered, &[0], b"p");
+        restocked.price += 5.0;
+        restocked.metadata.version += 1;
+        let (c4, _) = c4.apply(vec![Change::Upsert(Box::new(restocked))]);
+        assert!(open_envelope(7, &c4, priced).is_none());
+        assert!(open_envelope(7, &c4, again.clone()).is_some());
         // Another replica's page made just before this one applied the
         // change is not trusted (its maker may not have had it yet).
         let mut theirs = Catalog::new(demo_catalog(50), 1);

@@ -136,18 +136,67 @@ pub fn entry_tags(f: &Frame) -> [String; 2] {
 
 /// The entry tag every page without a brand filter carries.
 pub const ANY: &str = "any";
+/// The entry tag of pages a price change alone can alter: those with a
+/// price filter, and search pages with facets (price bands). Ranking and
+/// search scores do not read the price.
+pub const PRICE: &str = "price";
+/// The entry tag of pages a stock flip alone can alter: those with
+/// `in_stock_only` (stock is a filter, never a score).
+pub const STOCK: &str = "stock";
 
-/// The entry tags of a page filtered to `brands` (none: [`ANY`]).
-pub fn page_entry_tags(brands: &[String]) -> Vec<String> {
-    if brands.is_empty() {
-        return vec![ANY.to_string()];
+/// What could enter a page: its brand filter (none: [`ANY`]), and whether
+/// a price or stock change alone could alter it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageInputs<'a> {
+    /// The brands it is filtered to.
+    pub brands: &'a [String],
+    /// It filters on price or shows price facets.
+    pub price: bool,
+    /// It shows in-stock frames only.
+    pub stock: bool,
+}
+
+/// The entry tags of a page ([`entry_tags`]).
+pub fn page_entry_tags(page: PageInputs<'_>) -> Vec<String> {
+    let mut tags: Vec<String> = if page.brands.is_empty() {
+        vec![ANY.to_string()]
+    } else {
+        page.brands
+            .iter()
+            .map(|b| format!("brand:{}", b.trim().to_lowercase()))
+            .collect()
+    };
+    if page.price {
+        tags.push(PRICE.to_string());
     }
-    let mut tags: Vec<String> = brands
-        .iter()
-        .map(|b| format!("brand:{}", b.trim().to_lowercase()))
-        .collect();
+    if page.stock {
+        tags.push(STOCK.to_string());
+    }
     tags.sort();
     tags.dedup();
+    tags
+}
+
+/// The entry tags an upsert of a held frame touches: a change of price
+/// and/or stock only touches [`PRICE`] / [`STOCK`] (most feed records are
+/// such updates: pages without those filters cannot change, except those
+/// showing the frame, which its stamp covers); any other change, both
+/// versions' [`entry_tags`].
+fn changed_tags(old: &Frame, new: &Frame) -> Vec<String> {
+    let mut same = old.clone();
+    same.price = new.price;
+    same.inventory = new.inventory.clone();
+    same.metadata = new.metadata.clone();
+    if same != *new {
+        return entry_tags(old).into_iter().chain(entry_tags(new)).collect();
+    }
+    let mut tags = Vec::new();
+    if old.price != new.price {
+        tags.push(PRICE.to_string());
+    }
+    if old.inventory.is_in_stock != new.inventory.is_in_stock {
+        tags.push(STOCK.to_string());
+    }
     tags
 }
 
@@ -345,7 +394,7 @@ impl Catalog {
                                 continue;
                             }
                             features.set(i, &f, &mut vocabs, &self.signals);
-                            for t in entry_tags(old).into_iter().chain(entry_tags(&f)) {
+                            for t in changed_tags(old, &f) {
                                 changed.insert(t, as_of);
                             }
                             frames[i] = Arc::from(f);
