@@ -1463,6 +1463,76 @@ async fn cached_pages_take_in_new_restocked_and_repriced_frames_on_every_replica
     }
 }
 
+/// One shopper cannot steer popularity by spreading interactions over
+/// replicas: the per-minute bound (`DISCOVERY_INTERACTIONS_PER_MINUTE`,
+/// 120 by default) is counted in Redis Cluster for every replica. 130
+/// interactions of one session, alternating between the two replicas:
+/// exactly 120 recorded, 10 refused with RESOURCE_EXHAUSTED; another
+/// session is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_interaction_bound_holds_across_replicas() {
+    let run = Running::start(&[("gateway", 1), ("recommendation", 2), ("sync", 1)]).await;
+    let mut g = client(
+        run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc"),
+        &run.key,
+    )
+    .await;
+    let (job, _) = ingest_until_done(&mut g, feed(5)).await;
+    assert_eq!(job.upserted, 5);
+    let auth = discovery_kit::internal::InternalAuth::new(SECRET);
+    let mut replicas = Vec::new();
+    for reco in run.cluster.of("recommendation") {
+        let addr = run.cluster.pods[reco].addr("grpc");
+        assert!(
+            wait_served(
+                addr,
+                &["shopify:cluster:0".to_string()],
+                Duration::from_secs(20)
+            )
+            .await
+            .is_empty()
+        );
+        let ch = discovery_kit::client::connect_as(
+            "test",
+            &format!("http://{addr}"),
+            Some(&auth),
+            "gateway",
+        )
+        .unwrap();
+        replicas.push(discovery_proto::v1::recommendation_client::RecommendationClient::new(ch));
+    }
+    // The 130 calls stay inside one wall-clock minute (the counting window).
+    while discovery_kit::now_unix_ms() % 60_000 > 45_000 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let interaction = |session: &str| pb::RecordInteractionRequest {
+        requester: Some(pb::Requester {
+            session_id: session.into(),
+            ..Default::default()
+        }),
+        product_id: "shopify:cluster:0".into(),
+        kind: pb::InteractionKind::Click as i32,
+        ..Default::default()
+    };
+    let (mut recorded, mut refused) = (0, 0);
+    for i in 0..130 {
+        match replicas[i % 2]
+            .record_interaction(interaction("greedy-session"))
+            .await
+        {
+            Ok(_) => recorded += 1,
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => refused += 1,
+            Err(e) => panic!("interaction {i}: {e:?}"),
+        }
+    }
+    println!("one session over two replicas: {recorded} recorded, {refused} refused");
+    assert_eq!((recorded, refused), (120, 10));
+    replicas[1]
+        .record_interaction(interaction("calm-session"))
+        .await
+        .expect("another shopper is not affected");
+}
+
 /// The chart with TLS on the gateway (`services.gateway.tlsSecret`): every
 /// probe passes as the kubelet runs it (a gateway's readiness on `/readyz`:
 /// the kubelet's gRPC probe has no TLS), a shop calls it over TLS, and

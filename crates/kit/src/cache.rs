@@ -409,6 +409,8 @@ pub struct Cache {
     tags: TagIndex,
     refreshing: Arc<Mutex<HashSet<Arc<str>>>>,
     bus: Arc<Bus>,
+    /// [`Cache::count`]'s windows while Redis is unreachable.
+    local_counts: moka::future::Cache<String, Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -569,6 +571,10 @@ impl Cache {
             tags,
             refreshing: Arc::default(),
             bus,
+            local_counts: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
         };
         cache.listen_for_invalidations();
         cache.keep_house();
@@ -739,6 +745,42 @@ impl Cache {
                 index.entry(t.clone()).or_default().insert(key.clone());
             }
         }
+    }
+
+    /// Counts one event for `key` in the current fixed window of `window`
+    /// (whole seconds) and returns the window's count so far: one count for
+    /// every replica through Redis (`{key}:{window number}`, created with
+    /// an expiry of two windows before it is incremented, so no counter
+    /// outlives its window); this replica's own count while Redis is down.
+    pub async fn count(&self, key: &str, window: Duration) -> u64 {
+        let secs = window.as_secs().max(1);
+        let slot = crate::now_unix_ms().max(0) as u64 / 1000 / secs;
+        let k = format!("{key}:{slot}");
+        if let Some(pool) = &self.l2
+            && pool.is_connected()
+        {
+            let created: Result<Option<String>, _> = pool
+                .set(
+                    k.as_str(),
+                    0,
+                    Some(Expiration::EX(2 * secs as i64)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await;
+            match created {
+                Ok(_) => match pool.incr::<i64, _>(k.as_str()).await {
+                    Ok(n) => return n.max(0) as u64,
+                    Err(e) => l2_error("incr", &e),
+                },
+                Err(e) => l2_error("set", &e),
+            }
+        }
+        let counter = self
+            .local_counts
+            .get_with(k, async { Arc::new(std::sync::atomic::AtomicU64::new(0)) })
+            .await;
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
     /// Removes `key` from both levels (this replica's L1 and L2).

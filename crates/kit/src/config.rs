@@ -613,6 +613,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "how long shutdown waits for in-flight calls",
     },
     Variable {
+        name: "DISCOVERY_INTERACTIONS_PER_MINUTE",
+        default: "120",
+        help: "recommendation: most RecordInteraction calls one shopper (user, else session) makes per minute, counted across replicas; 0: no bound",
+    },
+    Variable {
         name: "DISCOVERY_SHUTDOWN_DELAY",
         default: "0s",
         help: "on SIGTERM, how long to keep serving (not ready) before refusing new connections: the time a Service takes to drop the pod (the chart sets 5s)",
@@ -632,6 +637,22 @@ pub const VARIABLES: &[Variable] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README lists every variable the services read (its
+    /// configuration table), as `VARIABLES`' documentation promises.
+    #[test]
+    fn every_variable_is_in_the_readme() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+        )
+        .expect("README.md");
+        let missing: Vec<&str> = VARIABLES
+            .iter()
+            .map(|v| v.name)
+            .filter(|n| !readme.contains(&format!("`{n}`")))
+            .collect();
+        assert!(missing.is_empty(), "not in README.md: {missing:?}");
+    }
 
     #[test]
     fn bad_port_names_the_variable() {

@@ -53,7 +53,13 @@ pub struct Service {
     pub(crate) internal_auth: bool,
     /// `FaceContext.analysis_id` resolved through face-analysis.
     pub(crate) faces: crate::faces::Faces,
+    /// Most interactions one shopper records per minute (0: no bound).
+    pub(crate) interactions_per_minute: u64,
 }
+
+/// Default of `DISCOVERY_INTERACTIONS_PER_MINUTE`: two a second on average
+/// is more than a shopper browsing does, and too few to steer popularity.
+pub const INTERACTIONS_PER_MINUTE: u64 = 120;
 
 /// Who may call the cache administration methods: the gateway (for keys
 /// with the admin scope) and monitoring (warming on a low hit rate).
@@ -312,6 +318,7 @@ impl Service {
             cache,
             internal_auth: false,
             faces: crate::faces::Faces::new(None),
+            interactions_per_minute: INTERACTIONS_PER_MINUTE,
         }
     }
 
@@ -494,6 +501,36 @@ impl Recommendation for Service {
         }
         let requester = req.requester.unwrap_or_default();
         rank::check_requester(&requester)?;
+        // One shopper (of one API key's client) cannot steer popularity:
+        // a bound per minute, counted for every replica in Redis.
+        let shopper = match (requester.user_id.as_str(), requester.session_id.as_str()) {
+            ("", "") => {
+                return Err(Status::invalid_argument(
+                    "requester: give session_id (or call with an authenticated user) so \
+                     interactions count per shopper",
+                ));
+            }
+            ("", session) => format!("s:{session}"),
+            (user, _) => format!("u:{user}"),
+        };
+        if self.interactions_per_minute > 0 {
+            let key = format!(
+                "interactions:rate:{}:{shopper}",
+                who.client.as_deref().unwrap_or("-")
+            );
+            let n = self
+                .cache
+                .count(&key, std::time::Duration::from_secs(60))
+                .await;
+            if n > self.interactions_per_minute {
+                metrics::counter!("discovery_interactions_refused_total").increment(1);
+                return Err(Status::resource_exhausted(format!(
+                    "RecordInteraction: at most {} interactions per shopper per minute; \
+                     this one was not recorded",
+                    self.interactions_per_minute
+                )));
+            }
+        }
         let now = discovery_kit::now_unix_ms();
         let at = if req.at_unix_ms > 0 {
             req.at_unix_ms
@@ -1184,6 +1221,63 @@ mod tests {
         theirs.fresh.as_of = c4.fresh.as_of - 10;
         let t = envelope(8, &theirs, &filtered, &[0], b"p");
         assert!(open_envelope(7, &c4, t).is_none());
+    }
+
+    /// One shopper cannot steer popularity: past the bound a minute, an
+    /// interaction is refused (and not stored); another shopper is not
+    /// affected; an interaction naming no shopper is refused.
+    #[tokio::test]
+    async fn interactions_are_bounded_per_shopper_per_minute() {
+        use crate::server::recommendation_server::Recommendation as _;
+        let snapshot = Snapshot::default();
+        snapshot.replace(Catalog::new(demo_catalog(20), 1));
+        let product = snapshot.load().frames[0].id.clone();
+        let cache = Arc::new(
+            Cache::new(&discovery_kit::cache::CacheConfig::l1_only(1 << 20))
+                .await
+                .unwrap(),
+        );
+        let svc = Service {
+            interactions_per_minute: 5,
+            ..Service::new(
+                snapshot,
+                discovery_kit::store::memory::MemoryStore::new(),
+                cache,
+            )
+        };
+        let record = |session: &str| {
+            tonic::Request::new(pb::RecordInteractionRequest {
+                requester: Some(pb::Requester {
+                    session_id: session.into(),
+                    ..Default::default()
+                }),
+                product_id: product.clone(),
+                kind: pb::InteractionKind::Click as i32,
+                ..Default::default()
+            })
+        };
+        let mut codes = Vec::new();
+        for _ in 0..7 {
+            codes.push(match svc.record_interaction(record("greedy")).await {
+                Ok(_) => tonic::Code::Ok,
+                Err(e) => e.code(),
+            });
+        }
+        // The minute may turn over mid-test: at most one extra window.
+        let ok = codes.iter().filter(|c| **c == tonic::Code::Ok).count();
+        assert!((5..=7).contains(&ok), "{codes:?}");
+        assert!(
+            codes
+                .iter()
+                .all(|c| matches!(c, tonic::Code::Ok | tonic::Code::ResourceExhausted)),
+            "{codes:?}"
+        );
+        if ok == 5 {
+            assert_eq!(codes[5..], [tonic::Code::ResourceExhausted; 2]);
+        }
+        assert!(svc.record_interaction(record("calm")).await.is_ok());
+        let e = svc.record_interaction(record("")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Config {
     pub warm_interval: Duration,
     /// Face-analysis replicas, asked for the analyses `analysis_id` names.
     pub face_analysis_urls: Vec<String>,
+    /// Most interactions one shopper records per minute (0: no bound).
+    pub interactions_per_minute: u64,
 }
 
 impl Config {
@@ -85,6 +87,11 @@ impl Config {
             warm_interval: env.duration("DISCOVERY_WARM_INTERVAL", Duration::from_secs(900))?,
             face_analysis_urls: env
                 .list("DISCOVERY_FACE_ANALYSIS_URLS", &["http://127.0.0.1:50052"]),
+            interactions_per_minute: env.parse(
+                "DISCOVERY_INTERACTIONS_PER_MINUTE",
+                api::INTERACTIONS_PER_MINUTE,
+                "a number of interactions",
+            )?,
         })
     }
 }
@@ -258,6 +265,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     let svc = api::Service {
         internal_auth: config.serve.internal.is_some(),
         faces: faces::Faces::new(Some(faces)),
+        interactions_per_minute: config.interactions_per_minute,
         ..api::Service::new(snapshot, store, cache)
     };
     let mut handle = ServiceHandle::start(
