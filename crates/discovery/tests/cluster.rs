@@ -1214,6 +1214,61 @@ async fn recommend_by_analysis_id_ranks_as_the_face_it_names() {
         unknown.message().starts_with("face.analysis_id:"),
         "{unknown:?}"
     );
+
+    // Try-on placement on the same (golden) photo: each of the top three
+    // frames centred between the pupils (within the bridge adjustment),
+    // at its printed width on the photo's scale, rolled as the eye line.
+    let top: Vec<String> = by_fields
+        .iter()
+        .take(3)
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    let placed = g
+        .get_try_on_placement(pb::GetTryOnPlacementRequest {
+            analysis_id: analysis.analysis_id.clone(),
+            product_ids: top.clone(),
+        })
+        .await
+        .expect("placements")
+        .into_inner()
+        .placements;
+    assert_eq!(placed.len(), 3);
+    let (r, l) = (&analysis.iris_centers[0], &analysis.iris_centers[1]);
+    let mid = ((r.x + l.x) / 2.0, (r.y + l.y) / 2.0);
+    let roll = (l.y - r.y).atan2(l.x - r.x).to_degrees();
+    let px_per_mm = 1.0 / analysis.mm_per_px;
+    for (p, id) in placed.iter().zip(&top) {
+        let product = g
+            .get_product(pb::GetProductRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .product
+            .unwrap();
+        let width_mm = product.dimensions.map_or(0.0, |d| d.total_width_mm);
+        let c = p.center.unwrap();
+        println!(
+            "try-on {id}: centre ({:.1}, {:.1}) (pupils' middle ({:.1}, {:.1})), width {:.1} px ({width_mm} mm at {px_per_mm:.2} px/mm), rotation {:.2} deg",
+            c.x, c.y, mid.0, mid.1, p.width_px, p.rotation_deg
+        );
+        assert_eq!(&p.product_id, id);
+        assert!((p.width_px - width_mm * px_per_mm).abs() < 0.5, "{p:?}");
+        assert!((p.rotation_deg - roll).abs() < 0.01, "{p:?}");
+        let off = ((c.x - mid.0).powi(2) + (c.y - mid.1).powi(2)).sqrt();
+        assert!(off <= 6.0 * px_per_mm + 0.5, "{p:?}");
+    }
+    let missing = g
+        .get_try_on_placement(pb::GetTryOnPlacementRequest {
+            analysis_id: analysis.analysis_id.clone(),
+            product_ids: vec!["shopify:cluster:99999".into()],
+        })
+        .await
+        .expect_err("an unknown product");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(
+        missing.message().starts_with("product_ids[0]:"),
+        "{missing:?}"
+    );
 }
 
 /// One record of the cluster's feed source: id, vendor, price (whole

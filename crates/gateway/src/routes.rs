@@ -190,6 +190,7 @@ pub const ROUTES: &[Route] = &[
     route("SearchProducts", Recommendation, "/discovery.v1.Catalog/SearchProducts", Public, Other, true, 2_000, true),
     route("GetProduct", Recommendation, "/discovery.v1.Catalog/GetProduct", Public, Other, true, 2_000, true),
     route("BatchGetProducts", Recommendation, "/discovery.v1.Catalog/BatchGetProducts", Public, Other, true, 2_000, true),
+    route("GetTryOnPlacement", Recommendation, "/discovery.v1.Catalog/GetTryOnPlacement", Public, Other, true, 2_000, false),
     route("RecordInteraction", Recommendation, "/discovery.v1.Recommendation/RecordInteraction", Public, Other, false, 2_000, false),
     route("GetSession", Recommendation, "/discovery.v1.Recommendation/GetSession", Public, Other, true, 2_000, false),
     route("UpdateSession", Recommendation, "/discovery.v1.Recommendation/UpdateSession", Public, Other, false, 2_000, false),

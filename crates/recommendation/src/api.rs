@@ -871,6 +871,68 @@ impl CatalogApi for Service {
         }))
     }
 
+    async fn get_try_on_placement(
+        &self,
+        req: Request<pb::GetTryOnPlacementRequest>,
+    ) -> Result<Response<pb::GetTryOnPlacementResponse>, Status> {
+        let req = req.into_inner();
+        if req.product_ids.is_empty() || req.product_ids.len() > 50 {
+            return Err(Status::invalid_argument(format!(
+                "product_ids: give 1 to 50 products ({} given)",
+                req.product_ids.len()
+            )));
+        }
+        for (i, id) in req.product_ids.iter().enumerate() {
+            check_product_id(&format!("product_ids[{i}]"), id)?;
+        }
+        // The same resolver as Recommend's hand-off: field names match.
+        let face = self.faces.resolve(&req.analysis_id).await.map_err(|s| {
+            Status::new(
+                s.code(),
+                s.message().replacen("face.analysis_id", "analysis_id", 1),
+            )
+        })?;
+        let (Some([right, left]), true) = (face.irises, face.mm_per_px > 0.0) else {
+            return Err(Status::failed_precondition(
+                "analysis_id: this analysis found no irises, so the photo has no scale to place \
+                 frames at; analyse a frontal photo with both eyes open",
+            ));
+        };
+        let eyes = crate::tryon::Eyes {
+            right,
+            left,
+            mm_per_px: face.mm_per_px,
+            nose_bridge_mm: face.nose_bridge_width_mm,
+            face_width_mm: face.face_width_mm,
+        };
+        let catalog = self.snapshot.load();
+        let mut placements = Vec::with_capacity(req.product_ids.len());
+        for (i, id) in req.product_ids.iter().enumerate() {
+            let f = catalog
+                .get(id)
+                .ok_or_else(|| Status::not_found(format!("product_ids[{i}]: no product {id:?}")))?;
+            let p = crate::tryon::place(
+                &eyes,
+                &crate::tryon::FrameSize {
+                    total_width_mm: f.total_width_mm,
+                    bridge_mm: f.bridge_mm,
+                },
+            );
+            placements.push(pb::TryOnPlacement {
+                product_id: id.clone(),
+                center: Some(pb::Point2 {
+                    x: p.center.0,
+                    y: p.center.1,
+                }),
+                width_px: p.width_px,
+                rotation_deg: p.rotation_deg,
+                px_per_mm: p.px_per_mm,
+                width_difference_mm: p.width_difference_mm,
+            });
+        }
+        Ok(Response::new(pb::GetTryOnPlacementResponse { placements }))
+    }
+
     async fn batch_get_products(
         &self,
         req: Request<pb::BatchGetProductsRequest>,

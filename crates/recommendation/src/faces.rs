@@ -29,6 +29,10 @@ pub struct StoredFace {
     pub pupillary_distance_mm: f32,
     /// Millimetres; 0 when unknown.
     pub nose_bridge_width_mm: f32,
+    /// Millimetres per pixel at the face; 0 when the analysis had no scale.
+    pub mm_per_px: f32,
+    /// Iris centres (subject's right, then left), pixels, when found.
+    pub irises: Option<[(f32, f32); 2]>,
 }
 
 impl StoredFace {
@@ -41,6 +45,11 @@ impl StoredFace {
             face_width_mm: mm(ms.and_then(|m| m.face_width.as_ref())),
             pupillary_distance_mm: mm(ms.and_then(|m| m.pupillary_distance.as_ref())),
             nose_bridge_width_mm: mm(ms.and_then(|m| m.nose_bridge_width.as_ref())),
+            mm_per_px: r.mm_per_px,
+            irises: match r.iris_centers.as_slice() {
+                [a, b] => Some([(a.x, a.y), (b.x, b.y)]),
+                _ => None,
+            },
         }
     }
 
@@ -148,6 +157,8 @@ mod tests {
             face_width_mm: 132.0,
             pupillary_distance_mm: 63.0,
             nose_bridge_width_mm: 18.0,
+            mm_per_px: 0.25,
+            irises: None,
         };
         let mut face = pb::FaceContext {
             face_width_mm: 140.0,

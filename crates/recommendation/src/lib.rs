@@ -13,6 +13,7 @@ pub mod rank;
 pub mod search;
 pub mod signals;
 pub mod snapshot;
+pub mod tryon;
 
 use std::sync::Arc;
 use std::time::Duration;
