@@ -490,15 +490,7 @@ fn served(metrics: std::net::SocketAddr, path: &str) -> u64 {
 /// Products a recommendation replica holds, asked directly (signed as the
 /// gateway, as the chart's internal secret allows).
 async fn direct_search_total(addr: std::net::SocketAddr) -> u64 {
-    let auth =
-        discovery_kit::internal::InternalAuth::new("cluster-test-internal-secret-0123456789abcdef");
-    let ch = discovery_kit::client::connect_as(
-        "test",
-        &format!("http://{addr}"),
-        Some(&auth),
-        "gateway",
-    )
-    .unwrap();
+    let ch = as_gateway(addr);
     let mut c = discovery_proto::v1::catalog_client::CatalogClient::new(ch);
     c.search_products(pb::SearchProductsRequest {
         query: String::new(),
@@ -729,6 +721,14 @@ async fn killed_and_restarted_replicas_lose_no_calls_or_records() {
     }
 }
 
+/// A channel straight to one replica, signed as the gateway (the harness
+/// holds the chart's internal secret), to ask each replica on its own.
+fn as_gateway(addr: std::net::SocketAddr) -> discovery_kit::client::TracedChannel {
+    let auth = discovery_kit::internal::InternalAuth::new(SECRET);
+    discovery_kit::client::connect_as("test", &format!("http://{addr}"), Some(&auth), "gateway")
+        .unwrap()
+}
+
 /// Asks the recommendation replica at `addr` for `ids` every 200 ms until
 /// it serves them all or `within` passes: the ids still missing.
 async fn wait_served(addr: std::net::SocketAddr, ids: &[String], within: Duration) -> Vec<String> {
@@ -745,14 +745,7 @@ async fn wait_served(addr: std::net::SocketAddr, ids: &[String], within: Duratio
 /// The ids a recommendation replica does not serve (asked directly, signed
 /// as the gateway).
 async fn direct_missing(addr: std::net::SocketAddr, ids: &[String]) -> Vec<String> {
-    let auth = discovery_kit::internal::InternalAuth::new(SECRET);
-    let ch = discovery_kit::client::connect_as(
-        "test",
-        &format!("http://{addr}"),
-        Some(&auth),
-        "gateway",
-    )
-    .unwrap();
+    let ch = as_gateway(addr);
     let c = discovery_proto::v1::catalog_client::CatalogClient::new(ch);
     let asks = ids.iter().map(|id| {
         let mut c = c.clone();
@@ -1178,14 +1171,7 @@ async fn recommend_by_analysis_id_ranks_as_the_face_it_names() {
     );
     for reco in run.cluster.of("recommendation") {
         let addr = run.cluster.pods[reco].addr("grpc");
-        let auth = discovery_kit::internal::InternalAuth::new(SECRET);
-        let ch = discovery_kit::client::connect_as(
-            "test",
-            &format!("http://{addr}"),
-            Some(&auth),
-            "gateway",
-        )
-        .unwrap();
+        let ch = as_gateway(addr);
         let mut direct = discovery_proto::v1::recommendation_client::RecommendationClient::new(ch);
         let got = ranking(
             direct
@@ -1350,15 +1336,8 @@ async fn cached_pages_take_in_new_restocked_and_repriced_frames_on_every_replica
                 .is_empty()
         );
     }
-    let auth = discovery_kit::internal::InternalAuth::new(SECRET);
     let direct = |addr: std::net::SocketAddr| {
-        let ch = discovery_kit::client::connect_as(
-            "test",
-            &format!("http://{addr}"),
-            Some(&auth),
-            "gateway",
-        )
-        .unwrap();
+        let ch = as_gateway(addr);
         (
             discovery_proto::v1::catalog_client::CatalogClient::new(ch.clone()),
             discovery_proto::v1::recommendation_client::RecommendationClient::new(ch),
@@ -1534,7 +1513,6 @@ async fn the_interaction_bound_holds_across_replicas() {
     .await;
     let (job, _) = ingest_until_done(&mut g, feed(5)).await;
     assert_eq!(job.upserted, 5);
-    let auth = discovery_kit::internal::InternalAuth::new(SECRET);
     let mut replicas = Vec::new();
     for reco in run.cluster.of("recommendation") {
         let addr = run.cluster.pods[reco].addr("grpc");
@@ -1547,13 +1525,7 @@ async fn the_interaction_bound_holds_across_replicas() {
             .await
             .is_empty()
         );
-        let ch = discovery_kit::client::connect_as(
-            "test",
-            &format!("http://{addr}"),
-            Some(&auth),
-            "gateway",
-        )
-        .unwrap();
+        let ch = as_gateway(addr);
         replicas.push(discovery_proto::v1::recommendation_client::RecommendationClient::new(ch));
     }
     // The 130 calls stay inside one wall-clock minute (the counting window).
