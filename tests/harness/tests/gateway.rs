@@ -213,7 +213,9 @@ async fn a_killed_replica_is_ejected_without_failed_calls_and_gets_traffic_when_
 /// (its connection refused: a pod gone, or stopped accepting) goes to
 /// another replica, as gRPC's transparent retry does. The gateway starts
 /// with one replica address refusing connections, before any health check
-/// has taken it out: 24 concurrent interactions, none fails.
+/// has taken it out: 8 concurrent interactions, none fails (8: even if
+/// every one tries the refused address first, its retries stay within the
+/// retry budget's reserve of 10; a CI run with 24 spent it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_no_replica_took_goes_to_another_even_if_not_idempotent() {
     let env = base_env()
@@ -249,7 +251,7 @@ async fn a_call_no_replica_took_goes_to_another_even_if_not_idempotent() {
         .as_ref()
         .map(|p| p.id.clone())
         .expect("a product");
-    let calls = (0..24).map(|i| {
+    let calls = (0..8).map(|i| {
         let (key, product) = (key.clone(), product.clone());
         let addr = gw.addr;
         tokio::spawn(async move {
@@ -274,7 +276,7 @@ async fn a_call_no_replica_took_goes_to_another_even_if_not_idempotent() {
         .filter_map(|r| r.unwrap().err())
         .collect();
     println!(
-        "24 interactions with one replica refusing connections: {} failed",
+        "8 interactions with one replica refusing connections: {} failed",
         failed.len()
     );
     assert!(failed.is_empty(), "{failed:?}");
