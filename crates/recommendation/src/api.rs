@@ -184,7 +184,8 @@ fn open_envelope(origin: u64, catalog: &Catalog, mut b: Bytes) -> Option<Bytes> 
 
 /// The entry tags of a page asked for with `filter` (and price facets).
 fn page_inputs(filter: Option<&pb::ProductFilter>, facets: bool) -> Vec<String> {
-    let f = filter.cloned().unwrap_or_default();
+    let none = pb::ProductFilter::default();
+    let f = filter.unwrap_or(&none);
     crate::snapshot::page_entry_tags(crate::snapshot::PageInputs {
         brands: &f.brands,
         price: facets || f.min_price_minor.is_some() || f.max_price_minor.is_some(),
