@@ -1560,6 +1560,274 @@ async fn the_interaction_bound_holds_across_replicas() {
         .expect("another shopper is not affected");
 }
 
+/// Two ranking variants at known rates, through the gateway onto two
+/// recommendation replicas: an experiment started by an admin call reaches
+/// both replicas without a restart; 600 shoppers get pages, click and buy
+/// at rates fixed per variant (some clicks twice, on either replica; some
+/// purchases without the impression id, attributed by the fallback
+/// window); the report gives back exactly the counts sent, and the true
+/// rates inside its 95% intervals. Stopping the experiment takes everyone
+/// back to the default ranking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_ranking_variants_report_the_rates_their_shoppers_had() {
+    let run = Running::start(&[("gateway", 1), ("recommendation", 2), ("sync", 1)]).await;
+    let mut g = client(
+        run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc"),
+        &run.key,
+    )
+    .await;
+    let (job, _) = ingest_until_done(&mut g, feed(60)).await;
+    assert_eq!(job.upserted, 60);
+    let replicas: Vec<_> = run
+        .cluster
+        .of("recommendation")
+        .into_iter()
+        .map(|r| run.cluster.pods[r].addr("grpc"))
+        .collect();
+    for addr in &replicas {
+        assert!(
+            wait_served(
+                *addr,
+                &["shopify:cluster:59".to_string()],
+                Duration::from_secs(20)
+            )
+            .await
+            .is_empty()
+        );
+    }
+    let started = g
+        .start_experiment(pb::StartExperimentRequest {
+            experiment: Some(pb::Experiment {
+                id: "known-rates".into(),
+                variants: vec![
+                    pb::RankingVariant {
+                        name: "control".into(),
+                        share_percent: 50,
+                        ..Default::default()
+                    },
+                    pb::RankingVariant {
+                        name: "fit".into(),
+                        share_percent: 50,
+                        weights: Some(pb::RankingWeights {
+                            face_shape: 1.0,
+                            fit: 3.0,
+                            preference: 1.0,
+                            popularity: 0.5,
+                            collaborative: 0.0,
+                        }),
+                        brand_cap: 3,
+                    },
+                ],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("start the experiment")
+        .into_inner();
+    assert!(started.experiment.unwrap().started_at_unix_ms > 0);
+    // Both replicas assign (the other one heard it over the bus).
+    let page_on = |addr, session: String| async move {
+        let mut c =
+            discovery_proto::v1::recommendation_client::RecommendationClient::new(as_gateway(addr));
+        c.recommend(pb::RecommendRequest {
+            requester: Some(pb::Requester {
+                session_id: session,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("recommend on a replica")
+        .into_inner()
+    };
+    let mut probe = String::new();
+    for addr in &replicas {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let variant = page_on(*addr, "probe".into()).await.variant;
+            if variant.starts_with("known-rates/") {
+                probe = variant;
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "{addr} never assigned");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Per variant: click and purchase probabilities.
+    let rates = BTreeMap::from([
+        ("known-rates/control", (0.30, 0.08)),
+        ("known-rates/fit", (0.12, 0.20)),
+    ]);
+    #[derive(Default, Debug)]
+    struct Sent {
+        impressions: u64,
+        clicked: u64,
+        purchased: u64,
+        revenue: i64,
+    }
+    let mut sent: BTreeMap<String, Sent> = BTreeMap::new();
+    let mut rng = discovery_kit::rng::SplitMix(17);
+    let shapes = [
+        pb::FaceShape::Round,
+        pb::FaceShape::Oval,
+        pb::FaceShape::Square,
+    ];
+    let (mut duplicates, mut fallbacks) = (0, 0);
+    for i in 0..600 {
+        let session = format!("shopper-{i}");
+        let requester = Some(pb::Requester {
+            session_id: session.clone(),
+            ..Default::default()
+        });
+        let page = g
+            .recommend(pb::RecommendRequest {
+                requester: requester.clone(),
+                face: Some(pb::FaceContext {
+                    face_shape: shapes[i % 3] as i32,
+                    ..Default::default()
+                }),
+                placement: if i % 2 == 0 { "home" } else { "after_analysis" }.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("recommend")
+            .into_inner();
+        assert_eq!(page.impression_id.len(), 32, "{page:?}");
+        let (p_click, p_buy) = rates[page.variant.as_str()];
+        let tally = sent.entry(page.variant.clone()).or_default();
+        tally.impressions += 1;
+        let interact = |kind: pb::InteractionKind, item: usize, with_id: bool| {
+            let product = page.items[item].product.clone().unwrap();
+            (
+                pb::RecordInteractionRequest {
+                    requester: requester.clone(),
+                    product_id: product.id,
+                    kind: kind as i32,
+                    impression_id: if with_id {
+                        page.impression_id.clone()
+                    } else {
+                        String::new()
+                    },
+                    at_unix_ms: 0,
+                },
+                product.price.unwrap().amount_minor,
+            )
+        };
+        if (rng.unit() as f64) < p_click {
+            tally.clicked += 1;
+            let (click, _) = interact(pb::InteractionKind::Click, 0, true);
+            g.record_interaction(click.clone()).await.expect("click");
+            if i % 5 == 0 {
+                // The same click again (a double tap): counted once.
+                duplicates += 1;
+                g.record_interaction(click).await.expect("click again");
+            }
+        }
+        if (rng.unit() as f64) < p_buy {
+            tally.purchased += 1;
+            let with_id = i % 7 != 0;
+            fallbacks += usize::from(!with_id);
+            let (buy, price) = interact(pb::InteractionKind::Purchase, 1, with_id);
+            tally.revenue += price;
+            g.record_interaction(buy).await.expect("purchase");
+        }
+    }
+    println!(
+        "sent {sent:?} ({duplicates} clicks sent twice, {fallbacks} purchases without impression id)"
+    );
+    // The probe pages, one per replica once it assigned, are impressions too.
+    sent.entry(probe).or_default().impressions += 2;
+
+    // The report (rollups every 500 ms; a purchase may wait for the other
+    // replica to write its impression).
+    let until = std::time::Instant::now() + Duration::from_secs(40);
+    let report = loop {
+        let r = g
+            .get_recommendation_report(pb::GetRecommendationReportRequest {
+                window: pb::ReportWindow::Hour as i32,
+                experiment_id: "known-rates".into(),
+            })
+            .await
+            .expect("report")
+            .into_inner();
+        let done = r.by_variant.iter().all(|row| {
+            let s = &sent[&row.key];
+            (row.impressions, row.clicked, row.purchased) == (s.impressions, s.clicked, s.purchased)
+        }) && r.by_variant.len() == 2;
+        if done || std::time::Instant::now() > until {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for row in &report.by_variant {
+        let s = &sent[&row.key];
+        let (p_click, p_buy) = rates[row.key.as_str()];
+        let (ctr, conv) = (row.ctr.unwrap(), row.conversion.unwrap());
+        println!(
+            "{}: {} impressions, CTR {:.3} [{:.3}, {:.3}] (true {p_click}), conversion {:.3} \
+             [{:.3}, {:.3}] (true {p_buy}), revenue {:?}",
+            row.key,
+            row.impressions,
+            ctr.value,
+            ctr.low,
+            ctr.high,
+            conv.value,
+            conv.low,
+            conv.high,
+            row.revenue_minor
+        );
+        assert_eq!(
+            row.impressions, s.impressions,
+            "{}: every page shown",
+            row.key
+        );
+        assert_eq!(row.clicked, s.clicked, "{}: every click, once", row.key);
+        assert_eq!(row.purchased, s.purchased, "{}: every purchase", row.key);
+        assert_eq!(
+            row.revenue_minor.values().sum::<i64>(),
+            s.revenue,
+            "{}: revenue",
+            row.key
+        );
+        assert!(
+            ctr.low <= p_click && p_click <= ctr.high,
+            "{}: CTR interval",
+            row.key
+        );
+        assert!(
+            conv.low <= p_buy && p_buy <= conv.high,
+            "{}: conversion interval",
+            row.key
+        );
+    }
+    let total: u64 = report.by_variant.iter().map(|r| r.impressions).sum();
+    assert_eq!(total, 602, "600 shoppers and the two probes");
+    assert_eq!(
+        report
+            .by_placement
+            .iter()
+            .map(|r| r.impressions)
+            .sum::<u64>(),
+        total
+    );
+    assert_eq!(report.total.unwrap().impressions, total);
+
+    g.stop_experiment(pb::StopExperimentRequest {})
+        .await
+        .expect("stop");
+    for addr in &replicas {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while page_on(*addr, "probe-2".into()).await.variant != "default" {
+            assert!(
+                std::time::Instant::now() < until,
+                "{addr} kept the experiment"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// The chart with TLS on the gateway (`services.gateway.tlsSecret`): every
 /// probe passes as the kubelet runs it (a gateway's readiness on `/readyz`:
 /// the kubelet's gRPC probe has no TLS), a shop calls it over TLS, and

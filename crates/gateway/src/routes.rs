@@ -205,6 +205,10 @@ pub const ROUTES: &[Route] = &[
     route("GetCacheStatus", Recommendation, "/discovery.v1.CacheAdmin/GetCacheStatus", Admin, Other, true, 2_000, false),
     route("WarmCache", Recommendation, "/discovery.v1.CacheAdmin/WarmCache", Admin, Other, false, 30_000, false),
     route("InvalidateCache", Recommendation, "/discovery.v1.CacheAdmin/InvalidateCache", Admin, Other, true, 5_000, false),
+    route("StartExperiment", Recommendation, "/discovery.v1.Experiments/StartExperiment", Admin, Other, false, 5_000, false),
+    route("StopExperiment", Recommendation, "/discovery.v1.Experiments/StopExperiment", Admin, Other, false, 5_000, false),
+    route("ListExperiments", Recommendation, "/discovery.v1.Experiments/ListExperiments", Admin, Other, true, 2_000, false),
+    route("GetRecommendationReport", Recommendation, "/discovery.v1.Experiments/GetRecommendationReport", Admin, Other, true, 5_000, false),
 ];
 
 /// The public service's path prefix.

@@ -37,6 +37,8 @@ pub mod service_names {
     pub const CATALOG: &str = "discovery.v1.Catalog";
     /// Cache administration.
     pub const CACHE_ADMIN: &str = "discovery.v1.CacheAdmin";
+    /// Ranking experiments and the recommendation report.
+    pub const EXPERIMENTS: &str = "discovery.v1.Experiments";
     /// Catalogue sync.
     pub const SYNC: &str = "discovery.v1.Sync";
     /// Monitoring.

@@ -16,12 +16,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn case(name: &str, catalog: &Catalog, req: &pb::RecommendRequest, iters: usize) {
     for _ in 0..iters.min(20) {
-        std::hint::black_box(recommend(catalog, req).map(|r| r.1).unwrap_or(0));
+        std::hint::black_box(
+            recommend(catalog, req, Default::default())
+                .map(|r| r.1)
+                .unwrap_or(0),
+        );
     }
     let mut samples = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        std::hint::black_box(recommend(catalog, req).map(|r| r.1).unwrap_or(0));
+        std::hint::black_box(
+            recommend(catalog, req, Default::default())
+                .map(|r| r.1)
+                .unwrap_or(0),
+        );
         samples.push(t.elapsed());
     }
     samples.sort();

@@ -55,6 +55,11 @@ pub struct Service {
     pub(crate) faces: crate::faces::Faces,
     /// Most interactions one shopper records per minute (0: no bound).
     pub(crate) interactions_per_minute: u64,
+    /// The running ranking experiment.
+    pub(crate) experiments: Arc<crate::experiments::Live>,
+    /// Where served pages and their outcomes go (`None`: not logged, no
+    /// impression ids).
+    pub(crate) log: Option<crate::impressions::Log>,
 }
 
 /// Default of `DISCOVERY_INTERACTIONS_PER_MINUTE`: two a second on average
@@ -124,7 +129,14 @@ fn envelope(
 /// brand it lists, a restock, a removal). A page this replica (`origin`)
 /// made from the very version it holds needs no check at all; one another
 /// replica made is judged with [`PEER_LAG_MS`] of doubt.
-fn open_envelope(origin: u64, catalog: &Catalog, mut b: Bytes) -> Option<Bytes> {
+#[cfg(test)]
+fn open_envelope(origin: u64, catalog: &Catalog, b: Bytes) -> Option<Bytes> {
+    open_page(origin, catalog, b).map(|(payload, _)| payload)
+}
+
+/// [`open_envelope`], also returning the envelope's rows section (the
+/// products shown, [`crate::impressions::page_section_ids`]), shared.
+fn open_page(origin: u64, catalog: &Catalog, mut b: Bytes) -> Option<(Bytes, Bytes)> {
     if b.remaining() < 17 {
         return None;
     }
@@ -158,6 +170,7 @@ fn open_envelope(origin: u64, catalog: &Catalog, mut b: Bytes) -> Option<Bytes> 
     if b.remaining() < 2 {
         return None;
     }
+    let section = b.clone();
     let n = b.get_u16_le() as usize;
     for _ in 0..n {
         if b.remaining() < 1 {
@@ -179,7 +192,8 @@ fn open_envelope(origin: u64, catalog: &Catalog, mut b: Bytes) -> Option<Bytes> 
             return None;
         }
     }
-    Some(b)
+    let rows = section.slice(..section.len() - b.len());
+    Some((b, rows))
 }
 
 /// The entry tags of a page asked for with `filter` (and price facets).
@@ -202,6 +216,8 @@ fn canonical_recommend(
     size: usize,
 ) -> pb::RecommendRequest {
     let mut c = req.clone();
+    // Where the page is shown does not change it.
+    c.placement.clear();
     c.requester = personal.then(|| pb::Requester {
         user_id: req.requester.clone().unwrap_or_default().user_id,
         session_id: String::new(),
@@ -245,9 +261,15 @@ fn face_shape_label(req: &pb::RecommendRequest) -> &'static str {
 }
 
 /// The cache key of a recommendation request:
-/// `recommendations:{user_id|anon}:{face_shape|any}:{hash}`.
-pub fn recommend_key(req: &pb::RecommendRequest, q: &rank::Query) -> String {
+/// `recommendations:{user_id|anon}:{face_shape|any}:{hash}`, the hash over
+/// the canonical request and, in an experiment, the variant's label.
+pub fn recommend_key(req: &pb::RecommendRequest, q: &rank::Query, variant: &str) -> String {
     let canonical = canonical_recommend(req, q.is_personal(), q.offset, q.size);
+    let mut bytes = canonical.encode_to_vec();
+    if variant != crate::experiments::DEFAULT_LABEL {
+        bytes.push(0);
+        bytes.extend_from_slice(variant.as_bytes());
+    }
     let user = if q.is_personal() {
         canonical
             .requester
@@ -258,18 +280,16 @@ pub fn recommend_key(req: &pb::RecommendRequest, q: &rank::Query) -> String {
         "anon".into()
     };
     let shape = face_shape_label(req);
-    format!(
-        "recommendations:{user}:{shape}:{:016x}",
-        fnv1a(&canonical.encode_to_vec())
-    )
+    format!("recommendations:{user}:{shape}:{:016x}", fnv1a(&bytes))
 }
 
 /// Computes a recommendation response from the current snapshot.
 pub fn compute_recommend(
     catalog: &Catalog,
     req: &pb::RecommendRequest,
+    ranking: rank::Ranking,
 ) -> Result<(pb::RecommendResponse, Vec<usize>), RankError> {
-    let (page, total, q) = rank::recommend(catalog, req)?;
+    let (page, total, q) = rank::recommend(catalog, req, ranking)?;
     let rows: Vec<usize> = page.iter().map(|s| s.row).collect();
     let token = rank::next_token(q.offset, page.len(), total);
     let resp = pb::RecommendResponse {
@@ -288,6 +308,9 @@ pub fn compute_recommend(
         }),
         cached: false,
         catalog_version: catalog.version,
+        // Per showing: appended on the wire ([`crate::fast::Trailer`]).
+        impression_id: String::new(),
+        variant: String::new(),
     };
     Ok((resp, rows))
 }
@@ -320,7 +343,88 @@ impl Service {
             internal_auth: false,
             faces: crate::faces::Faces::new(None),
             interactions_per_minute: INTERACTIONS_PER_MINUTE,
+            experiments: Arc::default(),
+            log: None,
         }
+    }
+
+    /// The same service logging impressions and outcomes through `log`.
+    pub fn with_log(self, log: crate::impressions::Log) -> Self {
+        Self {
+            log: Some(log),
+            ..self
+        }
+    }
+
+    /// Serves a page: resolves the face, assigns the variant, answers from
+    /// cache or ranks, and (`log`) logs the impression.
+    async fn serve_page(
+        &self,
+        who: &Identity,
+        mut req: pb::RecommendRequest,
+        log: bool,
+    ) -> Result<Reply, Status> {
+        who.apply(&mut req.requester);
+        let started = Instant::now();
+        if !crate::experiments::is_placement(&req.placement) {
+            return Err(Status::invalid_argument(format!(
+                "placement: {:?} is not 1-32 lower-case letters, digits, '_' or '-'",
+                req.placement.chars().take(40).collect::<String>()
+            )));
+        }
+        // The hand-off from AnalyzeFace: the stored analysis's face, under
+        // what the request set explicitly; the cache key is then the one
+        // of the same face passed field by field.
+        if let Some(face) = req.face.as_mut() {
+            self.faces.resolve_into(face).await?;
+        }
+        let requester = req.requester.clone().unwrap_or_default();
+        let assignment = self
+            .experiments
+            .assign(&requester.user_id, &requester.session_id);
+        let catalog = self.snapshot.load();
+        let q = rank::Query::compile(&catalog, &req)?;
+        let key = recommend_key(&req, &q, &assignment.label);
+        drop(catalog);
+        let entry = page_inputs(req.filter.as_ref(), false);
+        let placement = std::mem::take(&mut req.placement);
+        let r = req.clone();
+        let ranking = assignment.ranking;
+        let (payload, cached, rows) = self
+            .cached(&kinds::RECOMMENDATIONS, key, entry, false, move |catalog| {
+                let (resp, rows) = compute_recommend(catalog, &r, ranking)?;
+                let tags = recommend_tags(catalog, &rows, &r);
+                Ok((resp.encode_to_vec(), rows, tags))
+            })
+            .await?;
+        let mut id_hex = [0u8; 32];
+        let impression = match (&self.log, log) {
+            (Some(l), true) => {
+                let id: u128 = rand::random();
+                id_hex = crate::impressions::format_id(id);
+                l.impression(crate::impressions::Impression {
+                    id,
+                    at: discovery_kit::now_unix_ms(),
+                    page: rows,
+                    face_shape: face_shape_label(&req),
+                    assignment: assignment.clone(),
+                    placement,
+                    user_id: requester.user_id,
+                    session_id: requester.session_id,
+                    client: who.client.clone(),
+                    catalog_version: self.snapshot.load().version,
+                })
+            }
+            _ => false,
+        };
+        let id: &[u8] = if impression { &id_hex } else { b"" };
+        metrics::histogram!("discovery_recommendation_duration_seconds", "cached" => if cached { "true" } else { "false" })
+            .record(started.elapsed().as_secs_f64());
+        // Already encoded: written to the wire as is, with this call's fields.
+        Ok(Reply::Encoded(
+            payload,
+            crate::fast::Trailer::new(cached, id, &assignment.label),
+        ))
     }
 
     /// Looks a cached envelope up (or computes it), validates it against the
@@ -334,7 +438,7 @@ impl Service {
         entry: Vec<String>,
         blocking: bool,
         compute: F,
-    ) -> Result<(Bytes, bool), Status>
+    ) -> Result<(Bytes, bool, Bytes), Status>
     where
         F: Fn(&Catalog) -> Result<(Vec<u8>, Vec<usize>, Vec<String>), Status>
             + Clone
@@ -368,8 +472,8 @@ impl Service {
             }
         };
         let catalog = self.snapshot.load();
-        if let Some(payload) = open_envelope(origin, &catalog, value) {
-            return Ok((payload, cached));
+        if let Some((payload, rows)) = open_page(origin, &catalog, value) {
+            return Ok((payload, cached, rows));
         }
         // Out of date (a product it shows changed, or one could enter it):
         // recompute and replace.
@@ -377,8 +481,9 @@ impl Service {
             .increment(1);
         let (payload, rows, tags) = run(blocking, &catalog, compute).await?;
         let value = envelope(origin, &catalog, &entry, &rows, &payload);
-        self.cache.set(kind, &key, value, &tags).await;
-        Ok((Bytes::from(payload), false))
+        self.cache.set(kind, &key, value.clone(), &tags).await;
+        let rows = open_page(origin, &catalog, value).map_or_else(Bytes::new, |(_, r)| r);
+        Ok((Bytes::from(payload), false, rows))
     }
 
     /// Applies catalogue changes to this replica's snapshot and drops the
@@ -450,32 +555,8 @@ impl Recommendation for Service {
         req: Request<pb::RecommendRequest>,
     ) -> Result<Response<Reply>, Status> {
         let who = Identity::of(&req);
-        let mut req = req.into_inner();
-        who.apply(&mut req.requester);
-        let started = Instant::now();
-        // The hand-off from AnalyzeFace: the stored analysis's face, under
-        // what the request set explicitly; the cache key is then the one
-        // of the same face passed field by field.
-        if let Some(face) = req.face.as_mut() {
-            self.faces.resolve_into(face).await?;
-        }
-        let catalog = self.snapshot.load();
-        let q = rank::Query::compile(&catalog, &req)?;
-        let key = recommend_key(&req, &q);
-        drop(catalog);
-        let entry = page_inputs(req.filter.as_ref(), false);
-        let r = req.clone();
-        let (payload, cached) = self
-            .cached(&kinds::RECOMMENDATIONS, key, entry, false, move |catalog| {
-                let (resp, rows) = compute_recommend(catalog, &r)?;
-                let tags = recommend_tags(catalog, &rows, &r);
-                Ok((resp.encode_to_vec(), rows, tags))
-            })
-            .await?;
-        metrics::histogram!("discovery_recommendation_duration_seconds", "cached" => if cached { "true" } else { "false" })
-            .record(started.elapsed().as_secs_f64());
-        // Already encoded: written to the wire as is.
-        Ok(Response::new(Reply::Encoded(payload, cached)))
+        let reply = self.serve_page(&who, req.into_inner(), true).await?;
+        Ok(Response::new(reply))
     }
 
     async fn record_interaction(
@@ -494,12 +575,26 @@ impl Recommendation for Service {
                 )
             })?;
         check_product_id("product_id", &req.product_id)?;
-        if self.snapshot.load().get(&req.product_id).is_none() {
+        let catalog = self.snapshot.load();
+        let Some(price) = catalog
+            .get(&req.product_id)
+            .map(|f| (f.currency.clone(), f.price_minor()))
+        else {
             return Err(Status::not_found(format!(
                 "product_id: no product {:?}",
                 req.product_id
             )));
-        }
+        };
+        drop(catalog);
+        let impression = match req.impression_id.as_str() {
+            "" => None,
+            s => Some(crate::impressions::parse_id(s).ok_or_else(|| {
+                Status::invalid_argument(
+                    "impression_id: not an id this service issued; send \
+                     RecommendResponse.impression_id back unchanged, or leave it empty",
+                )
+            })?),
+        };
         let requester = req.requester.unwrap_or_default();
         rank::check_requester(&requester)?;
         // One shopper (of one API key's client) cannot steer popularity:
@@ -549,11 +644,12 @@ impl Recommendation for Service {
                 INTERACTIONS,
                 doc! {
                     "_id": &id,
-                    "userId": requester.user_id,
-                    "sessionId": requester.session_id,
+                    "userId": &requester.user_id,
+                    "sessionId": &requester.session_id,
                     "productId": &req.product_id,
                     "kind": kind.as_str_name(),
                     "at": at,
+                    "impressionId": &req.impression_id,
                 },
             )
             .await
@@ -561,6 +657,24 @@ impl Recommendation for Service {
                 tracing::error!(error = %e, "storing interaction failed");
                 Status::unavailable("interactions cannot be stored right now; retry later")
             })?;
+        use crate::impressions::OutcomeKind;
+        let outcome = match kind {
+            pb::InteractionKind::Click => Some(OutcomeKind::Click),
+            pb::InteractionKind::AddToCart => Some(OutcomeKind::AddToCart),
+            pb::InteractionKind::Purchase => Some(OutcomeKind::Purchase),
+            _ => None,
+        };
+        if let (Some(log), Some(kind)) = (&self.log, outcome) {
+            log.outcome(crate::impressions::Outcome {
+                impression,
+                user_id: requester.user_id,
+                session_id: requester.session_id,
+                product_id: req.product_id,
+                kind,
+                at,
+                value: (kind == OutcomeKind::Purchase).then_some(price),
+            });
+        }
         Ok(Response::new(pb::RecordInteractionResponse {
             interaction_id: id,
         }))
@@ -973,7 +1087,7 @@ impl CatalogApi for Service {
         canonical.query = canonical.query.trim().to_lowercase();
         let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));
         let entry = page_inputs(req.filter.as_ref(), req.include_facets);
-        let (payload, _) = self
+        let (payload, _, _) = self
             .cached(&kinds::SEARCH, key, entry, large, move |catalog| {
                 let r = search::search(catalog, &req)?;
                 let rows: Vec<usize> = r.hits.iter().map(|h| h.0).collect();
@@ -1031,10 +1145,11 @@ impl Service {
     pub async fn warm(&self) -> u64 {
         let mut n = 0;
         for req in warm_requests() {
+            // Warming is not a showing: no impression.
             if self
-                .recommend(Request::new(req))
+                .serve_page(&Identity::default(), req, false)
                 .await
-                .is_ok_and(|r| matches!(r.get_ref(), Reply::Encoded(_, false)))
+                .is_ok_and(|r| matches!(r, Reply::Encoded(_, t) if !t.cached()))
             {
                 n += 1;
             }
@@ -1362,12 +1477,20 @@ mod tests {
             }),
             ..Default::default()
         };
-        let key =
-            |r: &pb::RecommendRequest| recommend_key(r, &rank::Query::compile(&c, r).unwrap());
+        let key = |r: &pb::RecommendRequest| {
+            recommend_key(r, &rank::Query::compile(&c, r).unwrap(), "default")
+        };
         let a = key(&req(134.2, vec!["Oakley", "Ray-Ban"]));
         assert!(a.starts_with("recommendations:anon:round:"), "{a}");
         assert_eq!(a, key(&req(133.8, vec!["ray-ban", "oakley"])));
         assert_ne!(a, key(&req(138.0, vec!["Oakley", "Ray-Ban"])));
+        // Where it is shown shares the page; a ranking variant does not.
+        let mut placed = req(134.2, vec!["Oakley", "Ray-Ban"]);
+        placed.placement = "home".into();
+        assert_eq!(a, key(&placed));
+        let r = req(134.2, vec!["Oakley", "Ray-Ban"]);
+        let q = rank::Query::compile(&c, &r).unwrap();
+        assert_ne!(a, recommend_key(&r, &q, "fit-heavy/fit"));
     }
 
     #[test]

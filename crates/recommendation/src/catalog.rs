@@ -153,7 +153,7 @@ impl Frame {
             material: material_from_str(&self.material) as i32,
             price: Some(pb::Money {
                 currency: self.currency.clone(),
-                amount_minor: (self.price * 100.0).round() as i64,
+                amount_minor: self.price_minor(),
             }),
             variants: self
                 .inventory
@@ -292,6 +292,15 @@ pub fn categories(sunglasses: bool) -> Vec<String> {
         }
         .into(),
     ]
+}
+
+impl Frame {
+    /// The price in the API's minor units (hundredths, as `Money` carries
+    /// it everywhere today; issue 18's `Money` type brings the currency's
+    /// own exponent).
+    pub fn price_minor(&self) -> i64 {
+        (self.price * 100.0).round() as i64
+    }
 }
 
 /// FNV-1a, 64 bit: a stable hash for cache keys and stamps (the same on

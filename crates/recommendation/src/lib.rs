@@ -5,11 +5,15 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod catalog;
+pub mod experiments;
 pub mod faces;
 pub mod fast;
+pub mod impressions;
 pub mod rank;
+pub mod report;
 pub mod search;
 pub mod signals;
 pub mod snapshot;
@@ -28,6 +32,7 @@ use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, StoreErro
 use discovery_proto::service_names;
 use discovery_proto::v1::cache_admin_server::CacheAdminServer;
 use discovery_proto::v1::catalog_server::CatalogServer;
+use discovery_proto::v1::experiments_server::ExperimentsServer;
 use tonic::service::Routes;
 
 use crate::catalog::{Frame, PRODUCTS};
@@ -165,25 +170,6 @@ pub fn session_indexes() -> Vec<IndexSpec> {
     ]
 }
 
-/// Indexes on `recommendations` (seed spec; served-recommendation logs).
-pub fn recommendation_indexes() -> Vec<IndexSpec> {
-    vec![
-        IndexSpec::new(
-            "userId_1_timestamp_-1_relevanceScore_-1",
-            doc! {"userId": 1, "timestamp": -1, "relevanceScore": -1},
-        ),
-        IndexSpec::new(
-            "sessionId_1_productId_1",
-            doc! {"sessionId": 1, "productId": 1},
-        ),
-        IndexSpec::new(
-            "context.faceShape_1_context.stylePreferences_1",
-            doc! {"context.faceShape": 1, "context.stylePreferences": 1},
-        ),
-        IndexSpec::new("userId_sparse", doc! {"userId": 1}).sparse(),
-    ]
-}
-
 /// Indexes on `interactions` (signal rebuilds read the newest first).
 pub fn interaction_indexes() -> Vec<IndexSpec> {
     vec![
@@ -216,12 +202,20 @@ pub const RETIRED_INDEXES: &[(&str, &str)] = &[(PRODUCTS, "brand_categories_keyw
 
 /// Every collection this service indexes, with its indexes.
 pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
-    vec![
+    let mut all = vec![
         (PRODUCTS, product_indexes()),
         (api::AI_SESSIONS, session_indexes()),
-        ("recommendations", recommendation_indexes()),
         (api::INTERACTIONS, interaction_indexes()),
-    ]
+        (
+            experiments::EXPERIMENTS,
+            vec![IndexSpec::new(
+                "running_1_startedAt_-1",
+                doc! {"running": 1, "startedAt": -1},
+            )],
+        ),
+    ];
+    all.extend(impressions::indexes());
+    all
 }
 
 /// Drops the retired indexes, then creates this version's (idempotent).
@@ -263,12 +257,25 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         config.serve.internal.as_ref(),
         "recommendation",
     )?;
+    let (log, log_task) = impressions::Log::start(
+        store.clone(),
+        cache.clone(),
+        cache.bus().origin(),
+        shutdown.clone(),
+    );
     let svc = api::Service {
         internal_auth: config.serve.internal.is_some(),
         faces: faces::Faces::new(Some(faces)),
         interactions_per_minute: config.interactions_per_minute,
         ..api::Service::new(snapshot, store, cache)
-    };
+    }
+    .with_log(log);
+    match admin::load_running(&svc.store).await {
+        Ok(e) => svc.experiments.set(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the running experiment failed; none until the next reload")
+        }
+    }
     let mut handle = ServiceHandle::start(
         "recommendation",
         &config.serve,
@@ -278,11 +285,15 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         .add_service(discovery_kit::compressed!(CatalogServer::new(svc.clone())))
         .add_service(discovery_kit::compressed!(CacheAdminServer::new(
             svc.clone()
+        )))
+        .add_service(discovery_kit::compressed!(ExperimentsServer::new(
+            svc.clone()
         ))),
         &[
             service_names::RECOMMENDATION,
             service_names::CATALOG,
             service_names::CACHE_ADMIN,
+            service_names::EXPERIMENTS,
         ],
         None,
         shutdown.clone(),
@@ -296,6 +307,15 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     let (s, t) = (svc.clone(), shutdown.clone());
     handle.push_task(tokio::spawn(async move {
         follow_catalog_changes(s, t).await;
+        Ok(())
+    }));
+    let (s, t) = (svc.clone(), shutdown.clone());
+    handle.push_task(tokio::spawn(async move {
+        follow_experiments(s, t).await;
+        Ok(())
+    }));
+    handle.push_task(tokio::spawn(async move {
+        log_task.await?;
         Ok(())
     }));
     handle.push_task(tokio::spawn(async move {
@@ -358,6 +378,29 @@ async fn follow_catalog_changes(svc: api::Service, shutdown: CancellationToken) 
                 reload(&svc).await;
             }
             Err(_) => return,
+        }
+    }
+}
+
+/// Keeps the running experiment current: reloaded when a replica announces
+/// a start or stop, and every [`experiments::REFRESH`].
+async fn follow_experiments(svc: api::Service, shutdown: CancellationToken) {
+    let mut rx = svc.cache.bus().subscribe(experiments::CHANNEL);
+    let mut tick = tokio::time::interval(experiments::REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = rx.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = m {
+                return;
+            },
+            _ = tick.tick() => {}
+        }
+        match admin::load_running(&svc.store).await {
+            Ok(e) => svc.experiments.set(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the running experiment failed; keeping the current one")
+            }
         }
     }
 }

@@ -414,14 +414,39 @@ pub struct Query {
     pub offset: usize,
     /// Page size.
     pub size: usize,
+    /// Weights and diversity (a ranking variant's; the default otherwise).
+    pub ranking: Ranking,
+}
+
+/// How a ranking variant scores and diversifies: the default is the table
+/// in the module docs; experiments ([`crate::experiments`]) set others.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ranking {
+    /// Weights (shape, fit, preference, popularity, collaborative), summing
+    /// to 1; `None` is the default pair of columns above.
+    pub weights: Option<[f32; 5]>,
+    /// Most frames of one brand in any [`BRAND_WINDOW`] consecutive results.
+    pub brand_cap: usize,
+}
+
+impl Default for Ranking {
+    fn default() -> Self {
+        Self {
+            weights: None,
+            brand_cap: BRAND_CAP,
+        }
+    }
 }
 
 /// Weights (shape, fit, preference, popularity, collaborative).
-fn weights(personal: bool) -> [f32; 5] {
-    if personal {
-        [0.35, 0.30, 0.15, 0.10, 0.10]
-    } else {
-        [0.40, 0.30, 0.15, 0.15, 0.0]
+fn weights(personal: bool, ranking: &Ranking) -> [f32; 5] {
+    match (ranking.weights, personal) {
+        (None, true) => [0.35, 0.30, 0.15, 0.10, 0.10],
+        (None, false) => [0.40, 0.30, 0.15, 0.15, 0.0],
+        (Some(w), true) => w,
+        // Without history the collaborative part is 0: its weight goes to
+        // popularity, which stands in for it (as in the default columns).
+        (Some([a, b, c, d, e]), false) => [a, b, c, d + e, 0.0],
     }
 }
 
@@ -475,6 +500,7 @@ impl Query {
             personal,
             offset,
             size,
+            ranking: Ranking::default(),
         })
     }
 
@@ -539,7 +565,7 @@ fn unkey(k: u64) -> (f32, u32) {
 fn top(catalog: &Catalog, q: &Query, limit: usize) -> (Vec<(f32, u32)>, usize) {
     const BLOCK: usize = 512;
     let x = &catalog.features;
-    let w = weights(q.is_personal());
+    let w = weights(q.is_personal(), &q.ranking);
     let wanted = q.prefs.wanted;
     let pref_scale = if wanted == 0 {
         0.0
@@ -636,7 +662,8 @@ fn top(catalog: &Catalog, q: &Query, limit: usize) -> (Vec<(f32, u32)>, usize) {
 }
 
 /// Re-orders score-ordered candidates so that no brand appears more than
-/// [`BRAND_CAP`] times in any [`BRAND_WINDOW`] consecutive results. `None`
+/// `cap` ([`BRAND_CAP`] by default) times in any [`BRAND_WINDOW`]
+/// consecutive results. `None`
 /// when the candidates ran out before `need` results could be decided and
 /// more exist (`complete` false): the caller asks again with more.
 fn diversify(
@@ -644,6 +671,7 @@ fn diversify(
     cands: &[(f32, u32)],
     need: usize,
     complete: bool,
+    cap: usize,
 ) -> Option<Vec<(f32, u32)>> {
     let brand = |r: u32| catalog.features.brand[r as usize];
     let mut out: Vec<(f32, u32)> = Vec::with_capacity(need);
@@ -653,7 +681,7 @@ fn diversify(
         let window = &out[out.len().saturating_sub(BRAND_WINDOW - 1)..];
         let eligible = pending
             .iter()
-            .position(|c| window.iter().filter(|o| brand(o.1) == brand(c.1)).count() < BRAND_CAP);
+            .position(|c| window.iter().filter(|o| brand(o.1) == brand(c.1)).count() < cap);
         let n = cands.get(next);
         if let Some(e) = eligible
             && n.is_none_or(|n| key(pending[e].0, pending[e].1) > key(n.0, n.1))
@@ -683,7 +711,7 @@ pub fn ranked(catalog: &Catalog, q: &Query, need: usize) -> (Vec<(f32, u32)>, us
     loop {
         let (cands, total) = top(catalog, q, limit);
         let complete = cands.len() >= total;
-        if let Some(out) = diversify(catalog, &cands, need, complete) {
+        if let Some(out) = diversify(catalog, &cands, need, complete, q.ranking.brand_cap) {
             return (out, total);
         }
         limit *= 4;
@@ -707,8 +735,10 @@ pub struct Scored {
 pub fn recommend(
     catalog: &Catalog,
     req: &pb::RecommendRequest,
+    ranking: Ranking,
 ) -> Result<(Vec<Scored>, usize, Query), RankError> {
-    let q = Query::compile(catalog, req)?;
+    let mut q = Query::compile(catalog, req)?;
+    q.ranking = ranking;
     let (rows, total) = ranked(catalog, &q, q.offset + q.size);
     let page = rows
         .into_iter()
@@ -823,7 +853,7 @@ mod tests {
             face: face(pb::FaceShape::Oval, 126.0),
             ..Default::default()
         };
-        let (page, total, _) = recommend(&c, &req).unwrap();
+        let (page, total, _) = recommend(&c, &req, Ranking::default()).unwrap();
         assert_eq!(total, 600);
         assert_eq!(page.len(), DEFAULT_PAGE);
         for s in &page {
@@ -843,7 +873,7 @@ mod tests {
             face: face(pb::FaceShape::Oval, 150.0),
             ..Default::default()
         };
-        let (page, _, _) = recommend(&c, &wide).unwrap();
+        let (page, _, _) = recommend(&c, &wide, Ranking::default()).unwrap();
         assert!(page.iter().all(|s| c.frames[s.row].total_width_mm >= 138.0));
     }
 
@@ -863,7 +893,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (a, total, _) = recommend(&c, &req).unwrap();
+        let (a, total, _) = recommend(&c, &req, Ranking::default()).unwrap();
         assert!(!a.is_empty());
         let expected = c
             .frames
@@ -875,7 +905,7 @@ mod tests {
             let f = &c.frames[s.row];
             f.price <= 150.0 && f.inventory.is_in_stock && f.shape == "aviator"
         }));
-        let (b, _, _) = recommend(&c, &req).unwrap();
+        let (b, _, _) = recommend(&c, &req, Ranking::default()).unwrap();
         assert_eq!(ids(&c, &a), ids(&c, &b));
     }
 
@@ -890,7 +920,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (all, _, _) = recommend(&c, &req).unwrap();
+        let (all, _, _) = recommend(&c, &req, Ranking::default()).unwrap();
         let mut paged = Vec::new();
         let mut token = String::new();
         for _ in 0..4 {
@@ -898,7 +928,7 @@ mod tests {
                 page_size: 15,
                 page_token: token.clone(),
             });
-            let (p, total, q) = recommend(&c, &req).unwrap();
+            let (p, total, q) = recommend(&c, &req, Ranking::default()).unwrap();
             token = next_token(q.offset, p.len(), total);
             paged.extend(p);
         }
@@ -916,7 +946,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (page, _, _) = recommend(&c, &req).unwrap();
+        let (page, _, _) = recommend(&c, &req, Ranking::default()).unwrap();
         for w in page.windows(BRAND_WINDOW) {
             let first = &c.frames[w[0].row].brand;
             let n = w.iter().filter(|s| c.frames[s.row].brand == *first).count();
@@ -930,7 +960,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (p, total, _) = recommend(&c, &one).unwrap();
+        let (p, total, _) = recommend(&c, &one, Ranking::default()).unwrap();
         assert!(total > 0 && !p.is_empty());
         assert!(p.iter().all(|s| c.frames[s.row].brand == "Ray-Ban"));
     }
@@ -963,7 +993,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            recommend(&c, &big).unwrap_err(),
+            recommend(&c, &big, Ranking::default()).unwrap_err(),
             RankError::PageTooLarge(1000)
         );
         let inverted = pb::RecommendRequest {
@@ -975,7 +1005,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            recommend(&c, &inverted),
+            recommend(&c, &inverted, Ranking::default()),
             Err(RankError::PriceRange(500, 100))
         ));
         let shape = pb::RecommendRequest {
@@ -986,14 +1016,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            recommend(&c, &shape).unwrap_err(),
+            recommend(&c, &shape, Ranking::default()).unwrap_err(),
             RankError::UnknownEnum("filter.shapes", 99)
         );
         let nan = pb::RecommendRequest {
             face: face(pb::FaceShape::Oval, f32::NAN),
             ..Default::default()
         };
-        assert!(matches!(recommend(&c, &nan), Err(RankError::FaceWidth(_))));
+        assert!(matches!(
+            recommend(&c, &nan, Ranking::default()),
+            Err(RankError::FaceWidth(_))
+        ));
         let deep = pb::RecommendRequest {
             page: Some(pb::PageRequest {
                 page_size: 10,
@@ -1001,7 +1034,10 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(recommend(&c, &deep).unwrap_err(), RankError::TooDeep);
+        assert_eq!(
+            recommend(&c, &deep, Ranking::default()).unwrap_err(),
+            RankError::TooDeep
+        );
     }
 
     #[test]
@@ -1039,11 +1075,11 @@ mod tests {
             ..Default::default()
         };
         let pos = |c: &Catalog, req: &pb::RecommendRequest| {
-            let (p, _, _) = recommend(c, req).unwrap();
+            let (p, _, _) = recommend(c, req, Ranking::default()).unwrap();
             p.iter().position(|s| c.frames[s.row].id == target)
         };
         let score = |c: &Catalog, req: &pb::RecommendRequest| {
-            let (p, _, _) = recommend(c, req).unwrap();
+            let (p, _, _) = recommend(c, req, Ranking::default()).unwrap();
             p.iter()
                 .find(|s| c.frames[s.row].id == target)
                 .map(|s| (s.score, s.breakdown.collaborative, s.reasons.clone()))

@@ -253,7 +253,7 @@ impl Features {
         }
         self.total_width[row] = f.total_width_mm;
         self.bridge[row] = f.bridge_mm;
-        self.price_minor[row] = (f.price * 100.0).round() as i64;
+        self.price_minor[row] = f.price_minor();
         self.in_stock[row] = f.inventory.is_in_stock;
         self.shape[row] = frame_shape_from_str(&f.shape) as i32 as u8;
         self.material[row] = material_from_str(&f.material) as i32 as u8;

@@ -399,6 +399,7 @@ async fn sessions_and_shoppers_belong_to_the_key_that_proves_them() {
             session_id: "x".into(),
         }),
         at_unix_ms: 0,
+        impression_id: String::new(),
     })
     .await
     .unwrap();

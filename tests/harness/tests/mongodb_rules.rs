@@ -110,45 +110,54 @@ async fn every_stored_document_obeys_mongodb_parallel_array_rule() {
     })
     .await
     .expect("update the session");
-    c.recommend(pb::RecommendRequest {
-        face: Some(pb::FaceContext {
-            face_shape: pb::FaceShape::Round as i32,
-            face_width_mm: 132.0,
+    let page = c
+        .recommend(pb::RecommendRequest {
+            face: Some(pb::FaceContext {
+                face_shape: pb::FaceShape::Round as i32,
+                face_width_mm: 132.0,
+                ..Default::default()
+            }),
+            requester: Some(pb::Requester {
+                user_id: String::new(),
+                session_id: "rules-session".into(),
+            }),
             ..Default::default()
-        }),
-        requester: Some(pb::Requester {
-            user_id: String::new(),
-            session_id: "rules-session".into(),
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("recommend");
+        })
+        .await
+        .expect("recommend")
+        .into_inner();
+    let shown = page.items[0].product.clone().unwrap().id;
     for kind in [pb::InteractionKind::View, pb::InteractionKind::Purchase] {
         c.record_interaction(pb::RecordInteractionRequest {
-            product_id: ids[0].clone(),
+            product_id: shown.clone(),
             kind: kind as i32,
             requester: Some(pb::Requester {
                 user_id: String::new(),
                 session_id: "rules-session".into(),
             }),
             at_unix_ms: 0,
+            impression_id: page.impression_id.clone(),
         })
         .await
         .expect("record an interaction");
     }
-    // Monitoring writes a rollup on its first scrape.
-    for _ in 0..100 {
-        if rig
-            .store
-            .count(discovery_monitoring::METRICS_ROLLUPS, doc! {})
-            .await
-            .unwrap()
-            > 0
-        {
-            break;
+    // Monitoring writes a rollup on its first scrape; recommendation logs
+    // the page and rolls its purchase up within a second.
+    for collection in [
+        discovery_monitoring::METRICS_ROLLUPS,
+        discovery_recommendation::impressions::ROLLUPS,
+    ] {
+        for _ in 0..100 {
+            let filter = if collection == discovery_monitoring::METRICS_ROLLUPS {
+                doc! {}
+            } else {
+                doc! {"purchased": {"$gt": 0}}
+            };
+            if rig.store.count(collection, filter).await.unwrap() > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
     let mut checked = 0;
@@ -174,6 +183,8 @@ async fn every_stored_document_obeys_mongodb_parallel_array_rule() {
             "interactions",
             "face_analyses",
             "metrics_rollups",
+            "recommendations",
+            "recommendation_rollups",
         ]
         .contains(&collection)
             || collection.starts_with("sync_")

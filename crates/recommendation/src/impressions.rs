@@ -1,0 +1,734 @@
+//! Impressions and outcomes: what was shown, what it sold.
+//!
+//! Every served `Recommend` page is an impression: its id goes back to the
+//! caller, and the page (products in order, ranking variant, placement, face
+//! shape, catalogue version) is queued here. The request path only does a
+//! `try_send` into a bounded queue ([`QUEUE`]): when it is full the
+//! impression is dropped and counted, never waited for. A background worker
+//! writes impressions to `recommendations` in batches and keeps rollups.
+//!
+//! Interactions (`RecordInteraction`) come back with the impression id, or
+//! without one, when the worker attributes them to the shopper's latest page
+//! showing the product within [`ATTRIBUTION_WINDOW_MS`]. An impression counts
+//! once as clicked, added to cart or purchased however many such events it
+//! gets (deduplicated for every replica through Redis, [`Cache::first`]);
+//! revenue counts once per (impression, product) purchased.
+//!
+//! **Rollups** (`recommendation_rollups`): each replica keeps totals per
+//! bucket (5 minutes, and 1 hour) and [`Dims`], and writes its own documents
+//! (id starting with its origin) with the full totals: a flush replaces, so
+//! a retried flush cannot double count and no `$inc` is needed. The report
+//! sums every replica's documents of the window; it reads at most buckets ×
+//! groups × replicas small documents however many impressions there were.
+//!
+//! Invariants: the request path never waits on the log; an impression's
+//! outcomes are counted in the bucket of the impression (so a rate's
+//! numerator and denominator are the same impressions).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use discovery_kit::CancellationToken;
+use discovery_kit::cache::Cache;
+use discovery_kit::store::{Bson, Document, FindOptions, IndexSpec, Store, bson, doc};
+use tokio::sync::mpsc;
+
+use crate::experiments::Assignment;
+use crate::report::{self, Dims, Totals};
+
+/// Collection of served pages (seed spec `recommendations`).
+pub const RECOMMENDATIONS: &str = "recommendations";
+/// Collection of per-replica rollups.
+pub const ROLLUPS: &str = "recommendation_rollups";
+/// Impressions and outcomes waiting for the worker; more are dropped.
+pub const QUEUE: usize = 20_000;
+/// Interactions without an impression id go to the shopper's latest page
+/// showing the product this long before.
+pub const ATTRIBUTION_WINDOW_MS: i64 = 24 * 3_600_000;
+/// An interaction naming an impression counts up to this long after it
+/// (and impressions are kept this long).
+pub const RETENTION_MS: i64 = 8 * 24 * 3_600_000;
+/// How long an interaction waits for its impression to be written (by
+/// another replica's worker) before it counts as unattributed.
+pub const PENDING_MS: i64 = 30_000;
+/// Most distinct placements one replica reports; others count as "other"
+/// (a caller cannot grow the rollups without bound).
+pub const MAX_PLACEMENTS: usize = 32;
+/// Worker period: batch writes and rollup flushes.
+const FLUSH: Duration = Duration::from_millis(500);
+/// Fine buckets (1 h and 24 h reports) and how long they are kept.
+const FINE: (&str, i64, i64) = ("5m", 300_000, 26 * 3_600_000);
+/// Coarse buckets (7 d reports) and how long they are kept.
+const COARSE: (&str, i64, i64) = ("1h", 3_600_000, RETENTION_MS);
+
+/// Indexes on `recommendations` (the seed's, and a TTL) and the rollups.
+pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
+    vec![
+        (
+            RECOMMENDATIONS,
+            vec![
+                IndexSpec::new(
+                    "userId_1_timestamp_-1_relevanceScore_-1",
+                    doc! {"userId": 1, "timestamp": -1, "relevanceScore": -1},
+                ),
+                // Serves the fallback attribution of anonymous shoppers
+                // (`productId` is the page's array of products).
+                IndexSpec::new(
+                    "sessionId_1_productId_1",
+                    doc! {"sessionId": 1, "productId": 1},
+                ),
+                IndexSpec::new(
+                    "context.faceShape_1_context.stylePreferences_1",
+                    doc! {"context.faceShape": 1, "context.stylePreferences": 1},
+                ),
+                IndexSpec::new("userId_sparse", doc! {"userId": 1}).sparse(),
+                IndexSpec::new("createdAt_ttl", doc! {"createdAt": 1})
+                    .ttl(Duration::from_millis(RETENTION_MS as u64)),
+            ],
+        ),
+        (
+            ROLLUPS,
+            vec![
+                IndexSpec::new("gran_1_bucket_1", doc! {"gran": 1, "bucket": 1}),
+                IndexSpec::new("expireAt_ttl", doc! {"expireAt": 1}).ttl(Duration::ZERO),
+            ],
+        ),
+    ]
+}
+
+/// One served page.
+#[derive(Debug)]
+pub struct Impression {
+    /// Random id, returned to the caller.
+    pub id: u128,
+    /// When, ms since the epoch.
+    pub at: i64,
+    /// The page's products as the cache envelope lists them
+    /// ([`page_section_ids`]): shared, not copied, on the hit path.
+    pub page: Bytes,
+    /// Variant.
+    pub assignment: Arc<Assignment>,
+    /// Placement ("" = default).
+    pub placement: String,
+    /// Face shape label.
+    pub face_shape: &'static str,
+    /// Shopper.
+    pub user_id: String,
+    /// Shopper's session.
+    pub session_id: String,
+    /// API key's client.
+    pub client: Option<String>,
+    /// Catalogue version.
+    pub catalog_version: i64,
+}
+
+/// What an interaction did, for the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// Click.
+    Click,
+    /// Cart add.
+    AddToCart,
+    /// Purchase.
+    Purchase,
+}
+
+impl OutcomeKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Click => "click",
+            Self::AddToCart => "add_to_cart",
+            Self::Purchase => "purchase",
+        }
+    }
+}
+
+/// A recorded interaction to attribute.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The impression the caller named.
+    pub impression: Option<u128>,
+    /// Shopper.
+    pub user_id: String,
+    /// Session.
+    pub session_id: String,
+    /// Product.
+    pub product_id: String,
+    /// Kind.
+    pub kind: OutcomeKind,
+    /// When.
+    pub at: i64,
+    /// Currency and price in minor units (purchases).
+    pub value: Option<(String, i64)>,
+}
+
+enum Event {
+    Impression(Impression),
+    Outcome(Outcome),
+}
+
+/// The queue's sending side, shared by the handlers.
+#[derive(Clone)]
+pub struct Log {
+    tx: mpsc::Sender<Event>,
+    stats: Arc<Stats>,
+    dropped: metrics::Counter,
+}
+
+#[derive(Default)]
+struct Stats {
+    dropped: AtomicU64,
+    unattributed: AtomicU64,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("queued", &self.queued())
+            .finish()
+    }
+}
+
+/// An impression id as sent to callers: 32 lower-case hex digits.
+pub fn format_id(id: u128) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+/// Reads an id back ([`format_id`]'s form only).
+pub fn parse_id(s: &str) -> Option<u128> {
+    (s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| u128::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+fn id_string(id: u128) -> String {
+    String::from_utf8_lossy(&format_id(id)).into_owned()
+}
+
+impl Log {
+    /// Starts the worker; it drains the queue and flushes when `shutdown`
+    /// fires.
+    pub fn start(
+        store: Store,
+        cache: Arc<Cache>,
+        origin: u64,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(Stats::default());
+        let worker = Worker {
+            store,
+            cache,
+            replica: format!("{origin:016x}"),
+            stats: stats.clone(),
+            totals: HashMap::new(),
+            dirty: HashSet::new(),
+            pending: Vec::new(),
+            placements: HashSet::new(),
+        };
+        let task = tokio::spawn(worker.run(rx, shutdown));
+        let log = Self {
+            tx,
+            stats,
+            dropped: metrics::counter!("discovery_recommendation_impressions_dropped_total"),
+        };
+        (log, task)
+    }
+
+    /// Queues a served page; false (and counted) when the queue is full.
+    pub fn impression(&self, i: Impression) -> bool {
+        match self.tx.try_send(Event::Impression(i)) {
+            Ok(()) => true,
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.increment(1);
+                false
+            }
+        }
+    }
+
+    /// Queues an interaction to attribute (dropped and counted as
+    /// unattributed when the queue is full).
+    pub fn outcome(&self, o: Outcome) {
+        if self.tx.try_send(Event::Outcome(o)).is_err() {
+            self.stats.unattributed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events waiting in the queue.
+    pub fn queued(&self) -> usize {
+        QUEUE - self.tx.capacity()
+    }
+
+    /// Impressions dropped since start.
+    pub fn dropped(&self) -> u64 {
+        self.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Interactions not attributed since start.
+    pub fn unattributed(&self) -> u64 {
+        self.stats.unattributed.load(Ordering::Relaxed)
+    }
+}
+
+type Key = (&'static str, i64, Dims);
+
+struct Worker {
+    store: Store,
+    cache: Arc<Cache>,
+    replica: String,
+    stats: Arc<Stats>,
+    totals: HashMap<Key, Totals>,
+    dirty: HashSet<Key>,
+    pending: Vec<Outcome>,
+    placements: HashSet<String>,
+}
+
+/// What the worker needs of a stored impression.
+struct Shown {
+    at: i64,
+    dims: Dims,
+    products: Vec<String>,
+}
+
+fn shown_from(d: &Document) -> Option<(u128, Shown)> {
+    let id = parse_id(d.get_str("_id").ok()?)?;
+    let ctx = d.get_document("context").ok();
+    Some((
+        id,
+        Shown {
+            at: d.get_i64("timestamp").ok()?,
+            dims: Dims {
+                experiment: d.get_str("experiment").unwrap_or("").into(),
+                variant: d.get_str("variant").unwrap_or("default").into(),
+                placement: d.get_str("placement").unwrap_or("default").into(),
+                face_shape: ctx
+                    .and_then(|c| c.get_str("faceShape").ok())
+                    .unwrap_or("any")
+                    .into(),
+            },
+            products: d
+                .get_array("productId")
+                .ok()?
+                .iter()
+                .filter_map(|b| b.as_str().map(str::to_string))
+                .collect(),
+        },
+    ))
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            let (stop, ticked) = tokio::select! {
+                _ = shutdown.cancelled() => (true, false),
+                n = rx.recv_many(&mut buf, 1024) => (n == 0, false),
+                _ = tick.tick() => (false, true),
+            };
+            if stop {
+                // Whatever is queued still goes out.
+                while let Ok(e) = rx.try_recv() {
+                    buf.push(e);
+                }
+            }
+            self.take(std::mem::take(&mut buf)).await;
+            if stop || ticked || tick_due(&mut tick) {
+                self.resolve(stop).await;
+                self.flush().await;
+            }
+            if stop {
+                return;
+            }
+            buf.reserve(1024);
+        }
+    }
+
+    /// Writes a batch of impressions; sets outcomes aside for [`resolve`].
+    async fn take(&mut self, events: Vec<Event>) {
+        let mut docs = Vec::new();
+        for e in events {
+            match e {
+                Event::Impression(i) => {
+                    let placement = self.placement(&i.placement);
+                    let dims = Dims {
+                        experiment: i.assignment.experiment.clone(),
+                        variant: i.assignment.variant.clone(),
+                        placement,
+                        face_shape: i.face_shape.into(),
+                    };
+                    let products = page_section_ids(&i.page);
+                    let mut d = doc! {
+                        "_id": id_string(i.id),
+                        "timestamp": i.at,
+                        "createdAt": bson::DateTime::from_millis(i.at),
+                        "sessionId": &i.session_id,
+                        "client": i.client.as_deref().unwrap_or(""),
+                        "placement": &dims.placement,
+                        "experiment": &dims.experiment,
+                        "variant": &dims.variant,
+                        "context": {"faceShape": &dims.face_shape},
+                        "productId": &products,
+                        "catalogVersion": i.catalog_version,
+                    };
+                    if !i.user_id.is_empty() {
+                        d.insert("userId", &i.user_id);
+                    }
+                    docs.push(d);
+                    self.count(i.at, &dims, |t| t.impressions += 1);
+                    metrics::counter!("discovery_recommendation_impressions_total", "variant" => i.assignment.label.clone())
+                        .increment(1);
+                }
+                Event::Outcome(o) => self.pending.push(o),
+            }
+        }
+        if docs.is_empty() {
+            return;
+        }
+        let n = docs.len();
+        if let Err(e) = self.store.bulk_upsert(RECOMMENDATIONS, docs).await {
+            // Rollups counted them; only the attribution of their outcomes
+            // is lost. Not retried: the queue must keep moving.
+            tracing::warn!(error = %e, impressions = n, "writing impressions failed");
+            metrics::counter!("discovery_recommendation_impressions_unwritten_total")
+                .increment(n as u64);
+        }
+    }
+
+    fn placement(&mut self, p: &str) -> String {
+        let p = if p.is_empty() { "default" } else { p };
+        if self.placements.contains(p) {
+            return p.to_string();
+        }
+        if self.placements.len() < MAX_PLACEMENTS {
+            self.placements.insert(p.to_string());
+            return p.to_string();
+        }
+        "other".into()
+    }
+
+    fn count(&mut self, at: i64, dims: &Dims, f: impl Fn(&mut Totals)) {
+        for (gran, width, _) in [FINE, COARSE] {
+            let key = (gran, at - at.rem_euclid(width), dims.clone());
+            f(self.totals.entry(key.clone()).or_default());
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Attributes the outcomes set aside: by impression id (one read for
+    /// all), else the shopper's latest page with the product.
+    async fn resolve(&mut self, last: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = discovery_kit::now_unix_ms();
+        let pending = std::mem::take(&mut self.pending);
+        let ids: Vec<String> = pending
+            .iter()
+            .filter_map(|o| o.impression.map(id_string))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut shown: HashMap<u128, Shown> = HashMap::new();
+        if !ids.is_empty() {
+            match self
+                .store
+                .find(
+                    RECOMMENDATIONS,
+                    doc! {"_id": {"$in": ids}},
+                    FindOptions::default(),
+                )
+                .await
+            {
+                Ok(docs) => shown.extend(docs.iter().filter_map(shown_from)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading impressions failed; retrying");
+                    self.pending = pending;
+                    return;
+                }
+            }
+        }
+        for o in pending {
+            let found = match o.impression {
+                Some(id) => shown.remove(&id).map(|s| (id, s)).or_else(|| {
+                    if !last && now - o.at < PENDING_MS {
+                        // Perhaps not written yet by the replica that served it.
+                        self.pending.push(o.clone());
+                    }
+                    None
+                }),
+                None => self.latest_showing(&o).await,
+            };
+            let Some((id, s)) = found else {
+                if o.impression.is_none() || last || now - o.at >= PENDING_MS {
+                    self.unattributed();
+                }
+                continue;
+            };
+            let window = if o.impression.is_some() {
+                RETENTION_MS
+            } else {
+                ATTRIBUTION_WINDOW_MS
+            };
+            if !s.products.contains(&o.product_id) || o.at < s.at || o.at - s.at > window {
+                self.unattributed();
+                shown_back(&mut shown, id, s);
+                continue;
+            }
+            let hex = id_string(id);
+            let ttl = Duration::from_millis(RETENTION_MS as u64);
+            let first = self
+                .cache
+                .first(&format!("impression:{hex}:{}", o.kind.name()), ttl)
+                .await;
+            let revenue = match (&o.kind, &o.value) {
+                (OutcomeKind::Purchase, Some((cur, v)))
+                    if self
+                        .cache
+                        .first(&format!("impression:{hex}:purchase:{}", o.product_id), ttl)
+                        .await =>
+                {
+                    Some((cur.clone(), *v))
+                }
+                _ => None,
+            };
+            let kind = o.kind;
+            self.count(s.at, &s.dims, |t| {
+                if first {
+                    match kind {
+                        OutcomeKind::Click => t.clicked += 1,
+                        OutcomeKind::AddToCart => t.added_to_cart += 1,
+                        OutcomeKind::Purchase => t.purchased += 1,
+                    }
+                }
+                if let Some((cur, v)) = &revenue {
+                    *t.revenue_minor.entry(cur.clone()).or_default() += v;
+                }
+            });
+            metrics::counter!("discovery_recommendation_outcomes_total", "kind" => kind.name())
+                .increment(1);
+            shown_back(&mut shown, id, s);
+        }
+    }
+
+    fn unattributed(&self) {
+        self.stats.unattributed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("discovery_recommendation_outcomes_unattributed_total").increment(1);
+    }
+
+    /// The shopper's latest impression showing the product within the
+    /// attribution window.
+    async fn latest_showing(&self, o: &Outcome) -> Option<(u128, Shown)> {
+        let mut filter = if o.user_id.is_empty() {
+            doc! {"sessionId": &o.session_id}
+        } else {
+            doc! {"userId": &o.user_id}
+        };
+        filter.insert("productId", &o.product_id);
+        filter.insert(
+            "timestamp",
+            doc! {"$gte": o.at - ATTRIBUTION_WINDOW_MS, "$lte": o.at},
+        );
+        let found = self
+            .store
+            .find(
+                RECOMMENDATIONS,
+                filter,
+                FindOptions {
+                    sort: Some(doc! {"timestamp": -1}),
+                    limit: 1,
+                    ..Default::default()
+                },
+            )
+            .await;
+        match found {
+            Ok(docs) => docs.first().and_then(shown_from),
+            Err(e) => {
+                tracing::warn!(error = %e, "attribution lookup failed");
+                None
+            }
+        }
+    }
+
+    /// Writes this replica's changed rollups (full totals: idempotent) and
+    /// forgets buckets past their retention.
+    async fn flush(&mut self) {
+        let now = discovery_kit::now_unix_ms();
+        self.totals.retain(|(gran, bucket, _), _| {
+            let keep = if *gran == FINE.0 { FINE.2 } else { COARSE.2 };
+            bucket + keep > now
+        });
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty: Vec<Key> = self.dirty.drain().collect();
+        let docs: Vec<Document> = dirty
+            .iter()
+            .filter_map(|k| self.totals.get(k).map(|t| self.rollup_doc(k, t)))
+            .collect();
+        if let Err(e) = self.store.bulk_upsert(ROLLUPS, docs).await {
+            tracing::warn!(error = %e, "writing rollups failed; retrying");
+            self.dirty.extend(dirty);
+        }
+    }
+
+    fn rollup_doc(&self, (gran, bucket, d): &Key, t: &Totals) -> Document {
+        let keep = if *gran == FINE.0 { FINE.2 } else { COARSE.2 };
+        let revenue: Document = t
+            .revenue_minor
+            .iter()
+            .map(|(c, v)| (c.clone(), Bson::Int64(*v)))
+            .collect();
+        doc! {
+            "_id": format!(
+                "{}|{gran}|{bucket}|{}|{}|{}|{}",
+                self.replica, d.experiment, d.variant, d.placement, d.face_shape
+            ),
+            "replica": &self.replica,
+            "gran": *gran,
+            "bucket": *bucket,
+            "expireAt": bson::DateTime::from_millis(bucket + keep),
+            "experiment": &d.experiment,
+            "variant": &d.variant,
+            "placement": &d.placement,
+            "faceShape": &d.face_shape,
+            "impressions": t.impressions as i64,
+            "clicked": t.clicked as i64,
+            "addedToCart": t.added_to_cart as i64,
+            "purchased": t.purchased as i64,
+            "revenue": revenue,
+        }
+    }
+}
+
+fn shown_back(shown: &mut HashMap<u128, Shown>, id: u128, s: Shown) {
+    // Several outcomes may name one impression.
+    shown.insert(id, s);
+}
+
+/// Whether the interval's next tick is due now (after a busy batch the
+/// worker still resolves and flushes on time).
+fn tick_due(tick: &mut tokio::time::Interval) -> bool {
+    use futures::FutureExt;
+    tick.tick().now_or_never().is_some()
+}
+
+/// Report windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Last hour.
+    Hour,
+    /// Last 24 hours.
+    Day,
+    /// Last 7 days.
+    Week,
+}
+
+/// Reads every replica's rollups of the window and builds the report;
+/// returns it with the window's start.
+pub async fn read_report(
+    store: &Store,
+    window: Window,
+    experiment: &str,
+    now: i64,
+) -> Result<(report::Report, i64), discovery_kit::store::StoreError> {
+    let ((gran, width, _), span) = match window {
+        Window::Hour => (FINE, 3_600_000),
+        Window::Day => (FINE, 24 * 3_600_000),
+        Window::Week => (COARSE, 7 * 24 * 3_600_000),
+    };
+    let from = (now - span) - (now - span).rem_euclid(width);
+    let mut filter = doc! {"gran": gran, "bucket": {"$gte": from}};
+    if !experiment.is_empty() {
+        filter.insert("experiment", experiment);
+    }
+    let docs = store.find(ROLLUPS, filter, FindOptions::default()).await?;
+    let rows: Vec<(Dims, Totals)> = docs.iter().map(rollup_from).collect();
+    Ok((report::build(rows.iter().map(|(d, t)| (d, t))), from))
+}
+
+fn rollup_from(d: &Document) -> (Dims, Totals) {
+    let s = |k: &str| d.get_str(k).unwrap_or("").to_string();
+    let n = |k: &str| match d.get(k) {
+        Some(Bson::Int64(v)) => (*v).max(0) as u64,
+        Some(Bson::Int32(v)) => (*v).max(0) as u64,
+        Some(Bson::Double(v)) => v.max(0.0) as u64,
+        _ => 0,
+    };
+    let revenue = d
+        .get_document("revenue")
+        .map(|r| {
+            r.iter()
+                .filter_map(|(c, v)| match v {
+                    Bson::Int64(v) => Some((c.clone(), *v)),
+                    Bson::Int32(v) => Some((c.clone(), *v as i64)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        Dims {
+            experiment: s("experiment"),
+            variant: s("variant"),
+            placement: s("placement"),
+            face_shape: s("faceShape"),
+        },
+        Totals {
+            impressions: n("impressions"),
+            clicked: n("clicked"),
+            added_to_cart: n("addedToCart"),
+            purchased: n("purchased"),
+            revenue_minor: revenue,
+        },
+    )
+}
+
+/// The products of a cache envelope's rows section (the format is
+/// `crate::api`'s envelope): a u16 count, then per product a length byte,
+/// the id and an 8-byte stamp.
+pub fn page_section_ids(mut b: &[u8]) -> Vec<String> {
+    if b.remaining() < 2 {
+        return Vec::new();
+    }
+    let n = b.get_u16_le() as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        if b.remaining() < 1 {
+            break;
+        }
+        let len = b.get_u8() as usize;
+        if b.remaining() < len + 8 {
+            break;
+        }
+        out.push(String::from_utf8_lossy(&b[..len]).into_owned());
+        b.advance(len + 8);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_strangers_are_refused() {
+        let id = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
+        let s = id_string(id);
+        assert_eq!(s, "0123456789abcdeffedcba9876543210");
+        assert_eq!(parse_id(&s), Some(id));
+        assert_eq!(parse_id("0123456789ABCDEFFEDCBA9876543210"), None);
+        assert_eq!(parse_id("+123456789abcdeffedcba987654321"), None);
+        assert_eq!(parse_id(""), None);
+    }
+}
