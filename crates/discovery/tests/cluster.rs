@@ -1102,7 +1102,7 @@ async fn recommend_by_analysis_id_ranks_as_the_face_it_names() {
         .expect("models/testdata/astronaut.png: run scripts/fetch-models.sh --test-data");
     let analysis = g
         .analyze_face(pb::AnalyzeFaceRequest {
-            input: Some(pb::analyze_face_request::Input::Image(photo)),
+            input: Some(pb::analyze_face_request::Input::Image(photo.clone())),
             ..Default::default()
         })
         .await
@@ -1199,6 +1199,59 @@ async fn recommend_by_analysis_id_ranks_as_the_face_it_names() {
     assert!(
         unknown.message().starts_with("face.analysis_id:"),
         "{unknown:?}"
+    );
+
+    // The one-call journey for a BFF: the photo in, its analysis and the
+    // same first page out; or a stored analysis's id in.
+    let journey = |analyze: Option<pb::AnalyzeFaceRequest>, face: pb::FaceContext| {
+        pb::AnalyzeAndRecommendRequest {
+            analyze,
+            recommend: Some(pb::RecommendRequest {
+                placement: "after_analysis".into(),
+                ..ask(face)
+            }),
+        }
+    };
+    let one = g
+        .analyze_and_recommend(journey(
+            Some(pb::AnalyzeFaceRequest {
+                input: Some(pb::analyze_face_request::Input::Image(photo)),
+                ..Default::default()
+            }),
+            pb::FaceContext::default(),
+        ))
+        .await
+        .expect("analyse and recommend in one call")
+        .into_inner();
+    let found = one.analysis.unwrap().result.unwrap();
+    assert_eq!(found.face_shape, analysis.face_shape);
+    let page = one.recommendations.unwrap();
+    assert_eq!(page.impression_id.len(), 32);
+    assert_eq!(ranking(page), by_fields, "AnalyzeAndRecommend{{photo}}");
+    let stored = g
+        .analyze_and_recommend(journey(None, by_id.clone()))
+        .await
+        .expect("recommend for a stored analysis in one call")
+        .into_inner();
+    let result = stored.analysis.unwrap().result.unwrap();
+    assert_eq!(result.analysis_id, analysis.analysis_id);
+    assert!(result.landmarks.is_empty(), "no landmarks unless asked");
+    assert_eq!(
+        ranking(stored.recommendations.unwrap()),
+        by_fields,
+        "AnalyzeAndRecommend{{analysis_id}}"
+    );
+    let neither = g
+        .analyze_and_recommend(journey(None, pb::FaceContext::default()))
+        .await
+        .expect_err("no photo and no id");
+    assert_eq!(neither.code(), tonic::Code::InvalidArgument);
+    println!(
+        "AnalyzeAndRecommend: photo -> shape {} and the same {} items; by id -> the same; neither -> {:?} {}",
+        found.face_shape,
+        by_fields.len(),
+        neither.code(),
+        neither.message()
     );
 
     // Try-on placement on the same (golden) photo: each of the top three

@@ -162,6 +162,10 @@ async fn one_trace_per_request_across_gateway_and_services() {
         &[
             ("DISCOVERY_RECOMMENDATION_PORT", reco.to_string()),
             ("DISCOVERY_DEMO_CATALOG", "200".into()),
+            (
+                "DISCOVERY_FACE_ANALYSIS_URLS",
+                format!("http://127.0.0.1:{face}"),
+            ),
         ],
     ));
     procs.0.push(spawn(
@@ -228,13 +232,31 @@ async fn one_trace_per_request_across_gateway_and_services() {
                 user_id: "u1".into(),
                 session_id: "traces".into(),
             }),
-            input: Some(pb::analyze_face_request::Input::Image(photo)),
+            input: Some(pb::analyze_face_request::Input::Image(photo.clone())),
             include_landmarks: false,
         })
         .await
         .expect("AnalyzeFace through the gateway")
         .into_inner();
     assert!(analysis.result.is_some_and(|r| r.measurements.is_some()));
+    let journey = client
+        .analyze_and_recommend(pb::AnalyzeAndRecommendRequest {
+            analyze: Some(pb::AnalyzeFaceRequest {
+                input: Some(pb::analyze_face_request::Input::Image(photo)),
+                ..Default::default()
+            }),
+            recommend: Some(pb::RecommendRequest {
+                requester: Some(pb::Requester {
+                    user_id: String::new(),
+                    session_id: "journey".into(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("AnalyzeAndRecommend through the gateway")
+        .into_inner();
+    assert!(!journey.recommendations.unwrap().items.is_empty());
 
     // SIGTERM: each process flushes its spans before exiting.
     procs.stop();
@@ -304,6 +326,39 @@ async fn one_trace_per_request_across_gateway_and_services() {
             && s.attrs.get("db.system.name").map(String::as_str) == Some("mongodb")),
         "the stored analysis is a database client span: {in_face:?}"
     );
+    // AnalyzeAndRecommend: one trace from the gateway through
+    // recommendation to face-analysis and back to the ranking.
+    let (root, journey) = trace_of(&spans, "AnalyzeAndRecommend");
+    let client_span = child_of(&journey, &root, |s| {
+        s.service == "gateway" && s.kind == SpanKind::Client as i32
+    });
+    let in_reco = child_of(&journey, client_span, |s| {
+        s.service == "recommendation" && s.kind == SpanKind::Server as i32
+    });
+    let in_face = journey
+        .iter()
+        .find(|s| {
+            s.service == "face-analysis"
+                && s.kind == SpanKind::Server as i32
+                && s.attrs.get("rpc.method").map(String::as_str) == Some("AnalyzeFace")
+        })
+        .expect("face-analysis' AnalyzeFace is in the journey's trace");
+    // ...under recommendation's server span.
+    let by_id: HashMap<&[u8], &Got> = journey.iter().map(|s| (s.id.as_slice(), *s)).collect();
+    let mut at = in_face;
+    while at.id != in_reco.id {
+        at = by_id
+            .get(at.parent.as_slice())
+            .unwrap_or_else(|| panic!("AnalyzeFace is not under recommendation's call"));
+    }
+    assert!(
+        journey
+            .iter()
+            .any(|s| s.service == "recommendation" && s.attrs.contains_key("cache.kind")),
+        "the page's cache lookup is in the journey's trace"
+    );
+    assert!(in_reco.parent == client_span.id);
+
     // Every span of the trace hangs off the root.
     let ids: std::collections::HashSet<&[u8]> = trace.iter().map(|s| s.id.as_slice()).collect();
     for s in &trace {

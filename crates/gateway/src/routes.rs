@@ -185,6 +185,7 @@ use Upstream::{FaceAnalysis, Monitoring, Recommendation, Sync};
 #[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
     route("AnalyzeFace", FaceAnalysis, "/discovery.v1.FaceAnalysis/AnalyzeFace", Public, Face, true, 5_000, false),
+    route("AnalyzeAndRecommend", Recommendation, "/discovery.v1.Journey/AnalyzeAndRecommend", Public, Face, true, 7_000, false),
     route("GetFaceAnalysis", FaceAnalysis, "/discovery.v1.FaceAnalysis/GetFaceAnalysis", Public, Other, true, 2_000, false),
     route("Recommend", Recommendation, "/discovery.v1.Recommendation/Recommend", Public, Recommend, true, 2_000, true),
     route("SearchProducts", Recommendation, "/discovery.v1.Catalog/SearchProducts", Public, Other, true, 2_000, true),

@@ -37,6 +37,8 @@ pub mod service_names {
     pub const CATALOG: &str = "discovery.v1.Catalog";
     /// Cache administration.
     pub const CACHE_ADMIN: &str = "discovery.v1.CacheAdmin";
+    /// The one-call journey (analyse, then recommend).
+    pub const JOURNEY: &str = "discovery.v1.Journey";
     /// Ranking experiments and the recommendation report.
     pub const EXPERIMENTS: &str = "discovery.v1.Experiments";
     /// Catalogue sync.

@@ -358,7 +358,7 @@ impl Service {
 
     /// Serves a page: resolves the face, assigns the variant, answers from
     /// cache or ranks, and (`log`) logs the impression.
-    async fn serve_page(
+    pub(crate) async fn serve_page(
         &self,
         who: &Identity,
         mut req: pb::RecommendRequest,

@@ -71,6 +71,15 @@ impl StoredFace {
     }
 }
 
+fn check_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Status::invalid_argument(
+            "face.analysis_id: give the id AnalyzeFace returned (24 hex characters)",
+        ));
+    }
+    Ok(())
+}
+
 /// Resolves analysis ids through face-analysis, with a bounded memory.
 #[derive(Clone)]
 pub struct Faces {
@@ -83,7 +92,12 @@ impl Faces {
     /// be resolved (UNAVAILABLE saying so).
     pub fn new(channel: Option<TracedChannel>) -> Self {
         Self {
-            client: channel.map(FaceAnalysisClient::new),
+            // Photos go out whole (AnalyzeAndRecommend): up to the limit
+            // face-analysis accepts.
+            client: channel.map(|c| {
+                FaceAnalysisClient::new(c)
+                    .max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES)
+            }),
             kept: moka::future::Cache::builder()
                 .max_capacity(KEEP_AT_MOST)
                 .time_to_live(KEEP_FOR)
@@ -93,22 +107,19 @@ impl Faces {
 
     /// The face of analysis `id`.
     pub async fn resolve(&self, id: &str) -> Result<StoredFace, Status> {
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Status::invalid_argument(
-                "face.analysis_id: give the id AnalyzeFace returned (24 hex characters)",
-            ));
-        }
+        check_id(id)?;
         if let Some(face) = self.kept.get(id).await {
             return Ok(face);
         }
-        let Some(client) = &self.client else {
-            return Err(Status::unavailable(
-                "face.analysis_id: this replica has no face-analysis to ask \
-                 (DISCOVERY_FACE_ANALYSIS_URLS); pass the face fields instead",
-            ));
-        };
-        let asked = client
-            .clone()
+        Ok(StoredFace::of(&self.fetch(id).await?))
+    }
+
+    /// The stored analysis `id` (with its landmarks), asked of face-analysis;
+    /// its face is kept for [`Faces::resolve`].
+    pub async fn fetch(&self, id: &str) -> Result<pb::FaceAnalysisResult, Status> {
+        check_id(id)?;
+        let asked = self
+            .client()?
             .get_face_analysis(pb::GetFaceAnalysisRequest {
                 analysis_id: id.to_string(),
             })
@@ -129,9 +140,42 @@ impl Faces {
                 )));
             }
         };
-        let face = StoredFace::of(&result);
-        self.kept.insert(id.to_string(), face).await;
-        Ok(face)
+        self.kept
+            .insert(id.to_string(), StoredFace::of(&result))
+            .await;
+        Ok(result)
+    }
+
+    /// Analyses a photo (or landmarks) through face-analysis; the face
+    /// found is kept for [`Faces::resolve`] under its new id. Errors keep
+    /// face-analysis' code, the message prefixed with `analyze: `.
+    pub async fn analyze(
+        &self,
+        req: pb::AnalyzeFaceRequest,
+    ) -> Result<pb::AnalyzeFaceResponse, Status> {
+        let resp = self
+            .client()?
+            .analyze_face(req)
+            .await
+            .map_err(|s| Status::new(s.code(), format!("analyze: {}", s.message())))?
+            .into_inner();
+        if let Some(r) = &resp.result
+            && !r.analysis_id.is_empty()
+        {
+            self.kept
+                .insert(r.analysis_id.clone(), StoredFace::of(r))
+                .await;
+        }
+        Ok(resp)
+    }
+
+    fn client(&self) -> Result<FaceAnalysisClient<TracedChannel>, Status> {
+        self.client.clone().ok_or_else(|| {
+            Status::unavailable(
+                "face.analysis_id: this replica has no face-analysis to ask \
+                 (DISCOVERY_FACE_ANALYSIS_URLS); pass the face fields instead",
+            )
+        })
     }
 
     /// Replaces a request's `analysis_id` by the analysis's fields (those

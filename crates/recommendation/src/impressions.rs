@@ -288,7 +288,8 @@ struct Worker {
     stats: Arc<Stats>,
     totals: HashMap<Key, Totals>,
     dirty: HashSet<Key>,
-    pending: Vec<Outcome>,
+    /// Outcomes to attribute, with when they arrived.
+    pending: Vec<(i64, Outcome)>,
     placements: HashSet<String>,
 }
 
@@ -389,7 +390,7 @@ impl Worker {
                     metrics::counter!("discovery_recommendation_impressions_total", "variant" => i.assignment.label.clone())
                         .increment(1);
                 }
-                Event::Outcome(o) => self.pending.push(o),
+                Event::Outcome(o) => self.pending.push((discovery_kit::now_unix_ms(), o)),
             }
         }
         if docs.is_empty() {
@@ -418,8 +419,8 @@ impl Worker {
     }
 
     fn count(&mut self, at: i64, dims: &Dims, f: impl Fn(&mut Totals)) {
-        for (gran, width, _) in [FINE, COARSE] {
-            let key = (gran, at - at.rem_euclid(width), dims.clone());
+        for (gran, bucket) in buckets(at) {
+            let key = (gran, bucket, dims.clone());
             f(self.totals.entry(key.clone()).or_default());
             self.dirty.insert(key);
         }
@@ -435,7 +436,7 @@ impl Worker {
         let pending = std::mem::take(&mut self.pending);
         let ids: Vec<String> = pending
             .iter()
-            .filter_map(|o| o.impression.map(id_string))
+            .filter_map(|(_, o)| o.impression.map(id_string))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -458,21 +459,22 @@ impl Worker {
                 }
             }
         }
-        for o in pending {
+        for (arrived, o) in pending {
             let found = match o.impression {
-                Some(id) => shown.remove(&id).map(|s| (id, s)).or_else(|| {
-                    if !last && now - o.at < PENDING_MS {
-                        // Perhaps not written yet by the replica that served it.
-                        self.pending.push(o.clone());
+                Some(id) => match shown.remove(&id) {
+                    Some(s) => Some((id, s)),
+                    // Perhaps not written yet by the replica that served
+                    // it; bounded, so made-up ids cannot pile up.
+                    None if !last && now - arrived < PENDING_MS && self.pending.len() < QUEUE => {
+                        self.pending.push((arrived, o));
+                        continue;
                     }
-                    None
-                }),
+                    None => None,
+                },
                 None => self.latest_showing(&o).await,
             };
             let Some((id, s)) = found else {
-                if o.impression.is_none() || last || now - o.at >= PENDING_MS {
-                    self.unattributed();
-                }
+                self.unattributed();
                 continue;
             };
             let window = if o.impression.is_some() {
@@ -574,40 +576,50 @@ impl Worker {
         let dirty: Vec<Key> = self.dirty.drain().collect();
         let docs: Vec<Document> = dirty
             .iter()
-            .filter_map(|k| self.totals.get(k).map(|t| self.rollup_doc(k, t)))
+            .filter_map(|(gran, bucket, d)| {
+                let t = self.totals.get(&(*gran, *bucket, d.clone()))?;
+                Some(rollup_document(&self.replica, gran, *bucket, d, t))
+            })
             .collect();
         if let Err(e) = self.store.bulk_upsert(ROLLUPS, docs).await {
             tracing::warn!(error = %e, "writing rollups failed; retrying");
             self.dirty.extend(dirty);
         }
     }
+}
 
-    fn rollup_doc(&self, (gran, bucket, d): &Key, t: &Totals) -> Document {
-        let keep = if *gran == FINE.0 { FINE.2 } else { COARSE.2 };
-        let revenue: Document = t
-            .revenue_minor
-            .iter()
-            .map(|(c, v)| (c.clone(), Bson::Int64(*v)))
-            .collect();
-        doc! {
-            "_id": format!(
-                "{}|{gran}|{bucket}|{}|{}|{}|{}",
-                self.replica, d.experiment, d.variant, d.placement, d.face_shape
-            ),
-            "replica": &self.replica,
-            "gran": *gran,
-            "bucket": *bucket,
-            "expireAt": bson::DateTime::from_millis(bucket + keep),
-            "experiment": &d.experiment,
-            "variant": &d.variant,
-            "placement": &d.placement,
-            "faceShape": &d.face_shape,
-            "impressions": t.impressions as i64,
-            "clicked": t.clicked as i64,
-            "addedToCart": t.added_to_cart as i64,
-            "purchased": t.purchased as i64,
-            "revenue": revenue,
-        }
+/// The buckets an event at `at` counts in: (granularity, bucket start).
+pub fn buckets(at: i64) -> [(&'static str, i64); 2] {
+    [FINE, COARSE].map(|(gran, width, _)| (gran, at - at.rem_euclid(width)))
+}
+
+/// One replica's rollup document: the full totals of a bucket and group
+/// (replaced on every flush), expiring after the granularity's retention.
+pub fn rollup_document(replica: &str, gran: &str, bucket: i64, d: &Dims, t: &Totals) -> Document {
+    let keep = if gran == FINE.0 { FINE.2 } else { COARSE.2 };
+    let revenue: Document = t
+        .revenue_minor
+        .iter()
+        .map(|(c, v)| (c.clone(), Bson::Int64(*v)))
+        .collect();
+    doc! {
+        "_id": format!(
+            "{replica}|{gran}|{bucket}|{}|{}|{}|{}",
+            d.experiment, d.variant, d.placement, d.face_shape
+        ),
+        "replica": replica,
+        "gran": gran,
+        "bucket": bucket,
+        "expireAt": bson::DateTime::from_millis(bucket + keep),
+        "experiment": &d.experiment,
+        "variant": &d.variant,
+        "placement": &d.placement,
+        "faceShape": &d.face_shape,
+        "impressions": t.impressions as i64,
+        "clicked": t.clicked as i64,
+        "addedToCart": t.added_to_cart as i64,
+        "purchased": t.purchased as i64,
+        "revenue": revenue,
     }
 }
 
@@ -720,6 +732,82 @@ pub fn page_section_ids(mut b: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use discovery_kit::cache::CacheConfig;
+    use discovery_kit::store::memory::MemoryStore;
+
+    fn section(ids: &[&str]) -> Bytes {
+        use bytes::BufMut;
+        let mut b = bytes::BytesMut::new();
+        b.put_u16_le(ids.len() as u16);
+        for id in ids {
+            b.put_u8(id.len() as u8);
+            b.put_slice(id.as_bytes());
+            b.put_u64_le(7);
+        }
+        b.freeze()
+    }
+
+    #[tokio::test]
+    async fn outcomes_count_once_per_impression_and_fall_back_to_the_shoppers_page() {
+        let store: Store = MemoryStore::new();
+        let cache = Arc::new(Cache::new(&CacheConfig::l1_only(1 << 20)).await.unwrap());
+        let stop = CancellationToken::new();
+        let (log, task) = Log::start(store.clone(), cache, 1, stop.clone());
+        let variant = Arc::new(Assignment {
+            experiment: "e".into(),
+            variant: "v".into(),
+            label: "e/v".into(),
+            ranking: Default::default(),
+        });
+        let now = discovery_kit::now_unix_ms();
+        for (id, session) in [(1u128, "s1"), (2, "s2")] {
+            assert!(log.impression(Impression {
+                id,
+                at: now,
+                page: section(&["p1", "p2"]),
+                assignment: variant.clone(),
+                placement: "home".into(),
+                face_shape: "round",
+                user_id: String::new(),
+                session_id: session.into(),
+                client: None,
+                catalog_version: 3,
+            }));
+        }
+        let outcome = |impression, session: &str, product: &str, kind, value| Outcome {
+            impression,
+            user_id: String::new(),
+            session_id: session.into(),
+            product_id: product.into(),
+            kind,
+            at: now + 10,
+            value,
+        };
+        let eur = || Some(("EUR".to_string(), 1_000));
+        // Two clicks and two purchases of one product on impression 1:
+        // once each; a purchase without an id: impression 2 by session.
+        log.outcome(outcome(Some(1), "s1", "p1", OutcomeKind::Click, None));
+        log.outcome(outcome(Some(1), "s1", "p1", OutcomeKind::Click, None));
+        log.outcome(outcome(Some(1), "s1", "p2", OutcomeKind::Purchase, eur()));
+        log.outcome(outcome(Some(1), "s1", "p2", OutcomeKind::Purchase, eur()));
+        log.outcome(outcome(None, "s2", "p1", OutcomeKind::Purchase, eur()));
+        // Not attributable: a made-up id, a product the page did not show,
+        // a shopper with no page.
+        log.outcome(outcome(Some(3), "s1", "p1", OutcomeKind::Click, None));
+        log.outcome(outcome(Some(2), "s2", "p9", OutcomeKind::Click, None));
+        log.outcome(outcome(None, "s3", "p1", OutcomeKind::Click, None));
+        stop.cancel();
+        task.await.unwrap();
+        let (r, _) = read_report(&store, Window::Hour, "e", now).await.unwrap();
+        assert_eq!(r.total.impressions, 2);
+        assert_eq!(r.total.clicked, 1);
+        assert_eq!(r.total.purchased, 2);
+        assert_eq!(r.total.revenue_minor["EUR"], 2_000);
+        assert_eq!(r.by_placement[0].key, "home");
+        assert_eq!(log.unattributed(), 3);
+        let (week, _) = read_report(&store, Window::Week, "", now).await.unwrap();
+        assert_eq!(week.total, r.total, "both granularities");
+    }
 
     #[test]
     fn ids_round_trip_and_strangers_are_refused() {

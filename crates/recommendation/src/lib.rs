@@ -12,6 +12,7 @@ pub mod experiments;
 pub mod faces;
 pub mod fast;
 pub mod impressions;
+pub mod journey;
 pub mod rank;
 pub mod report;
 pub mod search;
@@ -33,6 +34,7 @@ use discovery_proto::service_names;
 use discovery_proto::v1::cache_admin_server::CacheAdminServer;
 use discovery_proto::v1::catalog_server::CatalogServer;
 use discovery_proto::v1::experiments_server::ExperimentsServer;
+use discovery_proto::v1::journey_server::JourneyServer;
 use tonic::service::Routes;
 
 use crate::catalog::{Frame, PRODUCTS};
@@ -288,12 +290,19 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         )))
         .add_service(discovery_kit::compressed!(ExperimentsServer::new(
             svc.clone()
-        ))),
+        )))
+        // The journey carries the photo: face-analysis' request limit (the
+        // other services keep tonic's 4 MiB).
+        .add_service(discovery_kit::compressed!(
+            JourneyServer::new(svc.clone())
+                .max_decoding_message_size(discovery_proto::MAX_REQUEST_BYTES)
+        )),
         &[
             service_names::RECOMMENDATION,
             service_names::CATALOG,
             service_names::CACHE_ADMIN,
             service_names::EXPERIMENTS,
+            service_names::JOURNEY,
         ],
         None,
         shutdown.clone(),
