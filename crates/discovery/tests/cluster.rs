@@ -1329,20 +1329,24 @@ fn one_record(id: usize, vendor: &str, price: u32, stock: u32, second: u32) -> S
 }
 
 fn records_feed(body: String) -> Vec<pb::IngestCatalogRequest> {
-    vec![
-        pb::IngestCatalogRequest {
-            item: Some(pb::ingest_catalog_request::Item::Header(pb::IngestHeader {
-                source: "shopify:cluster".into(),
-                format: pb::FeedFormat::ShopifyNdjson as i32,
-                idempotency_key: String::new(),
-            })),
-        },
-        pb::IngestCatalogRequest {
-            item: Some(pb::ingest_catalog_request::Item::NdjsonChunk(
-                body.into_bytes(),
-            )),
-        },
-    ]
+    chunked_feed(vec![body])
+}
+
+/// A feed of NDJSON chunks.
+fn chunked_feed(chunks: Vec<String>) -> Vec<pb::IngestCatalogRequest> {
+    std::iter::once(pb::IngestCatalogRequest {
+        item: Some(pb::ingest_catalog_request::Item::Header(pb::IngestHeader {
+            source: "shopify:cluster".into(),
+            format: pb::FeedFormat::ShopifyNdjson as i32,
+            idempotency_key: String::new(),
+        })),
+    })
+    .chain(chunks.into_iter().map(|c| pb::IngestCatalogRequest {
+        item: Some(pb::ingest_catalog_request::Item::NdjsonChunk(
+            c.into_bytes(),
+        )),
+    }))
+    .collect()
 }
 
 /// Issue 17's fresh results, on the chart's topology (two recommendation
@@ -1611,6 +1615,159 @@ async fn the_interaction_bound_holds_across_replicas() {
         .record_interaction(interaction("calm-session"))
         .await
         .expect("another shopper is not affected");
+}
+
+/// A shop's nightly full export arriving while shoppers browse: a
+/// 50,000-record feed over a 50,000-frame catalogue in which 1 record in 20
+/// changed (a new price, a third of those also a stock flip) and the rest
+/// are as stored, through the gateway onto two recommendation replicas.
+/// The pages shoppers ask for (8 face shapes x 4 filters: none, in stock,
+/// a price cap, a brand) stay mostly served from cache during the feed and
+/// are all cached again after it: the changes are applied per batch, and a
+/// page is dropped only when a product of the batch could enter it or
+/// changed in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_feed_leaves_most_pages_cached_on_both_replicas() {
+    const N: usize = 50_000;
+    let run = Running::start(&[("gateway", 1), ("recommendation", 2), ("sync", 1)]).await;
+    let gateway = run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc");
+    let mut g = client(gateway, &run.key).await;
+    let vendors = ["Acme", "Bolt", "Cora", "Dune", "Echo"];
+    let export = |changed: bool| {
+        let mut chunks = Vec::new();
+        let mut body = String::new();
+        for i in 0..N {
+            let (price, stock, second) = if changed && i % 20 == 0 {
+                (81 + i % 90, if i % 60 == 0 { 0 } else { 3 }, 1)
+            } else {
+                (80 + i % 90, 3, 0)
+            };
+            body.push_str(&one_record(i, vendors[i % 5], price as u32, stock, second));
+            if (i + 1) % 2_000 == 0 {
+                chunks.push(std::mem::take(&mut body));
+            }
+        }
+        chunked_feed(chunks)
+    };
+    let t = std::time::Instant::now();
+    let (job, _) = ingest_until_done(&mut g, export(false)).await;
+    assert_eq!(job.upserted, N as u64);
+    println!("catalogue of {N} frames ingested in {:.1?}", t.elapsed());
+    for reco in run.cluster.of("recommendation") {
+        let addr = run.cluster.pods[reco].addr("grpc");
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while direct_search_total(addr).await != N as u64 {
+            assert!(
+                std::time::Instant::now() < until,
+                "{addr} never had the catalogue"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let filters = [
+        None,
+        Some(pb::ProductFilter {
+            in_stock_only: true,
+            ..Default::default()
+        }),
+        Some(pb::ProductFilter {
+            max_price_minor: Some(12_000),
+            ..Default::default()
+        }),
+        Some(pb::ProductFilter {
+            brands: vec!["Cora".into()],
+            ..Default::default()
+        }),
+    ];
+    let pages: Vec<pb::RecommendRequest> = (1..=8)
+        .flat_map(|shape| {
+            filters.iter().map(move |f| pb::RecommendRequest {
+                face: Some(pb::FaceContext {
+                    face_shape: shape,
+                    ..Default::default()
+                }),
+                filter: f.clone(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    // Both replicas warm (the gateway balances; twice over is plenty).
+    for _ in 0..4 {
+        for p in &pages {
+            g.recommend(p.clone()).await.expect("warm");
+        }
+    }
+    let browse = |g: Client,
+                  stop: Arc<std::sync::atomic::AtomicBool>,
+                  pages: Vec<pb::RecommendRequest>| async move {
+        let mut g = g;
+        let (mut calls, mut hits, mut i) = (0u64, 0u64, 0usize);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = g
+                .recommend(pages[i % pages.len()].clone())
+                .await
+                .expect("recommend during the feed")
+                .into_inner();
+            calls += 1;
+            hits += u64::from(r.cached);
+            i += 7;
+        }
+        (calls, hits)
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn(browse(g.clone(), stop.clone(), pages.clone()));
+    let t = std::time::Instant::now();
+    let (job, _) = ingest_until_done(&mut g, export(true)).await;
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, hits) = reader.await.unwrap();
+    assert_eq!(job.upserted, (N / 20) as u64, "{job:?}");
+    assert_eq!(job.unchanged, (N - N / 20) as u64);
+    // Both replicas have the last change before "after" is measured.
+    let last = format!("shopify:cluster:{}", N - 20);
+    for reco in run.cluster.of("recommendation") {
+        let addr = run.cluster.pods[reco].addr("grpc");
+        let mut c = discovery_proto::v1::catalog_client::CatalogClient::new(as_gateway(addr));
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let p = c
+                .get_product(pb::GetProductRequest { id: last.clone() })
+                .await
+                .expect("the last changed frame")
+                .into_inner()
+                .product
+                .unwrap();
+            if p.price.unwrap().amount_minor == (81 + (N - 20) % 90) as i64 * 100 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{addr} never applied the feed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Each page once on each replica to refill, then as much browsing as
+    // during the feed.
+    for _ in 0..2 {
+        for p in &pages {
+            g.recommend(p.clone()).await.expect("refill");
+        }
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn(browse(g.clone(), stop.clone(), pages.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls_after, hits_after) = reader.await.unwrap();
+    let during = hits as f64 / calls as f64;
+    let after = hits_after as f64 / calls_after as f64;
+    println!(
+        "{N}-record feed ({} changed) in {took:.1?}: hit ratio {during:.3} during ({calls} calls over {} pages), {after:.3} after ({calls_after} calls)",
+        job.upserted,
+        pages.len()
+    );
+    assert!(during >= 0.5, "hit ratio during the feed {during:.3}");
+    assert!(after >= 0.95, "hit ratio after the feed {after:.3}");
 }
 
 /// Two ranking variants at known rates, through the gateway onto two

@@ -27,6 +27,13 @@ pub struct Dashboard {
     pub history: Arc<Mutex<History>>,
     /// Alerts.
     pub hub: Hub,
+    /// Recommendation's report (the "what sells" panel); `None`: no panel
+    /// data.
+    pub report: Option<
+        discovery_proto::v1::experiments_client::ExperimentsClient<
+            discovery_kit::client::TracedChannel,
+        >,
+    >,
     /// Who may look: callers from loopback always (`discovery up`,
     /// `kubectl port-forward`); anyone else only with this token
     /// (`DISCOVERY_DASHBOARD_TOKEN[_FILE]`) as a Bearer token or as the
@@ -106,9 +113,10 @@ fn refused() -> axum::response::Response {
         .into_response()
 }
 
-/// `/dashboard` and `/api/overview`.
+/// `/dashboard`, `/api/overview` and `/api/recommendations`.
 pub fn router(d: Dashboard) -> axum::Router {
     let token = d.token.clone();
+    let for_report = d.clone();
     axum::Router::new()
         .route(
             "/dashboard",
@@ -137,6 +145,59 @@ pub fn router(d: Dashboard) -> axum::Router {
                 }
             }),
         )
+        .route(
+            "/api/recommendations",
+            axum::routing::get(move |req: axum::extract::Request| {
+                let d = for_report.clone();
+                let ok = allowed(&req, d.token.as_deref());
+                async move {
+                    if ok {
+                        axum::Json(recommendations(&d).await).into_response()
+                    } else {
+                        refused()
+                    }
+                }
+            }),
+        )
+}
+
+/// What the recommendations sold in the last 24 hours, per ranking variant
+/// and placement (recommendation's `GetRecommendationReport`).
+pub async fn recommendations(d: &Dashboard) -> Value {
+    let Some(client) = &d.report else {
+        return json!({"error": "no recommendation service configured"});
+    };
+    let asked = client
+        .clone()
+        .get_recommendation_report(pb::GetRecommendationReportRequest {
+            window: pb::ReportWindow::Day as i32,
+            experiment_id: String::new(),
+        })
+        .await;
+    let r = match asked {
+        Ok(r) => r.into_inner(),
+        Err(s) => return json!({"error": s.message()}),
+    };
+    let rate = |r: Option<pb::Rate>| {
+        let r = r.unwrap_or_default();
+        json!({"value": r.value, "low": r.low, "high": r.high})
+    };
+    let row = |r: &pb::ReportRow| {
+        json!({
+            "key": r.key, "impressions": r.impressions, "clicked": r.clicked,
+            "added_to_cart": r.added_to_cart, "purchased": r.purchased,
+            "ctr": rate(r.ctr), "add_to_cart_rate": rate(r.add_to_cart_rate),
+            "conversion": rate(r.conversion), "revenue_minor": r.revenue_minor,
+        })
+    };
+    json!({
+        "window": "24h",
+        "total": r.total.as_ref().map(row),
+        "variants": r.by_variant.iter().map(row).collect::<Vec<_>>(),
+        "placements": r.by_placement.iter().map(row).collect::<Vec<_>>(),
+        "unattributed": r.unattributed,
+        "impressions_dropped": r.impressions_dropped,
+    })
 }
 
 /// The overview document.

@@ -29,6 +29,7 @@ use discovery_kit::store::{FindOptions, IndexSpec, Store, StoreConfig, Workload,
 use discovery_proto::service_names;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_client::CacheAdminClient;
+use discovery_proto::v1::experiments_client::ExperimentsClient;
 use discovery_proto::v1::monitoring_server::{Monitoring, MonitoringServer};
 use futures::Stream;
 use tonic::service::Routes;
@@ -738,8 +739,9 @@ pub async fn spawn_with_dashboard(
                 "monitoring",
             )
         })
-        .transpose()?
-        .map(CacheAdminClient::new);
+        .transpose()?;
+    let report = recommendation.clone().map(ExperimentsClient::new);
+    let recommendation = recommendation.map(CacheAdminClient::new);
     let hub = Hub::new(store.clone(), config.webhook.clone(), recommendation);
     let routes = Routes::new(discovery_kit::compressed!(MonitoringServer::new(Service {
         store: store.clone(),
@@ -750,6 +752,7 @@ pub async fn spawn_with_dashboard(
     let board = dashboard::router(dashboard::Dashboard {
         history: history.clone(),
         hub: hub.clone(),
+        report,
         token: config.dashboard_token.as_deref().map(Arc::from),
     });
     let mut handle = ServiceHandle::start(

@@ -19,6 +19,8 @@ use crate::impressions::Window;
 use crate::report;
 
 const ADMINS: &[&str] = &["gateway"];
+/// The report is also read by monitoring (its dashboard panel).
+const READERS: &[&str] = &["gateway", "monitoring"];
 
 fn from_proto(e: &pb::Experiment) -> Experiment {
     Experiment {
@@ -264,7 +266,7 @@ impl Experiments for Service {
         &self,
         req: Request<pb::GetRecommendationReportRequest>,
     ) -> Result<Response<pb::GetRecommendationReportResponse>, Status> {
-        require_caller(&req, self.internal_auth, ADMINS, "GetRecommendationReport")?;
+        require_caller(&req, self.internal_auth, READERS, "GetRecommendationReport")?;
         let req = req.into_inner();
         let window = match pb::ReportWindow::try_from(req.window) {
             Ok(pb::ReportWindow::Hour) => Window::Hour,

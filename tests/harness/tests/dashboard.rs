@@ -115,11 +115,43 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
     assert_eq!(fired.len(), 1);
     hub.publish(&fired[0], now).await;
 
+    // A shopper clicks a frame of a page: the "what sells" panel has a row.
+    let mut g = gw.clone();
+    let page = g
+        .recommend(pb::RecommendRequest {
+            requester: Some(pb::Requester {
+                user_id: String::new(),
+                session_id: "dashboard".into(),
+            }),
+            placement: "home".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Recommend")
+        .into_inner();
+    g.record_interaction(pb::RecordInteractionRequest {
+        requester: Some(pb::Requester {
+            user_id: String::new(),
+            session_id: "dashboard".into(),
+        }),
+        product_id: page.items[0].product.clone().unwrap().id,
+        kind: pb::InteractionKind::Click as i32,
+        impression_id: page.impression_id,
+        at_unix_ms: 0,
+    })
+    .await
+    .expect("RecordInteraction");
+    // The impression log flushes its rollups every 500 ms.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(Dashboard {
         history: history.clone(),
         hub,
+        report: Some(pb::experiments_client::ExperimentsClient::new(
+            common::internal_channel(system.addr_of("recommendation"), "monitoring"),
+        )),
         token: None,
     });
     // As the kit serves it: with peer addresses (the browser here is on
@@ -187,6 +219,10 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
     assert!(
         dom.contains("data-kind=\"recommendations\""),
         "cache rows missing"
+    );
+    assert!(
+        dom.contains("data-variant=\"default\"") && dom.contains("data-placement=\"home\""),
+        "the recommendation report panel has no rows"
     );
 
     if let Ok(path) = std::env::var("DISCOVERY_SCREENSHOT") {
