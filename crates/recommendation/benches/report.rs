@@ -8,9 +8,9 @@
 //!    it sustains (the queue is what absorbs bursts above it).
 //! 2. `GetRecommendationReport` over a week of 1,000,000 impressions: the
 //!    rollup documents two replicas write for them (2 variants x 3
-//!    placements x 8 face shapes, every 5-minute and hourly bucket of the
-//!    week, as [`rollup_document`] builds them), then the 1 h, 24 h and 7 d
-//!    reports, five times each. The report reads rollups, never the
+//!    placements x 8 face shapes, in the 5-minute, hourly and daily buckets
+//!    their retention keeps, as [`rollup_document`] builds them), then the
+//!    1 h, 24 h and 7 d reports, five times each. The report reads rollups, never the
 //!    impressions, so its cost follows buckets x groups x replicas.
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use discovery_kit::store::mongo::{MongoConfig, MongoStore};
 use discovery_kit::store::{Store, Workload};
 use discovery_recommendation::experiments::Assignment;
 use discovery_recommendation::impressions::{
-    Impression, Log, ROLLUPS, Window, buckets, read_report, rollup_document,
+    Impression, Log, ROLLUPS, Window, buckets, kept_for, read_report, rollup_document,
 };
 use discovery_recommendation::report::{Dims, Totals};
 
@@ -164,6 +164,10 @@ async fn run() {
             let at = start + k as i64 * step;
             for (g, _) in groups.iter().enumerate() {
                 for (gran, bucket) in buckets(at) {
+                    // What retention (the TTL index) would have left.
+                    if bucket + kept_for(gran) <= now {
+                        continue;
+                    }
                     let t = totals
                         .entry((format!("replica{r}"), gran, bucket, g))
                         .or_default();

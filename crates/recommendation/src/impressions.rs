@@ -59,10 +59,15 @@ pub const PENDING_MS: i64 = 30_000;
 pub const MAX_PLACEMENTS: usize = 32;
 /// Worker period: batch writes and rollup flushes.
 const FLUSH: Duration = Duration::from_millis(500);
-/// Fine buckets (1 h and 24 h reports) and how long they are kept.
-const FINE: (&str, i64, i64) = ("5m", 300_000, 26 * 3_600_000);
-/// Coarse buckets (7 d reports) and how long they are kept.
-const COARSE: (&str, i64, i64) = ("1h", 3_600_000, RETENTION_MS);
+/// Bucket granularities (name, width, how long kept), one per report
+/// window: 5 minutes for the last hour, hours for the last day, days for
+/// the last week. A window is read from its start rounded down to its
+/// granularity, so a report reads at most 13, 25 or 8 buckets per group
+/// and replica however many impressions there were.
+const FINE: (&str, i64, i64) = ("5m", 300_000, 2 * 3_600_000);
+const MID: (&str, i64, i64) = ("1h", 3_600_000, 26 * 3_600_000);
+const COARSE: (&str, i64, i64) = ("1d", 86_400_000, RETENTION_MS);
+const GRANULARITIES: [(&str, i64, i64); 3] = [FINE, MID, COARSE];
 
 /// Indexes on `recommendations` (the seed's, and a TTL) and the rollups.
 pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
@@ -358,16 +363,16 @@ impl Worker {
     /// Writes a batch of impressions; sets outcomes aside for [`resolve`].
     async fn take(&mut self, events: Vec<Event>) {
         let mut docs = Vec::new();
+        // Counted per batch: one rollup update and one metric increment per
+        // group of the batch, not per impression. The assignment is told
+        // apart by its address (its `Arc` is held in the value).
+        let mut batch: HashMap<(usize, String, &'static str, i64), (Arc<Assignment>, u64)> =
+            HashMap::new();
         for e in events {
             match e {
                 Event::Impression(i) => {
                     let placement = self.placement(&i.placement);
-                    let dims = Dims {
-                        experiment: i.assignment.experiment.clone(),
-                        variant: i.assignment.variant.clone(),
-                        placement,
-                        face_shape: i.face_shape.into(),
-                    };
+                    let a = &i.assignment;
                     let products = page_section_ids(&i.page);
                     let mut d = doc! {
                         "_id": id_string(i.id),
@@ -375,23 +380,37 @@ impl Worker {
                         "createdAt": bson::DateTime::from_millis(i.at),
                         "sessionId": &i.session_id,
                         "client": i.client.as_deref().unwrap_or(""),
-                        "placement": &dims.placement,
-                        "experiment": &dims.experiment,
-                        "variant": &dims.variant,
-                        "context": {"faceShape": &dims.face_shape},
-                        "productId": &products,
+                        "placement": &placement,
+                        "experiment": &a.experiment,
+                        "variant": &a.variant,
+                        "context": {"faceShape": i.face_shape},
+                        "productId": products,
                         "catalogVersion": i.catalog_version,
                     };
                     if !i.user_id.is_empty() {
                         d.insert("userId", &i.user_id);
                     }
                     docs.push(d);
-                    self.count(i.at, &dims, |t| t.impressions += 1);
-                    metrics::counter!("discovery_recommendation_impressions_total", "variant" => i.assignment.label.clone())
-                        .increment(1);
+                    let fine = i.at - i.at.rem_euclid(FINE.1);
+                    batch
+                        .entry((Arc::as_ptr(a) as usize, placement, i.face_shape, fine))
+                        .or_insert_with(|| (a.clone(), 0))
+                        .1 += 1;
                 }
                 Event::Outcome(o) => self.pending.push((discovery_kit::now_unix_ms(), o)),
             }
+        }
+        for ((_, placement, face_shape, fine), (a, n)) in batch {
+            let dims = Dims {
+                experiment: a.experiment.clone(),
+                variant: a.variant.clone(),
+                placement,
+                face_shape: face_shape.into(),
+            };
+            // A fine bucket lies inside one coarse bucket.
+            self.count(fine, &dims, |t| t.impressions += n);
+            metrics::counter!("discovery_recommendation_impressions_total", "variant" => a.label.clone())
+                .increment(n);
         }
         if docs.is_empty() {
             return;
@@ -517,7 +536,7 @@ impl Worker {
                     *t.revenue_minor.entry(cur.clone()).or_default() += v;
                 }
             });
-            metrics::counter!("discovery_recommendation_outcomes_total", "kind" => kind.name())
+            metrics::counter!("discovery_recommendation_outcomes_total", "kind" => kind.name(), "variant" => s.dims.variant_label())
                 .increment(1);
             shown_back(&mut shown, id, s);
         }
@@ -566,10 +585,8 @@ impl Worker {
     /// forgets buckets past their retention.
     async fn flush(&mut self) {
         let now = discovery_kit::now_unix_ms();
-        self.totals.retain(|(gran, bucket, _), _| {
-            let keep = if *gran == FINE.0 { FINE.2 } else { COARSE.2 };
-            bucket + keep > now
-        });
+        self.totals
+            .retain(|(gran, bucket, _), _| bucket + kept_for(gran) > now);
         if self.dirty.is_empty() {
             return;
         }
@@ -589,14 +606,22 @@ impl Worker {
 }
 
 /// The buckets an event at `at` counts in: (granularity, bucket start).
-pub fn buckets(at: i64) -> [(&'static str, i64); 2] {
-    [FINE, COARSE].map(|(gran, width, _)| (gran, at - at.rem_euclid(width)))
+pub fn buckets(at: i64) -> [(&'static str, i64); 3] {
+    GRANULARITIES.map(|(gran, width, _)| (gran, at - at.rem_euclid(width)))
+}
+
+/// How long a granularity's buckets are kept.
+pub fn kept_for(gran: &str) -> i64 {
+    GRANULARITIES
+        .iter()
+        .find(|g| g.0 == gran)
+        .map_or(RETENTION_MS, |g| g.2)
 }
 
 /// One replica's rollup document: the full totals of a bucket and group
 /// (replaced on every flush), expiring after the granularity's retention.
 pub fn rollup_document(replica: &str, gran: &str, bucket: i64, d: &Dims, t: &Totals) -> Document {
-    let keep = if gran == FINE.0 { FINE.2 } else { COARSE.2 };
+    let keep = kept_for(gran);
     let revenue: Document = t
         .revenue_minor
         .iter()
@@ -656,7 +681,7 @@ pub async fn read_report(
 ) -> Result<(report::Report, i64), discovery_kit::store::StoreError> {
     let ((gran, width, _), span) = match window {
         Window::Hour => (FINE, 3_600_000),
-        Window::Day => (FINE, 24 * 3_600_000),
+        Window::Day => (MID, 24 * 3_600_000),
         Window::Week => (COARSE, 7 * 24 * 3_600_000),
     };
     let from = (now - span) - (now - span).rem_euclid(width);

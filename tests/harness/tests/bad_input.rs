@@ -280,6 +280,42 @@ async fn bad_input_gets_clear_statuses_and_leaves_the_system_healthy() {
         eprintln!("1 MiB string on {path}: {m}");
         cases += 1;
     }
+    // A placement and an impression id the service never issued.
+    let m = refused(
+        &t,
+        RECOMMEND,
+        frame(&pb::RecommendRequest {
+            placement: "<script>".repeat(10),
+            ..Default::default()
+        }),
+        "a made-up placement",
+    )
+    .await;
+    assert!(m.starts_with("placement:"), "{m}");
+    for forged in [
+        "../../etc",
+        &"f".repeat(64),
+        "0123456789ABCDEF0123456789ABCDEF",
+    ] {
+        let m = refused(
+            &t,
+            INTERACTION,
+            frame(&pb::RecordInteractionRequest {
+                requester: Some(pb::Requester {
+                    session_id: "fuzz-session".into(),
+                    ..Default::default()
+                }),
+                product_id: product.id.clone(),
+                kind: 2,
+                impression_id: forged.to_string(),
+                ..Default::default()
+            }),
+            "a forged impression id",
+        )
+        .await;
+        assert!(m.starts_with("impression_id:"), "{m}");
+        cases += 1;
+    }
     // Invalid UTF-8 in a string field.
     let m = refused(
         &t,
