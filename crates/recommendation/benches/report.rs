@@ -21,7 +21,7 @@ use discovery_kit::store::mongo::{MongoConfig, MongoStore};
 use discovery_kit::store::{Store, Workload};
 use discovery_recommendation::experiments::Assignment;
 use discovery_recommendation::impressions::{
-    Impression, Log, ROLLUPS, Window, buckets, kept_for, read_report, rollup_document,
+    ImpressionRef, Log, ROLLUPS, Window, buckets, kept_for, read_report, rollup_document,
 };
 use discovery_recommendation::report::{Dims, Totals};
 
@@ -91,28 +91,23 @@ async fn run() {
     let t = Instant::now();
     let mut queued = 0;
     for i in 0..IMPRESSIONS {
-        let imp = Impression {
+        let session = format!("s{i}");
+        let imp = ImpressionRef {
             id: rand::random(),
             at: now,
-            page: shown.clone(),
-            assignment: assignment.clone(),
-            placement: "home".into(),
+            assignment: &assignment,
+            placement: "home",
             face_shape: "round",
-            user_id: String::new(),
-            session_id: format!("s{i}"),
+            user_id: "",
+            session_id: &session,
             client: None,
             catalog_version: 1,
         };
         // Offered as fast as the queue takes them; when it is full, wait.
-        let mut imp = Some(imp);
-        while let Some(i) = imp.take() {
-            if log.queued() + 1 < discovery_recommendation::impressions::QUEUE {
-                queued += usize::from(log.impression(i));
-            } else {
-                imp = Some(i);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        while log.queued() + 1 >= discovery_recommendation::impressions::QUEUE {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        queued += usize::from(log.impression(imp, shown.clone()));
     }
     while log.queued() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;

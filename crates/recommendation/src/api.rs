@@ -360,7 +360,7 @@ impl Service {
     /// cache or ranks, and (`log`) logs the impression.
     pub(crate) async fn serve_page(
         &self,
-        who: &Identity,
+        who: Identity,
         mut req: pb::RecommendRequest,
         log: bool,
     ) -> Result<Reply, Status> {
@@ -378,10 +378,13 @@ impl Service {
         if let Some(face) = req.face.as_mut() {
             self.faces.resolve_into(face).await?;
         }
-        let requester = req.requester.clone().unwrap_or_default();
-        let assignment = self
-            .experiments
-            .assign(&requester.user_id, &requester.session_id);
+        let assignment = {
+            let r = req.requester.as_ref();
+            self.experiments.assign(
+                r.map_or("", |r| r.user_id.as_str()),
+                r.map_or("", |r| r.session_id.as_str()),
+            )
+        };
         let catalog = self.snapshot.load();
         let q = rank::Query::compile(&catalog, &req)?;
         let key = recommend_key(&req, &q, &assignment.label);
@@ -402,18 +405,21 @@ impl Service {
             (Some(l), true) => {
                 let id: u128 = rand::random();
                 id_hex = crate::impressions::format_id(id);
-                l.impression(crate::impressions::Impression {
-                    id,
-                    at: discovery_kit::now_unix_ms(),
-                    page: rows,
-                    face_shape: face_shape_label(&req),
-                    assignment: assignment.clone(),
-                    placement,
-                    user_id: requester.user_id,
-                    session_id: requester.session_id,
-                    client: who.client.clone(),
-                    catalog_version: self.snapshot.load().version,
-                })
+                let requester = req.requester.as_ref();
+                l.impression(
+                    crate::impressions::ImpressionRef {
+                        id,
+                        at: discovery_kit::now_unix_ms(),
+                        face_shape: face_shape_label(&req),
+                        assignment: &assignment,
+                        placement: &placement,
+                        user_id: requester.map_or("", |r| r.user_id.as_str()),
+                        session_id: requester.map_or("", |r| r.session_id.as_str()),
+                        client: who.client.as_deref(),
+                        catalog_version: self.snapshot.load().version,
+                    },
+                    rows,
+                )
             }
             _ => false,
         };
@@ -555,7 +561,7 @@ impl Recommendation for Service {
         req: Request<pb::RecommendRequest>,
     ) -> Result<Response<Reply>, Status> {
         let who = Identity::of(&req);
-        let reply = self.serve_page(&who, req.into_inner(), true).await?;
+        let reply = self.serve_page(who, req.into_inner(), true).await?;
         Ok(Response::new(reply))
     }
 
@@ -1147,7 +1153,7 @@ impl Service {
         for req in warm_requests() {
             // Warming is not a showing: no impression.
             if self
-                .serve_page(&Identity::default(), req, false)
+                .serve_page(Identity::default(), req, false)
                 .await
                 .is_ok_and(|r| matches!(r, Reply::Encoded(_, t) if !t.cached()))
             {

@@ -34,7 +34,6 @@ use bytes::{Buf, Bytes};
 use discovery_kit::CancellationToken;
 use discovery_kit::cache::Cache;
 use discovery_kit::store::{Bson, Document, FindOptions, IndexSpec, Store, bson, doc};
-use tokio::sync::mpsc;
 
 use crate::experiments::Assignment;
 use crate::report::{self, Dims, Totals};
@@ -57,8 +56,11 @@ pub const PENDING_MS: i64 = 30_000;
 /// Most distinct placements one replica reports; others count as "other"
 /// (a caller cannot grow the rollups without bound).
 pub const MAX_PLACEMENTS: usize = 32;
-/// Worker period: batch writes and rollup flushes.
-const FLUSH: Duration = Duration::from_millis(500);
+/// Impressions kept in the embedded store (no TTL there; `discovery up`
+/// must not grow without bound): the newest 20,000.
+pub const MEMORY_KEEP: usize = 20_000;
+/// Worker period: the queue is taken, written and rolled up this often.
+const FLUSH: Duration = Duration::from_millis(250);
 /// Bucket granularities (name, width, how long kept), one per report
 /// window: 5 minutes for the last hour, hours for the last day, days for
 /// the last week. A window is read from its start rounded down to its
@@ -170,15 +172,155 @@ pub struct Outcome {
     pub value: Option<(String, i64)>,
 }
 
-enum Event {
+/// A served page as the request path hands it over: borrowed, copied into
+/// the queue's buffer (no string of the request outlives the call).
+#[derive(Debug, Clone, Copy)]
+pub struct ImpressionRef<'a> {
+    /// Random id.
+    pub id: u128,
+    /// When, ms since the epoch.
+    pub at: i64,
+    /// Variant.
+    pub assignment: &'a Arc<Assignment>,
+    /// Placement ("" = default).
+    pub placement: &'a str,
+    /// Face shape label.
+    pub face_shape: &'static str,
+    /// Shopper.
+    pub user_id: &'a str,
+    /// Shopper's session.
+    pub session_id: &'a str,
+    /// API key's client.
+    pub client: Option<&'a str>,
+    /// Catalogue version.
+    pub catalog_version: i64,
+}
+
+/// The queue between the handlers and the worker: impressions encoded back
+/// to back in one buffer (a push copies ~100 bytes and keeps no allocation
+/// of the request alive), their pages (shared slices of cache entries), the
+/// few distinct assignments they name, and outcomes.
+#[derive(Debug, Default)]
+pub struct Queue {
+    bytes: Vec<u8>,
+    pages: Vec<Bytes>,
+    assignments: Vec<Arc<Assignment>>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Queue {
+    fn with_capacity() -> Self {
+        Self {
+            bytes: Vec::with_capacity(64 << 10),
+            pages: Vec::with_capacity(1024),
+            assignments: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// Events queued.
+    pub fn len(&self) -> usize {
+        self.pages.len() + self.outcomes.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, i: ImpressionRef<'_>, page: Bytes) {
+        let a = match self
+            .assignments
+            .iter()
+            .position(|x| Arc::ptr_eq(x, i.assignment))
+        {
+            Some(a) => a,
+            None => {
+                self.assignments.push(i.assignment.clone());
+                self.assignments.len() - 1
+            }
+        };
+        let b = &mut self.bytes;
+        b.extend_from_slice(&i.id.to_le_bytes());
+        b.extend_from_slice(&i.at.to_le_bytes());
+        b.extend_from_slice(&i.catalog_version.to_le_bytes());
+        b.extend_from_slice(&(a as u16).to_le_bytes());
+        let client = i.client.unwrap_or("");
+        for s in [i.placement, i.face_shape, i.user_id, i.session_id, client] {
+            // Every one is bounded far below 64 KiB on the way in.
+            let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+            b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            b.extend_from_slice(s);
+        }
+        b.push(u8::from(i.client.is_some()));
+        self.pages.push(page);
+    }
+
+    /// The queued events, impressions decoded (in order), then outcomes.
+    pub fn into_events(self) -> Vec<Event> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
+            let (head, rest) = b.split_at(n.min(b.len()));
+            *b = rest;
+            head
+        }
+        fn num<const N: usize>(b: &mut &[u8]) -> [u8; N] {
+            let mut out = [0u8; N];
+            let h = take(b, N);
+            out[..h.len()].copy_from_slice(h);
+            out
+        }
+        let mut out = Vec::with_capacity(self.len());
+        let mut b = self.bytes.as_slice();
+        for page in self.pages {
+            let id = u128::from_le_bytes(num(&mut b));
+            let at = i64::from_le_bytes(num(&mut b));
+            let catalog_version = i64::from_le_bytes(num(&mut b));
+            let a = u16::from_le_bytes(num(&mut b)) as usize;
+            let mut text = || {
+                let n = u16::from_le_bytes(num(&mut b)) as usize;
+                String::from_utf8_lossy(take(&mut b, n)).into_owned()
+            };
+            let (placement, face_shape, user_id, session_id, client) =
+                (text(), text(), text(), text(), text());
+            let has_client = take(&mut b, 1) == [1];
+            out.push(Event::Impression(Impression {
+                id,
+                at,
+                page,
+                assignment: self.assignments[a.min(self.assignments.len() - 1)].clone(),
+                placement,
+                face_shape: crate::catalog::FACE_SHAPES
+                    .iter()
+                    .copied()
+                    .find(|s| *s == face_shape)
+                    .unwrap_or("any"),
+                user_id,
+                session_id,
+                client: has_client.then_some(client),
+                catalog_version,
+            }));
+        }
+        out.extend(self.outcomes.into_iter().map(Event::Outcome));
+        out
+    }
+}
+
+/// What the queue holds, decoded for the worker.
+#[derive(Debug)]
+pub enum Event {
+    /// A served page.
     Impression(Impression),
+    /// An interaction.
     Outcome(Outcome),
 }
 
 /// The queue's sending side, shared by the handlers.
 #[derive(Clone)]
 pub struct Log {
-    tx: mpsc::Sender<Event>,
+    /// A plain locked vector, taken whole by the worker every [`FLUSH`]: a
+    /// push is a short uncontended lock and no wake-up (a channel would
+    /// wake the worker's task, and with it a parked thread, per page).
+    queue: Arc<parking_lot::Mutex<Queue>>,
     stats: Arc<Stats>,
     dropped: metrics::Counter,
 }
@@ -227,8 +369,8 @@ impl Log {
         origin: u64,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let stats = Arc::new(Stats::default());
+        let (log, queue) = Self::detached();
+        let stats = log.stats.clone();
         let worker = Worker {
             store,
             cache,
@@ -238,39 +380,62 @@ impl Log {
             dirty: HashSet::new(),
             pending: Vec::new(),
             placements: HashSet::new(),
+            in_memory: Default::default(),
         };
-        let task = tokio::spawn(worker.run(rx, shutdown));
-        let log = Self {
-            tx,
-            stats,
-            dropped: metrics::counter!("discovery_recommendation_impressions_dropped_total"),
-        };
+        let task = tokio::spawn(worker.run(queue, shutdown));
         (log, task)
     }
 
-    /// Queues a served page; false (and counted) when the queue is full.
-    pub fn impression(&self, i: Impression) -> bool {
-        match self.tx.try_send(Event::Impression(i)) {
-            Ok(()) => true,
-            Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                self.dropped.increment(1);
-                false
+    /// A log nobody drains (benchmarks of the request path: empty it with
+    /// [`Log::discard`]), and its queue.
+    pub fn detached() -> (Self, Arc<parking_lot::Mutex<Queue>>) {
+        let queue = Arc::new(parking_lot::Mutex::new(Queue::with_capacity()));
+        let log = Self {
+            queue: queue.clone(),
+            stats: Arc::default(),
+            dropped: metrics::counter!("discovery_recommendation_impressions_dropped_total"),
+        };
+        (log, queue)
+    }
+
+    /// Queues a served page showing `page` (the rows section of its cache
+    /// envelope); false (and counted) when the queue is full.
+    pub fn impression(&self, i: ImpressionRef<'_>, page: Bytes) -> bool {
+        let queued = {
+            let mut q = self.queue.lock();
+            let room = q.len() < QUEUE;
+            if room {
+                q.push(i, page);
             }
+            room
+        };
+        if !queued {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.increment(1);
         }
+        queued
     }
 
     /// Queues an interaction to attribute (dropped and counted as
     /// unattributed when the queue is full).
     pub fn outcome(&self, o: Outcome) {
-        if self.tx.try_send(Event::Outcome(o)).is_err() {
+        let mut q = self.queue.lock();
+        if q.len() < QUEUE {
+            q.outcomes.push(o);
+        } else {
+            drop(q);
             self.stats.unattributed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Events waiting in the queue.
     pub fn queued(&self) -> usize {
-        QUEUE - self.tx.capacity()
+        self.queue.lock().len()
+    }
+
+    /// Empties the queue unprocessed; how many events it held.
+    pub fn discard(&self) -> usize {
+        std::mem::replace(&mut *self.queue.lock(), Queue::with_capacity()).len()
     }
 
     /// Impressions dropped since start.
@@ -285,6 +450,8 @@ impl Log {
 }
 
 type Key = (&'static str, i64, Dims);
+/// A batch's group: assignment (by address), placement, face shape, fine bucket.
+type BatchKey = (usize, String, &'static str, i64);
 
 struct Worker {
     store: Store,
@@ -296,6 +463,8 @@ struct Worker {
     /// Outcomes to attribute, with when they arrived.
     pending: Vec<(i64, Outcome)>,
     placements: HashSet<String>,
+    /// Ids written to the embedded store, oldest first ([`MEMORY_KEEP`]).
+    in_memory: std::collections::VecDeque<String>,
 }
 
 /// What the worker needs of a stored impression.
@@ -332,31 +501,25 @@ fn shown_from(d: &Document) -> Option<(u128, Shown)> {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+    async fn run(mut self, queue: Arc<parking_lot::Mutex<Queue>>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(FLUSH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut buf = Vec::with_capacity(1024);
         loop {
-            let (stop, ticked) = tokio::select! {
-                _ = shutdown.cancelled() => (true, false),
-                n = rx.recv_many(&mut buf, 1024) => (n == 0, false),
-                _ = tick.tick() => (false, true),
+            // Whatever is queued at shutdown still goes out.
+            let stop = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = tick.tick() => false,
             };
-            if stop {
-                // Whatever is queued still goes out.
-                while let Ok(e) = rx.try_recv() {
-                    buf.push(e);
-                }
+            let events =
+                std::mem::replace(&mut *queue.lock(), Queue::with_capacity()).into_events();
+            for chunk in chunks(events, 1_000) {
+                self.take(chunk).await;
             }
-            self.take(std::mem::take(&mut buf)).await;
-            if stop || ticked || tick_due(&mut tick) {
-                self.resolve(stop).await;
-                self.flush().await;
-            }
+            self.resolve(stop).await;
+            self.flush().await;
             if stop {
                 return;
             }
-            buf.reserve(1024);
         }
     }
 
@@ -366,30 +529,13 @@ impl Worker {
         // Counted per batch: one rollup update and one metric increment per
         // group of the batch, not per impression. The assignment is told
         // apart by its address (its `Arc` is held in the value).
-        let mut batch: HashMap<(usize, String, &'static str, i64), (Arc<Assignment>, u64)> =
-            HashMap::new();
+        let mut batch: HashMap<BatchKey, (Arc<Assignment>, u64)> = HashMap::new();
         for e in events {
             match e {
                 Event::Impression(i) => {
                     let placement = self.placement(&i.placement);
                     let a = &i.assignment;
-                    let products = page_section_ids(&i.page);
-                    let mut d = doc! {
-                        "_id": id_string(i.id),
-                        "timestamp": i.at,
-                        "createdAt": bson::DateTime::from_millis(i.at),
-                        "sessionId": &i.session_id,
-                        "client": i.client.as_deref().unwrap_or(""),
-                        "placement": &placement,
-                        "experiment": &a.experiment,
-                        "variant": &a.variant,
-                        "context": {"faceShape": i.face_shape},
-                        "productId": products,
-                        "catalogVersion": i.catalog_version,
-                    };
-                    if !i.user_id.is_empty() {
-                        d.insert("userId", &i.user_id);
-                    }
+                    let d = impression_document(&i, &placement);
                     docs.push(d);
                     let fine = i.at - i.at.rem_euclid(FINE.1);
                     batch
@@ -416,6 +562,19 @@ impl Worker {
             return;
         }
         let n = docs.len();
+        if self.store.kind() == "memory" {
+            // The embedded store (`discovery up`) has no TTL and keeps
+            // everything in this process: only the newest impressions stay.
+            self.in_memory.extend(
+                docs.iter()
+                    .filter_map(|d| d.get_str("_id").ok().map(String::from)),
+            );
+            while self.in_memory.len() > MEMORY_KEEP {
+                if let Some(id) = self.in_memory.pop_front() {
+                    let _ = self.store.delete(RECOMMENDATIONS, &id).await;
+                }
+            }
+        }
         if let Err(e) = self.store.bulk_upsert(RECOMMENDATIONS, docs).await {
             // Rollups counted them; only the attribution of their outcomes
             // is lost. Not retried: the queue must keep moving.
@@ -605,6 +764,29 @@ impl Worker {
     }
 }
 
+/// The stored form of an impression (seed field names; `productId` is the
+/// page's products in order).
+pub fn impression_document(i: &Impression, placement: &str) -> Document {
+    let a = &i.assignment;
+    let mut d = doc! {
+        "_id": id_string(i.id),
+        "timestamp": i.at,
+        "createdAt": bson::DateTime::from_millis(i.at),
+        "sessionId": &i.session_id,
+        "client": i.client.as_deref().unwrap_or(""),
+        "placement": placement,
+        "experiment": &a.experiment,
+        "variant": &a.variant,
+        "context": {"faceShape": i.face_shape},
+        "productId": page_section_ids(&i.page),
+        "catalogVersion": i.catalog_version,
+    };
+    if !i.user_id.is_empty() {
+        d.insert("userId", &i.user_id);
+    }
+    d
+}
+
 /// The buckets an event at `at` counts in: (granularity, bucket start).
 pub fn buckets(at: i64) -> [(&'static str, i64); 3] {
     GRANULARITIES.map(|(gran, width, _)| (gran, at - at.rem_euclid(width)))
@@ -653,11 +835,15 @@ fn shown_back(shown: &mut HashMap<u128, Shown>, id: u128, s: Shown) {
     shown.insert(id, s);
 }
 
-/// Whether the interval's next tick is due now (after a busy batch the
-/// worker still resolves and flushes on time).
-fn tick_due(tick: &mut tokio::time::Interval) -> bool {
-    use futures::FutureExt;
-    tick.tick().now_or_never().is_some()
+/// `v` in pieces of at most `n` (store writes of bounded size).
+fn chunks<T>(mut v: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    while v.len() > n {
+        let rest = v.split_off(n);
+        out.push(std::mem::replace(&mut v, rest));
+    }
+    out.push(v);
+    out
 }
 
 /// Report windows.
@@ -786,18 +972,20 @@ mod tests {
         });
         let now = discovery_kit::now_unix_ms();
         for (id, session) in [(1u128, "s1"), (2, "s2")] {
-            assert!(log.impression(Impression {
-                id,
-                at: now,
-                page: section(&["p1", "p2"]),
-                assignment: variant.clone(),
-                placement: "home".into(),
-                face_shape: "round",
-                user_id: String::new(),
-                session_id: session.into(),
-                client: None,
-                catalog_version: 3,
-            }));
+            assert!(log.impression(
+                ImpressionRef {
+                    id,
+                    at: now,
+                    assignment: &variant,
+                    placement: "home",
+                    face_shape: "round",
+                    user_id: "",
+                    session_id: session,
+                    client: None,
+                    catalog_version: 3,
+                },
+                section(&["p1", "p2"])
+            ));
         }
         let outcome = |impression, session: &str, product: &str, kind, value| Outcome {
             impression,
@@ -832,6 +1020,80 @@ mod tests {
         assert_eq!(log.unattributed(), 3);
         let (week, _) = read_report(&store, Window::Week, "", now).await.unwrap();
         assert_eq!(week.total, r.total, "both granularities");
+    }
+
+    #[test]
+    fn the_queue_gives_back_what_was_pushed() {
+        let (log, queue) = Log::detached();
+        let a = Arc::new(Assignment {
+            experiment: "e".into(),
+            variant: "v".into(),
+            label: "e/v".into(),
+            ranking: Default::default(),
+        });
+        let b = Arc::new(Assignment {
+            experiment: String::new(),
+            variant: "default".into(),
+            label: "default".into(),
+            ranking: Default::default(),
+        });
+        for (i, who) in [(&a, Some("bff")), (&b, None), (&a, None)]
+            .into_iter()
+            .enumerate()
+        {
+            log.impression(
+                ImpressionRef {
+                    id: i as u128 + 7,
+                    at: 1_000 + i as i64,
+                    assignment: who.0,
+                    placement: if i == 1 { "" } else { "home" },
+                    face_shape: if i == 2 { "any" } else { "oval" },
+                    user_id: if i == 0 { "u1" } else { "" },
+                    session_id: "s",
+                    client: who.1,
+                    catalog_version: 9,
+                },
+                section(&["p1"]),
+            );
+        }
+        assert_eq!(log.queued(), 3);
+        let events = std::mem::take(&mut *queue.lock()).into_events();
+        let got: Vec<_> = events
+            .iter()
+            .map(|e| match e {
+                Event::Impression(i) => (
+                    i.id,
+                    i.at,
+                    i.assignment.label.clone(),
+                    i.placement.clone(),
+                    i.face_shape,
+                    i.user_id.clone(),
+                    i.client.clone(),
+                    page_section_ids(&i.page),
+                ),
+                Event::Outcome(_) => unreachable!(),
+            })
+            .collect();
+        let one = |id, at, l: &str, p: &str, f, u: &str, c: Option<&str>| {
+            (
+                id,
+                at,
+                l.to_string(),
+                p.to_string(),
+                f,
+                u.to_string(),
+                c.map(String::from),
+                vec!["p1".to_string()],
+            )
+        };
+        assert_eq!(
+            got,
+            vec![
+                one(7, 1_000, "e/v", "home", "oval", "u1", Some("bff")),
+                one(8, 1_001, "default", "", "oval", "", None),
+                one(9, 1_002, "e/v", "home", "any", "", None),
+            ]
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Journey for Service {
             }
         };
         let page = self
-            .serve_page(&who, recommend, true)
+            .serve_page(who, recommend, true)
             .await?
             .into_message()?;
         Ok(Response::new(pb::AnalyzeAndRecommendResponse {
