@@ -53,6 +53,9 @@ pub const RETENTION_MS: i64 = 8 * 24 * 3_600_000;
 /// How long an interaction waits for its impression to be written (by
 /// another replica's worker) before it counts as unattributed.
 pub const PENDING_MS: i64 = 30_000;
+/// An interaction without an impression id is attributed this long after
+/// it arrived (one lookup, once the page it came from is surely written).
+pub const FALLBACK_AFTER_MS: i64 = 5_000;
 /// Most distinct placements one replica reports; others count as "other"
 /// (a caller cannot grow the rollups without bound).
 pub const MAX_PLACEMENTS: usize = 32;
@@ -649,6 +652,15 @@ impl Worker {
                     }
                     None => None,
                 },
+                // Without an id, looked up once the page it came from has
+                // had time to be written (by whichever replica served it).
+                None if !last
+                    && now - arrived < FALLBACK_AFTER_MS
+                    && self.pending.len() < QUEUE =>
+                {
+                    self.pending.push((arrived, o));
+                    continue;
+                }
                 None => self.latest_showing(&o).await,
             };
             let Some((id, s)) = found else {
