@@ -207,19 +207,7 @@ fn main() {
     let profiles = profiles();
     if std::env::var("DISCOVERY_BENCH_ONLY").as_deref() == Ok("impressions") {
         // Section 3c alone (the rest takes minutes).
-        let snapshot = Snapshot::default();
-        snapshot.replace(catalog);
-        let (svc, cache) = rt.block_on(async {
-            let cache = Arc::new(
-                Cache::new(&CacheConfig::l1_only(256 << 20))
-                    .await
-                    .expect("cache"),
-            );
-            (
-                Service::new(snapshot.clone(), MemoryStore::new(), cache.clone()),
-                cache,
-            )
-        });
+        let (_, svc, cache) = service_over(&rt, catalog);
         impression_side_by_side(&rt, &svc, &cache, &profiles);
         return;
     }
@@ -238,19 +226,7 @@ fn main() {
     search_side_by_side(&catalog);
 
     // 3. The service with its cache under a Zipf(1.0) mix.
-    let snapshot = Snapshot::default();
-    snapshot.replace(catalog);
-    let (svc, cache) = rt.block_on(async {
-        let cache = Arc::new(
-            Cache::new(&CacheConfig::l1_only(256 << 20))
-                .await
-                .expect("cache"),
-        );
-        (
-            Service::new(snapshot.clone(), MemoryStore::new(), cache.clone()),
-            cache,
-        )
-    });
+    let (snapshot, svc, cache) = service_over(&rt, catalog);
     let cdf = zipf_cdf(PROFILES, 1.0);
     let mut rng = Rng(SplitMix(42));
     let (mut hit_t, mut miss_t) = (Vec::new(), Vec::new());
@@ -398,6 +374,24 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(aggregation_side(docs, &snapshot));
+}
+
+/// The service over `catalog` with a 256 MiB L1 and the embedded store.
+fn service_over(rt: &tokio::runtime::Runtime, catalog: Catalog) -> (Snapshot, Service, Arc<Cache>) {
+    let snapshot = Snapshot::default();
+    snapshot.replace(catalog);
+    let (svc, cache) = rt.block_on(async {
+        let cache = Arc::new(
+            Cache::new(&CacheConfig::l1_only(256 << 20))
+                .await
+                .expect("cache"),
+        );
+        (
+            Service::new(snapshot.clone(), MemoryStore::new(), cache.clone()),
+            cache,
+        )
+    });
+    (snapshot, svc, cache)
 }
 
 fn impression_side_by_side(
