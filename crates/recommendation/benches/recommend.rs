@@ -463,7 +463,7 @@ fn impression_side_by_side(
                 .await
                 .expect("recommend");
         }
-        let events = std::mem::take(&mut *queue.lock()).into_events();
+        let events = queue.lock().drain_events();
         let t = Instant::now();
         for e in &events {
             if let discovery_recommendation::impressions::Event::Impression(i) = e {

@@ -251,6 +251,18 @@ fn canonical_recommend(
 }
 
 /// The face shape of a request as used in keys and tags ("any" when unknown).
+/// A page as [`Service::cached`] serves it.
+struct Served {
+    /// The encoded response.
+    payload: Bytes,
+    /// Whether it came from a cache.
+    cached: bool,
+    /// The envelope's rows section (the products shown).
+    rows: Bytes,
+    /// Catalogue version it was checked against.
+    version: i64,
+}
+
 fn face_shape_label(req: &pb::RecommendRequest) -> &'static str {
     req.face
         .as_ref()
@@ -393,7 +405,7 @@ impl Service {
         let placement = std::mem::take(&mut req.placement);
         let r = req.clone();
         let ranking = assignment.ranking;
-        let (payload, cached, rows) = self
+        let page = self
             .cached(&kinds::RECOMMENDATIONS, key, entry, false, move |catalog| {
                 let (resp, rows) = compute_recommend(catalog, &r, ranking)?;
                 let tags = recommend_tags(catalog, &rows, &r);
@@ -409,27 +421,27 @@ impl Service {
                 l.impression(
                     crate::impressions::ImpressionRef {
                         id,
-                        at: discovery_kit::now_unix_ms(),
+                        at: l.unix_ms(started),
                         face_shape: face_shape_label(&req),
                         assignment: &assignment,
                         placement: &placement,
                         user_id: requester.map_or("", |r| r.user_id.as_str()),
                         session_id: requester.map_or("", |r| r.session_id.as_str()),
                         client: who.client.as_deref(),
-                        catalog_version: self.snapshot.load().version,
+                        catalog_version: page.version,
                     },
-                    rows,
+                    page.rows,
                 )
             }
             _ => false,
         };
         let id: &[u8] = if impression { &id_hex } else { b"" };
-        metrics::histogram!("discovery_recommendation_duration_seconds", "cached" => if cached { "true" } else { "false" })
+        metrics::histogram!("discovery_recommendation_duration_seconds", "cached" => if page.cached { "true" } else { "false" })
             .record(started.elapsed().as_secs_f64());
         // Already encoded: written to the wire as is, with this call's fields.
         Ok(Reply::Encoded(
-            payload,
-            crate::fast::Trailer::new(cached, id, &assignment.label),
+            page.payload,
+            crate::fast::Trailer::new(page.cached, id, &assignment.label),
         ))
     }
 
@@ -444,7 +456,7 @@ impl Service {
         entry: Vec<String>,
         blocking: bool,
         compute: F,
-    ) -> Result<(Bytes, bool, Bytes), Status>
+    ) -> Result<Served, Status>
     where
         F: Fn(&Catalog) -> Result<(Vec<u8>, Vec<usize>, Vec<String>), Status>
             + Clone
@@ -479,7 +491,12 @@ impl Service {
         };
         let catalog = self.snapshot.load();
         if let Some((payload, rows)) = open_page(origin, &catalog, value) {
-            return Ok((payload, cached, rows));
+            return Ok(Served {
+                payload,
+                cached,
+                rows,
+                version: catalog.version,
+            });
         }
         // Out of date (a product it shows changed, or one could enter it):
         // recompute and replace.
@@ -489,7 +506,12 @@ impl Service {
         let value = envelope(origin, &catalog, &entry, &rows, &payload);
         self.cache.set(kind, &key, value.clone(), &tags).await;
         let rows = open_page(origin, &catalog, value).map_or_else(Bytes::new, |(_, r)| r);
-        Ok((Bytes::from(payload), false, rows))
+        Ok(Served {
+            payload: Bytes::from(payload),
+            cached: false,
+            rows,
+            version: catalog.version,
+        })
     }
 
     /// Applies catalogue changes to this replica's snapshot and drops the
@@ -1093,7 +1115,7 @@ impl CatalogApi for Service {
         canonical.query = canonical.query.trim().to_lowercase();
         let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));
         let entry = page_inputs(req.filter.as_ref(), req.include_facets);
-        let (payload, _, _) = self
+        let Served { payload, .. } = self
             .cached(&kinds::SEARCH, key, entry, large, move |catalog| {
                 let r = search::search(catalog, &req)?;
                 let rows: Vec<usize> = r.hits.iter().map(|h| h.0).collect();

@@ -2,10 +2,12 @@
 //!
 //! Every served `Recommend` page is an impression: its id goes back to the
 //! caller, and the page (products in order, ranking variant, placement, face
-//! shape, catalogue version) is queued here. The request path only does a
-//! `try_send` into a bounded queue ([`QUEUE`]): when it is full the
-//! impression is dropped and counted, never waited for. A background worker
-//! writes impressions to `recommendations` in batches and keeps rollups.
+//! shape, catalogue version) is queued here. The request path only copies
+//! ~100 bytes into a locked buffer, bounded at [`QUEUE`] events (when full
+//! the impression is dropped and counted, never waited for), and reads no
+//! clock of its own ([`Clock`]). A background worker takes the buffer every
+//! [`FLUSH`], writes impressions to `recommendations` in batches and keeps
+//! rollups.
 //!
 //! Interactions (`RecordInteraction`) come back with the impression id, or
 //! without one, when the worker attributes them to the shopper's latest page
@@ -15,7 +17,7 @@
 //! revenue counts once per (impression, product) purchased.
 //!
 //! **Rollups** (`recommendation_rollups`): each replica keeps totals per
-//! bucket (5 minutes, and 1 hour) and [`Dims`], and writes its own documents
+//! bucket (5 minutes, 1 hour, 1 day) and [`Dims`], and writes its own documents
 //! (id starting with its origin) with the full totals: a flush replaces, so
 //! a retried flush cannot double count and no `$inc` is needed. The report
 //! sums every replica's documents of the window; it reads at most buckets ×
@@ -27,8 +29,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use discovery_kit::CancellationToken;
@@ -259,8 +262,10 @@ impl Queue {
         self.pages.push(page);
     }
 
-    /// The queued events, impressions decoded (in order), then outcomes.
-    pub fn into_events(self) -> Vec<Event> {
+    /// The queued events, impressions decoded (in order), then outcomes;
+    /// the queue is left empty with its memory kept (the worker hands it
+    /// back to the handlers: no fresh pages to fault in per round).
+    pub fn drain_events(&mut self) -> Vec<Event> {
         fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
             let (head, rest) = b.split_at(n.min(b.len()));
             *b = rest;
@@ -274,7 +279,7 @@ impl Queue {
         }
         let mut out = Vec::with_capacity(self.len());
         let mut b = self.bytes.as_slice();
-        for page in self.pages {
+        for page in self.pages.drain(..) {
             let id = u128::from_le_bytes(num(&mut b));
             let at = i64::from_le_bytes(num(&mut b));
             let catalog_version = i64::from_le_bytes(num(&mut b));
@@ -303,8 +308,20 @@ impl Queue {
                 catalog_version,
             }));
         }
-        out.extend(self.outcomes.into_iter().map(Event::Outcome));
+        out.extend(self.outcomes.drain(..).map(Event::Outcome));
+        self.bytes.clear();
+        self.assignments.clear();
         out
+    }
+
+    /// Empties the queue, keeping its memory; how many events it held.
+    fn clear(&mut self) -> usize {
+        let n = self.len();
+        self.bytes.clear();
+        self.pages.clear();
+        self.assignments.clear();
+        self.outcomes.clear();
+        n
     }
 }
 
@@ -332,6 +349,43 @@ pub struct Log {
 struct Stats {
     dropped: AtomicU64,
     unattributed: AtomicU64,
+    clock: Clock,
+}
+
+/// Wall-clock milliseconds of a monotonic instant the handler has already
+/// read (a page's time is its request's start): an anchor the worker
+/// renews every [`FLUSH`], so a served page costs no clock read of its own
+/// and a step of the wall clock is taken in within one round.
+pub struct Clock {
+    base: Instant,
+    /// Unix milliseconds at `base`, as of the last renewal.
+    unix_at_base: AtomicI64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        let c = Self {
+            base: Instant::now(),
+            unix_at_base: AtomicI64::new(0),
+        };
+        c.renew();
+        c
+    }
+}
+
+impl Clock {
+    /// Re-reads the wall clock.
+    pub fn renew(&self) {
+        let since = self.base.elapsed().as_millis() as i64;
+        self.unix_at_base
+            .store(discovery_kit::now_unix_ms() - since, Ordering::Relaxed);
+    }
+
+    /// Unix milliseconds at `t`.
+    pub fn unix_ms(&self, t: Instant) -> i64 {
+        self.unix_at_base.load(Ordering::Relaxed)
+            + t.saturating_duration_since(self.base).as_millis() as i64
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -431,6 +485,11 @@ impl Log {
         }
     }
 
+    /// Unix milliseconds at `t` (an instant the caller read anyway).
+    pub fn unix_ms(&self, t: Instant) -> i64 {
+        self.stats.clock.unix_ms(t)
+    }
+
     /// Events waiting in the queue.
     pub fn queued(&self) -> usize {
         self.queue.lock().len()
@@ -438,7 +497,7 @@ impl Log {
 
     /// Empties the queue unprocessed; how many events it held.
     pub fn discard(&self) -> usize {
-        std::mem::replace(&mut *self.queue.lock(), Queue::with_capacity()).len()
+        self.queue.lock().clear()
     }
 
     /// Impressions dropped since start.
@@ -505,6 +564,7 @@ fn shown_from(d: &Document) -> Option<(u128, Shown)> {
 
 impl Worker {
     async fn run(mut self, queue: Arc<parking_lot::Mutex<Queue>>, shutdown: CancellationToken) {
+        let mut spare = Queue::with_capacity();
         let mut tick = tokio::time::interval(FLUSH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -513,8 +573,11 @@ impl Worker {
                 _ = shutdown.cancelled() => true,
                 _ = tick.tick() => false,
             };
-            let events =
-                std::mem::replace(&mut *queue.lock(), Queue::with_capacity()).into_events();
+            // Swapped with the last round's (emptied) queue: its memory is
+            // already there, so a push rarely grows a vector.
+            std::mem::swap(&mut *queue.lock(), &mut spare);
+            self.stats.clock.renew();
+            let events = spare.drain_events();
             for chunk in chunks(events, 1_000) {
                 self.take(chunk).await;
             }
@@ -1069,7 +1132,7 @@ mod tests {
             );
         }
         assert_eq!(log.queued(), 3);
-        let events = std::mem::take(&mut *queue.lock()).into_events();
+        let events = queue.lock().drain_events();
         let got: Vec<_> = events
             .iter()
             .map(|e| match e {
@@ -1106,6 +1169,23 @@ mod tests {
                 one(9, 1_002, "e/v", "home", "any", "", None),
             ]
         );
+        // Drained, empty, and its memory kept for the next round.
+        let q = queue.lock();
+        assert!(q.is_empty());
+        assert!(q.bytes.capacity() >= 64 << 10 && q.pages.capacity() >= 1024);
+        assert!(q.assignments.is_empty(), "no assignment kept alive");
+    }
+
+    #[test]
+    fn the_clock_gives_the_wall_time_of_an_instant() {
+        let c = Clock::default();
+        let (t, wall) = (Instant::now(), discovery_kit::now_unix_ms());
+        // Same moment within the two reads' distance (well under a second).
+        assert!((c.unix_ms(t) - wall).abs() < 1_000);
+        let later = t + Duration::from_secs(90);
+        assert_eq!(c.unix_ms(later) - c.unix_ms(t), 90_000);
+        c.renew();
+        assert!((c.unix_ms(t) - wall).abs() < 1_000, "a renewal keeps it");
     }
 
     #[test]
