@@ -697,7 +697,11 @@ async fn try_it(
             i + 1,
             p.name,
             d.total_width_mm,
-            price.amount_minor as f64 / 100.0,
+            discovery_catalog::Money::from_minor(
+                price.amount_minor,
+                discovery_catalog::Currency::exponent_of(&price.currency)
+            )
+            .map_or(0.0, |m| m.major()),
             price.currency,
             item.score,
             item.reasons.join(", ")

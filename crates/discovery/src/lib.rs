@@ -4,3 +4,6 @@
 
 pub mod cli;
 pub mod up;
+
+#[cfg(test)]
+mod layout;

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use discovery_catalog::demo_catalog;
 use discovery_proto::v1 as pb;
-use discovery_recommendation::catalog::demo_catalog;
 use discovery_recommendation::rank::recommend;
 use discovery_recommendation::snapshot::Catalog;
 

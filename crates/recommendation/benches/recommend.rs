@@ -20,11 +20,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use discovery_catalog::{SplitMix, demo_catalog};
 use discovery_kit::cache::{Cache, CacheConfig};
 use discovery_kit::store::memory::MemoryStore;
 use discovery_proto::v1 as pb;
 use discovery_recommendation::api::{Service, compute_recommend};
-use discovery_recommendation::catalog::{SplitMix, demo_catalog};
 use discovery_recommendation::fast::Reply;
 use discovery_recommendation::server::recommendation_server::Recommendation;
 use discovery_recommendation::snapshot::{Catalog, Snapshot};

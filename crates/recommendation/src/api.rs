@@ -27,10 +27,10 @@ use discovery_proto::v1::catalog_server::Catalog as CatalogApi;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{FACE_SHAPES, Frame, fnv1a};
 use crate::rank::{self, RankError};
 use crate::search::{self, SearchError};
 use crate::snapshot::{Catalog, Change, Snapshot};
+use discovery_catalog::{FACE_SHAPES, Frame, fnv1a};
 use discovery_kit::internal::require_caller;
 
 /// Collection of recorded interactions.
@@ -267,7 +267,7 @@ fn face_shape_label(req: &pb::RecommendRequest) -> &'static str {
     req.face
         .as_ref()
         .and_then(|f| pb::FaceShape::try_from(f.face_shape).ok())
-        .map(crate::catalog::face_shape_name)
+        .map(discovery_catalog::face_shape_name)
         .filter(|s| !s.is_empty())
         .unwrap_or("any")
 }
@@ -760,7 +760,7 @@ impl Recommendation for Service {
             "_id": &s.session_id,
             "sessionId": &s.session_id,
             "userId": &s.user_id,
-            "faceAnalysis": {"faceShape": crate::catalog::face_shape_name(
+            "faceAnalysis": {"faceShape": discovery_catalog::face_shape_name(
                 s.face.as_ref().and_then(|f| pb::FaceShape::try_from(f.face_shape).ok()).unwrap_or_default())},
             "timestamp": discovery_kit::now_unix_ms(),
             "createdAt": discovery_kit::store::bson::DateTime::now(),
@@ -1321,7 +1321,7 @@ impl CacheAdmin for Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::demo_catalog;
+    use discovery_catalog::demo_catalog;
 
     #[test]
     fn envelopes_reject_changed_products() {

@@ -297,7 +297,7 @@ impl Queue {
                 page,
                 assignment: self.assignments[a.min(self.assignments.len() - 1)].clone(),
                 placement,
-                face_shape: crate::catalog::FACE_SHAPES
+                face_shape: discovery_catalog::FACE_SHAPES
                     .iter()
                     .copied()
                     .find(|s| *s == face_shape)

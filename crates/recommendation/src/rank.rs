@@ -30,8 +30,8 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use discovery_proto::v1 as pb;
 
-use crate::catalog::{FACE_SHAPES, face_shape_name, frame_shape_name};
 use crate::snapshot::{Catalog, Features};
+use discovery_catalog::{FACE_SHAPES, face_shape_name, frame_shape_name};
 
 /// Page size when none is given.
 pub const DEFAULT_PAGE: usize = 20;
@@ -828,7 +828,7 @@ fn explain(catalog: &Catalog, q: &Query, i: usize, score: f32) -> Scored {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::demo_catalog;
+    use discovery_catalog::demo_catalog;
 
     fn catalog() -> Catalog {
         Catalog::new(demo_catalog(600), 1)

@@ -167,12 +167,14 @@ pub struct Results {
     pub offset: usize,
 }
 
-fn price_band(minor: i64) -> &'static str {
-    match minor / 100 {
-        0..50 => "0-50",
-        50..100 => "50-100",
-        100..200 => "100-200",
-        200..400 => "200-400",
+/// The facet band of a price in major units (whatever the currency's
+/// minor unit: the stored `price` is major).
+fn price_band(major: f64) -> &'static str {
+    match major {
+        p if p < 50.0 => "0-50",
+        p if p < 100.0 => "50-100",
+        p if p < 200.0 => "100-200",
+        p if p < 400.0 => "200-400",
         _ => "400+",
     }
 }
@@ -270,7 +272,7 @@ pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Resu
             *counts[1].entry(f.shape.clone()).or_default() += 1;
             *counts[2].entry(f.material.clone()).or_default() += 1;
             *counts[3]
-                .entry(price_band(x.price_minor[i]).to_string())
+                .entry(price_band(f.price).to_string())
                 .or_default() += 1;
         }
         for (name, m) in ["brand", "shape", "material", "price_band"]
@@ -305,7 +307,7 @@ pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::demo_catalog;
+    use discovery_catalog::demo_catalog;
 
     fn req(q: &str) -> pb::SearchProductsRequest {
         pb::SearchProductsRequest {

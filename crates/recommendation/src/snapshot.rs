@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::catalog::{FACE_SHAPES, Frame, frame_shape_from_str, material_from_str};
 use crate::signals::Signals;
+use discovery_catalog::{FACE_SHAPES, Frame, frame_shape_from_str, material_from_str};
 
 /// Interned lower-case strings (brands, style keywords, colour words, search words).
 #[derive(Debug, Default, Clone)]

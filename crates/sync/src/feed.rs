@@ -19,12 +19,12 @@
 
 use std::time::Duration;
 
+use discovery_catalog::{Frame, PRODUCTS};
 use discovery_kit::CancellationToken;
 use discovery_kit::client::TracedChannel;
 use discovery_kit::store::{ChangeOp, ResumeToken, Store, StoreError, doc};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_client::CacheAdminClient;
-use discovery_recommendation::catalog::{Frame, PRODUCTS};
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::broadcast;

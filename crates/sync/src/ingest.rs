@@ -32,9 +32,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use discovery_catalog::{Frame, PRODUCTS, fnv1a};
 use discovery_kit::store::{Document, RawDocumentBuf, Store, StoreError, bson, doc};
 use discovery_proto::v1 as pb;
-use discovery_recommendation::catalog::{Frame, PRODUCTS, fnv1a};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};

@@ -33,18 +33,12 @@
 
 use std::collections::BTreeMap;
 
-use discovery_proto::v1 as pb;
-use discovery_recommendation::catalog::{
-    AiEnhanced, Frame, Inventory, Metadata, VariantDoc, categories, frame_shape_from_str,
-    material_from_str,
+use discovery_catalog::{
+    AiEnhanced, Currency, Frame, Inventory, Metadata, Money, VariantDoc, categories,
+    frame_shape_from_str, material_from_str,
 };
+use discovery_proto::v1 as pb;
 use serde::Deserialize;
-
-/// Currencies accepted (ISO 4217).
-pub const CURRENCIES: &[&str] = &[
-    "USD", "EUR", "GBP", "CHF", "CAD", "AUD", "JPY", "SEK", "NOK", "DKK", "PLN", "CZK", "NZD",
-    "SGD", "HKD", "INR", "BRL", "MXN",
-];
 
 /// Longest raw record accepted, bytes.
 pub const MAX_RECORD: usize = 256 * 1024;
@@ -170,16 +164,10 @@ pub fn validate(f: &Frame) -> Result<(), String> {
             return Err(format!("{id}: {field} {v} is outside {lo}-{hi} mm"));
         }
     }
-    if !f.price.is_finite() || f.price < 0.0 {
-        return Err(format!("{id}: price {} must be 0 or more", f.price));
-    }
-    if !CURRENCIES.contains(&f.currency.as_str()) {
-        return Err(format!(
-            "{id}: currency {:?} is not one of {}",
-            f.currency,
-            CURRENCIES.join(", ")
-        ));
-    }
+    // A listed currency, and a price it can hold (read in the currency's
+    // own minor unit wherever it is served: a yen price has none).
+    let currency = Currency::parse(&f.currency).map_err(|e| format!("{id}: {e}"))?;
+    Money::from_major(f.price, currency.exponent()).map_err(|e| format!("{id}: {e}"))?;
     if frame_shape_from_str(&f.shape) == pb::FrameShape::Unspecified {
         return Err(format!(
             "{id}: shape {:?} is not a known frame shape",
@@ -550,7 +538,7 @@ mod tests {
 
     #[test]
     fn ndjson_round_trips_the_stored_document() {
-        let f = discovery_recommendation::catalog::demo_catalog(1).remove(0);
+        let f = discovery_catalog::demo_catalog(1).remove(0);
         let json = serde_json::to_vec(&f).unwrap();
         let back = decode_raw(Format::Ndjson, "feed", &json).unwrap();
         validate(&back).unwrap();

@@ -31,7 +31,7 @@ fn the_seed_index_over_categories_and_keywords_is_what_mongodb_refuses() {
         "brand_categories_keywords_stock",
         doc! {"brand": 1, "categories": 1, "ai_enhanced.style_keywords": 1, "inventory.isInStock": 1},
     );
-    let frames = discovery_recommendation::catalog::demo_catalog(520);
+    let frames = discovery_catalog::demo_catalog(520);
     let refused = frames
         .iter()
         .filter(|f| parallel_arrays(&seed, &f.to_document()).is_some())
@@ -40,7 +40,7 @@ fn the_seed_index_over_categories_and_keywords_is_what_mongodb_refuses() {
     println!("the seed's index refuses {refused} of 520 demo products: {first}");
     assert_eq!(refused, 520);
     // The index set we create accepts every one of them.
-    let products = discovery_recommendation::product_indexes();
+    let products = discovery_catalog::product_indexes();
     for f in &frames {
         assert_eq!(multikey::check(&products, &f.to_document()), Ok(()));
     }
@@ -247,12 +247,12 @@ async fn the_test_server_accepts_parallel_arrays_mongodb_refuses() {
 /// store (which enforces the rule) and on the test server.
 #[tokio::test]
 async fn an_upgrade_drops_the_index_mongodb_would_refuse_products_under() {
-    let (coll, name) = discovery_recommendation::RETIRED_INDEXES[0];
+    let (coll, name) = discovery_catalog::RETIRED_INDEXES[0];
     let old = IndexSpec::new(
         name,
         doc! {"brand": 1, "categories": 1, "ai_enhanced.style_keywords": 1, "inventory.isInStock": 1},
     );
-    let product = discovery_recommendation::catalog::demo_catalog(1)[0].to_document();
+    let product = discovery_catalog::demo_catalog(1)[0].to_document();
 
     let memory: discovery_kit::store::Store = discovery_kit::store::memory::MemoryStore::new();
     memory

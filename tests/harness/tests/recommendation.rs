@@ -74,7 +74,7 @@ async fn change(
     edit(&mut product);
     product.version += 1;
     product.updated_at_unix_ms += 1;
-    let frame = discovery_recommendation::catalog::Frame::from_proto(&product).unwrap();
+    let frame = discovery_catalog::Frame::from_proto(&product).unwrap();
     products
         .replace_one(doc! {"_id": &product.id}, frame.to_document())
         .await
