@@ -1711,16 +1711,31 @@ async fn a_large_feed_leaves_most_pages_cached_on_both_replicas() {
                   stop: Arc<std::sync::atomic::AtomicBool>,
                   pages: Vec<pb::RecommendRequest>| async move {
         let mut g = g;
-        let (mut calls, mut hits, mut i) = (0u64, 0u64, 0usize);
+        let (mut calls, mut hits, mut late, mut i) = (0u64, 0u64, 0u64, 0usize);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let r = g
-                .recommend(pages[i % pages.len()].clone())
-                .await
-                .expect("recommend during the feed")
-                .into_inner();
+            i += 7;
+            let r = match g.recommend(pages[(i - 7) % pages.len()].clone()).await {
+                Ok(r) => r.into_inner(),
+                // This test measures the cache, not latency: on a 2-core CI
+                // machine running the 50,000-record ingest, the test server
+                // and another cluster test, a recomputed page can miss the
+                // gateway's 2 s deadline. Counted, and bounded below.
+                Err(e) if e.code() == tonic::Code::DeadlineExceeded => {
+                    late += 1;
+                    continue;
+                }
+                Err(e) => panic!("recommend during the feed: {e:?}"),
+            };
             calls += 1;
             hits += u64::from(r.cached);
-            i += 7;
+        }
+        assert!(
+            late * 100 <= calls.max(1),
+            "{late} of {} calls missed the deadline (over 1 %)",
+            calls + late
+        );
+        if late > 0 {
+            println!("{late} of {} calls missed the 2 s deadline", calls + late);
         }
         (calls, hits)
     };

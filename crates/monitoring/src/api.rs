@@ -1,0 +1,144 @@
+//! Monitoring's gRPC adapter: `discovery.v1.Monitoring`.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use crate::probe::Probe;
+use crate::store::ALERTS;
+use crate::{Hub, Target, sla, window};
+use discovery_kit::store::{FindOptions, Store, doc};
+use discovery_proto::v1 as pb;
+use discovery_proto::v1::monitoring_server::Monitoring;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub(crate) struct Service {
+    pub(crate) store: Store,
+    pub(crate) targets: Vec<(Target, Probe)>,
+    pub(crate) history: Arc<Mutex<window::History>>,
+    pub(crate) hub: Hub,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Monitoring for Service {
+    async fn get_sla_report(
+        &self,
+        req: Request<pb::GetSlaReportRequest>,
+    ) -> Result<Response<pb::GetSlaReportResponse>, Status> {
+        let req = req.into_inner();
+        let window = pb::Window::try_from(req.window).map_err(|_| {
+            Status::invalid_argument(format!(
+                "window: {} is not a window (1 = 1 min, 2 = 5 min, 3 = 1 h, 4 = 24 h, 0 = all)",
+                req.window
+            ))
+        })?;
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.is_empty() {
+            return Err(Status::unavailable(
+                "no metrics scraped yet; retry after the first scrape interval",
+            ));
+        }
+        Ok(Response::new(sla::report(&history, &req.service, window)))
+    }
+
+    async fn list_alerts(
+        &self,
+        req: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        let limit = req.into_inner().limit;
+        if limit > 1000 {
+            return Err(Status::invalid_argument(format!(
+                "limit: {limit} is over the maximum of 1000"
+            )));
+        }
+        let opts = FindOptions {
+            sort: Some(doc! {"active_since": -1}),
+            skip: 0,
+            limit: if limit == 0 { 100 } else { limit as u64 },
+        };
+        let docs = self.store.find(ALERTS, doc! {}, opts).await.map_err(|e| {
+            tracing::error!(error = %e, "listing alerts failed");
+            Status::unavailable("alerts cannot be read right now; retry later")
+        })?;
+        let alerts = docs.iter().map(alert_from_doc).collect();
+        Ok(Response::new(pb::ListAlertsResponse { alerts }))
+    }
+
+    type WatchAlertsStream = BoxStream<pb::Alert>;
+
+    async fn watch_alerts(
+        &self,
+        _req: Request<pb::WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        use tokio_stream::StreamExt;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.hub.subscribe())
+            .filter_map(|r| r.ok().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_system_health(
+        &self,
+        _req: Request<pb::GetSystemHealthRequest>,
+    ) -> Result<Response<pb::GetSystemHealthResponse>, Status> {
+        let checks = self.targets.iter().map(|(t, p)| p.check(t));
+        let mut services: Vec<pb::ServiceHealth> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        // Monitoring serves from memory; without its store it only loses
+        // rollups and alert history writes (retried on the next tick).
+        let store_ok = self.store.ping().await.is_ok();
+        services.push(pb::ServiceHealth {
+            service: "monitoring".into(),
+            address: "self".into(),
+            live: true,
+            ready: true,
+            detail: if store_ok {
+                format!("store: {}", self.store.kind())
+            } else {
+                format!("store: {}; degraded: store unreachable", self.store.kind())
+            },
+            latency_ms: 0.0,
+            degraded: !store_ok,
+            degraded_dependencies: if store_ok {
+                vec![]
+            } else {
+                vec!["store".into()]
+            },
+        });
+        let ready = services.iter().all(|s| s.ready);
+        let degraded = services.iter().any(|s| s.degraded);
+        Ok(Response::new(pb::GetSystemHealthResponse {
+            ready,
+            services,
+            degraded,
+        }))
+    }
+}
+
+pub(crate) fn alert_from_doc(d: &discovery_kit::store::Document) -> pb::Alert {
+    let int = |k: &str| d.get_i64(k).unwrap_or_default();
+    pb::Alert {
+        id: d.get_str("_id").unwrap_or_default().to_string(),
+        rule: d.get_str("rule").unwrap_or_default().to_string(),
+        severity: d.get_i32("severity").unwrap_or_default(),
+        state: d.get_i32("state").unwrap_or_default(),
+        labels: d
+            .get_document("labels")
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        summary: d.get_str("summary").unwrap_or_default().to_string(),
+        value: d.get_f64("value").unwrap_or_default(),
+        active_since_unix_ms: int("active_since"),
+        fired_at_unix_ms: int("fired_at"),
+        resolved_at_unix_ms: int("resolved_at"),
+    }
+}

@@ -1,0 +1,135 @@
+//! Monitoring's variables: its targets, windows and notifications.
+
+use std::time::Duration;
+
+use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::server::ServeConfig;
+use discovery_kit::store::StoreConfig;
+use discovery_proto::service_names;
+
+use crate::probe::readiness_path;
+use crate::{collect, notify};
+
+/// A service monitoring watches.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Short name.
+    pub service: String,
+    /// gRPC URL (`http://host:port`, `dns://host:port`), or, with a path,
+    /// an HTTP readiness endpoint (`dns://host:9090/readyz`: a gateway
+    /// serving TLS, whose gRPC health monitoring cannot ask in plain text).
+    pub url: String,
+    /// Fully qualified gRPC service checked for readiness.
+    pub grpc_name: &'static str,
+}
+
+/// Service configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to serve.
+    pub serve: ServeConfig,
+    /// Store.
+    pub store: StoreConfig,
+    /// Services to watch.
+    pub targets: Vec<Target>,
+    /// Metrics sources.
+    pub sources: Vec<collect::Source>,
+    /// Scrape and rule evaluation interval.
+    pub scrape_interval: Duration,
+    /// Where alerts are posted.
+    pub webhook: Option<notify::Webhook>,
+    /// Token for the dashboard from beyond loopback
+    /// (`DISCOVERY_DASHBOARD_TOKEN[_FILE]`).
+    pub dashboard_token: Option<String>,
+}
+
+impl Config {
+    /// Reads `DISCOVERY_MONITORING_PORT`, the store and the `DISCOVERY_*_URLS` targets.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut targets = Vec::new();
+        for (service, var, default, grpc_name) in [
+            (
+                "gateway",
+                "DISCOVERY_GATEWAY_URLS",
+                "http://127.0.0.1:50051",
+                service_names::DISCOVERY,
+            ),
+            (
+                "face-analysis",
+                "DISCOVERY_FACE_ANALYSIS_URLS",
+                "http://127.0.0.1:50052",
+                service_names::FACE_ANALYSIS,
+            ),
+            (
+                "recommendation",
+                "DISCOVERY_RECOMMENDATION_URLS",
+                "http://127.0.0.1:50053",
+                service_names::RECOMMENDATION,
+            ),
+            (
+                "sync",
+                "DISCOVERY_SYNC_URLS",
+                "http://127.0.0.1:50054",
+                service_names::SYNC,
+            ),
+        ] {
+            for url in env.list(var, &[default]) {
+                match readiness_path(&url) {
+                    Some((scheme, authority, _)) => {
+                        if !matches!(scheme, "http" | "dns") || authority.is_empty() {
+                            return Err(ConfigError::new(
+                                var,
+                                format!(
+                                    "{url:?}: a readiness URL is http://host:port/path or dns://host:port/path"
+                                ),
+                            ));
+                        }
+                    }
+                    None => {
+                        discovery_kit::client::endpoint(var, &url)
+                            .map_err(|e| ConfigError::new(var, e.reason))?;
+                    }
+                }
+                targets.push(Target {
+                    service: service.into(),
+                    url,
+                    grpc_name,
+                });
+            }
+        }
+        let var = "DISCOVERY_MONITORING_SCRAPE";
+        let sources = env
+            .list(var, &["local"])
+            .iter()
+            .map(|s| collect::Source::parse(s).map_err(|e| ConfigError::new(var, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scrape_interval = env.duration(
+            "DISCOVERY_MONITORING_SCRAPE_INTERVAL",
+            Duration::from_secs(10),
+        )?;
+        if scrape_interval.is_zero() {
+            return Err(ConfigError::new(
+                "DISCOVERY_MONITORING_SCRAPE_INTERVAL",
+                "must be above zero (e.g. 10s)",
+            ));
+        }
+        let webhook = env
+            .raw("DISCOVERY_ALERT_WEBHOOK_URL")
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                notify::Webhook::new(&u)
+                    .map_err(|e| ConfigError::new("DISCOVERY_ALERT_WEBHOOK_URL", e))
+            })
+            .transpose()?;
+        Ok(Self {
+            serve: ServeConfig::from_env(env, "DISCOVERY_MONITORING_PORT", 50055)?,
+            store: StoreConfig::from_env(env)?,
+            targets,
+            sources,
+            scrape_interval,
+            webhook,
+            dashboard_token: discovery_kit::cache::secret(env, "DISCOVERY_DASHBOARD_TOKEN")?
+                .filter(|t| !t.is_empty()),
+        })
+    }
+}

@@ -1,0 +1,40 @@
+//! Sync's variables and their defaults.
+
+use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::server::ServeConfig;
+use discovery_kit::store::StoreConfig;
+
+use crate::ingest;
+
+/// Service configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to serve.
+    pub serve: ServeConfig,
+    /// Store.
+    pub store: StoreConfig,
+    /// Recommendation replicas to deliver catalogue changes to (one is
+    /// enough: it fans out to the others).
+    pub recommendation_urls: Vec<String>,
+    /// Follow the products change stream (one sync replica should).
+    pub follow: bool,
+    /// How long a batch is retried while the database is unavailable.
+    pub retry_for: std::time::Duration,
+    /// How far ahead of now a record's `updated_at` may be.
+    pub max_future: std::time::Duration,
+}
+
+impl Config {
+    /// Reads `DISCOVERY_SYNC_PORT` and the store variables.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            serve: ServeConfig::from_env(env, "DISCOVERY_SYNC_PORT", 50054)?,
+            store: StoreConfig::from_env(env)?,
+            recommendation_urls: env
+                .list("DISCOVERY_RECOMMENDATION_URLS", &["http://127.0.0.1:50053"]),
+            follow: env.bool("DISCOVERY_SYNC_FOLLOW", true)?,
+            retry_for: env.duration("DISCOVERY_SYNC_RETRY_FOR", ingest::DEFAULT_RETRY_FOR)?,
+            max_future: env.duration("DISCOVERY_SYNC_MAX_FUTURE", ingest::DEFAULT_MAX_FUTURE)?,
+        })
+    }
+}
