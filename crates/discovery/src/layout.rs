@@ -112,3 +112,50 @@ fn shared_crates_know_no_service_and_services_not_each_other() {
         );
     }
 }
+
+/// Longest source file outside tests (issue 18: a file that does seven
+/// jobs is split by job; a test module lives in its own `tests.rs`).
+const MAX_LINES: usize = 800;
+
+fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn no_source_file_is_over_800_lines_and_no_lib_rs_holds_handlers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    for c in std::fs::read_dir(root.join("crates")).expect("crates/").flatten() {
+        sources(&c.path().join("src"), &mut files);
+    }
+    assert!(files.len() > 50, "found the sources ({})", files.len());
+    let mut long = Vec::new();
+    for f in &files {
+        if f.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).expect("readable source");
+        let n = text.lines().count();
+        if n > MAX_LINES {
+            long.push(format!("{} ({n} lines)", f.display()));
+        }
+        let is_lib = f.file_name().is_some_and(|n| n == "lib.rs");
+        let service = SERVICES.iter().any(|s| {
+            f.to_string_lossy()
+                .contains(&format!("crates/{}/src", s.trim_start_matches("discovery-")))
+        });
+        assert!(
+            !(is_lib && service && text.contains("#[tonic::async_trait]")),
+            "{}: gRPC handlers belong in the crate's api module, not lib.rs",
+            f.display()
+        );
+    }
+    assert!(long.is_empty(), "over {MAX_LINES} lines: {long:?}");
+}

@@ -1,0 +1,194 @@
+//! `discovery.v1.Catalog`: product reads, search, sessions, catalogue
+//! changes; and the requests that warm the cache.
+
+use super::*;
+
+#[tonic::async_trait]
+impl CatalogApi for Service {
+    async fn get_product(
+        &self,
+        req: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        let id = req.into_inner().id;
+        check_product_id("id", &id)?;
+        let catalog = self.snapshot.load();
+        let f = catalog
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("id: no product {id:?}")))?;
+        Ok(Response::new(pb::GetProductResponse {
+            product: Some(f.to_proto()),
+        }))
+    }
+
+    async fn get_try_on_placement(
+        &self,
+        req: Request<pb::GetTryOnPlacementRequest>,
+    ) -> Result<Response<pb::GetTryOnPlacementResponse>, Status> {
+        let req = req.into_inner();
+        if req.product_ids.is_empty() || req.product_ids.len() > 50 {
+            return Err(Status::invalid_argument(format!(
+                "product_ids: give 1 to 50 products ({} given)",
+                req.product_ids.len()
+            )));
+        }
+        for (i, id) in req.product_ids.iter().enumerate() {
+            check_product_id(&format!("product_ids[{i}]"), id)?;
+        }
+        // The same resolver as Recommend's hand-off: field names match.
+        let face = self.faces.resolve(&req.analysis_id).await.map_err(|s| {
+            Status::new(
+                s.code(),
+                s.message().replacen("face.analysis_id", "analysis_id", 1),
+            )
+        })?;
+        let (Some([right, left]), true) = (face.irises, face.mm_per_px > 0.0) else {
+            return Err(Status::failed_precondition(
+                "analysis_id: this analysis found no irises, so the photo has no scale to place \
+                 frames at; analyse a frontal photo with both eyes open",
+            ));
+        };
+        let eyes = crate::tryon::Eyes {
+            right,
+            left,
+            mm_per_px: face.mm_per_px,
+            nose_bridge_mm: face.nose_bridge_width_mm,
+            face_width_mm: face.face_width_mm,
+        };
+        let catalog = self.snapshot.load();
+        let mut placements = Vec::with_capacity(req.product_ids.len());
+        for (i, id) in req.product_ids.iter().enumerate() {
+            let f = catalog
+                .get(id)
+                .ok_or_else(|| Status::not_found(format!("product_ids[{i}]: no product {id:?}")))?;
+            let p = crate::tryon::place(
+                &eyes,
+                &crate::tryon::FrameSize {
+                    total_width_mm: f.total_width_mm,
+                    bridge_mm: f.bridge_mm,
+                },
+            );
+            placements.push(pb::TryOnPlacement {
+                product_id: id.clone(),
+                center: Some(pb::Point2 {
+                    x: p.center.0,
+                    y: p.center.1,
+                }),
+                width_px: p.width_px,
+                rotation_deg: p.rotation_deg,
+                px_per_mm: p.px_per_mm,
+                width_difference_mm: p.width_difference_mm,
+            });
+        }
+        Ok(Response::new(pb::GetTryOnPlacementResponse { placements }))
+    }
+
+    async fn batch_get_products(
+        &self,
+        req: Request<pb::BatchGetProductsRequest>,
+    ) -> Result<Response<pb::BatchGetProductsResponse>, Status> {
+        let ids = req.into_inner().ids;
+        if ids.len() > 100 {
+            return Err(Status::invalid_argument(format!(
+                "ids: {} ids is over the maximum of 100",
+                ids.len()
+            )));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            check_product_id(&format!("ids[{i}]"), id)?;
+        }
+        let catalog = self.snapshot.load();
+        let mut out = pb::BatchGetProductsResponse::default();
+        for id in ids {
+            match catalog.get(&id) {
+                Some(f) => out.products.push(f.to_proto()),
+                None => out.missing_ids.push(id),
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn search_products(
+        &self,
+        req: Request<pb::SearchProductsRequest>,
+    ) -> Result<Response<pb::SearchProductsResponse>, Status> {
+        let req = req.into_inner();
+        // Validate before touching the cache.
+        let catalog = self.snapshot.load();
+        let words = search::parse(&catalog, &req)?.words().len();
+        let large = search::is_large(&catalog, words);
+        drop(catalog);
+        let mut canonical = req.clone();
+        canonical.query = canonical.query.trim().to_lowercase();
+        let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));
+        let entry = page_inputs(req.filter.as_ref(), req.include_facets);
+        let Served { payload, .. } = self
+            .cached(&kinds::SEARCH, key, entry, large, move |catalog| {
+                let r = search::search(catalog, &req)?;
+                let rows: Vec<usize> = r.hits.iter().map(|h| h.0).collect();
+                let tags = rows
+                    .iter()
+                    .map(|&i| format!("product:{}", catalog.frames[i].id))
+                    .collect();
+                let resp = pb::SearchProductsResponse {
+                    page: Some(pb::PageResponse {
+                        next_page_token: rank::next_token(r.offset, r.hits.len(), r.total),
+                        total_size: r.total as u64,
+                    }),
+                    hits: r
+                        .hits
+                        .into_iter()
+                        .map(|(i, score)| pb::SearchHit {
+                            product: Some(catalog.frames[i].to_proto()),
+                            score,
+                        })
+                        .collect(),
+                    facets: r.facets,
+                    corrected_query: r.corrected,
+                };
+                Ok((resp.encode_to_vec(), rows, tags))
+            })
+            .await?;
+        let resp = pb::SearchProductsResponse::decode(payload)
+            .map_err(|e| Status::internal(format!("cached search unreadable: {e}")))?;
+        Ok(Response::new(resp))
+    }
+}
+
+/// The recommendation sets warmed at start and on schedule: the first page
+/// for anonymous shoppers per face shape (and none), with no width and with
+/// common face widths.
+pub fn warm_requests() -> Vec<pb::RecommendRequest> {
+    let mut out = Vec::new();
+    for shape in 0..=FACE_SHAPES.len() as i32 {
+        for width in [0.0, 126.0, 130.0, 134.0, 138.0, 142.0, 146.0] {
+            out.push(pb::RecommendRequest {
+                face: Some(pb::FaceContext {
+                    face_shape: shape,
+                    face_width_mm: width,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+impl Service {
+    /// Warms the cache; returns entries computed.
+    pub async fn warm(&self) -> u64 {
+        let mut n = 0;
+        for req in warm_requests() {
+            // Warming is not a showing: no impression.
+            if self
+                .serve_page(Identity::default(), req, false)
+                .await
+                .is_ok_and(|r| matches!(r, Reply::Encoded(_, t) if !t.cached()))
+            {
+                n += 1;
+            }
+        }
+        metrics::counter!("discovery_cache_warmed_total").increment(n);
+        n
+    }
+}

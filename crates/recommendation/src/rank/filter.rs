@@ -1,0 +1,144 @@
+//! The hard filter: a request's `ProductFilter` compiled to bit masks and
+//! bounds over the snapshot's columns (exact: a frame passes or not).
+
+use super::*;
+
+/// A compiled hard filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    min_price: i64,
+    max_price: i64,
+    in_stock_only: bool,
+    shapes: u32,
+    materials: u32,
+    /// Allowed brands as a table indexed by brand id.
+    brands: Option<Vec<bool>>,
+    currency: Option<String>,
+}
+
+pub(super) fn enum_mask(
+    field: &'static str,
+    values: &[i32],
+    valid: impl Fn(i32) -> bool,
+) -> Result<u32, RankError> {
+    if values.len() > MAX_LIST {
+        return Err(RankError::ListTooLong(field, values.len()));
+    }
+    let mut m = 0u32;
+    for &v in values {
+        if !(1..32).contains(&v) || !valid(v) {
+            return Err(RankError::UnknownEnum(field, v));
+        }
+        m |= 1 << v;
+    }
+    Ok(m)
+}
+
+impl Filter {
+    /// Validates and compiles a filter against a catalogue's vocabularies.
+    pub fn compile(catalog: &Catalog, f: Option<&pb::ProductFilter>) -> Result<Self, RankError> {
+        let Some(f) = f else {
+            return Ok(Self {
+                max_price: i64::MAX,
+                ..Default::default()
+            });
+        };
+        for p in [f.min_price_minor, f.max_price_minor].into_iter().flatten() {
+            if p < 0 {
+                return Err(RankError::NegativePrice(p));
+            }
+        }
+        if let (Some(a), Some(b)) = (f.min_price_minor, f.max_price_minor)
+            && a > b
+        {
+            return Err(RankError::PriceRange(a, b));
+        }
+        if f.brands.len() > MAX_LIST {
+            return Err(RankError::ListTooLong("filter.brands", f.brands.len()));
+        }
+        let currency = f.currency.trim();
+        let iso = currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase());
+        if !currency.is_empty() && !iso {
+            return Err(RankError::Currency(f.currency.clone()));
+        }
+        Ok(Self {
+            min_price: f.min_price_minor.unwrap_or(0),
+            max_price: f.max_price_minor.unwrap_or(i64::MAX),
+            in_stock_only: f.in_stock_only,
+            shapes: enum_mask("filter.shapes", &f.shapes, |v| {
+                pb::FrameShape::try_from(v).is_ok()
+            })?,
+            materials: enum_mask("filter.materials", &f.materials, |v| {
+                pb::FrameMaterial::try_from(v).is_ok()
+            })?,
+            brands: (!f.brands.is_empty()).then(|| {
+                let mut t = vec![false; catalog.vocabs.brands.len()];
+                for id in f
+                    .brands
+                    .iter()
+                    .filter_map(|b| catalog.vocabs.brands.get(b.trim()))
+                {
+                    t[id as usize] = true;
+                }
+                t
+            }),
+            currency: (!currency.is_empty()).then(|| currency.to_string()),
+        })
+    }
+
+    /// Whether the filter excludes anything at all.
+    pub fn is_active(&self) -> bool {
+        self.min_price > 0
+            || self.max_price < i64::MAX
+            || self.in_stock_only
+            || self.shapes != 0
+            || self.materials != 0
+            || self.brands.is_some()
+            || self.currency.is_some()
+    }
+
+    /// Whether row `i` passes.
+    pub fn passes(&self, catalog: &Catalog, i: usize) -> bool {
+        let mut ok = [true];
+        self.mask(catalog, i, &mut ok);
+        ok[0]
+    }
+
+    /// Clears `ok[j]` for every row `start + j` that does not pass: one
+    /// branch-free pass per active condition, over the columns.
+    pub fn mask(&self, catalog: &Catalog, start: usize, ok: &mut [bool]) {
+        let x = &catalog.features;
+        let end = start + ok.len();
+        if self.min_price > 0 || self.max_price < i64::MAX {
+            let (lo, hi) = (self.min_price, self.max_price);
+            for (o, p) in ok.iter_mut().zip(&x.price_minor[start..end]) {
+                *o &= (*p >= lo) & (*p <= hi);
+            }
+        }
+        if self.in_stock_only {
+            for (o, s) in ok.iter_mut().zip(&x.in_stock[start..end]) {
+                *o &= *s;
+            }
+        }
+        if self.shapes != 0 {
+            for (o, s) in ok.iter_mut().zip(&x.shape[start..end]) {
+                *o &= (self.shapes >> *s) & 1 == 1;
+            }
+        }
+        if self.materials != 0 {
+            for (o, m) in ok.iter_mut().zip(&x.material[start..end]) {
+                *o &= (self.materials >> *m) & 1 == 1;
+            }
+        }
+        if let Some(t) = &self.brands {
+            for (o, b) in ok.iter_mut().zip(&x.brand[start..end]) {
+                *o &= t.get(*b as usize).copied().unwrap_or(false);
+            }
+        }
+        if let Some(c) = &self.currency {
+            for (j, o) in ok.iter_mut().enumerate() {
+                *o = *o && catalog.frames[start + j].currency == *c;
+            }
+        }
+    }
+}
