@@ -110,7 +110,11 @@ for d in docs:
     if d["kind"] == "PrometheusRule":
         groups = d["spec"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        assert rules and all({"alert", "expr", "labels"} <= r.keys() for r in rules), "PrometheusRule rules need alert, expr, labels"
+        alerts = [r for r in rules if "alert" in r]
+        records = [r for r in rules if "record" in r]
+        assert alerts and all({"expr", "labels"} <= r.keys() for r in alerts), "PrometheusRule alerts need alert, expr, labels"
+        assert all("expr" in r and ":" in r["record"] for r in records), "recording rules need record (level:metric:operation) and expr"
+        assert len(alerts) + len(records) == len(rules), "every rule is an alert or a record"
         assert all(isinstance(r["expr"], str) and r["expr"].strip() for r in rules)
     if d["kind"] == "ServiceMonitor":
         eps = d["spec"]["endpoints"]

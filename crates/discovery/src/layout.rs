@@ -132,7 +132,10 @@ fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 fn no_source_file_is_over_800_lines_and_no_lib_rs_holds_handlers() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut files = Vec::new();
-    for c in std::fs::read_dir(root.join("crates")).expect("crates/").flatten() {
+    for c in std::fs::read_dir(root.join("crates"))
+        .expect("crates/")
+        .flatten()
+    {
         sources(&c.path().join("src"), &mut files);
     }
     assert!(files.len() > 50, "found the sources ({})", files.len());
@@ -148,8 +151,10 @@ fn no_source_file_is_over_800_lines_and_no_lib_rs_holds_handlers() {
         }
         let is_lib = f.file_name().is_some_and(|n| n == "lib.rs");
         let service = SERVICES.iter().any(|s| {
-            f.to_string_lossy()
-                .contains(&format!("crates/{}/src", s.trim_start_matches("discovery-")))
+            f.to_string_lossy().contains(&format!(
+                "crates/{}/src",
+                s.trim_start_matches("discovery-")
+            ))
         });
         assert!(
             !(is_lib && service && text.contains("#[tonic::async_trait]")),

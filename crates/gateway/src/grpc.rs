@@ -38,27 +38,10 @@ pub fn status_of(headers: &HeaderMap) -> Option<Code> {
         .map(Code::from_i32)
 }
 
-/// A status code's name, for metric labels (no allocation per call).
+/// A status code's name, for metric labels (no allocation per call): the
+/// one spelling every metric uses, gRPC's own (`NOT_FOUND`), from the kit.
 pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "Ok",
-        Code::Cancelled => "Cancelled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
+    discovery_kit::server::code_name(code as i32)
 }
 
 /// Parses `grpc-timeout` (`1-8 digits` + `H M S m u n`).
@@ -330,6 +313,16 @@ impl HttpBody for CallerBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_spells_a_status_code_one_way() {
+        for n in 0..=16 {
+            let code = Code::from_i32(n);
+            assert_eq!(code_name(code), discovery_kit::server::code_name(n));
+        }
+        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(Code::Ok), "OK");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_caller_body_is_cut_when_too_large_or_too_slow() {

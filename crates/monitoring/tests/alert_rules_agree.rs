@@ -12,8 +12,21 @@ use discovery_monitoring::window::SERVER_FAULTS;
 /// for one test): each rule is a `- alert:` line, an `expr:` (inline or a
 /// `|` block) and a `for:` line.
 fn rules_in(text: &str) -> Vec<(String, String, String)> {
+    blocks(text, "- alert: ")
+}
+
+/// `record name -> expr` of the file's recording rules.
+fn records_in(text: &str) -> Vec<(String, String)> {
+    blocks(&text.replace("- alert: ", "- record: -"), "- record: ")
+        .into_iter()
+        .filter(|(n, _, _)| !n.starts_with('-'))
+        .map(|(n, _, e)| (n, e))
+        .collect()
+}
+
+fn blocks(text: &str, start: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    for block in text.split("- alert: ").skip(1) {
+    for block in text.split(start).skip(1) {
         let name = block.lines().next().unwrap_or("").trim().to_string();
         let mut expr = String::new();
         let mut duration = String::new();
@@ -25,7 +38,14 @@ fn rules_in(text: &str) -> Vec<(String, String, String)> {
                 expr.push_str(rest.trim().trim_start_matches('|'));
                 continue;
             }
-            if in_expr && (t.starts_with("for:") || t.starts_with("labels:")) {
+            if in_expr
+                && (t.starts_with("for:")
+                    || t.starts_with("labels:")
+                    || t.starts_with("- record:")
+                    || t.starts_with("- name:")
+                    || t.starts_with("rules:")
+                    || t.starts_with('#'))
+            {
                 in_expr = false;
             }
             if in_expr {
@@ -78,6 +98,25 @@ fn alerts_yml_says_what_the_rust_rules_do() {
         );
         match rule.signal {
             Signal::ErrorRate => {
+                // The alert divides the two recorded series; what they
+                // record is the definition checked here.
+                assert!(
+                    expr.contains("discovery:server_errors:rate5m / discovery:requests:rate5m"),
+                    "{name}: not the recorded error rate: {expr}"
+                );
+                let records = records_in(&text);
+                let recorded = |n: &str| {
+                    records
+                        .iter()
+                        .find(|(r, _)| r == n)
+                        .map(|(_, e)| e.clone())
+                        .unwrap_or_else(|| panic!("alerts.yml records no {n}"))
+                };
+                let expr = &format!(
+                    "({}) / {}",
+                    recorded("discovery:server_errors:rate5m"),
+                    recorded("discovery:requests:rate5m")
+                );
                 let codes = format!("code=~\"{}\"", SERVER_FAULTS.join("|"));
                 assert!(expr.contains(&codes), "{name}: fault codes differ: {expr}");
                 for part in [
@@ -108,4 +147,22 @@ fn alerts_yml_says_what_the_rust_rules_do() {
         }
         println!("{} = {name}: {op} {threshold} for {duration}", rule.name);
     }
+}
+
+#[test]
+fn the_dashboard_error_rate_is_the_recorded_one() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/grafana/dashboards/discovery.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("sum(discovery:server_errors:rate5m) / sum(discovery:requests:rate5m)"),
+        "the Grafana error rate divides the recorded series"
+    );
+    // Nobody spells the server-fault codes again (a panel listing every
+    // non-OK code is not an error rate and is fine).
+    let faults = format!("code=~\\\"{}", SERVER_FAULTS[0]);
+    assert!(
+        !text.contains(&faults),
+        "a Grafana panel defines server faults itself; use discovery:server_errors:rate5m"
+    );
 }
