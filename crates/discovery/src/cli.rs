@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use discovery_kit::CancellationToken;
 use discovery_kit::config::{Env, VARIABLES};
 use discovery_kit::server::BoxError;
+use discovery_proto::topology::GATEWAY;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::discovery_client::DiscoveryClient;
 
@@ -46,7 +47,7 @@ enum Command {
     /// Ask a running gateway for recommendations and print them.
     Try {
         /// Gateway URL.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, default_value = GATEWAY.default_url)]
         gateway: String,
         /// Face shape: oval, round, square, heart, oblong, diamond, triangle.
         #[arg(long, default_value = "oval")]
@@ -76,7 +77,7 @@ enum Command {
         #[arg(long, default_value = "shopify", value_parser = ["shopify", "ndjson"])]
         format: String,
         /// Gateway URL.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, default_value = GATEWAY.default_url)]
         gateway: String,
         /// API key with the ingest scope.
         #[arg(long, env = "DISCOVERY_API_KEY", hide_env_values = true)]
@@ -116,7 +117,7 @@ struct BenchArgs {
     max_calls: Option<u64>,
     /// Gateway URL (loopback only); several, comma-separated, for a
     /// multi-process system: the connections are spread over them.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    #[arg(long, default_value = GATEWAY.default_url)]
     gateway: String,
     /// API key (`discovery up` prints one).
     #[arg(long, env = "DISCOVERY_API_KEY", hide_env_values = true)]

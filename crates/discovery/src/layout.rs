@@ -164,3 +164,54 @@ fn no_source_file_is_over_800_lines_and_no_lib_rs_holds_handlers() {
     }
     assert!(long.is_empty(), "over {MAX_LINES} lines: {long:?}");
 }
+
+#[test]
+fn every_variable_the_code_reads_is_documented_and_the_topology_agrees() {
+    use discovery_kit::config::VARIABLES;
+    let documented = |name: &str| {
+        VARIABLES
+            .iter()
+            .any(|v| v.name == name || v.name == format!("{name}_FILE"))
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    for c in std::fs::read_dir(root.join("crates"))
+        .expect("crates/")
+        .flatten()
+    {
+        sources(&c.path().join("src"), &mut files);
+    }
+    let mut missing = BTreeSet::new();
+    for f in files
+        .iter()
+        .filter(|f| f.file_name().is_none_or(|n| n != "tests.rs"))
+    {
+        let text = std::fs::read_to_string(f).expect("readable source");
+        for (i, _) in text.match_indices("\"DISCOVERY_") {
+            let name: String = text[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            // A prefix being built (`format!("DISCOVERY_{x}_PORT")`) is not a name.
+            let whole = text[i + 1 + name.len()..].starts_with('"');
+            if whole && !name.ends_with('_') && !documented(&name) {
+                missing.insert(format!("{name} ({})", f.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "read but not in discovery_kit::config::VARIABLES (and the README): {missing:?}"
+    );
+    let default_of = |name: &str| {
+        VARIABLES
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.default)
+            .unwrap_or_else(|| panic!("{name} undocumented"))
+    };
+    for s in discovery_proto::topology::ALL {
+        assert_eq!(default_of(s.port_var), s.port.to_string(), "{}", s.name);
+        assert_eq!(default_of(s.urls_var), s.default_url, "{}", s.name);
+    }
+}

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use discovery_kit::CancellationToken;
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::{BoxError, ServiceHandle};
+use discovery_proto::topology::GATEWAY;
 
 /// The running system.
 pub struct System {
@@ -100,7 +101,7 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
     // The gateway port is bound last but must be known to monitoring; reserve it
     // by reading the configured value (0 is resolved after the gateway starts).
     let env = env.with("DISCOVERY_SYNC_URLS", url(sync.addr));
-    let gateway_port = env.port("DISCOVERY_GATEWAY_PORT", 50051)?;
+    let gateway_port = env.port(GATEWAY.port_var, GATEWAY.port)?;
     let monitoring_env = env.clone().with(
         "DISCOVERY_GATEWAY_URLS",
         url(SocketAddr::new(bind_ip, gateway_port)),
@@ -159,14 +160,11 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
 /// before anything binds.
 pub fn check(env: &Env) -> Result<(), ConfigError> {
     env.ip("DISCOVERY_BIND_IP", [127, 0, 0, 1].into())?;
-    for (var, d) in [
-        ("DISCOVERY_GATEWAY_PORT", 50051),
-        ("DISCOVERY_FACE_ANALYSIS_PORT", 50052),
-        ("DISCOVERY_RECOMMENDATION_PORT", 50053),
-        ("DISCOVERY_SYNC_PORT", 50054),
-        ("DISCOVERY_MONITORING_PORT", 50055),
-        ("DISCOVERY_METRICS_PORT", 9090),
-    ] {
+    let services = discovery_proto::topology::ALL.map(|s| (s.port_var, s.port));
+    for (var, d) in services
+        .into_iter()
+        .chain([("DISCOVERY_METRICS_PORT", 9090)])
+    {
         env.port(var, d)?;
     }
     Ok(())

@@ -65,7 +65,11 @@ impl Config {
             ));
         }
         Ok(Self {
-            serve: ServeConfig::from_env(env, "DISCOVERY_FACE_ANALYSIS_PORT", 50052)?,
+            serve: ServeConfig::from_env(
+                env,
+                discovery_proto::topology::FACE_ANALYSIS.port_var,
+                discovery_proto::topology::FACE_ANALYSIS.port,
+            )?,
             store: StoreConfig::from_env(env)?,
             cache: CacheConfig::from_env(env)?,
             models_dir: PathBuf::from(env.string("DISCOVERY_FACE_MODELS_DIR", "models")),

@@ -38,6 +38,7 @@ use discovery_kit::deps::Dependency;
 use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
 use discovery_kit::store::{StoreConfig, Workload};
 use discovery_proto::service_names;
+use discovery_proto::topology::{FACE_ANALYSIS, GATEWAY, MONITORING, RECOMMENDATION, SYNC};
 use tonic::service::Routes;
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
@@ -160,7 +161,7 @@ impl Config {
                 "must be above zero and above DISCOVERY_GATEWAY_MIN_DEADLINE",
             ));
         }
-        let mut serve = ServeConfig::from_env(env, "DISCOVERY_GATEWAY_PORT", 50051)?;
+        let mut serve = ServeConfig::from_env(env, GATEWAY.port_var, GATEWAY.port)?;
         // The public port: API keys instead of internal tokens, and
         // reflection of the public API on unless turned off.
         serve.exempt = discovery_kit::internal::Exempt::Public;
@@ -172,18 +173,10 @@ impl Config {
         Ok(Self {
             serve,
             upstreams: Upstreams {
-                face_analysis: urls(
-                    env,
-                    "DISCOVERY_FACE_ANALYSIS_URLS",
-                    "http://127.0.0.1:50052",
-                )?,
-                recommendation: urls(
-                    env,
-                    "DISCOVERY_RECOMMENDATION_URLS",
-                    "http://127.0.0.1:50053",
-                )?,
-                sync: urls(env, "DISCOVERY_SYNC_URLS", "http://127.0.0.1:50054")?,
-                monitoring: urls(env, "DISCOVERY_MONITORING_URLS", "http://127.0.0.1:50055")?,
+                face_analysis: urls(env, FACE_ANALYSIS.urls_var, FACE_ANALYSIS.default_url)?,
+                recommendation: urls(env, RECOMMENDATION.urls_var, RECOMMENDATION.default_url)?,
+                sync: urls(env, SYNC.urls_var, SYNC.default_url)?,
+                monitoring: urls(env, MONITORING.urls_var, MONITORING.default_url)?,
             },
             store: StoreConfig::from_env(env)?,
             cache: CacheConfig::from_env(env)?,

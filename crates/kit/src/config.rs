@@ -483,9 +483,24 @@ pub const VARIABLES: &[Variable] = &[
         help: "sync: a record whose updated_at is further ahead than this is a dead letter (newer wins: a far-future date would pin the product)",
     },
     Variable {
+        name: "DISCOVERY_SYNC_FOLLOW",
+        default: "true",
+        help: "sync: follow the products change stream and deliver changes to recommendation",
+    },
+    Variable {
         name: "DISCOVERY_SYNC_URLS",
         default: "http://127.0.0.1:50054",
         help: "comma-separated sync replicas",
+    },
+    Variable {
+        name: "DISCOVERY_GATEWAY_URLS",
+        default: "http://127.0.0.1:50051",
+        help: "comma-separated gateway replicas monitoring checks (a URL with a path, e.g. dns://gw:9090/readyz, is an HTTP readiness check)",
+    },
+    Variable {
+        name: "DISCOVERY_API_KEY",
+        default: "",
+        help: "the `discovery` CLI's API key for `try` and `load` (printed by `discovery up`)",
     },
     Variable {
         name: "DISCOVERY_MONITORING_URLS",

@@ -5,7 +5,7 @@ use std::time::Duration;
 use discovery_kit::config::{ConfigError, Env};
 use discovery_kit::server::ServeConfig;
 use discovery_kit::store::StoreConfig;
-use discovery_proto::service_names;
+use discovery_proto::topology;
 
 use crate::probe::readiness_path;
 use crate::{collect, notify};
@@ -47,32 +47,12 @@ impl Config {
     /// Reads `DISCOVERY_MONITORING_PORT`, the store and the `DISCOVERY_*_URLS` targets.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let mut targets = Vec::new();
-        for (service, var, default, grpc_name) in [
-            (
-                "gateway",
-                "DISCOVERY_GATEWAY_URLS",
-                "http://127.0.0.1:50051",
-                service_names::DISCOVERY,
-            ),
-            (
-                "face-analysis",
-                "DISCOVERY_FACE_ANALYSIS_URLS",
-                "http://127.0.0.1:50052",
-                service_names::FACE_ANALYSIS,
-            ),
-            (
-                "recommendation",
-                "DISCOVERY_RECOMMENDATION_URLS",
-                "http://127.0.0.1:50053",
-                service_names::RECOMMENDATION,
-            ),
-            (
-                "sync",
-                "DISCOVERY_SYNC_URLS",
-                "http://127.0.0.1:50054",
-                service_names::SYNC,
-            ),
-        ] {
+        // Every service but monitoring itself, from the one topology table.
+        for t in topology::ALL
+            .into_iter()
+            .filter(|t| *t != topology::MONITORING)
+        {
+            let (service, var, default, grpc_name) = (t.name, t.urls_var, t.default_url, t.health);
             for url in env.list(var, &[default]) {
                 match readiness_path(&url) {
                     Some((scheme, authority, _)) => {
@@ -122,7 +102,11 @@ impl Config {
             })
             .transpose()?;
         Ok(Self {
-            serve: ServeConfig::from_env(env, "DISCOVERY_MONITORING_PORT", 50055)?,
+            serve: ServeConfig::from_env(
+                env,
+                topology::MONITORING.port_var,
+                topology::MONITORING.port,
+            )?,
             store: StoreConfig::from_env(env)?,
             targets,
             sources,

@@ -82,7 +82,11 @@ impl Config {
             0
         };
         Ok(Self {
-            serve: ServeConfig::from_env(env, "DISCOVERY_RECOMMENDATION_PORT", 50053)?,
+            serve: ServeConfig::from_env(
+                env,
+                discovery_proto::topology::RECOMMENDATION.port_var,
+                discovery_proto::topology::RECOMMENDATION.port,
+            )?,
             store,
             cache: CacheConfig::from_env(env)?,
             demo_catalog: env.parse(
@@ -93,8 +97,10 @@ impl Config {
             catalog_refresh: env.duration("DISCOVERY_CATALOG_REFRESH", Duration::from_secs(300))?,
             signals_refresh: env.duration("DISCOVERY_SIGNALS_REFRESH", Duration::from_secs(60))?,
             warm_interval: env.duration("DISCOVERY_WARM_INTERVAL", Duration::from_secs(900))?,
-            face_analysis_urls: env
-                .list("DISCOVERY_FACE_ANALYSIS_URLS", &["http://127.0.0.1:50052"]),
+            face_analysis_urls: env.list(
+                discovery_proto::topology::FACE_ANALYSIS.urls_var,
+                &[discovery_proto::topology::FACE_ANALYSIS.default_url],
+            ),
             interactions_per_minute: env.parse(
                 "DISCOVERY_INTERACTIONS_PER_MINUTE",
                 api::INTERACTIONS_PER_MINUTE,

@@ -28,10 +28,16 @@ impl Config {
     /// Reads `DISCOVERY_SYNC_PORT` and the store variables.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            serve: ServeConfig::from_env(env, "DISCOVERY_SYNC_PORT", 50054)?,
+            serve: ServeConfig::from_env(
+                env,
+                discovery_proto::topology::SYNC.port_var,
+                discovery_proto::topology::SYNC.port,
+            )?,
             store: StoreConfig::from_env(env)?,
-            recommendation_urls: env
-                .list("DISCOVERY_RECOMMENDATION_URLS", &["http://127.0.0.1:50053"]),
+            recommendation_urls: env.list(
+                discovery_proto::topology::RECOMMENDATION.urls_var,
+                &[discovery_proto::topology::RECOMMENDATION.default_url],
+            ),
             follow: env.bool("DISCOVERY_SYNC_FOLLOW", true)?,
             retry_for: env.duration("DISCOVERY_SYNC_RETRY_FOR", ingest::DEFAULT_RETRY_FOR)?,
             max_future: env.duration("DISCOVERY_SYNC_MAX_FUTURE", ingest::DEFAULT_MAX_FUTURE)?,
