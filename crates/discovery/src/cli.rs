@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use discovery_kit::CancellationToken;
-use discovery_kit::config::{Env, VARIABLES};
+use discovery_kit::config::Env;
 use discovery_kit::server::BoxError;
 use discovery_proto::topology::GATEWAY;
 use discovery_proto::v1 as pb;
@@ -10,7 +10,7 @@ use discovery_proto::v1::discovery_client::DiscoveryClient;
 
 fn env_help() -> String {
     let mut s = String::from("Environment variables (all optional):\n");
-    for v in VARIABLES {
+    for v in crate::variables::all() {
         let default = if v.default.is_empty() {
             "unset".to_string()
         } else {

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod up;
+pub mod variables;
 
 #[cfg(test)]
 mod layout;

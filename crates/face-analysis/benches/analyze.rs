@@ -14,6 +14,8 @@ use discovery_face_analysis::image::{Limits, Orientation, Photo, Roi};
 use discovery_face_analysis::models::Engine;
 use discovery_face_analysis::pipeline::{self, Gates, Scratch, Timings};
 
+discovery_kit::global_allocator!();
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }

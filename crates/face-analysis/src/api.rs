@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use discovery_kit::cache::{Cache, kinds};
+use discovery_kit::cache::{Cache, CacheKind};
 use discovery_kit::store::{Store, bson, doc};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::face_analysis_server::FaceAnalysis;
@@ -17,6 +17,11 @@ use crate::FACE_ANALYSES;
 use crate::image::Limits;
 use crate::models::{ModelError, Pool};
 use crate::pipeline::{self, Analysis, Gates, Rejection, Scratch, Timings};
+
+/// `face_analysis:{session_id}:{hash}`, 1 h (seed spec): this service's
+/// one cache kind.
+pub static FACE_ANALYSIS_KIND: CacheKind =
+    CacheKind::new("face_analysis", std::time::Duration::from_secs(3600), false);
 
 pub use discovery_proto::MAX_REQUEST_BYTES;
 
@@ -213,7 +218,7 @@ impl FaceAnalysis for Service {
         };
         let key = format!("face_analysis:{session}:{hash}");
 
-        if let Some(bytes) = self.cache.get(&kinds::FACE_ANALYSIS, &key).await
+        if let Some(bytes) = self.cache.get(&FACE_ANALYSIS_KIND, &key).await
             && let Ok(mut result) = pb::FaceAnalysisResult::decode(bytes)
         {
             if !include_landmarks {
@@ -267,7 +272,7 @@ impl FaceAnalysis for Service {
         self.store_result(&result, &requester, &hash).await;
         self.cache
             .set(
-                &kinds::FACE_ANALYSIS,
+                &FACE_ANALYSIS_KIND,
                 &key,
                 Bytes::from(result.encode_to_vec()),
                 &[],

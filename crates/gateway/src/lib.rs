@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod breaker;
 pub mod client_addr;
+pub mod config;
 pub mod grpc;
 pub mod limits;
 pub mod proxy;

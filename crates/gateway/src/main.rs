@@ -1,4 +1,6 @@
 //! `discovery-gateway`: the gateway service binary.
+
+discovery_kit::global_allocator!();
 fn main() -> std::process::ExitCode {
     discovery_kit::server::run_binary("gateway", |env, shutdown| async move {
         let config = discovery_gateway::Config::from_env(&env)?;

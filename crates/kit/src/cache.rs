@@ -22,7 +22,8 @@
 //! - Kinds marked `shared` (sessions) hold state rather than derived data:
 //!   with an L2 they skip L1, so every replica reads the same value.
 //!
-//! Key patterns and TTLs per kind come from the seed spec (see [`kinds`]).
+//! Each service declares its own kinds (key pattern and TTL from the seed
+//! spec) as `static CacheKind`s: the kit knows none of them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -131,28 +132,6 @@ impl CacheKind {
             self.l1_bytes.load(Ordering::Relaxed).max(0) as u64,
         )
     }
-}
-
-/// The kinds from the seed spec.
-pub mod kinds {
-    use super::CacheKind;
-    use std::time::Duration;
-    /// `recommendations:{user_id}:{face_shape}:{preferences_hash}`, 15 min,
-    /// refreshed in the background after 60 s.
-    pub static RECOMMENDATIONS: CacheKind =
-        CacheKind::new("recommendations", Duration::from_secs(15 * 60), false)
-            .stale_while_revalidate(Duration::from_secs(60));
-    /// `product:{product_id}:{version}`, 6 h.
-    pub static PRODUCT: CacheKind = CacheKind::new("product", Duration::from_secs(6 * 3600), false);
-    /// `search:{query_hash}`, 30 min, refreshed in the background after 5 min.
-    pub static SEARCH: CacheKind = CacheKind::new("search", Duration::from_secs(30 * 60), false)
-        .stale_while_revalidate(Duration::from_secs(300));
-    /// `conversation:{session_id}`, 30 min sliding, shared between replicas.
-    pub static SESSION: CacheKind =
-        CacheKind::new("conversation", Duration::from_secs(30 * 60), true).shared();
-    /// `face_analysis:{session_id}:{hash}`, 1 h.
-    pub static FACE_ANALYSIS: CacheKind =
-        CacheKind::new("face_analysis", Duration::from_secs(3600), false);
 }
 
 /// L2 could not be set up.

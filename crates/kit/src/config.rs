@@ -214,8 +214,10 @@ pub struct Variable {
     pub help: &'static str,
 }
 
-/// Every variable the services read, with its default. Keep in step with the
-/// code that reads them (a test checks the names appear in the README).
+/// The kit's own variables (server, store, cache, telemetry), with their
+/// defaults. Each service lists its own (`<crate>::config::VARIABLES`) and
+/// the launcher all of them (`discovery::variables()`, which a test checks
+/// against the code and the README).
 pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "DISCOVERY_HOSTS",
@@ -233,134 +235,9 @@ pub const VARIABLES: &[Variable] = &[
         help: "the service `discovery serve` runs when none is named (set by the images)",
     },
     Variable {
-        name: "DISCOVERY_GATEWAY_PORT",
-        default: "50051",
-        help: "gateway gRPC port (public API, gRPC-Web)",
-    },
-    Variable {
-        name: "DISCOVERY_FACE_ANALYSIS_PORT",
-        default: "50052",
-        help: "face-analysis gRPC port",
-    },
-    Variable {
-        name: "DISCOVERY_FACE_MODELS_DIR",
-        default: "models",
-        help: "face models and libonnxruntime.so (scripts/fetch-models.sh fills it)",
-    },
-    Variable {
-        name: "DISCOVERY_FACE_WORKERS",
-        default: "number of cores",
-        help: "face analyses run at once (one model engine, one core each)",
-    },
-    Variable {
-        name: "DISCOVERY_RECOMMENDATION_PORT",
-        default: "50053",
-        help: "recommendation gRPC port",
-    },
-    Variable {
-        name: "DISCOVERY_SYNC_PORT",
-        default: "50054",
-        help: "sync gRPC port",
-    },
-    Variable {
-        name: "DISCOVERY_MONITORING_PORT",
-        default: "50055",
-        help: "monitoring gRPC port",
-    },
-    Variable {
         name: "DISCOVERY_METRICS_PORT",
         default: "9090",
         help: "Prometheus /metrics HTTP port of a service binary (0 disables); `discovery up` serves one on this port for all five",
-    },
-    Variable {
-        name: "DISCOVERY_API_KEYS_REFRESH",
-        default: "10s",
-        help: "gateway: how often API keys are reloaded from api_keys (revocations take effect within it)",
-    },
-    Variable {
-        name: "DISCOVERY_CORS_ORIGINS",
-        default: "*",
-        help: "gateway: origins allowed for browser gRPC-Web calls (comma-separated)",
-    },
-    Variable {
-        name: "DISCOVERY_LIMITS",
-        default: "true",
-        help: "gateway: rate and per-method concurrency limits on or off (benchmarks)",
-    },
-    Variable {
-        name: "DISCOVERY_LIMIT_GLOBAL",
-        default: "1000/s:2000",
-        help: "gateway: every call, all gateways together (N/s, N/m, N/h, optional :BURST, or off)",
-    },
-    Variable {
-        name: "DISCOVERY_LIMIT_FACE",
-        default: "50/m",
-        help: "gateway: AnalyzeFace, all callers",
-    },
-    Variable {
-        name: "DISCOVERY_LIMIT_RECOMMEND",
-        default: "200/m",
-        help: "gateway: Recommend, all callers",
-    },
-    Variable {
-        name: "DISCOVERY_LIMIT_AUTHENTICATED",
-        default: "100/m,face=10/h,recommend=20/m",
-        help: "gateway: per signed-in user (x-user-id)",
-    },
-    Variable {
-        name: "DISCOVERY_LIMIT_ANONYMOUS",
-        default: "20/m,face=3/h,recommend=5/m",
-        help: "gateway: per address for anonymous callers",
-    },
-    Variable {
-        name: "DISCOVERY_LIMIT_PARTNER",
-        default: "off",
-        help: "gateway: per partner key",
-    },
-    Variable {
-        name: "DISCOVERY_CONCURRENCY_FACE",
-        default: "10",
-        help: "gateway: AnalyzeFace calls in flight per gateway",
-    },
-    Variable {
-        name: "DISCOVERY_CONCURRENCY_RECOMMEND",
-        default: "50",
-        help: "gateway: Recommend calls in flight per gateway",
-    },
-    Variable {
-        name: "DISCOVERY_GATEWAY_MAX_IN_FLIGHT",
-        default: "2000",
-        help: "gateway: calls in flight before shedding (RESOURCE_EXHAUSTED, retry-after)",
-    },
-    Variable {
-        name: "DISCOVERY_GATEWAY_REPLICAS",
-        default: "1",
-        help: "gateway: replica count, or dns://host:port of the gateway's headless Service to count them; the local fallback (Redis down) divides limits by it",
-    },
-    Variable {
-        name: "DISCOVERY_LIMIT_REDIS_TIMEOUT",
-        default: "50ms",
-        help: "gateway: Redis answer time before the local fallback",
-    },
-    Variable {
-        name: "DISCOVERY_GATEWAY_CONNECTIONS",
-        default: "1",
-        help: "gateway: HTTP/2 connections per upstream replica and worker",
-    },
-    Variable {
-        name: "DISCOVERY_GATEWAY_WORKERS",
-        default: "cores",
-        help: "gateway: worker threads, each serving its connections start to end",
-    },
-    Variable {
-        name: "DISCOVERY_HEALTH_INTERVAL",
-        default: "10s",
-        help: "gateway: upstream health checks (unhealthy after 3 failures, healthy after 2 successes)",
-    },
-    Variable {
-        name: "DISCOVERY_GATEWAY_RETRIES",
-        default: "2",
-        help: "gateway: extra attempts for idempotent calls, on another replica, within a retry budget",
     },
     Variable {
         name: "DISCOVERY_MAX_CONNECTIONS",
@@ -408,21 +285,6 @@ pub const VARIABLES: &[Variable] = &[
         help: "PEM CA trusted for rediss:// (TLS) nodes, besides the system roots",
     },
     Variable {
-        name: "DISCOVERY_DASHBOARD_TOKEN_FILE",
-        default: "",
-        help: "monitoring: a file holding the dashboard's token (or DISCOVERY_DASHBOARD_TOKEN); without one the dashboard answers loopback only",
-    },
-    Variable {
-        name: "DISCOVERY_TRUSTED_PROXIES",
-        default: "",
-        help: "gateway: CIDRs of the load balancers whose X-Forwarded-For / Forwarded name the client (empty: the TCP peer is the client)",
-    },
-    Variable {
-        name: "DISCOVERY_LIMIT_CLIENT_SHARE",
-        default: "0.5",
-        help: "gateway: the largest share of the global rate and in-flight budgets one client (API key's client) may take; 1 turns it off",
-    },
-    Variable {
         name: "DISCOVERY_INTERNAL_SECRET",
         default: "",
         help: "every service: shared secret for calls between services (at least 16 bytes); internal ports refuse calls without its tokens",
@@ -438,21 +300,6 @@ pub const VARIABLES: &[Variable] = &[
         help: "every service: serve gRPC reflection",
     },
     Variable {
-        name: "DISCOVERY_GATEWAY_BODY_TIMEOUT",
-        default: "10s",
-        help: "gateway: a unary request body must arrive within this (a photo: 4x); a stream must send a frame at least this often",
-    },
-    Variable {
-        name: "DISCOVERY_GATEWAY_MIN_DEADLINE",
-        default: "5ms",
-        help: "gateway: shortest caller deadline (grpc-timeout) forwarded; shorter ones answer DEADLINE_EXCEEDED at once",
-    },
-    Variable {
-        name: "DISCOVERY_GATEWAY_MAX_DEADLINE",
-        default: "60s",
-        help: "gateway: longest deadline honoured; callers asking more get this",
-    },
-    Variable {
         name: "DISCOVERY_TLS_CERT",
         default: "",
         help: "gateway: TLS certificate chain (PEM file); with DISCOVERY_TLS_KEY, serves TLS (HTTP/2 and gRPC-Web)",
@@ -461,66 +308,6 @@ pub const VARIABLES: &[Variable] = &[
         name: "DISCOVERY_TLS_KEY",
         default: "",
         help: "gateway: TLS private key (PEM file)",
-    },
-    Variable {
-        name: "DISCOVERY_FACE_ANALYSIS_URLS",
-        default: "http://127.0.0.1:50052",
-        help: "comma-separated face-analysis replicas the gateway balances over (recommendation reads stored analyses from them)",
-    },
-    Variable {
-        name: "DISCOVERY_RECOMMENDATION_URLS",
-        default: "http://127.0.0.1:50053",
-        help: "comma-separated recommendation replicas",
-    },
-    Variable {
-        name: "DISCOVERY_SYNC_RETRY_FOR",
-        default: "5m",
-        help: "sync: how long a batch is retried while MongoDB is unreachable before the job fails",
-    },
-    Variable {
-        name: "DISCOVERY_SYNC_MAX_FUTURE",
-        default: "24h",
-        help: "sync: a record whose updated_at is further ahead than this is a dead letter (newer wins: a far-future date would pin the product)",
-    },
-    Variable {
-        name: "DISCOVERY_SYNC_FOLLOW",
-        default: "true",
-        help: "sync: follow the products change stream and deliver changes to recommendation",
-    },
-    Variable {
-        name: "DISCOVERY_SYNC_URLS",
-        default: "http://127.0.0.1:50054",
-        help: "comma-separated sync replicas",
-    },
-    Variable {
-        name: "DISCOVERY_GATEWAY_URLS",
-        default: "http://127.0.0.1:50051",
-        help: "comma-separated gateway replicas monitoring checks (a URL with a path, e.g. dns://gw:9090/readyz, is an HTTP readiness check)",
-    },
-    Variable {
-        name: "DISCOVERY_API_KEY",
-        default: "",
-        help: "the `discovery` CLI's API key for `try` and `load` (printed by `discovery up`)",
-    },
-    Variable {
-        name: "DISCOVERY_MONITORING_URLS",
-        default: "http://127.0.0.1:50055",
-        help: "comma-separated monitoring replicas",
-    },
-    Variable {
-        name: "DISCOVERY_MONITORING_SCRAPE",
-        default: "local",
-        help: "monitoring: metrics sources, comma-separated: `local` (this process), http://host:port/metrics, or dns://host:port/metrics (every address the name resolves to, e.g. a headless Service)",
-    },
-    Variable {
-        name: "DISCOVERY_MONITORING_SCRAPE_INTERVAL",
-        default: "10s",
-        help: "monitoring: scrape and alert-rule evaluation interval",
-    },
-    Variable {
-        name: "DISCOVERY_ALERT_WEBHOOK_URL",
-        default: "",
-        help: "monitoring: Slack-compatible webhook (http or https) for firing and resolved alerts",
     },
     Variable {
         name: "DISCOVERY_STORE",
@@ -573,26 +360,6 @@ pub const VARIABLES: &[Variable] = &[
         help: "in-process cache budget in bytes per service",
     },
     Variable {
-        name: "DISCOVERY_DEMO_CATALOG",
-        default: "520 with the memory store, else 0",
-        help: "seed this many demo frames into an empty catalogue",
-    },
-    Variable {
-        name: "DISCOVERY_CATALOG_REFRESH",
-        default: "5m",
-        help: "recommendation: full snapshot reload from the store (safety net; 0s disables)",
-    },
-    Variable {
-        name: "DISCOVERY_SIGNALS_REFRESH",
-        default: "60s",
-        help: "recommendation: rebuild popularity and co-occurrence from interactions (0s disables)",
-    },
-    Variable {
-        name: "DISCOVERY_WARM_INTERVAL",
-        default: "15m",
-        help: "recommendation: cache warming period, also once at start (0s disables)",
-    },
-    Variable {
         name: "DISCOVERY_LOG_FORMAT",
         default: "pretty",
         help: "`pretty` or `json` log lines",
@@ -628,19 +395,9 @@ pub const VARIABLES: &[Variable] = &[
         help: "how long shutdown waits for in-flight calls",
     },
     Variable {
-        name: "DISCOVERY_INTERACTIONS_PER_MINUTE",
-        default: "120",
-        help: "recommendation: most RecordInteraction calls one shopper (user, else session) makes per minute, counted across replicas; 0: no bound",
-    },
-    Variable {
         name: "DISCOVERY_SHUTDOWN_DELAY",
         default: "0s",
         help: "on SIGTERM, how long to keep serving (not ready) before refusing new connections: the time a Service takes to drop the pod (the chart sets 5s)",
-    },
-    Variable {
-        name: "DISCOVERY_IN_PROCESS_CALLS",
-        default: "true",
-        help: "discovery up: the gateway calls the services of its own process directly instead of over loopback HTTP/2",
     },
     Variable {
         name: "DISCOVERY_DEPENDENCY_CHECKS",
@@ -652,22 +409,6 @@ pub const VARIABLES: &[Variable] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The README lists every variable the services read (its
-    /// configuration table), as `VARIABLES`' documentation promises.
-    #[test]
-    fn every_variable_is_in_the_readme() {
-        let readme = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
-        )
-        .expect("README.md");
-        let missing: Vec<&str> = VARIABLES
-            .iter()
-            .map(|v| v.name)
-            .filter(|n| !readme.contains(&format!("`{n}`")))
-            .collect();
-        assert!(missing.is_empty(), "not in README.md: {missing:?}");
-    }
 
     #[test]
     fn bad_port_names_the_variable() {

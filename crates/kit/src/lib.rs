@@ -41,12 +41,22 @@ macro_rules! compressed {
     };
 }
 
-/// mimalloc for every binary, test and benchmark that links the kit.
-/// Measured: with glibc's allocator, sync's pipeline spent three quarters
-/// of its time in `malloc_consolidate`/`_int_malloc` freeing batches of BSON
-/// documents (29k records/s); with mimalloc it is allocation-bound no more.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The allocator discovery's binaries and benchmarks choose, each in its
+/// own `main.rs` or bench with [`global_allocator!`] (a library does not
+/// choose for the program that links it). Measured: with glibc's allocator,
+/// sync's pipeline spent three quarters of its time in
+/// `malloc_consolidate`/`_int_malloc` freeing batches of BSON documents
+/// (29k records/s); with mimalloc it is allocation-bound no more.
+pub use mimalloc::MiMalloc;
+
+/// Sets [`MiMalloc`] as the program's global allocator.
+#[macro_export]
+macro_rules! global_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::MiMalloc = $crate::MiMalloc;
+    };
+}
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> i64 {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::config::{ConfigError, Env, Variable};
 use discovery_kit::server::ServeConfig;
 use discovery_kit::store::StoreConfig;
 use discovery_proto::topology;
@@ -117,3 +117,33 @@ impl Config {
         })
     }
 }
+
+/// This service's variables, with their defaults (the launcher lists them
+/// with everyone's: `discovery env`, the README).
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "DISCOVERY_MONITORING_PORT",
+        default: "50055",
+        help: "monitoring gRPC port",
+    },
+    Variable {
+        name: "DISCOVERY_DASHBOARD_TOKEN_FILE",
+        default: "",
+        help: "monitoring: a file holding the dashboard's token (or DISCOVERY_DASHBOARD_TOKEN); without one the dashboard answers loopback only",
+    },
+    Variable {
+        name: "DISCOVERY_MONITORING_SCRAPE",
+        default: "local",
+        help: "monitoring: metrics sources, comma-separated: `local` (this process), http://host:port/metrics, or dns://host:port/metrics (every address the name resolves to, e.g. a headless Service)",
+    },
+    Variable {
+        name: "DISCOVERY_MONITORING_SCRAPE_INTERVAL",
+        default: "10s",
+        help: "monitoring: scrape and alert-rule evaluation interval",
+    },
+    Variable {
+        name: "DISCOVERY_ALERT_WEBHOOK_URL",
+        default: "",
+        help: "monitoring: Slack-compatible webhook (http or https) for firing and resolved alerts",
+    },
+];

@@ -10,6 +10,8 @@ use discovery_proto::v1 as pb;
 use discovery_recommendation::rank::recommend;
 use discovery_recommendation::snapshot::Catalog;
 
+discovery_kit::global_allocator!();
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }

@@ -29,6 +29,8 @@ use discovery_recommendation::fast::Reply;
 use discovery_recommendation::server::recommendation_server::Recommendation;
 use discovery_recommendation::snapshot::{Catalog, Snapshot};
 
+discovery_kit::global_allocator!();
+
 const N: usize = 100_000;
 const PROFILES: usize = 10_000;
 const REQUESTS: usize = 200_000;

@@ -25,6 +25,8 @@ use discovery_recommendation::impressions::{
 };
 use discovery_recommendation::report::{Dims, Totals};
 
+discovery_kit::global_allocator!();
+
 const IMPRESSIONS: usize = 20_000;
 const WEEK: u64 = 1_000_000;
 
@@ -62,7 +64,7 @@ async fn run() {
     let store: Store = Arc::new(
         MongoStore::connect(
             &MongoConfig::for_tests(&server.uri(), &db),
-            Workload::Recommendation,
+            Workload::ReadMostly,
         )
         .await
         .expect("connect"),

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::fast::Reply;
+use crate::kinds;
 use crate::server::recommendation_server::Recommendation;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use discovery_kit::cache::{Cache, CacheKind, Loaded, Lookup, Source, kinds};
+use discovery_kit::cache::{Cache, CacheKind, Loaded, Lookup, Source};
 use discovery_kit::store::{Store, doc};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_server::CacheAdmin;

@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod api;
+pub mod config;
+pub mod kinds;
 
 pub mod experiments;
 pub mod faces;
@@ -183,7 +185,7 @@ pub async fn ensure_schema(store: &Store) -> Result<(), StoreError> {
 
 /// Starts the service.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, BoxError> {
-    let store = config.store.connect(Workload::Recommendation).await?;
+    let store = config.store.connect(Workload::ReadMostly).await?;
     ensure_schema(&store).await?;
     if config.demo_catalog > 0 && store.count(PRODUCTS, doc! {}).await? == 0 {
         let frames = discovery_catalog::demo_catalog(config.demo_catalog);

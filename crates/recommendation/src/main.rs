@@ -1,4 +1,6 @@
 //! `discovery-recommendation`: the recommendation service binary.
+
+discovery_kit::global_allocator!();
 fn main() -> std::process::ExitCode {
     discovery_kit::server::run_binary("recommendation", |env, shutdown| async move {
         let config = discovery_recommendation::Config::from_env(&env)?;

@@ -26,6 +26,8 @@ use discovery_kit::store::{
 use discovery_proto::v1 as pb;
 use discovery_sync::ingest::{BATCH, Jobs};
 
+discovery_kit::global_allocator!();
+
 /// A store that accepts everything and keeps nothing, optionally slowly.
 #[derive(Debug)]
 struct Sink {

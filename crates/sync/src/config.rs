@@ -1,6 +1,6 @@
 //! Sync's variables and their defaults.
 
-use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::config::{ConfigError, Env, Variable};
 use discovery_kit::server::ServeConfig;
 use discovery_kit::store::StoreConfig;
 
@@ -44,3 +44,28 @@ impl Config {
         })
     }
 }
+
+/// This service's variables, with their defaults (the launcher lists them
+/// with everyone's: `discovery env`, the README).
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "DISCOVERY_SYNC_PORT",
+        default: "50054",
+        help: "sync gRPC port",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_RETRY_FOR",
+        default: "5m",
+        help: "sync: how long a batch is retried while MongoDB is unreachable before the job fails",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_MAX_FUTURE",
+        default: "24h",
+        help: "sync: a record whose updated_at is further ahead than this is a dead letter (newer wins: a far-future date would pin the product)",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_FOLLOW",
+        default: "true",
+        help: "sync: follow the products change stream and deliver changes to recommendation",
+    },
+];

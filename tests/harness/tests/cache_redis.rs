@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use discovery_harness::RedisCluster;
-use discovery_kit::cache::{Cache, CacheConfig, CacheKind, Loaded, kinds};
+use discovery_kit::cache::{Cache, CacheConfig, CacheKind, Loaded};
 
 fn config(cluster: &RedisCluster) -> CacheConfig {
     CacheConfig {
@@ -137,14 +137,19 @@ async fn redis_unreachable_degrades_to_l1_and_origin() {
     };
     let cache = Cache::new(&cfg).await.unwrap();
     let v = cache
-        .get_or_load(&kinds::PRODUCT, "product:x:1", || async {
-            Ok::<_, String>(Loaded::new(Bytes::from_static(b"origin"), vec![]))
-        })
+        .get_or_load(
+            &discovery_recommendation::kinds::PRODUCT,
+            "product:x:1",
+            || async { Ok::<_, String>(Loaded::new(Bytes::from_static(b"origin"), vec![])) },
+        )
         .await
         .unwrap();
     assert_eq!(v.value, "origin");
     assert_eq!(
-        cache.get(&kinds::PRODUCT, "product:x:1").await.unwrap(),
+        cache
+            .get(&discovery_recommendation::kinds::PRODUCT, "product:x:1")
+            .await
+            .unwrap(),
         "origin"
     );
     assert!(!cache.l2_connected());

@@ -146,8 +146,8 @@ fn image_env(service: &str) -> BTreeMap<String, String> {
 }
 
 fn default_of(var: &str) -> Option<&'static str> {
-    discovery_kit::config::VARIABLES
-        .iter()
+    discovery::variables::all()
+        .into_iter()
         .find(|v| v.name == var)
         .map(|v| v.default)
 }

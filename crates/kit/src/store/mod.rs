@@ -111,9 +111,10 @@ pub enum Workload {
     Realtime,
     /// Rollups and reports: secondaryPreferred, max staleness 300 s.
     Analytics,
-    /// Catalogue snapshot loads: secondaryPreferred, max staleness 60 s (the
-    /// spec says `secondary`; preferred keeps single-node replica sets working).
-    Recommendation,
+    /// Large reads that tolerate a minute's lag (recommendation's catalogue
+    /// snapshot loads): secondaryPreferred, max staleness 60 s (the spec
+    /// says `secondary`; preferred keeps single-node replica sets working).
+    ReadMostly,
 }
 
 /// An index to create. Mirrors MongoDB index options.

@@ -325,7 +325,7 @@ pub fn collection_options(workload: Workload) -> CollectionOptions {
                     .build(),
             ),
         },
-        Workload::Recommendation => ReadPreference::SecondaryPreferred {
+        Workload::ReadMostly => ReadPreference::SecondaryPreferred {
             options: Some(
                 ReadPreferenceOptions::builder()
                     .max_staleness(Duration::from_secs(90))
