@@ -583,12 +583,10 @@ async fn killed_and_restarted_replicas_lose_no_calls_or_records() {
     let mut g0 = client(gateways[0], &key).await;
     let (job, _) = ingest_until_done(&mut g0, feed(120)).await;
     assert_eq!(job.upserted, 120);
-    for _ in 0..100 {
-        if stored_products(&mut g0).await == 120 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    discovery_harness::eventually(Duration::from_secs(10), async || {
+        stored_products(&mut g0).await == 120
+    })
+    .await;
 
     let targets: Vec<Arc<discovery_loadgen::Target>> =
         futures::future::join_all(gateways.iter().map(|g| {
@@ -974,12 +972,10 @@ async fn gateway_crash_and_rolling_restarts_behind_the_service_ip() {
     let mut g = client(service.addr(), &key).await;
     let (job, _) = ingest_until_done(&mut g, feed(120)).await;
     assert_eq!(job.upserted, 120);
-    for _ in 0..100 {
-        if stored_products(&mut g).await == 120 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    discovery_harness::eventually(Duration::from_secs(10), async || {
+        stored_products(&mut g).await == 120
+    })
+    .await;
     let target = Arc::new(
         discovery_loadgen::Target::connect(
             &format!("http://{}", service.addr()),
@@ -1050,12 +1046,10 @@ async fn gateway_crash_and_rolling_restarts_behind_the_service_ip() {
             run.cluster.wait_pod_started(i, until).await.unwrap();
             // Ready before the next one goes, as maxUnavailable 0 waits.
             let pod = &run.cluster.pods[i];
-            for _ in 0..100 {
-                if pod.deployment.readiness.check(pod.ip).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            discovery_harness::eventually(Duration::from_secs(10), async || {
+                pod.deployment.readiness.check(pod.ip).await.is_ok()
+            })
+            .await;
         }
     }
     let (sent, failed) = outcome("recommendation traffic", &rolling.await.unwrap());
@@ -1091,12 +1085,10 @@ async fn recommend_by_analysis_id_ranks_as_the_face_it_names() {
     assert_eq!(job.upserted, 120);
     for reco in run.cluster.of("recommendation") {
         let addr = run.cluster.pods[reco].addr("grpc");
-        for _ in 0..100 {
-            if direct_search_total(addr).await == 120 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        discovery_harness::eventually(Duration::from_secs(20), async || {
+            direct_search_total(addr).await == 120
+        })
+        .await;
     }
     let photo = std::fs::read(workspace_root().join("models/testdata/astronaut.png"))
         .expect("models/testdata/astronaut.png: run scripts/fetch-models.sh --test-data");

@@ -602,3 +602,19 @@ impl TestCerts {
         })
     }
 }
+
+/// Polls `f` every 100 ms until it holds, for at most `timeout`; whether it
+/// held. The one waiting loop of the tests (a condition another process or
+/// replica makes true in its own time).
+pub async fn eventually(timeout: std::time::Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

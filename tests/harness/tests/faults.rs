@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use discovery_harness::eventually;
 use discovery_harness::{MongoServer, RedisCluster, redis_command};
 use discovery_kit::CancellationToken;
 use discovery_kit::config::Env;
@@ -151,22 +152,6 @@ impl Drop for ReadLoad {
         // A failed assertion must not leave callers running.
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// Waits until `f` holds, up to `timeout`; false if it never did.
-async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 /// The status of health name `name` on `channel` (None: unknown name).

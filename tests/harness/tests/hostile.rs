@@ -578,14 +578,10 @@ async fn redis_refuses_strangers_and_the_services_bring_the_password_from_a_file
             .unwrap()
             .into_inner()
     };
-    let mut connected = false;
-    for _ in 0..100 {
-        if status(good.addr).await.l2_connected {
-            connected = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let connected = discovery_harness::eventually(Duration::from_secs(10), async || {
+        status(good.addr).await.l2_connected
+    })
+    .await;
     let refused = status(wrong.addr).await;
     println!(
         "recommendation with the password file: L2 connected {connected}; with a wrong password: L2 connected {}, catalogue {} frames served",

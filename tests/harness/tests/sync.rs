@@ -179,14 +179,10 @@ async fn fifty_thousand_records_one_percent_invalid_then_all_unchanged() {
             .total_size
         }
     };
-    let mut moved = false;
-    for _ in 0..100 {
-        if count(first.job_id.clone()).await == 0 {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let moved = discovery_harness::eventually(Duration::from_secs(10), async || {
+        count(first.job_id.clone()).await == 0
+    })
+    .await;
     assert!(moved, "originals removed once the replay job succeeded");
     assert_eq!(count(replay.clone()).await as usize, bad);
     let err = client
