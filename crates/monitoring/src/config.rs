@@ -52,8 +52,8 @@ impl Config {
             .into_iter()
             .filter(|t| *t != topology::MONITORING)
         {
-            let (service, var, default, grpc_name) = (t.name, t.urls_var, t.default_url, t.health);
-            for url in env.list(var, &[default]) {
+            let var = t.urls_var;
+            for url in env.list(var, &[t.default_url]) {
                 match readiness_path(&url) {
                     Some((scheme, authority, _)) => {
                         if !matches!(scheme, "http" | "dns") || authority.is_empty() {
@@ -71,9 +71,9 @@ impl Config {
                     }
                 }
                 targets.push(Target {
-                    service: service.into(),
+                    service: t.name.into(),
                     url,
-                    grpc_name,
+                    grpc_name: t.health,
                 });
             }
         }

@@ -451,6 +451,15 @@ fn impression_side_by_side(
             }
         }
     });
+    // One round of pages through a logged service (the worker's input).
+    let serve_all = async |logged: &Service| {
+        for i in 0..CALLS {
+            logged
+                .recommend(tonic::Request::new(hot[i % HOT].clone()))
+                .await
+                .expect("recommend");
+        }
+    };
     // The worker: a round's impressions written to the embedded store and
     // rolled up, timed from shutdown (it then takes the whole queue) to
     // its end.
@@ -459,12 +468,7 @@ fn impression_side_by_side(
         // the MongoDB driver then encodes and sends).
         let (log, queue) = Log::detached();
         let logged = svc.clone().with_log(log.clone());
-        for i in 0..CALLS {
-            logged
-                .recommend(tonic::Request::new(hot[i % HOT].clone()))
-                .await
-                .expect("recommend");
-        }
+        serve_all(&logged).await;
         let events = queue.lock().drain_events();
         let t = Instant::now();
         for e in &events {
@@ -480,12 +484,7 @@ fn impression_side_by_side(
         let stop = discovery_kit::CancellationToken::new();
         let (log, task) = Log::start(MemoryStore::new(), cache.clone(), 1, stop.clone());
         let logged = svc.clone().with_log(log.clone());
-        for i in 0..CALLS {
-            logged
-                .recommend(tonic::Request::new(hot[i % HOT].clone()))
-                .await
-                .expect("recommend");
-        }
+        serve_all(&logged).await;
         let queued = log.queued();
         let t = Instant::now();
         stop.cancel();
