@@ -80,6 +80,22 @@ pub fn encode_timeout(d: Duration) -> HeaderValue {
 /// stream ended without one, e.g. the upstream connection broke).
 pub type OnEnd = Box<dyn FnOnce(Code) + Send + Sync>;
 
+/// Runs `f` with the call's final status: now for a trailers-only answer
+/// (refusals, upstream errors), else when the body's trailers go by (or
+/// the body is dropped: CANCELLED). Each layer with work for the end of a
+/// call (a slot to release, a verdict to record) wraps the body this way.
+pub fn on_end(
+    resp: Response<Body>,
+    f: impl FnOnce(Code) + Send + Sync + 'static,
+) -> Response<Body> {
+    if let Some(code) = status_of(resp.headers()) {
+        f(code);
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Body::new(Observed::new(body, Box::new(f))))
+}
+
 /// A response body that watches for the trailers (and can keep a copy of
 /// the data, up to a limit).
 pub struct Observed {

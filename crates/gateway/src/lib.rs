@@ -3,13 +3,14 @@
 //! A byte-level proxy: a public call's message is forwarded untouched to
 //! the upstream method with the same types ([`routes`]), so the gateway
 //! never decodes or re-encodes a message. Around the forwarding sits a
-//! stack of stages ([`stack`]): route and accounting, API keys ([`auth`]),
-//! rate limits and in-flight bounds ([`limits`]), then [`proxy`] with
-//! per-method circuit breakers ([`breaker`]), balancing over replicas with
-//! health checks and ejection ([`upstream`]), retries and deadlines.
-//! gRPC-Web (tonic-web) and CORS wrap the stack for browsers; compression
-//! is negotiated end to end with the owning service (the gateway passes
-//! `grpc-encoding` through and never recompresses).
+//! stack of tower layers ([`layers`]): routing and metrics, API keys
+//! ([`auth`]), rate limits and in-flight bounds ([`limits`]), the caller's
+//! body, deadlines, fallback answers, per-method circuit breakers
+//! ([`breaker`]), retries, and balancing over replicas with health checks
+//! and ejection ([`upstream`]). gRPC-Web (tonic-web) and CORS wrap the
+//! stack for browsers; compression is negotiated end to end with the
+//! owning service (the gateway passes `grpc-encoding` through and never
+//! recompresses).
 //!
 //! Architecture invariant: the gateway holds no domain logic; every RPC is
 //! answered by the service that owns it, or refused here for a reason of
@@ -23,189 +24,32 @@ pub mod breaker;
 pub mod client_addr;
 pub mod config;
 pub mod grpc;
+pub mod layers;
 pub mod limits;
-pub mod proxy;
 pub mod routes;
-pub mod stack;
 pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use discovery_kit::CancellationToken;
-use discovery_kit::cache::CacheConfig;
-use discovery_kit::config::{ConfigError, Env};
+use discovery_kit::config::ConfigError;
 use discovery_kit::deps::Dependency;
-use discovery_kit::server::{BoxError, ServeConfig, ServiceHandle};
-use discovery_kit::store::{StoreConfig, Workload};
+use discovery_kit::server::{BoxError, ServiceHandle};
+use discovery_kit::store::Workload;
 use discovery_proto::service_names;
-use discovery_proto::topology::{FACE_ANALYSIS, GATEWAY, MONITORING, RECOMMENDATION, SYNC};
 use tonic::service::Routes;
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
 
 use crate::auth::KeyRing;
-use crate::limits::{InFlight, LimitConfig, Limiter};
-use crate::proxy::{Proxy, ProxyConfig};
+use crate::layers::breaker::Breakers;
+use crate::layers::{Discovery, balance::Pools};
+use crate::limits::{InFlight, Limiter};
 use crate::routes::Upstream;
-use crate::stack::{Admit, Authenticate, Discovery, Front};
-use crate::upstream::{Pool, PoolConfig};
+use crate::upstream::Pool;
 
-/// Upstream URLs, one list per service.
-#[derive(Debug, Clone)]
-pub struct Upstreams {
-    /// Face-analysis replicas.
-    pub face_analysis: Vec<String>,
-    /// Recommendation replicas.
-    pub recommendation: Vec<String>,
-    /// Sync replicas.
-    pub sync: Vec<String>,
-    /// Monitoring replicas.
-    pub monitoring: Vec<String>,
-}
-
-impl Upstreams {
-    fn of(&self, u: Upstream) -> &[String] {
-        match u {
-            Upstream::FaceAnalysis => &self.face_analysis,
-            Upstream::Recommendation => &self.recommendation,
-            Upstream::Sync => &self.sync,
-            Upstream::Monitoring => &self.monitoring,
-        }
-    }
-}
-
-/// Service configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Where to serve.
-    pub serve: ServeConfig,
-    /// Upstream services.
-    pub upstreams: Upstreams,
-    /// Where API keys live.
-    pub store: StoreConfig,
-    /// Redis Cluster (shared rate-limit state).
-    pub cache: CacheConfig,
-    /// Rate and concurrency limits.
-    pub limits: LimitConfig,
-    /// Replica pools.
-    pub pools: PoolConfig,
-    /// Forwarding.
-    pub proxy: ProxyConfig,
-    /// How often API keys are reloaded.
-    pub keys_refresh: Duration,
-    /// Origins allowed for browser (gRPC-Web) calls; `*` for any.
-    pub cors_origins: Vec<String>,
-    /// TLS certificate chain and key (PEM files); plaintext when None.
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// Proxies (load balancers) whose forwarding headers are believed.
-    pub trusted_proxies: client_addr::TrustedProxies,
-}
-
-fn urls(env: &Env, var: &'static str, default: &str) -> Result<Vec<String>, ConfigError> {
-    let list = env.list(var, &[default]);
-    if list.is_empty() {
-        return Err(ConfigError::new(
-            var,
-            "give at least one URL (http://host:port, or dns://host:port to resolve every replica)",
-        ));
-    }
-    for u in &list {
-        let check = u.replace("dns://", "http://");
-        discovery_kit::client::endpoint(var, &check)
-            .map_err(|e| ConfigError::new(var, format!("{u:?}: {}", e.reason)))?;
-    }
-    Ok(list)
-}
-
-impl Config {
-    /// Reads `DISCOVERY_GATEWAY_PORT`, the `DISCOVERY_*_URLS` lists, the
-    /// store, Redis and limit variables.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let pools = PoolConfig {
-            connections: env.parse(
-                "DISCOVERY_GATEWAY_CONNECTIONS",
-                1,
-                "a number of connections",
-            )?,
-            workers: env.parse(
-                "DISCOVERY_GATEWAY_WORKERS",
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-                "a number of threads",
-            )?,
-            check_interval: env.duration("DISCOVERY_HEALTH_INTERVAL", Duration::from_secs(10))?,
-            ..PoolConfig::default()
-        };
-        if pools.connections == 0 || pools.check_interval.is_zero() {
-            return Err(ConfigError::new(
-                "DISCOVERY_GATEWAY_CONNECTIONS",
-                "connections and DISCOVERY_HEALTH_INTERVAL must be above zero",
-            ));
-        }
-        if pools.workers == 0 {
-            return Err(ConfigError::new(
-                "DISCOVERY_GATEWAY_WORKERS",
-                "give at least 1 worker thread",
-            ));
-        }
-        let defaults = ProxyConfig::default();
-        let proxy = ProxyConfig {
-            retries: env.parse("DISCOVERY_GATEWAY_RETRIES", 2, "a number of retries")?,
-            stream_idle: env.duration("DISCOVERY_GATEWAY_BODY_TIMEOUT", defaults.stream_idle)?,
-            min_deadline: env.duration("DISCOVERY_GATEWAY_MIN_DEADLINE", defaults.min_deadline)?,
-            max_deadline: env.duration("DISCOVERY_GATEWAY_MAX_DEADLINE", defaults.max_deadline)?,
-            ..defaults
-        };
-        if proxy.max_deadline.is_zero() || proxy.min_deadline >= proxy.max_deadline {
-            return Err(ConfigError::new(
-                "DISCOVERY_GATEWAY_MAX_DEADLINE",
-                "must be above zero and above DISCOVERY_GATEWAY_MIN_DEADLINE",
-            ));
-        }
-        let mut serve = ServeConfig::from_env(env, GATEWAY.port_var, GATEWAY.port)?;
-        // The public port: API keys instead of internal tokens, and
-        // reflection of the public API on unless turned off.
-        serve.exempt = discovery_kit::internal::Exempt::Public;
-        serve.reflection = env.bool("DISCOVERY_REFLECTION", true)?;
-        let proxy = ProxyConfig {
-            internal: serve.internal.clone(),
-            ..proxy
-        };
-        Ok(Self {
-            serve,
-            upstreams: Upstreams {
-                face_analysis: urls(env, FACE_ANALYSIS.urls_var, FACE_ANALYSIS.default_url)?,
-                recommendation: urls(env, RECOMMENDATION.urls_var, RECOMMENDATION.default_url)?,
-                sync: urls(env, SYNC.urls_var, SYNC.default_url)?,
-                monitoring: urls(env, MONITORING.urls_var, MONITORING.default_url)?,
-            },
-            store: StoreConfig::from_env(env)?,
-            cache: CacheConfig::from_env(env)?,
-            limits: LimitConfig::from_env(env)?,
-            pools,
-            proxy,
-            keys_refresh: env.duration("DISCOVERY_API_KEYS_REFRESH", Duration::from_secs(10))?,
-            cors_origins: env.list("DISCOVERY_CORS_ORIGINS", &["*"]),
-            trusted_proxies: client_addr::TrustedProxies::from_env(env)?,
-            tls: match (env.raw("DISCOVERY_TLS_CERT"), env.raw("DISCOVERY_TLS_KEY")) {
-                (None, None) => None,
-                (Some(c), Some(k)) => Some((c.into(), k.into())),
-                (Some(_), None) => {
-                    return Err(ConfigError::new(
-                        "DISCOVERY_TLS_KEY",
-                        "DISCOVERY_TLS_CERT is set: give the private key (PEM) too",
-                    ));
-                }
-                (None, Some(_)) => {
-                    return Err(ConfigError::new(
-                        "DISCOVERY_TLS_CERT",
-                        "DISCOVERY_TLS_KEY is set: give the certificate chain (PEM) too",
-                    ));
-                }
-            },
-        })
-    }
-}
+pub use crate::config::Config;
 
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -233,10 +77,24 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
 /// A running gateway's parts, for tests and operators.
 #[derive(Clone)]
 pub struct Parts {
-    /// The forwarding stage (breakers, pools).
-    pub proxy: Proxy,
+    /// Per-method breakers.
+    pub breakers: Arc<Breakers>,
+    /// Replica pools.
+    pub pools: Pools,
     /// API keys.
     pub keys: Arc<KeyRing>,
+}
+
+impl Parts {
+    /// A method's breaker state ("closed", "open", "half-open").
+    pub fn breaker_state(&self, method: &str) -> Option<&'static str> {
+        self.breakers.state(method)
+    }
+
+    /// An upstream's pool.
+    pub fn pool(&self, upstream: Upstream) -> Option<&Arc<Pool>> {
+        self.pools.get(&upstream)
+    }
 }
 
 /// Starts the gateway.
@@ -267,24 +125,22 @@ pub async fn spawn_with_parts(
         tokio::spawn(async move { l.follow_replicas(stop).await });
     }
     let in_flight = InFlight::new(&config.limits);
-    let mut pools = Vec::new();
+    let mut pools = std::collections::HashMap::new();
     for u in Upstream::ALL {
-        pools.push(Pool::new(
-            u,
-            config.upstreams.of(u).to_vec(),
-            config.pools.clone(),
-        )?);
+        let pool = Pool::new(u, config.upstreams.of(u).to_vec(), config.pools.clone())?;
+        pools.insert(u, pool);
     }
-    let proxy = Proxy::new(pools.clone(), config.proxy.clone());
-    let stack = stack::build(vec![
-        Arc::new(Front),
-        Arc::new(Authenticate {
-            keys: keys.clone(),
-            trusted: Arc::new(config.trusted_proxies.clone()),
-        }),
-        Arc::new(Admit { limiter, in_flight }),
-        Arc::new(proxy.clone()),
-    ]);
+    let pools: Pools = Arc::new(pools);
+    let breakers = Breakers::new(config.proxy.breaker);
+    let stack = layers::stack(layers::Parts {
+        keys: keys.clone(),
+        trusted: Arc::new(config.trusted_proxies.clone()),
+        limiter,
+        in_flight,
+        breakers: breakers.clone(),
+        pools: pools.clone(),
+        proxy: config.proxy.clone(),
+    });
     let web = cors(&config.cors_origins).layer(tonic_web::GrpcWebLayer::new().layer(stack.clone()));
     let public = Discovery {
         native: stack,
@@ -326,7 +182,7 @@ pub async fn spawn_with_parts(
     )
     .await?;
     handle.watch_dependencies(&config.serve, deps, shutdown.clone());
-    for pool in pools {
+    for pool in pools.values().cloned() {
         let token = shutdown.clone();
         handle.push_task(tokio::spawn(async move {
             pool.run(token).await;
@@ -347,5 +203,12 @@ pub async fn spawn_with_parts(
             }
         }
     }));
-    Ok((handle, Parts { proxy, keys }))
+    Ok((
+        handle,
+        Parts {
+            breakers,
+            pools,
+            keys,
+        },
+    ))
 }

@@ -141,75 +141,71 @@ pub const PHOTO_BODY: usize = discovery_proto::MAX_REQUEST_BYTES;
 /// (a Recommend with every filter set is a few KiB).
 pub const SMALL_BODY: usize = 1 << 20;
 
-// One row of the table below; positional so the table reads as one.
-#[allow(clippy::too_many_arguments)]
-const fn route(
-    method: &'static str,
-    upstream: Upstream,
-    path: &'static str,
-    scope: Scope,
-    class: Class,
-    idempotent: bool,
-    deadline_ms: u64,
-    fallback: bool,
-) -> Route {
-    Route {
-        method,
-        upstream,
-        path,
-        scope,
-        class,
-        idempotent,
-        streaming: deadline_ms == 0,
-        default_deadline: if deadline_ms == 0 {
-            None
-        } else {
-            Some(Duration::from_millis(deadline_ms))
-        },
-        fallback,
-        max_body: match (class, deadline_ms) {
-            (Class::Face, _) => Some(PHOTO_BODY),
-            (_, 0) => None,
-            _ => Some(SMALL_BODY),
-        },
-    }
+const fn ms(n: u64) -> Option<Duration> {
+    Some(Duration::from_millis(n))
 }
 
-use Class::{Face, Other, Recommend};
+/// What a row does not say: a public, idempotent unary call with a 2 s
+/// deadline, a 1 MiB body and no fallback.
+const UNARY: Route = Route {
+    method: "",
+    upstream: Recommendation,
+    path: "",
+    scope: Public,
+    class: Class::Other,
+    idempotent: true,
+    streaming: false,
+    default_deadline: ms(2_000),
+    fallback: false,
+    max_body: Some(SMALL_BODY),
+};
+
+/// A stream: no body buffering, no retries, no default deadline, no
+/// fallback, no bound on the whole body (each message is bounded by the
+/// upstream's decoder, and a stalled stream is cut).
+const STREAM: Route = Route {
+    idempotent: false,
+    streaming: true,
+    default_deadline: None,
+    max_body: None,
+    ..UNARY
+};
+
+use Class::{Face, Recommend};
 use Scope::{Admin, Ingest, Public};
 use Upstream::{FaceAnalysis, Monitoring, Recommendation, Sync};
 
 /// Every public method. Deadlines follow the SLA figures: face analysis
-/// 5 s, recommendations and reads 2 s, administrative calls 30 s;
-/// streams have none (0).
+/// 5 s, recommendations and reads 2 s, administrative calls 30 s; streams
+/// have none.
 #[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
-    route("AnalyzeFace", FaceAnalysis, "/discovery.v1.FaceAnalysis/AnalyzeFace", Public, Face, true, 5_000, false),
-    route("AnalyzeAndRecommend", Recommendation, "/discovery.v1.Journey/AnalyzeAndRecommend", Public, Face, true, 7_000, false),
-    route("GetFaceAnalysis", FaceAnalysis, "/discovery.v1.FaceAnalysis/GetFaceAnalysis", Public, Other, true, 2_000, false),
-    route("Recommend", Recommendation, "/discovery.v1.Recommendation/Recommend", Public, Recommend, true, 2_000, true),
-    route("SearchProducts", Recommendation, "/discovery.v1.Catalog/SearchProducts", Public, Other, true, 2_000, true),
-    route("GetProduct", Recommendation, "/discovery.v1.Catalog/GetProduct", Public, Other, true, 2_000, true),
-    route("BatchGetProducts", Recommendation, "/discovery.v1.Catalog/BatchGetProducts", Public, Other, true, 2_000, true),
-    route("GetTryOnPlacement", Recommendation, "/discovery.v1.Catalog/GetTryOnPlacement", Public, Other, true, 2_000, false),
-    route("RecordInteraction", Recommendation, "/discovery.v1.Recommendation/RecordInteraction", Public, Other, false, 2_000, false),
-    route("GetSession", Recommendation, "/discovery.v1.Recommendation/GetSession", Public, Other, true, 2_000, false),
-    route("UpdateSession", Recommendation, "/discovery.v1.Recommendation/UpdateSession", Public, Other, false, 2_000, false),
-    route("IngestCatalog", Sync, "/discovery.v1.Sync/IngestCatalog", Ingest, Other, false, 0, false),
-    route("GetSyncJob", Sync, "/discovery.v1.Sync/GetSyncJob", Ingest, Other, true, 2_000, false),
-    route("WatchSyncJob", Sync, "/discovery.v1.Sync/WatchSyncJob", Ingest, Other, false, 0, false),
-    route("ListDeadLetters", Sync, "/discovery.v1.Sync/ListDeadLetters", Ingest, Other, true, 5_000, false),
-    route("ReplayDeadLetters", Sync, "/discovery.v1.Sync/ReplayDeadLetters", Ingest, Other, false, 30_000, false),
-    route("GetSlaReport", Monitoring, "/discovery.v1.Monitoring/GetSlaReport", Admin, Other, true, 5_000, false),
-    route("ListAlerts", Monitoring, "/discovery.v1.Monitoring/ListAlerts", Admin, Other, true, 2_000, false),
-    route("GetSystemHealth", Monitoring, "/discovery.v1.Monitoring/GetSystemHealth", Admin, Other, true, 2_000, false),
-    route("GetCacheStatus", Recommendation, "/discovery.v1.CacheAdmin/GetCacheStatus", Admin, Other, true, 2_000, false),
-    route("WarmCache", Recommendation, "/discovery.v1.CacheAdmin/WarmCache", Admin, Other, false, 30_000, false),
-    route("InvalidateCache", Recommendation, "/discovery.v1.CacheAdmin/InvalidateCache", Admin, Other, true, 5_000, false),
-    route("StartExperiment", Recommendation, "/discovery.v1.Experiments/StartExperiment", Admin, Other, false, 5_000, false),
-    route("StopExperiment", Recommendation, "/discovery.v1.Experiments/StopExperiment", Admin, Other, false, 5_000, false),
-    route("ListExperiments", Recommendation, "/discovery.v1.Experiments/ListExperiments", Admin, Other, true, 2_000, false),
-    route("GetRecommendationReport", Recommendation, "/discovery.v1.Experiments/GetRecommendationReport", Admin, Other, true, 5_000, false),
+    Route { method: "AnalyzeFace", upstream: FaceAnalysis, path: "/discovery.v1.FaceAnalysis/AnalyzeFace", class: Face, max_body: Some(PHOTO_BODY), default_deadline: ms(5000), ..UNARY },
+    Route { method: "AnalyzeAndRecommend", upstream: Recommendation, path: "/discovery.v1.Journey/AnalyzeAndRecommend", class: Face, max_body: Some(PHOTO_BODY), default_deadline: ms(7000), ..UNARY },
+    Route { method: "GetFaceAnalysis", upstream: FaceAnalysis, path: "/discovery.v1.FaceAnalysis/GetFaceAnalysis", ..UNARY },
+    Route { method: "Recommend", upstream: Recommendation, path: "/discovery.v1.Recommendation/Recommend", class: Recommend, fallback: true, ..UNARY },
+    Route { method: "SearchProducts", upstream: Recommendation, path: "/discovery.v1.Catalog/SearchProducts", fallback: true, ..UNARY },
+    Route { method: "GetProduct", upstream: Recommendation, path: "/discovery.v1.Catalog/GetProduct", fallback: true, ..UNARY },
+    Route { method: "BatchGetProducts", upstream: Recommendation, path: "/discovery.v1.Catalog/BatchGetProducts", fallback: true, ..UNARY },
+    Route { method: "GetTryOnPlacement", upstream: Recommendation, path: "/discovery.v1.Catalog/GetTryOnPlacement", ..UNARY },
+    Route { method: "RecordInteraction", upstream: Recommendation, path: "/discovery.v1.Recommendation/RecordInteraction", idempotent: false, ..UNARY },
+    Route { method: "GetSession", upstream: Recommendation, path: "/discovery.v1.Recommendation/GetSession", ..UNARY },
+    Route { method: "UpdateSession", upstream: Recommendation, path: "/discovery.v1.Recommendation/UpdateSession", idempotent: false, ..UNARY },
+    Route { method: "IngestCatalog", upstream: Sync, path: "/discovery.v1.Sync/IngestCatalog", scope: Ingest, ..STREAM },
+    Route { method: "GetSyncJob", upstream: Sync, path: "/discovery.v1.Sync/GetSyncJob", scope: Ingest, ..UNARY },
+    Route { method: "WatchSyncJob", upstream: Sync, path: "/discovery.v1.Sync/WatchSyncJob", scope: Ingest, ..STREAM },
+    Route { method: "ListDeadLetters", upstream: Sync, path: "/discovery.v1.Sync/ListDeadLetters", scope: Ingest, default_deadline: ms(5000), ..UNARY },
+    Route { method: "ReplayDeadLetters", upstream: Sync, path: "/discovery.v1.Sync/ReplayDeadLetters", scope: Ingest, idempotent: false, default_deadline: ms(30000), ..UNARY },
+    Route { method: "GetSlaReport", upstream: Monitoring, path: "/discovery.v1.Monitoring/GetSlaReport", scope: Admin, default_deadline: ms(5000), ..UNARY },
+    Route { method: "ListAlerts", upstream: Monitoring, path: "/discovery.v1.Monitoring/ListAlerts", scope: Admin, ..UNARY },
+    Route { method: "GetSystemHealth", upstream: Monitoring, path: "/discovery.v1.Monitoring/GetSystemHealth", scope: Admin, ..UNARY },
+    Route { method: "GetCacheStatus", upstream: Recommendation, path: "/discovery.v1.CacheAdmin/GetCacheStatus", scope: Admin, ..UNARY },
+    Route { method: "WarmCache", upstream: Recommendation, path: "/discovery.v1.CacheAdmin/WarmCache", scope: Admin, idempotent: false, default_deadline: ms(30000), ..UNARY },
+    Route { method: "InvalidateCache", upstream: Recommendation, path: "/discovery.v1.CacheAdmin/InvalidateCache", scope: Admin, default_deadline: ms(5000), ..UNARY },
+    Route { method: "StartExperiment", upstream: Recommendation, path: "/discovery.v1.Experiments/StartExperiment", scope: Admin, idempotent: false, default_deadline: ms(5000), ..UNARY },
+    Route { method: "StopExperiment", upstream: Recommendation, path: "/discovery.v1.Experiments/StopExperiment", scope: Admin, idempotent: false, default_deadline: ms(5000), ..UNARY },
+    Route { method: "ListExperiments", upstream: Recommendation, path: "/discovery.v1.Experiments/ListExperiments", scope: Admin, ..UNARY },
+    Route { method: "GetRecommendationReport", upstream: Recommendation, path: "/discovery.v1.Experiments/GetRecommendationReport", scope: Admin, default_deadline: ms(5000), ..UNARY },
 ];
 
 /// The public service's path prefix.
@@ -266,6 +262,31 @@ mod tests {
             assert_eq!(route.streaming, streaming, "{}", m.name());
         }
         assert!(lookup("/discovery.v1.Discovery/Nope").is_none());
+    }
+
+    /// What the old positional rows derived, the named rows must still
+    /// agree on.
+    #[test]
+    fn every_row_is_consistent() {
+        let mut names = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(names.insert(r.method), "{} twice", r.method);
+            assert!(r.path.ends_with(&format!("/{}", r.method)), "{}", r.method);
+            assert_eq!(r.streaming, r.default_deadline.is_none(), "{}", r.method);
+            assert_eq!(r.streaming, r.max_body.is_none(), "{}", r.method);
+            assert_eq!(
+                r.class == Class::Face,
+                r.max_body == Some(PHOTO_BODY),
+                "{}",
+                r.method
+            );
+            if r.streaming {
+                assert!(!r.idempotent && !r.fallback, "{}", r.method);
+            }
+            if r.fallback {
+                assert!(r.idempotent && r.scope == Scope::Public, "{}", r.method);
+            }
+        }
         assert!(lookup("/other.Service/Recommend").is_none());
     }
 }

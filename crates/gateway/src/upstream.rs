@@ -217,6 +217,12 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// A replica at `url` (for tests of the layers that handle replicas).
+    #[cfg(test)]
+    pub(crate) fn for_tests(url: &str, config: &PoolConfig) -> Self {
+        Self::new(url.to_string(), config).expect("a valid URL")
+    }
+
     fn new(url: String, config: &PoolConfig) -> Result<Self, String> {
         let endpoint =
             discovery_kit::client::endpoint("upstream", &url).map_err(|e| e.to_string())?;

@@ -56,3 +56,32 @@ pub fn lookup(addr: &SocketAddr) -> Option<Local> {
     }
     REGISTRY.read().get(addr).cloned()
 }
+
+/// A registration that ends when dropped.
+#[derive(Debug)]
+#[must_use = "the address is served only while this lives"]
+pub struct Registration(SocketAddr);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        deregister(self.0);
+    }
+}
+
+/// Serves `addr` with `routes` in this process while the returned
+/// registration lives (enabling in-process calls): for tests of a caller's
+/// own path without a socket.
+#[doc(hidden)]
+pub fn register_for_tests<S>(addr: SocketAddr, routes: S) -> Registration
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    enable();
+    register(addr, BoxCloneSyncService::new(routes));
+    Registration(addr)
+}

@@ -96,7 +96,7 @@ async fn a_killed_replica_is_ejected_without_failed_calls_and_gets_traffic_when_
     )
     .await
     .unwrap();
-    let pool = parts.proxy.pool(Upstream::Recommendation).unwrap().clone();
+    let pool = parts.pool(Upstream::Recommendation).unwrap().clone();
     let calls_to = |port: u16| {
         pool.replicas()
             .iter()
@@ -549,13 +549,13 @@ async fn an_open_breaker_serves_the_last_good_answer_and_fails_fast_otherwise() 
     reco_token.cancel();
     reco.wait().await.ok();
     let mut failures = 0;
-    while parts.proxy.breaker_state("SearchProducts") == Some("closed") && failures < 20 {
+    while parts.breaker_state("SearchProducts") == Some("closed") && failures < 20 {
         let e = c.search_products(search("round")).await.unwrap_err();
         assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
         failures += 1;
     }
     assert_eq!(
-        parts.proxy.breaker_state("SearchProducts"),
+        parts.breaker_state("SearchProducts"),
         Some("open"),
         "after {failures} failures"
     );

@@ -126,7 +126,7 @@ async fn slow_and_oversized_bodies_hold_nothing_others_need() {
         }
         other => panic!("a 2 MiB GetProduct: {other:?}"),
     }
-    let breaker = rig.parts.proxy.breaker_state("GetProduct");
+    let breaker = rig.parts.breaker_state("GetProduct");
     assert_eq!(breaker, Some("closed"));
     bystander.finish("slow and oversized bodies").await;
     rig.stop().await;

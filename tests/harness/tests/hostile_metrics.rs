@@ -49,7 +49,7 @@ async fn a_caller_cannot_open_a_circuit_for_everyone_or_grow_the_metrics() {
         codes.keys().all(|c| *c == 4 || *c == 1),
         "only the caller's deadline: {codes:?}"
     );
-    assert_eq!(rig.parts.proxy.breaker_state("GetProduct"), Some("closed"));
+    assert_eq!(rig.parts.breaker_state("GetProduct"), Some("closed"));
 
     // 2. Above the floor (10 µs here) but shorter than any answer: the
     //    gateway forwards and gives up on the caller's behalf, 1,000 times.
@@ -57,7 +57,7 @@ async fn a_caller_cannot_open_a_circuit_for_everyone_or_grow_the_metrics() {
     println!("1,000 GetProduct with grpc-timeout 20u: codes {codes:?}");
     assert!(codes.get(&4).copied().unwrap_or(0) > 0, "some expired");
     assert_eq!(
-        rig.parts.proxy.breaker_state("GetProduct"),
+        rig.parts.breaker_state("GetProduct"),
         Some("closed"),
         "the caller's deadline is not the upstream's failure"
     );
