@@ -47,7 +47,7 @@ impl Sync for Service {
                 ));
             }
         };
-        ingest::check_source(&header.source).map_err(Status::invalid_argument)?;
+        ingest::check_source(&header.source)?;
         sources.check_write(&header.source)?;
         let id = ingest::job_id(&header);
         if !header.idempotency_key.is_empty()
@@ -102,11 +102,11 @@ impl Sync for Service {
             };
             if let Err(e) = step {
                 let id = intake.job().id.clone();
-                intake.abort(e.clone());
+                intake.abort(e.to_string());
                 return Err(Status::unavailable(format!("job {id}: {e}")));
             }
         }
-        let job = intake.finish().await.map_err(Status::unavailable)?;
+        let job = intake.finish().await?;
         Ok(Response::new(pb::IngestCatalogResponse {
             job_id: job.id.clone(),
             received: job.to_proto().received,
@@ -292,11 +292,11 @@ impl Sync for Service {
             let source = d.get_str("source").unwrap_or_default();
             if let Err(e) = intake.replay(source, format, payload).await {
                 let job = intake.job().id.clone();
-                intake.abort(e.clone());
+                intake.abort(e.to_string());
                 return Err(Status::unavailable(format!("job {job}: {e}")));
             }
         }
-        let job = intake.finish().await.map_err(Status::unavailable)?;
+        let job = intake.finish().await?;
         // Once the replay job has succeeded, each replayed record is its:
         // written, or a new dead letter with today's reason. Only then do
         // the originals go; if the job fails they stay.

@@ -33,15 +33,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use discovery_catalog::{Frame, PRODUCTS, fnv1a};
-use discovery_kit::store::{Document, RawDocumentBuf, Store, StoreError, bson, doc};
+use discovery_kit::store::{Document, RawDocumentBuf, Store, StoreError};
 use discovery_proto::v1 as pb;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::records::{self, Format};
-use crate::{SYNC_DEAD_LETTERS, SYNC_JOBS};
+use crate::error::SyncError;
+use crate::records::{self, Format, RecordError};
+use crate::store::{self, SYNC_DEAD_LETTERS, SYNC_JOBS, job_document};
+
+pub use crate::store::job_at;
 
 /// Records per bulk write (seed spec).
 pub const BATCH: usize = 1000;
@@ -164,60 +167,6 @@ impl Job {
     }
 }
 
-/// A job as stored in `sync_jobs`.
-pub fn job_document(j: &pb::SyncJob) -> Document {
-    doc! {
-        "_id": &j.job_id,
-        "source": &j.source,
-        "state": pb::SyncJobState::try_from(j.state).unwrap_or_default().as_str_name(),
-        "received": j.received as i64,
-        "upserted": j.upserted as i64,
-        "unchanged": j.unchanged as i64,
-        "rejected": j.rejected as i64,
-        "started_at": j.started_at_unix_ms,
-        "finished_at": j.finished_at_unix_ms,
-        "error": &j.error,
-        "stored_at": discovery_kit::now_unix_ms(),
-    }
-}
-
-/// The stored job, as the API reports it at `now_ms`: one stored as
-/// running whose state is older than [`ORPHANED_AFTER`] has no process
-/// running it (a live job is stored every [`HEARTBEAT`]) and is reported
-/// failed.
-pub fn job_at(d: &Document, now_ms: i64) -> pb::SyncJob {
-    let mut job = job_from_document(d);
-    let stored_at = d.get_i64("stored_at").unwrap_or(job.started_at_unix_ms);
-    let silent = now_ms.saturating_sub(stored_at);
-    if job.state == pb::SyncJobState::Running as i32 && silent > ORPHANED_AFTER.as_millis() as i64 {
-        job.state = pb::SyncJobState::Failed as i32;
-        job.finished_at_unix_ms = stored_at;
-        job.error = format!(
-            "the sync process running this job stopped (nothing stored for {} s); resend the feed with the same idempotency key (records already written count as unchanged)",
-            silent / 1000
-        );
-    }
-    job
-}
-
-/// A stored job document back to the API view.
-pub fn job_from_document(d: &Document) -> pb::SyncJob {
-    let n = |k: &str| d.get_i64(k).unwrap_or(0).max(0) as u64;
-    pb::SyncJob {
-        job_id: d.get_str("_id").unwrap_or_default().to_string(),
-        source: d.get_str("source").unwrap_or_default().to_string(),
-        state: pb::SyncJobState::from_str_name(d.get_str("state").unwrap_or_default())
-            .unwrap_or_default() as i32,
-        received: n("received"),
-        upserted: n("upserted"),
-        unchanged: n("unchanged"),
-        rejected: n("rejected"),
-        started_at_unix_ms: d.get_i64("started_at").unwrap_or(0),
-        finished_at_unix_ms: d.get_i64("finished_at").unwrap_or(0),
-        error: d.get_str("error").unwrap_or_default().to_string(),
-    }
-}
-
 /// One unit of work for the writers.
 #[derive(Debug, Default)]
 struct Batch {
@@ -271,14 +220,14 @@ impl Jobs {
 }
 
 /// Checks a source name.
-pub fn check_source(source: &str) -> Result<(), String> {
+pub fn check_source(source: &str) -> Result<(), SyncError> {
     if source.is_empty()
         || source.len() > 100
         || !source
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ":._-".contains(c))
     {
-        return Err("header.source: 1-100 characters of letters, digits, ':', '.', '_', '-' (e.g. \"shopify:acme-optics\")".into());
+        return Err(SyncError::BadSource);
     }
     Ok(())
 }
@@ -363,12 +312,12 @@ impl Intake {
         source: &str,
         format: Format,
         payload: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SyncError> {
         let decoded = match format {
             Format::Typed => {
                 use prost::Message;
                 pb::Product::decode(&payload[..])
-                    .map_err(|e| format!("record: not a Product: {e}"))
+                    .map_err(|e| RecordError::NotAProduct(e.to_string()))
                     .and_then(|p| records::decode_typed(source, &p))
             }
             f => records::decode_raw(f, source, &payload),
@@ -381,7 +330,7 @@ impl Intake {
     }
 
     /// One record from the stream.
-    pub async fn record(&mut self, r: pb::CatalogRecord) -> Result<(), String> {
+    pub async fn record(&mut self, r: pb::CatalogRecord) -> Result<(), SyncError> {
         let source = self.job.source.clone();
         match r.record {
             Some(pb::catalog_record::Record::Product(p)) => {
@@ -400,12 +349,12 @@ impl Intake {
                 let decoded = records::decode_raw(self.format, &source, &raw);
                 self.accept(decoded, raw).await
             }
-            None => self.accept(Err("record: empty".into()), Vec::new()).await,
+            None => self.accept(Err(RecordError::Empty), Vec::new()).await,
         }
     }
 
     /// A chunk of NDJSON; lines may span chunks.
-    pub async fn chunk(&mut self, bytes: &[u8]) -> Result<(), String> {
+    pub async fn chunk(&mut self, bytes: &[u8]) -> Result<(), SyncError> {
         let mut rest = bytes;
         while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
             let (head, tail) = rest.split_at(pos);
@@ -423,7 +372,7 @@ impl Intake {
         Ok(())
     }
 
-    async fn flush_line(&mut self) -> Result<(), String> {
+    async fn flush_line(&mut self) -> Result<(), SyncError> {
         let line = std::mem::take(&mut self.line);
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
@@ -434,19 +383,19 @@ impl Intake {
 
     async fn accept(
         &mut self,
-        decoded: Result<Frame, String>,
+        decoded: Result<Frame, RecordError>,
         payload: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SyncError> {
         self.job.received.fetch_add(1, Ordering::Relaxed);
         let checked = decoded.and_then(|f| {
             records::validate(&f)?;
             records::check_not_future(&f, discovery_kit::now_unix_ms(), self.max_future)?;
             for v in &f.inventory.variants {
                 if self.skus.contains(&v.sku) {
-                    return Err(format!(
-                        "{}: sku {} appears in another record of this batch",
-                        f.id, v.sku
-                    ));
+                    return Err(RecordError::Invalid {
+                        id: f.id.clone(),
+                        rule: format!("sku {} appears in another record of this batch", v.sku),
+                    });
                 }
             }
             Ok(f)
@@ -456,30 +405,21 @@ impl Intake {
                 for v in &f.inventory.variants {
                     self.skus.insert(v.sku.clone());
                 }
-                match bson::to_raw_document_buf(&f) {
-                    Ok(mut d) => {
-                        if let Some(tp) = &self.trace {
-                            d.append(crate::feed::TRACE_FIELD, tp.as_str());
-                        }
-                        self.batch.bytes += d.as_bytes().len();
-                        self.batch.docs.push(d);
-                    }
-                    Err(e) => return Err(format!("{}: cannot encode: {e}", f.id)),
-                }
+                let d = store::product_document(&f, self.trace.as_deref())?;
+                self.batch.bytes += d.as_bytes().len();
+                self.batch.docs.push(d);
             }
             Err(reason) => {
                 self.dead_seq += 1;
+                let reason = reason.to_string();
                 self.batch.bytes += payload.len() + reason.len();
-                self.batch.dead.push(doc! {
-                    "_id": format!("{}-{:07}", self.job.id, self.dead_seq),
-                    "job_id": &self.job.id,
-                    "source": &self.job.source,
-                    "reason": reason,
-                    "format": self.format.name(),
-                    "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: payload },
-                    "rejected_at": discovery_kit::now_unix_ms(),
-                    "replays": 0,
-                });
+                self.batch.dead.push(store::dead_letter_document(
+                    &self.job,
+                    self.dead_seq,
+                    &reason,
+                    self.format,
+                    payload,
+                ));
             }
         }
         if self.batch.docs.len() + self.batch.dead.len() >= BATCH || self.batch.bytes >= BATCH_BYTES
@@ -489,18 +429,18 @@ impl Intake {
         Ok(())
     }
 
-    async fn send(&mut self) -> Result<(), String> {
+    async fn send(&mut self) -> Result<(), SyncError> {
         let batch = std::mem::take(&mut self.batch);
         self.skus.clear();
         self.job.bump();
         self.tx
             .send(batch)
             .await
-            .map_err(|_| "the job's writers stopped (see the job's error)".to_string())
+            .map_err(|_| SyncError::WritersStopped)
     }
 
     /// Flushes what is left; the writers finish the job in the background.
-    pub async fn finish(mut self) -> Result<Arc<Job>, String> {
+    pub async fn finish(mut self) -> Result<Arc<Job>, SyncError> {
         if !self.line.is_empty() {
             self.flush_line().await?;
         }
@@ -522,10 +462,10 @@ impl Intake {
 /// or the database has been unavailable for `retry_for`.
 async fn retrying<T, F, Fut>(
     job: &Job,
-    what: &str,
+    what: &'static str,
     retry_for: Duration,
     mut op: F,
-) -> Result<T, String>
+) -> Result<T, SyncError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -548,13 +488,15 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 attempts += 1;
             }
-            Err(e) if e.is_transient() => {
-                return Err(format!(
-                    "{what} failed: database unavailable for {:.0} s ({attempts} attempts); resend the feed (upserts are idempotent): {e}",
-                    started.elapsed().as_secs_f64()
-                ));
+            Err(source) if source.is_transient() => {
+                return Err(SyncError::GaveUp {
+                    what,
+                    secs: started.elapsed().as_secs_f64(),
+                    attempts,
+                    source,
+                });
             }
-            Err(e) => return Err(format!("{what} failed: {e}")),
+            Err(source) => return Err(SyncError::Write { what, source }),
         }
     }
 }
@@ -564,7 +506,7 @@ async fn write_batch(
     job: &Job,
     batch: Batch,
     retry_for: Duration,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     if !batch.dead.is_empty() {
         let n = batch.dead.len() as u64;
         retrying(job, "writing dead letters", retry_for, || {
@@ -598,7 +540,7 @@ async fn write_all(
     retry_for: Duration,
     jobs: std::sync::Weak<Jobs>,
 ) {
-    let failed: Mutex<Option<String>> = Mutex::new(None);
+    let failed: Mutex<Option<SyncError>> = Mutex::new(None);
     tokio_stream::wrappers::ReceiverStream::new(rx)
         .for_each_concurrent(WRITERS, |batch| {
             let (store, job, failed) = (&store, &job, &failed);
@@ -629,7 +571,7 @@ async fn write_all(
         })
         .await;
     match failed.into_inner() {
-        Some(e) => job.finish(pb::SyncJobState::Failed, e),
+        Some(e) => job.finish(pb::SyncJobState::Failed, e.to_string()),
         None => job.finish(pb::SyncJobState::Succeeded, String::new()),
     }
     let view = job.to_proto();

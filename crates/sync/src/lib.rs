@@ -9,12 +9,14 @@
 //! - [`feed`]: the products change stream delivered to recommendation
 //!   replicas, checkpointed; `WatchCatalogChanges`;
 //! - [`api`]: the gRPC adapter; [`config`]: variables; [`store`]: the
-//!   collections and indexes.
+//!   collections, documents and indexes; [`error`]: what a call or job
+//!   fails with, and its status.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
+pub mod error;
 pub mod feed;
 pub mod ingest;
 pub mod records;

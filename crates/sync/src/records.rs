@@ -43,6 +43,53 @@ use serde::Deserialize;
 /// Longest raw record accepted, bytes.
 pub const MAX_RECORD: usize = 256 * 1024;
 
+/// Why a record was refused: its dead letter's `reason` (the text names
+/// the field and the rule, for the person fixing the feed).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    /// Over [`MAX_RECORD`].
+    #[error("record: {bytes} bytes is over the maximum of {MAX_RECORD}")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
+    /// Raw JSON on a typed feed.
+    #[error(
+        "record: raw JSON given but the header's format is unspecified (typed products); set format NDJSON or SHOPIFY_NDJSON"
+    )]
+    RawWithoutFormat,
+    /// A message with no record in it.
+    #[error("record: empty")]
+    Empty,
+    /// A replayed typed payload that does not decode.
+    #[error("record: not a Product: {0}")]
+    NotAProduct(String),
+    /// Not JSON, or not the expected shape.
+    #[error("json: {0}")]
+    Json(String),
+    /// A typed product the catalogue cannot take.
+    #[error("{0}")]
+    Product(String),
+    /// The id itself is wrong.
+    #[error("id: {0}")]
+    Id(String),
+    /// A field of the record `id` breaks a rule.
+    #[error("{id}: {rule}")]
+    Invalid {
+        /// The record.
+        id: String,
+        /// The field and the rule.
+        rule: String,
+    },
+}
+
+fn invalid(id: &str, rule: impl ToString) -> RecordError {
+    RecordError::Invalid {
+        id: id.to_string(),
+        rule: rule.to_string(),
+    }
+}
+
 /// How records arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -85,31 +132,30 @@ impl Format {
 }
 
 /// Decodes one raw JSON record into a frame (not yet validated).
-pub fn decode_raw(format: Format, source: &str, raw: &[u8]) -> Result<Frame, String> {
+pub fn decode_raw(format: Format, source: &str, raw: &[u8]) -> Result<Frame, RecordError> {
     if raw.len() > MAX_RECORD {
-        return Err(format!(
-            "record: {} bytes is over the maximum of {MAX_RECORD}",
-            raw.len()
-        ));
+        return Err(RecordError::TooLarge { bytes: raw.len() });
     }
     match format {
-        Format::Typed => Err("record: raw JSON given but the header's format is unspecified (typed products); set format NDJSON or SHOPIFY_NDJSON".into()),
+        Format::Typed => Err(RecordError::RawWithoutFormat),
         Format::Ndjson => {
-            let mut f: Frame = serde_json::from_slice(raw).map_err(|e| format!("json: {e}"))?;
+            let mut f: Frame =
+                serde_json::from_slice(raw).map_err(|e| RecordError::Json(e.to_string()))?;
             f.id = namespaced(source, &f.id);
             f.metadata.version = f.metadata.updated_at;
             Ok(f)
         }
         Format::Shopify => {
-            let p: ShopifyProduct = serde_json::from_slice(raw).map_err(|e| format!("json: {e}"))?;
+            let p: ShopifyProduct =
+                serde_json::from_slice(raw).map_err(|e| RecordError::Json(e.to_string()))?;
             from_shopify(source, p)
         }
     }
 }
 
 /// Maps a typed product into a frame (not yet validated).
-pub fn decode_typed(source: &str, p: &pb::Product) -> Result<Frame, String> {
-    let mut f = Frame::from_proto(p)?;
+pub fn decode_typed(source: &str, p: &pb::Product) -> Result<Frame, RecordError> {
+    let mut f = Frame::from_proto(p).map_err(RecordError::Product)?;
     f.id = namespaced(source, &f.id);
     f.metadata.version = f.metadata.updated_at;
     Ok(f)
@@ -130,28 +176,30 @@ pub fn check_not_future(
     f: &Frame,
     now_ms: i64,
     max_skew: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<(), RecordError> {
     let limit = now_ms.saturating_add(max_skew.as_millis().min(i64::MAX as u128) as i64);
     if f.metadata.updated_at > limit {
-        return Err(format!(
-            "{}: updated_at {} ms is {} s in the future (at most {} s of clock skew is accepted, DISCOVERY_SYNC_MAX_FUTURE)",
-            f.id,
-            f.metadata.updated_at,
-            (f.metadata.updated_at - now_ms) / 1000,
-            max_skew.as_secs()
+        return Err(invalid(
+            &f.id,
+            format!(
+                "updated_at {} ms is {} s in the future (at most {} s of clock skew is accepted, DISCOVERY_SYNC_MAX_FUTURE)",
+                f.metadata.updated_at,
+                (f.metadata.updated_at - now_ms) / 1000,
+                max_skew.as_secs()
+            ),
         ));
     }
     Ok(())
 }
 
 /// Checks a frame against the catalogue's rules; the error names the field.
-pub fn validate(f: &Frame) -> Result<(), String> {
+pub fn validate(f: &Frame) -> Result<(), RecordError> {
     let id = &f.id;
     if id.trim().is_empty() || id.len() > 200 {
-        return Err("id: required, at most 200 characters".into());
+        return Err(RecordError::Id("required, at most 200 characters".into()));
     }
     if f.name.trim().is_empty() {
-        return Err(format!("{id}: name is required"));
+        return Err(invalid(&id, "name is required"));
     }
     let ranges = [
         ("total_width_mm", f.total_width_mm, 100.0, 170.0),
@@ -161,46 +209,47 @@ pub fn validate(f: &Frame) -> Result<(), String> {
     ];
     for (field, v, lo, hi) in ranges {
         if !v.is_finite() || !(lo..=hi).contains(&v) {
-            return Err(format!("{id}: {field} {v} is outside {lo}-{hi} mm"));
+            return Err(invalid(&id, format!("{field} {v} is outside {lo}-{hi} mm")));
         }
     }
     // A listed currency, and a price it can hold (read in the currency's
     // own minor unit wherever it is served: a yen price has none).
-    let currency = Currency::parse(&f.currency).map_err(|e| format!("{id}: {e}"))?;
-    Money::from_major(f.price, currency.exponent()).map_err(|e| format!("{id}: {e}"))?;
+    let currency = Currency::parse(&f.currency).map_err(|e| invalid(id, e))?;
+    Money::from_major(f.price, currency.exponent()).map_err(|e| invalid(id, e))?;
     if frame_shape_from_str(&f.shape) == pb::FrameShape::Unspecified {
-        return Err(format!(
-            "{id}: shape {:?} is not a known frame shape",
-            f.shape
+        return Err(invalid(
+            &id,
+            format!("shape {:?} is not a known frame shape", f.shape),
         ));
     }
     if material_from_str(&f.material) == pb::FrameMaterial::Unspecified {
-        return Err(format!(
-            "{id}: material {:?} is not a known material",
-            f.material
+        return Err(invalid(
+            &id,
+            format!("material {:?} is not a known material", f.material),
         ));
     }
     if f.inventory.variants.is_empty() {
-        return Err(format!("{id}: at least one variant is required"));
+        return Err(invalid(&id, "at least one variant is required"));
     }
     for v in &f.inventory.variants {
         if v.sku.trim().is_empty() {
-            return Err(format!("{id}: every variant needs a sku"));
+            return Err(invalid(&id, "every variant needs a sku"));
         }
         if v.stock < 0 {
-            return Err(format!(
-                "{id}: sku {} has negative stock {}",
-                v.sku, v.stock
+            return Err(invalid(
+                &id,
+                format!("sku {} has negative stock {}", v.sku, v.stock),
             ));
         }
     }
     if f.metadata.updated_at <= 0 {
-        return Err(format!("{id}: updated_at is required"));
+        return Err(invalid(&id, "updated_at is required"));
     }
     for (shape, s) in &f.ai_enhanced.face_shape_compatibility {
         if !(0.0..=1.0).contains(s) {
-            return Err(format!(
-                "{id}: face_shape_compatibility.{shape} {s} is outside 0-1"
+            return Err(invalid(
+                &id,
+                format!("face_shape_compatibility.{shape} {s} is outside 0-1"),
             ));
         }
     }
@@ -299,11 +348,15 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(secs * 1000 + (sec * 1000.0).round() as i64)
 }
 
-fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, String> {
+fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, RecordError> {
     let raw_id = match &p.id {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Number(n) => n.to_string(),
-        other => return Err(format!("id: {other} is not a string or number")),
+        other => {
+            return Err(RecordError::Id(format!(
+                "{other} is not a string or number"
+            )));
+        }
     };
     let id = namespaced(source, &raw_id);
     let mut shape = String::new();
@@ -320,31 +373,35 @@ fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, String> {
                 if let [l, b, t] = parts[..] {
                     size = Some((l, b, t));
                 } else {
-                    return Err(format!(
-                        "{id}: tag size:{v} is not lens-bridge-temple like 52-18-145"
+                    return Err(invalid(
+                        &id,
+                        format!("tag size:{v} is not lens-bridge-temple like 52-18-145"),
                     ));
                 }
             }
             Some(("width", v)) => {
-                width = Some(
-                    v.trim()
-                        .parse()
-                        .map_err(|_| format!("{id}: tag width:{v} is not a number of mm"))?,
-                );
+                width =
+                    Some(v.trim().parse().map_err(|_| {
+                        invalid(&id, format!("tag width:{v} is not a number of mm"))
+                    })?);
             }
             _ => keywords.push(tag.to_lowercase()),
         }
     }
     let (lens, bridge, temple) =
-        size.ok_or_else(|| format!("{id}: tag size:LENS-BRIDGE-TEMPLE is required"))?;
-    let updated_at = parse_rfc3339(&p.updated_at)
-        .ok_or_else(|| format!("{id}: updated_at {:?} is not RFC 3339", p.updated_at))?;
+        size.ok_or_else(|| invalid(&id, "tag size:LENS-BRIDGE-TEMPLE is required"))?;
+    let updated_at = parse_rfc3339(&p.updated_at).ok_or_else(|| {
+        invalid(
+            &id,
+            format!("updated_at {:?} is not RFC 3339", p.updated_at),
+        )
+    })?;
     let price = match p.variants.first().map(|v| &v.price) {
         Some(serde_json::Value::String(s)) => s
             .parse::<f64>()
-            .map_err(|_| format!("{id}: price {s:?} is not a number"))?,
+            .map_err(|_| invalid(&id, format!("price {s:?} is not a number")))?,
         Some(serde_json::Value::Number(n)) => n.as_f64().unwrap_or(-1.0),
-        _ => return Err(format!("{id}: variants[0].price is required")),
+        _ => return Err(invalid(&id, "variants[0].price is required")),
     };
     let variants: Vec<VariantDoc> = p
         .variants
@@ -462,9 +519,9 @@ mod props {
             match decode_raw(Format::Shopify, "shopify:p", line.as_bytes()) {
                 Ok(f) => {
                     let e = validate(&f).expect_err("out of range");
-                    prop_assert!(e.contains("total_width_mm"), "{}", e);
+                    prop_assert!(e.to_string().contains("total_width_mm"), "{}", e);
                 }
-                Err(e) => prop_assert!(e.contains("width"), "{}", e),
+                Err(e) => prop_assert!(e.to_string().contains("width"), "{}", e),
             }
         }
 
@@ -476,7 +533,7 @@ mod props {
             let r = check_not_future(&f, now, std::time::Duration::from_secs(24 * 3600));
             prop_assert_eq!(r.is_ok(), ahead_h <= 24);
             if let Err(e) = r {
-                prop_assert!(e.contains("updated_at"), "{}", e);
+                prop_assert!(e.to_string().contains("updated_at"), "{}", e);
             }
         }
     }
@@ -523,17 +580,17 @@ mod tests {
     fn bad_records_are_rejected_with_the_field_named() {
         let wide = SHOPIFY.replace("size:50-22-150", "size:50-22-150, width:190");
         let e = validate(&decode_raw(Format::Shopify, "s", wide.as_bytes()).unwrap()).unwrap_err();
-        assert!(e.contains("total_width_mm 190"), "{e}");
+        assert!(e.to_string().contains("total_width_mm 190"), "{e}");
         let neg = SHOPIFY.replace("\"153.00\"", "\"-1\"");
         let e = validate(&decode_raw(Format::Shopify, "s", neg.as_bytes()).unwrap()).unwrap_err();
-        assert!(e.contains("price"), "{e}");
+        assert!(e.to_string().contains("price"), "{e}");
         let e = decode_raw(Format::Shopify, "s", b"{not json").unwrap_err();
-        assert!(e.starts_with("json:"), "{e}");
+        assert!(matches!(e, RecordError::Json(_)), "{e}");
         let nosize = SHOPIFY.replace("size:50-22-150, ", "");
         let e = decode_raw(Format::Shopify, "s", nosize.as_bytes()).unwrap_err();
-        assert!(e.contains("size:"), "{e}");
+        assert!(e.to_string().contains("size:"), "{e}");
         let e = decode_raw(Format::Typed, "s", b"{}").unwrap_err();
-        assert!(e.contains("format"), "{e}");
+        assert!(e.to_string().contains("format"), "{e}");
     }
 
     #[test]

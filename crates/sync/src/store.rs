@@ -1,7 +1,12 @@
-//! Sync's collections and their indexes (it also writes `products`, whose
-//! shape and indexes `discovery-catalog` owns).
+//! Sync's collections, their documents and indexes (it also writes
+//! `products`, whose shape and indexes `discovery-catalog` owns).
 
-use discovery_kit::store::{IndexSpec, doc};
+use discovery_catalog::Frame;
+use discovery_kit::store::{Document, IndexSpec, RawDocumentBuf, bson, doc};
+use discovery_proto::v1 as pb;
+
+use crate::ingest::{Job, ORPHANED_AFTER};
+use crate::records::{Format, RecordError};
 
 /// Jobs.
 pub const SYNC_JOBS: &str = "sync_jobs";
@@ -32,4 +37,92 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
             ],
         ),
     ]
+}
+
+/// A job as stored in `sync_jobs`.
+pub fn job_document(j: &pb::SyncJob) -> Document {
+    doc! {
+        "_id": &j.job_id,
+        "source": &j.source,
+        "state": pb::SyncJobState::try_from(j.state).unwrap_or_default().as_str_name(),
+        "received": j.received as i64,
+        "upserted": j.upserted as i64,
+        "unchanged": j.unchanged as i64,
+        "rejected": j.rejected as i64,
+        "started_at": j.started_at_unix_ms,
+        "finished_at": j.finished_at_unix_ms,
+        "error": &j.error,
+        "stored_at": discovery_kit::now_unix_ms(),
+    }
+}
+
+/// The stored job, as the API reports it at `now_ms`: one stored as
+/// running whose state is older than [`ORPHANED_AFTER`] has no process
+/// running it (a live job is stored every [`HEARTBEAT`]) and is reported
+/// failed.
+pub fn job_at(d: &Document, now_ms: i64) -> pb::SyncJob {
+    let mut job = job_from_document(d);
+    let stored_at = d.get_i64("stored_at").unwrap_or(job.started_at_unix_ms);
+    let silent = now_ms.saturating_sub(stored_at);
+    if job.state == pb::SyncJobState::Running as i32 && silent > ORPHANED_AFTER.as_millis() as i64 {
+        job.state = pb::SyncJobState::Failed as i32;
+        job.finished_at_unix_ms = stored_at;
+        job.error = format!(
+            "the sync process running this job stopped (nothing stored for {} s); resend the feed with the same idempotency key (records already written count as unchanged)",
+            silent / 1000
+        );
+    }
+    job
+}
+
+/// A stored job document back to the API view.
+pub fn job_from_document(d: &Document) -> pb::SyncJob {
+    let n = |k: &str| d.get_i64(k).unwrap_or(0).max(0) as u64;
+    pb::SyncJob {
+        job_id: d.get_str("_id").unwrap_or_default().to_string(),
+        source: d.get_str("source").unwrap_or_default().to_string(),
+        state: pb::SyncJobState::from_str_name(d.get_str("state").unwrap_or_default())
+            .unwrap_or_default() as i32,
+        received: n("received"),
+        upserted: n("upserted"),
+        unchanged: n("unchanged"),
+        rejected: n("rejected"),
+        started_at_unix_ms: d.get_i64("started_at").unwrap_or(0),
+        finished_at_unix_ms: d.get_i64("finished_at").unwrap_or(0),
+        error: d.get_str("error").unwrap_or_default().to_string(),
+    }
+}
+
+/// An accepted record as its `products` document, carrying the feed's
+/// trace context when it has one (the change stream picks it up).
+pub fn product_document(f: &Frame, trace: Option<&str>) -> Result<RawDocumentBuf, RecordError> {
+    let mut d = bson::to_raw_document_buf(f).map_err(|e| RecordError::Invalid {
+        id: f.id.clone(),
+        rule: format!("cannot encode: {e}"),
+    })?;
+    if let Some(tp) = trace {
+        d.append(crate::feed::TRACE_FIELD, tp);
+    }
+    Ok(d)
+}
+
+/// A refused record as its dead letter: the payload as received, the
+/// reason, and what a replay needs.
+pub fn dead_letter_document(
+    job: &Job,
+    seq: u64,
+    reason: &str,
+    format: Format,
+    payload: Vec<u8>,
+) -> Document {
+    doc! {
+        "_id": format!("{}-{seq:07}", job.id),
+        "job_id": &job.id,
+        "source": &job.source,
+        "reason": reason,
+        "format": format.name(),
+        "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: payload },
+        "rejected_at": discovery_kit::now_unix_ms(),
+        "replays": 0,
+    }
 }
