@@ -6,17 +6,20 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use discovery_kit::cache::{Cache, CacheKind};
-use discovery_kit::store::{Store, bson, doc};
+use discovery_kit::store::Store;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::face_analysis_server::FaceAnalysis;
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::FACE_ANALYSES;
+use crate::error::FaceError;
 use crate::image::Limits;
 use crate::models::{ModelError, Pool};
 use crate::pipeline::{self, Analysis, Gates, Rejection, Scratch, Timings};
+use crate::store::{self, FACE_ANALYSES};
+
+pub use crate::convert::to_proto;
 
 /// `face_analysis:{session_id}:{hash}`, 1 h (seed spec): this service's
 /// one cache kind.
@@ -48,84 +51,10 @@ impl Service {
     }
 }
 
-/// Rejection → gRPC status, with the reason code in `x-discovery-reason`.
-pub fn status(r: &Rejection) -> Status {
-    let code = match r {
-        Rejection::NoFace(_) => Code::NotFound,
-        Rejection::Model(ModelError::Missing(_)) => Code::FailedPrecondition,
-        Rejection::Model(_) => Code::Internal,
-        _ => Code::InvalidArgument,
-    };
-    let mut s = Status::new(code, r.to_string());
-    if let Ok(v) = r.reason().parse() {
-        s.metadata_mut().insert("x-discovery-reason", v);
-    }
-    s
-}
+pub use crate::error::status;
 
 fn hex128(digest: &[u8]) -> String {
     hex::encode(&digest[..16])
-}
-
-fn point3(p: &[f32; 3]) -> pb::Point3 {
-    pb::Point3 {
-        x: p[0],
-        y: p[1],
-        z: p[2],
-    }
-}
-
-fn measurement(v: &crate::geometry::Value) -> Option<pb::Measurement> {
-    Some(pb::Measurement {
-        value_px: v.px,
-        value_mm: v.mm,
-        confidence: v.confidence,
-    })
-}
-
-/// The full result (landmarks included; stripped per request).
-pub fn to_proto(
-    a: &Analysis,
-    id: &str,
-    source: pb::LandmarkSource,
-    took_us: u64,
-) -> pb::FaceAnalysisResult {
-    let m = &a.measurements;
-    pb::FaceAnalysisResult {
-        analysis_id: id.to_string(),
-        face_shape: a.shape.shape as i32,
-        face_shape_confidence: a.shape.confidence,
-        runner_up_shape: a.shape.runner_up as i32,
-        runner_up_confidence: a.shape.runner_up_confidence,
-        measurements: Some(pb::FaceMeasurements {
-            pupillary_distance: measurement(&m.pd),
-            face_width: measurement(&m.face_width),
-            face_length: measurement(&m.face_length),
-            forehead_width: measurement(&m.forehead_width),
-            jaw_width: measurement(&m.jaw_width),
-            jaw_angle: measurement(&m.jaw_angle),
-            nose_bridge_width: measurement(&m.nose_bridge_width),
-        }),
-        mm_per_px: m.mm_per_px,
-        face_box: Some(pb::BoundingBox {
-            x: a.face_box[0],
-            y: a.face_box[1],
-            width: a.face_box[2],
-            height: a.face_box[3],
-        }),
-        pose: Some(pb::HeadPose {
-            roll_deg: m.pose.roll,
-            yaw_deg: m.pose.yaw,
-            pitch_deg: m.pose.pitch,
-        }),
-        iris_centers: m
-            .iris_centers
-            .map(|c| c.iter().map(|p| pb::Point2 { x: p[0], y: p[1] }).collect())
-            .unwrap_or_default(),
-        landmarks: a.landmarks.iter().map(point3).collect(),
-        source: source as i32,
-        processing_time_us: took_us,
-    }
 }
 
 fn record(source: &'static str, outcome: &'static str) {
@@ -162,17 +91,7 @@ impl Service {
     }
 
     async fn store_result(&self, result: &pb::FaceAnalysisResult, req: &pb::Requester, hash: &str) {
-        let doc = doc! {
-            "_id": &result.analysis_id,
-            "sessionId": &req.session_id,
-            "userId": &req.user_id,
-            "contentHash": hash,
-            "createdAt": bson::DateTime::now(),
-            "faceShape": pb::FaceShape::try_from(result.face_shape).map_or("", |s| s.as_str_name()),
-            "pdMm": result.measurements.as_ref().and_then(|m| m.pupillary_distance.as_ref()).map_or(0.0, |v| v.value_mm as f64),
-            "source": pb::LandmarkSource::try_from(result.source).map_or("", |s| s.as_str_name()),
-            "result": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: result.encode_to_vec() },
-        };
+        let doc = store::analysis_document(result, req, hash);
         if let Err(e) = self.store.put(FACE_ANALYSES, doc).await {
             // The shopper still gets the analysis; only GetFaceAnalysis misses it.
             metrics::counter!("discovery_face_analysis_store_errors_total").increment(1);
@@ -193,11 +112,7 @@ impl FaceAnalysis for Service {
         let requester = req.requester.unwrap_or_default();
         let include_landmarks = req.include_landmarks;
         let (source, content) = match &req.input {
-            None => {
-                return Err(Status::invalid_argument(
-                    "input: send an image (JPEG, PNG or WebP bytes) or client landmarks",
-                ));
-            }
+            None => return Err(FaceError::NoInput.into()),
             Some(pb::analyze_face_request::Input::Image(b)) => {
                 if let Err(e) = self.limits.check_bytes(b.len()) {
                     record("photo", "too_large");
@@ -295,27 +210,19 @@ impl FaceAnalysis for Service {
     ) -> Result<Response<pb::GetFaceAnalysisResponse>, Status> {
         let id = req.into_inner().analysis_id;
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Status::invalid_argument(
-                "analysis_id: give the id AnalyzeFace returned (24 hex characters)",
-            ));
+            return Err(FaceError::BadId.into());
         }
         let stored = self.store.get(FACE_ANALYSES, &id).await.map_err(|e| {
             tracing::error!(error = %e, "reading face analysis failed");
-            Status::unavailable("analyses cannot be read right now; retry later")
+            FaceError::Unavailable(e)
         })?;
         let Some(doc) = stored else {
-            return Err(Status::not_found(format!(
-                "analysis_id: no analysis {id:?} (they are kept 24 h)"
-            )));
+            return Err(FaceError::NotFound(id).into());
         };
-        let result = doc
-            .get_binary_generic("result")
-            .ok()
-            .and_then(|b| pb::FaceAnalysisResult::decode(b.as_slice()).ok())
-            .ok_or_else(|| {
-                tracing::error!(id = %id, "stored face analysis is unreadable");
-                Status::data_loss(format!("analysis {id:?} is stored but unreadable"))
-            })?;
+        let result = store::result_of(&doc).ok_or_else(|| {
+            tracing::error!(id = %id, "stored face analysis is unreadable");
+            FaceError::Unreadable(id.clone())
+        })?;
         Ok(Response::new(pb::GetFaceAnalysisResponse {
             result: Some(result),
         }))
