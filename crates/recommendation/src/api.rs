@@ -29,15 +29,12 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::rank::{self, RankError};
-use crate::search::{self, SearchError};
+use crate::search;
 use crate::snapshot::{Catalog, Change, Snapshot};
 use discovery_catalog::{FACE_SHAPES, Frame, fnv1a};
 use discovery_kit::internal::require_caller;
 
-/// Collection of recorded interactions.
-pub const INTERACTIONS: &str = "interactions";
-/// Collection of session snapshots (seed spec `ai_sessions`).
-pub const AI_SESSIONS: &str = "ai_sessions";
+pub use crate::store::{AI_SESSIONS, INTERACTIONS};
 /// Bus channel carrying catalogue changes between replicas.
 pub const CATALOG_CHANNEL: &str = "discovery:catalog:changes";
 /// Most changes in one `ApplyCatalogChange`.
@@ -70,18 +67,6 @@ pub const INTERACTIONS_PER_MINUTE: u64 = 120;
 /// Who may call the cache administration methods: the gateway (for keys
 /// with the admin scope) and monitoring (warming on a low hit rate).
 const CACHE_ADMINS: &[&str] = &["gateway", "monitoring"];
-
-impl From<RankError> for Status {
-    fn from(e: RankError) -> Self {
-        Status::invalid_argument(e.to_string())
-    }
-}
-
-impl From<SearchError> for Status {
-    fn from(e: SearchError) -> Self {
-        Status::invalid_argument(e.to_string())
-    }
-}
 
 /// The request in canonical form: what cannot change the answer removed,
 /// widths rounded as the ranking rounds them, lists sorted, page normalised.
@@ -632,16 +617,7 @@ impl Recommendation for Service {
             .set(&kinds::SESSION, &key, Bytes::from(s.encode_to_vec()), &[])
             .await;
         let store = self.store.clone();
-        let snapshot = doc! {
-            "_id": &s.session_id,
-            "sessionId": &s.session_id,
-            "userId": &s.user_id,
-            "faceAnalysis": {"faceShape": discovery_catalog::face_shape_name(
-                s.face.as_ref().and_then(|f| pb::FaceShape::try_from(f.face_shape).ok()).unwrap_or_default())},
-            "timestamp": discovery_kit::now_unix_ms(),
-            "createdAt": discovery_kit::store::bson::DateTime::now(),
-            "completed": false,
-        };
+        let snapshot = crate::store::session_document(&s);
         // Durable copy for analytics; the cache is the session's source of truth.
         tokio::spawn(async move {
             if let Err(e) = store.put(AI_SESSIONS, snapshot).await {
@@ -690,6 +666,8 @@ where
 }
 
 mod cache_admin;
+mod experiments;
+mod journey;
 
 mod catalog_api;
 pub use catalog_api::warm_requests;

@@ -10,7 +10,7 @@ use discovery_proto::v1 as pb;
 use discovery_proto::v1::journey_server::Journey;
 use tonic::{Request, Response, Status};
 
-use crate::api::{Identity, Service};
+use super::{Identity, Service};
 
 #[tonic::async_trait]
 impl Journey for Service {
