@@ -3,8 +3,9 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use crate::error::MonitoringError;
 use crate::probe::Probe;
-use crate::store::ALERTS;
+use crate::store::{ALERTS, alert_from_doc};
 use crate::{Hub, Target, sla, window};
 use discovery_kit::store::{FindOptions, Store, doc};
 use discovery_proto::v1 as pb;
@@ -29,17 +30,11 @@ impl Monitoring for Service {
         req: Request<pb::GetSlaReportRequest>,
     ) -> Result<Response<pb::GetSlaReportResponse>, Status> {
         let req = req.into_inner();
-        let window = pb::Window::try_from(req.window).map_err(|_| {
-            Status::invalid_argument(format!(
-                "window: {} is not a window (1 = 1 min, 2 = 5 min, 3 = 1 h, 4 = 24 h, 0 = all)",
-                req.window
-            ))
-        })?;
+        let window =
+            pb::Window::try_from(req.window).map_err(|_| MonitoringError::BadWindow(req.window))?;
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         if history.is_empty() {
-            return Err(Status::unavailable(
-                "no metrics scraped yet; retry after the first scrape interval",
-            ));
+            return Err(MonitoringError::NothingScraped.into());
         }
         Ok(Response::new(sla::report(&history, &req.service, window)))
     }
@@ -50,19 +45,18 @@ impl Monitoring for Service {
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let limit = req.into_inner().limit;
         if limit > 1000 {
-            return Err(Status::invalid_argument(format!(
-                "limit: {limit} is over the maximum of 1000"
-            )));
+            return Err(MonitoringError::TooMany(limit).into());
         }
         let opts = FindOptions {
             sort: Some(doc! {"active_since": -1}),
             skip: 0,
             limit: if limit == 0 { 100 } else { limit as u64 },
         };
-        let docs = self.store.find(ALERTS, doc! {}, opts).await.map_err(|e| {
-            tracing::error!(error = %e, "listing alerts failed");
-            Status::unavailable("alerts cannot be read right now; retry later")
-        })?;
+        let docs = self
+            .store
+            .find(ALERTS, doc! {}, opts)
+            .await
+            .map_err(MonitoringError::AlertsUnavailable)?;
         let alerts = docs.iter().map(alert_from_doc).collect();
         Ok(Response::new(pb::ListAlertsResponse { alerts }))
     }
@@ -117,28 +111,5 @@ impl Monitoring for Service {
             services,
             degraded,
         }))
-    }
-}
-
-pub(crate) fn alert_from_doc(d: &discovery_kit::store::Document) -> pb::Alert {
-    let int = |k: &str| d.get_i64(k).unwrap_or_default();
-    pb::Alert {
-        id: d.get_str("_id").unwrap_or_default().to_string(),
-        rule: d.get_str("rule").unwrap_or_default().to_string(),
-        severity: d.get_i32("severity").unwrap_or_default(),
-        state: d.get_i32("state").unwrap_or_default(),
-        labels: d
-            .get_document("labels")
-            .map(|l| {
-                l.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        summary: d.get_str("summary").unwrap_or_default().to_string(),
-        value: d.get_f64("value").unwrap_or_default(),
-        active_since_unix_ms: int("active_since"),
-        fired_at_unix_ms: int("fired_at"),
-        resolved_at_unix_ms: int("resolved_at"),
     }
 }

@@ -5,55 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discovery_kit::CancellationToken;
-use discovery_kit::store::{Store, doc};
+use discovery_kit::store::Store;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_client::CacheAdminClient;
 
-use crate::api::alert_from_doc;
-use crate::store::{ALERTS, METRICS_ROLLUPS};
-use crate::{collect, notify, rollup, rules, sla, window};
-
-/// The stored form of a transition (one document per alert instance,
-/// updated when it resolves).
-pub(crate) fn alert_doc(
-    t: &rules::Transition,
-    now: tokio::time::Instant,
-) -> discovery_kit::store::Document {
-    let unix = |at: tokio::time::Instant| {
-        discovery_kit::now_unix_ms() - now.saturating_duration_since(at).as_millis() as i64
-    };
-    let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let active_since = unix(t.active_since);
-    let severity = match t.rule.severity {
-        rules::Severity::Info => pb::Severity::Info,
-        rules::Severity::Warning => pb::Severity::Warning,
-        rules::Severity::Critical => pb::Severity::Critical,
-    };
-    let (state, resolved_at) = match t.phase {
-        rules::Phase::Resolved => (pb::AlertState::Resolved, discovery_kit::now_unix_ms()),
-        rules::Phase::Firing => (pb::AlertState::Firing, 0),
-        rules::Phase::Pending => (pb::AlertState::Pending, 0),
-    };
-    let mut label_doc = discovery_kit::store::Document::new();
-    for (k, v) in &t.labels {
-        label_doc.insert(k.clone(), v.clone());
-    }
-    let value = if t.value.is_finite() { t.value } else { 0.0 };
-    doc! {
-        "_id": format!("{}|{}|{active_since}", t.rule.name, labels.join(",")),
-        "rule": t.rule.name,
-        "severity": severity as i32,
-        "state": state as i32,
-        "labels": label_doc,
-        "summary": format!("{} {} ({}): {value:.3} against {:.3}", t.rule.name,
-            match t.phase { rules::Phase::Resolved => "resolved", _ => "firing" },
-            labels.join(", "), t.rule.threshold),
-        "value": value,
-        "active_since": active_since,
-        "fired_at": t.fired_at.map(unix).unwrap_or(0),
-        "resolved_at": resolved_at,
-    }
-}
+use crate::store::{ALERTS, METRICS_ROLLUPS, alert_doc, alert_from_doc};
+use crate::{collect, notify, rules, sla, store, window};
 
 /// Where alert transitions go: the `alerts` collection, `WatchAlerts`
 /// subscribers, the webhook, and the rule's remediation.
@@ -191,7 +148,7 @@ pub(crate) async fn collect_loop(
         let now = tokio::time::Instant::now();
         let snapshot = window::Snapshot { at: now, values };
         let rollup = (last_rollup.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)))
-            .then(|| rollup::to_doc(&snapshot, discovery_kit::now_unix_ms(), Duration::ZERO));
+            .then(|| store::to_doc(&snapshot, discovery_kit::now_unix_ms(), Duration::ZERO));
         let observations = {
             let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
             h.push(snapshot);

@@ -12,11 +12,12 @@
 pub mod api;
 pub mod collect;
 pub mod config;
+pub mod convert;
 pub mod dashboard;
+pub mod error;
 pub mod hub;
 pub mod notify;
 pub mod probe;
-pub mod rollup;
 pub mod rules;
 pub mod sla;
 pub mod store;
@@ -64,7 +65,7 @@ pub async fn spawn_with_dashboard(
     }
     // Windows survive a restart: the stored minute rollups come back first.
     let mut restored = window::History::default();
-    match rollup::restore(&store, &mut restored).await {
+    match store::restore(&store, &mut restored).await {
         Ok(n) if n > 0 => tracing::info!(rollups = n, "metric history restored"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "metric rollups unreadable; starting with none"),

@@ -1,8 +1,18 @@
-//! Monitoring's collections and their indexes.
+//! Monitoring's collections, their documents and indexes: alert history
+//! (`alerts`) and minute rollups (`metrics_rollups`), so the windows
+//! survive a restart of monitoring: once a minute the newest snapshot
+//! (cumulative values of the kept series) is stored; at start the last 25
+//! hours are read back into the history. Rollups expire after 25 hours
+//! (TTL on `created_at`).
 
-use discovery_kit::store::{IndexSpec, doc};
+use std::time::Duration;
 
-use crate::rollup;
+use discovery_kit::store::{Bson, Document, FindOptions, IndexSpec, Store, StoreError, doc};
+use discovery_proto::v1 as pb;
+use tokio::time::Instant;
+
+use crate::rules;
+use crate::window::{History, Key, Snapshot};
 
 /// Alerts collection.
 pub const ALERTS: &str = "alerts";
@@ -26,8 +36,179 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
                     "service_1_window_start_-1",
                     doc! {"service": 1, "window_start": -1},
                 ),
-                IndexSpec::new("created_at_ttl", doc! {"created_at": 1}).ttl(rollup::KEEP),
+                IndexSpec::new("created_at_ttl", doc! {"created_at": 1}).ttl(KEEP),
             ],
         ),
     ]
+}
+
+/// How long rollups are kept.
+pub const KEEP: Duration = Duration::from_secs(25 * 3600);
+
+/// The stored form of a snapshot taken `age` ago.
+pub fn to_doc(snap: &Snapshot, now_unix_ms: i64, age: Duration) -> Document {
+    let at = now_unix_ms - age.as_millis() as i64;
+    let series: Vec<Bson> = snap
+        .values
+        .iter()
+        .map(|(k, v)| {
+            let mut labels = Document::new();
+            for (lk, lv) in &k.1 {
+                labels.insert(lk.clone(), lv.clone());
+            }
+            Bson::Document(doc! {"name": k.0.clone(), "labels": labels, "value": *v})
+        })
+        .collect();
+    doc! {
+        "_id": format!("all|{at}"),
+        "service": "all",
+        "window_start": at,
+        "created_at": discovery_kit::store::bson::DateTime::from_millis(at),
+        "series": series,
+    }
+}
+
+/// A snapshot back from its document, placed on the monotonic clock.
+pub fn from_doc(d: &Document, now: Instant, now_unix_ms: i64) -> Option<Snapshot> {
+    let at_ms = d.get_i64("window_start").ok()?;
+    let age = Duration::from_millis(now_unix_ms.saturating_sub(at_ms).max(0) as u64);
+    let at = now.checked_sub(age)?;
+    let mut values = std::collections::HashMap::new();
+    for s in d.get_array("series").ok()? {
+        let s = s.as_document()?;
+        let labels = s
+            .get_document("labels")
+            .ok()?
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+            .collect();
+        let key: Key = std::sync::Arc::new((s.get_str("name").ok()?.to_string(), labels));
+        values.insert(key, s.get_f64("value").ok()?);
+    }
+    Some(Snapshot { at, values })
+}
+
+/// Loads the stored rollups, oldest first, into `history`.
+pub async fn restore(store: &Store, history: &mut History) -> Result<usize, StoreError> {
+    let now_unix = discovery_kit::now_unix_ms();
+    let since = now_unix - KEEP.as_millis() as i64;
+    let docs = store
+        .find(
+            METRICS_ROLLUPS,
+            doc! {"service": "all", "window_start": {"$gte": since}},
+            FindOptions {
+                sort: Some(doc! {"window_start": 1}),
+                skip: 0,
+                limit: 0,
+            },
+        )
+        .await?;
+    let now = Instant::now();
+    let mut n = 0;
+    for d in &docs {
+        if let Some(s) = from_doc(d, now, now_unix) {
+            history.push(s);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The stored form of a transition (one document per alert instance,
+/// updated when it resolves).
+pub fn alert_doc(t: &rules::Transition, now: tokio::time::Instant) -> Document {
+    let unix = |at: tokio::time::Instant| {
+        discovery_kit::now_unix_ms() - now.saturating_duration_since(at).as_millis() as i64
+    };
+    let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let active_since = unix(t.active_since);
+    let severity = crate::convert::severity(t.rule.severity);
+    let state = crate::convert::alert_state(t.phase);
+    let resolved_at = match t.phase {
+        rules::Phase::Resolved => discovery_kit::now_unix_ms(),
+        _ => 0,
+    };
+    let mut label_doc = Document::new();
+    for (k, v) in &t.labels {
+        label_doc.insert(k.clone(), v.clone());
+    }
+    let value = if t.value.is_finite() { t.value } else { 0.0 };
+    doc! {
+        "_id": format!("{}|{}|{active_since}", t.rule.name, labels.join(",")),
+        "rule": t.rule.name,
+        "severity": severity as i32,
+        "state": state as i32,
+        "labels": label_doc,
+        "summary": format!("{} {} ({}): {value:.3} against {:.3}", t.rule.name,
+            match t.phase { rules::Phase::Resolved => "resolved", _ => "firing" },
+            labels.join(", "), t.rule.threshold),
+        "value": value,
+        "active_since": active_since,
+        "fired_at": t.fired_at.map(unix).unwrap_or(0),
+        "resolved_at": resolved_at,
+    }
+}
+
+/// A stored alert as the API reports it.
+pub fn alert_from_doc(d: &Document) -> pb::Alert {
+    let int = |k: &str| d.get_i64(k).unwrap_or_default();
+    pb::Alert {
+        id: d.get_str("_id").unwrap_or_default().to_string(),
+        rule: d.get_str("rule").unwrap_or_default().to_string(),
+        severity: d.get_i32("severity").unwrap_or_default(),
+        state: d.get_i32("state").unwrap_or_default(),
+        labels: d
+            .get_document("labels")
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        summary: d.get_str("summary").unwrap_or_default().to_string(),
+        value: d.get_f64("value").unwrap_or_default(),
+        active_since_unix_ms: int("active_since"),
+        fired_at_unix_ms: int("fired_at"),
+        resolved_at_unix_ms: int("resolved_at"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::parse;
+
+    #[tokio::test]
+    async fn rollups_round_trip_through_the_store_into_a_new_history() {
+        let store = discovery_kit::store::StoreConfig::Memory
+            .connect(discovery_kit::store::Workload::Analytics)
+            .await
+            .unwrap();
+        let text = "discovery_rpc_server_requests_total{service=\"gateway\",method=\"m\",code=\"OK\"} 40\n";
+        let snap = Snapshot {
+            at: Instant::now(),
+            values: parse(text).into_iter().collect(),
+        };
+        let now_unix = discovery_kit::now_unix_ms();
+        // Two minutes ago (0 calls) and now (40 calls).
+        let empty = Snapshot {
+            at: snap.at,
+            values: Default::default(),
+        };
+        store
+            .put(
+                METRICS_ROLLUPS,
+                to_doc(&empty, now_unix, Duration::from_secs(120)),
+            )
+            .await
+            .unwrap();
+        store
+            .put(METRICS_ROLLUPS, to_doc(&snap, now_unix, Duration::ZERO))
+            .await
+            .unwrap();
+        let mut h = History::default();
+        assert_eq!(restore(&store, &mut h).await.unwrap(), 2);
+        let m = crate::window::methods(&h.increase(Duration::from_secs(300)));
+        assert_eq!(m[&("gateway".to_string(), "m".to_string())].count, 40);
+    }
 }

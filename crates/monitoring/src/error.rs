@@ -1,0 +1,36 @@
+//! What monitoring's calls fail with, and the gRPC status each becomes.
+
+use discovery_kit::store::StoreError;
+use tonic::Status;
+
+/// A call of monitoring that cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitoringError {
+    /// Not one of the report windows.
+    #[error("window: {0} is not a window (1 = 1 min, 2 = 5 min, 3 = 1 h, 4 = 24 h, 0 = all)")]
+    BadWindow(i32),
+    /// Asked for more alerts than a page holds.
+    #[error("limit: {0} is over the maximum of 1000")]
+    TooMany(u32),
+    /// Nothing to report yet.
+    #[error("no metrics scraped yet; retry after the first scrape interval")]
+    NothingScraped,
+    /// The alert history cannot be read.
+    #[error("alerts cannot be read right now; retry later")]
+    AlertsUnavailable(StoreError),
+}
+
+impl From<MonitoringError> for Status {
+    fn from(e: MonitoringError) -> Self {
+        match e {
+            MonitoringError::BadWindow(_) | MonitoringError::TooMany(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            MonitoringError::NothingScraped => Status::unavailable(e.to_string()),
+            MonitoringError::AlertsUnavailable(ref source) => {
+                tracing::error!(error = %source, "listing alerts failed");
+                Status::unavailable(e.to_string())
+            }
+        }
+    }
+}
