@@ -77,12 +77,12 @@ pub struct Job {
     pub id: String,
     /// Source.
     pub source: String,
-    started_at: i64,
-    received: AtomicU64,
-    upserted: AtomicU64,
-    unchanged: AtomicU64,
-    rejected: AtomicU64,
-    end: Mutex<Option<(pb::SyncJobState, String, i64)>>,
+    pub(crate) started_at: i64,
+    pub(crate) received: AtomicU64,
+    pub(crate) upserted: AtomicU64,
+    pub(crate) unchanged: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) end: Mutex<Option<(pb::SyncJobState, String, i64)>>,
     changed: watch::Sender<u64>,
     /// Held while the job's state is stored: the heartbeat never writes
     /// "running" over the final state.
@@ -146,24 +146,6 @@ impl Job {
     /// A notification each time the counts or the state change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
-    }
-
-    /// The API view.
-    pub fn to_proto(&self) -> pb::SyncJob {
-        let end = self.end.lock().clone();
-        let (state, error, finished) = end.unwrap_or((pb::SyncJobState::Running, String::new(), 0));
-        pb::SyncJob {
-            job_id: self.id.clone(),
-            source: self.source.clone(),
-            state: state as i32,
-            received: self.received.load(Ordering::Relaxed),
-            upserted: self.upserted.load(Ordering::Relaxed),
-            unchanged: self.unchanged.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            started_at_unix_ms: self.started_at,
-            finished_at_unix_ms: finished,
-            error,
-        }
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod feed;
 pub mod ingest;

@@ -120,15 +120,6 @@ impl Format {
             _ => None,
         }
     }
-
-    /// From the header's enum.
-    pub fn from_proto(f: i32) -> Self {
-        match pb::FeedFormat::try_from(f) {
-            Ok(pb::FeedFormat::Ndjson) => Self::Ndjson,
-            Ok(pb::FeedFormat::ShopifyNdjson) => Self::Shopify,
-            _ => Self::Typed,
-        }
-    }
 }
 
 /// Decodes one raw JSON record into a frame (not yet validated).
@@ -199,7 +190,7 @@ pub fn validate(f: &Frame) -> Result<(), RecordError> {
         return Err(RecordError::Id("required, at most 200 characters".into()));
     }
     if f.name.trim().is_empty() {
-        return Err(invalid(&id, "name is required"));
+        return Err(invalid(id, "name is required"));
     }
     let ranges = [
         ("total_width_mm", f.total_width_mm, 100.0, 170.0),
@@ -209,7 +200,7 @@ pub fn validate(f: &Frame) -> Result<(), RecordError> {
     ];
     for (field, v, lo, hi) in ranges {
         if !v.is_finite() || !(lo..=hi).contains(&v) {
-            return Err(invalid(&id, format!("{field} {v} is outside {lo}-{hi} mm")));
+            return Err(invalid(id, format!("{field} {v} is outside {lo}-{hi} mm")));
         }
     }
     // A listed currency, and a price it can hold (read in the currency's
@@ -218,37 +209,37 @@ pub fn validate(f: &Frame) -> Result<(), RecordError> {
     Money::from_major(f.price, currency.exponent()).map_err(|e| invalid(id, e))?;
     if frame_shape_from_str(&f.shape) == pb::FrameShape::Unspecified {
         return Err(invalid(
-            &id,
+            id,
             format!("shape {:?} is not a known frame shape", f.shape),
         ));
     }
     if material_from_str(&f.material) == pb::FrameMaterial::Unspecified {
         return Err(invalid(
-            &id,
+            id,
             format!("material {:?} is not a known material", f.material),
         ));
     }
     if f.inventory.variants.is_empty() {
-        return Err(invalid(&id, "at least one variant is required"));
+        return Err(invalid(id, "at least one variant is required"));
     }
     for v in &f.inventory.variants {
         if v.sku.trim().is_empty() {
-            return Err(invalid(&id, "every variant needs a sku"));
+            return Err(invalid(id, "every variant needs a sku"));
         }
         if v.stock < 0 {
             return Err(invalid(
-                &id,
+                id,
                 format!("sku {} has negative stock {}", v.sku, v.stock),
             ));
         }
     }
     if f.metadata.updated_at <= 0 {
-        return Err(invalid(&id, "updated_at is required"));
+        return Err(invalid(id, "updated_at is required"));
     }
     for (shape, s) in &f.ai_enhanced.face_shape_compatibility {
         if !(0.0..=1.0).contains(s) {
             return Err(invalid(
-                &id,
+                id,
                 format!("face_shape_compatibility.{shape} {s} is outside 0-1"),
             ));
         }
