@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::MonitoringError;
 use crate::probe::Probe;
-use crate::store::{ALERTS, alert_from_doc};
+use crate::store::recent_alerts;
 use crate::{Hub, Target, sla, window};
-use discovery_kit::store::{FindOptions, Store, doc};
+use discovery_kit::store::Store;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::monitoring_server::Monitoring;
 use futures::Stream;
@@ -47,17 +47,10 @@ impl Monitoring for Service {
         if limit > 1000 {
             return Err(MonitoringError::TooMany(limit).into());
         }
-        let opts = FindOptions {
-            sort: Some(doc! {"active_since": -1}),
-            skip: 0,
-            limit: if limit == 0 { 100 } else { limit as u64 },
-        };
-        let docs = self
-            .store
-            .find(ALERTS, doc! {}, opts)
+        let limit = if limit == 0 { 100 } else { u64::from(limit) };
+        let alerts = recent_alerts(&self.store, limit)
             .await
             .map_err(MonitoringError::AlertsUnavailable)?;
-        let alerts = docs.iter().map(alert_from_doc).collect();
         Ok(Response::new(pb::ListAlertsResponse { alerts }))
     }
 

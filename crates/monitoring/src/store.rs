@@ -173,6 +173,17 @@ pub fn alert_from_doc(d: &Document) -> pb::Alert {
     }
 }
 
+/// The newest `limit` alerts, as the API reports them.
+pub async fn recent_alerts(store: &Store, limit: u64) -> Result<Vec<pb::Alert>, StoreError> {
+    let opts = FindOptions {
+        sort: Some(doc! {"active_since": -1}),
+        skip: 0,
+        limit,
+    };
+    let docs = store.find(ALERTS, doc! {}, opts).await?;
+    Ok(docs.iter().map(alert_from_doc).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

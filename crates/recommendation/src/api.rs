@@ -21,7 +21,7 @@ use crate::kinds;
 use crate::server::recommendation_server::Recommendation;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use discovery_kit::cache::{Cache, CacheKind, Loaded, Lookup, Source};
-use discovery_kit::store::{Store, doc};
+use discovery_kit::store::Store;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_server::CacheAdmin;
 use discovery_proto::v1::catalog_server::Catalog as CatalogApi;
@@ -528,19 +528,16 @@ impl Recommendation for Service {
             ));
         }
         let id = format!("{}-{}-{}", at, req.product_id, unique_suffix());
+        let interaction = crate::store::interaction_document(
+            &id,
+            &requester,
+            &req.product_id,
+            kind.as_str_name(),
+            at,
+            &req.impression_id,
+        );
         self.store
-            .put(
-                INTERACTIONS,
-                doc! {
-                    "_id": &id,
-                    "userId": &requester.user_id,
-                    "sessionId": &requester.session_id,
-                    "productId": &req.product_id,
-                    "kind": kind.as_str_name(),
-                    "at": at,
-                    "impressionId": &req.impression_id,
-                },
-            )
+            .put(INTERACTIONS, interaction)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "storing interaction failed");

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use discovery_kit::CancellationToken;
 use discovery_kit::cache::Cache;
-use discovery_kit::store::{Document, FindOptions, Store, doc};
+use discovery_kit::store::Store;
 
 use crate::experiments::Assignment;
 use crate::report::{Dims, Totals};

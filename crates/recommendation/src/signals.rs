@@ -20,9 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use discovery_kit::store::{Document, FindOptions, Store, doc};
-
-use crate::api::INTERACTIONS;
+use discovery_kit::store::Store;
 
 /// Neighbours kept per product.
 pub const NEIGHBOURS: usize = 20;
@@ -71,25 +69,6 @@ pub struct Interaction {
     pub kind: String,
     /// When, ms since the epoch.
     pub at: i64,
-}
-
-impl Interaction {
-    fn from_document(d: &Document) -> Option<Self> {
-        let user = d.get_str("userId").unwrap_or("").to_string();
-        let session = d.get_str("sessionId").unwrap_or("");
-        let shopper = if user.is_empty() {
-            session.to_string()
-        } else {
-            user.clone()
-        };
-        Some(Self {
-            shopper,
-            user,
-            product: d.get_str("productId").ok()?.to_string(),
-            kind: d.get_str("kind").ok()?.to_string(),
-            at: d.get_i64("at").ok()?,
-        })
-    }
 }
 
 impl Signals {
@@ -193,18 +172,12 @@ impl Signals {
         store: &Store,
         now_ms: i64,
     ) -> Result<Self, discovery_kit::store::StoreError> {
-        let docs = store
-            .find(
-                INTERACTIONS,
-                doc! {"at": {"$gte": now_ms - WINDOW_DAYS * 86_400_000}},
-                FindOptions {
-                    sort: Some(doc! {"at": -1}),
-                    skip: 0,
-                    limit: MAX_INTERACTIONS,
-                },
-            )
-            .await?;
-        let list: Vec<Interaction> = docs.iter().filter_map(Interaction::from_document).collect();
+        let list = crate::store::recent_interactions(
+            store,
+            now_ms - WINDOW_DAYS * 86_400_000,
+            MAX_INTERACTIONS,
+        )
+        .await?;
         Ok(Self::build(&list, now_ms))
     }
 

@@ -14,6 +14,7 @@ use discovery_proto::v1 as pb;
 pub use crate::experiments::EXPERIMENTS;
 use crate::experiments::{Experiment, Variant};
 use crate::impressions;
+use crate::signals::Interaction;
 use crate::snapshot::Catalog;
 
 /// Interactions (clicks, carts, purchases), the signals' input.
@@ -209,6 +210,100 @@ pub async fn load_running(store: &Store) -> Result<Option<Experiment>, StoreErro
         )
         .await?;
     Ok(docs.first().and_then(experiment_from_document))
+}
+
+/// Saves an experiment (running or stopped).
+pub async fn save_experiment(
+    store: &Store,
+    e: &Experiment,
+    running: bool,
+) -> Result<(), StoreError> {
+    store
+        .put(EXPERIMENTS, experiment_document(e, running))
+        .await
+}
+
+/// Every experiment stored as running (valid ones).
+pub async fn running_experiments(store: &Store) -> Result<Vec<Experiment>, StoreError> {
+    let docs = store
+        .find(EXPERIMENTS, doc! {"running": true}, FindOptions::default())
+        .await?;
+    Ok(docs.iter().filter_map(experiment_from_document).collect())
+}
+
+/// The newest `n` experiments, the running one first.
+pub async fn recent_experiments(store: &Store, n: u64) -> Result<Vec<Experiment>, StoreError> {
+    let docs = store
+        .find(
+            EXPERIMENTS,
+            doc! {},
+            FindOptions {
+                sort: Some(doc! {"running": -1, "startedAt": -1}),
+                limit: n,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(docs.iter().filter_map(experiment_from_document).collect())
+}
+
+/// A recorded interaction in `interactions` (the signals' input, and the
+/// impressions' outcome log).
+pub fn interaction_document(
+    id: &str,
+    requester: &pb::Requester,
+    product_id: &str,
+    kind: &str,
+    at: i64,
+    impression_id: &str,
+) -> Document {
+    doc! {
+        "_id": id,
+        "userId": &requester.user_id,
+        "sessionId": &requester.session_id,
+        "productId": product_id,
+        "kind": kind,
+        "at": at,
+        "impressionId": impression_id,
+    }
+}
+
+/// Interactions since `since_ms`, newest first, at most `limit`.
+pub async fn recent_interactions(
+    store: &Store,
+    since_ms: i64,
+    limit: u64,
+) -> Result<Vec<Interaction>, StoreError> {
+    let docs = store
+        .find(
+            INTERACTIONS,
+            doc! {"at": {"$gte": since_ms}},
+            FindOptions {
+                sort: Some(doc! {"at": -1}),
+                skip: 0,
+                limit,
+            },
+        )
+        .await?;
+    Ok(docs.iter().filter_map(interaction_from).collect())
+}
+
+/// An interaction as the signals' rebuild reads it.
+fn interaction_from(d: &Document) -> Option<Interaction> {
+    let user = d.get_str("userId").unwrap_or("").to_string();
+    let session = d.get_str("sessionId").unwrap_or("");
+    let shopper = if user.is_empty() {
+        session.to_string()
+    } else {
+        user.clone()
+    };
+    Some(Interaction {
+        shopper,
+        user,
+        product: d.get_str("productId").ok()?.to_string(),
+        kind: d.get_str("kind").ok()?.to_string(),
+        at: d.get_i64("at").ok()?,
+    })
 }
 
 #[cfg(test)]

@@ -5,14 +5,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use discovery_kit::store::{Store, doc};
+use discovery_kit::store::Store;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::sync_server::Sync;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::store::{SYNC_DEAD_LETTERS, SYNC_JOBS};
-use crate::{feed, ingest, records};
+use crate::store::{self, SYNC_DEAD_LETTERS, SYNC_JOBS};
+use crate::{feed, ingest};
 
 #[derive(Clone)]
 pub(crate) struct Service {
@@ -187,44 +187,20 @@ impl Sync for Service {
                     Status::invalid_argument("page.page_token: not a token returned by this API")
                 })?
         };
-        let mut filter = if req.job_id.is_empty() {
-            doc! {}
-        } else {
-            doc! {"job_id": &req.job_id}
+        let which = store::Letters {
+            job_id: &req.job_id,
+            ids: &[],
+            sources: sources.only(),
         };
-        sources.restrict(&mut filter);
-        let total = self
-            .store
-            .count(SYNC_DEAD_LETTERS, filter.clone())
+        let total = store::count_dead_letters(&self.store, &which)
             .await
             .map_err(|e| unavailable("counting dead letters", e))?;
-        let docs = self
-            .store
-            .find(
-                SYNC_DEAD_LETTERS,
-                filter,
-                discovery_kit::store::FindOptions {
-                    sort: Some(doc! {"rejected_at": -1}),
-                    skip: offset,
-                    limit: size,
-                },
-            )
+        let letters = store::dead_letters(&self.store, &which, offset, size)
             .await
             .map_err(|e| unavailable("reading dead letters", e))?;
-        let next = offset + docs.len() as u64;
+        let next = offset + letters.len() as u64;
         Ok(Response::new(pb::ListDeadLettersResponse {
-            dead_letters: docs
-                .iter()
-                .map(|d| pb::DeadLetter {
-                    id: d.get_str("_id").unwrap_or_default().into(),
-                    job_id: d.get_str("job_id").unwrap_or_default().into(),
-                    source: d.get_str("source").unwrap_or_default().into(),
-                    reason: d.get_str("reason").unwrap_or_default().into(),
-                    payload: d.get_binary_generic("payload").cloned().unwrap_or_default(),
-                    rejected_at_unix_ms: d.get_i64("rejected_at").unwrap_or(0),
-                    replays: d.get_i32("replays").unwrap_or(0).max(0) as u32,
-                })
-                .collect(),
+            dead_letters: letters.into_iter().map(|l| l.view).collect(),
             page: Some(pb::PageResponse {
                 next_page_token: if next < total {
                     format!("o:{next}")
@@ -250,23 +226,12 @@ impl Sync for Service {
         if req.ids.len() > 10_000 {
             return Err(Status::invalid_argument("ids: at most 10,000 per call"));
         }
-        let mut filter = if req.ids.is_empty() {
-            doc! {"job_id": &req.job_id}
-        } else {
-            doc! {"_id": {"$in": &req.ids}}
+        let which = store::Letters {
+            job_id: &req.job_id,
+            ids: &req.ids,
+            sources: sources.only(),
         };
-        sources.restrict(&mut filter);
-        let letters = self
-            .store
-            .find(
-                SYNC_DEAD_LETTERS,
-                filter,
-                discovery_kit::store::FindOptions {
-                    sort: Some(doc! {"_id": 1}),
-                    skip: 0,
-                    limit: 100_000,
-                },
-            )
+        let letters = store::dead_letters_to_replay(&self.store, &which)
             .await
             .map_err(|e| unavailable("reading dead letters", e))?;
         let Some(first) = letters.first() else {
@@ -275,7 +240,7 @@ impl Sync for Service {
             ));
         };
         let header = pb::IngestHeader {
-            source: first.get_str("source").unwrap_or_default().to_string(),
+            source: first.view.source.clone(),
             format: pb::FeedFormat::Unspecified as i32,
             idempotency_key: String::new(),
         };
@@ -285,11 +250,9 @@ impl Sync for Service {
             .start(self.store.clone(), id, &header)
             .await
             .map_err(|e| unavailable("creating the replay job", e))?;
-        for d in &letters {
-            let format = records::Format::from_name(d.get_str("format").unwrap_or("shopify"))
-                .unwrap_or(records::Format::Shopify);
-            let payload = d.get_binary_generic("payload").cloned().unwrap_or_default();
-            let source = d.get_str("source").unwrap_or_default();
+        for l in &letters {
+            let (source, format) = (l.view.source.as_str(), l.format);
+            let payload = l.view.payload.clone();
             if let Err(e) = intake.replay(source, format, payload).await {
                 let job = intake.job().id.clone();
                 intake.abort(e.to_string());
@@ -300,10 +263,7 @@ impl Sync for Service {
         // Once the replay job has succeeded, each replayed record is its:
         // written, or a new dead letter with today's reason. Only then do
         // the originals go; if the job fails they stay.
-        let ids: Vec<String> = letters
-            .iter()
-            .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
-            .collect();
+        let ids: Vec<String> = letters.into_iter().map(|l| l.view.id).collect();
         let (store, done) = (self.store.clone(), job.clone());
         tokio::spawn(async move {
             let mut rx = done.subscribe();
@@ -417,9 +377,11 @@ impl Sources {
         }
     }
 
-    fn restrict(&self, filter: &mut discovery_kit::store::bson::Document) {
-        if let Sources::Only(l) = self {
-            filter.insert("source", doc! {"$in": l});
+    /// The sources this key is limited to (`None`: all).
+    fn only(&self) -> Option<&[String]> {
+        match self {
+            Sources::Only(l) => Some(l),
+            Sources::Any => None,
         }
     }
 }

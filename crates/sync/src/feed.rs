@@ -22,7 +22,7 @@ use std::time::Duration;
 use discovery_catalog::{Frame, PRODUCTS};
 use discovery_kit::CancellationToken;
 use discovery_kit::client::TracedChannel;
-use discovery_kit::store::{ChangeOp, ResumeToken, Store, StoreError, doc};
+use discovery_kit::store::{ChangeOp, ResumeToken, Store, StoreError};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_client::CacheAdminClient;
 use futures::StreamExt;
@@ -69,14 +69,11 @@ pub async fn load_checkpoint(store: &Store) -> Result<Checkpoint, StoreError> {
 }
 
 async fn save_checkpoint(store: &Store, cp: &Checkpoint) -> Result<(), StoreError> {
-    let mut d = doc! {
-        "_id": CHECKPOINT_ID,
-        "sequence": cp.sequence as i64,
-        "updated_at": discovery_kit::now_unix_ms(),
-    };
-    if let Some(ResumeToken(t)) = &cp.token {
-        d.insert("token", t.clone());
-    }
+    let d = crate::store::checkpoint_document(
+        CHECKPOINT_ID,
+        cp.sequence,
+        cp.token.as_ref().map(|t| &t.0),
+    );
     store.put(SYNC_CHECKPOINTS, d).await
 }
 

@@ -2,7 +2,9 @@
 //! `products`, whose shape and indexes `discovery-catalog` owns).
 
 use discovery_catalog::Frame;
-use discovery_kit::store::{Document, IndexSpec, RawDocumentBuf, bson, doc};
+use discovery_kit::store::{
+    Document, FindOptions, IndexSpec, RawDocumentBuf, Store, StoreError, bson, doc,
+};
 use discovery_proto::v1 as pb;
 
 use crate::ingest::{Job, ORPHANED_AFTER};
@@ -125,4 +127,116 @@ pub fn dead_letter_document(
         "rejected_at": discovery_kit::now_unix_ms(),
         "replays": 0,
     }
+}
+
+/// The change stream's checkpoint: the last sequence delivered and the
+/// resume token after it.
+pub fn checkpoint_document(id: &str, sequence: u64, token: Option<&bson::Bson>) -> Document {
+    let mut d = doc! {
+        "_id": id,
+        "sequence": sequence as i64,
+        "updated_at": discovery_kit::now_unix_ms(),
+    };
+    if let Some(t) = token {
+        d.insert("token", t.clone());
+    }
+    d
+}
+
+/// Which dead letters: given ids, else a job's (else all), within the
+/// key's sources.
+#[derive(Debug, Clone, Copy)]
+pub struct Letters<'a> {
+    /// A job's letters (empty: any job).
+    pub job_id: &'a str,
+    /// These letters (empty: by job).
+    pub ids: &'a [String],
+    /// Only these sources (`None`: all).
+    pub sources: Option<&'a [String]>,
+}
+
+impl Letters<'_> {
+    fn filter(&self) -> Document {
+        let mut f = if !self.ids.is_empty() {
+            doc! {"_id": {"$in": self.ids}}
+        } else if !self.job_id.is_empty() {
+            doc! {"job_id": self.job_id}
+        } else {
+            doc! {}
+        };
+        if let Some(l) = self.sources {
+            f.insert("source", doc! {"$in": l});
+        }
+        f
+    }
+}
+
+/// A stored dead letter: the API's view and the format to replay it in.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// As `ListDeadLetters` shows it.
+    pub view: pb::DeadLetter,
+    /// How its payload decodes.
+    pub format: Format,
+}
+
+fn dead_letter_from(d: &Document) -> DeadLetter {
+    DeadLetter {
+        view: pb::DeadLetter {
+            id: d.get_str("_id").unwrap_or_default().into(),
+            job_id: d.get_str("job_id").unwrap_or_default().into(),
+            source: d.get_str("source").unwrap_or_default().into(),
+            reason: d.get_str("reason").unwrap_or_default().into(),
+            payload: d.get_binary_generic("payload").cloned().unwrap_or_default(),
+            rejected_at_unix_ms: d.get_i64("rejected_at").unwrap_or(0),
+            replays: d.get_i32("replays").unwrap_or(0).max(0) as u32,
+        },
+        format: Format::from_name(d.get_str("format").unwrap_or("shopify"))
+            .unwrap_or(Format::Shopify),
+    }
+}
+
+/// How many dead letters `which` names.
+pub async fn count_dead_letters(store: &Store, which: &Letters<'_>) -> Result<u64, StoreError> {
+    store.count(SYNC_DEAD_LETTERS, which.filter()).await
+}
+
+/// A page of the dead letters `which` names, newest first.
+pub async fn dead_letters(
+    store: &Store,
+    which: &Letters<'_>,
+    skip: u64,
+    limit: u64,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    find_letters(store, which, doc! {"rejected_at": -1}, skip, limit).await
+}
+
+/// Most letters one replay takes.
+pub const MAX_REPLAY: u64 = 100_000;
+
+/// The dead letters `which` names to replay, in id order (the order they
+/// were rejected in), at most [`MAX_REPLAY`].
+pub async fn dead_letters_to_replay(
+    store: &Store,
+    which: &Letters<'_>,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    find_letters(store, which, doc! {"_id": 1}, 0, MAX_REPLAY).await
+}
+
+async fn find_letters(
+    store: &Store,
+    which: &Letters<'_>,
+    sort: Document,
+    skip: u64,
+    limit: u64,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let options = FindOptions {
+        sort: Some(sort),
+        skip,
+        limit,
+    };
+    let docs = store
+        .find(SYNC_DEAD_LETTERS, which.filter(), options)
+        .await?;
+    Ok(docs.iter().map(dead_letter_from).collect())
 }

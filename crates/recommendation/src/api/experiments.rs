@@ -8,7 +8,6 @@
 //! [`crate::store`].
 
 use discovery_kit::internal::require_caller;
-use discovery_kit::store::{FindOptions, doc};
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::experiments_server::Experiments;
 use tonic::{Request, Response, Status};
@@ -21,7 +20,7 @@ use crate::error::experiments_unavailable;
 use crate::experiments::{CHANNEL, EXPERIMENTS, Experiment};
 use crate::impressions::Window;
 use crate::report;
-use crate::store::{experiment_document as to_document, experiment_from_document as from_document};
+use crate::store;
 
 const ADMINS: &[&str] = &["gateway"];
 /// The report is also read by monitoring (its dashboard panel).
@@ -30,21 +29,16 @@ const READERS: &[&str] = &["gateway", "monitoring"];
 impl Service {
     /// Marks every running experiment stopped; returns the last of them.
     async fn stop_running(&self, now: i64) -> Result<Option<Experiment>, Status> {
-        let docs = self
-            .store
-            .find(EXPERIMENTS, doc! {"running": true}, FindOptions::default())
+        let running = store::running_experiments(&self.store)
             .await
             .map_err(experiments_unavailable)?;
         let mut last = None;
-        for d in &docs {
-            if let Some(mut e) = from_document(d) {
-                e.stopped_at = now;
-                self.store
-                    .put(EXPERIMENTS, to_document(&e, false))
-                    .await
-                    .map_err(experiments_unavailable)?;
-                last = Some(e);
-            }
+        for mut e in running {
+            e.stopped_at = now;
+            store::save_experiment(&self.store, &e, false)
+                .await
+                .map_err(experiments_unavailable)?;
+            last = Some(e);
         }
         Ok(last)
     }
@@ -73,7 +67,7 @@ impl Experiments for Service {
         self.stop_running(now).await?;
         e.started_at = now;
         self.store
-            .put(EXPERIMENTS, to_document(&e, true))
+            .put(EXPERIMENTS, store::experiment_document(&e, true))
             .await
             .map_err(experiments_unavailable)?;
         tracing::info!(experiment = %e.id, variants = e.variants.len(), "experiment started");
@@ -103,25 +97,11 @@ impl Experiments for Service {
         req: Request<pb::ListExperimentsRequest>,
     ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
         require_caller(&req, self.internal_auth, ADMINS, "ListExperiments")?;
-        let docs = self
-            .store
-            .find(
-                EXPERIMENTS,
-                doc! {},
-                FindOptions {
-                    sort: Some(doc! {"running": -1, "startedAt": -1}),
-                    limit: 21,
-                    ..Default::default()
-                },
-            )
+        let listed = store::recent_experiments(&self.store, 21)
             .await
             .map_err(experiments_unavailable)?;
         Ok(Response::new(pb::ListExperimentsResponse {
-            experiments: docs
-                .iter()
-                .filter_map(from_document)
-                .map(|e| to_proto(&e))
-                .collect(),
+            experiments: listed.iter().map(to_proto).collect(),
         }))
     }
 

@@ -3,6 +3,7 @@
 //! and keeps this replica's rollups.
 
 use super::*;
+use discovery_kit::store::{Document, FindOptions, doc};
 
 type Key = (&'static str, i64, Dims);
 /// A batch's group: assignment (by address), placement, face shape, fine bucket.
