@@ -6,6 +6,9 @@
 # auth on.
 #
 #   scripts/bench-gateway.sh            # prints a table; figures go to docs/benchmarks.md
+#   BASELINE=/path/to/old/discovery scripts/bench-gateway.sh
+#                                       # A/B: an older build's gateway beside this one,
+#                                       # same upstream, rounds interleaved
 #
 # Needs: h2load (apt-get install nghttp2-client), python3, the SecantusDB
 # venv from scripts/test-deps.sh (the gateway reads its API key from it).
@@ -54,6 +57,8 @@ viagw="http://127.0.0.1:$gw/discovery.v1.Discovery/Recommend"
 # Runs h2load; prints "req/s p50_us p99_us".
 run() { # url n c m [extra]
   local url=$1 n=$2 c=$3 m=$4; shift 4
+  # h2load appends to its log file: start each run with an empty one.
+  : >"$work/h2.log"
   h2load -n "$n" -c "$c" -m "$m" -t 1 --data="$work/req.bin" "${hdr[@]}" --log-file="$work/h2.log" "$@" "$url" >"$work/h2.out" 2>&1
   grep -q " 0 failed, 0 errored" "$work/h2.out" || { cat "$work/h2.out" >&2; exit 1; }
   local rps
@@ -121,6 +126,38 @@ if [ -n "${PROFILE:-}" ]; then
   perf report -i "$work/perf.data" --no-children --dsos discovery,libc.so.6 --percent-limit 0.4 --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -40
   echo "--- inclusive, by component"
   perf report -i "$work/perf.data" --children --sort sym --percent-limit 1.5 --stdio -g none 2>/dev/null | grep -E "^ +[0-9]" | grep -vE "\[k\]" | head -50
+  exit 0
+fi
+
+if [ -n "${BASELINE:-}" ]; then
+  # A second gateway from the baseline build on the same recommendation
+  # service; the two measured in alternating rounds (timings here drift).
+  gwb=$(free_port); gwbm=$(free_port)
+  TOKIO_WORKER_THREADS="${GW_THREADS:-2}" RUST_LOG=warn DISCOVERY_STORE=mongodb DISCOVERY_GATEWAY_PORT=$gwb DISCOVERY_METRICS_PORT=$gwbm DISCOVERY_LIMITS=off \
+    DISCOVERY_GATEWAY_MAX_IN_FLIGHT="${MAX_IN_FLIGHT:-2000}" \
+    DISCOVERY_RECOMMENDATION_URLS=http://127.0.0.1:$reco "$BASELINE" serve gateway >"$work/gwb.log" 2>&1 &
+  gwbpid=$!
+  pids+=($gwbpid)
+  wait_port "$gwb"
+  viab="http://127.0.0.1:$gwb/discovery.v1.Discovery/Recommend"
+  run "$viab" 2000 1 1 >/dev/null
+  echo "| round | c=1 p50 µs baseline / this | saturation req/s baseline / this | CPU per call µs baseline / this |"
+  echo "|---|---|---|---|"
+  hz=$(getconf CLK_TCK)
+  for round in $(seq "${ROUNDS:-3}"); do
+    # The recommendation service logs an impression per call; let its
+    # worker catch up after a saturation round before timing one caller.
+    sleep "${PAUSE:-5}"
+    read -r _ b1 _ < <(run "$viab" 20000 1 1)
+    read -r _ a1 _ < <(run "$viagw" 20000 1 1)
+    # Who goes first alternates: the upstream's impression worker is still
+    # busy with the first one's calls while the second runs.
+    sat_b() { t0=$(cpu_ticks $gwbpid); read -r bs _ _ < <(run "$viab" 200000 8 16); t1=$(cpu_ticks $gwbpid); }
+    sat_a() { u0=$(cpu_ticks $gwpid); read -r as _ _ < <(run "$viagw" 200000 8 16); u1=$(cpu_ticks $gwpid); }
+    if [ $((round % 2)) = 1 ]; then sat_b; sleep "${PAUSE:-5}"; sat_a; else sat_a; sleep "${PAUSE:-5}"; sat_b; fi
+    bc=$(python3 -c "print(f'{($t1-$t0)/$hz*1e6/200000:.1f}')"); ac=$(python3 -c "print(f'{($u1-$u0)/$hz*1e6/200000:.1f}')")
+    echo "| $round | $b1 / $a1 | $bs / $as | $bc / $ac |"
+  done
   exit 0
 fi
 

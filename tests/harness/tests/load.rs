@@ -4,6 +4,7 @@
 //! the metrics registry is process-wide.
 
 mod common;
+use common::TestApp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +34,12 @@ async fn gateway_counts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_tool_sends_the_schedule_and_counts_what_the_gateway_counts() {
-    let env = common::ephemeral_env().with("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "100ms");
-    let (system, target, shutdown) =
-        common::system_and_target(env, 2, Duration::from_secs(10)).await;
-    let url = format!("http://{}", system.gateway());
+    let app = TestApp::builder()
+        .with("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "100ms")
+        .start()
+        .await;
+    let target = app.target(2, Duration::from_secs(10)).await;
+    let url = app.url();
     let plan =
         discovery_loadgen::scenario("normal", 300.0, None, Some(Duration::from_secs(2)), None)
             .unwrap();
@@ -45,10 +48,7 @@ async fn the_load_tool_sends_the_schedule_and_counts_what_the_gateway_counts() {
     let warmed = corpus.warm(&target, &plan.mix).await.unwrap();
     assert!(warmed > 200, "{warmed}");
 
-    let mut monitoring = MonitoringClient::new(common::internal_channel(
-        system.addr_of("monitoring"),
-        "tests",
-    ));
+    let mut monitoring = MonitoringClient::new(app.internal("monitoring", "tests"));
     // The set-up calls are counted before the run starts.
     let mut before = Default::default();
     for _ in 0..100 {
@@ -140,7 +140,7 @@ async fn the_load_tool_sends_the_schedule_and_counts_what_the_gateway_counts() {
 
     // Closed loop, bounded by a call count.
     let good = Arc::new(
-        Target::connect(&url, Some(&system.api_key), 1, Duration::from_secs(10))
+        Target::connect(&url, Some(&app.system.api_key), 1, Duration::from_secs(10))
             .await
             .unwrap(),
     );
@@ -157,6 +157,5 @@ async fn the_load_tool_sends_the_schedule_and_counts_what_the_gateway_counts() {
     let r = discovery_loadgen::run(good, corpus, &closed, &RunOptions::default()).await;
     assert_eq!((r.sent, r.ok, r.errors), (120, 120, 0));
     assert!(r.duration_s < 30.0, "stopped at the call bound");
-    shutdown.cancel();
-    let _ = system.wait().await;
+    let _ = app.stop().await;
 }

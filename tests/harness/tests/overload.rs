@@ -12,6 +12,7 @@
 //! the CPU the server needs, which measures the tool, not the shedding.
 
 mod common;
+use common::TestApp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,14 +54,15 @@ async fn three_times_capacity_is_shed_with_resource_exhausted_and_recovers() {
     let root = discovery_harness::workspace_root();
     let photo = std::fs::read(root.join("models/testdata/astronaut.png"))
         .expect("models/testdata/astronaut.png: run scripts/fetch-models.sh --test-data");
-    let env = common::ephemeral_env()
-        .with("DISCOVERY_GATEWAY_MAX_IN_FLIGHT", BOUND.to_string())
+    let app = TestApp::builder()
+        .with("DISCOVERY_GATEWAY_MAX_IN_FLIGHT", &BOUND.to_string())
         .with(
             "DISCOVERY_FACE_MODELS_DIR",
-            root.join("models").display().to_string(),
-        );
-    let (system, target, shutdown) =
-        common::system_and_target(env, 2, Duration::from_secs(10)).await;
+            &root.join("models").display().to_string(),
+        )
+        .start()
+        .await;
+    let target = app.target(2, Duration::from_secs(10)).await;
     let mix = discovery_loadgen::Mix::only(discovery_loadgen::Op::AnalyzeFace);
     let corpus = Arc::new(Corpus::build(&target, &mix, Some(photo)).await.unwrap());
     let options = RunOptions::default();
@@ -156,6 +158,5 @@ async fn three_times_capacity_is_shed_with_resource_exhausted_and_recovers() {
         after.latency.p99,
         capacity.latency.p99
     );
-    shutdown.cancel();
-    let _ = system.wait().await;
+    let _ = app.stop().await;
 }

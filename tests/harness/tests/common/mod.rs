@@ -86,27 +86,90 @@ where
     last.expect("at least one progress message")
 }
 
-/// The all-in-one system on `env`, and a load-tool target on its gateway
-/// with `connections` HTTP/2 connections and a per-call `timeout`.
-pub async fn system_and_target(
+/// The all-in-one system (`discovery up`) for one test:
+/// `TestApp::builder().with("DISCOVERY_X", "v").start().await`, then its
+/// gateway, a load-tool target or an internal channel to one of its
+/// services, and `stop()` at the end (a panicking test's system goes down
+/// with the runtime). Every port is OS-chosen ([`ephemeral_env`]).
+pub struct TestApp {
+    /// The running system (addresses, its API key).
+    pub system: discovery::up::System,
+    shutdown: discovery_kit::CancellationToken,
+}
+
+/// Settings of a [`TestApp`] before it starts.
+pub struct TestAppBuilder {
     env: Env,
-    connections: usize,
-    timeout: std::time::Duration,
-) -> (
-    discovery::up::System,
-    std::sync::Arc<discovery_loadgen::Target>,
-    discovery_kit::CancellationToken,
-) {
-    let shutdown = discovery_kit::CancellationToken::new();
-    let system = discovery::up::start(env, shutdown.clone())
-        .await
-        .expect("system starts");
-    let url = format!("http://{}", system.gateway());
-    let target =
-        discovery_loadgen::Target::connect(&url, Some(&system.api_key), connections, timeout)
+}
+
+impl TestAppBuilder {
+    /// Sets one variable.
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.env = self.env.with(name, value);
+        self
+    }
+
+    /// Starts the system.
+    pub async fn start(self) -> TestApp {
+        let shutdown = discovery_kit::CancellationToken::new();
+        let system = discovery::up::start(self.env, shutdown.clone())
             .await
-            .expect("connect the load tool");
-    (system, std::sync::Arc::new(target), shutdown)
+            .expect("system starts");
+        TestApp { system, shutdown }
+    }
+}
+
+impl TestApp {
+    /// The defaults: [`ephemeral_env`].
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            env: ephemeral_env(),
+        }
+    }
+
+    /// The gateway's address.
+    pub fn gateway_addr(&self) -> std::net::SocketAddr {
+        self.system.gateway()
+    }
+
+    /// The gateway's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.system.gateway())
+    }
+
+    /// A client of the public API with the system's key.
+    pub async fn gateway(&self) -> Gateway {
+        gateway(self.system.gateway(), &self.system.api_key).await
+    }
+
+    /// A load-tool target on the gateway: `connections` HTTP/2
+    /// connections, `timeout` per call.
+    pub async fn target(
+        &self,
+        connections: usize,
+        timeout: std::time::Duration,
+    ) -> std::sync::Arc<discovery_loadgen::Target> {
+        let target = discovery_loadgen::Target::connect(
+            &self.url(),
+            Some(&self.system.api_key),
+            connections,
+            timeout,
+        )
+        .await
+        .expect("connect the load tool");
+        std::sync::Arc::new(target)
+    }
+
+    /// A channel to `service`'s internal port, signed as `caller`.
+    pub fn internal(&self, service: &str, caller: &str) -> discovery_kit::client::TracedChannel {
+        internal_channel(self.system.addr_of(service), caller)
+    }
+
+    /// Shuts the system down and waits for it.
+    pub async fn stop(self) -> Result<(), discovery_kit::server::BoxError> {
+        self.shutdown.cancel();
+        self.system.wait().await
+    }
 }
 
 /// Sends the given metadata on every call.

@@ -1,13 +1,13 @@
 //! Black-box: the services over real gRPC, embedded and on the
 //! MongoDB-compatible server.
 
-mod common;
+use crate::common;
 
 use discovery_harness::MongoServer;
 use discovery_kit::CancellationToken;
 use discovery_proto::v1 as pb;
 
-use common::{ephemeral_env, gateway as client};
+use common::{TestApp, ephemeral_env, gateway as client};
 
 fn round_132() -> pb::RecommendRequest {
     pb::RecommendRequest {
@@ -26,11 +26,8 @@ fn round_132() -> pb::RecommendRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_gateway_answers_through_recommendation() {
-    let shutdown = CancellationToken::new();
-    let system = discovery::up::start(ephemeral_env(), shutdown.clone())
-        .await
-        .expect("system starts");
-    let mut c = client(system.gateway(), &system.api_key).await;
+    let app = TestApp::builder().start().await;
+    let mut c = app.gateway().await;
 
     let resp = c
         .recommend(round_132())
@@ -141,10 +138,9 @@ async fn all_in_one_gateway_answers_through_recommendation() {
 
     // One process: the gateway reaches the services in-process (the calls
     // above went that way), and a stopping service leaves the registry.
-    let reco = system.addr_of("recommendation");
+    let reco = app.system.addr_of("recommendation");
     assert!(discovery_kit::inproc::lookup(&reco).is_some());
-    shutdown.cancel();
-    system.wait().await.expect("clean shutdown");
+    app.stop().await.expect("clean shutdown");
     assert!(discovery_kit::inproc::lookup(&reco).is_none());
 }
 

@@ -5,13 +5,12 @@
 //! charts with data and show the alert. `DISCOVERY_SCREENSHOT=path` also
 //! saves a screenshot (how `docs/dashboard.png` was made).
 
-mod common;
+use crate::common::TestApp;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use discovery_kit::CancellationToken;
 use discovery_monitoring::Hub;
 use discovery_monitoring::collect::Source;
 use discovery_monitoring::dashboard::{Dashboard, router};
@@ -58,11 +57,8 @@ async fn scrape(history: &Arc<Mutex<History>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
     let browser = chromium();
-    let shutdown = CancellationToken::new();
-    let system = discovery::up::start(common::ephemeral_env(), shutdown.clone())
-        .await
-        .unwrap();
-    let gw = common::gateway(system.gateway(), &system.api_key).await;
+    let system = TestApp::builder().start().await;
+    let gw = system.gateway().await;
 
     // Load in rounds, a scrape after each: the charts get a time series.
     let history = Arc::new(Mutex::new(History::default()));
@@ -150,7 +146,7 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         history: history.clone(),
         hub,
         report: Some(pb::experiments_client::ExperimentsClient::new(
-            common::internal_channel(system.addr_of("recommendation"), "monitoring"),
+            system.internal("recommendation", "monitoring"),
         )),
         token: None,
     });
@@ -234,6 +230,5 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
             .unwrap();
         assert!(shot.status.success());
     }
-    shutdown.cancel();
-    system.wait().await.ok();
+    system.stop().await.ok();
 }

@@ -6,7 +6,7 @@
 //! with its data unchanged. (The image path has its own hostile-input test
 //! in `crates/face-analysis/tests/image_input.rs`.)
 
-mod common;
+use crate::common::TestApp;
 
 use std::time::Duration;
 
@@ -179,10 +179,10 @@ fn mutate(b: &[u8], r: &mut SplitMix) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_statuses_and_leaves_the_system_healthy() {
-    let (system, t, shutdown) =
-        common::system_and_target(common::ephemeral_env(), 1, Duration::from_secs(20)).await;
-    let url = format!("http://{}", system.gateway());
-    let mut gw = common::gateway(system.gateway(), &system.api_key).await;
+    let app = TestApp::builder().start().await;
+    let t = app.target(1, Duration::from_secs(20)).await;
+    let url = app.url();
+    let mut gw = app.gateway().await;
     let listed = gw
         .search_products(pb::SearchProductsRequest::default())
         .await
@@ -400,6 +400,5 @@ async fn bad_input_gets_clear_statuses_and_leaves_the_system_healthy() {
          healthy and unchanged afterwards",
         fuzzed - accepted
     );
-    shutdown.cancel();
-    let _ = system.wait().await;
+    let _ = app.stop().await;
 }

@@ -2,22 +2,20 @@
 //! then the SLA report counts exactly the calls made. Its own test binary
 //! (one process): the metrics registry is process-wide.
 
-mod common;
+use crate::common::TestApp;
 
 use std::time::Duration;
 
-use discovery_kit::CancellationToken;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::monitoring_client::MonitoringClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sla_report_counts_every_call_made_through_the_gateway() {
-    let env = common::ephemeral_env().with("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "100ms");
-    let shutdown = CancellationToken::new();
-    let system = discovery::up::start(env, shutdown.clone())
-        .await
-        .expect("system starts");
-    let mut gw = common::gateway(system.gateway(), &system.api_key).await;
+    let app = TestApp::builder()
+        .with("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "100ms")
+        .start()
+        .await;
+    let mut gw = app.gateway().await;
     let (recommends, searches, not_found) = (240u64, 60u64, 7u64);
     let calls = (0..recommends).map(|i| {
         let mut gw = gw.clone();
@@ -54,10 +52,7 @@ async fn the_sla_report_counts_every_call_made_through_the_gateway() {
     }
 
     // The next scrapes see every call (the report waits for none).
-    let mut monitoring = MonitoringClient::new(common::internal_channel(
-        system.addr_of("monitoring"),
-        "tests",
-    ));
+    let mut monitoring = MonitoringClient::new(app.internal("monitoring", "tests"));
     let count = |r: &pb::GetSlaReportResponse, service: &str, method: &str| {
         r.methods
             .iter()
@@ -139,6 +134,5 @@ async fn the_sla_report_counts_every_call_made_through_the_gateway() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    shutdown.cancel();
-    system.wait().await.ok();
+    app.stop().await.ok();
 }

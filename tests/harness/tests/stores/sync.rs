@@ -1,7 +1,7 @@
 //! Sync against the MongoDB-compatible server: a 50,000-record Shopify feed
 //! with 1% invalid records, then the same feed again.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

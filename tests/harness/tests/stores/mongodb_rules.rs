@@ -2,7 +2,7 @@
 //! checked without `mongod`: no compound index covers two array fields of a
 //! stored document ("cannot index parallel arrays", code 171).
 
-mod common;
+use crate::common;
 
 use common::rig::*;
 use discovery_gateway::auth::Tier;

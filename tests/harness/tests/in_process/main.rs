@@ -1,0 +1,13 @@
+//! The all-in-one system (`discovery up`, in-process calls between its
+//! services) end to end: the journey, the SLA report, the dashboard, bad
+//! input. One test binary (in-process calls are a process-wide switch, so
+//! these tests share a binary only with each other).
+
+#[path = "../common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+mod bad_input;
+mod dashboard;
+mod sla;
+mod system;
