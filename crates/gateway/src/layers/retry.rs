@@ -92,6 +92,24 @@ pub struct Retry<S> {
     layer: RetryLayer,
 }
 
+/// What the retry layer wraps: a service that sends one attempt, failing
+/// with [`Unreached`] when no replica took it.
+pub trait Attempts:
+    Service<Request<Body>, Response = Response<Body>, Error = Unreached, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> Attempts for T where
+    T: Service<Request<Body>, Response = Response<Body>, Error = Unreached, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// One attempt's request: the call's head, a fresh body, and the replica
 /// to leave.
 fn attempt(parts: &http::request::Parts, body: Body, leaving: &Option<Avoid>) -> Request<Body> {
@@ -102,14 +120,7 @@ fn attempt(parts: &http::request::Parts, body: Body, leaving: &Option<Avoid>) ->
     req
 }
 
-impl<S> Retry<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Unreached>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Attempts> Retry<S> {
     async fn run(
         mut inner: S,
         layer: RetryLayer,
@@ -193,14 +204,7 @@ where
     }
 }
 
-impl<S> Service<Request<Body>> for Retry<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Unreached>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Attempts> Service<Request<Body>> for Retry<S> {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
     type Future = Reply;
