@@ -1,8 +1,13 @@
 //! Monitoring end to end: load through the all-in-one system's gateway,
 //! then the SLA report counts exactly the calls made. Its own test binary
-//! (one process): the metrics registry is process-wide.
+//! (one process, one test): the metrics registry is process-wide, so any
+//! other test in the process would add its calls to the counts.
 
-use crate::common::TestApp;
+#[path = "../common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use common::TestApp;
 
 use std::time::Duration;
 
