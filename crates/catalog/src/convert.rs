@@ -2,6 +2,7 @@
 
 use discovery_proto::v1 as pb;
 
+use crate::kind::{Material, Shape};
 use crate::model::fnv1a;
 use crate::model::{AiEnhanced, Frame, Inventory, Metadata, VariantDoc, categories};
 use crate::money::{Currency, Money};
@@ -14,7 +15,7 @@ impl Frame {
             name: self.name.clone(),
             brand: self.brand.clone(),
             model: self.model.clone(),
-            shape: frame_shape_from_str(&self.shape) as i32,
+            shape: shape_to_proto(self.shape) as i32,
             dimensions: Some(pb::FrameDimensions {
                 lens_width_mm: self.lens_width_mm,
                 bridge_mm: self.bridge_mm,
@@ -22,7 +23,7 @@ impl Frame {
                 total_width_mm: self.total_width_mm,
                 lens_height_mm: self.lens_height_mm,
             }),
-            material: material_from_str(&self.material) as i32,
+            material: material_to_proto(self.material) as i32,
             price: Some(pb::Money {
                 currency: self.currency.clone(),
                 amount_minor: self.price_minor(),
@@ -68,19 +69,15 @@ impl Frame {
         let money = Money::from_minor(price.amount_minor, Currency::exponent_of(&price.currency))
             .map_err(|_| format!("product {}: price cannot be negative", p.id))?;
         let shape = pb::FrameShape::try_from(p.shape)
-            .map(frame_shape_name)
+            .map(shape_from_proto)
             .map_err(|_| format!("product {}: unknown shape {}", p.id, p.shape))?;
         let material = pb::FrameMaterial::try_from(p.material)
-            .map(|m| {
-                m.as_str_name()
-                    .trim_start_matches("FRAME_MATERIAL_")
-                    .to_ascii_lowercase()
-            })
+            .map(material_from_proto)
             .map_err(|_| format!("product {}: unknown material {}", p.id, p.material))?;
         let summary = format!(
             "{} {} {} {}",
             p.name,
-            shape.replace('_', "-"),
+            shape.title(),
             material,
             p.style_keywords.join(" ")
         );
@@ -89,7 +86,7 @@ impl Frame {
             name: p.name.clone(),
             brand: p.brand.clone(),
             model: p.model.clone(),
-            shape: shape.to_string(),
+            shape,
             material,
             lens_width_mm: d.lens_width_mm,
             bridge_mm: d.bridge_mm,
@@ -143,34 +140,68 @@ impl Frame {
     }
 }
 
-/// Lower-case stored name of a frame shape.
-pub fn frame_shape_name(s: pb::FrameShape) -> &'static str {
-    use pb::FrameShape::*;
+/// A frame shape in the API's enum.
+pub fn shape_to_proto(s: Shape) -> pb::FrameShape {
+    use pb::FrameShape as P;
     match s {
-        Unspecified => "unspecified",
-        Round => "round",
-        Rectangle => "rectangle",
-        Square => "square",
-        Aviator => "aviator",
-        CatEye => "cat_eye",
-        Wayfarer => "wayfarer",
-        Browline => "browline",
-        Oval => "oval",
-        Geometric => "geometric",
-        Shield => "shield",
+        Shape::Unspecified => P::Unspecified,
+        Shape::Round => P::Round,
+        Shape::Rectangle => P::Rectangle,
+        Shape::Square => P::Square,
+        Shape::Aviator => P::Aviator,
+        Shape::CatEye => P::CatEye,
+        Shape::Wayfarer => P::Wayfarer,
+        Shape::Browline => P::Browline,
+        Shape::Oval => P::Oval,
+        Shape::Geometric => P::Geometric,
+        Shape::Shield => P::Shield,
     }
 }
 
-/// Parses a stored frame shape name.
-pub fn frame_shape_from_str(s: &str) -> pb::FrameShape {
-    pb::FrameShape::from_str_name(&format!("FRAME_SHAPE_{}", s.to_ascii_uppercase()))
-        .unwrap_or(pb::FrameShape::Unspecified)
+/// A frame shape from the API's enum.
+pub fn shape_from_proto(s: pb::FrameShape) -> Shape {
+    use pb::FrameShape as P;
+    match s {
+        P::Unspecified => Shape::Unspecified,
+        P::Round => Shape::Round,
+        P::Rectangle => Shape::Rectangle,
+        P::Square => Shape::Square,
+        P::Aviator => Shape::Aviator,
+        P::CatEye => Shape::CatEye,
+        P::Wayfarer => Shape::Wayfarer,
+        P::Browline => Shape::Browline,
+        P::Oval => Shape::Oval,
+        P::Geometric => Shape::Geometric,
+        P::Shield => Shape::Shield,
+    }
 }
 
-/// Parses a stored material name.
-pub fn material_from_str(s: &str) -> pb::FrameMaterial {
-    pb::FrameMaterial::from_str_name(&format!("FRAME_MATERIAL_{}", s.to_ascii_uppercase()))
-        .unwrap_or(pb::FrameMaterial::Unspecified)
+/// A material in the API's enum.
+pub fn material_to_proto(m: Material) -> pb::FrameMaterial {
+    use pb::FrameMaterial as P;
+    match m {
+        Material::Unspecified => P::Unspecified,
+        Material::Acetate => P::Acetate,
+        Material::Metal => P::Metal,
+        Material::Titanium => P::Titanium,
+        Material::Tr90 => P::Tr90,
+        Material::Wood => P::Wood,
+        Material::Mixed => P::Mixed,
+    }
+}
+
+/// A material from the API's enum.
+pub fn material_from_proto(m: pb::FrameMaterial) -> Material {
+    use pb::FrameMaterial as P;
+    match m {
+        P::Unspecified => Material::Unspecified,
+        P::Acetate => Material::Acetate,
+        P::Metal => Material::Metal,
+        P::Titanium => Material::Titanium,
+        P::Tr90 => Material::Tr90,
+        P::Wood => Material::Wood,
+        P::Mixed => Material::Mixed,
+    }
 }
 
 /// Lower-case stored name of a face shape ("" when unspecified).
@@ -197,6 +228,25 @@ pub fn face_shape_from_str(s: &str) -> pb::FaceShape {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domain_codes_are_the_api_enum_numbers() {
+        for s in Shape::ALL.iter().chain([&Shape::Unspecified]) {
+            assert_eq!(i32::from(s.code()), shape_to_proto(*s) as i32, "{s}");
+            assert_eq!(shape_from_proto(shape_to_proto(*s)), *s);
+            let api_name = shape_to_proto(*s).as_str_name();
+            assert_eq!(api_name, format!("FRAME_SHAPE_{}", s.name().to_uppercase()));
+        }
+        for m in Material::ALL.iter().chain([&Material::Unspecified]) {
+            assert_eq!(i32::from(m.code()), material_to_proto(*m) as i32, "{m}");
+            assert_eq!(material_from_proto(material_to_proto(*m)), *m);
+            let api_name = material_to_proto(*m).as_str_name();
+            assert_eq!(
+                api_name,
+                format!("FRAME_MATERIAL_{}", m.name().to_uppercase())
+            );
+        }
+    }
 
     #[test]
     fn prices_keep_their_currency_minor_unit_through_the_api() {

@@ -1,22 +1,24 @@
 //! The deterministic demo catalogue (`discovery up`, tests and benchmarks).
 
+use crate::kind::{Material, Shape};
 use crate::model::{AiEnhanced, FACE_SHAPES, Frame, Inventory, Metadata, VariantDoc, categories};
 
 /// Optician's rules of thumb: how well each frame shape suits each face shape
 /// (contrast the face's dominant lines; balance its widest part).
-fn base_compat(frame_shape: &str, face: &str) -> f32 {
-    let table: &[(&str, [f32; 7])] = &[
-        // frame        oval round square heart oblong diamond triangle
-        ("round", [0.8, 0.2, 0.9, 0.7, 0.6, 0.7, 0.5]),
-        ("rectangle", [0.8, 0.9, 0.3, 0.6, 0.5, 0.6, 0.4]),
-        ("square", [0.8, 0.9, 0.2, 0.5, 0.6, 0.5, 0.4]),
-        ("aviator", [0.9, 0.6, 0.7, 0.9, 0.8, 0.6, 0.8]),
-        ("cat_eye", [0.8, 0.7, 0.7, 0.4, 0.5, 0.9, 0.9]),
-        ("wayfarer", [0.9, 0.8, 0.5, 0.6, 0.7, 0.6, 0.5]),
-        ("browline", [0.8, 0.6, 0.6, 0.3, 0.6, 0.9, 0.9]),
-        ("oval", [0.8, 0.4, 0.9, 0.7, 0.6, 0.9, 0.6]),
-        ("geometric", [0.7, 0.9, 0.4, 0.6, 0.6, 0.5, 0.5]),
-        ("shield", [0.6, 0.5, 0.6, 0.5, 0.8, 0.5, 0.5]),
+fn base_compat(frame_shape: Shape, face: &str) -> f32 {
+    use Shape::*;
+    let table: &[(Shape, [f32; 7])] = &[
+        // frame      oval round square heart oblong diamond triangle
+        (Round, [0.8, 0.2, 0.9, 0.7, 0.6, 0.7, 0.5]),
+        (Rectangle, [0.8, 0.9, 0.3, 0.6, 0.5, 0.6, 0.4]),
+        (Square, [0.8, 0.9, 0.2, 0.5, 0.6, 0.5, 0.4]),
+        (Aviator, [0.9, 0.6, 0.7, 0.9, 0.8, 0.6, 0.8]),
+        (CatEye, [0.8, 0.7, 0.7, 0.4, 0.5, 0.9, 0.9]),
+        (Wayfarer, [0.9, 0.8, 0.5, 0.6, 0.7, 0.6, 0.5]),
+        (Browline, [0.8, 0.6, 0.6, 0.3, 0.6, 0.9, 0.9]),
+        (Oval, [0.8, 0.4, 0.9, 0.7, 0.6, 0.9, 0.6]),
+        (Geometric, [0.7, 0.9, 0.4, 0.6, 0.6, 0.5, 0.5]),
+        (Shield, [0.6, 0.5, 0.6, 0.5, 0.8, 0.5, 0.5]),
     ];
     let col = FACE_SHAPES.iter().position(|f| *f == face).unwrap_or(0);
     table
@@ -55,19 +57,6 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
         ("Cutler and Gross", 2.4),
         ("Tiffany & Co.", 2.2),
     ];
-    const SHAPES: &[&str] = &[
-        "round",
-        "rectangle",
-        "square",
-        "aviator",
-        "cat_eye",
-        "wayfarer",
-        "browline",
-        "oval",
-        "geometric",
-        "shield",
-    ];
-    const MATERIALS: &[&str] = &["acetate", "metal", "titanium", "tr90", "wood", "mixed"];
     const COLORS: &[&str] = &[
         "Black",
         "Matte Black",
@@ -102,8 +91,9 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let (brand, tier) = *rng.pick(BRANDS);
-        let shape = *rng.pick(SHAPES);
-        let material = *rng.pick(MATERIALS);
+        // Picked in code order, as the demo has always been generated.
+        let shape = *rng.pick(Shape::ALL);
+        let material: Material = *rng.pick(Material::ALL);
         // Size classes: narrow (S), medium (M), wide (L), as frame makers do.
         let size = rng.next_u64() % 3;
         let lens = match size {
@@ -117,7 +107,8 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
         let total = (2.0 * lens + bridge + 8.0 + rng.unit() * 6.0).round();
         let height = (lens * (0.62 + rng.unit() * 0.25)).round();
         let price = ((40.0 + rng.unit() as f64 * 110.0) * tier).round() - 0.01;
-        let sunglasses = matches!(shape, "aviator" | "shield") || rng.next_u64().is_multiple_of(5);
+        let sunglasses =
+            matches!(shape, Shape::Aviator | Shape::Shield) || rng.next_u64().is_multiple_of(5);
         let nvar = 1 + (rng.next_u64() % 4) as usize;
         let mut variants = Vec::with_capacity(nvar);
         for v in 0..nvar {
@@ -148,7 +139,7 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
             })
             .collect();
         let model = format!("{}{:03}", &brand[..2].to_ascii_uppercase(), 100 + i % 900);
-        let shape_title = shape.replace('_', "-");
+        let shape_title = shape.title();
         let name = format!("{brand} {model} {}", title_case(&shape_title));
         let summary = format!(
             "{name} {shape_title} {material} frame, {lens}-{bridge}-{temple}, {} {}",
@@ -164,8 +155,8 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
             name,
             brand: brand.to_string(),
             model,
-            shape: shape.to_string(),
-            material: material.to_string(),
+            shape,
+            material,
             lens_width_mm: lens,
             bridge_mm: bridge,
             temple_mm: temple,
@@ -208,7 +199,6 @@ fn title_case(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame_shape_from_str;
 
     #[test]
     fn demo_catalog_is_deterministic_and_realistic() {
@@ -225,7 +215,7 @@ mod tests {
         assert!(brands.len() >= 15);
         let f = &a[0];
         assert_eq!(Frame::from_document(f.to_document()).unwrap(), *f);
-        assert_eq!(frame_shape_from_str(&f.shape) as i32, f.to_proto().shape);
+        assert_eq!(i32::from(f.shape.code()), f.to_proto().shape);
         // The API form maps back to the same product.
         let back = Frame::from_proto(&f.to_proto()).unwrap();
         assert_eq!(back.to_proto(), f.to_proto());

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kind::{Material, Shape};
 use crate::money::{Currency, Money};
 
 /// Face shapes as stored (lower-case names, seed spec field names).
@@ -66,10 +67,10 @@ pub struct Frame {
     pub brand: String,
     /// Model.
     pub model: String,
-    /// Lens shape (proto enum name without prefix, lower case: "aviator").
-    pub shape: String,
-    /// Material ("acetate").
-    pub material: String,
+    /// Lens shape (stored by name: "aviator").
+    pub shape: Shape,
+    /// Material (stored by name: "acetate").
+    pub material: Material,
     /// Lens width, mm.
     pub lens_width_mm: f32,
     /// Bridge, mm.

@@ -3,6 +3,7 @@
 
 use discovery_proto::v1 as pb;
 
+use crate::geometry::FaceShape;
 use crate::pipeline::Analysis;
 
 fn point3(p: &[f32; 3]) -> pb::Point3 {
@@ -10,6 +11,18 @@ fn point3(p: &[f32; 3]) -> pb::Point3 {
         x: p[0],
         y: p[1],
         z: p[2],
+    }
+}
+
+fn face_shape(s: FaceShape) -> pb::FaceShape {
+    match s {
+        FaceShape::Oval => pb::FaceShape::Oval,
+        FaceShape::Round => pb::FaceShape::Round,
+        FaceShape::Square => pb::FaceShape::Square,
+        FaceShape::Heart => pb::FaceShape::Heart,
+        FaceShape::Oblong => pb::FaceShape::Oblong,
+        FaceShape::Diamond => pb::FaceShape::Diamond,
+        FaceShape::Triangle => pb::FaceShape::Triangle,
     }
 }
 
@@ -31,9 +44,9 @@ pub fn to_proto(
     let m = &a.measurements;
     pb::FaceAnalysisResult {
         analysis_id: id.to_string(),
-        face_shape: a.shape.shape as i32,
+        face_shape: face_shape(a.shape.shape) as i32,
         face_shape_confidence: a.shape.confidence,
-        runner_up_shape: a.shape.runner_up as i32,
+        runner_up_shape: face_shape(a.shape.runner_up) as i32,
         runner_up_confidence: a.shape.runner_up_confidence,
         measurements: Some(pb::FaceMeasurements {
             pupillary_distance: measurement(&m.pd),

@@ -48,7 +48,25 @@
 //! - diamond: cheekbones widest, narrow forehead and jaw;
 //! - triangle: jaw wider than the forehead.
 
-use discovery_proto::v1::FaceShape;
+/// The face shapes an optician names (the API's `FaceShape` without its
+/// unspecified value: the classifier always picks one; `convert` maps it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaceShape {
+    /// Longer than wide, soft jaw.
+    Oval,
+    /// Length close to width, soft jaw.
+    Round,
+    /// Length close to width, sharp jaw.
+    Square,
+    /// Wide forehead, narrow jaw.
+    Heart,
+    /// Clearly longer than wide.
+    Oblong,
+    /// Cheekbones widest.
+    Diamond,
+    /// Jaw wider than the forehead.
+    Triangle,
+}
 
 /// Mean adult horizontal visible iris diameter.
 pub const IRIS_DIAMETER_MM: f32 = 11.7;

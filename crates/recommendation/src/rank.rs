@@ -31,7 +31,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use discovery_proto::v1 as pb;
 
 use crate::snapshot::{Catalog, Features};
-use discovery_catalog::{FACE_SHAPES, face_shape_name, frame_shape_name};
+use discovery_catalog::{FACE_SHAPES, face_shape_name};
 
 /// Page size when none is given.
 pub const DEFAULT_PAGE: usize = 20;
@@ -161,7 +161,7 @@ impl Prefs {
         }
         let mut out = Self {
             shapes: enum_mask("preferences.shapes", &p.shapes, |v| {
-                pb::FrameShape::try_from(v).is_ok()
+                discovery_catalog::Shape::from_code(v).is_some()
             })?,
             ..Default::default()
         };
@@ -656,10 +656,7 @@ fn explain(catalog: &Catalog, q: &Query, i: usize, score: f32) -> Scored {
     if reasons.is_empty() {
         reasons.push(format!(
             "{} {} in {}, {:.0}-{:.0}-{:.0}",
-            frame_shape_name(
-                pb::FrameShape::try_from(x.shape[i] as i32).unwrap_or(pb::FrameShape::Unspecified)
-            )
-            .replace('_', "-"),
+            f.shape.title(),
             if f.categories.iter().any(|c| c == "sunglasses") {
                 "sunglasses"
             } else {

@@ -269,8 +269,8 @@ pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Resu
         for &(i, _) in &hits {
             let f = &catalog.frames[i];
             *counts[0].entry(f.brand.clone()).or_default() += 1;
-            *counts[1].entry(f.shape.clone()).or_default() += 1;
-            *counts[2].entry(f.material.clone()).or_default() += 1;
+            *counts[1].entry(f.shape.name().to_string()).or_default() += 1;
+            *counts[2].entry(f.material.name().to_string()).or_default() += 1;
             *counts[3]
                 .entry(price_band(f.price).to_string())
                 .or_default() += 1;
@@ -342,7 +342,7 @@ mod tests {
         for (i, _) in &both.hits {
             let f = &c.frames[*i];
             assert_eq!(f.brand, "Ray-Ban");
-            assert_eq!(f.shape, "aviator");
+            assert_eq!(f.shape, discovery_catalog::Shape::Aviator);
         }
         assert_eq!(search(&c, &req("zzzzzz")).unwrap().total, 0);
         let long = "a ".repeat(200);

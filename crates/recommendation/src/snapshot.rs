@@ -16,7 +16,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::signals::Signals;
-use discovery_catalog::{FACE_SHAPES, Frame, frame_shape_from_str, material_from_str};
+use discovery_catalog::{FACE_SHAPES, Frame};
 
 /// Interned lower-case strings (brands, style keywords, colour words, search words).
 #[derive(Debug, Default, Clone)]
@@ -255,8 +255,8 @@ impl Features {
         self.bridge[row] = f.bridge_mm;
         self.price_minor[row] = f.price_minor();
         self.in_stock[row] = f.inventory.is_in_stock;
-        self.shape[row] = frame_shape_from_str(&f.shape) as i32 as u8;
-        self.material[row] = material_from_str(&f.material) as i32 as u8;
+        self.shape[row] = f.shape.code();
+        self.material[row] = f.material.code();
         self.brand[row] = vocabs.brands.intern(&f.brand);
         self.styles[row] = f
             .ai_enhanced

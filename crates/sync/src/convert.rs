@@ -6,8 +6,19 @@ use std::sync::atomic::Ordering;
 
 use discovery_proto::v1 as pb;
 
+use discovery_catalog::Frame;
+
 use crate::ingest::Job;
-use crate::records::Format;
+use crate::records::{Format, RecordError, namespaced};
+
+/// Maps a typed product into a frame (not yet validated), in the source's
+/// id space; its version is its `updated_at` (newer wins).
+pub fn decode_typed(source: &str, p: &pb::Product) -> Result<Frame, RecordError> {
+    let mut f = Frame::from_proto(p).map_err(RecordError::Product)?;
+    f.id = namespaced(source, &f.id);
+    f.metadata.version = f.metadata.updated_at;
+    Ok(f)
+}
 
 impl Job {
     /// The API view.

@@ -300,7 +300,7 @@ impl Intake {
                 use prost::Message;
                 pb::Product::decode(&payload[..])
                     .map_err(|e| RecordError::NotAProduct(e.to_string()))
-                    .and_then(|p| records::decode_typed(source, &p))
+                    .and_then(|p| crate::convert::decode_typed(source, &p))
             }
             f => records::decode_raw(f, source, &payload),
         };
@@ -320,7 +320,7 @@ impl Intake {
                     use prost::Message;
                     p.encode_to_vec()
                 };
-                let decoded = records::decode_typed(&source, &p);
+                let decoded = crate::convert::decode_typed(&source, &p);
                 let kept = self.format;
                 self.format = Format::Typed;
                 let r = self.accept(decoded, payload).await;

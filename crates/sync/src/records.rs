@@ -34,10 +34,9 @@
 use std::collections::BTreeMap;
 
 use discovery_catalog::{
-    AiEnhanced, Currency, Frame, Inventory, Metadata, Money, VariantDoc, categories,
-    frame_shape_from_str, material_from_str,
+    AiEnhanced, Currency, Frame, Inventory, Material, Metadata, Money, Shape, VariantDoc,
+    categories,
 };
-use discovery_proto::v1 as pb;
 use serde::Deserialize;
 
 /// Longest raw record accepted, bytes.
@@ -144,15 +143,8 @@ pub fn decode_raw(format: Format, source: &str, raw: &[u8]) -> Result<Frame, Rec
     }
 }
 
-/// Maps a typed product into a frame (not yet validated).
-pub fn decode_typed(source: &str, p: &pb::Product) -> Result<Frame, RecordError> {
-    let mut f = Frame::from_proto(p).map_err(RecordError::Product)?;
-    f.id = namespaced(source, &f.id);
-    f.metadata.version = f.metadata.updated_at;
-    Ok(f)
-}
-
-fn namespaced(source: &str, id: &str) -> String {
+/// A source's id space: `source:id` (an id already in it stays).
+pub(crate) fn namespaced(source: &str, id: &str) -> String {
     if source.is_empty() || id.starts_with(&format!("{source}:")) {
         id.to_string()
     } else {
@@ -183,6 +175,10 @@ pub fn check_not_future(
     Ok(())
 }
 
+fn names<'a>(all: impl Iterator<Item = &'a str>) -> String {
+    all.collect::<Vec<_>>().join(", ")
+}
+
 /// Checks a frame against the catalogue's rules; the error names the field.
 pub fn validate(f: &Frame) -> Result<(), RecordError> {
     let id = &f.id;
@@ -207,16 +203,22 @@ pub fn validate(f: &Frame) -> Result<(), RecordError> {
     // own minor unit wherever it is served: a yen price has none).
     let currency = Currency::parse(&f.currency).map_err(|e| invalid(id, e))?;
     Money::from_major(f.price, currency.exponent()).map_err(|e| invalid(id, e))?;
-    if frame_shape_from_str(&f.shape) == pb::FrameShape::Unspecified {
+    if f.shape == Shape::Unspecified {
         return Err(invalid(
             id,
-            format!("shape {:?} is not a known frame shape", f.shape),
+            format!(
+                "shape is missing or not a known frame shape (one of: {})",
+                names(Shape::ALL.iter().map(|s| s.name()))
+            ),
         ));
     }
-    if material_from_str(&f.material) == pb::FrameMaterial::Unspecified {
+    if f.material == Material::Unspecified {
         return Err(invalid(
             id,
-            format!("material {:?} is not a known material", f.material),
+            format!(
+                "material is missing or not a known material (one of: {})",
+                names(Material::ALL.iter().map(|m| m.name()))
+            ),
         ));
     }
     if f.inventory.variants.is_empty() {
@@ -350,15 +352,15 @@ fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, RecordError> {
         }
     };
     let id = namespaced(source, &raw_id);
-    let mut shape = String::new();
-    let mut material = String::new();
+    let mut shape = Shape::Unspecified;
+    let mut material = Material::Unspecified;
     let mut size: Option<(f32, f32, f32)> = None;
     let mut width: Option<f32> = None;
     let mut keywords = Vec::new();
     for tag in p.tags.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         match tag.split_once(':') {
-            Some(("shape", v)) => shape = v.trim().to_lowercase().replace('-', "_"),
-            Some(("material", v)) => material = v.trim().to_lowercase(),
+            Some(("shape", v)) => shape = Shape::parse(&v.replace('-', "_")).unwrap_or_default(),
+            Some(("material", v)) => material = Material::parse(v).unwrap_or_default(),
             Some(("size", v)) => {
                 let parts: Vec<f32> = v.trim().split('-').filter_map(|x| x.parse().ok()).collect();
                 if let [l, b, t] = parts[..] {
@@ -417,8 +419,8 @@ fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, RecordError> {
         name: p.title.clone(),
         brand: p.vendor.clone(),
         model,
-        shape: shape.clone(),
-        material: material.clone(),
+        shape,
+        material,
         lens_width_mm: lens,
         bridge_mm: bridge,
         temple_mm: temple,
@@ -433,7 +435,7 @@ fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, RecordError> {
             feature_summary: format!(
                 "{} {} {} {} {}",
                 p.title,
-                shape.replace('_', "-"),
+                shape.title(),
                 material,
                 keywords.join(" "),
                 description
@@ -550,10 +552,7 @@ mod tests {
             (f.brand.as_str(), f.model.as_str()),
             ("Ray-Ban", "RB2140 Wayfarer")
         );
-        assert_eq!(
-            (f.shape.as_str(), f.material.as_str()),
-            ("wayfarer", "acetate")
-        );
+        assert_eq!((f.shape, f.material), (Shape::Wayfarer, Material::Acetate));
         assert_eq!(
             (f.lens_width_mm, f.bridge_mm, f.temple_mm),
             (50.0, 22.0, 150.0)

@@ -1,6 +1,8 @@
 //! The hard filter: a request's `ProductFilter` compiled to bit masks and
 //! bounds over the snapshot's columns (exact: a frame passes or not).
 
+use discovery_catalog::{Material, Shape};
+
 use super::*;
 
 /// A compiled hard filter.
@@ -66,10 +68,10 @@ impl Filter {
             max_price: f.max_price_minor.unwrap_or(i64::MAX),
             in_stock_only: f.in_stock_only,
             shapes: enum_mask("filter.shapes", &f.shapes, |v| {
-                pb::FrameShape::try_from(v).is_ok()
+                Shape::from_code(v).is_some()
             })?,
             materials: enum_mask("filter.materials", &f.materials, |v| {
-                pb::FrameMaterial::try_from(v).is_ok()
+                Material::from_code(v).is_some()
             })?,
             brands: (!f.brands.is_empty()).then(|| {
                 let mut t = vec![false; catalog.vocabs.brands.len()];

@@ -69,12 +69,16 @@ fn filters_hold_and_results_are_stable() {
     let expected = c
         .frames
         .iter()
-        .filter(|f| f.price <= 150.0 && f.inventory.is_in_stock && f.shape == "aviator")
+        .filter(|f| {
+            f.price <= 150.0
+                && f.inventory.is_in_stock
+                && f.shape == discovery_catalog::Shape::Aviator
+        })
         .count();
     assert_eq!(total, expected);
     assert!(a.iter().all(|s| {
         let f = &c.frames[s.row];
-        f.price <= 150.0 && f.inventory.is_in_stock && f.shape == "aviator"
+        f.price <= 150.0 && f.inventory.is_in_stock && f.shape == discovery_catalog::Shape::Aviator
     }));
     let (b, _, _) = recommend(&c, &req, Ranking::default()).unwrap();
     assert_eq!(ids(&c, &a), ids(&c, &b));
