@@ -291,3 +291,127 @@ fn bson_is_built_in_store_modules_only() {
         "{done:?} no longer build BSON: delete their lines from BSON_OUTSIDE_STORE"
     );
 }
+
+/// Modules of the domain services that speak gRPC by their job (a client
+/// of another service, or the wire-level fast path): they use the API's
+/// types for good, as `api.rs` and `convert.rs` do.
+const GRPC_EDGES: &[(&str, &str)] = &[
+    (
+        "recommendation/src/faces.rs",
+        "a client of face-analysis (GetFaceAnalysis)",
+    ),
+    (
+        "recommendation/src/fast.rs",
+        "answers a cached Recommend from the request bytes, before any handler",
+    ),
+    (
+        "sync/src/feed.rs",
+        "fans catalogue changes out to the recommendation replicas",
+    ),
+    (
+        "monitoring/src/probe.rs",
+        "gRPC health checks of every service",
+    ),
+];
+
+/// Domain modules that still take or build the API's types (tonic, prost,
+/// `discovery_proto::v1`), with what they do. The list may only shrink:
+/// give the module a domain type, map it in the crate's `convert.rs`, and
+/// delete the line.
+const PROTO_IN_DOMAIN: &[(&str, &str)] = &[
+    (
+        "face-analysis/src/store.rs",
+        "keeps the result in its API encoding (the same bytes the cache holds)",
+    ),
+    (
+        "recommendation/src/search.rs",
+        "takes SearchProductsRequest, builds the facets",
+    ),
+    (
+        "recommendation/src/rank.rs",
+        "takes RecommendRequest, builds the ScoreBreakdown",
+    ),
+    (
+        "recommendation/src/rank/filter.rs",
+        "compiles the request's ProductFilter",
+    ),
+    (
+        "recommendation/src/store.rs",
+        "the session document from SessionContext",
+    ),
+    (
+        "sync/src/store.rs",
+        "jobs and dead letters are stored from their API views",
+    ),
+    (
+        "sync/src/ingest.rs",
+        "job states are SyncJobState; the typed feed's header",
+    ),
+    ("monitoring/src/sla.rs", "builds GetSlaReportResponse"),
+    (
+        "monitoring/src/hub.rs",
+        "alerts are the API's Alert; asks recommendation to warm its cache",
+    ),
+    (
+        "monitoring/src/dashboard.rs",
+        "renders the reports from their API types",
+    ),
+    (
+        "monitoring/src/store.rs",
+        "reads alerts back as the API's Alert",
+    ),
+    (
+        "monitoring/src/notify.rs",
+        "formats the API's Alert for webhooks",
+    ),
+];
+
+#[test]
+fn domain_modules_take_no_api_types() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let api = |t: &str| {
+        ["pb::", "tonic::", "prost::", "discovery_proto::v1"]
+            .iter()
+            .any(|p| t.contains(p))
+    };
+    // The adapters: the handlers, the conversions, errors to Status, and
+    // the crate root that wires the server.
+    let adapter = |rel: &str| {
+        rel.contains("/src/api/")
+            || ["/api.rs", "/convert.rs", "/error.rs", "/lib.rs", "/main.rs"]
+                .iter()
+                .any(|e| rel.ends_with(e))
+    };
+    let mut found = BTreeSet::new();
+    for s in DOMAIN_SERVICES {
+        let mut files = Vec::new();
+        sources(&root.join("crates").join(s).join("src"), &mut files);
+        for f in files {
+            let rel = f.to_string_lossy();
+            let rel = rel.split("crates/").last().unwrap_or_default().to_string();
+            if adapter(&rel) || rel.ends_with("/tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).expect("readable source");
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            if api(code) {
+                found.insert(rel);
+            }
+        }
+    }
+    let allowed: BTreeSet<String> = GRPC_EDGES
+        .iter()
+        .chain(PROTO_IN_DOMAIN)
+        .map(|(f, _)| f.to_string())
+        .collect();
+    let new: Vec<_> = found.difference(&allowed).collect();
+    assert!(
+        new.is_empty(),
+        "API types in domain modules {new:?}: take a domain type and map it in the crate's convert.rs"
+    );
+    let done: Vec<_> = allowed.difference(&found).collect();
+    assert!(
+        done.is_empty(),
+        "{done:?} no longer use API types: delete their lines from PROTO_IN_DOMAIN"
+    );
+}
