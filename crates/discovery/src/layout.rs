@@ -1,7 +1,7 @@
 //! The workspace's dependency rules (docs/architecture.md, "Code map"),
 //! checked over `cargo metadata`:
 //!
-//! - the shared crates (`proto`, `kit`, `catalog`) know no service: none
+//! - the shared crates (`proto`, `kit`, `catalog`, `embed`) know no service: none
 //!   depends, in any way, on a service crate, the tools or the launcher;
 //! - no service crate depends on another (they ship apart and talk over
 //!   gRPC); a dev-dependency only where a benchmark measures two services
@@ -11,7 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-const SHARED: &[&str] = &["discovery-proto", "discovery-kit", "discovery-catalog"];
+const SHARED: &[&str] = &[
+    "discovery-proto",
+    "discovery-kit",
+    "discovery-catalog",
+    "discovery-embed",
+];
 const SERVICES: &[&str] = &[
     "discovery-gateway",
     "discovery-face-analysis",
