@@ -6,7 +6,8 @@
 //! collections, documents and indexes; the impressions' own in
 //! `impressions::store`), [`error`] (what a call fails with, as a status).
 //! The domain: [`snapshot`], [`rank`], [`search`], [`signals`],
-//! [`experiments`], [`impressions`], [`report`], [`tryon`], [`faces`].
+//! [`experiments`], [`impressions`], [`report`], [`tryon`], [`faces`],
+//! [`understand`] (natural-language queries to filters).
 //!
 //! Architecture invariant: requests are answered from the in-memory
 //! [`snapshot`]; the database is read only to (re)load it.
@@ -30,6 +31,7 @@ pub mod search;
 pub mod signals;
 pub mod snapshot;
 pub mod tryon;
+pub mod understand;
 
 use std::sync::Arc;
 use std::time::Duration;
