@@ -70,6 +70,16 @@ impl Env {
         self
     }
 
+    /// This environment with several more overrides on top.
+    pub fn with_all<I, K, V>(self, pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        pairs.into_iter().fold(self, |env, (k, v)| env.with(k, v))
+    }
+
     /// Reads only the given pairs (for tests and for `discovery up`).
     pub fn from_pairs<I, K, V>(pairs: I) -> Self
     where

@@ -285,20 +285,14 @@ async fn database_side(n: usize) {
 
     // (c) change-to-invalidation latency.
     let db = server.fresh_db("latency");
-    let env = discovery_kit::config::Env::from_pairs([
-        ("DISCOVERY_METRICS_PORT", "0"),
-        ("DISCOVERY_STORE", "mongodb"),
-        ("DISCOVERY_MONGO_MIN_POOL", "0"),
+    let env = discovery_kit::config::Env::from_pairs(server.service_vars(&db)).with_all([
         ("DISCOVERY_CATALOG_REFRESH", "0s"),
         ("DISCOVERY_SIGNALS_REFRESH", "0s"),
         ("DISCOVERY_WARM_INTERVAL", "0s"),
         ("DISCOVERY_RECOMMENDATION_PORT", "0"),
         ("DISCOVERY_SYNC_PORT", "0"),
         ("DISCOVERY_DEMO_CATALOG", "200"),
-        ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-    ])
-    .with("DISCOVERY_MONGO_URI", server.uri())
-    .with("DISCOVERY_MONGO_DATABASE", db.clone());
+    ]);
     let stop = discovery_kit::CancellationToken::new();
     let reco = discovery_recommendation::spawn(
         discovery_recommendation::Config::from_env(&env).expect("config"),

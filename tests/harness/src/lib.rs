@@ -518,6 +518,20 @@ impl MongoServer {
         self.wait_writable().await
     }
 
+    /// The variables every service a test starts on this server shares:
+    /// the store on database `db` here, no idle pool, metrics on a free
+    /// port, a 1 s shutdown grace (`Env::from_pairs(..).with_all(own)`).
+    pub fn service_vars(&self, db: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("DISCOVERY_STORE", "mongodb".into()),
+            ("DISCOVERY_MONGO_MIN_POOL", "0".into()),
+            ("DISCOVERY_METRICS_PORT", "0".into()),
+            ("DISCOVERY_SHUTDOWN_GRACE", "1s".into()),
+            ("DISCOVERY_MONGO_URI", self.uri()),
+            ("DISCOVERY_MONGO_DATABASE", db.into()),
+        ]
+    }
+
     /// Connection string (direct connection to the one node).
     pub fn uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)

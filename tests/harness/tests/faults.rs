@@ -374,14 +374,10 @@ async fn mongo_killed_and_restarted_under_read_load_serves_and_loses_no_sync_wri
     let mut mongo = MongoServer::start().await.expect("start mongo");
     let db = mongo.fresh_db("faults");
     let shutdown = CancellationToken::new();
-    let env = Env::from_pairs([
+    let env = Env::from_pairs(mongo.service_vars(&db)).with_all([
         ("DISCOVERY_RECOMMENDATION_PORT", "0"),
         ("DISCOVERY_SYNC_PORT", "0"),
         ("DISCOVERY_MONITORING_PORT", "0"),
-        ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-        ("DISCOVERY_METRICS_PORT", "0"),
-        ("DISCOVERY_STORE", "mongodb"),
-        ("DISCOVERY_MONGO_MIN_POOL", "0"),
         ("DISCOVERY_MONGO_TIMEOUT", "1s"),
         ("DISCOVERY_DEMO_CATALOG", "400"),
         ("DISCOVERY_WARM_INTERVAL", "0s"),
@@ -391,9 +387,7 @@ async fn mongo_killed_and_restarted_under_read_load_serves_and_loses_no_sync_wri
         ("DISCOVERY_DEPENDENCY_CHECKS", "300ms"),
         ("DISCOVERY_SYNC_FOLLOW", "false"),
         ("DISCOVERY_SYNC_RETRY_FOR", "2m"),
-    ])
-    .with("DISCOVERY_MONGO_URI", mongo.uri())
-    .with("DISCOVERY_MONGO_DATABASE", db.clone());
+    ]);
     let reco = discovery_recommendation::spawn(
         discovery_recommendation::Config::from_env(&env).expect("config"),
         shutdown.clone(),

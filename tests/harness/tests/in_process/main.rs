@@ -5,7 +5,6 @@
 //! need a process of their own (`tests/sla`).
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 mod bad_input;

@@ -4,7 +4,6 @@
 //! other test in the process would add its calls to the counts.
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::TestApp;

@@ -53,21 +53,16 @@ async fn analyses_are_cached_in_redis_stored_in_mongo_and_errors_are_clear() {
     let mongo = MongoServer::start().await.expect("start mongo");
     let db = mongo.fresh_db("faces");
     let shutdown = CancellationToken::new();
-    let env = Env::from_pairs([
-        ("DISCOVERY_FACE_ANALYSIS_PORT", "0"),
-        ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-        ("DISCOVERY_METRICS_PORT", "0"),
-        ("DISCOVERY_STORE", "mongodb"),
-        ("DISCOVERY_MONGO_MIN_POOL", "0"),
-        ("DISCOVERY_FACE_WORKERS", "2"),
-    ])
-    .with("DISCOVERY_MONGO_URI", mongo.uri())
-    .with("DISCOVERY_MONGO_DATABASE", db.clone())
-    .with("DISCOVERY_REDIS_URLS", cluster.urls().join(","))
-    .with(
-        "DISCOVERY_FACE_MODELS_DIR",
-        workspace_root().join("models").display().to_string(),
-    );
+    let env = Env::from_pairs(mongo.service_vars(&db))
+        .with_all([
+            ("DISCOVERY_FACE_ANALYSIS_PORT", "0"),
+            ("DISCOVERY_FACE_WORKERS", "2"),
+        ])
+        .with("DISCOVERY_REDIS_URLS", cluster.urls().join(","))
+        .with(
+            "DISCOVERY_FACE_MODELS_DIR",
+            workspace_root().join("models").display().to_string(),
+        );
     let handle = discovery_face_analysis::spawn(
         discovery_face_analysis::Config::from_env(&env).expect("config"),
         shutdown.clone(),

@@ -5,7 +5,6 @@
 //! starts `discovery up`, so calls between services go over the network.
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 mod cache_redis;

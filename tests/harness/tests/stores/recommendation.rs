@@ -103,18 +103,13 @@ async fn two_replicas_never_serve_a_changed_product_stale_and_survive_a_master_k
     let mongo = MongoServer::start().await.expect("start mongo");
     let db = mongo.fresh_db("reco2");
     let shutdown = CancellationToken::new();
-    let env = Env::from_pairs([
-        ("DISCOVERY_RECOMMENDATION_PORT", "0"),
-        ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-        ("DISCOVERY_METRICS_PORT", "0"),
-        ("DISCOVERY_STORE", "mongodb"),
-        ("DISCOVERY_MONGO_MIN_POOL", "0"),
-        ("DISCOVERY_CATALOG_REFRESH", "0s"),
-        ("DISCOVERY_SIGNALS_REFRESH", "0s"),
-    ])
-    .with("DISCOVERY_MONGO_URI", mongo.uri())
-    .with("DISCOVERY_MONGO_DATABASE", db.clone())
-    .with("DISCOVERY_REDIS_URLS", cluster.urls().join(","));
+    let env = Env::from_pairs(mongo.service_vars(&db))
+        .with_all([
+            ("DISCOVERY_RECOMMENDATION_PORT", "0"),
+            ("DISCOVERY_CATALOG_REFRESH", "0s"),
+            ("DISCOVERY_SIGNALS_REFRESH", "0s"),
+        ])
+        .with("DISCOVERY_REDIS_URLS", cluster.urls().join(","));
     // Replica a seeds the catalogue and warms the cache; b loads what a wrote.
     let mut a = replica(
         &env.clone().with("DISCOVERY_DEMO_CATALOG", "1500"),

@@ -68,15 +68,7 @@ async fn fifty_thousand_records_one_percent_invalid_then_all_unchanged() {
     let mongo = MongoServer::start().await.expect("start mongo");
     let db = mongo.fresh_db("sync");
     let shutdown = CancellationToken::new();
-    let env = Env::from_pairs([
-        ("DISCOVERY_SYNC_PORT", "0"),
-        ("DISCOVERY_METRICS_PORT", "0"),
-        ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-        ("DISCOVERY_STORE", "mongodb"),
-        ("DISCOVERY_MONGO_MIN_POOL", "0"),
-    ])
-    .with("DISCOVERY_MONGO_URI", mongo.uri())
-    .with("DISCOVERY_MONGO_DATABASE", db.clone());
+    let env = Env::from_pairs(mongo.service_vars(&db)).with_all([("DISCOVERY_SYNC_PORT", "0")]);
     let sync = discovery_sync::spawn(
         discovery_sync::Config::from_env(&env).unwrap(),
         shutdown.clone(),
@@ -342,20 +334,15 @@ mod feed {
             .expect("redis");
         let mongo = MongoServer::start().await.expect("mongo");
         let db = mongo.fresh_db("feed");
-        let base = Env::from_pairs([
-            ("DISCOVERY_METRICS_PORT", "0"),
-            ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-            ("DISCOVERY_STORE", "mongodb"),
-            ("DISCOVERY_MONGO_MIN_POOL", "0"),
-            ("DISCOVERY_CATALOG_REFRESH", "0s"),
-            ("DISCOVERY_SIGNALS_REFRESH", "0s"),
-            ("DISCOVERY_WARM_INTERVAL", "0s"),
-            ("DISCOVERY_RECOMMENDATION_PORT", "0"),
-            ("DISCOVERY_SYNC_PORT", "0"),
-        ])
-        .with("DISCOVERY_MONGO_URI", mongo.uri())
-        .with("DISCOVERY_MONGO_DATABASE", db.clone())
-        .with("DISCOVERY_REDIS_URLS", cluster.urls().join(","));
+        let base = Env::from_pairs(mongo.service_vars(&db))
+            .with_all([
+                ("DISCOVERY_CATALOG_REFRESH", "0s"),
+                ("DISCOVERY_SIGNALS_REFRESH", "0s"),
+                ("DISCOVERY_WARM_INTERVAL", "0s"),
+                ("DISCOVERY_RECOMMENDATION_PORT", "0"),
+                ("DISCOVERY_SYNC_PORT", "0"),
+            ])
+            .with("DISCOVERY_REDIS_URLS", cluster.urls().join(","));
         let stop_all = CancellationToken::new();
         let reco = |env: Env, t: CancellationToken| async move {
             discovery_recommendation::spawn(
