@@ -128,6 +128,7 @@ impl Frame {
                 updated_at: p.updated_at_unix_ms,
                 version: p.version,
             },
+            embedding: None,
         })
     }
 

@@ -178,6 +178,7 @@ pub fn demo_catalog(n: usize) -> Vec<Frame> {
                 updated_at: 1_767_225_600_000 + i as i64 * 60_000,
                 version: 1,
             },
+            embedding: None,
         });
     }
     out

@@ -25,7 +25,7 @@ pub use convert::{
 pub use demo::{SplitMix, demo_catalog};
 pub use kind::{Material, Shape};
 pub use model::{
-    AiEnhanced, FACE_SHAPES, Frame, Inventory, Metadata, VariantDoc, categories, fnv1a,
+    AiEnhanced, Embedding, FACE_SHAPES, Frame, Inventory, Metadata, VariantDoc, categories, fnv1a,
 };
 pub use money::{CURRENCIES, Currency, Money, MoneyError};
 pub use store::{DecodeError, PRODUCTS, RETIRED_INDEXES, product_indexes};

@@ -99,6 +99,35 @@ pub struct Frame {
     pub image_url: String,
     /// Timestamps.
     pub metadata: Metadata,
+    /// The text embedding, once computed (never from a feed: intake drops
+    /// it, the embedder writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Embedding>,
+}
+
+/// A frame's text embedding as stored: the model's vector quantised to
+/// `i8` codes with one scale (`v[i] ≈ codes[i] × scale`, 388 bytes for the
+/// 384-wide model instead of 1,536: what the snapshot holds anyway), with
+/// the model's name and the hash of the text it was computed from
+/// ([`Frame::embedding_text`]), so a changed text is embedded again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embedding {
+    /// The model ("all-MiniLM-L6-v2").
+    pub model: String,
+    /// `fnv1a` of the embedded text, as stored (i64: BSON has no u64).
+    pub text_hash: i64,
+    /// The codes, each an `i8` stored as its byte (BSON binary).
+    #[serde(with = "serde_bytes")]
+    pub codes: Vec<u8>,
+    /// The scale.
+    pub scale: f32,
+}
+
+impl Embedding {
+    /// The codes as `i8`.
+    pub fn codes(&self) -> impl Iterator<Item = i8> + '_ {
+        self.codes.iter().map(|&b| b as i8)
+    }
 }
 
 impl Frame {
@@ -117,6 +146,47 @@ impl Frame {
     pub fn money(&self) -> Money {
         let exponent = Currency::exponent_of(&self.currency);
         Money::from_major(self.price, exponent).unwrap_or(Money::zero(exponent))
+    }
+
+    /// The text the embedding model reads: what a shopper would say about
+    /// the frame (name, brand, shape, material, kind, colours, style words,
+    /// description).
+    pub fn embedding_text(&self) -> String {
+        let kind = if self.categories.iter().any(|c| c == "sunglasses") {
+            "sunglasses"
+        } else {
+            "eyeglasses"
+        };
+        let mut colors: Vec<&str> = self
+            .inventory
+            .variants
+            .iter()
+            .map(|v| v.color.as_str())
+            .collect();
+        colors.sort_unstable();
+        colors.dedup();
+        format!(
+            "{}. {} {} {} {kind}. Colours: {}. Style: {}. {}",
+            self.name,
+            self.brand,
+            self.shape.title(),
+            self.material,
+            colors.join(", "),
+            self.ai_enhanced.style_keywords.join(", "),
+            self.description
+        )
+    }
+
+    /// The hash stored with an embedding of [`Frame::embedding_text`].
+    pub fn embedding_text_hash(&self) -> i64 {
+        fnv1a(self.embedding_text().as_bytes()) as i64
+    }
+
+    /// The embedding, if one is stored for the current text.
+    pub fn current_embedding(&self) -> Option<&Embedding> {
+        self.embedding
+            .as_ref()
+            .filter(|e| e.text_hash == self.embedding_text_hash())
     }
 
     /// The price in the currency's minor units (the API's `Money`).

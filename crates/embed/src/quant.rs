@@ -109,6 +109,31 @@ impl Matrix {
         }
     }
 
+    /// Sets row `i` to codes already quantised (as stored), or to no
+    /// vector (`None`, or codes of another width, or a bad scale).
+    pub fn set_codes(&mut self, i: usize, codes: Option<(&[u8], f32)>) {
+        let row = &mut self.codes[i * self.dim..(i + 1) * self.dim];
+        match codes.filter(|(c, s)| c.len() == row.len() && s.is_finite() && *s > 0.0) {
+            Some((c, scale)) => {
+                for (o, &b) in row.iter_mut().zip(c) {
+                    *o = b as i8;
+                }
+                self.scales[i] = scale;
+            }
+            None => {
+                row.fill(0);
+                self.scales[i] = 0.0;
+            }
+        }
+    }
+
+    /// The stored form of a vector: its codes as bytes and its scale.
+    pub fn stored(v: &[f32]) -> (Vec<u8>, f32) {
+        let mut codes = Vec::with_capacity(v.len());
+        let scale = quantise(v, &mut codes);
+        (codes.into_iter().map(|c| c as u8).collect(), scale)
+    }
+
     /// Does row `i` hold a vector?
     pub fn has(&self, i: usize) -> bool {
         self.scales.get(i).is_some_and(|s| *s > 0.0)
@@ -240,6 +265,29 @@ mod tests {
         assert_eq!(got[0].0, 42, "a vector is nearest to itself");
         assert!(m.nearest(&q, 0, |_| true).is_empty());
         assert!(m.nearest(&Query::new(&[1.0; 3]), 5, |_| true).is_empty());
+    }
+
+    #[test]
+    fn stored_codes_set_the_same_row_as_the_vector() {
+        let vs = vectors(3, 16);
+        let mut a = Matrix::new(16);
+        let mut b = Matrix::new(16);
+        for v in &vs {
+            a.push(Some(v));
+            b.push(None);
+        }
+        for (i, v) in vs.iter().enumerate() {
+            let (codes, scale) = Matrix::stored(v);
+            b.set_codes(i, Some((&codes, scale)));
+        }
+        let q = Query::new(&vs[1]);
+        for i in 0..3 {
+            assert_eq!(a.score(&q, i), b.score(&q, i));
+        }
+        b.set_codes(1, Some((&[1, 2, 3], 1.0)));
+        assert!(!b.has(1), "a wrong width is no vector");
+        b.set_codes(2, None);
+        assert!(!b.has(2) && b.has(0));
     }
 
     #[test]

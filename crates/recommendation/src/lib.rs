@@ -7,7 +7,8 @@
 //! `impressions::store`), [`error`] (what a call fails with, as a status).
 //! The domain: [`snapshot`], [`rank`], [`search`], [`signals`],
 //! [`experiments`], [`impressions`], [`report`], [`tryon`], [`faces`],
-//! [`understand`] (natural-language queries to filters).
+//! [`semantic`] (embeddings and hybrid fusion), [`understand`]
+//! (natural-language queries to filters).
 //!
 //! Architecture invariant: requests are answered from the in-memory
 //! [`snapshot`]; the database is read only to (re)load it.
@@ -28,6 +29,7 @@ pub mod impressions;
 pub mod rank;
 pub mod report;
 pub mod search;
+pub mod semantic;
 pub mod signals;
 pub mod snapshot;
 pub mod tryon;

@@ -218,19 +218,19 @@ pub fn parse(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Parse
     })
 }
 
-/// Runs a search.
-pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Results, SearchError> {
-    let Parsed {
-        offset,
-        size,
-        filter,
-        words: qwords,
-    } = parse(catalog, req)?;
+/// The lexical hits among the frames `filter` passes, best first (ties by
+/// row): every query word must match a word of the frame. Also the query
+/// with its typos corrected, when a word matched only by typo.
+pub fn lexical(
+    catalog: &Catalog,
+    qwords: &[String],
+    filter: &Filter,
+) -> (Vec<Hit>, Option<String>) {
     let mut expanded = Vec::with_capacity(qwords.len());
     let mut corrected = Vec::with_capacity(qwords.len());
     let mut any_correction = false;
     let mut budget = MAX_TYPO_COMPARISONS;
-    for w in &qwords {
+    for w in qwords {
         let (ids, c) = expand(catalog, w, &mut budget);
         any_correction |= c.is_some();
         corrected.push(c.unwrap_or_else(|| w.clone()));
@@ -262,6 +262,18 @@ pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Resu
         }
     }
     hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    (hits, any_correction.then(|| corrected.join(" ")))
+}
+
+/// Runs a search.
+pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Results, SearchError> {
+    let Parsed {
+        offset,
+        size,
+        filter,
+        words: qwords,
+    } = parse(catalog, req)?;
+    let (mut hits, corrected) = lexical(catalog, &qwords, &filter);
     let total = hits.len();
     let mut facets = Vec::new();
     if req.include_facets {
@@ -295,11 +307,7 @@ pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Resu
         hits,
         total,
         facets,
-        corrected: if any_correction {
-            corrected.join(" ")
-        } else {
-            String::new()
-        },
+        corrected: corrected.unwrap_or_default(),
         offset,
     })
 }

@@ -17,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::signals::Signals;
 use discovery_catalog::{FACE_SHAPES, Frame};
+use discovery_embed::quant::Matrix;
 
 /// Interned lower-case strings (brands, style keywords, colour words, search words).
 #[derive(Debug, Default, Clone)]
@@ -74,7 +75,7 @@ pub struct Vocabs {
 }
 
 /// Column arrays, one entry per frame, in frame order.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Features {
     /// Compatibility with each face shape, one column per shape in
     /// [`FACE_SHAPES`] order (a request reads one column only).
@@ -104,6 +105,30 @@ pub struct Features {
     pub words: Vec<Arc<[u32]>>,
     /// Content stamps ([`Frame::stamp`]).
     pub stamp: Vec<u64>,
+    /// Text embeddings, quantised (a row without a current one scores 0
+    /// and is not a semantic candidate).
+    pub vectors: Matrix,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            compat: Default::default(),
+            total_width: Vec::new(),
+            bridge: Vec::new(),
+            price_minor: Vec::new(),
+            in_stock: Vec::new(),
+            shape: Vec::new(),
+            material: Vec::new(),
+            brand: Vec::new(),
+            styles: Vec::new(),
+            colors: Vec::new(),
+            popularity: Vec::new(),
+            words: Vec::new(),
+            stamp: Vec::new(),
+            vectors: Matrix::new(discovery_embed::DIM),
+        }
+    }
 }
 
 /// What a cached page needs to know to tell whether a product could have
@@ -244,6 +269,7 @@ impl Features {
         self.popularity.push(0.0);
         self.words.push(Arc::from(Vec::new()));
         self.stamp.push(0);
+        self.vectors.push(None);
         self.set(row, f, vocabs, signals);
     }
 
@@ -286,6 +312,10 @@ impl Features {
         words.dedup();
         self.words[row] = Arc::from(words);
         self.stamp[row] = f.stamp();
+        self.vectors.set_codes(
+            row,
+            f.current_embedding().map(|e| (e.codes.as_slice(), e.scale)),
+        );
     }
 }
 

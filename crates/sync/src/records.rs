@@ -133,6 +133,9 @@ pub fn decode_raw(format: Format, source: &str, raw: &[u8]) -> Result<Frame, Rec
                 serde_json::from_slice(raw).map_err(|e| RecordError::Json(e.to_string()))?;
             f.id = namespaced(source, &f.id);
             f.metadata.version = f.metadata.updated_at;
+            // A feed never sets the embedding: a record carrying one would
+            // place its product anywhere in semantic search.
+            f.embedding = None;
             Ok(f)
         }
         Format::Shopify => {
@@ -449,6 +452,7 @@ fn from_shopify(source: &str, p: ShopifyProduct) -> Result<Frame, RecordError> {
             updated_at,
             version: updated_at,
         },
+        embedding: None,
     })
 }
 
@@ -591,6 +595,24 @@ mod tests {
         validate(&back).unwrap();
         assert_eq!(back.id, format!("feed:{}", f.id));
         assert_eq!(back.name, f.name);
+    }
+
+    #[test]
+    fn a_feed_cannot_set_a_products_embedding() {
+        let mut f = discovery_catalog::demo_catalog(1).remove(0);
+        f.embedding = Some(discovery_catalog::Embedding {
+            model: "all-MiniLM-L6-v2".into(),
+            text_hash: f.embedding_text_hash(),
+            codes: vec![127; 384],
+            scale: 1.0,
+        });
+        let json = serde_json::to_vec(&f).unwrap();
+        assert!(String::from_utf8_lossy(&json).contains("embedding"));
+        let back = decode_raw(Format::Ndjson, "feed", &json).unwrap();
+        assert_eq!(
+            back.embedding, None,
+            "intake drops it; the embedder writes it"
+        );
     }
 
     #[test]
