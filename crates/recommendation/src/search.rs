@@ -194,6 +194,16 @@ impl Parsed {
     }
 }
 
+/// A query's words as the lexical search matches them: lower-cased runs
+/// of letters and digits.
+pub fn query_words(query: &str) -> Vec<String> {
+    query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
 /// Validates a request (limits, page, filter) and splits the query into words.
 pub fn parse(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Parsed, SearchError> {
     if req.query.len() > MAX_QUERY {
@@ -201,12 +211,7 @@ pub fn parse(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Parse
     }
     let (offset, size) = page(req.page.as_ref())?;
     let filter = Filter::compile(catalog, req.filter.as_ref())?;
-    let words: Vec<String> = req
-        .query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
+    let words = query_words(&req.query);
     if words.len() > MAX_WORDS {
         return Err(SearchError::TooManyWords(words.len()));
     }

@@ -375,29 +375,27 @@ impl Item {
 }
 
 fn items(lex: &Lexicon, toks: &[Token]) -> Vec<Item> {
+    // The token texts side by side, so a phrase is looked up by slice
+    // (`Vec<String>: Borrow<[String]>`), not built for every length tried.
+    let texts: Vec<String> = toks.iter().map(|t| t.text.clone()).collect();
     let mut out = Vec::new();
     let mut i = 0;
     while i < toks.len() {
-        if let Some(v) = number(&toks[i].text) {
+        if let Some(v) = number(&texts[i]) {
             out.push(Item::Number(v, toks[i].start, toks[i].end));
             i += 1;
             continue;
         }
-        let mut matched = None;
-        for n in (1..=lex.longest.min(toks.len() - i)).rev() {
-            let key: Vec<String> = toks[i..i + n].iter().map(|t| t.text.clone()).collect();
-            if let Some(term) = lex.phrases.get(&key) {
-                matched = Some((term.clone(), n));
-                break;
-            }
-        }
+        let matched = (1..=lex.longest.min(toks.len() - i))
+            .rev()
+            .find_map(|n| lex.phrases.get(&texts[i..i + n]).map(|term| (term, n)));
         match matched {
             Some((term, n)) => {
-                out.push(Item::Term(term, toks[i].start, toks[i + n - 1].end));
+                out.push(Item::Term(term.clone(), toks[i].start, toks[i + n - 1].end));
                 i += n;
             }
             None => {
-                out.push(Item::Word(toks[i].text.clone(), toks[i].start, toks[i].end));
+                out.push(Item::Word(texts[i].clone(), toks[i].start, toks[i].end));
                 i += 1;
             }
         }
@@ -408,7 +406,6 @@ fn items(lex: &Lexicon, toks: &[Token]) -> Vec<Item> {
 fn face_of(item: &Item) -> Option<&'static str> {
     let word = match item {
         Item::Term(Term::Shape(s), ..) => s.name(),
-        Item::Term(Term::Size(Size::Wide), ..) => return None,
         Item::Word(w, ..) => w.as_str(),
         Item::Term(..) | Item::Number(..) => return None,
     };
@@ -595,6 +592,8 @@ pub fn understand(lex: &Lexicon, text: &str) -> Understanding {
             (s, "")
         };
         let mut took = true;
+        // A shape, material, colour or brand: its chip, said negated or not.
+        let mut attribute: Option<(ChipKind, String)> = None;
         match &items[i] {
             Item::Term(Term::Negation, ..) => {
                 negate_until = Some(i + 3);
@@ -602,47 +601,23 @@ pub fn understand(lex: &Lexicon, text: &str) -> Understanding {
             }
             Item::Term(Term::Like, ..) => like_until = Some(i + 3),
             Item::Term(Term::Shape(sh), ..) => {
-                if negated {
-                    push_new(&mut u.wanted.not_shapes, *sh);
-                } else {
-                    push_new(&mut u.wanted.shapes, *sh);
-                }
-                negate_until = None;
-                chip(
-                    &mut u,
-                    ChipKind::Shape,
-                    format!("{label_prefix}{}", sh.title()),
-                    cs,
-                    e,
-                );
+                let w = &mut u.wanted;
+                push_new(either(negated, &mut w.shapes, &mut w.not_shapes), *sh);
+                attribute = Some((ChipKind::Shape, sh.title()));
             }
             Item::Term(Term::Materials(ms), ..) => {
-                let target = if negated {
-                    &mut u.wanted.not_materials
-                } else {
-                    &mut u.wanted.materials
-                };
+                let w = &mut u.wanted;
+                let target = either(negated, &mut w.materials, &mut w.not_materials);
                 for m in ms {
                     push_new(target, *m);
                 }
-                negate_until = None;
                 let names: Vec<&str> = ms.iter().map(|m| m.name()).collect();
-                chip(
-                    &mut u,
-                    ChipKind::Material,
-                    format!("{label_prefix}{}", names.join(" or ")),
-                    cs,
-                    e,
-                );
+                attribute = Some((ChipKind::Material, names.join(" or ")));
             }
             Item::Term(Term::Color(c), ..) => {
-                if negated {
-                    push_new(&mut u.wanted.not_colors, c.clone());
-                } else {
-                    push_new(&mut u.wanted.colors, c.clone());
-                }
-                negate_until = None;
-                chip(&mut u, ChipKind::Color, format!("{label_prefix}{c}"), cs, e);
+                let w = &mut u.wanted;
+                push_new(either(negated, &mut w.colors, &mut w.not_colors), c.clone());
+                attribute = Some((ChipKind::Color, c.clone()));
             }
             Item::Term(Term::Brand(b), ..) if liked => {
                 // "like the Ray-Ban clubmaster": a reference, not a filter.
@@ -650,13 +625,9 @@ pub fn understand(lex: &Lexicon, text: &str) -> Understanding {
                 took = false;
             }
             Item::Term(Term::Brand(b), ..) => {
-                if negated {
-                    push_new(&mut u.wanted.not_brands, b.clone());
-                } else {
-                    push_new(&mut u.wanted.brands, b.clone());
-                }
-                negate_until = None;
-                chip(&mut u, ChipKind::Brand, format!("{label_prefix}{b}"), cs, e);
+                let w = &mut u.wanted;
+                push_new(either(negated, &mut w.brands, &mut w.not_brands), b.clone());
+                attribute = Some((ChipKind::Brand, b.clone()));
             }
             Item::Term(Term::Size(sz), ..) if u.size.is_none() => {
                 u.size = Some(*sz);
@@ -688,6 +659,10 @@ pub fn understand(lex: &Lexicon, text: &str) -> Understanding {
             }
             _ => took = false,
         }
+        if let Some((kind, label)) = attribute {
+            negate_until = None;
+            chip(&mut u, kind, format!("{label_prefix}{label}"), cs, e);
+        }
         if took {
             used[i] = true;
         }
@@ -704,6 +679,15 @@ pub fn understand(lex: &Lexicon, text: &str) -> Understanding {
     u.chips.sort_by_key(|c| c.start);
     u.rest = rest.join(" ");
     u
+}
+
+/// The list a value goes to: the exclusions when negated.
+fn either<'a, T>(
+    negated: bool,
+    wanted: &'a mut Vec<T>,
+    excluded: &'a mut Vec<T>,
+) -> &'a mut Vec<T> {
+    if negated { excluded } else { wanted }
 }
 
 fn push_new<T: PartialEq>(list: &mut Vec<T>, v: T) {

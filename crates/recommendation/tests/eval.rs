@@ -15,7 +15,7 @@ use discovery_catalog::{Embedding, Frame, demo_catalog};
 use discovery_embed::quant::Matrix;
 use discovery_embed::{Embedder, model_dir};
 use discovery_recommendation::rank::Filter;
-use discovery_recommendation::search::{Hit, lexical};
+use discovery_recommendation::search::{Hit, lexical, query_words};
 use discovery_recommendation::semantic::{VECTOR_CANDIDATES, fuse, semantic};
 use discovery_recommendation::snapshot::Catalog;
 use serde_json::Value;
@@ -156,13 +156,6 @@ fn recall_at(ranked: &[String], q: &Query, k: usize) -> f64 {
     found as f64 / q.relevant.len().min(k).max(1) as f64
 }
 
-fn words(q: &str) -> Vec<String> {
-    q.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
-}
-
 #[test]
 fn hybrid_is_at_least_as_good_as_lexical_and_semantic_alone() {
     let models = root().join("models");
@@ -200,7 +193,7 @@ fn hybrid_is_at_least_as_good_as_lexical_and_semantic_alone() {
     let mut sums = [[0.0f64; 2]; 3];
     let mut rows = Vec::new();
     for q in &queries {
-        let (lex, _) = lexical(&catalog, &words(&q.text), &all);
+        let (lex, _) = lexical(&catalog, &query_words(&q.text), &all);
         let v = embedder.embed(&q.text).expect("embeds the query");
         let sem = semantic(&catalog, &v, &all, VECTOR_CANDIDATES);
         let hybrid: Vec<Hit> = fuse(&lex, &sem).into_iter().map(|(h, _)| h).collect();

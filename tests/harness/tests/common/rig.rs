@@ -50,30 +50,23 @@ impl Rig {
             .unwrap()
             .expect("start redis cluster");
         let mongo = MongoServer::start().await.expect("start mongo");
-        let mut env = Env::from_pairs([
-            ("DISCOVERY_GATEWAY_PORT", "0"),
-            ("DISCOVERY_RECOMMENDATION_PORT", "0"),
-            ("DISCOVERY_SYNC_PORT", "0"),
-            ("DISCOVERY_MONITORING_PORT", "0"),
-            ("DISCOVERY_METRICS_PORT", "0"),
-            ("DISCOVERY_SHUTDOWN_GRACE", "1s"),
-            ("DISCOVERY_STORE", "mongodb"),
-            ("DISCOVERY_MONGO_MIN_POOL", "0"),
-            ("DISCOVERY_DEMO_CATALOG", "200"),
-            ("DISCOVERY_WARM_INTERVAL", "0s"),
-            ("DISCOVERY_SIGNALS_REFRESH", "0s"),
-            ("DISCOVERY_CATALOG_REFRESH", "0s"),
-            ("DISCOVERY_HEALTH_INTERVAL", "200ms"),
-            ("DISCOVERY_API_KEYS_REFRESH", "1s"),
-            ("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "1s"),
-            ("DISCOVERY_INTERNAL_SECRET", super::TEST_SECRET),
-        ])
-        .with("DISCOVERY_MONGO_URI", mongo.uri())
-        .with("DISCOVERY_MONGO_DATABASE", mongo.fresh_db(name))
-        .with("DISCOVERY_REDIS_URLS", redis.urls().join(","));
-        for (k, v) in extra {
-            env = env.with(*k, *v);
-        }
+        let env = Env::from_pairs(mongo.service_vars(&mongo.fresh_db(name)))
+            .with_all([
+                ("DISCOVERY_GATEWAY_PORT", "0"),
+                ("DISCOVERY_RECOMMENDATION_PORT", "0"),
+                ("DISCOVERY_SYNC_PORT", "0"),
+                ("DISCOVERY_MONITORING_PORT", "0"),
+                ("DISCOVERY_DEMO_CATALOG", "200"),
+                ("DISCOVERY_WARM_INTERVAL", "0s"),
+                ("DISCOVERY_SIGNALS_REFRESH", "0s"),
+                ("DISCOVERY_CATALOG_REFRESH", "0s"),
+                ("DISCOVERY_HEALTH_INTERVAL", "200ms"),
+                ("DISCOVERY_API_KEYS_REFRESH", "1s"),
+                ("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "1s"),
+                ("DISCOVERY_INTERNAL_SECRET", super::TEST_SECRET),
+            ])
+            .with("DISCOVERY_REDIS_URLS", redis.urls().join(","))
+            .with_all(extra.iter().copied());
         let shutdown = CancellationToken::new();
         let reco = discovery_recommendation::spawn(
             discovery_recommendation::Config::from_env(&env).expect("config"),
