@@ -4,8 +4,43 @@ use discovery_proto::v1 as pb;
 
 use crate::kind::{Material, Shape};
 use crate::model::fnv1a;
-use crate::model::{AiEnhanced, Frame, Inventory, Metadata, VariantDoc, categories};
+use crate::model::{AiEnhanced, Embedding, Frame, Inventory, Metadata, VariantDoc, categories};
 use crate::money::{Currency, Money};
+
+impl Embedding {
+    /// The internal wire form (`CatalogChange.embedding`).
+    pub fn to_proto(&self) -> pb::ProductEmbedding {
+        pb::ProductEmbedding {
+            model: self.model.clone(),
+            text_hash: self.text_hash,
+            codes: self.codes.clone(),
+            scale: self.scale,
+        }
+    }
+
+    /// From the wire; `dim` is the model's width (the codes must have it,
+    /// and the scale must be a finite, non-negative number).
+    pub fn from_proto(p: &pb::ProductEmbedding, dim: usize) -> Result<Self, String> {
+        if p.codes.len() != dim {
+            return Err(format!(
+                "embedding.codes: {} bytes, the model's width is {dim}",
+                p.codes.len()
+            ));
+        }
+        if !p.scale.is_finite() || p.scale < 0.0 {
+            return Err(format!(
+                "embedding.scale: {} is not a finite non-negative number",
+                p.scale
+            ));
+        }
+        Ok(Self {
+            model: p.model.clone(),
+            text_hash: p.text_hash,
+            codes: p.codes.clone(),
+            scale: p.scale,
+        })
+    }
+}
 
 impl Frame {
     /// The API representation.

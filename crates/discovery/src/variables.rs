@@ -38,6 +38,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "comma-separated monitoring replicas",
     },
     Variable {
+        name: "DISCOVERY_TEXT_MODEL_DIR",
+        default: "models/all-MiniLM-L6-v2",
+        help: "sync and recommendation: the sentence-embedding model's directory (absent: no product embeddings, search stays lexical)",
+    },
+    Variable {
         name: "DISCOVERY_IN_PROCESS_CALLS",
         default: "true",
         help: "discovery up: the gateway calls the services of its own process directly instead of over loopback HTTP/2",

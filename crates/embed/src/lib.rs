@@ -34,6 +34,11 @@ pub const DIM: usize = 384;
 pub const MAX_TOKENS: usize = 256;
 /// The model's directory under the models directory.
 pub const MODEL_DIR: &str = "all-MiniLM-L6-v2";
+/// The variable naming the model's directory (sync and recommendation
+/// read it).
+pub const MODEL_VAR: &str = "DISCOVERY_TEXT_MODEL_DIR";
+/// Its default: under `./models`, where `make models` puts it.
+pub const DEFAULT_MODEL_PATH: &str = "models/all-MiniLM-L6-v2";
 /// The files the model needs.
 pub const FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 

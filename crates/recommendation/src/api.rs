@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 use crate::rank::{self, RankError};
 use crate::search;
 use crate::snapshot::{Catalog, Change, Snapshot};
-use discovery_catalog::{FACE_SHAPES, Frame, fnv1a};
+use discovery_catalog::{Embedding, FACE_SHAPES, Frame, fnv1a};
 use discovery_kit::internal::require_caller;
 
 pub use crate::store::{AI_SESSIONS, INTERACTIONS};
@@ -414,8 +414,14 @@ pub fn changes_from_proto(req: &pb::ApplyCatalogChangeRequest) -> Result<Vec<Cha
                         c.product_id, p.id
                     )));
                 }
-                let f = Frame::from_proto(p)
+                let mut f = Frame::from_proto(p)
                     .map_err(|e| Status::invalid_argument(format!("changes[{i}]: {e}")))?;
+                if let Some(e) = &c.embedding {
+                    f.embedding = Some(
+                        Embedding::from_proto(e, discovery_embed::DIM)
+                            .map_err(|e| Status::invalid_argument(format!("changes[{i}].{e}")))?,
+                    );
+                }
                 out.push(Change::Upsert(Box::new(f)));
             }
             pb::ChangeKind::Delete => {

@@ -314,7 +314,9 @@ impl Features {
         self.stamp[row] = f.stamp();
         self.vectors.set_codes(
             row,
-            f.current_embedding().map(|e| (e.codes.as_slice(), e.scale)),
+            f.current_embedding()
+                .filter(|e| e.model == discovery_embed::MODEL_DIR)
+                .map(|e| (e.codes.as_slice(), e.scale)),
         );
     }
 }

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use discovery_kit::store::{
-    BulkOutcome, ChangeStream, Document, DocumentStore, FindOptions, GuardedOutcome, IndexSpec,
-    RawDocumentBuf, ResumeToken, Store, StoreError, doc,
+    BulkOutcome, ChangeStream, Document, DocumentStore, FindOptions, GuardedOutcome, GuardedSet,
+    IndexSpec, RawDocumentBuf, ResumeToken, Store, StoreError, doc,
 };
 use discovery_proto::v1 as pb;
 use discovery_sync::ingest::{BATCH, Jobs};
@@ -89,6 +89,9 @@ impl DocumentStore for Sink {
             inserted: docs.len() as u64,
             ..Default::default()
         })
+    }
+    async fn bulk_set_if(&self, _: &str, _: Vec<GuardedSet>) -> Result<u64, StoreError> {
+        Ok(0)
     }
     async fn watch(&self, _: &str, _: Option<ResumeToken>) -> Result<ChangeStream, StoreError> {
         Ok(Box::pin(futures::stream::pending()))

@@ -22,6 +22,12 @@ pub struct Config {
     pub retry_for: std::time::Duration,
     /// How far ahead of now a record's `updated_at` may be.
     pub max_future: std::time::Duration,
+    /// Compute product embeddings (when the model is there).
+    pub embed: bool,
+    /// The sentence-embedding model's directory.
+    pub text_model: std::path::PathBuf,
+    /// Longest wait between embedding sweeps that found nothing.
+    pub embed_idle: std::time::Duration,
 }
 
 impl Config {
@@ -41,6 +47,15 @@ impl Config {
             follow: env.bool("DISCOVERY_SYNC_FOLLOW", true)?,
             retry_for: env.duration("DISCOVERY_SYNC_RETRY_FOR", ingest::DEFAULT_RETRY_FOR)?,
             max_future: env.duration("DISCOVERY_SYNC_MAX_FUTURE", ingest::DEFAULT_MAX_FUTURE)?,
+            embed: env.bool("DISCOVERY_SYNC_EMBED", true)?,
+            text_model: std::path::PathBuf::from(env.string(
+                discovery_embed::MODEL_VAR,
+                discovery_embed::DEFAULT_MODEL_PATH,
+            )),
+            embed_idle: env.duration(
+                "DISCOVERY_SYNC_EMBED_IDLE",
+                std::time::Duration::from_secs(30),
+            )?,
         })
     }
 }
@@ -62,6 +77,16 @@ pub const VARIABLES: &[Variable] = &[
         name: "DISCOVERY_SYNC_MAX_FUTURE",
         default: "24h",
         help: "sync: a record whose updated_at is further ahead than this is a dead letter (newer wins: a far-future date would pin the product)",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_EMBED",
+        default: "true",
+        help: "sync: compute product embeddings for semantic search (when the model is installed)",
+    },
+    Variable {
+        name: "DISCOVERY_SYNC_EMBED_IDLE",
+        default: "30s",
+        help: "sync: longest wait between embedding sweeps that found nothing to embed (a job's end starts one at once)",
     },
     Variable {
         name: "DISCOVERY_SYNC_FOLLOW",

@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use discovery_catalog::{Frame, PRODUCTS};
+use discovery_catalog::{Embedding, Frame, PRODUCTS};
 use discovery_kit::CancellationToken;
 use discovery_kit::client::TracedChannel;
 use discovery_kit::store::{ChangeOp, ResumeToken, Store, StoreError};
@@ -159,6 +159,7 @@ async fn run(
                     product: None,
                     sequence: 0,
                     committed_at_unix_ms: now,
+                    embedding: None,
                 }),
                 (_, Some(d)) => match Frame::from_document(d) {
                     Ok(f) => Some(pb::CatalogChange {
@@ -167,6 +168,7 @@ async fn run(
                         product: Some(f.to_proto()),
                         sequence: 0,
                         committed_at_unix_ms: now,
+                        embedding: f.embedding.as_ref().map(Embedding::to_proto),
                     }),
                     Err(e) => {
                         tracing::warn!(error = %e, "skipping an undecodable product change");
@@ -346,6 +348,7 @@ mod tests {
             }),
             sequence: i,
             committed_at_unix_ms: 0,
+            embedding: None,
         }
     }
 

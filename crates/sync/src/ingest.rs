@@ -162,6 +162,8 @@ struct Batch {
 #[derive(Debug)]
 pub struct Jobs {
     live: Mutex<HashMap<String, Arc<Job>>>,
+    /// Notified when a job ends (the embedder looks for new products).
+    written: Arc<tokio::sync::Notify>,
     retry_for: Duration,
     max_future: Duration,
 }
@@ -184,6 +186,7 @@ impl Jobs {
     pub fn new(retry_for: Duration) -> Self {
         Self {
             live: Mutex::default(),
+            written: Arc::default(),
             retry_for,
             max_future: DEFAULT_MAX_FUTURE,
         }
@@ -193,6 +196,11 @@ impl Jobs {
     pub fn with_max_future(mut self, d: Duration) -> Self {
         self.max_future = d;
         self
+    }
+
+    /// Notified each time a job of this process ends.
+    pub fn written(&self) -> Arc<tokio::sync::Notify> {
+        self.written.clone()
     }
 
     /// A live job by id.
@@ -566,6 +574,7 @@ async fn write_all(
         Ok(()) => {
             if let Some(jobs) = jobs.upgrade() {
                 jobs.live.lock().remove(&job.id);
+                jobs.written.notify_one();
             }
         }
         // Kept here: this process's answer is the only record of its end.

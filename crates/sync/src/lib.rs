@@ -6,6 +6,8 @@
 //! - [`ingest`]: jobs, the bounded batch pipeline, newer-wins bulk upserts,
 //!   dead letters.
 //!
+//! - [`embedder`]: product embeddings, off the ingest path, stored with
+//!   each product (and by text, so an unchanged text is not embedded again);
 //! - [`feed`]: the products change stream delivered to recommendation
 //!   replicas, checkpointed; `WatchCatalogChanges`;
 //! - [`api`]: the gRPC adapter; [`config`]: variables; [`store`]: the
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod config;
 pub mod convert;
+pub mod embedder;
 pub mod error;
 pub mod feed;
 pub mod ingest;
@@ -46,9 +49,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         store.ensure_indexes(coll, &ix).await?;
     }
     let watchers = Arc::new(feed::Watchers::default());
+    let jobs = Arc::new(ingest::Jobs::new(config.retry_for).with_max_future(config.max_future));
+    let written = jobs.written();
     let routes = Routes::new(discovery_kit::compressed!(SyncServer::new(Service {
         store: store.clone(),
-        jobs: Arc::new(ingest::Jobs::new(config.retry_for).with_max_future(config.max_future)),
+        jobs,
         watchers: watchers.clone(),
     })));
     let mut handle = ServiceHandle::start(
@@ -65,6 +70,22 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         [Dependency::store(store.clone())],
         shutdown.clone(),
     );
+    let model = config.text_model.clone();
+    let embedder = if config.embed {
+        tokio::task::spawn_blocking(move || embedder::load(&model))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    if let Some(embedder) = embedder {
+        let (store, shutdown, idle) = (store.clone(), shutdown.clone(), config.embed_idle);
+        handle.push_task(tokio::spawn(async move {
+            embedder::run(store, embedder, written, idle, shutdown).await;
+            Ok(())
+        }));
+    }
     if config.follow {
         // Every replica takes deliveries (dns:// names are resolved again
         // as replicas come and go); each one fans the change out to the rest.

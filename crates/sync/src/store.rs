@@ -1,9 +1,12 @@
 //! Sync's collections, their documents and indexes (it also writes
 //! `products`, whose shape and indexes `discovery-catalog` owns).
 
-use discovery_catalog::Frame;
+use std::collections::HashMap;
+
+use discovery_catalog::{Embedding, Frame, PRODUCTS};
 use discovery_kit::store::{
-    Document, FindOptions, IndexSpec, RawDocumentBuf, Store, StoreError, bson, doc,
+    Bson, Document, FindOptions, GuardedSet, IndexSpec, RawDocumentBuf, Store, StoreError, bson,
+    doc,
 };
 use discovery_proto::v1 as pb;
 
@@ -16,6 +19,12 @@ pub const SYNC_JOBS: &str = "sync_jobs";
 pub const SYNC_CHECKPOINTS: &str = "sync_checkpoints";
 /// Rejected records.
 pub const SYNC_DEAD_LETTERS: &str = "sync_dead_letters";
+
+/// Embeddings by the text they were computed from (`_id` = model and
+/// text hash, [`embedding_key`]): a product re-sent with a newer date but
+/// the same text (a price change) gets its embedding back without running
+/// the model. One entry per distinct text ever embedded, 400-odd bytes.
+pub const PRODUCT_EMBEDDINGS: &str = "product_embeddings";
 
 /// Indexes of the sync collections.
 pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
@@ -239,4 +248,144 @@ async fn find_letters(
         .find(SYNC_DEAD_LETTERS, which.filter(), options)
         .await?;
     Ok(docs.iter().map(dead_letter_from).collect())
+}
+
+/// The key of a text's embedding in [`PRODUCT_EMBEDDINGS`].
+pub fn embedding_key(model: &str, text_hash: i64) -> String {
+    format!("{model}:{:016x}", text_hash as u64)
+}
+
+/// A product read for embedding, with the guard value it was read at (the
+/// embedding is written only while the product still has it).
+#[derive(Debug)]
+pub struct ToEmbed {
+    /// The product.
+    pub frame: Frame,
+    read_at: Bson,
+}
+
+/// A page of products lacking an embedding of `model`.
+#[derive(Debug, Default)]
+pub struct EmbedPage {
+    /// The products that decoded.
+    pub products: Vec<ToEmbed>,
+    /// Documents read (decoded or not): fewer than asked ends a sweep.
+    pub read: usize,
+    /// The last `_id` read: the next page starts after it.
+    pub last: Option<String>,
+}
+
+/// Up to `limit` products after `after` (by `_id`; "" from the start)
+/// with no embedding of `model` (none, or another model's). A document
+/// that does not decode is skipped with a warning (the next page starts
+/// after it, so it cannot stall the sweep). MongoDB walks the `_id` index
+/// and filters; no index can serve "not this model" (`$ne` is not
+/// selective), and the sweep's pages are what bound its cost.
+pub async fn products_to_embed(
+    store: &Store,
+    model: &str,
+    after: &str,
+    limit: usize,
+) -> Result<EmbedPage, StoreError> {
+    let mut filter = doc! {"embedding.model": {"$ne": model}};
+    if !after.is_empty() {
+        filter.insert("_id", doc! {"$gt": after});
+    }
+    let options = FindOptions {
+        sort: Some(doc! {"_id": 1}),
+        skip: 0,
+        limit: limit as u64,
+    };
+    let docs = store.find(PRODUCTS, filter, options).await?;
+    let mut page = EmbedPage {
+        read: docs.len(),
+        last: docs
+            .last()
+            .and_then(|d| d.get_str("_id").ok())
+            .map(String::from),
+        products: Vec::with_capacity(docs.len()),
+    };
+    for d in docs {
+        let Some(read_at) =
+            discovery_kit::store::filter::get_path(&d, crate::ingest::GUARD).cloned()
+        else {
+            tracing::warn!(id = ?d.get_str("_id"), "product without {} not embedded", crate::ingest::GUARD);
+            continue;
+        };
+        match Frame::from_document(d) {
+            Ok(frame) => page.products.push(ToEmbed { frame, read_at }),
+            Err(e) => tracing::warn!(error = %e, "product not embedded"),
+        }
+    }
+    Ok(page)
+}
+
+/// The stored embeddings among `keys` ([`embedding_key`]), as codes and scale.
+pub async fn cached_embeddings(
+    store: &Store,
+    keys: &[String],
+) -> Result<HashMap<String, (Vec<u8>, f32)>, StoreError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let docs = store
+        .find(
+            PRODUCT_EMBEDDINGS,
+            doc! {"_id": {"$in": keys}},
+            FindOptions::default(),
+        )
+        .await?;
+    Ok(docs
+        .into_iter()
+        .filter_map(|d| {
+            let id = d.get_str("_id").ok()?.to_string();
+            let codes = d.get_binary_generic("codes").ok()?.clone();
+            let scale = d.get_f64("scale").ok()? as f32;
+            Some((id, (codes, scale)))
+        })
+        .collect())
+}
+
+/// Stores new embeddings by their text.
+pub async fn cache_embeddings(store: &Store, new: &[&Embedding]) -> Result<(), StoreError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let docs = new
+        .iter()
+        .map(|e| {
+            doc! {
+                "_id": embedding_key(&e.model, e.text_hash),
+                "codes": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: e.codes.clone() },
+                "scale": f64::from(e.scale),
+            }
+        })
+        .collect();
+    store
+        .bulk_upsert(PRODUCT_EMBEDDINGS, docs)
+        .await
+        .map(|_| ())
+}
+
+/// Writes each product's embedding if the product is still as it was read
+/// (a newer record written since keeps its own, empty, embedding and is
+/// embedded on the next pass). Returns how many were written.
+pub async fn set_embeddings(
+    store: &Store,
+    done: Vec<(ToEmbed, Embedding)>,
+) -> Result<u64, StoreError> {
+    let sets = done
+        .into_iter()
+        .map(|(p, e)| {
+            // Encoding a struct of strings, numbers and bytes cannot fail.
+            let value = bson::to_bson(&e).unwrap_or(Bson::Null);
+            GuardedSet {
+                id: p.frame.id,
+                guard: crate::ingest::GUARD.to_string(),
+                expected: p.read_at,
+                fields: doc! {"embedding": value},
+            }
+        })
+        .collect();
+    store.bulk_set_if(PRODUCTS, sets).await
 }

@@ -16,7 +16,7 @@ use super::filter::{compare, get_path, matches, sort_cmp};
 use super::multikey;
 use super::{
     Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
-    GuardedOutcome, IndexSpec, RawDocumentBuf, ResumeToken, Store, StoreError, doc_id,
+    GuardedOutcome, GuardedSet, IndexSpec, RawDocumentBuf, ResumeToken, Store, StoreError, doc_id,
 };
 
 /// Change events kept per collection for resuming.
@@ -70,6 +70,11 @@ impl MemoryStore {
         let col = cols
             .entry(collection.to_string())
             .or_insert_with(Collection::new);
+        self.write_in(col, op, id, document);
+    }
+
+    /// [`Self::write`] under a lock the caller holds.
+    fn write_in(&self, col: &mut Collection, op: ChangeOp, id: String, document: Option<Document>) {
         match (&op, &document) {
             (ChangeOp::Delete, _) => {
                 col.docs.remove(&id);
@@ -322,6 +327,38 @@ impl DocumentStore for MemoryStore {
             }
         }
         Ok(total)
+    }
+
+    async fn bulk_set_if(
+        &self,
+        collection: &str,
+        sets: Vec<GuardedSet>,
+    ) -> Result<u64, StoreError> {
+        let mut matched = 0;
+        // Check and write under one lock: a replace cannot slip in between.
+        let mut cols = self.collections.write();
+        let Some(col) = cols.get_mut(collection) else {
+            return Ok(0);
+        };
+        for s in sets {
+            let Some(mut d) = col.docs.get(&s.id).cloned() else {
+                continue;
+            };
+            if get_path(&d, &s.guard).is_none_or(|v| compare(v, &s.expected).is_ne()) {
+                continue;
+            }
+            for (k, v) in s.fields {
+                d.insert(k, v);
+            }
+            multikey::check(&col.compound, &d).map_err(|p| StoreError::Database {
+                op: "bulk_set_if",
+                collection: collection.to_string(),
+                reason: p.to_string(),
+            })?;
+            matched += 1;
+            self.write_in(col, ChangeOp::Update, s.id, Some(d));
+        }
+        Ok(matched)
     }
 
     async fn watch(

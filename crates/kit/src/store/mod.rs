@@ -242,6 +242,21 @@ pub struct GuardedOutcome {
     pub stale: u64,
 }
 
+/// One guarded partial update ([`DocumentStore::bulk_set_if`]): set
+/// `fields` on the document `id` only while its `guard` path still holds
+/// `expected`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardedSet {
+    /// `_id` of the document.
+    pub id: String,
+    /// Dotted path checked for equality.
+    pub guard: String,
+    /// The value the guard must still have.
+    pub expected: Bson,
+    /// Top-level fields to set.
+    pub fields: Document,
+}
+
 /// Kind of a change event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeOp {
@@ -331,6 +346,14 @@ pub trait DocumentStore: Send + Sync + Debug + 'static {
         docs: Vec<RawDocumentBuf>,
         guard: &str,
     ) -> Result<GuardedOutcome, StoreError>;
+    /// Unordered guarded partial updates: each sets its fields on its
+    /// document only if the document exists and its guard still equals the
+    /// expected value (a document replaced since it was read is left
+    /// alone); never inserts. Returns how many documents matched. One
+    /// round trip per batch; on MongoDB, an `update` with `$set` whose
+    /// filter carries the guard.
+    async fn bulk_set_if(&self, collection: &str, sets: Vec<GuardedSet>)
+    -> Result<u64, StoreError>;
     /// Watches a collection, from now or after `resume_after`.
     async fn watch(
         &self,

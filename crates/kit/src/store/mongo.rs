@@ -17,7 +17,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
     Bson, BulkOutcome, ChangeEvent, ChangeOp, ChangeStream, Document, DocumentStore, FindOptions,
-    GuardedOutcome, IndexSpec, RawDocumentBuf, ResumeToken, StoreError, Workload, doc, doc_id,
+    GuardedOutcome, GuardedSet, IndexSpec, RawDocumentBuf, ResumeToken, StoreError, Workload, doc,
+    doc_id,
 };
 use crate::config::{ConfigError, Env};
 
@@ -551,6 +552,45 @@ impl DocumentStore for MongoStore {
             total.stale += o.stale;
         }
         Ok(total)
+    }
+
+    async fn bulk_set_if(
+        &self,
+        collection: &str,
+        sets: Vec<GuardedSet>,
+    ) -> Result<u64, StoreError> {
+        if sets.is_empty() {
+            return Ok(0);
+        }
+        let mut updates = Vec::with_capacity(sets.len());
+        for s in sets {
+            let mut q = doc! {"_id": s.id};
+            q.insert(s.guard, s.expected);
+            updates.push(doc! {"q": q, "u": {"$set": s.fields}, "upsert": false, "multi": false});
+        }
+        let reply = self
+            .db
+            .run_command(doc! {
+                "update": collection,
+                "updates": updates,
+                "ordered": false,
+                "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
+            })
+            .await
+            .map_err(|e| driver("bulk_set_if", collection, e))?;
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(write_concern("bulk_set_if", collection, wce));
+        }
+        if let Ok(errs) = reply.get_array("writeErrors")
+            && let Some(first) = errs.first()
+        {
+            return Err(StoreError::db(
+                "bulk_set_if",
+                collection,
+                format!("{} updates failed; first: {first:?}", errs.len()),
+            ));
+        }
+        Ok(as_u64(reply.get("n")))
     }
 
     async fn watch(

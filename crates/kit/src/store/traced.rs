@@ -12,8 +12,8 @@ use super::bson::{Document, RawDocumentBuf};
 use tracing::Instrument;
 
 use super::{
-    BulkOutcome, ChangeStream, DocumentStore, FindOptions, GuardedOutcome, IndexSpec, ResumeToken,
-    Store, StoreError,
+    BulkOutcome, ChangeStream, DocumentStore, FindOptions, GuardedOutcome, GuardedSet, IndexSpec,
+    ResumeToken, Store, StoreError,
 };
 
 /// Operations slower than this are counted and logged.
@@ -183,6 +183,19 @@ impl DocumentStore for Traced {
             "bulkWrite",
             collection,
             self.inner.bulk_upsert_newer(collection, docs, guard),
+        )
+        .await
+    }
+
+    async fn bulk_set_if(
+        &self,
+        collection: &str,
+        sets: Vec<GuardedSet>,
+    ) -> Result<u64, StoreError> {
+        self.observe(
+            "update",
+            collection,
+            self.inner.bulk_set_if(collection, sets),
         )
         .await
     }

@@ -87,6 +87,7 @@ async fn change(
                 product: Some(product.clone()),
                 sequence: 1,
                 committed_at_unix_ms: discovery_kit::now_unix_ms(),
+                embedding: None,
             }],
         })
         .await

@@ -249,6 +249,78 @@ async fn guarded_bulk_upsert_never_lets_an_older_record_win() {
     }
 }
 
+/// A guarded partial update sets fields only on documents whose guard
+/// still holds (one replaced since it was read is left alone), never
+/// inserts, and shows in the change stream with the whole document: the
+/// same on the server and embedded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_set_leaves_a_document_replaced_since_it_was_read() {
+    use discovery_kit::store::{ChangeOp, GuardedSet};
+    let server = MongoServer::start()
+        .await
+        .expect("start mongo-compatible server");
+    let mongo = store(&server, "guarded_set").await;
+    let memory = discovery_kit::store::memory::MemoryStore::new();
+    for s in [&mongo as &dyn DocumentStore, &*memory as &dyn DocumentStore] {
+        for (id, v) in [("a", 1_i64), ("b", 1)] {
+            s.put(
+                "products",
+                doc! {"_id": id, "name": id, "metadata": {"updated_at": v}},
+            )
+            .await
+            .unwrap();
+        }
+        let mut changes = s.watch("products", None).await.unwrap();
+        // "b" is replaced by a newer record after the worker read it.
+        s.put(
+            "products",
+            doc! {"_id": "b", "name": "b2", "metadata": {"updated_at": 2_i64}},
+        )
+        .await
+        .unwrap();
+        let set = |id: &str| GuardedSet {
+            id: id.into(),
+            guard: "metadata.updated_at".into(),
+            expected: 1_i64.into(),
+            fields: doc! {"embedding": {"model": "m", "text_hash": 7_i64}},
+        };
+        let matched = s
+            .bulk_set_if("products", vec![set("a"), set("b"), set("missing")])
+            .await
+            .unwrap();
+        assert_eq!(matched, 1, "{}", s.kind());
+        let a = s.get("products", "a").await.unwrap().unwrap();
+        assert_eq!(
+            a.get_document("embedding")
+                .unwrap()
+                .get_i64("text_hash")
+                .unwrap(),
+            7
+        );
+        assert_eq!(a.get_str("name").unwrap(), "a", "other fields kept");
+        let b = s.get("products", "b").await.unwrap().unwrap();
+        assert!(
+            b.get("embedding").is_none(),
+            "{}: the newer record keeps no stale field",
+            s.kind()
+        );
+        assert!(
+            s.get("products", "missing").await.unwrap().is_none(),
+            "never inserts"
+        );
+        let replaced = next(&mut changes).await;
+        assert_eq!(
+            (replaced.op, replaced.id.as_str()),
+            (ChangeOp::Replace, "b")
+        );
+        let updated = next(&mut changes).await;
+        assert_eq!((updated.op, updated.id.as_str()), (ChangeOp::Update, "a"));
+        let whole = updated.document.expect("the whole document");
+        assert_eq!(whole.get_str("name").unwrap(), "a");
+        assert!(whole.get_document("embedding").is_ok());
+    }
+}
+
 /// A guarded bulk write of 24 MB (1,000 documents of 24 KB, as 1,000 Shopify
 /// products with long descriptions) is written whole: one `update` command
 /// is one BSON document, which MongoDB bounds at 16 MiB, so the store sends
