@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 use crate::rank::{self, RankError};
 use crate::search;
 use crate::snapshot::{Catalog, Change, Snapshot};
+use crate::understand;
 use discovery_catalog::{Embedding, FACE_SHAPES, Frame, fnv1a};
 use discovery_kit::internal::require_caller;
 
@@ -58,6 +59,11 @@ pub struct Service {
     /// Where served pages and their outcomes go (`None`: not logged, no
     /// impression ids).
     pub(crate) log: Option<crate::impressions::Log>,
+    /// The sentence-embedding model (`None`: not installed; search is
+    /// lexical and says so).
+    pub(crate) embedder: Option<Arc<discovery_embed::Embedder>>,
+    /// The query-understanding lexicon of the current snapshot.
+    pub(crate) lexicons: Arc<crate::understand::Lexicons>,
 }
 
 /// Default of `DISCOVERY_INTERACTIONS_PER_MINUTE`: two a second on average
@@ -218,7 +224,14 @@ impl Service {
             interactions_per_minute: INTERACTIONS_PER_MINUTE,
             experiments: Arc::default(),
             log: None,
+            embedder: None,
+            lexicons: Arc::default(),
         }
+    }
+
+    /// The same service matching search text by meaning with `embedder`.
+    pub fn with_embedder(self, embedder: Option<Arc<discovery_embed::Embedder>>) -> Self {
+        Self { embedder, ..self }
     }
 
     /// The same service logging impressions and outcomes through `log`.

@@ -56,6 +56,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Seed this many demo frames when the catalogue is empty (0 = never).
     pub demo_catalog: usize,
+    /// The sentence-embedding model's directory (absent: lexical search).
+    pub text_model: std::path::PathBuf,
     /// Full snapshot reload from the store (safety net for missed change
     /// messages); zero disables.
     pub catalog_refresh: Duration,
@@ -87,6 +89,10 @@ impl Config {
             )?,
             store,
             cache: CacheConfig::from_env(env)?,
+            text_model: std::path::PathBuf::from(env.string(
+                discovery_embed::MODEL_VAR,
+                discovery_embed::DEFAULT_MODEL_PATH,
+            )),
             demo_catalog: env.parse(
                 "DISCOVERY_DEMO_CATALOG",
                 default_demo,

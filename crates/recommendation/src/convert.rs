@@ -82,6 +82,25 @@ pub fn report_row(r: &report::Row) -> pb::ReportRow {
     }
 }
 
+/// An understood part of a query as the API's chip.
+pub fn chip_to_proto(c: &crate::understand::Chip) -> pb::QueryChip {
+    pb::QueryChip {
+        kind: c.kind.name().to_string(),
+        label: c.label.clone(),
+        start: c.start as u32,
+        end: c.end as u32,
+    }
+}
+
+/// Why a hit matched, as the API says it.
+pub fn why_to_proto(w: &crate::semantic::Why) -> pb::HitReason {
+    pb::HitReason {
+        lexical_rank: w.lexical_rank.map(|r| r as u32),
+        semantic_rank: w.semantic_rank.map(|r| r as u32),
+        similarity: w.similarity,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,13 +89,25 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         cache.bus().origin(),
         shutdown.clone(),
     );
+    let model = config.text_model.clone();
+    let embedder = tokio::task::spawn_blocking(move || match discovery_embed::Embedder::load(&model) {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "semantic search off: searches are lexical until the text model is installed");
+            None
+        }
+    })
+    .await
+    .ok()
+    .flatten();
     let svc = api::Service {
         internal_auth: config.serve.internal.is_some(),
         faces: faces::Faces::new(Some(faces)),
         interactions_per_minute: config.interactions_per_minute,
         ..api::Service::new(snapshot, store, cache)
     }
-    .with_log(log);
+    .with_log(log)
+    .with_embedder(embedder);
     match store::load_running(&svc.store).await {
         Ok(e) => svc.experiments.set(e),
         Err(e) => {
@@ -132,11 +144,25 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
         shutdown.clone(),
     )
     .await?;
-    handle.watch_dependencies(
-        &config.serve,
-        Dependency::store_and_redis(svc.store.clone(), svc.cache.l2_pool().cloned()),
-        shutdown.clone(),
-    );
+    let mut deps = Dependency::store_and_redis(svc.store.clone(), svc.cache.l2_pool().cloned());
+    // The health note for a missing model: `discovery.dependency.text_model`
+    // NOT_SERVING while search falls back to words (never an error).
+    let present = svc.embedder.is_some();
+    let dir = config.text_model.display().to_string();
+    deps.push(Dependency {
+        name: "text_model",
+        probe: Arc::new(move || {
+            let dir = dir.clone();
+            Box::pin(async move {
+                if present {
+                    Ok(())
+                } else {
+                    Err(format!("no text model at {dir}: search is lexical only"))
+                }
+            })
+        }),
+    });
+    handle.watch_dependencies(&config.serve, deps, shutdown.clone());
     let (s, t) = (svc.clone(), shutdown.clone());
     handle.push_task(tokio::spawn(async move {
         follow_catalog_changes(s, t).await;

@@ -32,6 +32,9 @@ pub const MAX_WORDS: usize = 12;
 pub const MAX_EXPANSIONS: usize = 64;
 /// Most typo comparisons (bounded edit distances) one query makes.
 pub const MAX_TYPO_COMPARISONS: usize = 200_000;
+/// A semantic search over more frames than this runs on a blocking thread
+/// (the exact scan costs about 17 µs per 1,000 frames).
+pub const LARGE_SEMANTIC: usize = 20_000;
 /// A query whose scan (frames × words plus vocabulary × words) is over this
 /// runs on a blocking thread.
 pub const LARGE_WORK: usize = 400_000;
@@ -165,6 +168,130 @@ pub struct Results {
     pub corrected: String,
     /// Page offset.
     pub offset: usize,
+    /// Why each hit of the page matched (same order as `hits`).
+    pub why: Vec<crate::semantic::Why>,
+}
+
+/// How a search matches its words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every word must match (typo-tolerant).
+    Lexical,
+    /// The nearest frames by meaning.
+    Semantic,
+    /// Both, fused by reciprocal rank.
+    Hybrid,
+}
+
+/// What a search looks for, validated and compiled against a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// Words (after understanding took its parts).
+    pub words: &'a [String],
+    /// The hard filter (the request's, narrowed by the text).
+    pub filter: &'a Filter,
+    /// The text's embedding (semantic and hybrid need it; without it the
+    /// search is lexical).
+    pub vector: Option<&'a [f32]>,
+    /// How to match.
+    pub mode: Mode,
+}
+
+/// Runs a search: the matches (every frame the filter passes when there
+/// are no words, by popularity), facets over all of them, one page.
+pub fn run(
+    catalog: &Catalog,
+    q: &Query<'_>,
+    include_facets: bool,
+    offset: usize,
+    size: usize,
+) -> Results {
+    use crate::semantic::{VECTOR_CANDIDATES, Why, fuse, semantic};
+    let mode = match q.vector {
+        Some(_) if !q.words.is_empty() => q.mode,
+        _ => Mode::Lexical,
+    };
+    let (ranked, corrected): (Vec<(Hit, Why)>, Option<String>) = match (mode, q.vector) {
+        (Mode::Semantic, Some(v)) => (
+            semantic(catalog, v, q.filter, VECTOR_CANDIDATES)
+                .into_iter()
+                .enumerate()
+                .map(|(rank, h)| {
+                    let why = Why {
+                        semantic_rank: Some(rank),
+                        similarity: h.1,
+                        ..Why::default()
+                    };
+                    (h, why)
+                })
+                .collect(),
+            None,
+        ),
+        (Mode::Hybrid, Some(v)) => {
+            let (lex, corrected) = lexical(catalog, q.words, q.filter);
+            let sem = semantic(catalog, v, q.filter, VECTOR_CANDIDATES);
+            (fuse(&lex, &sem), corrected)
+        }
+        _ => {
+            let (lex, corrected) = lexical(catalog, q.words, q.filter);
+            let ranked = lex
+                .into_iter()
+                .enumerate()
+                .map(|(rank, h)| {
+                    let why = Why {
+                        lexical_rank: (!q.words.is_empty()).then_some(rank),
+                        ..Why::default()
+                    };
+                    (h, why)
+                })
+                .collect();
+            (ranked, corrected)
+        }
+    };
+    let total = ranked.len();
+    let facets = if include_facets {
+        facets(catalog, ranked.iter().map(|(h, _)| h.0))
+    } else {
+        Vec::new()
+    };
+    let (hits, why) = ranked.into_iter().skip(offset).take(size).unzip();
+    Results {
+        hits,
+        total,
+        facets,
+        corrected: corrected.unwrap_or_default(),
+        offset,
+        why,
+    }
+}
+
+/// Facet counts over the rows matched.
+fn facets(catalog: &Catalog, rows: impl Iterator<Item = usize>) -> Vec<pb::Facet> {
+    let mut counts: [BTreeMap<String, u64>; 4] = Default::default();
+    for i in rows {
+        let f = &catalog.frames[i];
+        *counts[0].entry(f.brand.clone()).or_default() += 1;
+        *counts[1].entry(f.shape.name().to_string()).or_default() += 1;
+        *counts[2].entry(f.material.name().to_string()).or_default() += 1;
+        *counts[3]
+            .entry(price_band(f.price).to_string())
+            .or_default() += 1;
+    }
+    ["brand", "shape", "material", "price_band"]
+        .into_iter()
+        .zip(counts)
+        .map(|(name, m)| {
+            let mut counts: Vec<pb::FacetCount> = m
+                .into_iter()
+                .map(|(value, count)| pb::FacetCount { value, count })
+                .collect();
+            counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+            pb::Facet {
+                name: name.into(),
+                counts,
+            }
+        })
+        .collect()
 }
 
 /// The facet band of a price in major units (whatever the currency's
@@ -181,10 +308,14 @@ fn price_band(major: f64) -> &'static str {
 
 /// A validated search request: page, compiled filter, query words.
 pub struct Parsed {
-    offset: usize,
-    size: usize,
-    filter: Filter,
-    words: Vec<String>,
+    /// Page offset.
+    pub offset: usize,
+    /// Page size.
+    pub size: usize,
+    /// The request's filter, compiled.
+    pub filter: Filter,
+    /// The query's words.
+    pub words: Vec<String>,
 }
 
 impl Parsed {
@@ -204,15 +335,28 @@ pub fn query_words(query: &str) -> Vec<String> {
         .collect()
 }
 
+/// Most words a query read for its meaning may have (the words left after
+/// understanding are still at most [`MAX_WORDS`]).
+pub const MAX_TEXT_WORDS: usize = 48;
+
 /// Validates a request (limits, page, filter) and splits the query into words.
 pub fn parse(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Parsed, SearchError> {
+    parse_with(catalog, req, MAX_WORDS)
+}
+
+/// [`parse`] allowing up to `max_words` words.
+pub fn parse_with(
+    catalog: &Catalog,
+    req: &pb::SearchProductsRequest,
+    max_words: usize,
+) -> Result<Parsed, SearchError> {
     if req.query.len() > MAX_QUERY {
         return Err(SearchError::TooLong(req.query.len()));
     }
     let (offset, size) = page(req.page.as_ref())?;
     let filter = Filter::compile(catalog, req.filter.as_ref())?;
     let words = query_words(&req.query);
-    if words.len() > MAX_WORDS {
+    if words.len() > max_words {
         return Err(SearchError::TooManyWords(words.len()));
     }
     Ok(Parsed {
@@ -270,51 +414,21 @@ pub fn lexical(
     (hits, any_correction.then(|| corrected.join(" ")))
 }
 
-/// Runs a search.
+/// Runs a lexical search as the request says.
 pub fn search(catalog: &Catalog, req: &pb::SearchProductsRequest) -> Result<Results, SearchError> {
     let Parsed {
         offset,
         size,
         filter,
-        words: qwords,
+        words,
     } = parse(catalog, req)?;
-    let (mut hits, corrected) = lexical(catalog, &qwords, &filter);
-    let total = hits.len();
-    let mut facets = Vec::new();
-    if req.include_facets {
-        let mut counts: [BTreeMap<String, u64>; 4] = Default::default();
-        for &(i, _) in &hits {
-            let f = &catalog.frames[i];
-            *counts[0].entry(f.brand.clone()).or_default() += 1;
-            *counts[1].entry(f.shape.name().to_string()).or_default() += 1;
-            *counts[2].entry(f.material.name().to_string()).or_default() += 1;
-            *counts[3]
-                .entry(price_band(f.price).to_string())
-                .or_default() += 1;
-        }
-        for (name, m) in ["brand", "shape", "material", "price_band"]
-            .into_iter()
-            .zip(counts)
-        {
-            let mut counts: Vec<pb::FacetCount> = m
-                .into_iter()
-                .map(|(value, count)| pb::FacetCount { value, count })
-                .collect();
-            counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
-            facets.push(pb::Facet {
-                name: name.into(),
-                counts,
-            });
-        }
-    }
-    hits = hits.into_iter().skip(offset).take(size).collect();
-    Ok(Results {
-        hits,
-        total,
-        facets,
-        corrected: corrected.unwrap_or_default(),
-        offset,
-    })
+    let q = Query {
+        words: &words,
+        filter: &filter,
+        vector: None,
+        mode: Mode::Lexical,
+    };
+    Ok(run(catalog, &q, req.include_facets, offset, size))
 }
 
 #[cfg(test)]

@@ -125,6 +125,24 @@ pub enum ChipKind {
     PriceLean,
 }
 
+impl ChipKind {
+    /// Its name in the API (`QueryChip.kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Price => "price",
+            Self::Shape => "shape",
+            Self::Material => "material",
+            Self::Color => "color",
+            Self::Brand => "brand",
+            Self::FaceShape => "face_shape",
+            Self::Size => "size",
+            Self::Category => "category",
+            Self::Stock => "stock",
+            Self::PriceLean => "price_lean",
+        }
+    }
+}
+
 /// One understood part of the text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chip {
@@ -216,6 +234,51 @@ enum Term {
     To,
     Currency(&'static str),
     Filler,
+}
+
+impl Lexicon {
+    /// The lexicon of a snapshot: its brands, its variants' colours, and
+    /// the currency most of its frames are priced in.
+    pub fn of(catalog: &crate::snapshot::Catalog) -> Self {
+        let mut colors: Vec<&str> = catalog
+            .frames
+            .iter()
+            .flat_map(|f| f.inventory.variants.iter().map(|v| v.color.as_str()))
+            .collect();
+        colors.sort_unstable();
+        colors.dedup();
+        let mut currencies: HashMap<&str, usize> = HashMap::new();
+        for f in &catalog.frames {
+            *currencies.entry(f.currency.as_str()).or_default() += 1;
+        }
+        let currency = currencies
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+            .map(|(c, _)| c);
+        Self::new(
+            catalog.vocabs.brands.iter().map(|(_, b)| b),
+            colors,
+            currency,
+        )
+    }
+}
+
+/// The lexicon of the current snapshot, rebuilt when its version changes.
+#[derive(Debug, Default)]
+pub struct Lexicons(parking_lot::Mutex<Option<(i64, std::sync::Arc<Lexicon>)>>);
+
+impl Lexicons {
+    /// The lexicon of `catalog`.
+    pub fn get(&self, catalog: &crate::snapshot::Catalog) -> std::sync::Arc<Lexicon> {
+        if let Some((v, l)) = &*self.0.lock()
+            && *v == catalog.version
+        {
+            return l.clone();
+        }
+        let l = std::sync::Arc::new(Lexicon::of(catalog));
+        *self.0.lock() = Some((catalog.version, l.clone()));
+        l
+    }
 }
 
 /// Normalises a phrase the way the text is tokenised.

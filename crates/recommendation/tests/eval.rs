@@ -9,11 +9,9 @@
 //! embedder stores them), so the model must be fetched (`make test-models`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use discovery_catalog::{Embedding, Frame, demo_catalog};
-use discovery_embed::quant::Matrix;
-use discovery_embed::{Embedder, model_dir};
+use discovery_catalog::{Frame, demo_catalog};
+use discovery_embed::Embedder;
 use discovery_recommendation::rank::Filter;
 use discovery_recommendation::search::{Hit, lexical, query_words};
 use discovery_recommendation::semantic::{VECTOR_CANDIDATES, fuse, semantic};
@@ -22,30 +20,13 @@ use serde_json::Value;
 
 const DEMO: usize = 520;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::root;
 
 fn embedded_demo(e: &Embedder) -> Vec<Frame> {
-    let mut frames = demo_catalog(DEMO);
-    for chunk in frames.chunks_mut(32) {
-        let texts: Vec<String> = chunk.iter().map(Frame::embedding_text).collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let vectors = e.embed_batch(&refs).expect("embeds");
-        for (f, v) in chunk.iter_mut().zip(vectors) {
-            let (codes, scale) = Matrix::stored(&v);
-            f.embedding = Some(Embedding {
-                model: discovery_embed::MODEL_DIR.into(),
-                text_hash: f.embedding_text_hash(),
-                codes,
-                scale,
-            });
-        }
-    }
-    frames
+    common::embedded(demo_catalog(DEMO), e)
 }
 
-/// Does a frame meet one condition ({attribute: values})?
 fn holds(f: &Frame, cond: &Value) -> bool {
     let (key, want) = cond
         .as_object()
@@ -158,9 +139,7 @@ fn recall_at(ranked: &[String], q: &Query, k: usize) -> f64 {
 
 #[test]
 fn hybrid_is_at_least_as_good_as_lexical_and_semantic_alone() {
-    let models = root().join("models");
-    let embedder = Embedder::load(&model_dir(&models))
-        .unwrap_or_else(|e| panic!("{e} (`make test-models` fetches it)"));
+    let embedder = common::embedder();
     let frames = embedded_demo(&embedder);
     let queries = judge(&frames);
     assert!(queries.len() >= 60, "{} queries", queries.len());

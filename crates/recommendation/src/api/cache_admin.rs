@@ -4,8 +4,9 @@
 use super::*;
 
 pub(super) const TAG_PREFIXES: [&str; 3] = ["product:", "brand:", "face_shape:"];
-pub(super) const KEY_PREFIXES: [&str; 5] = [
+pub(super) const KEY_PREFIXES: [&str; 6] = [
     "recommendations:",
+    "embed:",
     "search:",
     "product:",
     "conversation:",
@@ -26,6 +27,7 @@ impl CacheAdmin for Service {
             &kinds::SEARCH,
             &kinds::PRODUCT,
             &kinds::SESSION,
+            &kinds::EMBED,
         ];
         Ok(Response::new(pb::GetCacheStatusResponse {
             kinds: kinds_list

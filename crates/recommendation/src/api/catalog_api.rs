@@ -112,18 +112,78 @@ impl CatalogApi for Service {
         req: Request<pb::SearchProductsRequest>,
     ) -> Result<Response<pb::SearchProductsResponse>, Status> {
         let req = req.into_inner();
+        let mode = match pb::SearchMode::try_from(req.mode) {
+            Ok(pb::SearchMode::Unspecified | pb::SearchMode::Hybrid) => search::Mode::Hybrid,
+            Ok(pb::SearchMode::Lexical) => search::Mode::Lexical,
+            Ok(pb::SearchMode::Semantic) => search::Mode::Semantic,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "mode: {} is not a search mode (give HYBRID, LEXICAL or SEMANTIC)",
+                    req.mode
+                )));
+            }
+        };
         // Validate before touching the cache.
         let catalog = self.snapshot.load();
-        let words = search::parse(&catalog, &req)?.words().len();
-        let large = search::is_large(&catalog, words);
+        let max_words = if req.literal {
+            search::MAX_WORDS
+        } else {
+            search::MAX_TEXT_WORDS
+        };
+        search::parse_with(&catalog, &req, max_words)?;
+        let understood = (!req.literal)
+            .then(|| understand::understand(&self.lexicons.get(&catalog), &req.query));
+        let text = understood
+            .as_ref()
+            .map_or(req.query.as_str(), |u| u.rest.as_str())
+            .to_string();
+        let words = search::query_words(&text);
+        if words.len() > search::MAX_WORDS {
+            return Err(search::SearchError::TooManyWords(words.len()).into());
+        }
+        drop(catalog);
+        let wants_meaning = mode != search::Mode::Lexical && !words.is_empty();
+        let (vector, note) = if wants_meaning {
+            match self.query_vector(&text).await {
+                Ok(v) => (Some(v), ""),
+                Err(note) => (None, note),
+            }
+        } else {
+            (None, "")
+        };
+        let mode_used = match (&vector, mode) {
+            (None, _) if wants_meaning => pb::SearchMode::Lexical,
+            (_, search::Mode::Lexical) => pb::SearchMode::Lexical,
+            (_, search::Mode::Semantic) => pb::SearchMode::Semantic,
+            (_, search::Mode::Hybrid) => pb::SearchMode::Hybrid,
+        };
+        let catalog = self.snapshot.load();
+        let large = search::is_large(&catalog, words.len())
+            || (vector.is_some() && catalog.frames.len() > search::LARGE_SEMANTIC);
         drop(catalog);
         let mut canonical = req.clone();
         canonical.query = canonical.query.trim().to_lowercase();
+        canonical.mode = mode_used as i32;
         let key = format!("search:{:016x}", fnv1a(&canonical.encode_to_vec()));
         let entry = page_inputs(req.filter.as_ref(), req.include_facets);
+        let chips: Vec<pb::QueryChip> = understood
+            .as_ref()
+            .map(|u| u.chips.iter().map(crate::convert::chip_to_proto).collect())
+            .unwrap_or_default();
+        let wanted = understood.map(|u| u.wanted);
         let Served { payload, .. } = self
             .cached(&kinds::SEARCH, key, entry, large, move |catalog| {
-                let r = search::search(catalog, &req)?;
+                let mut p = search::parse_with(catalog, &req, max_words)?;
+                if let Some(w) = &wanted {
+                    p.filter = p.filter.narrow(catalog, w);
+                }
+                let q = search::Query {
+                    words: &words,
+                    filter: &p.filter,
+                    vector: vector.as_deref().map(Vec::as_slice),
+                    mode,
+                };
+                let r = search::run(catalog, &q, req.include_facets, p.offset, p.size);
                 let rows: Vec<usize> = r.hits.iter().map(|h| h.0).collect();
                 let tags = rows
                     .iter()
@@ -137,13 +197,18 @@ impl CatalogApi for Service {
                     hits: r
                         .hits
                         .into_iter()
-                        .map(|(i, score)| pb::SearchHit {
+                        .zip(r.why)
+                        .map(|((i, score), why)| pb::SearchHit {
                             product: Some(catalog.frames[i].to_proto()),
                             score,
+                            why: Some(crate::convert::why_to_proto(&why)),
                         })
                         .collect(),
                     facets: r.facets,
                     corrected_query: r.corrected,
+                    understood: chips.clone(),
+                    mode: mode_used as i32,
+                    note: note.to_string(),
                 };
                 Ok((resp.encode_to_vec(), rows, tags))
             })
@@ -153,6 +218,48 @@ impl CatalogApi for Service {
         Ok(Response::new(resp))
     }
 }
+
+impl Service {
+    /// The embedding of a query's text: from the cache (2 h, by text
+    /// hash), else computed on a blocking thread and cached. `Err` is the
+    /// note a response carries when there is none (no model, or it failed).
+    async fn query_vector(&self, text: &str) -> Result<Arc<Vec<f32>>, &'static str> {
+        let Some(embedder) = self.embedder.clone() else {
+            return Err(NO_TEXT_MODEL);
+        };
+        let normal = text.trim().to_lowercase();
+        let key = format!("embed:{:016x}", fnv1a(normal.as_bytes()));
+        if let Some(b) = self.cache.get(&kinds::EMBED, &key).await
+            && b.len() == discovery_embed::DIM * 4
+        {
+            let v = b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            return Ok(Arc::new(v));
+        }
+        let started = Instant::now();
+        let v = tokio::task::spawn_blocking(move || embedder.embed(&normal))
+            .await
+            .map_err(|_| EMBED_FAILED)?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "query embedding failed; lexical results");
+                EMBED_FAILED
+            })?;
+        metrics::histogram!("discovery_query_embedding_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let mut b = BytesMut::with_capacity(v.len() * 4);
+        for x in &v {
+            b.put_f32_le(*x);
+        }
+        self.cache.set(&kinds::EMBED, &key, b.freeze(), &[]).await;
+        Ok(Arc::new(v))
+    }
+}
+
+/// The note of a search answered without the text model.
+pub const NO_TEXT_MODEL: &str = "semantic search is not available on this server (the text model is not installed): these are word matches only";
+const EMBED_FAILED: &str = "semantic matching failed for this query: these are word matches only";
 
 /// The recommendation sets warmed at start and on schedule: the first page
 /// for anonymous shoppers per face shape (and none), with no width and with

@@ -16,6 +16,63 @@ pub struct Filter {
     /// Allowed brands as a table indexed by brand id.
     brands: Option<Vec<bool>>,
     currency: Option<String>,
+    /// What a query's text added ([`Filter::narrow`]).
+    text: Option<std::sync::Arc<TextConditions>>,
+}
+
+/// The conditions a query's text adds to a filter: exclusions, and what
+/// has no column of its own (colours and category are read from the frame).
+#[derive(Debug, Clone, Default)]
+struct TextConditions {
+    /// Nothing can pass (the text contradicts the filter: "round" with a
+    /// filter allowing only aviators).
+    nothing: bool,
+    not_shapes: u32,
+    not_materials: u32,
+    not_brands: Vec<u32>,
+    /// Each a colour name's words: a variant whose colour has them all.
+    colors: Vec<Vec<String>>,
+    not_colors: Vec<Vec<String>>,
+    category: Option<&'static str>,
+}
+
+impl TextConditions {
+    fn passes(&self, catalog: &Catalog, i: usize) -> bool {
+        let x = &catalog.features;
+        if self.nothing
+            || (self.not_shapes >> x.shape[i]) & 1 == 1
+            || (self.not_materials >> x.material[i]) & 1 == 1
+            || self.not_brands.contains(&x.brand[i])
+        {
+            return false;
+        }
+        let f = &catalog.frames[i];
+        if let Some(c) = self.category
+            && !f.categories.iter().any(|k| k.eq_ignore_ascii_case(c))
+        {
+            return false;
+        }
+        if self.colors.is_empty() && self.not_colors.is_empty() {
+            return true;
+        }
+        let has = |name: &[String]| {
+            f.inventory.variants.iter().any(|v| {
+                let words = crate::search::query_words(&v.color);
+                name.iter().all(|w| words.contains(w))
+            })
+        };
+        (self.colors.is_empty() || self.colors.iter().any(|c| has(c)))
+            && !self.not_colors.iter().any(|c| has(c))
+    }
+}
+
+/// `a` narrowed by `b`, where 0 means "any" for both.
+fn both(a: u32, b: u32) -> (u32, bool) {
+    match (a, b) {
+        (0, b) => (b, false),
+        (a, 0) => (a, false),
+        (a, b) => (a & b, a & b == 0),
+    }
 }
 
 pub(super) fn enum_mask(
@@ -85,7 +142,67 @@ impl Filter {
                 t
             }),
             currency: (!currency.is_empty()).then(|| currency.to_string()),
+            text: None,
         })
+    }
+
+    /// This filter narrowed by what a query's text asked for: its shapes,
+    /// materials and brands intersected with the filter's, its exclusions,
+    /// colours, category and stock added, and its price bounds when they
+    /// are in the filter's currency (or the filter names none). Never wider
+    /// than the filter.
+    pub fn narrow(mut self, catalog: &Catalog, w: &crate::understand::Wanted) -> Self {
+        let mut t = TextConditions::default();
+        let shapes = w.shapes.iter().fold(0u32, |m, s| m | 1 << s.code());
+        let (s, none_s) = both(self.shapes, shapes);
+        self.shapes = s;
+        let materials = w.materials.iter().fold(0u32, |m, s| m | 1 << s.code());
+        let (m, none_m) = both(self.materials, materials);
+        self.materials = m;
+        t.nothing = none_s || none_m;
+        t.not_shapes = w.not_shapes.iter().fold(0u32, |m, s| m | 1 << s.code());
+        t.not_materials = w.not_materials.iter().fold(0u32, |m, s| m | 1 << s.code());
+        if !w.brands.is_empty() {
+            let mut wanted = vec![false; catalog.vocabs.brands.len()];
+            for id in w.brands.iter().filter_map(|b| catalog.vocabs.brands.get(b)) {
+                wanted[id as usize] = true;
+            }
+            self.brands = Some(match self.brands.take() {
+                Some(had) => had.iter().zip(&wanted).map(|(a, b)| *a && *b).collect(),
+                None => wanted,
+            });
+        }
+        t.not_brands = w
+            .not_brands
+            .iter()
+            .filter_map(|b| catalog.vocabs.brands.get(b))
+            .collect();
+        t.colors = w
+            .colors
+            .iter()
+            .map(|c| crate::search::query_words(c))
+            .collect();
+        t.not_colors = w
+            .not_colors
+            .iter()
+            .map(|c| crate::search::query_words(c))
+            .collect();
+        t.category = w.category.map(|c| c.name());
+        self.in_stock_only |= w.in_stock;
+        let priced = w.min_price_minor.is_some() || w.max_price_minor.is_some();
+        let same_currency = match (&self.currency, w.currency) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        if priced && same_currency {
+            if self.currency.is_none() {
+                self.currency = w.currency.map(str::to_string);
+            }
+            self.min_price = self.min_price.max(w.min_price_minor.unwrap_or(0));
+            self.max_price = self.max_price.min(w.max_price_minor.unwrap_or(i64::MAX));
+        }
+        self.text = Some(std::sync::Arc::new(t));
+        self
     }
 
     /// Whether the filter excludes anything at all.
@@ -97,6 +214,7 @@ impl Filter {
             || self.materials != 0
             || self.brands.is_some()
             || self.currency.is_some()
+            || self.text.is_some()
     }
 
     /// Whether row `i` passes.
@@ -140,6 +258,11 @@ impl Filter {
         if let Some(c) = &self.currency {
             for (j, o) in ok.iter_mut().enumerate() {
                 *o = *o && catalog.frames[start + j].currency == *c;
+            }
+        }
+        if let Some(t) = &self.text {
+            for (j, o) in ok.iter_mut().enumerate() {
+                *o = *o && t.passes(catalog, start + j);
             }
         }
     }
