@@ -3,11 +3,13 @@
 # them (`discovery serve <service>`). Targets:
 #
 #   docker build --target service --build-arg SERVICE=gateway -t discovery-gateway .
+#   docker build --target text-model --build-arg SERVICE=recommendation -t discovery-recommendation .
 #   docker build --target face-analysis -t discovery-face-analysis .
 #
-# `service` (gateway, recommendation, sync, monitoring): the binary on a
-# slim Debian, non-root. `face-analysis`: the same plus the converted models
-# and ONNX Runtime (loaded at run time from /opt/discovery/models).
+# `service` (gateway, monitoring): the binary on a slim Debian, non-root.
+# `text-model` (recommendation, sync): the same plus the sentence-embedding
+# model. `face-analysis`: the same plus the converted models and ONNX
+# Runtime (loaded at run time from /opt/discovery/models).
 
 ARG RUST_VERSION=1.95
 
@@ -39,6 +41,15 @@ ENTRYPOINT ["discovery"]
 FROM runtime AS service
 ARG SERVICE=gateway
 ENV DISCOVERY_SERVICE=${SERVICE}
+CMD ["serve"]
+
+# recommendation and sync: the same plus the sentence-embedding model
+# (semantic search; without it search is lexical).
+FROM runtime AS text-model
+ARG SERVICE=recommendation
+COPY --from=models --chown=10001 /src/models/all-MiniLM-L6-v2 /opt/discovery/models/all-MiniLM-L6-v2
+ENV DISCOVERY_TEXT_MODEL_DIR=/opt/discovery/models/all-MiniLM-L6-v2 \
+    DISCOVERY_SERVICE=${SERVICE}
 CMD ["serve"]
 
 FROM runtime AS face-analysis

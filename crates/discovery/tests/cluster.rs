@@ -207,6 +207,19 @@ impl Running {
         sets: &[&str],
         volumes: &[(&str, &std::path::Path)],
     ) -> Running {
+        Self::start_images(replicas, sets, volumes, false).await
+    }
+
+    /// As [`Running::start_with`]; `text_model`: the recommendation and
+    /// sync images carry the sentence-embedding model (the Dockerfile's
+    /// `text-model` target), which only the tests of semantic search pay
+    /// for (a debug build embeds slowly).
+    async fn start_images(
+        replicas: &[(&str, usize)],
+        sets: &[&str],
+        volumes: &[(&str, &std::path::Path)],
+        text_model: bool,
+    ) -> Running {
         let redis = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
             .await
             .unwrap()
@@ -230,7 +243,17 @@ impl Running {
                 "DISCOVERY_FACE_MODELS_DIR".to_string(),
                 workspace_root().join("models").display().to_string(),
             )]
-            .into(),
+            .into_iter()
+            .chain(text_model.then(|| {
+                (
+                    "DISCOVERY_TEXT_MODEL_DIR".to_string(),
+                    workspace_root()
+                        .join("models/all-MiniLM-L6-v2")
+                        .display()
+                        .to_string(),
+                )
+            }))
+            .collect(),
         };
         let mut cluster = Cluster::start(chart, std::path::Path::new(BIN), replicas, &supplied)
             .expect("start the processes");
@@ -2243,4 +2266,163 @@ async fn one_replica_services_roll_without_a_failed_call() {
         again.job.map(|j| j.state),
         Some(pb::SyncJobState::Succeeded as i32)
     );
+}
+
+/// Semantic search as deployed: sync embeds what a feed wrote (off the
+/// ingest path), the change stream carries each embedding to both
+/// recommendation replicas, and a shopper's words that match no product's
+/// find the right one by meaning, through the gateway and on each replica,
+/// with the understood parts as chips. A restarted replica has the
+/// embeddings from the store (sync computed each text once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fed_product_is_found_by_meaning_on_every_replica() {
+    let replicas = [("gateway", 1), ("recommendation", 2), ("sync", 1)];
+    let mut run = Running::start_images(&replicas, &["env.DISCOVERY_LIMITS=off"], &[], true).await;
+    let gateway = run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc");
+    let mut g = client(gateway, &run.key).await;
+    let mut body = String::new();
+    for i in 0..30 {
+        body.push_str(&one_record(i, "Acme", 100 + i as u32, 3, 0));
+    }
+    let described = [
+        (
+            700,
+            "Gala",
+            "A glamorous, daring statement frame to wear at weddings, galas and black-tie parties",
+            "cat-eye",
+        ),
+        (
+            701,
+            "Trail",
+            "Wraparound sports frame for running, cycling and hiking in bright sun",
+            "rectangle",
+        ),
+        (
+            702,
+            "Desk",
+            "Light, understated frame for reading and long days at the office",
+            "round",
+        ),
+    ];
+    for (id, title, text, shape) in described {
+        body.push_str(&format!(
+            concat!(
+                r#"{{"id": {id}, "title": "{title}", "vendor": "Lumen", "body_html": "{text}", "tags": "shape:{shape}, material:acetate, size:52-18-140, width:134","#,
+                r#" "updated_at": "2026-02-01T00:00:00Z", "variants": [{{"sku": "LU-{id}", "price": "120.00", "option1": "Tortoise", "inventory_quantity": 5}}]}}"#,
+                "\n"
+            ),
+            id = id, title = title, text = text, shape = shape
+        ));
+    }
+    let (job, _) = ingest_until_done(&mut g, records_feed(body)).await;
+    assert_eq!(job.upserted, 33);
+    let search = |q: &str| pb::SearchProductsRequest {
+        query: q.into(),
+        ..Default::default()
+    };
+    let first_id = |r: &pb::SearchProductsResponse| {
+        r.hits
+            .first()
+            .and_then(|h| h.product.as_ref())
+            .map(|p| p.id.clone())
+            .unwrap_or_default()
+    };
+    let wedding = "something daring to wear to a wedding under $200";
+    let until = std::time::Instant::now() + Duration::from_secs(180);
+    let found = loop {
+        let r = g
+            .search_products(search(wedding))
+            .await
+            .expect("search")
+            .into_inner();
+        if first_id(&r) == "shopify:cluster:700" {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "never found by meaning: {:?}",
+            r.hits
+                .iter()
+                .map(|h| (h.product.as_ref().map(|p| p.id.clone()), h.why))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(found.mode, pb::SearchMode::Hybrid as i32);
+    assert!(found.note.is_empty(), "{}", found.note);
+    let why = found.hits[0].why.expect("why");
+    assert_eq!(
+        why.lexical_rank, None,
+        "no word of the query is the product's"
+    );
+    assert_eq!(why.semantic_rank, Some(0));
+    let chips: Vec<(&str, &str)> = found
+        .understood
+        .iter()
+        .map(|c| (c.kind.as_str(), &wedding[c.start as usize..c.end as usize]))
+        .collect();
+    assert_eq!(chips, [("price", "under $200")]);
+    // Every replica holds the embeddings (asked directly).
+    let reco: Vec<usize> = run.cluster.of("recommendation");
+    for &i in &reco {
+        let addr = run.cluster.pods[i].addr("grpc");
+        let mut c = discovery_proto::v1::catalog_client::CatalogClient::new(as_gateway(addr));
+        for (q, want) in [
+            ("for running and cycling", "shopify:cluster:701"),
+            ("something to read with at work", "shopify:cluster:702"),
+        ] {
+            let until = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let r = c
+                    .search_products(search(q))
+                    .await
+                    .expect("search")
+                    .into_inner();
+                if first_id(&r) == want {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < until,
+                    "replica {addr}: {q:?} -> {}",
+                    first_id(&r)
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    // A restarted replica reads them back from the store.
+    let i = reco[0];
+    run.cluster.pods[i].terminate(Duration::from_secs(10));
+    run.cluster.restart(i).expect("restart");
+    run.cluster
+        .wait_pod_started(i, std::time::Instant::now() + Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = run.cluster.pods[i].addr("grpc");
+    let mut c = discovery_proto::v1::catalog_client::CatalogClient::new(as_gateway(addr));
+    let r = c
+        .search_products(search(wedding))
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(first_id(&r), "shopify:cluster:700");
+    // Sync ran the model once per text.
+    let sync = run.cluster.pods[run.cluster.of("sync")[0]].addr("metrics");
+    assert_eq!(
+        counter(sync, "discovery_sync_embeddings_total{source=\"model\"}"),
+        33
+    );
+}
+
+/// A counter's value from a process's `/metrics` (0 when absent).
+fn counter(metrics: std::net::SocketAddr, series: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics).expect("metrics port");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

@@ -119,10 +119,19 @@ async fn run() -> Result<(), String> {
         redis_urls: redis.urls().join(","),
         internal_secret: secret,
         volumes: BTreeMap::new(),
-        extra: [(
-            "DISCOVERY_FACE_MODELS_DIR".to_string(),
-            workspace_root().join("models").display().to_string(),
-        )]
+        extra: [
+            (
+                "DISCOVERY_FACE_MODELS_DIR".to_string(),
+                workspace_root().join("models").display().to_string(),
+            ),
+            (
+                "DISCOVERY_TEXT_MODEL_DIR".to_string(),
+                workspace_root()
+                    .join("models/all-MiniLM-L6-v2")
+                    .display()
+                    .to_string(),
+            ),
+        ]
         .into(),
     };
     let plan: Vec<(&str, usize)> = replicas.iter().map(|(s, n)| (s.as_str(), *n)).collect();
