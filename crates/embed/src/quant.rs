@@ -139,6 +139,15 @@ impl Matrix {
         self.scales.get(i).is_some_and(|s| *s > 0.0)
     }
 
+    /// Row `i` as a query (its codes as they are: "more like this"), if it
+    /// holds a vector.
+    pub fn query_of(&self, i: usize) -> Option<Query> {
+        self.has(i).then(|| Query {
+            codes: self.codes[i * self.dim..(i + 1) * self.dim].to_vec(),
+            scale: self.scales[i],
+        })
+    }
+
     /// The similarity of row `i` to the query (cosine for normalised
     /// vectors, to about ±0.01).
     pub fn score(&self, q: &Query, i: usize) -> f32 {

@@ -185,6 +185,8 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GetFaceAnalysis", upstream: FaceAnalysis, path: "/discovery.v1.FaceAnalysis/GetFaceAnalysis", ..UNARY },
     Route { method: "Recommend", upstream: Recommendation, path: "/discovery.v1.Recommendation/Recommend", class: Recommend, fallback: true, ..UNARY },
     Route { method: "SearchProducts", upstream: Recommendation, path: "/discovery.v1.Catalog/SearchProducts", fallback: true, ..UNARY },
+    Route { method: "SimilarProducts", upstream: Recommendation, path: "/discovery.v1.Catalog/SimilarProducts", fallback: true, ..UNARY },
+    Route { method: "SuggestQueries", upstream: Recommendation, path: "/discovery.v1.Catalog/SuggestQueries", default_deadline: ms(500), ..UNARY },
     Route { method: "GetProduct", upstream: Recommendation, path: "/discovery.v1.Catalog/GetProduct", fallback: true, ..UNARY },
     Route { method: "BatchGetProducts", upstream: Recommendation, path: "/discovery.v1.Catalog/BatchGetProducts", fallback: true, ..UNARY },
     Route { method: "GetTryOnPlacement", upstream: Recommendation, path: "/discovery.v1.Catalog/GetTryOnPlacement", ..UNARY },

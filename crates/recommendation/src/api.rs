@@ -64,6 +64,8 @@ pub struct Service {
     pub(crate) embedder: Option<Arc<discovery_embed::Embedder>>,
     /// The query-understanding lexicon of the current snapshot.
     pub(crate) lexicons: Arc<crate::understand::Lexicons>,
+    /// Search suggestions and the popular searches they learn from.
+    pub(crate) suggestions: Arc<crate::suggest::Suggestions>,
 }
 
 /// Default of `DISCOVERY_INTERACTIONS_PER_MINUTE`: two a second on average
@@ -226,6 +228,7 @@ impl Service {
             log: None,
             embedder: None,
             lexicons: Arc::default(),
+            suggestions: Arc::default(),
         }
     }
 

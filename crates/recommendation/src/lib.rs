@@ -8,7 +8,8 @@
 //! The domain: [`snapshot`], [`rank`], [`search`], [`signals`],
 //! [`experiments`], [`impressions`], [`report`], [`tryon`], [`faces`],
 //! [`semantic`] (embeddings and hybrid fusion), [`understand`]
-//! (natural-language queries to filters).
+//! (natural-language queries to filters), [`similar`] (frames like one),
+//! [`suggest`] (completions of a search being typed).
 //!
 //! Architecture invariant: requests are answered from the in-memory
 //! [`snapshot`]; the database is read only to (re)load it.
@@ -31,7 +32,9 @@ pub mod report;
 pub mod search;
 pub mod semantic;
 pub mod signals;
+pub mod similar;
 pub mod snapshot;
+pub mod suggest;
 pub mod tryon;
 pub mod understand;
 
@@ -108,6 +111,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     }
     .with_log(log)
     .with_embedder(embedder);
+    // Suggestions answer from a built set from the first call on.
+    svc.suggestions.build(&svc.snapshot.load());
     match store::load_running(&svc.store).await {
         Ok(e) => svc.experiments.set(e),
         Err(e) => {

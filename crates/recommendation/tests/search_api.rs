@@ -179,3 +179,88 @@ async fn bad_input_is_refused_naming_the_field() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("words"), "{}", e.message());
 }
+
+#[tokio::test]
+async fn similar_frames_are_near_by_meaning_never_the_frame_and_hold_the_filter() {
+    let svc = service(true).await;
+    let of = "frm-00003".to_string();
+    let r = svc
+        .similar_products(Request::new(pb::SimilarProductsRequest {
+            product_id: of.clone(),
+            limit: 8,
+            ..Default::default()
+        }))
+        .await
+        .expect("similar")
+        .into_inner();
+    assert_eq!(r.hits.len(), 8);
+    assert!(r.hits.iter().all(|h| product(h).id != of));
+    assert!(
+        r.hits.iter().all(|h| h.why.expect("why").similarity > 0.3),
+        "{:?}",
+        r.hits[7].why
+    );
+    assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    let metal = svc
+        .similar_products(Request::new(pb::SimilarProductsRequest {
+            product_id: of.clone(),
+            filter: Some(pb::ProductFilter {
+                materials: vec![Material::Metal.code() as i32],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("similar")
+        .into_inner();
+    assert!(!metal.hits.is_empty());
+    assert!(
+        metal
+            .hits
+            .iter()
+            .all(|h| product(h).material == Material::Metal.code() as i32)
+    );
+    let e = svc
+        .similar_products(Request::new(pb::SimilarProductsRequest {
+            product_id: "nope".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = svc
+        .similar_products(Request::new(pb::SimilarProductsRequest {
+            product_id: of,
+            limit: 10_000,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("too many");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("limit:"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn suggestions_complete_a_prefix_and_refuse_a_long_one() {
+    let svc = service(false).await;
+    let r = svc
+        .suggest_queries(Request::new(pb::SuggestQueriesRequest {
+            prefix: "Ray".into(),
+            limit: 4,
+        }))
+        .await
+        .expect("suggestions")
+        .into_inner();
+    assert_eq!(r.suggestions[0].text, "ray-ban");
+    assert_eq!(r.suggestions[0].kind, "brand");
+    assert!(r.suggestions.len() <= 4);
+    let e = svc
+        .suggest_queries(Request::new(pb::SuggestQueriesRequest {
+            prefix: "x".repeat(65),
+            limit: 0,
+        }))
+        .await
+        .expect_err("too long");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("prefix:"), "{}", e.message());
+}

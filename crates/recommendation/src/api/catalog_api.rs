@@ -112,6 +112,7 @@ impl CatalogApi for Service {
         req: Request<pb::SearchProductsRequest>,
     ) -> Result<Response<pb::SearchProductsResponse>, Status> {
         let req = req.into_inner();
+        let query = req.query.clone();
         let mode = match pb::SearchMode::try_from(req.mode) {
             Ok(pb::SearchMode::Unspecified | pb::SearchMode::Hybrid) => search::Mode::Hybrid,
             Ok(pb::SearchMode::Lexical) => search::Mode::Lexical,
@@ -215,7 +216,95 @@ impl CatalogApi for Service {
             .await?;
         let resp = pb::SearchProductsResponse::decode(payload)
             .map_err(|e| Status::internal(format!("cached search unreadable: {e}")))?;
+        if !resp.hits.is_empty() && !query.is_empty() {
+            self.suggestions.record(&query);
+        }
         Ok(Response::new(resp))
+    }
+
+    async fn similar_products(
+        &self,
+        req: Request<pb::SimilarProductsRequest>,
+    ) -> Result<Response<pb::SimilarProductsResponse>, Status> {
+        let req = req.into_inner();
+        check_product_id("product_id", &req.product_id)?;
+        let limit = match req.limit as usize {
+            0 => crate::similar::DEFAULT_LIMIT,
+            n if n > crate::similar::MAX_LIMIT => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: {n} is over the maximum of {}",
+                    crate::similar::MAX_LIMIT
+                )));
+            }
+            n => n,
+        };
+        let catalog = self.snapshot.load();
+        let filter = rank::Filter::compile(&catalog, req.filter.as_ref()).map_err(Status::from)?;
+        let Some(&of) = catalog.by_id.get(req.product_id.as_str()) else {
+            return Err(Status::not_found(format!(
+                "product_id: no product {:?}",
+                req.product_id
+            )));
+        };
+        let found = if catalog.frames.len() > search::LARGE_SEMANTIC {
+            let c = catalog.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::similar::similar(&c, of as usize, &filter, req.include_out_of_stock, limit)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("similar task failed: {e}")))?
+        } else {
+            crate::similar::similar(
+                &catalog,
+                of as usize,
+                &filter,
+                req.include_out_of_stock,
+                limit,
+            )
+        };
+        Ok(Response::new(pb::SimilarProductsResponse {
+            hits: found
+                .into_iter()
+                .map(|s| pb::SearchHit {
+                    product: Some(catalog.frames[s.row].to_proto()),
+                    score: s.score,
+                    why: Some(pb::HitReason {
+                        similarity: s.similarity,
+                        ..Default::default()
+                    }),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn suggest_queries(
+        &self,
+        req: Request<pb::SuggestQueriesRequest>,
+    ) -> Result<Response<pb::SuggestQueriesResponse>, Status> {
+        let req = req.into_inner();
+        if req.prefix.len() > crate::suggest::MAX_PREFIX {
+            return Err(Status::invalid_argument(format!(
+                "prefix: {} bytes is over the maximum of {}",
+                req.prefix.len(),
+                crate::suggest::MAX_PREFIX
+            )));
+        }
+        let limit = match req.limit as usize {
+            0 => crate::suggest::DEFAULT_LIMIT,
+            n => n.min(crate::suggest::MAX_LIMIT),
+        };
+        let catalog = self.snapshot.load();
+        let set = self.suggestions.get(&catalog);
+        Ok(Response::new(pb::SuggestQueriesResponse {
+            suggestions: set
+                .suggest(&req.prefix, limit)
+                .into_iter()
+                .map(|(text, kind)| pb::QuerySuggestion {
+                    text: text.to_string(),
+                    kind: kind.name().to_string(),
+                })
+                .collect(),
+        }))
     }
 }
 

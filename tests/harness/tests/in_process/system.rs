@@ -215,6 +215,34 @@ async fn recommendation_on_mongo_serves_through_gateway() {
                 .contains("aviator")
     }));
 
+    // "More like this" and suggestions go through the gateway too (this
+    // server has no text model: similarity by attributes).
+    let like = c
+        .similar_products(pb::SimilarProductsRequest {
+            product_id: resp.hits[0].product.as_ref().unwrap().id.clone(),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("similar through gateway")
+        .into_inner();
+    assert_eq!(like.hits.len(), 5);
+    let suggested = c
+        .suggest_queries(pb::SuggestQueriesRequest {
+            prefix: "avi".into(),
+            limit: 3,
+        })
+        .await
+        .expect("suggestions through gateway")
+        .into_inner();
+    assert_eq!(suggested.suggestions[0].text, "aviator");
+    let mut anonymous = client(gw.addr, "not-a-key").await;
+    let refused = anonymous
+        .suggest_queries(pb::SuggestQueriesRequest::default())
+        .await
+        .expect_err("no key");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
     // The catalogue and the spec's indexes really are in the database.
     let store = discovery_kit::store::mongo::MongoStore::connect(
         &discovery_kit::store::mongo::MongoConfig::for_tests(&mongo.uri(), &db),
