@@ -195,6 +195,40 @@ fn unreachable(config: &MongoConfig, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl MongoStore {
+    /// One unordered `update` command of `updates` under the workload's
+    /// write concern; any write error fails it, naming the first.
+    async fn update(
+        &self,
+        op: &'static str,
+        collection: &str,
+        updates: Vec<Bson>,
+    ) -> Result<Document, StoreError> {
+        let n = updates.len();
+        let reply = self
+            .db
+            .run_command(doc! {
+                "update": collection,
+                "updates": updates,
+                "ordered": false,
+                "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
+            })
+            .await
+            .map_err(|e| driver(op, collection, e))?;
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(write_concern(op, collection, wce));
+        }
+        if let Ok(errs) = reply.get_array("writeErrors")
+            && let Some(first) = errs.first()
+        {
+            return Err(StoreError::db(
+                op,
+                collection,
+                format!("{} of {n} writes failed; first: {first:?}", errs.len()),
+            ));
+        }
+        Ok(reply)
+    }
+
     /// One guarded `update` command over `docs` (see `bulk_upsert_newer`).
     async fn update_newer(
         &self,
@@ -489,29 +523,7 @@ impl DocumentStore for MongoStore {
                 doc! {"q": {"_id": id}, "u": d, "upsert": true, "multi": false},
             ));
         }
-        let n = updates.len() as u64;
-        let reply = self
-            .db
-            .run_command(doc! {
-                "update": collection,
-                "updates": updates,
-                "ordered": false,
-                "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
-            })
-            .await
-            .map_err(|e| driver("bulk_upsert", collection, e))?;
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(write_concern("bulk_upsert", collection, wce));
-        }
-        if let Ok(errs) = reply.get_array("writeErrors")
-            && !errs.is_empty()
-        {
-            return Err(StoreError::db(
-                "bulk_upsert",
-                collection,
-                format!("{} of {n} writes failed; first: {:?}", errs.len(), errs[0]),
-            ));
-        }
+        let reply = self.update("bulk_upsert", collection, updates).await?;
         let upserted = reply
             .get_array("upserted")
             .map(|a| a.len() as u64)
@@ -566,30 +578,11 @@ impl DocumentStore for MongoStore {
         for s in sets {
             let mut q = doc! {"_id": s.id};
             q.insert(s.guard, s.expected);
-            updates.push(doc! {"q": q, "u": {"$set": s.fields}, "upsert": false, "multi": false});
-        }
-        let reply = self
-            .db
-            .run_command(doc! {
-                "update": collection,
-                "updates": updates,
-                "ordered": false,
-                "writeConcern": {"w": "majority", "j": true, "wtimeout": 5000},
-            })
-            .await
-            .map_err(|e| driver("bulk_set_if", collection, e))?;
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(write_concern("bulk_set_if", collection, wce));
-        }
-        if let Ok(errs) = reply.get_array("writeErrors")
-            && let Some(first) = errs.first()
-        {
-            return Err(StoreError::db(
-                "bulk_set_if",
-                collection,
-                format!("{} updates failed; first: {first:?}", errs.len()),
+            updates.push(Bson::Document(
+                doc! {"q": q, "u": {"$set": s.fields}, "upsert": false, "multi": false},
             ));
         }
+        let reply = self.update("bulk_set_if", collection, updates).await?;
         Ok(as_u64(reply.get("n")))
     }
 
