@@ -2426,3 +2426,350 @@ fn counter(metrics: std::net::SocketAddr, series: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
+
+/// A catalogue for the conversation: 128 frames over four shapes, colours,
+/// materials, styles (with what each style is for in its description),
+/// prices from 60 to 299 and widths from 126 to 151 mm.
+fn conversation_catalogue() -> String {
+    let shapes = ["round", "aviator", "cat-eye", "rectangle"];
+    let colors = ["Black", "Tortoise", "Red", "Gold"];
+    let materials = ["acetate", "metal", "titanium"];
+    let styles = [
+        (
+            "Bold",
+            "A daring statement frame for parties, galas and weddings",
+        ),
+        ("Classic", "A timeless everyday frame for the office"),
+        ("Sport", "A grippy frame for running, cycling and hiking"),
+        ("Minimal", "An understated, featherweight frame for all day"),
+    ];
+    let mut body = String::new();
+    for i in 0..128usize {
+        let (style, about) = styles[(i / 16) % 4];
+        body.push_str(&format!(
+            concat!(
+                r#"{{"id": {id}, "title": "{style} {shape} {id}", "vendor": "{vendor}", "body_html": "{about}", "tags": "shape:{shape}, material:{material}, size:50-20-145, width:{width}","#,
+                r#" "updated_at": "2026-03-01T00:00:00Z", "variants": [{{"sku": "CV-{id}", "price": "{price}.00", "option1": "{color}", "inventory_quantity": 4}}]}}"#,
+                "\n"
+            ),
+            id = 1000 + i,
+            style = style,
+            shape = shapes[i % 4],
+            vendor = ["Lumen", "Optica"][i % 2],
+            about = about,
+            material = materials[i % 3],
+            width = 126 + (i * 7) % 26,
+            price = 60 + (i * 37) % 240,
+            color = colors[(i / 4) % 4],
+        ));
+    }
+    body
+}
+
+/// One turn's three events, in order.
+struct Turn {
+    interpretation: pb::ConverseInterpretation,
+    results: pb::SearchProductsResponse,
+    reply: String,
+}
+
+async fn turn(
+    g: &mut Client,
+    session: &str,
+    utterance: &str,
+    face: f32,
+) -> Result<Turn, tonic::Status> {
+    use pb::converse_event::Event;
+    let mut stream = g
+        .converse(pb::ConverseRequest {
+            session_id: session.into(),
+            utterance: utterance.into(),
+            face: (face > 0.0).then(|| pb::FaceContext {
+                face_width_mm: face,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(e) = stream.message().await? {
+        events.push(e.event.expect("an event"));
+    }
+    match <[Event; 3]>::try_from(events) {
+        Ok([Event::Interpretation(i), Event::Results(r), Event::Reply(t)]) => Ok(Turn {
+            interpretation: i,
+            results: r,
+            reply: t,
+        }),
+        Ok(other) => panic!("{utterance:?}: events out of order: {other:?}"),
+        Err(v) => panic!("{utterance:?}: {} events, not 3: {v:?}", v.len()),
+    }
+}
+
+fn products(r: &pb::SearchProductsResponse) -> Vec<&pb::Product> {
+    r.hits.iter().filter_map(|h| h.product.as_ref()).collect()
+}
+
+fn price_of(p: &pb::Product) -> i64 {
+    p.price.as_ref().map_or(0, |m| m.amount_minor)
+}
+
+/// A scripted 20-turn conversation through the gateway, on the chart's
+/// topology with the text model: searches, refinements ("cheaper", "in
+/// black", "bigger"), comparisons and fit questions about what was shown,
+/// each checked against the catalogue; and the refusals: an empty and a
+/// 10 KB utterance, a turn that refers to an unknown session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scripted_conversation_refines_compares_and_answers() {
+    use pb::ConverseIntent as I;
+    let replicas = [("gateway", 1), ("recommendation", 2), ("sync", 1)];
+    let run = Running::start_images(&replicas, &["env.DISCOVERY_LIMITS=off"], &[], true).await;
+    let gateway = run.cluster.pods[run.cluster.of("gateway")[0]].addr("grpc");
+    let mut g = client(gateway, &run.key).await;
+    let (job, _) = ingest_until_done(&mut g, records_feed(conversation_catalogue())).await;
+    assert_eq!(job.upserted, 128);
+    // Wait until the embeddings are in (a search by meaning finds a Sport frame).
+    let embedded = discovery_harness::eventually(Duration::from_secs(120), async || {
+        let Ok(r) = g
+            .search_products(pb::SearchProductsRequest {
+                query: "something for jogging".into(),
+                mode: pb::SearchMode::Semantic as i32,
+                ..Default::default()
+            })
+            .await
+        else {
+            return false;
+        };
+        products(r.get_ref())
+            .first()
+            .is_some_and(|p| p.name.starts_with("Sport"))
+    })
+    .await;
+    assert!(embedded, "embedded and delivered");
+
+    let s = "chat-1";
+    let mut turns = 0;
+    let mut say = async |g: &mut Client, utterance: &str, face: f32, want: I| {
+        let t = turn(g, s, utterance, face)
+            .await
+            .unwrap_or_else(|e| panic!("{utterance:?}: {e}"));
+        assert_eq!(
+            t.interpretation.intent, want as i32,
+            "{utterance:?} understood as {:?}",
+            t.interpretation
+        );
+        turns += 1;
+        println!(
+            "{turns:>2} {utterance:<45} -> {:?} {:?}: {}",
+            want, t.interpretation.query, t.reply
+        );
+        t
+    };
+    // 1. A new search.
+    let t = say(&mut g, "show me round glasses", 0.0, I::NewSearch).await;
+    assert!(!t.results.hits.is_empty());
+    assert!(
+        products(&t.results)
+            .iter()
+            .all(|p| p.shape == pb::FrameShape::Round as i32)
+    );
+    assert!(t.reply.starts_with("I found"), "{}", t.reply);
+    let median = {
+        let mut p: Vec<i64> = products(&t.results).iter().map(|p| price_of(p)).collect();
+        p.sort();
+        p[p.len() / 2]
+    };
+    // 2. Cheaper: under 80 % of the median shown, still round.
+    let t = say(&mut g, "show me cheaper ones", 0.0, I::Refine).await;
+    assert!(
+        t.interpretation
+            .understood
+            .iter()
+            .any(|c| c.kind == "price")
+    );
+    assert!(!t.results.hits.is_empty());
+    for p in products(&t.results) {
+        assert!(
+            price_of(p) * 10 <= median * 8 + 100,
+            "{} at {} after a median of {median}",
+            p.name,
+            price_of(p)
+        );
+        assert_eq!(p.shape, pb::FrameShape::Round as i32);
+    }
+    // 3. In black: the colour added, the rest kept.
+    let t = say(&mut g, "in black", 0.0, I::Refine).await;
+    assert!(
+        t.interpretation
+            .understood
+            .iter()
+            .any(|c| c.kind == "color")
+    );
+    for p in products(&t.results) {
+        assert!(p.variants.iter().any(|v| v.color == "Black"), "{}", p.name);
+        assert_eq!(p.shape, pb::FrameShape::Round as i32);
+    }
+    let shown: Vec<String> = products(&t.results).iter().map(|p| p.id.clone()).collect();
+    // 4. Compare the first two shown.
+    let (a, b) = if shown.len() >= 2 {
+        let t = say(&mut g, "compare the first and the second", 0.0, I::Compare).await;
+        assert_eq!(t.interpretation.product_ids, shown[..2].to_vec());
+        assert_eq!(t.results.hits.len(), 2);
+        let names: Vec<String> = products(&t.results)
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        assert!(
+            t.reply.contains(&names[0]) && t.reply.contains(&names[1]),
+            "{}",
+            t.reply
+        );
+        (names[0].clone(), names[1].clone())
+    } else {
+        panic!("turn 3 showed {} frames", shown.len())
+    };
+    // 5. Fit of the second, with the face's width.
+    let t = say(&mut g, "does the second one fit my face", 136.0, I::AskFit).await;
+    assert_eq!(t.interpretation.product_ids, vec![shown[1].clone()]);
+    assert!(
+        t.reply.contains(&b) && t.reply.contains("136 mm face"),
+        "{}",
+        t.reply
+    );
+    // 6. Fit without a face width: asks for one.
+    let t = say(&mut g, "will the first one fit me", 0.0, I::AskFit).await;
+    assert!(
+        t.reply.contains(&a) && t.reply.contains("Analyse a photo"),
+        "{}",
+        t.reply
+    );
+    // 7. Bigger: a size chip, the query keeps round and black.
+    let t = say(&mut g, "bigger please", 0.0, I::Refine).await;
+    assert!(t.interpretation.understood.iter().any(|c| c.kind == "size"));
+    assert!(
+        t.interpretation
+            .understood
+            .iter()
+            .any(|c| c.kind == "color")
+    );
+    // 8. A new search by meaning replaces the query.
+    let t = say(
+        &mut g,
+        "find me something bold for a wedding",
+        0.0,
+        I::NewSearch,
+    )
+    .await;
+    assert!(!t.interpretation.query.contains("black"));
+    assert!(
+        products(&t.results)[0].name.starts_with("Bold"),
+        "{:?}",
+        products(&t.results)[0].name
+    );
+    // 9. Refine by colour.
+    let t = say(&mut g, "do you have these in tortoise", 0.0, I::Refine).await;
+    for p in products(&t.results) {
+        assert!(
+            p.variants.iter().any(|v| v.color == "Tortoise"),
+            "{}",
+            p.name
+        );
+    }
+    // 10. Compare by numbers.
+    let shown: Vec<String> = products(&t.results).iter().map(|p| p.id.clone()).collect();
+    if shown.len() >= 3 {
+        let t = say(&mut g, "compare 1 and 3", 0.0, I::Compare).await;
+        assert_eq!(
+            t.interpretation.product_ids,
+            vec![shown[0].clone(), shown[2].clone()]
+        );
+    } else {
+        let t = say(&mut g, "compare these two", 0.0, I::Compare).await;
+        assert_eq!(t.interpretation.product_ids.len(), 2);
+    }
+    // 11. Too wide? With a narrow face.
+    let t = say(&mut g, "is the first one too wide for me", 124.0, I::AskFit).await;
+    assert!(t.reply.contains("124 mm face"), "{}", t.reply);
+    // 12. Another new search.
+    let t = say(
+        &mut g,
+        "I am looking for titanium aviators",
+        0.0,
+        I::NewSearch,
+    )
+    .await;
+    for p in products(&t.results) {
+        assert_eq!(p.shape, pb::FrameShape::Aviator as i32);
+        assert_eq!(p.material, pb::FrameMaterial::Titanium as i32);
+    }
+    // 13. A price bound in words.
+    let t = say(&mut g, "something less expensive", 0.0, I::Refine).await;
+    assert!(
+        t.interpretation
+            .understood
+            .iter()
+            .any(|c| c.kind == "price")
+    );
+    // 14. Not in red.
+    let t = say(&mut g, "without the red ones", 0.0, I::Refine).await;
+    for p in products(&t.results) {
+        assert!(!p.variants.iter().any(|v| v.color == "Red"), "{}", p.name);
+    }
+    // 15. Fit of "it" (the first shown).
+    let t = say(&mut g, "does it fit me", 140.0, I::AskFit).await;
+    assert_eq!(t.interpretation.product_ids.len(), 1);
+    // 16-18. A new search and two refinements in a row.
+    say(
+        &mut g,
+        "show me sporty frames for running",
+        0.0,
+        I::NewSearch,
+    )
+    .await;
+    let t = say(&mut g, "in gold", 0.0, I::Refine).await;
+    for p in products(&t.results) {
+        assert!(p.variants.iter().any(|v| v.color == "Gold"), "{}", p.name);
+    }
+    let t = say(&mut g, "a bit smaller", 0.0, I::Refine).await;
+    assert!(
+        t.interpretation
+            .understood
+            .iter()
+            .any(|c| c.kind == "color"),
+        "gold kept"
+    );
+    // 19. Compare the first and the last.
+    let t = say(&mut g, "compare the first and the last", 0.0, I::Compare).await;
+    assert_eq!(t.results.hits.len(), 2);
+    // 20. Start over.
+    let t = say(&mut g, "start over with cat eye frames", 0.0, I::NewSearch).await;
+    for p in products(&t.results) {
+        assert_eq!(p.shape, pb::FrameShape::CatEye as i32);
+    }
+    assert_eq!(turns, 20);
+    // The session keeps the conversation (30 minutes sliding).
+    let session = g
+        .get_session(pb::GetSessionRequest {
+            session_id: s.into(),
+        })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("a session");
+    assert_eq!(session.conversation.expect("a conversation").turns, 20);
+
+    // Bad input gets a clear status.
+    let refused = |r: Result<Turn, tonic::Status>| r.err().expect("refused");
+    let e = refused(turn(&mut g, s, "   ", 0.0).await);
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("utterance:"), "{}", e.message());
+    let e = refused(turn(&mut g, s, &"glasses ".repeat(1280), 0.0).await);
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("over the maximum"), "{}", e.message());
+    let e = refused(turn(&mut g, "never-started", "compare the first two", 0.0).await);
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().starts_with("session_id:"), "{}", e.message());
+    let e = refused(turn(&mut g, "bad id!", "round glasses", 0.0).await);
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}

@@ -66,6 +66,9 @@ pub struct Service {
     pub(crate) lexicons: Arc<crate::understand::Lexicons>,
     /// Search suggestions and the popular searches they learn from.
     pub(crate) suggestions: Arc<crate::suggest::Suggestions>,
+    /// The conversational intents' labelled examples, embedded (`None`
+    /// without the model: rules alone decide).
+    pub(crate) intents: Option<Arc<crate::converse::Examples>>,
 }
 
 /// Default of `DISCOVERY_INTERACTIONS_PER_MINUTE`: two a second on average
@@ -229,12 +232,25 @@ impl Service {
             embedder: None,
             lexicons: Arc::default(),
             suggestions: Arc::default(),
+            intents: None,
         }
     }
 
     /// The same service matching search text by meaning with `embedder`.
+    /// (Embeds the conversational intents' examples: a few hundred
+    /// milliseconds of one core, once.)
     pub fn with_embedder(self, embedder: Option<Arc<discovery_embed::Embedder>>) -> Self {
-        Self { embedder, ..self }
+        let intents = embedder.as_ref().and_then(|e| {
+            crate::converse::Examples::embed(e)
+                .map_err(|e| tracing::warn!(error = %e, "intent examples not embedded; rules alone decide"))
+                .ok()
+                .map(Arc::new)
+        });
+        Self {
+            embedder,
+            intents,
+            ..self
+        }
     }
 
     /// The same service logging impressions and outcomes through `log`.
@@ -690,6 +706,7 @@ mod journey;
 
 mod catalog_api;
 pub use catalog_api::warm_requests;
+mod converse_api;
 
 mod validate;
 pub use validate::MAX_PRODUCT_ID;

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod config;
+pub mod converse;
 pub mod convert;
 pub mod error;
 pub mod kinds;

@@ -222,6 +222,15 @@ impl CatalogApi for Service {
         Ok(Response::new(resp))
     }
 
+    type ConverseStream = super::converse_api::ConverseStream;
+
+    async fn converse(
+        &self,
+        req: Request<pb::ConverseRequest>,
+    ) -> Result<Response<Self::ConverseStream>, Status> {
+        self.converse_turn(req).await.map(Response::new)
+    }
+
     async fn similar_products(
         &self,
         req: Request<pb::SimilarProductsRequest>,
@@ -312,7 +321,7 @@ impl Service {
     /// The embedding of a query's text: from the cache (2 h, by text
     /// hash), else computed on a blocking thread and cached. `Err` is the
     /// note a response carries when there is none (no model, or it failed).
-    async fn query_vector(&self, text: &str) -> Result<Arc<Vec<f32>>, &'static str> {
+    pub(super) async fn query_vector(&self, text: &str) -> Result<Arc<Vec<f32>>, &'static str> {
         let Some(embedder) = self.embedder.clone() else {
             return Err(NO_TEXT_MODEL);
         };
