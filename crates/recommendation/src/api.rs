@@ -173,7 +173,17 @@ pub fn compute_recommend(
     req: &pb::RecommendRequest,
     ranking: rank::Ranking,
 ) -> Result<(pb::RecommendResponse, Vec<usize>), RankError> {
-    let (page, total, q) = rank::recommend(catalog, req, ranking)?;
+    compute_recommend_with(catalog, req, ranking, None)
+}
+
+/// [`compute_recommend`] with what the request's free text adds.
+pub fn compute_recommend_with(
+    catalog: &Catalog,
+    req: &pb::RecommendRequest,
+    ranking: rank::Ranking,
+    text: Option<&rank::Text>,
+) -> Result<(pb::RecommendResponse, Vec<usize>), RankError> {
+    let (page, total, q) = rank::recommend_with(catalog, req, ranking, text)?;
     let rows: Vec<usize> = page.iter().map(|s| s.row).collect();
     let token = rank::next_token(q.offset, page.len(), total);
     let resp = pb::RecommendResponse {
@@ -253,6 +263,37 @@ impl Service {
         }
     }
 
+    /// What a Recommend request's free text adds (`None` without text).
+    async fn recommend_text(&self, text: &str) -> Result<Option<Arc<rank::Text>>, Status> {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        if text.len() > search::MAX_QUERY {
+            return Err(Status::invalid_argument(format!(
+                "text: {} bytes is over the maximum of {}",
+                text.len(),
+                search::MAX_QUERY
+            )));
+        }
+        let catalog = self.snapshot.load();
+        let u = understand::understand(&self.lexicons.get(&catalog), text);
+        let vector = if u.rest.trim().is_empty() {
+            None
+        } else {
+            self.query_vector(&u.rest)
+                .await
+                .ok()
+                .map(|v| Arc::new(discovery_embed::quant::Query::new(&v)))
+        };
+        Ok(Some(Arc::new(rank::Text {
+            wanted: u.wanted,
+            face_shape: u.face_shape,
+            size: u.size,
+            vector,
+            rest: u.rest,
+        })))
+    }
+
     /// The same service logging impressions and outcomes through `log`.
     pub fn with_log(self, log: crate::impressions::Log) -> Self {
         Self {
@@ -296,11 +337,12 @@ impl Service {
         drop(catalog);
         let entry = page_inputs(req.filter.as_ref(), false);
         let placement = std::mem::take(&mut req.placement);
+        let text = self.recommend_text(&req.text).await?;
         let r = req.clone();
         let ranking = assignment.ranking;
         let page = self
             .cached(&kinds::RECOMMENDATIONS, key, entry, false, move |catalog| {
-                let (resp, rows) = compute_recommend(catalog, &r, ranking)?;
+                let (resp, rows) = compute_recommend_with(catalog, &r, ranking, text.as_deref())?;
                 let tags = recommend_tags(catalog, &rows, &r);
                 Ok((resp.encode_to_vec(), rows, tags))
             })

@@ -276,6 +276,48 @@ pub struct Query {
     pub size: usize,
     /// Weights and diversity (a ranking variant's; the default otherwise).
     pub ranking: Ranking,
+    /// The meaning of the request's text ([`Text`]): each frame's
+    /// similarity to it adds to the preference part.
+    semantic: Option<std::sync::Arc<discovery_embed::quant::Query>>,
+    /// The words it was made from (for the reasons).
+    semantic_words: String,
+}
+
+/// What a request's free text (`RecommendRequest.text`) adds to the
+/// ranking, read by [`crate::understand`] and the search's model.
+#[derive(Debug, Clone, Default)]
+pub struct Text {
+    /// Hard constraints read from it.
+    pub wanted: crate::understand::Wanted,
+    /// The face's shape it named (catalogue name), for a request with none.
+    pub face_shape: Option<&'static str>,
+    /// The size it named, for a request with no face width.
+    pub size: Option<crate::understand::Size>,
+    /// The meaning of its other words (`None`: no model, or no words left).
+    pub vector: Option<std::sync::Arc<discovery_embed::quant::Query>>,
+    /// Those words.
+    pub rest: String,
+}
+
+impl Query {
+    /// This query with what `text` adds: the filter narrowed, the face
+    /// filled where the request left it empty, the meaning as a preference.
+    pub fn with_text(mut self, catalog: &Catalog, text: &Text) -> Self {
+        self.filter = self.filter.narrow(catalog, &text.wanted);
+        if self.shape.is_none() {
+            self.shape = text
+                .face_shape
+                .and_then(|n| FACE_SHAPES.iter().position(|s| *s == n));
+        }
+        if self.face_width <= 0.0
+            && let Some(size) = text.size
+        {
+            self.face_width = size.face_width_mm();
+        }
+        self.semantic = text.vector.clone();
+        self.semantic_words = text.rest.clone();
+        self
+    }
 }
 
 /// How a ranking variant scores and diversifies: the default is the table
@@ -361,6 +403,8 @@ impl Query {
             offset,
             size,
             ranking: Ranking::default(),
+            semantic: None,
+            semantic_words: String::new(),
         })
     }
 
@@ -486,6 +530,11 @@ fn top(catalog: &Catalog, q: &Query, limit: usize) -> (Vec<(f32, u32)>, usize) {
                 *b += *m as f32 * pref_scale;
             }
         }
+        if let Some(v) = &q.semantic {
+            for (j, b) in base.iter_mut().enumerate() {
+                *b += w[2] * x.vectors.score(v, start + j).max(0.0);
+            }
+        }
         // Personal signal and the heap, row by row.
         for (j, &b) in base.iter().enumerate() {
             let i = start + j;
@@ -597,7 +646,20 @@ pub fn recommend(
     req: &pb::RecommendRequest,
     ranking: Ranking,
 ) -> Result<(Vec<Scored>, usize, Query), RankError> {
+    recommend_with(catalog, req, ranking, None)
+}
+
+/// [`recommend`] with what the request's free text adds.
+pub fn recommend_with(
+    catalog: &Catalog,
+    req: &pb::RecommendRequest,
+    ranking: Ranking,
+    text: Option<&Text>,
+) -> Result<(Vec<Scored>, usize, Query), RankError> {
     let mut q = Query::compile(catalog, req)?;
+    if let Some(t) = text {
+        q = q.with_text(catalog, t);
+    }
     q.ranking = ranking;
     let (rows, total) = ranked(catalog, &q, q.offset + q.size);
     let page = rows
@@ -650,6 +712,13 @@ fn explain(catalog: &Catalog, q: &Query, i: usize, score: f32) -> Scored {
     if collab >= 0.5 {
         reasons.push("shoppers with similar taste chose it".into());
     }
+    let text_match = q
+        .semantic
+        .as_ref()
+        .map_or(0.0, |v| x.vectors.score(v, i).max(0.0));
+    if text_match >= 0.4 {
+        reasons.push(format!("matches \"{}\"", q.semantic_words));
+    }
     if p[3] > 0.7 {
         reasons.push("popular right now".into());
     }
@@ -677,6 +746,7 @@ fn explain(catalog: &Catalog, q: &Query, i: usize, score: f32) -> Scored {
             preference: pref,
             popularity: p[3],
             collaborative: collab,
+            text_match,
         },
         reasons,
     }

@@ -264,3 +264,68 @@ async fn suggestions_complete_a_prefix_and_refuse_a_long_one() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("prefix:"), "{}", e.message());
 }
+
+/// `Recommend` reads free text as search does: the understood parts narrow
+/// the filter and fill the face, the rest's meaning ranks frames whose text
+/// is like it higher (`breakdown.text_match`).
+#[tokio::test]
+async fn recommend_reads_the_shoppers_words() {
+    use discovery_recommendation::fast::Reply;
+    use discovery_recommendation::server::recommendation_server::Recommendation as _;
+    use prost::Message as _;
+    let svc = service(true).await;
+    let ask = |text: &str| pb::RecommendRequest {
+        text: text.into(),
+        page: Some(pb::PageRequest {
+            page_size: 10,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let decode = |r: Reply| match r {
+        Reply::Message(m) => m,
+        Reply::Encoded(b, _) => pb::RecommendResponse::decode(b).expect("a response"),
+    };
+    let r = decode(
+        svc.recommend(Request::new(ask(
+            "metal glasses under $250 for a wide face, something bold for a party",
+        )))
+        .await
+        .expect("recommend")
+        .into_inner(),
+    );
+    assert!(!r.items.is_empty());
+    for item in &r.items {
+        let p = item.product.as_ref().expect("a product");
+        assert_eq!(p.material, Material::Metal.code() as i32, "{}", p.name);
+        assert!(p.price.as_ref().expect("a price").amount_minor <= 25_000);
+    }
+    let top = r.items[0].breakdown.expect("a breakdown");
+    assert!(top.text_match > 0.1, "{top:?}");
+    // The wide face filled in: the fit part is measured, not the 0.5 of "unknown".
+    assert_ne!(top.fit, 0.5);
+    // The same request without the words ranks differently.
+    let plain = decode(
+        svc.recommend(Request::new(ask("metal glasses under $250")))
+            .await
+            .expect("recommend")
+            .into_inner(),
+    );
+    assert_eq!(
+        plain.items[0].breakdown.expect("a breakdown").text_match,
+        0.0
+    );
+    let ids = |r: &pb::RecommendResponse| -> Vec<String> {
+        r.items
+            .iter()
+            .filter_map(|i| i.product.as_ref().map(|p| p.id.clone()))
+            .collect()
+    };
+    assert_ne!(ids(&r), ids(&plain), "the words change the order");
+    let e = svc
+        .recommend(Request::new(ask(&"x".repeat(300))))
+        .await
+        .expect_err("too long");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("text:"), "{}", e.message());
+}
