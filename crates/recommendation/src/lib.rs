@@ -112,8 +112,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Servic
     }
     .with_log(log)
     .with_embedder(embedder);
-    // Suggestions answer from a built set from the first call on.
+    // Suggestions and query understanding answer from built sets from the
+    // first call on.
     svc.suggestions.build(&svc.snapshot.load());
+    svc.lexicons.build(&svc.snapshot.load());
     match store::load_running(&svc.store).await {
         Ok(e) => svc.experiments.set(e),
         Err(e) => {

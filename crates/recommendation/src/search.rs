@@ -17,8 +17,6 @@
 //! and a query whose scan is large ([`is_large`]) runs on a blocking
 //! thread, not on the async threads that serve every other call.
 
-use std::collections::BTreeMap;
-
 use discovery_proto::v1 as pb;
 
 use crate::rank::{Filter, RankError, page};
@@ -206,14 +204,26 @@ pub fn run(
     offset: usize,
     size: usize,
 ) -> Results {
-    use crate::semantic::{VECTOR_CANDIDATES, Why, fuse, semantic};
+    use crate::semantic::{VECTOR_CANDIDATES, Why, fuse, semantic_where};
     let mode = match q.vector {
         Some(_) if !q.words.is_empty() => q.mode,
         _ => Mode::Lexical,
     };
+    // The filter once per query, a block at a time over the columns;
+    // both lists read the result.
+    let passing: Option<Vec<bool>> = q.filter.is_active().then(|| {
+        let n = catalog.frames.len();
+        let mut ok = vec![true; n];
+        for start in (0..n).step_by(4096) {
+            let end = (start + 4096).min(n);
+            q.filter.mask(catalog, start, &mut ok[start..end]);
+        }
+        ok
+    });
+    let pass = |i: usize| passing.as_ref().is_none_or(|p| p[i]);
     let (ranked, corrected): (Vec<(Hit, Why)>, Option<String>) = match (mode, q.vector) {
         (Mode::Semantic, Some(v)) => (
-            semantic(catalog, v, q.filter, VECTOR_CANDIDATES)
+            semantic_where(catalog, v, VECTOR_CANDIDATES, pass)
                 .into_iter()
                 .enumerate()
                 .map(|(rank, h)| {
@@ -228,12 +238,12 @@ pub fn run(
             None,
         ),
         (Mode::Hybrid, Some(v)) => {
-            let (lex, corrected) = lexical(catalog, q.words, q.filter);
-            let sem = semantic(catalog, v, q.filter, VECTOR_CANDIDATES);
+            let (lex, corrected) = lexical_where(catalog, q.words, pass);
+            let sem = semantic_where(catalog, v, VECTOR_CANDIDATES, pass);
             (fuse(&lex, &sem), corrected)
         }
         _ => {
-            let (lex, corrected) = lexical(catalog, q.words, q.filter);
+            let (lex, corrected) = lexical_where(catalog, q.words, pass);
             let ranked = lex
                 .into_iter()
                 .enumerate()
@@ -265,33 +275,78 @@ pub fn run(
     }
 }
 
-/// Facet counts over the rows matched.
+/// Facet counts over the rows matched: counted by the snapshot's column
+/// ids (no string per match), named at the end (a brand by its first
+/// matching frame's spelling).
 fn facets(catalog: &Catalog, rows: impl Iterator<Item = usize>) -> Vec<pb::Facet> {
-    let mut counts: [BTreeMap<String, u64>; 4] = Default::default();
+    const BANDS: [&str; 5] = ["0-50", "50-100", "100-200", "200-400", "400+"];
+    let x = &catalog.features;
+    // (count, first row) per brand id.
+    let mut brands: Vec<(u64, usize)> = vec![(0, 0); catalog.vocabs.brands.len()];
+    let mut shapes = [0u64; 32];
+    let mut materials = [0u64; 32];
+    let mut bands = [0u64; BANDS.len()];
     for i in rows {
-        let f = &catalog.frames[i];
-        *counts[0].entry(f.brand.clone()).or_default() += 1;
-        *counts[1].entry(f.shape.name().to_string()).or_default() += 1;
-        *counts[2].entry(f.material.name().to_string()).or_default() += 1;
-        *counts[3]
-            .entry(price_band(f.price).to_string())
-            .or_default() += 1;
-    }
-    ["brand", "shape", "material", "price_band"]
-        .into_iter()
-        .zip(counts)
-        .map(|(name, m)| {
-            let mut counts: Vec<pb::FacetCount> = m
-                .into_iter()
-                .map(|(value, count)| pb::FacetCount { value, count })
-                .collect();
-            counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
-            pb::Facet {
-                name: name.into(),
-                counts,
+        if let Some(b) = brands.get_mut(x.brand[i] as usize) {
+            if b.0 == 0 {
+                b.1 = i;
             }
-        })
-        .collect()
+            b.0 += 1;
+        }
+        shapes[x.shape[i] as usize & 31] += 1;
+        materials[x.material[i] as usize & 31] += 1;
+        let band = price_band(catalog.frames[i].price);
+        if let Some(k) = BANDS.iter().position(|b| *b == band) {
+            bands[k] += 1;
+        }
+    }
+    let facet = |name: &str, mut counts: Vec<pb::FacetCount>| {
+        counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+        pb::Facet {
+            name: name.into(),
+            counts,
+        }
+    };
+    let count = |value: String, count: u64| pb::FacetCount { value, count };
+    vec![
+        facet(
+            "brand",
+            brands
+                .iter()
+                .filter(|b| b.0 > 0)
+                .map(|&(n, row)| count(catalog.frames[row].brand.clone(), n))
+                .collect(),
+        ),
+        facet(
+            "shape",
+            (0..32)
+                .filter(|&c| shapes[c] > 0)
+                .filter_map(|c| {
+                    discovery_catalog::Shape::from_code(c as i32)
+                        .map(|s| count(s.name().to_string(), shapes[c]))
+                })
+                .collect(),
+        ),
+        facet(
+            "material",
+            (0..32)
+                .filter(|&c| materials[c] > 0)
+                .filter_map(|c| {
+                    discovery_catalog::Material::from_code(c as i32)
+                        .map(|m| count(m.name().to_string(), materials[c]))
+                })
+                .collect(),
+        ),
+        facet(
+            "price_band",
+            BANDS
+                .iter()
+                .zip(bands)
+                .filter(|(_, n)| *n > 0)
+                .map(|(b, n)| count(b.to_string(), n))
+                .collect(),
+        ),
+    ]
 }
 
 /// The facet band of a price in major units (whatever the currency's
@@ -375,6 +430,15 @@ pub fn lexical(
     qwords: &[String],
     filter: &Filter,
 ) -> (Vec<Hit>, Option<String>) {
+    lexical_where(catalog, qwords, |i| filter.passes(catalog, i))
+}
+
+/// [`lexical`] among the rows `pass` accepts.
+pub fn lexical_where(
+    catalog: &Catalog,
+    qwords: &[String],
+    pass: impl Fn(usize) -> bool,
+) -> (Vec<Hit>, Option<String>) {
     let mut expanded = Vec::with_capacity(qwords.len());
     let mut corrected = Vec::with_capacity(qwords.len());
     let mut any_correction = false;
@@ -388,7 +452,7 @@ pub fn lexical(
     let x = &catalog.features;
     let mut hits: Vec<Hit> = Vec::new();
     for i in 0..catalog.frames.len() {
-        if !filter.passes(catalog, i) {
+        if !pass(i) {
             continue;
         }
         let mut score = 0.0;

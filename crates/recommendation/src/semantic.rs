@@ -40,11 +40,18 @@ pub struct Why {
 /// The `k` frames most similar to the query embedding among those the
 /// filter passes, best first.
 pub fn semantic(catalog: &Catalog, query: &[f32], filter: &Filter, k: usize) -> Vec<Hit> {
+    semantic_where(catalog, query, k, |i| filter.passes(catalog, i))
+}
+
+/// [`semantic`] among the rows `pass` accepts.
+pub fn semantic_where(
+    catalog: &Catalog,
+    query: &[f32],
+    k: usize,
+    pass: impl Fn(usize) -> bool,
+) -> Vec<Hit> {
     let q = Query::new(query);
-    catalog
-        .features
-        .vectors
-        .nearest(&q, k, |i| filter.passes(catalog, i))
+    catalog.features.vectors.nearest(&q, k, pass)
 }
 
 /// The two lists fused by reciprocal rank, best first (ties by row), each

@@ -31,6 +31,8 @@
 //!   the ranking by price without a bound.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use discovery_catalog::{Currency, Material, Money, Shape};
 
@@ -263,20 +265,48 @@ impl Lexicon {
     }
 }
 
-/// The lexicon of the current snapshot, rebuilt when its version changes.
+/// A lexicon and the snapshot version it was built from.
+type Versioned = (i64, Arc<Lexicon>);
+
+/// The lexicon of the current snapshot. Building one reads every frame
+/// (25 ms at 100,000), so a call never waits for it once one is built:
+/// when the snapshot has changed, the call uses the last one and a rebuild
+/// runs on a blocking thread (a brand added by a feed is understood a
+/// moment later).
 #[derive(Debug, Default)]
-pub struct Lexicons(parking_lot::Mutex<Option<(i64, std::sync::Arc<Lexicon>)>>);
+pub struct Lexicons {
+    built: Arc<parking_lot::Mutex<Option<Versioned>>>,
+    rebuilding: Arc<AtomicBool>,
+}
 
 impl Lexicons {
-    /// The lexicon of `catalog`.
-    pub fn get(&self, catalog: &crate::snapshot::Catalog) -> std::sync::Arc<Lexicon> {
-        if let Some((v, l)) = &*self.0.lock()
-            && *v == catalog.version
-        {
-            return l.clone();
+    /// The lexicon of `catalog` (built here the first time).
+    pub fn get(&self, catalog: &Arc<crate::snapshot::Catalog>) -> Arc<Lexicon> {
+        let current = self.built.lock().clone();
+        match current {
+            Some((v, l)) if v == catalog.version => l,
+            Some((_, l)) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current()
+                    && !self.rebuilding.swap(true, Ordering::AcqRel)
+                {
+                    let (catalog, built, flag) =
+                        (catalog.clone(), self.built.clone(), self.rebuilding.clone());
+                    drop(rt.spawn_blocking(move || {
+                        let l = Arc::new(Lexicon::of(&catalog));
+                        *built.lock() = Some((catalog.version, l));
+                        flag.store(false, Ordering::Release);
+                    }));
+                }
+                l
+            }
+            None => self.build(catalog),
         }
-        let l = std::sync::Arc::new(Lexicon::of(catalog));
-        *self.0.lock() = Some((catalog.version, l.clone()));
+    }
+
+    /// Builds the lexicon of `catalog` now and keeps it.
+    pub fn build(&self, catalog: &crate::snapshot::Catalog) -> Arc<Lexicon> {
+        let l = Arc::new(Lexicon::of(catalog));
+        *self.built.lock() = Some((catalog.version, l.clone()));
         l
     }
 }

@@ -31,9 +31,57 @@ struct TextConditions {
     not_materials: u32,
     not_brands: Vec<u32>,
     /// Each a colour name's words: a variant whose colour has them all.
-    colors: Vec<Vec<String>>,
-    not_colors: Vec<Vec<String>>,
+    colors: Vec<Color>,
+    not_colors: Vec<Color>,
     category: Option<&'static str>,
+}
+
+/// A colour name of a query: its words, and the bits of the snapshot's
+/// colour-word column a frame must have for a variant of it to have them
+/// all (`None` when a word has no bit: checked on the frame alone).
+#[derive(Debug, Clone)]
+struct Color {
+    words: Vec<String>,
+    bits: Option<u64>,
+    /// A word no frame's colour has: nothing has this colour.
+    nowhere: bool,
+}
+
+impl Color {
+    fn new(catalog: &Catalog, name: &str) -> Self {
+        let words = crate::search::query_words(name);
+        let ids: Vec<Option<u32>> = words.iter().map(|w| catalog.vocabs.colors.get(w)).collect();
+        let nowhere = ids.iter().any(Option::is_none);
+        let bits = ids.iter().try_fold(0u64, |m, id| {
+            let id = (*id)?;
+            (id < 64).then_some(m | 1 << id)
+        });
+        Self {
+            words,
+            bits,
+            nowhere,
+        }
+    }
+
+    /// Whether a variant of frame `i` has this colour: the column's bits
+    /// rule most frames out without reading them.
+    fn on(&self, catalog: &Catalog, i: usize) -> bool {
+        if self.nowhere {
+            return false;
+        }
+        if let Some(b) = self.bits
+            && catalog.features.colors[i] & b != b
+        {
+            return false;
+        }
+        catalog.frames[i].inventory.variants.iter().any(|v| {
+            self.words.iter().all(|w| {
+                v.color
+                    .split(|c: char| !c.is_alphanumeric())
+                    .any(|x| x.eq_ignore_ascii_case(w))
+            })
+        })
+    }
 }
 
 impl TextConditions {
@@ -52,17 +100,8 @@ impl TextConditions {
         {
             return false;
         }
-        if self.colors.is_empty() && self.not_colors.is_empty() {
-            return true;
-        }
-        let has = |name: &[String]| {
-            f.inventory.variants.iter().any(|v| {
-                let words = crate::search::query_words(&v.color);
-                name.iter().all(|w| words.contains(w))
-            })
-        };
-        (self.colors.is_empty() || self.colors.iter().any(|c| has(c)))
-            && !self.not_colors.iter().any(|c| has(c))
+        (self.colors.is_empty() || self.colors.iter().any(|c| c.on(catalog, i)))
+            && !self.not_colors.iter().any(|c| c.on(catalog, i))
     }
 }
 
@@ -177,15 +216,11 @@ impl Filter {
             .iter()
             .filter_map(|b| catalog.vocabs.brands.get(b))
             .collect();
-        t.colors = w
-            .colors
-            .iter()
-            .map(|c| crate::search::query_words(c))
-            .collect();
+        t.colors = w.colors.iter().map(|c| Color::new(catalog, c)).collect();
         t.not_colors = w
             .not_colors
             .iter()
-            .map(|c| crate::search::query_words(c))
+            .map(|c| Color::new(catalog, c))
             .collect();
         t.category = w.category.map(|c| c.name());
         self.in_stock_only |= w.in_stock;
