@@ -496,18 +496,24 @@ async fn the_chart_topology_runs_as_processes_and_monitoring_sees_every_replica(
 
 /// Calls of `path` a process counted, from its own `/metrics`.
 fn served(metrics: std::net::SocketAddr, path: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(metrics).expect("metrics port");
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
+    metrics_text(metrics)
+        .lines()
         .filter(|l| {
             l.starts_with("discovery_rpc_server_requests_total{")
                 && l.contains(&format!("method=\"{path}\""))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// A process's `/metrics` page.
+fn metrics_text(metrics: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics).expect("metrics port");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
 }
 
 /// Products a recommendation replica holds, asked directly (signed as the
@@ -2416,12 +2422,8 @@ async fn a_fed_product_is_found_by_meaning_on_every_replica() {
 
 /// A counter's value from a process's `/metrics` (0 when absent).
 fn counter(metrics: std::net::SocketAddr, series: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(metrics).expect("metrics port");
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
+    metrics_text(metrics)
+        .lines()
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
