@@ -186,7 +186,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "Recommend", upstream: Recommendation, path: "/discovery.v1.Recommendation/Recommend", class: Recommend, fallback: true, ..UNARY },
     Route { method: "SearchProducts", upstream: Recommendation, path: "/discovery.v1.Catalog/SearchProducts", fallback: true, ..UNARY },
     Route { method: "SimilarProducts", upstream: Recommendation, path: "/discovery.v1.Catalog/SimilarProducts", fallback: true, ..UNARY },
-    Route { method: "Converse", upstream: Recommendation, path: "/discovery.v1.Catalog/Converse", class: Recommend, max_body: Some(SMALL_BODY), default_deadline: ms(10_000), ..STREAM },
+    Route { method: "Converse", upstream: Recommendation, path: "/discovery.v1.Catalog/Converse", class: Recommend, ..STREAM },
     Route { method: "SuggestQueries", upstream: Recommendation, path: "/discovery.v1.Catalog/SuggestQueries", default_deadline: ms(500), ..UNARY },
     Route { method: "GetProduct", upstream: Recommendation, path: "/discovery.v1.Catalog/GetProduct", fallback: true, ..UNARY },
     Route { method: "BatchGetProducts", upstream: Recommendation, path: "/discovery.v1.Catalog/BatchGetProducts", fallback: true, ..UNARY },
