@@ -308,6 +308,13 @@ fn facets(catalog: &Catalog, rows: impl Iterator<Item = usize>) -> Vec<pb::Facet
         }
     };
     let count = |value: String, count: u64| pb::FacetCount { value, count };
+    // Counts indexed by an enum's code, named by it.
+    let by_code = |counts: &[u64; 32], name: fn(i32) -> Option<&'static str>| {
+        (0..32)
+            .filter(|&c| counts[c] > 0)
+            .filter_map(|c| name(c as i32).map(|n| count(n.to_string(), counts[c])))
+            .collect()
+    };
     vec![
         facet(
             "brand",
@@ -319,23 +326,15 @@ fn facets(catalog: &Catalog, rows: impl Iterator<Item = usize>) -> Vec<pb::Facet
         ),
         facet(
             "shape",
-            (0..32)
-                .filter(|&c| shapes[c] > 0)
-                .filter_map(|c| {
-                    discovery_catalog::Shape::from_code(c as i32)
-                        .map(|s| count(s.name().to_string(), shapes[c]))
-                })
-                .collect(),
+            by_code(&shapes, |c| {
+                discovery_catalog::Shape::from_code(c).map(|s| s.name())
+            }),
         ),
         facet(
             "material",
-            (0..32)
-                .filter(|&c| materials[c] > 0)
-                .filter_map(|c| {
-                    discovery_catalog::Material::from_code(c as i32)
-                        .map(|m| count(m.name().to_string(), materials[c]))
-                })
-                .collect(),
+            by_code(&materials, |c| {
+                discovery_catalog::Material::from_code(c).map(|m| m.name())
+            }),
         ),
         facet(
             "price_band",
