@@ -54,11 +54,14 @@ fn root() -> std::path::PathBuf {
 fn queries() -> Vec<String> {
     let raw = std::fs::read_to_string(root().join("tests/eval/search.json")).expect("search.json");
     let v: serde_json::Value = serde_json::from_str(&raw).expect("JSON");
+    let only = std::env::var("SEARCH_BENCH_ONLY").ok();
     v["queries"]
         .as_array()
         .expect("queries")
         .iter()
         .filter_map(|q| q["q"].as_str().map(String::from))
+        // `SEARCH_BENCH_ONLY=<query>`: that query alone (to profile it).
+        .filter(|q| only.as_ref().is_none_or(|o| o == q))
         .collect()
 }
 

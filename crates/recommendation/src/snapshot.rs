@@ -70,6 +70,9 @@ pub struct Vocabs {
     pub styles: Vocab,
     /// Colour words (ids < 64 are bits of [`Features::colors`]).
     pub colors: Vocab,
+    /// Whole colour names, their words joined by one space (ids < 64 are
+    /// bits of [`Features::color_names`]).
+    pub color_names: Vocab,
     /// Search words.
     pub words: Vocab,
 }
@@ -98,6 +101,8 @@ pub struct Features {
     pub styles: Vec<u64>,
     /// Colour word bits (ids < 64).
     pub colors: Vec<u64>,
+    /// Colour name bits (ids < 64): which whole colours the variants have.
+    pub color_names: Vec<u64>,
     /// Effective popularity in [0, 1]: catalogue popularity blended with
     /// time-decayed interactions ([`Signals`]).
     pub popularity: Vec<f32>,
@@ -123,6 +128,7 @@ impl Default for Features {
             brand: Vec::new(),
             styles: Vec::new(),
             colors: Vec::new(),
+            color_names: Vec::new(),
             popularity: Vec::new(),
             words: Vec::new(),
             stamp: Vec::new(),
@@ -266,6 +272,7 @@ impl Features {
         self.brand.push(0);
         self.styles.push(0);
         self.colors.push(0);
+        self.color_names.push(0);
         self.popularity.push(0.0);
         self.words.push(Arc::from(Vec::new()));
         self.stamp.push(0);
@@ -295,6 +302,10 @@ impl Features {
             .iter()
             .flat_map(|v| words_of(&v.color))
             .fold(0, |m, w| m | bit(vocabs.colors.intern(w)));
+        self.color_names[row] = f.inventory.variants.iter().fold(0, |m, v| {
+            let name = words_of(&v.color).collect::<Vec<_>>().join(" ");
+            m | bit(vocabs.color_names.intern(&name))
+        });
         self.popularity[row] = signals.blend(&f.id, f.popularity);
         let mut words: Vec<u32> = words_of(&f.name)
             .chain(words_of(&f.brand))

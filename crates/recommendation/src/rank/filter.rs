@@ -36,13 +36,17 @@ struct TextConditions {
     category: Option<&'static str>,
 }
 
-/// A colour name of a query: its words, and the bits of the snapshot's
+/// A colour name of a query: its words, the bits of the snapshot's
 /// colour-word column a frame must have for a variant of it to have them
-/// all (`None` when a word has no bit: checked on the frame alone).
+/// all (`None` when a word has no bit: checked on the frame alone), and the
+/// catalogue's colour names that have them all.
 #[derive(Debug, Clone)]
 struct Color {
     words: Vec<String>,
     bits: Option<u64>,
+    /// The colour names having all the words, as bits of
+    /// `Features::color_names`, when the catalogue has at most 64 names.
+    names: Option<u64>,
     /// A word no frame's colour has: nothing has this colour.
     nowhere: bool,
 }
@@ -56,23 +60,41 @@ impl Color {
             let id = (*id)?;
             (id < 64).then_some(m | 1 << id)
         });
+        let all_names = &catalog.vocabs.color_names;
+        let names = (all_names.len() <= 64).then(|| {
+            all_names
+                .iter()
+                .filter(|(_, n)| words.iter().all(|w| n.split(' ').any(|x| x == w)))
+                .fold(0u64, |m, (id, _)| m | 1 << id)
+        });
         Self {
             words,
             bits,
+            names,
             nowhere,
         }
     }
 
-    /// Whether a variant of frame `i` has this colour: the column's bits
-    /// rule most frames out without reading them.
+    /// Whether a variant of frame `i` has this colour (all its words in
+    /// one variant's colour). With at most 64 colour names in the
+    /// catalogue, the names column answers exactly; beyond, the words'
+    /// bits rule most frames out and answer a one-word colour (the column
+    /// is the union of the variants' words), and only a colour of several
+    /// words is read from the variants' strings.
     fn on(&self, catalog: &Catalog, i: usize) -> bool {
         if self.nowhere {
             return false;
         }
-        if let Some(b) = self.bits
-            && catalog.features.colors[i] & b != b
-        {
-            return false;
+        if let Some(m) = self.names {
+            return catalog.features.color_names[i] & m != 0;
+        }
+        if let Some(b) = self.bits {
+            if catalog.features.colors[i] & b != b {
+                return false;
+            }
+            if self.words.len() == 1 {
+                return true;
+            }
         }
         catalog.frames[i].inventory.variants.iter().any(|v| {
             self.words.iter().all(|w| {
@@ -299,6 +321,57 @@ impl Filter {
             for (j, o) in ok.iter_mut().enumerate() {
                 *o = *o && t.passes(catalog, start + j);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use discovery_catalog::demo_catalog;
+
+    /// Frames 0..3 with these variant colours; with `fillers`, as many more
+    /// frames each in a colour name of its own.
+    fn catalog(fillers: usize) -> Catalog {
+        let mut frames = demo_catalog(3 + fillers);
+        let colours: [&[&str]; 3] = [&["Grey Fade"], &["Grey", "Blue Fade"], &["Black"]];
+        for (f, cs) in frames.iter_mut().zip(colours) {
+            let v = f.inventory.variants[0].clone();
+            f.inventory.variants = cs
+                .iter()
+                .map(|c| {
+                    let mut v = v.clone();
+                    v.color = (*c).into();
+                    v
+                })
+                .collect();
+        }
+        for (k, f) in frames.iter_mut().skip(3).enumerate() {
+            for v in &mut f.inventory.variants {
+                v.color = format!("Shade {k}");
+            }
+        }
+        Catalog::new(frames, 1)
+    }
+
+    #[test]
+    fn a_colour_of_several_words_is_one_variants_by_the_names_column_and_by_the_strings() {
+        for fillers in [0, 80] {
+            let c = catalog(fillers);
+            let beyond = c.vocabs.color_names.len() > 64;
+            assert_eq!(beyond, fillers > 0, "{} names", c.vocabs.color_names.len());
+            let on = |name: &str| -> Vec<bool> {
+                let colour = Color::new(&c, name);
+                assert_eq!(colour.names.is_some(), !beyond);
+                (0..3).map(|i| colour.on(&c, i)).collect()
+            };
+            // Both words in one variant: frame 0 only (frame 1 has them
+            // in two).
+            assert_eq!(on("grey fade"), [true, false, false], "fillers {fillers}");
+            assert_eq!(on("Grey"), [true, true, false]);
+            assert_eq!(on("fade"), [true, true, false]);
+            assert_eq!(on("black"), [false, false, true]);
+            assert_eq!(on("purple"), [false, false, false]);
         }
     }
 }
