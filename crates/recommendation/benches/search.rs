@@ -5,6 +5,7 @@
 //!   embedding of demo frame `i % 520`'s text: embedding 100,000 texts here
 //!   would take half an hour, and the scan's cost does not depend on the
 //!   values), its memory per frame for the vectors;
+//! - the query's embedding alone, computed and from the cache;
 //! - the 64 queries of `tests/eval/search.json`, each asked:
 //!   uncached (no cache at all: understanding, query embedding, lexical
 //!   scan, semantic scan, fusion, facets), with the query's embedding
@@ -140,6 +141,25 @@ async fn main() {
         .expect("search");
     }
     const ROUNDS: u32 = 3;
+    // The query's embedding alone: computed (the cache off), then an L1
+    // hit of the `embed` kind.
+    for (name, svc) in [
+        ("query embedding: uncached", &nocache),
+        ("query embedding: cached (L1 hit)", &cached),
+    ] {
+        for q in &qs {
+            svc.query_vector(q).await.expect("embeds");
+        }
+        let mut t = Vec::new();
+        for _ in 0..ROUNDS {
+            for q in &qs {
+                let started = Instant::now();
+                svc.query_vector(q).await.expect("embeds");
+                t.push(started.elapsed());
+            }
+        }
+        line(name, t);
+    }
     for mode in [pb::SearchMode::Lexical, pb::SearchMode::Hybrid] {
         let name = if mode == pb::SearchMode::Lexical {
             "lexical"

@@ -204,7 +204,7 @@ pub fn run(
     offset: usize,
     size: usize,
 ) -> Results {
-    use crate::semantic::{VECTOR_CANDIDATES, Why, fuse, semantic_where};
+    use crate::semantic::{LEXICAL_CANDIDATES, VECTOR_CANDIDATES, Why, fuse, semantic_where};
     let mode = match q.vector {
         Some(_) if !q.words.is_empty() => q.mode,
         _ => Mode::Lexical,
@@ -238,12 +238,13 @@ pub fn run(
             None,
         ),
         (Mode::Hybrid, Some(v)) => {
-            let (lex, corrected) = lexical_where(catalog, q.words, pass);
+            let (lex, corrected) = lexical_where(catalog, q.words, pass, LEXICAL_CANDIDATES);
             let sem = semantic_where(catalog, v, VECTOR_CANDIDATES, pass);
             (fuse(&lex, &sem), corrected)
         }
         _ => {
-            let (lex, corrected) = lexical_where(catalog, q.words, pass);
+            let (lex, corrected) =
+                lexical_where(catalog, q.words, pass, offset.saturating_add(size));
             let ranked = lex
                 .into_iter()
                 .enumerate()
@@ -429,14 +430,18 @@ pub fn lexical(
     qwords: &[String],
     filter: &Filter,
 ) -> (Vec<Hit>, Option<String>) {
-    lexical_where(catalog, qwords, |i| filter.passes(catalog, i))
+    lexical_where(catalog, qwords, |i| filter.passes(catalog, i), usize::MAX)
 }
 
-/// [`lexical`] among the rows `pass` accepts.
+/// [`lexical`] among the rows `pass` accepts, only the first `ordered`
+/// hits in order (the rest follow in no particular order): a page or the
+/// fusion's candidates need no sort of every match (64,000 of them for a
+/// broad query over 100,000 frames).
 pub fn lexical_where(
     catalog: &Catalog,
     qwords: &[String],
     pass: impl Fn(usize) -> bool,
+    ordered: usize,
 ) -> (Vec<Hit>, Option<String>) {
     let mut expanded = Vec::with_capacity(qwords.len());
     let mut corrected = Vec::with_capacity(qwords.len());
@@ -473,7 +478,13 @@ pub fn lexical_where(
             hits.push((i, score + x.popularity[i] * 0.01));
         }
     }
-    hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let best_first = |a: &Hit, b: &Hit| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+    if ordered < hits.len() {
+        hits.select_nth_unstable_by(ordered, best_first);
+        hits[..ordered].sort_unstable_by(best_first);
+    } else {
+        hits.sort_unstable_by(best_first);
+    }
     (hits, any_correction.then(|| corrected.join(" ")))
 }
 

@@ -103,6 +103,8 @@ pub struct Features {
     pub colors: Vec<u64>,
     /// Colour name bits (ids < 64): which whole colours the variants have.
     pub color_names: Vec<u64>,
+    /// Category bits, bit `k` for [`CATEGORIES`]`[k]` (any case).
+    pub categories: Vec<u8>,
     /// Effective popularity in [0, 1]: catalogue popularity blended with
     /// time-decayed interactions ([`Signals`]).
     pub popularity: Vec<f32>,
@@ -129,6 +131,7 @@ impl Default for Features {
             styles: Vec::new(),
             colors: Vec::new(),
             color_names: Vec::new(),
+            categories: Vec::new(),
             popularity: Vec::new(),
             words: Vec::new(),
             stamp: Vec::new(),
@@ -255,6 +258,17 @@ fn words_of(s: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
+/// The categories with a bit in [`Features::categories`].
+pub const CATEGORIES: [&str; 2] = ["sunglasses", "eyeglasses"];
+
+/// A category's bit in [`Features::categories`] (any case), if it has one.
+pub fn category_bit(name: &str) -> Option<u8> {
+    CATEGORIES
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(name))
+        .map(|k| 1 << k)
+}
+
 fn bit(id: u32) -> u64 {
     if id < 64 { 1u64 << id } else { 0 }
 }
@@ -273,6 +287,7 @@ impl Features {
         self.styles.push(0);
         self.colors.push(0);
         self.color_names.push(0);
+        self.categories.push(0);
         self.popularity.push(0.0);
         self.words.push(Arc::from(Vec::new()));
         self.stamp.push(0);
@@ -302,6 +317,11 @@ impl Features {
             .iter()
             .flat_map(|v| words_of(&v.color))
             .fold(0, |m, w| m | bit(vocabs.colors.intern(w)));
+        self.categories[row] = f
+            .categories
+            .iter()
+            .filter_map(|c| category_bit(c))
+            .fold(0, |m, b| m | b);
         self.color_names[row] = f.inventory.variants.iter().fold(0, |m, v| {
             let name = words_of(&v.color).collect::<Vec<_>>().join(" ");
             m | bit(vocabs.color_names.intern(&name))

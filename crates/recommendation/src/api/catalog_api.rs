@@ -321,7 +321,7 @@ impl Service {
     /// The embedding of a query's text: from the cache (2 h, by text
     /// hash), else computed on a blocking thread and cached. `Err` is the
     /// note a response carries when there is none (no model, or it failed).
-    pub(super) async fn query_vector(&self, text: &str) -> Result<Arc<Vec<f32>>, &'static str> {
+    pub async fn query_vector(&self, text: &str) -> Result<Arc<Vec<f32>>, &'static str> {
         let Some(embedder) = self.embedder.clone() else {
             return Err(NO_TEXT_MODEL);
         };

@@ -5,8 +5,8 @@ use discovery_catalog::{Material, Shape};
 
 use super::*;
 
-/// A compiled hard filter.
-#[derive(Debug, Clone, Default)]
+/// A compiled hard filter (the default passes every frame).
+#[derive(Debug, Clone)]
 pub struct Filter {
     min_price: i64,
     max_price: i64,
@@ -21,7 +21,8 @@ pub struct Filter {
 }
 
 /// The conditions a query's text adds to a filter: exclusions, and what
-/// has no column of its own (colours and category are read from the frame).
+/// has no column of its own in the filter (colours and category have
+/// columns of the snapshot's, read here).
 #[derive(Debug, Clone, Default)]
 struct TextConditions {
     /// Nothing can pass (the text contradicts the filter: "round" with a
@@ -33,7 +34,8 @@ struct TextConditions {
     /// Each a colour name's words: a variant whose colour has them all.
     colors: Vec<Color>,
     not_colors: Vec<Color>,
-    category: Option<&'static str>,
+    /// The category's bit in `Features::categories`.
+    category: Option<u8>,
 }
 
 /// A colour name of a query: its words, the bits of the snapshot's
@@ -116,9 +118,8 @@ impl TextConditions {
         {
             return false;
         }
-        let f = &catalog.frames[i];
         if let Some(c) = self.category
-            && !f.categories.iter().any(|k| k.eq_ignore_ascii_case(c))
+            && x.categories[i] & c == 0
         {
             return false;
         }
@@ -154,14 +155,26 @@ pub(super) fn enum_mask(
     Ok(m)
 }
 
+impl Default for Filter {
+    fn default() -> Self {
+        Self {
+            min_price: 0,
+            max_price: i64::MAX,
+            in_stock_only: false,
+            shapes: 0,
+            materials: 0,
+            brands: None,
+            currency: None,
+            text: None,
+        }
+    }
+}
+
 impl Filter {
     /// Validates and compiles a filter against a catalogue's vocabularies.
     pub fn compile(catalog: &Catalog, f: Option<&pb::ProductFilter>) -> Result<Self, RankError> {
         let Some(f) = f else {
-            return Ok(Self {
-                max_price: i64::MAX,
-                ..Default::default()
-            });
+            return Ok(Self::default());
         };
         for p in [f.min_price_minor, f.max_price_minor].into_iter().flatten() {
             if p < 0 {
@@ -244,7 +257,10 @@ impl Filter {
             .iter()
             .map(|c| Color::new(catalog, c))
             .collect();
-        t.category = w.category.map(|c| c.name());
+        // A category the snapshot has no bit for matches nothing.
+        t.category = w
+            .category
+            .map(|c| crate::snapshot::category_bit(c.name()).unwrap_or(0));
         self.in_stock_only |= w.in_stock;
         let priced = w.min_price_minor.is_some() || w.max_price_minor.is_some();
         let same_currency = match (&self.currency, w.currency) {
@@ -352,6 +368,36 @@ mod tests {
             }
         }
         Catalog::new(frames, 1)
+    }
+
+    #[test]
+    fn a_category_from_the_text_is_the_frames_category_in_any_case() {
+        use crate::understand::{Category, Wanted};
+        let mut frames = demo_catalog(40);
+        frames[0].categories = vec!["SunGlasses".into()];
+        frames[1].categories = vec!["goggles".into()];
+        let c = Catalog::new(frames, 1);
+        for category in [Category::Sunglasses, Category::Eyeglasses] {
+            let wanted = Wanted {
+                category: Some(category),
+                ..Wanted::default()
+            };
+            let f = Filter::default().narrow(&c, &wanted);
+            let by_strings: Vec<bool> = c
+                .frames
+                .iter()
+                .map(|fr| {
+                    fr.categories
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(category.name()))
+                })
+                .collect();
+            let by_column: Vec<bool> = (0..c.frames.len()).map(|i| f.passes(&c, i)).collect();
+            assert_eq!(by_column, by_strings, "{category:?}");
+            assert!(by_column.iter().any(|p| *p) && by_column.iter().any(|p| !*p));
+        }
+        assert_eq!(c.features.categories[0], 1, "SunGlasses");
+        assert_eq!(c.features.categories[1], 0, "no bit for goggles");
     }
 
     #[test]
