@@ -83,6 +83,14 @@ else
   key=$(sed -n 's/^ *export DISCOVERY_API_KEY=//p' "$log")
   [ -n "$key" ] || { cat "$log" >&2; echo "bench: no API key from discovery up" >&2; exit 1; }
   gw="http://127.0.0.1:$((BASE + 1))"
+  # With the text model, sync embeds the demo catalogue after start (one
+  # core for ~15 s): measure the serving path, not that, so wait for it.
+  if [ -f models/all-MiniLM-L6-v2/model.safetensors ]; then
+    for _ in $(seq 1200); do
+      curl -s "http://127.0.0.1:$((BASE + 6))/metrics" | grep -q '^discovery_sync_embeddings_caught_up 1' && break
+      sleep 0.25
+    done
+  fi
   echo "bench: discovery up (pid $pid) at $gw; reports in $OUT"
   pids=$pid
 fi

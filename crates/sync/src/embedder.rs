@@ -164,6 +164,13 @@ pub async fn run(
     let mut after = String::new();
     let mut wrote_this_sweep = 0u64;
     let mut backoff = Duration::from_secs(1);
+    // 1 once a sweep found nothing to write (every product has a current
+    // embedding), 0 while one is writing: an operator's (and a benchmark's)
+    // "semantic search is caught up".
+    // (Looked up at each use: a handle taken before the process installs
+    // its recorder would record nowhere.)
+    let caught_up = |v: f64| metrics::gauge!("discovery_sync_embeddings_caught_up").set(v);
+    caught_up(0.0);
     loop {
         let span = tracing::info_span!("sync.embed_pass", after = %after);
         let outcome = tracing::Instrument::instrument(pass(&store, &embedder, &after), span).await;
@@ -171,6 +178,9 @@ pub async fn run(
             Ok(p) => {
                 backoff = Duration::from_secs(1);
                 wrote_this_sweep += p.written;
+                if p.written > 0 {
+                    caught_up(0.0);
+                }
                 if p.computed + p.reused > 0 {
                     tracing::debug!(
                         computed = p.computed,
@@ -188,6 +198,7 @@ pub async fn run(
                         after.clear();
                         let again = wrote_this_sweep > 0;
                         wrote_this_sweep = 0;
+                        caught_up(if again { 0.0 } else { 1.0 });
                         (!again).then_some(idle)
                     }
                 }
