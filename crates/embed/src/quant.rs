@@ -91,6 +91,13 @@ impl Matrix {
         self.codes.capacity() + self.scales.capacity() * 4
     }
 
+    /// Room for `rows` more rows, exactly (a matrix built to a known size
+    /// holds `dim + 4` bytes a row, not what doubling growth leaves).
+    pub fn reserve(&mut self, rows: usize) {
+        self.codes.reserve_exact(rows.saturating_mul(self.dim));
+        self.scales.reserve_exact(rows);
+    }
+
     /// Appends a row: the vector, or none (a row that scores 0). A vector
     /// of another width counts as none.
     pub fn push(&mut self, v: Option<&[f32]>) {
@@ -230,6 +237,17 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_matrix_built_to_its_size_holds_dim_plus_four_bytes_a_row() {
+        let vs = vectors(1000, 384);
+        let mut m = Matrix::new(384);
+        m.reserve(vs.len());
+        for v in &vs {
+            m.push(Some(v));
+        }
+        assert_eq!(m.bytes(), 1000 * (384 + 4));
     }
 
     #[test]

@@ -392,6 +392,7 @@ impl Catalog {
         frames.sort_by(|a, b| a.id.cmp(&b.id));
         frames.dedup_by(|a, b| a.id == b.id);
         let mut features = Features::default();
+        features.vectors.reserve(frames.len());
         let mut by_id = HashMap::with_capacity(frames.len());
         for (i, f) in frames.iter().enumerate() {
             features.push(f, &mut vocabs, &signals);
