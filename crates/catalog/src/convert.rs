@@ -257,13 +257,36 @@ pub fn face_shape_name(s: pb::FaceShape) -> &'static str {
 
 /// Parses a stored face shape name.
 pub fn face_shape_from_str(s: &str) -> pb::FaceShape {
-    pb::FaceShape::from_str_name(&format!("FACE_SHAPE_{}", s.to_ascii_uppercase()))
+    // Compared in place, case-insensitively, with each name after its
+    // prefix: this runs for every face-shape score of every product a
+    // response carries, and building "FACE_SHAPE_X" cost an allocation each.
+    const PREFIX: usize = "FACE_SHAPE_".len();
+    (1..)
+        .map_while(|n| pb::FaceShape::try_from(n).ok())
+        .find(|v| v.as_str_name()[PREFIX..].eq_ignore_ascii_case(s))
         .unwrap_or(pb::FaceShape::Unspecified)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn face_shape_names_are_read_in_any_case() {
+        for n in 1..=6 {
+            let v = pb::FaceShape::try_from(n).unwrap();
+            let name = v.as_str_name().trim_start_matches("FACE_SHAPE_");
+            assert_eq!(face_shape_from_str(&name.to_lowercase()), v);
+            assert_eq!(face_shape_from_str(name), v);
+        }
+        for other in ["", "unspecified", "FACE_SHAPE_OVAL", "ova", "ovals"] {
+            assert_eq!(
+                face_shape_from_str(other),
+                pb::FaceShape::Unspecified,
+                "{other}"
+            );
+        }
+    }
 
     #[test]
     fn domain_codes_are_the_api_enum_numbers() {
