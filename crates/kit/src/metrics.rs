@@ -33,6 +33,100 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// A counter or histogram family whose label values are all `&'static str`
+/// (closed sets: method paths, status code names, cache kinds), recorded on
+/// hot paths through handles registered once per set of values.
+///
+/// `metrics::counter!` with label values builds a key (a vector of labels),
+/// hashes its strings and looks it up in the registry on every call; here a
+/// call hashes the values' addresses and reads a handle under a read lock.
+/// Two literals with the same text may be two entries; both hold the same
+/// series (the registry keys on the text). The entries are bounded by the
+/// closed sets; past [`Family::MAX`] a call records through the registry.
+pub struct Family<const N: usize, H> {
+    name: &'static str,
+    labels: [&'static str; N],
+    handles: std::sync::LazyLock<parking_lot::RwLock<HandleMap<N, H>>>,
+}
+
+type HandleMap<const N: usize, H> = std::collections::HashMap<[(usize, usize); N], H>;
+
+/// A counter family (see [`Family`]).
+pub type Counters<const N: usize> = Family<N, metrics::Counter>;
+/// A histogram family (see [`Family`]).
+pub type Histograms<const N: usize> = Family<N, metrics::Histogram>;
+
+/// A metric handle [`Family`] keeps.
+pub trait Handle: Clone {
+    /// Registers `key` with the process's recorder.
+    fn register(key: &metrics::Key) -> Self;
+}
+
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl Handle for metrics::Counter {
+    fn register(key: &metrics::Key) -> Self {
+        metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+    }
+}
+
+impl Handle for metrics::Histogram {
+    fn register(key: &metrics::Key) -> Self {
+        metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
+    }
+}
+
+impl<const N: usize, H: Handle> Family<N, H> {
+    /// Most handles one family keeps.
+    pub const MAX: usize = 4096;
+
+    /// The family `name` with label names `labels`.
+    pub const fn new(name: &'static str, labels: [&'static str; N]) -> Self {
+        Self {
+            name,
+            labels,
+            handles: std::sync::LazyLock::new(Default::default),
+        }
+    }
+
+    fn with(&self, values: [&'static str; N], f: impl FnOnce(&H)) {
+        let at = values.map(|v| (v.as_ptr() as usize, v.len()));
+        if let Some(h) = self.handles.read().get(&at) {
+            return f(h);
+        }
+        // The recorder is installed before the first handle is taken (a
+        // handle taken before would record nowhere, forever).
+        let _ = handle();
+        let labels: Vec<metrics::Label> = self
+            .labels
+            .iter()
+            .zip(values)
+            .map(|(k, v)| metrics::Label::from_static_parts(k, v))
+            .collect();
+        let h = H::register(&metrics::Key::from_parts(self.name, labels));
+        f(&h);
+        let mut handles = self.handles.write();
+        if handles.len() < Self::MAX {
+            handles.insert(at, h);
+        }
+    }
+}
+
+impl<const N: usize> Family<N, metrics::Counter> {
+    /// Adds `by` to the series of `values`.
+    pub fn increment(&self, values: [&'static str; N], by: u64) {
+        self.with(values, |c| c.increment(by));
+    }
+}
+
+impl<const N: usize> Family<N, metrics::Histogram> {
+    /// Records `value` in the series of `values`.
+    pub fn record(&self, values: [&'static str; N], value: f64) {
+        self.with(values, |h| h.record(value));
+    }
+}
+
 /// Renders every metric in the Prometheus text format, with the
 /// process's CPU and memory read at that moment.
 pub fn render() -> String {
@@ -117,6 +211,36 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    static EVENTS: super::Counters<2> =
+        super::Counters::new("discovery_test_family_total", ["service", "code"]);
+    static TIMES: super::Histograms<1> =
+        super::Histograms::new("discovery_test_family_seconds", ["service"]);
+
+    #[test]
+    fn a_family_records_each_set_of_values_as_its_own_series() {
+        // Two literals with one text: one series.
+        let ok_again = String::from("OK").leak();
+        for _ in 0..3 {
+            EVENTS.increment(["kit", "OK"], 1);
+        }
+        EVENTS.increment(["kit", ok_again], 2);
+        EVENTS.increment(["kit", "NOT_FOUND"], 1);
+        TIMES.record(["kit"], 0.002);
+        let text = super::render();
+        assert!(
+            text.contains("discovery_test_family_total{service=\"kit\",code=\"OK\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("discovery_test_family_total{service=\"kit\",code=\"NOT_FOUND\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("discovery_test_family_seconds_count{service=\"kit\"} 1"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn recorded_counter_is_rendered() {
         let _ = super::handle();

@@ -3,6 +3,7 @@
 //! when it ends: `discovery_gateway_requests_total{method, code, by}` and
 //! its duration.
 
+use discovery_kit::metrics::{Counters, Histograms};
 use http::Request;
 use tokio::time::Instant;
 use tonic::body::Body;
@@ -11,6 +12,13 @@ use tower::Layer;
 use super::{AnsweredBy, Inner, Reply, always_ready, ready};
 use crate::grpc;
 use crate::routes::{self, Route};
+
+static REQUESTS: Counters<3> =
+    Counters::new("discovery_gateway_requests_total", ["method", "code", "by"]);
+static DURATIONS: Histograms<2> = Histograms::new(
+    "discovery_gateway_request_duration_seconds",
+    ["method", "by"],
+);
 
 /// Routes calls.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,10 +57,8 @@ impl<S: Inner> RouteService<S> {
                 .map_or("upstream", |a| a.0);
             Ok(grpc::on_end(resp, move |code| {
                 let code = grpc::code_name(code);
-                metrics::counter!("discovery_gateway_requests_total", "method" => route.method, "code" => code, "by" => by)
-                    .increment(1);
-                metrics::histogram!("discovery_gateway_request_duration_seconds", "method" => route.method, "by" => by)
-                    .record(started.elapsed().as_secs_f64());
+                REQUESTS.increment([route.method, code, by], 1);
+                DURATIONS.record([route.method, by], started.elapsed().as_secs_f64());
             }))
         })
     }

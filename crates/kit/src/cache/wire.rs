@@ -25,10 +25,18 @@ pub(super) fn record(kind: &'static CacheKind, level: &'static str, hit: bool, s
         kind.misses.fetch_add(1, Ordering::Relaxed);
         "miss"
     };
-    metrics::counter!("discovery_cache_requests_total", "kind" => kind.name, "result" => result, "level" => level).increment(1);
-    metrics::histogram!("discovery_cache_lookup_duration_seconds", "kind" => kind.name, "result" => result)
-        .record(started.elapsed().as_secs_f64());
+    REQUESTS.increment([kind.name, result, level], 1);
+    LOOKUPS.record([kind.name, result], started.elapsed().as_secs_f64());
 }
+
+static REQUESTS: crate::metrics::Counters<3> = crate::metrics::Counters::new(
+    "discovery_cache_requests_total",
+    ["kind", "result", "level"],
+);
+static LOOKUPS: crate::metrics::Histograms<2> = crate::metrics::Histograms::new(
+    "discovery_cache_lookup_duration_seconds",
+    ["kind", "result"],
+);
 
 pub(super) fn l2_error(op: &'static str, e: &fred::error::Error) {
     metrics::counter!("discovery_cache_l2_errors_total", "op" => op).increment(1);

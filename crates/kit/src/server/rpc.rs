@@ -103,37 +103,34 @@ where
                     && let Ok(resp) = &result
                     && resp.extensions().get::<CallerDeadline>().is_some()
                 {
-                    metrics::counter!(
-                        "discovery_rpc_server_caller_deadline_total",
-                        "service" => service,
-                        "method" => path,
-                    )
-                    .increment(1);
+                    CALLER_DEADLINES.increment([service, path], 1);
                 }
                 let span = tracing::Span::current();
                 span.record("rpc.grpc.status_code", code);
                 if code != 0 {
                     span.record("otel.status_code", "ERROR");
                 }
-                metrics::counter!(
-                    "discovery_rpc_server_requests_total",
-                    "service" => service,
-                    "method" => path,
-                    "code" => code_name(code),
-                )
-                .increment(1);
-                metrics::histogram!(
-                    "discovery_rpc_server_duration_seconds",
-                    "service" => service,
-                    "method" => path,
-                )
-                .record(elapsed);
+                REQUESTS.increment([service, path, code_name(code)], 1);
+                DURATIONS.record([service, path], elapsed);
                 result
             }
             .instrument(span),
         )
     }
 }
+
+static REQUESTS: crate::metrics::Counters<3> = crate::metrics::Counters::new(
+    "discovery_rpc_server_requests_total",
+    ["service", "method", "code"],
+);
+static DURATIONS: crate::metrics::Histograms<2> = crate::metrics::Histograms::new(
+    "discovery_rpc_server_duration_seconds",
+    ["service", "method"],
+);
+static CALLER_DEADLINES: crate::metrics::Counters<2> = crate::metrics::Counters::new(
+    "discovery_rpc_server_caller_deadline_total",
+    ["service", "method"],
+);
 
 /// Put in a response's extensions by a handler that answers
 /// DEADLINE_EXCEEDED because the caller's own deadline ran out (not a
