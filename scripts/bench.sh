@@ -42,6 +42,43 @@ else
 fi
 mkdir -p "$OUT"
 
+# The chart's topology: each process's CPU (and resident memory) over a
+# scenario, by service, for the capacity model in docs/benchmarks.md.
+# `per_process` prints "service pid cpu-ticks rss-kB" per pod (from the
+# cluster's log) and per data server (Redis, the MongoDB-compatible one).
+per_process() {
+  { sed -n 's/^  \([a-z-]*\) .* pid \([0-9]*\) .*/\1 \2/p' "$log"
+    for p in $(pgrep -x redis-server); do echo "redis $p"; done
+    for p in $(pgrep -f 'secantusd|mongod'); do echo "mongodb $p"; done
+  } | while read -r svc p; do
+    [ -r "/proc/$p/stat" ] || continue
+    echo "$svc $p $(awk '{print $14 + $15}' "/proc/$p/stat") $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")"
+  done
+}
+by_service() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys, collections
+before = {l.split()[1]: l.split() for l in sys.argv[1].splitlines() if l.strip()}
+after = [l.split() for l in sys.argv[2].splitlines() if l.strip()]
+report = json.load(open(sys.argv[3]))
+calls, secs = max(report["ok"], 1), max(report["duration_s"], 1e-9)
+hz = 100
+rows = collections.OrderedDict()
+for svc, pid, ticks, rss in after:
+    if pid not in before:
+        continue
+    r = rows.setdefault(svc, [0, 0.0, 0.0])
+    r[0] += 1
+    r[1] += (int(ticks) - int(before[pid][2])) / hz
+    r[2] = max(r[2], int(rss) / 1024)
+print(f"\nBy service ({calls} calls in {secs:.0f} s):\n")
+print("| service | processes | cores | µs per call | cores per 1,000 calls/s | largest RSS |")
+print("|---|---|---|---|---|---|")
+for svc, (n, cpu, rss) in rows.items():
+    print(f"| {svc} | {n} | {cpu / secs:.2f} | {cpu / calls * 1e6:.1f} | {cpu / calls * 1e3:.3f} | {rss:.0f} MB |")
+PY
+}
+
 if [ "${TOPOLOGY:-all-in-one}" = cluster ]; then
   ./scripts/test-deps.sh
   [ -x .tools/helm ] || ./scripts/check-deploy.sh
@@ -59,6 +96,14 @@ if [ "${TOPOLOGY:-all-in-one}" = cluster ]; then
     sleep 0.1
   done
   grep -q '^ready' "$log" || { cat "$log" >&2; echo "bench: the cluster never got ready" >&2; exit 1; }
+  # As below: sync embeds the demo catalogue after start; wait for it.
+  sync_metrics=$(sed -n 's/^  sync .* metrics \([0-9.:]*\) .*/\1/p' "$log")
+  if [ -f models/all-MiniLM-L6-v2/model.safetensors ] && [ -n "$sync_metrics" ]; then
+    for _ in $(seq 1200); do
+      curl -s "http://$sync_metrics/metrics" | grep -q '^discovery_sync_embeddings_caught_up 1' && break
+      sleep 0.25
+    done
+  fi
   key=$(sed -n 's/^export DISCOVERY_API_KEY=//p' "$log")
   gw=$(sed -n 's/^gateways: //p' "$log")
   pids=$(sed -n 's/^pids: //p' "$log")
@@ -106,5 +151,7 @@ for s in $SCENARIOS; do
     face) args+=(--photo models/testdata/astronaut.png --duration 20s) ;;
   esac
   echo
+  [ "${TOPOLOGY:-all-in-one}" = cluster ] && before=$(per_process)
   "$bin" bench "${args[@]}"
+  [ "${TOPOLOGY:-all-in-one}" = cluster ] && by_service "$before" "$(per_process)" "$OUT/bench-$s.json"
 done

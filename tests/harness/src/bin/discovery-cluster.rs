@@ -149,9 +149,11 @@ async fn run() -> Result<(), String> {
         .collect();
     for p in &cluster.pods {
         println!(
-            "  {:<15} {:<22} log {}",
+            "  {:<15} {:<22} pid {:<8} metrics {:<22} log {}",
             p.service,
             p.addr("grpc"),
+            p.pid().map_or_else(|| "-".to_string(), |p| p.to_string()),
+            p.addr("metrics"),
             p.log.display()
         );
     }
