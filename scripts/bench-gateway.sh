@@ -54,7 +54,7 @@ hdr=(-H 'content-type: application/grpc' -H 'te: trailers' -H "x-api-key: $key")
 direct="http://127.0.0.1:$reco/discovery.v1.Recommendation/Recommend"
 viagw="http://127.0.0.1:$gw/discovery.v1.Discovery/Recommend"
 
-# Runs h2load; prints "req/s p50_us p99_us".
+# Runs h2load; prints "req/s p50_us p99_us mean_us".
 run() { # url n c m [extra]
   local url=$1 n=$2 c=$3 m=$4; shift 4
   # h2load appends to its log file: start each run with an empty one.
@@ -67,7 +67,7 @@ run() { # url n c m [extra]
 import sys
 d = sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.strip())
 p = lambda q: d[min(len(d) - 1, int(q * (len(d) - 1) + 0.5))]
-print(f"{float(sys.argv[2]):.0f} {p(0.5)} {p(0.99)}")
+print(f"{float(sys.argv[2]):.0f} {p(0.5)} {p(0.99)} {sum(d) / len(d):.0f}")
 EOF
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -79,9 +79,9 @@ run "$direct" 2000 1 1 >/dev/null; run "$viagw" 2000 1 1 >/dev/null
 if [ -n "${STRACE:-}" ]; then
   (run "$viagw" 400000 8 16 >/dev/null &)
   sleep 1
-  ok0=$(grpc_ok Ok)
+  ok0=$(grpc_ok OK)
   timeout -s INT 4 strace -c -f -p "$gwpid" -o "$work/strace.txt" || true
-  ok1=$(grpc_ok Ok)
+  ok1=$(grpc_ok OK)
   echo "calls during the run: $((ok1 - ok0))"; head -20 "$work/strace.txt"
   exit 0
 fi
@@ -164,15 +164,15 @@ fi
 echo "| case | direct | through gateway | ratio |"
 echo "|---|---|---|---|"
 for round in 1 2; do
-  read -r d_rps d_p50 d_p99 < <(run "$direct" 20000 1 1)
-  read -r g_rps g_p50 g_p99 < <(run "$viagw" 20000 1 1)
-  echo "| concurrency 1 (run $round): p50 / p99 µs | $d_p50 / $d_p99 | $g_p50 / $g_p99 | +$((g_p50 - d_p50)) µs at p50 |"
+  read -r d_rps d_p50 d_p99 d_mean < <(run "$direct" 20000 1 1)
+  read -r g_rps g_p50 g_p99 g_mean < <(run "$viagw" 20000 1 1)
+  echo "| concurrency 1 (run $round): p50 / p99 / mean µs | $d_p50 / $d_p99 / $d_mean | $g_p50 / $g_p99 / $g_mean | +$((g_p50 - d_p50)) µs at p50, +$((g_mean - d_mean)) µs mean |"
 done
 [ -n "${C1_ONLY:-}" ] && exit 0
-read -r d_rps d_p50 d_p99 < <(run "$direct" 200000 8 16)
-t0=$(cpu_ticks $gwpid); ok0=$(grpc_ok Ok)
-read -r g_rps g_p50 g_p99 < <(run "$viagw" 200000 8 16)
-t1=$(cpu_ticks $gwpid); ok1=$(grpc_ok Ok)
+read -r d_rps d_p50 d_p99 _ < <(run "$direct" 200000 8 16)
+t0=$(cpu_ticks $gwpid); ok0=$(grpc_ok OK)
+read -r g_rps g_p50 g_p99 _ < <(run "$viagw" 200000 8 16)
+t1=$(cpu_ticks $gwpid); ok1=$(grpc_ok OK)
 hz=$(getconf CLK_TCK)
 cpu_us=$(python3 -c "print(f'{($t1-$t0)/$hz*1e6/200000:.1f}')")
 echo "| saturation (8 conn x 16 streams): req/s | $d_rps | $g_rps | $(python3 -c "print(f'{$g_rps/$d_rps*100:.0f}%')") |"
@@ -182,7 +182,7 @@ echo "| grpc-status OK counted by the gateway | | $((ok1 - ok0)) of 200000 | |"
 # 3x the saturating concurrency, first without a useful in-flight bound
 # (2000: everything queues), then through a second gateway that sheds
 # above 128 in flight.
-read -r o_rps o_p50 o_p99 < <(run "$viagw" 200000 24 16)
+read -r o_rps o_p50 o_p99 _ < <(run "$viagw" 200000 24 16)
 echo "| 3x concurrency (24 x 16), no shedding: req/s, p50 / p99 µs | | $o_rps, $o_p50 / $o_p99 | |"
 gw2=$(free_port); gwm2=$(free_port)
 TOKIO_WORKER_THREADS="${GW_THREADS:-2}" RUST_LOG=warn DISCOVERY_STORE=mongodb DISCOVERY_GATEWAY_PORT=$gw2 DISCOVERY_METRICS_PORT=$gwm2 \
@@ -191,7 +191,7 @@ TOKIO_WORKER_THREADS="${GW_THREADS:-2}" RUST_LOG=warn DISCOVERY_STORE=mongodb DI
 pids+=($!)
 wait_port "$gw2"
 run "http://127.0.0.1:$gw2/discovery.v1.Discovery/Recommend" 2000 1 1 >/dev/null
-read -r s_rps s_p50 s_p99 < <(run "http://127.0.0.1:$gw2/discovery.v1.Discovery/Recommend" 200000 24 16)
+read -r s_rps s_p50 s_p99 _ < <(run "http://127.0.0.1:$gw2/discovery.v1.Discovery/Recommend" 200000 24 16)
 # Accepted calls' p99 from the gateway's own histogram (by="upstream").
 read -r served shed acc_p99 < <(curl -s "http://127.0.0.1:$gwm2/metrics" | python3 -c '
 import re, sys
