@@ -42,6 +42,17 @@ else
 fi
 mkdir -p "$OUT"
 
+# With the text model, sync embeds the demo catalogue after start (one
+# core for ~15 s): measure the serving path, not that. Waits (up to 5 min)
+# until the sync metrics at $1 (host:port) say every embedding is current.
+wait_for_embeddings() {
+  [ -f models/all-MiniLM-L6-v2/model.safetensors ] && [ -n "$1" ] || return 0
+  for _ in $(seq 1200); do
+    curl -s "http://$1/metrics" | grep -q '^discovery_sync_embeddings_caught_up 1' && return 0
+    sleep 0.25
+  done
+}
+
 # The chart's topology: each process's CPU (and resident memory) over a
 # scenario, by service, for the capacity model in docs/benchmarks.md.
 # `per_process` prints "service pid cpu-ticks rss-kB" per pod (from the
@@ -96,14 +107,7 @@ if [ "${TOPOLOGY:-all-in-one}" = cluster ]; then
     sleep 0.1
   done
   grep -q '^ready' "$log" || { cat "$log" >&2; echo "bench: the cluster never got ready" >&2; exit 1; }
-  # As below: sync embeds the demo catalogue after start; wait for it.
-  sync_metrics=$(sed -n 's/^  sync .* metrics \([0-9.:]*\) .*/\1/p' "$log")
-  if [ -f models/all-MiniLM-L6-v2/model.safetensors ] && [ -n "$sync_metrics" ]; then
-    for _ in $(seq 1200); do
-      curl -s "http://$sync_metrics/metrics" | grep -q '^discovery_sync_embeddings_caught_up 1' && break
-      sleep 0.25
-    done
-  fi
+  wait_for_embeddings "$(sed -n 's/^  sync .* metrics \([0-9.:]*\) .*/\1/p' "$log")"
   key=$(sed -n 's/^export DISCOVERY_API_KEY=//p' "$log")
   gw=$(sed -n 's/^gateways: //p' "$log")
   pids=$(sed -n 's/^pids: //p' "$log")
@@ -128,14 +132,7 @@ else
   key=$(sed -n 's/^ *export DISCOVERY_API_KEY=//p' "$log")
   [ -n "$key" ] || { cat "$log" >&2; echo "bench: no API key from discovery up" >&2; exit 1; }
   gw="http://127.0.0.1:$((BASE + 1))"
-  # With the text model, sync embeds the demo catalogue after start (one
-  # core for ~15 s): measure the serving path, not that, so wait for it.
-  if [ -f models/all-MiniLM-L6-v2/model.safetensors ]; then
-    for _ in $(seq 1200); do
-      curl -s "http://127.0.0.1:$((BASE + 6))/metrics" | grep -q '^discovery_sync_embeddings_caught_up 1' && break
-      sleep 0.25
-    done
-  fi
+  wait_for_embeddings "127.0.0.1:$((BASE + 6))"
   echo "bench: discovery up (pid $pid) at $gw; reports in $OUT"
   pids=$pid
 fi
