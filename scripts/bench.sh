@@ -67,13 +67,13 @@ per_process() {
   done
 }
 by_service() {
-  python3 - "$1" "$2" "$3" <<'PY'
+  python3 - "$1" "$2" "$3" "$(getconf CLK_TCK)" <<'PY'
 import json, sys, collections
 before = {l.split()[1]: l.split() for l in sys.argv[1].splitlines() if l.strip()}
 after = [l.split() for l in sys.argv[2].splitlines() if l.strip()]
 report = json.load(open(sys.argv[3]))
 calls, secs = max(report["ok"], 1), max(report["duration_s"], 1e-9)
-hz = 100
+hz = int(sys.argv[4])  # /proc/<pid>/stat counts clock ticks
 rows = collections.OrderedDict()
 for svc, pid, ticks, rss in after:
     if pid not in before:
