@@ -28,7 +28,7 @@ use crate::upstream::{Pool, Replica};
 pub type Pools = Arc<HashMap<Upstream, Arc<Pool>>>;
 
 /// Headers that belong to one hop (HTTP/1.1 from gRPC-Web) and must not
-/// be forwarded over HTTP/2.
+/// be forwarded over HTTP/2 (RFC 9113 §8.2.2; `host` becomes `:authority`).
 const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
@@ -37,6 +37,32 @@ const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
     "host",
 ];
+
+/// Removes the hop's own headers: the fixed list, the ones `connection`
+/// names, and `te` unless it is `trailers` (the one value HTTP/2 allows; h2
+/// refuses to send any other, which would fail the call).
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|h| h != http::header::TE)
+        .collect();
+    for h in named {
+        headers.remove(h);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|te| te != "trailers")
+    {
+        headers.remove(http::header::TE);
+    }
+}
 
 /// An attempt that got no answer from a replica.
 #[derive(Debug, thiserror::Error)]
@@ -106,9 +132,7 @@ impl Service<Request<Body>> for Balance {
             return Box::pin(std::future::ready(Err(Unreached::new(None, error, true))));
         };
         let headers = req.headers_mut();
-        for h in HOP_BY_HOP {
-            headers.remove(h);
-        }
+        strip_hop_by_hop(headers);
         discovery_kit::internal::sign(self.internal.as_ref(), "gateway", headers);
         *req.version_mut() = http::Version::HTTP_2;
         let fault = req.extensions().get::<CallerFault>().cloned();
@@ -154,6 +178,34 @@ mod tests {
     use crate::layers::testing::{ok_answer, routed};
     use crate::upstream::PoolConfig;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind_and_the_call_headers_go_on() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-hop, TE"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("host", "gateway.example"),
+            ("te", "gzip"),
+            ("x-api-key", "k"),
+            ("content-type", "application/grpc"),
+        ] {
+            h.insert(k, http::HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-api-key"]);
+        // `te: trailers` is HTTP/2's own and stays, named or not.
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", http::HeaderValue::from_static("te"));
+        h.insert("te", http::HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+    }
 
     /// A replica served in process: `discovery_kit::inproc` routes calls
     /// for its address to a service of this process, as `discovery up`

@@ -31,89 +31,16 @@ use std::time::Duration;
 use discovery_kit::CancellationToken;
 use discovery_kit::server::BoxError;
 use http::{Request, Response, Uri};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::transport::Channel;
 
-/// One HTTP/2 connection to a replica, (re)connected on demand.
-#[derive(Debug)]
-struct Conn {
-    host_port: String,
-    send: Mutex<Option<SendRequest<Body>>>,
-    connecting: tokio::sync::Mutex<()>,
-}
-
-impl Conn {
-    fn new(host_port: String) -> Self {
-        Self {
-            host_port,
-            send: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn current(&self) -> Option<SendRequest<Body>> {
-        self.send
-            .lock()
-            .as_ref()
-            .filter(|s| !s.is_closed())
-            .cloned()
-    }
-
-    async fn sender(&self) -> Result<SendRequest<Body>, BoxError> {
-        if let Some(s) = self.current() {
-            return Ok(s);
-        }
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(s) = self.current() {
-            return Ok(s);
-        }
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(&self.host_port),
-        )
-        .await
-        .map_err(|_| format!("connecting to {} timed out", self.host_port))??;
-        tcp.set_nodelay(true)?;
-        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(discovery_kit::client::STREAM_WINDOW)
-            .initial_connection_window_size(discovery_kit::client::CONNECTION_WINDOW)
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tcp))
-            .await?;
-        let host_port = self.host_port.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %host_port, error = %e, "upstream connection closed");
-            }
-        });
-        *self.send.lock() = Some(send.clone());
-        Ok(send)
-    }
-
-    async fn call(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
-        // Failures before the request leaves (no connection, or one that
-        // closed first) are connect errors, which `never_sent` recognises:
-        // the caller may send the call elsewhere even if it is not
-        // idempotent.
-        let before_sending = |e: BoxError| -> BoxError { Box::new(tonic::ConnectError(e)) };
-        let mut send = self.sender().await.map_err(before_sending)?;
-        send.ready()
-            .await
-            .map_err(|e| before_sending(Box::new(e)))?;
-        let resp = send.send_request(req).await?;
-        Ok(resp.map(Body::new))
-    }
-}
-
 use crate::routes::Upstream;
+
+mod conn;
+use conn::{Conn, KeepAlive};
 
 /// Pool settings.
 #[derive(Debug, Clone)]
@@ -234,7 +161,7 @@ impl Replica {
         let per_slot = config.connections.max(1);
         let slots = config.workers.max(1) + 1;
         let conns = (0..per_slot * slots)
-            .map(|_| Conn::new(authority.to_string()))
+            .map(|_| Conn::new(authority.to_string(), KeepAlive::default()))
             .collect();
         Ok(Self {
             url,
