@@ -217,10 +217,15 @@ pub struct CallerBody {
     limit: Option<usize>,
     read: usize,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-    /// The timer runs only while we wait on the caller: not while the
-    /// upstream is not asking for more (flow control) between polls.
-    waiting: bool,
+    /// Armed only when the caller keeps us waiting: a body already here
+    /// (most unary calls) registers no timer, which costs a timer-wheel
+    /// entry and, on a quiet worker, a wake-up of its driver (an eventfd
+    /// write) per call.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the caller's next frame is due. The clock runs only while we
+    /// wait on the caller: not while the upstream is not asking for more
+    /// (flow control) between polls.
+    due: Option<tokio::time::Instant>,
     fault: CallerFault,
 }
 
@@ -239,8 +244,8 @@ impl CallerBody {
             limit,
             read: 0,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
-            waiting: false,
+            timer: None,
+            due: None,
             fault,
         }
     }
@@ -280,11 +285,10 @@ impl HttpBody for CallerBody {
         if self.fault.get().is_some() {
             return Poll::Ready(None);
         }
-        if !self.waiting {
-            self.waiting = true;
-            let deadline = tokio::time::Instant::now() + self.idle;
-            self.timer.as_mut().reset(deadline);
-        }
+        let idle = self.idle;
+        let due = *self
+            .due
+            .get_or_insert_with(|| tokio::time::Instant::now() + idle);
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -296,7 +300,7 @@ impl HttpBody for CallerBody {
                         return self.fail(status);
                     }
                 }
-                self.waiting = false;
+                self.due = None;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -308,7 +312,16 @@ impl HttpBody for CallerBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if self.timer.as_mut().poll(cx).is_ready() {
+                let timer = match &mut self.timer {
+                    Some(timer) => {
+                        if timer.deadline() != due {
+                            timer.as_mut().reset(due);
+                        }
+                        timer
+                    }
+                    none => none.insert(Box::pin(tokio::time::sleep_until(due))),
+                };
+                if timer.as_mut().poll(cx).is_ready() {
                     let status = too_slow(self.method, self.idle);
                     return self.fail(status);
                 }
@@ -366,6 +379,31 @@ mod tests {
         let e = b.frame().await.expect("a frame").expect_err("stalled");
         assert_eq!(e.code(), Code::Cancelled);
         assert!(e.message().contains("stalled"), "{}", e.message());
+
+        // Frames 4 s apart under a 5 s idle limit flow; time the upstream
+        // spends not asking (no poll) does not count against the caller.
+        let fault = CallerFault::default();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<bytes::Bytes>, tonic::Status>>(1);
+        let slow = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let mut b = CallerBody::new(slow, "M", None, Duration::from_secs(5), fault.clone());
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                let frame = Frame::data(bytes::Bytes::from_static(b"x"));
+                if tx.send(Ok(frame)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        for _ in 0..3 {
+            assert!(b.frame().await.expect("a frame").is_ok());
+        }
+        assert!(fault.get().is_none());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(b.frame().await.is_none(), "the sender finished, not cut");
+        assert!(fault.get().is_none());
     }
 
     #[tokio::test]
