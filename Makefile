@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make run   - the whole system in one process (no MongoDB or Redis needed)
 #   make test  - installs the test servers it needs, then runs every test
-.PHONY: run cluster test test-deps models test-models check-deploy bench lint fmt build clean
+.PHONY: run cluster test test-deps models test-models check-deploy check-hygiene bench lint fmt build clean
 
 CARGO ?= cargo
 
@@ -16,7 +16,7 @@ cluster: test-deps models
 	$(CARGO) build --release --locked -p discovery-harness --bin discovery-cluster
 	./target/release/discovery-cluster $(ARGS)
 
-test: test-deps test-models check-deploy
+test: test-deps test-models check-deploy check-hygiene
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
@@ -27,6 +27,11 @@ test-deps:
 # docker-compose.yml, the Helm chart and the alert rules, validated offline.
 check-deploy:
 	./scripts/check-deploy.sh
+
+# The public protos (buf lint, no breaking change against the released API),
+# LICENSE and rust-version (scripts/check-hygiene.sh says what and why).
+check-hygiene:
+	./scripts/check-hygiene.sh
 
 # The load tool's scenarios against the all-in-one system (reports in target/bench).
 bench:

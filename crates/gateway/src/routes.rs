@@ -292,4 +292,41 @@ mod tests {
         }
         assert!(lookup("/other.Service/Recommend").is_none());
     }
+
+    /// The public proto tells callers which scope a method needs: its
+    /// comment names the route's scope (`(scope "ingest")`), and a public
+    /// method names none.
+    #[test]
+    fn the_proto_comments_name_the_scope_each_method_needs() {
+        let proto = include_str!("../../../proto/discovery/v1/gateway.proto");
+        let lines: Vec<&str> = proto.lines().map(str::trim).collect();
+        let mut seen = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let Some(rest) = line.strip_prefix("rpc ") else {
+                continue;
+            };
+            let method = rest.split('(').next().unwrap_or_default().trim();
+            let route = ROUTES
+                .iter()
+                .find(|r| r.method == method)
+                .unwrap_or_else(|| panic!("no route for {method}"));
+            let comment: Vec<&str> = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| l.starts_with("//"))
+                .copied()
+                .collect();
+            let comment = comment.join(" ");
+            let wanted = format!("(scope \"{}\")", route.scope.name());
+            match route.scope {
+                Scope::Public => assert!(!comment.contains("scope \""), "{method}: {comment}"),
+                _ => assert!(
+                    comment.contains(&wanted),
+                    "{method} needs {wanted}: {comment}"
+                ),
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, ROUTES.len(), "an rpc line per route");
+    }
 }

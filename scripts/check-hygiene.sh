@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# What `make test` checks about the repository itself:
+# - the public protos: `buf lint` (buf.yaml says which rules and why some are
+#   off) and no breaking change against the released API
+#   (proto/released.binpb; when a release changes the API on purpose, rebuild
+#   it with `.tools/buf/node_modules/.bin/buf build --exclude-source-info -o
+#   proto/released.binpb` in the same commit, and say so in the changelog);
+#   and that the breaking check does catch a break (a renumbered field);
+# - LICENSE is the licence Cargo.toml declares;
+# - the workspace's rust-version is not older than any resolved crate needs.
+# buf comes from npm (@bufbuild/buf, pinned below) into .tools/buf.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+BUF_VERSION=1.61.0
+buf=$root/.tools/buf/node_modules/.bin/buf
+if [ ! -x "$buf" ] || [ "$("$buf" --version)" != "$BUF_VERSION" ]; then
+  npm install --prefix .tools/buf --no-audit --no-fund --silent "@bufbuild/buf@$BUF_VERSION" >/dev/null
+fi
+
+"$buf" lint
+"$buf" breaking --against proto/released.binpb
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -r proto buf.yaml "$tmp/"
+# RecommendRequest's first field, renumbered: a wire break buf must refuse.
+python3 - "$tmp/proto/discovery/v1/recommendation.proto" <<'PY'
+import re, sys
+p = sys.argv[1]
+s = open(p).read()
+i = s.index("message RecommendRequest {")
+j = s.index("= 1;", i)
+open(p, "w").write(s[:j] + "= 999;" + s[j + 4:])
+PY
+if (cd "$tmp" && "$buf" breaking --against "$root/proto/released.binpb" >/dev/null 2>&1); then
+  echo "check-hygiene: buf breaking let a renumbered field through" >&2
+  exit 1
+fi
+echo "check-hygiene: protos lint clean, no breaking change against proto/released.binpb"
+
+grep -q '^license = "Apache-2.0"' Cargo.toml || { echo "check-hygiene: Cargo.toml's licence is not Apache-2.0; LICENSE says it is" >&2; exit 1; }
+head -3 LICENSE | grep -q "Apache License" && grep -q "Version 2.0, January 2004" LICENSE ||
+  { echo "check-hygiene: LICENSE is not the Apache License 2.0 Cargo.toml declares" >&2; exit 1; }
+
+cargo metadata --format-version 1 --locked 2>/dev/null | python3 -c '
+import json, re, sys
+m = json.load(sys.stdin)
+ours = open("Cargo.toml").read()
+declared = re.search(r"^rust-version = \"([0-9.]+)\"", ours, re.M).group(1)
+v = lambda s: tuple(int(x) for x in s.split("."))
+used = {n["id"] for n in m["resolve"]["nodes"]}
+need = max((v(p["rust_version"]), p["name"]) for p in m["packages"]
+           if p["id"] in used and p.get("rust_version"))
+floor = ".".join(map(str, need[0]))
+if v(declared) < need[0]:
+    sys.exit(f"check-hygiene: rust-version {declared} is older than {need[1]} needs ({floor})")
+print(f"check-hygiene: rust-version {declared} (the newest any crate needs: {need[1]}, {floor})")
+'
