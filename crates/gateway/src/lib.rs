@@ -23,6 +23,7 @@ pub mod auth;
 pub mod breaker;
 pub mod client_addr;
 pub mod config;
+pub mod connect;
 pub mod grpc;
 pub mod layers;
 pub mod limits;
@@ -142,9 +143,13 @@ pub async fn spawn_with_parts(
         proxy: config.proxy.clone(),
     });
     let web = cors(&config.cors_origins).layer(tonic_web::GrpcWebLayer::new().layer(stack.clone()));
+    let connect = cors(&config.cors_origins).layer(
+        connect::ConnectLayer::new(keys.clone(), config.limits.body_timeout).layer(stack.clone()),
+    );
     let public = Discovery {
         native: stack,
         web: BoxCloneSyncService::new(web),
+        connect: BoxCloneSyncService::new(connect),
     };
     let tls = match &config.tls {
         None => None,

@@ -208,14 +208,17 @@ pub fn stack(p: Parts) -> Next {
 
 /// The whole stack as the public service (`discovery.v1.Discovery`):
 /// calls from browsers (an `Origin` header, or gRPC-Web) go through the
-/// CORS and gRPC-Web translation in `web`; native gRPC calls skip both (the
-/// CORS layer would add `vary` headers to every answer).
+/// CORS and gRPC-Web translation in `web`; Connect calls (a JSON or binary
+/// content type) through CORS and [`crate::connect`]; native gRPC calls
+/// skip all of it (the CORS layer would add `vary` headers to every answer).
 #[derive(Clone)]
 pub struct Discovery {
     /// Native gRPC.
     pub native: Next,
     /// Browsers.
     pub web: Next,
+    /// Connect unary calls (JSON or binary over HTTP/1.1 or HTTP/2).
+    pub connect: Next,
 }
 
 impl tonic::server::NamedService for Discovery {
@@ -233,6 +236,9 @@ impl Service<Request<Body>> for Discovery {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if crate::connect::Codec::of(req.headers()).is_some() {
+            return self.connect.call(req);
+        }
         let web = req.headers().contains_key(http::header::ORIGIN)
             || req
                 .headers()

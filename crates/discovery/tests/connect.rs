@@ -1,0 +1,317 @@
+//! JSON over HTTP, as a shop's tools send it: `discovery up` runs as a real
+//! process and `curl` (HTTP/1.1 and HTTP/2 without TLS) calls every unary
+//! public method with the Connect protocol: refused without a key, refused
+//! with a clear `invalid_argument` naming the field for bad JSON, answered
+//! for a valid request, and limited (429 with `retry-after`) past the key's
+//! budget; one binary (`application/proto`) call too.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use discovery_harness::workspace_root;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `curl` a Connect call: (HTTP status, headers, body as JSON or text).
+fn curl(
+    base: &str,
+    method: &str,
+    key: Option<&str>,
+    http2: bool,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-D", "-", "-X", "POST", "--max-time", "30"])
+        .arg(if http2 {
+            "--http2-prior-knowledge"
+        } else {
+            "--http1.1"
+        })
+        .args(["-H", &format!("content-type: {content_type}")])
+        .args(["-H", "connect-protocol-version: 1"])
+        .args(["--data-binary", "@-"])
+        .arg(format!("{base}/discovery.v1.Discovery/{method}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(k) = key {
+        cmd.args(["-H", &format!("x-api-key: {k}")]);
+    }
+    let mut child = cmd.spawn().expect("curl runs");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+    if text.is_empty() {
+        text = format!("curl: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (mut head, mut body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // Interim answers (`100 Continue` to curl's `Expect`) come first.
+    while head
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|s| s.starts_with('1'))
+    {
+        (head, body) = body.split_once("\r\n\r\n").unwrap_or((body, ""));
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.into()));
+    (status, head.to_ascii_lowercase(), json)
+}
+
+/// Every unary public method, with a request it should answer.
+fn valid_requests(product: &str, photo_b64: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AnalyzeFace", format!(r#"{{"image": "{photo_b64}"}}"#)),
+        (
+            "AnalyzeAndRecommend",
+            format!(
+                r#"{{"analyze": {{"image": "{photo_b64}"}}, "recommend": {{"placement": "after_analysis"}}}}"#
+            ),
+        ),
+        ("GetFaceAnalysis", r#"{"analysisId": "missing"}"#.into()),
+        (
+            "Recommend",
+            r#"{"face": {"faceShape": "FACE_SHAPE_OVAL"}, "placement": "home"}"#.into(),
+        ),
+        ("SearchProducts", r#"{"query": "round"}"#.into()),
+        (
+            "SimilarProducts",
+            format!(r#"{{"productId": "{product}", "limit": 3}}"#),
+        ),
+        ("SuggestQueries", r#"{"prefix": "ro", "limit": 3}"#.into()),
+        ("GetProduct", format!(r#"{{"id": "{product}"}}"#)),
+        (
+            "BatchGetProducts",
+            format!(r#"{{"ids": ["{product}", "nope"]}}"#),
+        ),
+        ("GetTryOnPlacement", r#"{"analysisId": "missing"}"#.into()),
+        (
+            "RecordInteraction",
+            format!(r#"{{"productId": "{product}", "kind": "INTERACTION_KIND_VIEW"}}"#),
+        ),
+        ("GetSession", r#"{"sessionId": "s-1"}"#.into()),
+        ("UpdateSession", r#"{"session": {}}"#.into()),
+        ("GetSyncJob", r#"{"jobId": "missing"}"#.into()),
+        ("ListDeadLetters", "{}".into()),
+        ("ReplayDeadLetters", "{}".into()),
+        ("GetSlaReport", "{}".into()),
+        ("ListAlerts", "{}".into()),
+        ("GetSystemHealth", "{}".into()),
+        ("GetCacheStatus", "{}".into()),
+        ("WarmCache", "{}".into()),
+        ("InvalidateCache", "{}".into()),
+        ("StartExperiment", "{}".into()),
+        ("StopExperiment", "{}".into()),
+        ("ListExperiments", "{}".into()),
+        ("GetRecommendationReport", "{}".into()),
+    ]
+}
+
+#[tokio::test]
+async fn every_unary_method_speaks_json_over_http() {
+    let root = workspace_root();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let gateway = ports[0];
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_discovery"))
+        .arg("up")
+        .current_dir(&root)
+        .env("DISCOVERY_GATEWAY_PORT", gateway.to_string())
+        .env("DISCOVERY_FACE_ANALYSIS_PORT", ports[1].to_string())
+        .env("DISCOVERY_RECOMMENDATION_PORT", ports[2].to_string())
+        .env("DISCOVERY_SYNC_PORT", ports[3].to_string())
+        .env("DISCOVERY_MONITORING_PORT", ports[4].to_string())
+        .env("DISCOVERY_METRICS_PORT", ports[5].to_string())
+        // The development key is a partner's: three Recommend calls a minute.
+        .env("DISCOVERY_LIMIT_PARTNER", "1000/m,recommend=3/m")
+        .env("RUST_LOG", "warn")
+        .stdout(log.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("discovery up starts");
+    let _up = Up(child);
+    let mut key = None;
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        key = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("export DISCOVERY_API_KEY="))
+            .map(str::to_string);
+        if key.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = key.expect("discovery up prints a key");
+    let base = format!("http://127.0.0.1:{gateway}");
+
+    // A product id from the demo catalogue, through JSON.
+    let mut product = None;
+    for _ in 0..100 {
+        let (status, _, json) = curl(
+            &base,
+            "SearchProducts",
+            Some(&key),
+            false,
+            "application/json",
+            br#"{"query": "frame"}"#,
+        );
+        if status == 200 {
+            product = json["hits"][0]["product"]["id"]
+                .as_str()
+                .map(str::to_string);
+            if product.is_some() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let product = product.expect("SearchProducts over JSON finds a product");
+    let photo = Command::new("base64")
+        .args(["-w0", "models/testdata/astronaut.png"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let photo = String::from_utf8(photo.stdout).unwrap();
+    assert!(!photo.is_empty(), "the test photo (make test-models)");
+
+    let requests = valid_requests(&product, &photo);
+    let unary: Vec<&str> = discovery_gateway::routes::ROUTES
+        .iter()
+        .filter(|r| !r.streaming)
+        .map(|r| r.method)
+        .collect();
+    let covered: Vec<&str> = requests.iter().map(|r| r.0).collect();
+    assert_eq!(covered.len(), unary.len(), "a request per unary method");
+    for m in &unary {
+        assert!(covered.contains(m), "no request for {m}");
+    }
+
+    for (i, (method, body)) in requests.iter().enumerate() {
+        let http2 = i % 2 == 0;
+        // No key: refused before anything else.
+        let (status, head, json) = curl(
+            &base,
+            method,
+            None,
+            http2,
+            "application/json",
+            body.as_bytes(),
+        );
+        assert_eq!(status, 401, "{method} without a key: {head} {json}");
+        assert_eq!(json["code"], "unauthenticated", "{method}");
+        // Bad JSON: the field is named.
+        let (status, _, json) = curl(
+            &base,
+            method,
+            Some(&key),
+            http2,
+            "application/json",
+            br#"{"noSuchField": 1}"#,
+        );
+        assert_eq!(status, 400, "{method} with an unknown field: {json}");
+        assert_eq!(json["code"], "invalid_argument", "{method}");
+        assert!(
+            json["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("noSuchField"),
+            "{method}: {json}"
+        );
+        let (status, _, json) = curl(&base, method, Some(&key), http2, "application/json", b"{\"");
+        assert_eq!(
+            (status, json["code"].as_str()),
+            (400, Some("invalid_argument")),
+            "{method}: truncated JSON: {json}"
+        );
+        // A valid request: answered by the service (an answer, or the
+        // service's own verdict on the request: never the gateway's JSON
+        // refusal).
+        let (status, _, json) = curl(
+            &base,
+            method,
+            Some(&key),
+            http2,
+            "application/json",
+            body.as_bytes(),
+        );
+        let message = json["message"].as_str().unwrap_or_default();
+        assert!(!message.contains("in JSON"), "{method}: {json}");
+        assert!(
+            status != 401 && status != 501 && status != 0,
+            "{method}: {status} {json}"
+        );
+        match *method {
+            "AnalyzeFace" => assert!(
+                json["result"]["faceShape"].is_string(),
+                "{method}: {status} {json}"
+            ),
+            "Recommend" | "SearchProducts" | "GetProduct" | "BatchGetProducts"
+            | "SuggestQueries" | "GetSystemHealth" | "GetCacheStatus" | "ListAlerts"
+            | "GetSlaReport" => {
+                assert_eq!(status, 200, "{method}: {json}")
+            }
+            _ => {}
+        }
+        if *method == "GetProduct" {
+            assert_eq!(json["product"]["id"], product.as_str());
+        }
+    }
+
+    // Past the key's Recommend budget: 429, resource_exhausted, retry-after.
+    let mut limited = None;
+    for _ in 0..5 {
+        let (status, head, json) = curl(
+            &base,
+            "Recommend",
+            Some(&key),
+            false,
+            "application/json",
+            b"{}",
+        );
+        if status == 429 {
+            limited = Some((head, json));
+            break;
+        }
+    }
+    let (head, json) = limited.expect("the fourth Recommend in a minute is limited");
+    assert_eq!(json["code"], "resource_exhausted");
+    assert!(head.contains("retry-after:"), "{head}");
+
+    // Binary: the same call's protobuf bytes, over HTTP/2.
+    use prost::Message;
+    let request = discovery_proto::v1::GetProductRequest {
+        id: product.clone(),
+    }
+    .encode_to_vec();
+    let (status, head, _) = curl(
+        &base,
+        "GetProduct",
+        Some(&key),
+        true,
+        "application/proto",
+        &request,
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/proto"), "{head}");
+}

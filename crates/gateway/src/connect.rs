@@ -1,0 +1,797 @@
+//! The Connect protocol's unary calls (<https://connectrpc.com/docs/protocol>):
+//! JSON (`application/json`) or binary (`application/proto`) over HTTP/1.1
+//! or HTTP/2, for callers that cannot speak gRPC: `curl`, `fetch`, a shop
+//! platform's webhook.
+//!
+//! A Connect call is turned into the gRPC call it names and sent through the
+//! same stack (keys, limits, breakers, deadlines, traces, metrics); the
+//! answer is turned back. JSON is mapped with `prost-reflect` over the
+//! descriptor set the proto crate embeds (the canonical proto3 JSON mapping:
+//! camelCase names, enums by name, 64-bit integers as strings, unknown
+//! fields refused). Errors are Connect error bodies (`{"code", "message"}`)
+//! with the HTTP status the protocol gives each code.
+//!
+//! Bounded before it costs anything: the key is checked before the body is
+//! read; the body is read within the gateway's body timeout and at most the
+//! route's limit (a third more for JSON, which carries bytes as base64);
+//! JSON is decoded by at most [`DECODING`] calls at once (more are refused
+//! with `resource_exhausted` and `retry-after`). Streams are not served over
+//! Connect (gRPC and gRPC-Web serve them).
+
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use tonic::Code;
+use tonic::body::Body;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::auth::KeyRing;
+use crate::layers::{Next, Reply};
+use crate::routes::{self, Route};
+
+/// JSON requests decoded at once, per gateway process.
+pub const DECODING: usize = 64;
+
+/// Largest answer turned back into JSON or returned whole.
+const MAX_ANSWER: usize = 32 << 20;
+
+/// The two Connect unary codecs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// `application/json`.
+    Json,
+    /// `application/proto`.
+    Proto,
+}
+
+impl Codec {
+    /// The codec a Connect unary request's content type names, if any.
+    pub fn of(headers: &HeaderMap) -> Option<Codec> {
+        let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        match essence.to_ascii_lowercase().as_str() {
+            "application/json" => Some(Codec::Json),
+            "application/proto" => Some(Codec::Proto),
+            _ => None,
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Codec::Json => "application/json",
+            Codec::Proto => "application/proto",
+        })
+    }
+}
+
+/// The embedded descriptors of every discovery proto.
+pub fn descriptors() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(discovery_proto::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set built with the proto crate decodes")
+    })
+}
+
+/// A method's request and response types.
+fn types_of(route: &Route) -> Option<(MessageDescriptor, MessageDescriptor)> {
+    let service = descriptors().get_service_by_name(discovery_proto::service_names::DISCOVERY)?;
+    let method = service.methods().find(|m| m.name() == route.method)?;
+    Some((method.input(), method.output()))
+}
+
+/// The Connect name of a gRPC code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "canceled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// The HTTP status the Connect protocol gives a code.
+pub fn http_status(code: Code) -> StatusCode {
+    let n = match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::Unauthenticated => 401,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    };
+    StatusCode::from_u16(n).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A Connect error answer; `metadata` (e.g. `retry-after`) goes along as
+/// headers.
+pub fn error(code: Code, message: &str, metadata: &HeaderMap) -> Response<Body> {
+    let body = serde_json::json!({ "code": code_name(code), "message": message });
+    let mut resp = Response::new(Body::new(http_body_util::Full::new(Bytes::from(
+        body.to_string(),
+    ))));
+    *resp.status_mut() = http_status(code);
+    for (k, v) in metadata {
+        if !is_grpc_header(k) {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn is_grpc_header(name: &http::HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("grpc-") || n == "content-type" || n == "content-length" || n == "te"
+}
+
+/// Serves Connect unary calls through `inner` (the gateway's stack).
+#[derive(Clone)]
+pub struct ConnectLayer {
+    keys: Arc<KeyRing>,
+    body_timeout: Duration,
+    decoding: Arc<tokio::sync::Semaphore>,
+}
+
+impl ConnectLayer {
+    /// Checks keys against `keys` before reading a body, which must arrive
+    /// within `body_timeout`.
+    pub fn new(keys: Arc<KeyRing>, body_timeout: Duration) -> Self {
+        Self {
+            keys,
+            body_timeout,
+            decoding: Arc::new(tokio::sync::Semaphore::new(DECODING)),
+        }
+    }
+}
+
+impl<S> Layer<S> for ConnectLayer {
+    type Service = Connect<S>;
+    fn layer(&self, inner: S) -> Connect<S> {
+        Connect {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`ConnectLayer`].
+#[derive(Clone)]
+pub struct Connect<S> {
+    inner: S,
+    layer: ConnectLayer,
+}
+
+impl Service<Request<Body>> for Connect<Next> {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Reply;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Reply {
+        let (inner, layer) = (self.inner.clone(), self.layer.clone());
+        Box::pin(async move { Ok(serve(inner, layer, req).await) })
+    }
+}
+
+/// A refusal: the status and the metadata to send with it.
+struct Refusal(Code, String, Box<HeaderMap>);
+
+impl Refusal {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Self(code, message.into(), Box::default())
+    }
+}
+
+async fn serve(inner: Next, layer: ConnectLayer, req: Request<Body>) -> Response<Body> {
+    match translate(inner, layer, req).await {
+        Ok(resp) => resp,
+        Err(Refusal(code, message, metadata)) => error(code, &message, &metadata),
+    }
+}
+
+/// What is read of a refused call's body before answering, so an HTTP/2
+/// client that is still sending gets the answer, not a reset it may report
+/// as a transport error (curl does); past this the stream is reset.
+const DRAIN: usize = 1 << 20;
+
+/// Reads and drops up to [`DRAIN`] bytes of `body` (within a second), then
+/// gives the refusal.
+async fn drained(body: Body, refusal: Refusal) -> Refusal {
+    let read = http_body_util::Limited::new(body, DRAIN).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+    refusal
+}
+
+async fn translate(
+    inner: Next,
+    layer: ConnectLayer,
+    req: Request<Body>,
+) -> Result<Response<Body>, Refusal> {
+    let (parts, body) = req.into_parts();
+    match check(&layer, &parts) {
+        Ok((codec, route)) => call(inner, &layer, codec, route, parts, body).await,
+        Err(refusal) => Err(drained(body, refusal).await),
+    }
+}
+
+/// What can be refused from the head alone: the codec, the method, the
+/// key (strangers are refused before their body costs anything).
+fn check(
+    layer: &ConnectLayer,
+    parts: &http::request::Parts,
+) -> Result<(Codec, &'static Route), Refusal> {
+    let codec = Codec::of(&parts.headers)
+        .ok_or_else(|| Refusal::new(Code::Unimplemented, "not a Connect unary call"))?;
+    let path = parts.uri.path();
+    let route = routes::lookup(path).ok_or_else(|| {
+        Refusal::new(
+            Code::Unimplemented,
+            format!("{path} is not a method of discovery.v1.Discovery"),
+        )
+    })?;
+    if parts.method != http::Method::POST {
+        return Err(Refusal::new(
+            Code::Unimplemented,
+            format!("call {} with POST", route.method),
+        ));
+    }
+    if route.streaming {
+        return Err(Refusal::new(
+            Code::Unimplemented,
+            format!(
+                "{} is a stream: call it over gRPC or gRPC-Web (Connect streams are not served)",
+                route.method
+            ),
+        ));
+    }
+    if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
+        && enc.as_bytes() != b"identity"
+    {
+        return Err(Refusal::new(
+            Code::Unimplemented,
+            "compressed Connect requests are not accepted; send the body uncompressed",
+        ));
+    }
+    if let Err(status) = layer.keys.authenticate(&parts.headers) {
+        return Err(Refusal::new(status.code(), status.message()));
+    }
+    Ok((codec, route))
+}
+
+/// Reads the body, makes the gRPC call and turns its answer back.
+async fn call(
+    inner: Next,
+    layer: &ConnectLayer,
+    codec: Codec,
+    route: &'static Route,
+    mut parts: http::request::Parts,
+    body: Body,
+) -> Result<Response<Body>, Refusal> {
+    let (input, output) = types_of(route)
+        .ok_or_else(|| Refusal::new(Code::Internal, "the method has no descriptor"))?;
+    let limit = route.max_body.unwrap_or(routes::SMALL_BODY);
+    let limit = match codec {
+        // Bytes travel as base64 in JSON: four characters for three bytes.
+        Codec::Json => limit / 3 * 4 + (64 << 10),
+        Codec::Proto => limit,
+    };
+    let read = http_body_util::Limited::new(body, limit).collect();
+    let bytes = match tokio::time::timeout(layer.body_timeout, read).await {
+        Err(_) => {
+            return Err(Refusal::new(
+                Code::Cancelled,
+                format!(
+                    "the {} request body was not received within {} s",
+                    route.method,
+                    layer.body_timeout.as_secs_f64()
+                ),
+            ));
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Refusal::new(
+                Code::ResourceExhausted,
+                format!(
+                    "{} requests are limited to {limit} bytes; send less",
+                    route.method
+                ),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(Refusal::new(
+                Code::Cancelled,
+                format!("the {} request body could not be read: {e}", route.method),
+            ));
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    let message = match codec {
+        Codec::Proto => bytes,
+        Codec::Json => {
+            let _decoding = layer.decoding.try_acquire().map_err(|_| {
+                let mut m = HeaderMap::new();
+                m.insert("retry-after", HeaderValue::from_static("1"));
+                Refusal(
+                    Code::ResourceExhausted,
+                    "too many JSON requests are being decoded; retry shortly".into(),
+                    Box::new(m),
+                )
+            })?;
+            from_json(&input, &bytes).map_err(|e| {
+                Refusal::new(
+                    Code::InvalidArgument,
+                    format!(
+                        "the {} request is not a valid {} in JSON: {e}",
+                        route.method,
+                        input.name()
+                    ),
+                )
+            })?
+        }
+    };
+    // The gRPC call it names.
+    let timeout = parts.headers.remove("connect-timeout-ms");
+    for name in [
+        "connect-protocol-version",
+        "content-length",
+        "accept-encoding",
+    ] {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(header::CONTENT_ENCODING);
+    if let Some(ms) = timeout
+        .as_ref()
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        parts.headers.insert(
+            "grpc-timeout",
+            crate::grpc::encode_timeout(Duration::from_millis(ms)),
+        );
+    } else if timeout.is_some() {
+        return Err(Refusal::new(
+            Code::InvalidArgument,
+            "connect-timeout-ms must be a whole number of milliseconds",
+        ));
+    }
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    parts
+        .headers
+        .insert(header::TE, HeaderValue::from_static("trailers"));
+    parts.version = http::Version::HTTP_2;
+    let mut framed = BytesMut::with_capacity(message.len() + 5);
+    framed.put_u8(0);
+    framed.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    framed.extend_from_slice(&message);
+    let grpc = Request::from_parts(parts, Body::new(http_body_util::Full::new(framed.freeze())));
+    let Ok(resp) = inner.oneshot(grpc).await;
+    answer(codec, &output, resp).await
+}
+
+/// Decodes a JSON request (an empty body is the empty message).
+pub fn from_json(input: &MessageDescriptor, json: &[u8]) -> Result<Bytes, String> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Bytes::new());
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let message = DynamicMessage::deserialize(input.clone(), &mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(Bytes::from(message.encode_to_vec()))
+}
+
+/// Encodes an answer as JSON.
+pub fn to_json(output: &MessageDescriptor, message: &[u8]) -> Result<Bytes, String> {
+    let message = DynamicMessage::decode(output.clone(), message).map_err(|e| e.to_string())?;
+    serde_json::to_vec(&message)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+/// Turns the gRPC answer back into a Connect one.
+async fn answer(
+    codec: Codec,
+    output: &MessageDescriptor,
+    resp: Response<Body>,
+) -> Result<Response<Body>, Refusal> {
+    let (parts, body) = resp.into_parts();
+    if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+        // Trailers-only: refused or failed before any answer.
+        if status.code() != Code::Ok {
+            return Err(Refusal(
+                status.code(),
+                status.message().to_string(),
+                Box::new(parts.headers),
+            ));
+        }
+    }
+    let collected = http_body_util::Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| Refusal::new(Code::Unavailable, format!("the answer broke off: {e}")))?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let data = collected.to_bytes();
+    let status = tonic::Status::from_header_map(&trailers)
+        .or_else(|| tonic::Status::from_header_map(&parts.headers))
+        .unwrap_or_else(|| tonic::Status::unknown("the answer ended without a status"));
+    if status.code() != Code::Ok {
+        let mut metadata = parts.headers.clone();
+        metadata.extend(trailers);
+        return Err(Refusal(
+            status.code(),
+            status.message().to_string(),
+            Box::new(metadata),
+        ));
+    }
+    if data.len() < 5 || data[0] != 0 {
+        return Err(Refusal::new(
+            Code::Internal,
+            "the upstream's answer is not one uncompressed gRPC message",
+        ));
+    }
+    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+    let message = data.slice(5..(5 + len).min(data.len()));
+    let body = match codec {
+        Codec::Proto => message,
+        Codec::Json => to_json(output, &message).map_err(|e| {
+            Refusal::new(
+                Code::Internal,
+                format!("the answer could not be written as JSON: {e}"),
+            )
+        })?,
+    };
+    let mut out = Response::new(Body::new(http_body_util::Full::new(body)));
+    for (k, v) in &parts.headers {
+        if !is_grpc_header(k) {
+            out.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in &trailers {
+        if !is_grpc_header(k)
+            && let Ok(name) = http::HeaderName::from_bytes(format!("trailer-{k}").as_bytes())
+        {
+            out.headers_mut().append(name, v.clone());
+        }
+    }
+    out.headers_mut()
+        .insert(header::CONTENT_TYPE, codec.content_type());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Tier;
+    use crate::routes::Scope;
+    use discovery_proto::v1 as pb;
+    use parking_lot::Mutex;
+
+    /// A key ring with one key; the key.
+    async fn keys() -> (Arc<KeyRing>, String) {
+        let store: discovery_kit::store::Store = discovery_kit::store::memory::MemoryStore::new();
+        let (key, _) = crate::auth::create(&store, "shop", Tier::Authenticated, &[Scope::Public])
+            .await
+            .unwrap();
+        let ring = Arc::new(KeyRing::default());
+        ring.refresh(&store).await.unwrap();
+        (ring, key)
+    }
+
+    /// An upstream stand-in: records the gRPC request it got and answers
+    /// with `answer` (a gRPC response).
+    fn upstream(
+        seen: Arc<Mutex<Option<(HeaderMap, Bytes)>>>,
+        answer: fn() -> Response<Body>,
+    ) -> Next {
+        tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                *seen.lock() = Some((parts.headers, bytes));
+                Ok::<_, std::convert::Infallible>(answer())
+            }
+        }))
+    }
+
+    fn grpc_ok(message: impl Message) -> Response<Body> {
+        let m = message.encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&m);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("x-served-by", HeaderValue::from_static("replica-1"));
+        let frames = futures::stream::iter([
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(framed))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]);
+        let mut resp = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        resp
+    }
+
+    fn product_answer() -> Response<Body> {
+        grpc_ok(pb::GetProductResponse {
+            product: Some(pb::Product {
+                id: "shopify:acme:1".into(),
+                name: "Round acetate".into(),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn limited_answer() -> Response<Body> {
+        let mut resp = tonic::Status::resource_exhausted("Recommend: 60 calls a minute; wait 7 s")
+            .into_http::<Body>();
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("7"));
+        resp
+    }
+
+    fn post(
+        path: &str,
+        key: &str,
+        content_type: &'static str,
+        body: &'static [u8],
+    ) -> Request<Body> {
+        Request::post(path)
+            .header("content-type", content_type)
+            .header("x-api-key", key)
+            .header("connect-protocol-version", "1")
+            .body(Body::new(http_body_util::Full::new(Bytes::from_static(
+                body,
+            ))))
+            .unwrap()
+    }
+
+    async fn read(resp: Response<Body>) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (parts.status, parts.headers, json)
+    }
+
+    fn service(keys: Arc<KeyRing>, inner: Next) -> Connect<Next> {
+        ConnectLayer::new(keys, Duration::from_secs(5)).layer(inner)
+    }
+
+    #[tokio::test]
+    async fn a_json_call_becomes_the_grpc_call_it_names_and_its_answer_json() {
+        let (ring, key) = keys().await;
+        let seen = Arc::new(Mutex::new(None));
+        let mut svc = service(ring, upstream(seen.clone(), product_answer));
+        let req = post(
+            "/discovery.v1.Discovery/GetProduct",
+            &key,
+            "application/json; charset=utf-8",
+            br#"{"id": "shopify:acme:1"}"#,
+        );
+        let req = {
+            let mut r = req;
+            r.headers_mut()
+                .insert("connect-timeout-ms", HeaderValue::from_static("1500"));
+            r
+        };
+        let (status, headers, json) = read(svc.call(req).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(json["product"]["id"], "shopify:acme:1");
+        assert_eq!(json["product"]["name"], "Round acetate");
+        assert_eq!(headers["trailer-x-served-by"], "replica-1");
+        let (sent, body) = seen.lock().take().unwrap();
+        assert_eq!(sent["content-type"], "application/grpc");
+        assert_eq!(sent["grpc-timeout"], "1500000u");
+        assert!(sent.get("connect-timeout-ms").is_none());
+        let request = pb::GetProductRequest::decode(&body[5..]).unwrap();
+        assert_eq!(request.id, "shopify:acme:1");
+    }
+
+    #[tokio::test]
+    async fn a_binary_call_passes_its_bytes() {
+        let (ring, key) = keys().await;
+        let seen = Arc::new(Mutex::new(None));
+        let mut svc = service(ring, upstream(seen.clone(), product_answer));
+        let request = pb::GetProductRequest { id: "p".into() }.encode_to_vec();
+        let body: &'static [u8] = Box::leak(request.clone().into_boxed_slice());
+        let resp = svc
+            .call(post(
+                "/discovery.v1.Discovery/GetProduct",
+                &key,
+                "application/proto",
+                body,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/proto");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let answer = pb::GetProductResponse::decode(bytes).unwrap();
+        assert_eq!(answer.product.unwrap().id, "shopify:acme:1");
+        assert_eq!(&seen.lock().take().unwrap().1[5..], &request[..]);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_connect_errors_with_their_http_status() {
+        let (ring, key) = keys().await;
+        let seen = Arc::new(Mutex::new(None));
+        let mut svc = service(ring.clone(), upstream(seen.clone(), limited_answer));
+        // Limited upstream of here: 429, the code, the message, retry-after.
+        let (status, headers, json) = read(
+            svc.call(post(
+                "/discovery.v1.Discovery/Recommend",
+                &key,
+                "application/json",
+                b"{}",
+            ))
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(json["code"], "resource_exhausted");
+        assert!(json["message"].as_str().unwrap().contains("wait 7 s"));
+        assert_eq!(headers["retry-after"], "7");
+        assert!(headers.get("grpc-status").is_none());
+
+        // No key: 401 before the body is read or anything is sent.
+        seen.lock().take();
+        let (status, _, json) = read(
+            svc.call(post(
+                "/discovery.v1.Discovery/Recommend",
+                "dk_nope",
+                "application/json",
+                b"{}",
+            ))
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(json["code"], "unauthenticated");
+        assert!(seen.lock().is_none());
+
+        // Bad JSON names the field; a wrong type says which.
+        let (status, _, json) = read(
+            svc.call(post(
+                "/discovery.v1.Discovery/Recommend",
+                &key,
+                "application/json",
+                br#"{"placement": "home", "faceShap": "oval"}"#,
+            ))
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json["code"], "invalid_argument");
+        let message = json["message"].as_str().unwrap();
+        assert!(message.contains("faceShap"), "{message}");
+        assert!(message.contains("RecommendRequest"), "{message}");
+        let (_, _, json) = read(
+            svc.call(post(
+                "/discovery.v1.Discovery/Recommend",
+                &key,
+                "application/json",
+                br#"{"page": "many"}"#,
+            ))
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(json["code"], "invalid_argument");
+        assert!(json["message"].as_str().unwrap().contains("many"), "{json}");
+        assert!(seen.lock().is_none(), "nothing bad went upstream");
+
+        // Streams, unknown methods, GET, compressed bodies: unimplemented.
+        for (req, why) in [
+            (
+                post(
+                    "/discovery.v1.Discovery/Converse",
+                    &key,
+                    "application/json",
+                    b"{}",
+                ),
+                "stream",
+            ),
+            (
+                post(
+                    "/discovery.v1.Discovery/Nope",
+                    &key,
+                    "application/json",
+                    b"{}",
+                ),
+                "not a method",
+            ),
+            (
+                {
+                    let mut r = post(
+                        "/discovery.v1.Discovery/Recommend",
+                        &key,
+                        "application/json",
+                        b"{}",
+                    );
+                    r.headers_mut()
+                        .insert("content-encoding", HeaderValue::from_static("gzip"));
+                    r
+                },
+                "uncompressed",
+            ),
+        ] {
+            let (status, _, json) = read(svc.call(req).await.unwrap()).await;
+            assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{why}");
+            assert!(json["message"].as_str().unwrap().contains(why), "{json}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_refused_without_being_decoded() {
+        let (ring, key) = keys().await;
+        let seen = Arc::new(Mutex::new(None));
+        let mut svc = service(ring, upstream(seen.clone(), product_answer));
+        let big: &'static [u8] = Box::leak(vec![b' '; 2 << 20].into_boxed_slice());
+        let (status, _, json) = read(
+            svc.call(post(
+                "/discovery.v1.Discovery/GetProduct",
+                &key,
+                "application/json",
+                big,
+            ))
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(json["code"], "resource_exhausted");
+        assert!(seen.lock().is_none());
+    }
+
+    #[test]
+    fn every_public_method_has_descriptors_and_every_code_a_name_and_status() {
+        for r in routes::ROUTES {
+            assert!(types_of(r).is_some(), "{}", r.method);
+        }
+        for n in 0..=16 {
+            let code = Code::from_i32(n);
+            assert!(!code_name(code).is_empty());
+            assert!(http_status(code).as_u16() >= 200);
+        }
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
