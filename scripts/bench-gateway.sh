@@ -6,6 +6,7 @@
 # auth on.
 #
 #   scripts/bench-gateway.sh            # prints a table; figures go to docs/benchmarks.md
+#   CONNECT=1 scripts/bench-gateway.sh  # gRPC beside Connect binary and JSON, same call
 #   BASELINE=/path/to/old/discovery scripts/bench-gateway.sh
 #                                       # A/B: an older build's gateway beside this one,
 #                                       # same upstream, rounds interleaved
@@ -59,7 +60,7 @@ run() { # url n c m [extra]
   local url=$1 n=$2 c=$3 m=$4; shift 4
   # h2load appends to its log file: start each run with an empty one.
   : >"$work/h2.log"
-  h2load -n "$n" -c "$c" -m "$m" -t 1 --data="$work/req.bin" "${hdr[@]}" --log-file="$work/h2.log" "$@" "$url" >"$work/h2.out" 2>&1
+  h2load -n "$n" -c "$c" -m "$m" -t 1 --data="${DATA:-$work/req.bin}" "${hdr[@]}" --log-file="$work/h2.log" "$@" "$url" >"$work/h2.out" 2>&1
   grep -q " 0 failed, 0 errored" "$work/h2.out" || { cat "$work/h2.out" >&2; exit 1; }
   local rps
   rps=$(awk '/^finished in/ {print $4}' "$work/h2.out" | tr -d ',')
@@ -83,6 +84,38 @@ if [ -n "${STRACE:-}" ]; then
   timeout -s INT 4 strace -c -f -p "$gwpid" -o "$work/strace.txt" || true
   ok1=$(grpc_ok OK)
   echo "calls during the run: $((ok1 - ok0))"; head -20 "$work/strace.txt"
+  exit 0
+fi
+if [ -n "${CONNECT:-}" ]; then
+  # The same Recommend through the gateway three ways, side by side, rounds
+  # interleaved: gRPC, Connect binary (application/proto) and Connect JSON
+  # (application/json), all over HTTP/2 (h2load): what the JSON path costs.
+  python3 - "$work" <<'EOF'
+import struct, sys, json
+face = b"\x08\x02" + b"\x15" + struct.pack("<f", 132.0)
+msg = b"\x12" + bytes([len(face)]) + face
+open(sys.argv[1] + "/req.proto", "wb").write(msg)
+open(sys.argv[1] + "/req.json", "w").write(json.dumps({"face": {"faceShape": "FACE_SHAPE_ROUND", "faceWidthMm": 132}}))
+EOF
+  grpc_hdr=("${hdr[@]}")
+  hz=$(getconf CLK_TCK)
+  echo "| round | path | one stream p50 / mean µs | saturation req/s (8 x 16) | gateway CPU per call µs |"
+  echo "|---|---|---|---|---|"
+  for round in 1 2 3; do
+    for kind in grpc proto json; do
+      case $kind in
+        grpc) data=$work/req.bin; hdr=("${grpc_hdr[@]}") ;;
+        proto) data=$work/req.proto; hdr=(-H 'content-type: application/proto' -H "x-api-key: $key") ;;
+        json) data=$work/req.json; hdr=(-H 'content-type: application/json' -H "x-api-key: $key") ;;
+      esac
+      read -r _ p50 _ mean < <(DATA=$data run "$viagw" 3000 1 1)
+      u0=$(cpu_ticks $gwpid)
+      read -r rps _ _ _ < <(DATA=$data run "$viagw" 100000 8 16)
+      u1=$(cpu_ticks $gwpid)
+      cpu=$(python3 -c "print(f'{($u1 - $u0) * 1e6 / $hz / 100000:.1f}')")
+      echo "| $round | $kind | $p50 / $mean | $rps | $cpu |"
+    done
+  done
   exit 0
 fi
 if [ -n "${TIMELINE:-}" ]; then
