@@ -779,6 +779,71 @@ mod tests {
         assert!(seen.lock().is_none());
     }
 
+    #[tokio::test]
+    async fn hostile_json_is_refused_cheaply() {
+        let (ring, key) = keys().await;
+        let seen = Arc::new(Mutex::new(None));
+        let mut svc = service(ring.clone(), upstream(seen.clone(), product_answer));
+        // Nesting far past serde_json's recursion limit: refused, no overflow.
+        let deep: &'static [u8] = Box::leak(
+            format!(
+                r#"{{"id": {}{}}}"#,
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let (status, _, json) = read(
+            svc.call(post(
+                "/discovery.v1.Discovery/GetProduct",
+                &key,
+                "application/json",
+                deep,
+            ))
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+        // Trailing garbage after the message, and a huge number: refused.
+        for body in [
+            &br#"{"id": "p"} {"id": "q"}"#[..],
+            br#"{"ids": [1e999999]}"#,
+        ] {
+            let (status, _, json) = read(
+                svc.call(post(
+                    "/discovery.v1.Discovery/BatchGetProducts",
+                    &key,
+                    "application/json",
+                    body,
+                ))
+                .await
+                .unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+        }
+        assert!(seen.lock().is_none());
+        // With every decoding slot taken, a JSON call is shed at once.
+        let mut full = ConnectLayer::new(ring, Duration::from_secs(5));
+        full.decoding = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut svc = full.layer(upstream(seen.clone(), product_answer));
+        let (status, headers, json) = read(
+            svc.call(post(
+                "/discovery.v1.Discovery/GetProduct",
+                &key,
+                "application/json",
+                b"{}",
+            ))
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+        assert_eq!(headers["retry-after"], "1");
+    }
+
     #[test]
     fn every_public_method_has_descriptors_and_every_code_a_name_and_status() {
         for r in routes::ROUTES {
