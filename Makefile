@@ -19,6 +19,7 @@ cluster: test-deps models
 test: test-deps test-models check-deploy check-hygiene
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --locked
+	./scripts/check-clients.sh
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 test-deps:

@@ -150,6 +150,7 @@ pub async fn spawn_with_parts(
         native: stack,
         web: BoxCloneSyncService::new(web),
         connect: BoxCloneSyncService::new(connect),
+        body_timeout: config.limits.body_timeout,
     };
     let tls = match &config.tls {
         None => None,

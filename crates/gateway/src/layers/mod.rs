@@ -219,6 +219,28 @@ pub struct Discovery {
     pub web: Next,
     /// Connect unary calls (JSON or binary over HTTP/1.1 or HTTP/2).
     pub connect: Next,
+    /// How long an HTTP/1.1 caller may take to send a small body
+    /// ([`Discovery::read_first`]).
+    pub body_timeout: std::time::Duration,
+}
+
+/// Largest HTTP/1.1 body read before the stack sees the call.
+const READ_FIRST: u64 = 1 << 20;
+
+impl Discovery {
+    /// An HTTP/1.1 caller (gRPC-Web) writes its body after the head, and a
+    /// refusal sent before the body is read ends the connection under it
+    /// (Node reports EPIPE instead of the refusal). So a small body (at most
+    /// [`READ_FIRST`] by `content-length`, which gRPC-Web clients send) is
+    /// read first, within the body timeout; larger ones go on unread.
+    fn read_first(&self, req: &Request<Body>) -> bool {
+        req.version() < http::Version::HTTP_2
+            && req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n <= READ_FIRST)
+    }
 }
 
 impl tonic::server::NamedService for Discovery {
@@ -244,11 +266,28 @@ impl Service<Request<Body>> for Discovery {
                 .headers()
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"));
-        if web {
-            self.web.call(req)
-        } else {
-            self.native.call(req)
+        if !web {
+            return self.native.call(req);
         }
+        if !self.read_first(&req) {
+            return self.web.call(req);
+        }
+        let (mut web, within) = (self.web.clone(), self.body_timeout);
+        Box::pin(async move {
+            use http_body_util::BodyExt;
+            let (parts, body) = req.into_parts();
+            let read = http_body_util::Limited::new(body, READ_FIRST as usize).collect();
+            match tokio::time::timeout(within, read).await {
+                Ok(Ok(c)) => {
+                    let body = Body::new(http_body_util::Full::new(c.to_bytes()));
+                    web.call(Request::from_parts(parts, body)).await
+                }
+                _ => Ok(grpc::error(tonic::Status::cancelled(format!(
+                    "the request body did not arrive whole within {} s (content-length at most {READ_FIRST})",
+                    within.as_secs_f64()
+                )))),
+            }
+        })
     }
 }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The client packages, built and tested as a user gets them (`make test`):
+# clients/typescript is installed from its lockfile, generated from the
+# protos, compiled and packed (npm pack: the installable artefact), its own
+# tests run, then its tests against a real `discovery up` process (the debug
+# build `cargo test` made, or BIN=...) over every transport it offers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bin=${BIN:-$root/target/debug/discovery}
+[ -x "$bin" ] || cargo build --locked -q -p discovery
+[ -x .tools/buf/node_modules/.bin/buf ] || ./scripts/check-hygiene.sh >/dev/null
+
+cd clients/typescript
+npm ci --no-audit --no-fund --silent
+npm run --silent build
+rm -f ./*.tgz
+npm pack --silent >/dev/null
+ls ./*.tgz >/dev/null
+node --test test/retry.test.mjs
+
+work=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+gw=$(free_port)
+(cd "$root" && exec env RUST_LOG=warn DISCOVERY_LIMITS=false \
+  DISCOVERY_GATEWAY_PORT=$gw DISCOVERY_FACE_ANALYSIS_PORT=$(free_port) \
+  DISCOVERY_RECOMMENDATION_PORT=$(free_port) DISCOVERY_SYNC_PORT=$(free_port) \
+  DISCOVERY_MONITORING_PORT=$(free_port) DISCOVERY_METRICS_PORT=$(free_port) \
+  "$bin" up) >"$work/up.log" 2>&1 &
+pid=$!
+for _ in $(seq 600); do
+  grep -q 'export DISCOVERY_API_KEY=' "$work/up.log" && break
+  kill -0 "$pid" 2>/dev/null || { cat "$work/up.log" >&2; exit 1; }
+  sleep 0.1
+done
+key=$(sed -n 's/^ *export DISCOVERY_API_KEY=//p' "$work/up.log")
+[ -n "$key" ] || { cat "$work/up.log" >&2; echo "check-clients: no key from discovery up" >&2; exit 1; }
+DISCOVERY_GATEWAY=http://127.0.0.1:$gw DISCOVERY_API_KEY=$key \
+  DISCOVERY_TEST_PHOTO=$root/models/testdata/astronaut.png node --test test/gateway.test.mjs
+echo "check-clients: clients/typescript built, packed ($(ls ./*.tgz)) and tested against discovery up"
