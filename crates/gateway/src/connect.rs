@@ -585,6 +585,17 @@ mod tests {
         (parts.status, parts.headers, json)
     }
 
+    /// One Connect call through `svc`: status, headers, body as JSON.
+    async fn connect_call(
+        svc: &mut Connect<Next>,
+        path: &str,
+        key: &str,
+        content_type: &'static str,
+        body: &'static [u8],
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        read(svc.call(post(path, key, content_type, body)).await.unwrap()).await
+    }
+
     fn service(keys: Arc<KeyRing>, inner: Next) -> Connect<Next> {
         ConnectLayer::new(keys, Duration::from_secs(5)).layer(inner)
     }
@@ -650,15 +661,12 @@ mod tests {
         let seen = Arc::new(Mutex::new(None));
         let mut svc = service(ring.clone(), upstream(seen.clone(), limited_answer));
         // Limited upstream of here: 429, the code, the message, retry-after.
-        let (status, headers, json) = read(
-            svc.call(post(
-                "/discovery.v1.Discovery/Recommend",
-                &key,
-                "application/json",
-                b"{}",
-            ))
-            .await
-            .unwrap(),
+        let (status, headers, json) = connect_call(
+            &mut svc,
+            "/discovery.v1.Discovery/Recommend",
+            &key,
+            "application/json",
+            b"{}",
         )
         .await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -669,15 +677,12 @@ mod tests {
 
         // No key: 401 before the body is read or anything is sent.
         seen.lock().take();
-        let (status, _, json) = read(
-            svc.call(post(
-                "/discovery.v1.Discovery/Recommend",
-                "dk_nope",
-                "application/json",
-                b"{}",
-            ))
-            .await
-            .unwrap(),
+        let (status, _, json) = connect_call(
+            &mut svc,
+            "/discovery.v1.Discovery/Recommend",
+            "dk_nope",
+            "application/json",
+            b"{}",
         )
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -685,15 +690,12 @@ mod tests {
         assert!(seen.lock().is_none());
 
         // Bad JSON names the field; a wrong type says which.
-        let (status, _, json) = read(
-            svc.call(post(
-                "/discovery.v1.Discovery/Recommend",
-                &key,
-                "application/json",
-                br#"{"placement": "home", "faceShap": "oval"}"#,
-            ))
-            .await
-            .unwrap(),
+        let (status, _, json) = connect_call(
+            &mut svc,
+            "/discovery.v1.Discovery/Recommend",
+            &key,
+            "application/json",
+            br#"{"placement": "home", "faceShap": "oval"}"#,
         )
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -701,15 +703,12 @@ mod tests {
         let message = json["message"].as_str().unwrap();
         assert!(message.contains("faceShap"), "{message}");
         assert!(message.contains("RecommendRequest"), "{message}");
-        let (_, _, json) = read(
-            svc.call(post(
-                "/discovery.v1.Discovery/Recommend",
-                &key,
-                "application/json",
-                br#"{"page": "many"}"#,
-            ))
-            .await
-            .unwrap(),
+        let (_, _, json) = connect_call(
+            &mut svc,
+            "/discovery.v1.Discovery/Recommend",
+            &key,
+            "application/json",
+            br#"{"page": "many"}"#,
         )
         .await;
         assert_eq!(json["code"], "invalid_argument");
@@ -763,15 +762,12 @@ mod tests {
         let seen = Arc::new(Mutex::new(None));
         let mut svc = service(ring, upstream(seen.clone(), product_answer));
         let big: &'static [u8] = Box::leak(vec![b' '; 2 << 20].into_boxed_slice());
-        let (status, _, json) = read(
-            svc.call(post(
-                "/discovery.v1.Discovery/GetProduct",
-                &key,
-                "application/json",
-                big,
-            ))
-            .await
-            .unwrap(),
+        let (status, _, json) = connect_call(
+            &mut svc,
+            "/discovery.v1.Discovery/GetProduct",
+            &key,
+            "application/json",
+            big,
         )
         .await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -794,15 +790,12 @@ mod tests {
             .into_bytes()
             .into_boxed_slice(),
         );
-        let (status, _, json) = read(
-            svc.call(post(
-                "/discovery.v1.Discovery/GetProduct",
-                &key,
-                "application/json",
-                deep,
-            ))
-            .await
-            .unwrap(),
+        let (status, _, json) = connect_call(
+            &mut svc,
+            "/discovery.v1.Discovery/GetProduct",
+            &key,
+            "application/json",
+            deep,
         )
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
@@ -811,15 +804,12 @@ mod tests {
             &br#"{"id": "p"} {"id": "q"}"#[..],
             br#"{"ids": [1e999999]}"#,
         ] {
-            let (status, _, json) = read(
-                svc.call(post(
-                    "/discovery.v1.Discovery/BatchGetProducts",
-                    &key,
-                    "application/json",
-                    body,
-                ))
-                .await
-                .unwrap(),
+            let (status, _, json) = connect_call(
+                &mut svc,
+                "/discovery.v1.Discovery/BatchGetProducts",
+                &key,
+                "application/json",
+                body,
             )
             .await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
@@ -829,15 +819,12 @@ mod tests {
         let mut full = ConnectLayer::new(ring, Duration::from_secs(5));
         full.decoding = Arc::new(tokio::sync::Semaphore::new(0));
         let mut svc = full.layer(upstream(seen.clone(), product_answer));
-        let (status, headers, json) = read(
-            svc.call(post(
-                "/discovery.v1.Discovery/GetProduct",
-                &key,
-                "application/json",
-                b"{}",
-            ))
-            .await
-            .unwrap(),
+        let (status, headers, json) = connect_call(
+            &mut svc,
+            "/discovery.v1.Discovery/GetProduct",
+            &key,
+            "application/json",
+            b"{}",
         )
         .await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");

@@ -522,6 +522,20 @@ mod tests {
         drop(tx);
     }
 
+    /// The error of a call the upstream resets with `reason` on arrival.
+    async fn reset_with(reason: h2::Reason) -> BoxError {
+        let addr = upstream(move |mut conn| async move {
+            let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+            respond.send_reset(reason);
+            keep_serving(conn);
+        })
+        .await;
+        Conn::new(addr.to_string(), KeepAlive::default())
+            .call(unary(addr, b"q"))
+            .await
+            .unwrap_err()
+    }
+
     #[tokio::test]
     async fn failures_before_and_after_sending_say_whether_the_call_was_taken() {
         // Nobody listening: never sent.
@@ -534,31 +548,13 @@ mod tests {
             .unwrap_err();
         assert!(discovery_kit::client::never_sent(&*e), "refused: {e}");
         // The upstream refuses the stream: never sent.
-        let addr = upstream(|mut conn| async move {
-            let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
-            respond.send_reset(h2::Reason::REFUSED_STREAM);
-            keep_serving(conn);
-        })
-        .await;
-        let e = Conn::new(addr.to_string(), KeepAlive::default())
-            .call(unary(addr, b"q"))
-            .await
-            .unwrap_err();
+        let e = reset_with(h2::Reason::REFUSED_STREAM).await;
         assert!(
             discovery_kit::client::never_sent(&*e),
             "REFUSED_STREAM: {e}"
         );
         // The upstream took it and broke off: it may have run.
-        let addr = upstream(|mut conn| async move {
-            let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
-            respond.send_reset(h2::Reason::INTERNAL_ERROR);
-            keep_serving(conn);
-        })
-        .await;
-        let e = Conn::new(addr.to_string(), KeepAlive::default())
-            .call(unary(addr, b"q"))
-            .await
-            .unwrap_err();
+        let e = reset_with(h2::Reason::INTERNAL_ERROR).await;
         assert!(!discovery_kit::client::never_sent(&*e), "taken: {e}");
     }
 
