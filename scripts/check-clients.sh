@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The client packages, built and tested as a user gets them (`make test`):
-# clients/typescript is installed from its lockfile, generated from the
-# protos, compiled and packed (npm pack: the installable artefact), its own
-# tests run, then its tests against a real `discovery up` process (the debug
-# build `cargo test` made, or BIN=...) over every transport it offers.
+# - clients/typescript is installed from its lockfile, generated from the
+#   protos, compiled and packed (npm pack: the installable artefact);
+# - clients/python's stubs are generated (grpcio-tools, pinned), the wheel
+#   and sdist built (python -m build) and the wheel installed into its venv;
+# then each package's own tests run, and its tests against a real
+# `discovery up` process (the debug build `cargo test` made, or BIN=...),
+# over every transport it offers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -18,6 +21,16 @@ rm -f ./*.tgz
 npm pack --silent >/dev/null
 ls ./*.tgz >/dev/null
 node --test test/retry.test.mjs
+
+cd "$root/clients/python"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q grpcio-tools==1.85.1 build==1.6.1 setuptools==80.9.0
+PYTHON=.venv/bin/python ./generate.sh
+rm -rf dist build
+.venv/bin/python -m build -q --no-isolation --outdir dist . >/dev/null
+.venv/bin/pip install -q --force-reinstall --no-deps dist/*.whl
+(cd tests && ../.venv/bin/python -m unittest -q test_retry)
+cd "$root/clients/typescript"
 
 work=$(mktemp -d)
 pid=
@@ -40,4 +53,6 @@ key=$(sed -n 's/^ *export DISCOVERY_API_KEY=//p' "$work/up.log")
 [ -n "$key" ] || { cat "$work/up.log" >&2; echo "check-clients: no key from discovery up" >&2; exit 1; }
 DISCOVERY_GATEWAY=http://127.0.0.1:$gw DISCOVERY_API_KEY=$key \
   DISCOVERY_TEST_PHOTO=$root/models/testdata/astronaut.png node --test test/gateway.test.mjs
-echo "check-clients: clients/typescript built, packed ($(ls ./*.tgz)) and tested against discovery up"
+(cd "$root/clients/python/tests" && DISCOVERY_GATEWAY=127.0.0.1:$gw DISCOVERY_API_KEY=$key \
+  DISCOVERY_TEST_PHOTO=$root/models/testdata/astronaut.png ../.venv/bin/python -m unittest -q test_gateway)
+echo "check-clients: clients/typescript ($(ls ./*.tgz)) and clients/python ($(cd "$root/clients/python/dist" && ls)) built, packed and tested against discovery up"

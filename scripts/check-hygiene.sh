@@ -6,6 +6,8 @@
 #   it with `.tools/buf/node_modules/.bin/buf build --exclude-source-info -o
 #   proto/released.binpb` in the same commit, and say so in the changelog);
 #   and that the breaking check does catch a break (a renumbered field);
+# - docs/api/discovery.v1.md, the public API's reference, is what the protos'
+#   comments say (scripts/gen-api-docs.py; `--write-docs` rewrites it);
 # - LICENSE is the licence Cargo.toml declares;
 # - the workspace's rust-version is not older than any resolved crate needs.
 # buf comes from npm (@bufbuild/buf, pinned below) into .tools/buf.
@@ -37,6 +39,18 @@ if (cd "$tmp" && "$buf" breaking --against "$root/proto/released.binpb" >/dev/nu
   exit 1
 fi
 echo "check-hygiene: protos lint clean, no breaking change against proto/released.binpb"
+
+# The public API's reference (docs/api/discovery.v1.md) is what the protos say.
+"$buf" build -o "$tmp/image.json"
+python3 scripts/gen-api-docs.py "$tmp/image.json" "$tmp/api.md"
+if [ "${1:-}" = --write-docs ]; then
+  cp "$tmp/api.md" docs/api/discovery.v1.md
+elif ! diff -q "$tmp/api.md" docs/api/discovery.v1.md >/dev/null; then
+  { diff -u docs/api/discovery.v1.md "$tmp/api.md" || true; } | head -20 >&2
+  echo "check-hygiene: docs/api/discovery.v1.md is not what the protos say; run scripts/check-hygiene.sh --write-docs" >&2
+  exit 1
+fi
+echo "check-hygiene: docs/api/discovery.v1.md matches the protos"
 
 grep -q '^license = "Apache-2.0"' Cargo.toml || { echo "check-hygiene: Cargo.toml's licence is not Apache-2.0; LICENSE says it is" >&2; exit 1; }
 head -3 LICENSE | grep -q "Apache License" && grep -q "Version 2.0, January 2004" LICENSE ||
