@@ -92,6 +92,16 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Operator commands against a running gateway (a key with the admin
+    /// scope): system health, alerts, the SLA report, the recommendation cache.
+    /// Exit status: 0 answered, 3 refused (key, scope, arguments, limits),
+    /// 4 unavailable (no gateway, no replica, deadline), 1 anything else.
+    Admin {
+        #[command(subcommand)]
+        action: crate::admin::AdminAction,
+        #[command(flatten)]
+        gateway: crate::admin::GatewayArgs,
+    },
     /// List the environment variables with their defaults.
     Env,
 }
@@ -219,6 +229,9 @@ pub fn main() -> std::process::ExitCode {
             api_key,
         } => client_command("sync", sync_file(file, source, format, gateway, api_key)),
         Command::Keys { action } => client_command("keys", keys(action)),
+        Command::Admin { action, gateway } => {
+            client_command("admin", crate::admin::admin(action, gateway))
+        }
         Command::Bench(args) => bench_command(args),
     }
 }
@@ -324,8 +337,22 @@ fn client_command(
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("discovery {name}: {e}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit_code(&*e))
         }
+    }
+}
+
+/// 3 when the gateway refused the call (the caller must change something),
+/// 4 when nothing could answer (trying later may work), else 1.
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    use tonic::Code::*;
+    match e.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
+        Some(
+            Unauthenticated | PermissionDenied | InvalidArgument | ResourceExhausted | NotFound
+            | FailedPrecondition | OutOfRange | AlreadyExists,
+        ) => 3,
+        Some(Unavailable | DeadlineExceeded) => 4,
+        _ => 1,
     }
 }
 
@@ -505,7 +532,7 @@ async fn serve(name: &'static str, env: Env, shutdown: CancellationToken) -> Res
 
 /// Sends the API key on every call.
 #[derive(Clone)]
-struct WithKey(tonic::metadata::AsciiMetadataValue);
+pub(crate) struct WithKey(pub(crate) tonic::metadata::AsciiMetadataValue);
 
 impl tonic::service::Interceptor for WithKey {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -514,7 +541,7 @@ impl tonic::service::Interceptor for WithKey {
     }
 }
 
-type GatewayClient = DiscoveryClient<
+pub(crate) type GatewayClient = DiscoveryClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, WithKey>,
 >;
 

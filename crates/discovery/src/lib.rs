@@ -2,6 +2,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod up;
 pub mod variables;

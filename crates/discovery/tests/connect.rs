@@ -127,8 +127,9 @@ fn valid_requests(product: &str, photo_b64: &str) -> Vec<(&'static str, String)>
     ]
 }
 
-#[tokio::test]
-async fn every_unary_method_speaks_json_over_http() {
+/// `discovery up` as a process on free ports with `limits` for its partner
+/// key: the process, the gateway's port, the key it printed.
+async fn up(limits: &str) -> (Up, u16, String) {
     let root = workspace_root();
     let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     let gateway = ports[0];
@@ -142,27 +143,31 @@ async fn every_unary_method_speaks_json_over_http() {
         .env("DISCOVERY_SYNC_PORT", ports[3].to_string())
         .env("DISCOVERY_MONITORING_PORT", ports[4].to_string())
         .env("DISCOVERY_METRICS_PORT", ports[5].to_string())
-        // The development key is a partner's: three Recommend calls a minute.
-        .env("DISCOVERY_LIMIT_PARTNER", "1000/m,recommend=3/m")
+        .env("DISCOVERY_LIMIT_PARTNER", limits)
         .env("RUST_LOG", "warn")
         .stdout(log.reopen().unwrap())
         .stderr(Stdio::null())
         .spawn()
         .expect("discovery up starts");
-    let _up = Up(child);
-    let mut key = None;
+    let up = Up(child);
     for _ in 0..600 {
         let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-        key = text
+        if let Some(key) = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("export DISCOVERY_API_KEY="))
-            .map(str::to_string);
-        if key.is_some() {
-            break;
+        {
+            return (up, gateway, key.to_string());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let key = key.expect("discovery up prints a key");
+    panic!("discovery up printed no key");
+}
+
+#[tokio::test]
+async fn every_unary_method_speaks_json_over_http() {
+    let root = workspace_root();
+    // The development key is a partner's: three Recommend calls a minute.
+    let (_up, gateway, key) = up("1000/m,recommend=3/m").await;
     let base = format!("http://127.0.0.1:{gateway}");
 
     // A product id from the demo catalogue, through JSON.
@@ -314,4 +319,54 @@ async fn every_unary_method_speaks_json_over_http() {
     );
     assert_eq!(status, 200);
     assert!(head.contains("content-type: application/proto"), "{head}");
+}
+
+/// `discovery admin` against the running system: JSON and text answers,
+/// and exit codes that tell a refusal (3) from no gateway (4).
+#[tokio::test]
+async fn the_admin_cli_answers_and_its_exit_codes_say_why_not() {
+    let (_up, gateway, key) = up("off").await;
+    let url = format!("http://127.0.0.1:{gateway}");
+    let admin = |args: &[&str], key: &str, url: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_discovery"))
+            .arg("admin")
+            .args(args)
+            .args(["--gateway", url, "--api-key", key])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let mut health = None;
+    for _ in 0..50 {
+        let (code, out, err) = admin(&["health", "--json"], &key, &url);
+        if code == Some(0) {
+            health = Some(out);
+            break;
+        }
+        assert_ne!(code, Some(3), "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let health: serde_json::Value =
+        serde_json::from_str(&health.expect("admin health answers")).expect("JSON");
+    assert!(health.is_object(), "{health}");
+    let (code, out, err) = admin(&["cache", "status"], &key, &url);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.trim().is_empty(), "text format");
+    let (code, out, err) = admin(&["sla", "--json"], &key, &url);
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).expect("the SLA report as JSON");
+    let (code, _, err) = admin(&["alerts"], &key, &url);
+    assert_eq!(code, Some(0), "{err}");
+    // Refused: a wrong key (3). Unavailable: nothing listening (4).
+    let (code, _, err) = admin(&["health"], "dk_wrong", &url);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("API key"), "{err}");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (code, _, err) = admin(&["health"], &key, &closed);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
 }

@@ -1,0 +1,168 @@
+//! `discovery admin`: operator commands against a running gateway (a key
+//! with the admin scope), answers printed as proto JSON or text format from
+//! the embedded descriptors.
+
+use clap::Subcommand;
+use discovery_kit::server::BoxError;
+use discovery_proto::topology::GATEWAY;
+use discovery_proto::v1 as pb;
+use discovery_proto::v1::discovery_client::DiscoveryClient;
+
+use crate::cli::{GatewayClient, WithKey};
+
+/// How to reach the gateway, and how to print its answers.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// Gateway URL (`https://` for TLS).
+    #[arg(long, global = true, default_value = GATEWAY.default_url)]
+    pub gateway: String,
+    /// API key (with the admin scope).
+    #[arg(long, global = true, env = "DISCOVERY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// CA certificate (PEM) that signed an `https://` gateway's certificate;
+    /// without it the system's (webpki) roots are trusted.
+    #[arg(long, global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Print the answer as JSON (the proto3 JSON mapping) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Every service's and replica's health as monitoring sees it.
+    Health,
+    /// Alerts (firing and pending).
+    Alerts,
+    /// The SLA report (latency percentiles, availability, error budget).
+    Sla,
+    /// The recommendation cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Entries and hit rates of the two cache levels.
+    Status,
+    /// Warm the cache with the popular requests now.
+    Warm,
+    /// Drop entries by tag or key pattern.
+    Invalidate {
+        /// A tag (e.g. `product:frm-00096`); repeat for several.
+        #[arg(long)]
+        tag: Vec<String>,
+        /// A key pattern (`*` wildcards).
+        #[arg(long)]
+        pattern: Option<String>,
+    },
+}
+
+/// A gateway client for `g`: TLS for `https://` (with `--ca`, or the
+/// webpki roots); a failure to connect is UNAVAILABLE.
+async fn admin_client(g: &GatewayArgs) -> Result<GatewayClient, BoxError> {
+    let key = g
+        .api_key
+        .as_deref()
+        .ok_or("--api-key (or DISCOVERY_API_KEY): an admin key is needed")?;
+    let key = key
+        .trim()
+        .parse()
+        .map_err(|_| "--api-key: not a valid header value")?;
+    let mut endpoint = discovery_kit::client::endpoint("--gateway", &g.gateway)?;
+    if g.gateway.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &g.ca {
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).map_err(|e| format!("--ca {}: {e}", path.display()))?;
+                tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            }
+            None => tls.with_webpki_roots(),
+        };
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        tonic::Status::unavailable(format!(
+            "cannot connect to the gateway at {}: {e} (is it running? for TLS, is --ca right?)",
+            g.gateway
+        ))
+    })?;
+    Ok(DiscoveryClient::with_interceptor(channel, WithKey(key)))
+}
+
+/// Prints a `discovery.v1` message: JSON (`--json`) or protobuf text format.
+fn print_message(name: &str, bytes: &[u8], json: bool) -> Result<(), BoxError> {
+    let desc = discovery_gateway::connect::descriptors()
+        .get_message_by_name(&format!("discovery.v1.{name}"))
+        .ok_or_else(|| format!("no descriptor for {name}"))?;
+    let msg = prost_reflect::DynamicMessage::decode(desc, bytes)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&msg)?);
+    } else {
+        println!("{msg:#}");
+    }
+    Ok(())
+}
+
+pub async fn admin(action: AdminAction, g: GatewayArgs) -> Result<(), BoxError> {
+    use prost::Message;
+    let mut c = admin_client(&g).await?;
+    let (name, bytes) = match action {
+        AdminAction::Health => (
+            "GetSystemHealthResponse",
+            c.get_system_health(pb::GetSystemHealthRequest::default())
+                .await?
+                .into_inner()
+                .encode_to_vec(),
+        ),
+        AdminAction::Alerts => (
+            "ListAlertsResponse",
+            c.list_alerts(pb::ListAlertsRequest::default())
+                .await?
+                .into_inner()
+                .encode_to_vec(),
+        ),
+        AdminAction::Sla => (
+            "GetSlaReportResponse",
+            c.get_sla_report(pb::GetSlaReportRequest::default())
+                .await?
+                .into_inner()
+                .encode_to_vec(),
+        ),
+        AdminAction::Cache { action } => match action {
+            CacheAction::Status => (
+                "GetCacheStatusResponse",
+                c.get_cache_status(pb::GetCacheStatusRequest::default())
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+            ),
+            CacheAction::Warm => (
+                "WarmCacheResponse",
+                c.warm_cache(pb::WarmCacheRequest::default())
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+            ),
+            CacheAction::Invalidate { tag, pattern } => {
+                if tag.is_empty() && pattern.is_none() {
+                    return Err("cache invalidate: say what with --tag or --pattern".into());
+                }
+                (
+                    "InvalidateCacheResponse",
+                    c.invalidate_cache(pb::InvalidateCacheRequest {
+                        tags: tag,
+                        key_pattern: pattern.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+                )
+            }
+        },
+    };
+    print_message(name, &bytes, g.json)
+}
