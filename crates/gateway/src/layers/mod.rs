@@ -219,28 +219,57 @@ pub struct Discovery {
     pub web: Next,
     /// Connect unary calls (JSON or binary over HTTP/1.1 or HTTP/2).
     pub connect: Next,
-    /// How long an HTTP/1.1 caller may take to send a small body
-    /// ([`Discovery::read_first`]).
+    /// How long an HTTP/1.1 caller may take to send the start of its body
+    /// ([`read_first`]).
     pub body_timeout: std::time::Duration,
 }
 
-/// Largest HTTP/1.1 body read before the stack sees the call.
-const READ_FIRST: u64 = 1 << 20;
+/// Most of an HTTP/1.1 body read before the stack sees the call.
+const READ_FIRST: usize = 1 << 20;
 
-impl Discovery {
-    /// An HTTP/1.1 caller (gRPC-Web) writes its body after the head, and a
-    /// refusal sent before the body is read ends the connection under it
-    /// (Node reports EPIPE instead of the refusal). So a small body (at most
-    /// [`READ_FIRST`] by `content-length`, which gRPC-Web clients send) is
-    /// read first, within the body timeout; larger ones go on unread.
-    fn read_first(&self, req: &Request<Body>) -> bool {
-        req.version() < http::Version::HTTP_2
-            && req
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .is_some_and(|n| n <= READ_FIRST)
+/// An HTTP/1.1 caller (gRPC-Web) writes its body after the head, and a
+/// refusal sent before the body is read ends the connection under it (Node
+/// reports EPIPE instead of the refusal). So up to [`READ_FIRST`] bytes of
+/// the body are read first, within `within`, whether it comes with a
+/// `content-length` or chunked (connect-node's gRPC-Web transport); a longer
+/// body goes on as what was read followed by the rest, unread.
+async fn read_first(body: Body, within: std::time::Duration) -> Result<Body, tonic::Status> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut prefix = bytes::BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                prefix.extend_from_slice(&data);
+                if prefix.len() > READ_FIRST {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok::<_, tonic::Status>(true)
+    };
+    let ended = match tokio::time::timeout(within, read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(tonic::Status::cancelled(format!(
+                "the request body stalled: not received within {} s",
+                within.as_secs_f64()
+            )));
+        }
+    };
+    let prefix = prefix.freeze();
+    if ended {
+        return Ok(Body::new(http_body_util::Full::new(prefix)));
     }
+    use futures::StreamExt;
+    let first =
+        futures::stream::once(
+            async move { Ok::<_, tonic::Status>(http_body::Frame::data(prefix)) },
+        );
+    let rest = http_body_util::BodyStream::new(body);
+    Ok(Body::new(http_body_util::StreamBody::new(
+        first.chain(rest),
+    )))
 }
 
 impl tonic::server::NamedService for Discovery {
@@ -269,23 +298,15 @@ impl Service<Request<Body>> for Discovery {
         if !web {
             return self.native.call(req);
         }
-        if !self.read_first(&req) {
+        if req.version() >= http::Version::HTTP_2 {
             return self.web.call(req);
         }
         let (mut web, within) = (self.web.clone(), self.body_timeout);
         Box::pin(async move {
-            use http_body_util::BodyExt;
             let (parts, body) = req.into_parts();
-            let read = http_body_util::Limited::new(body, READ_FIRST as usize).collect();
-            match tokio::time::timeout(within, read).await {
-                Ok(Ok(c)) => {
-                    let body = Body::new(http_body_util::Full::new(c.to_bytes()));
-                    web.call(Request::from_parts(parts, body)).await
-                }
-                _ => Ok(grpc::error(tonic::Status::cancelled(format!(
-                    "the request body did not arrive whole within {} s (content-length at most {READ_FIRST})",
-                    within.as_secs_f64()
-                )))),
+            match read_first(body, within).await {
+                Ok(body) => web.call(Request::from_parts(parts, body)).await,
+                Err(status) => Ok(grpc::error(status)),
             }
         })
     }
@@ -316,3 +337,50 @@ macro_rules! always_ready {
     };
 }
 pub(crate) use always_ready;
+
+#[cfg(test)]
+mod read_first_tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn chunked(chunks: Vec<Bytes>) -> Body {
+        let frames = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, tonic::Status>(http_body::Frame::data(c))),
+        );
+        Body::new(http_body_util::StreamBody::new(frames))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunked_body_is_read_first_and_a_long_one_goes_on_whole() {
+        let within = std::time::Duration::from_secs(5);
+        // Short, chunked (no content-length): read whole before the stack.
+        let body = read_first(
+            chunked(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]),
+            within,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            http_body::Body::size_hint(&body).exact(),
+            Some(4),
+            "buffered"
+        );
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcd");
+        // Longer than READ_FIRST: what was read, then the rest, in order.
+        let chunks: Vec<Bytes> = (0..40u8).map(|i| Bytes::from(vec![i; 64 << 10])).collect();
+        let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let body = read_first(chunked(chunks), within).await.unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes().to_vec(), whole);
+        // A caller that stops sending: cut at the body timeout.
+        let (_tx, rx) =
+            tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, tonic::Status>>(1);
+        let stalled = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let e = read_first(stalled, within).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Cancelled);
+        assert!(e.message().contains("stalled"), "{}", e.message());
+    }
+}
