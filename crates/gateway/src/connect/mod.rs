@@ -214,6 +214,12 @@ impl Refusal {
     }
 }
 
+impl From<tonic::Status> for Refusal {
+    fn from(status: tonic::Status) -> Self {
+        Self::new(status.code(), status.message())
+    }
+}
+
 async fn serve(inner: Next, layer: ConnectLayer, req: Request<Body>) -> Response<Body> {
     match translate(inner, layer, req).await {
         Ok(resp) => resp,
@@ -284,9 +290,7 @@ fn check(
             "compressed Connect requests are not accepted; send the body uncompressed",
         ));
     }
-    if let Err(status) = layer.keys.authenticate(&parts.headers) {
-        return Err(Refusal::new(status.code(), status.message()));
-    }
+    layer.keys.authenticate(&parts.headers)?;
     Ok((codec, route))
 }
 
@@ -309,24 +313,9 @@ async fn call(
     };
     let read = http_body_util::Limited::new(body, limit).collect();
     let bytes = match tokio::time::timeout(layer.body_timeout, read).await {
-        Err(_) => {
-            return Err(Refusal::new(
-                Code::Cancelled,
-                format!(
-                    "the {} request body was not received within {} s",
-                    route.method,
-                    layer.body_timeout.as_secs_f64()
-                ),
-            ));
-        }
+        Err(_) => return Err(crate::grpc::too_slow(route.method, layer.body_timeout).into()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Refusal::new(
-                Code::ResourceExhausted,
-                format!(
-                    "{} requests are limited to {limit} bytes; send less",
-                    route.method
-                ),
-            ));
+            return Err(crate::grpc::too_large(route.method, limit).into());
         }
         Ok(Err(e)) => {
             return Err(Refusal::new(

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use discovery_kit::CancellationToken;
 use discovery_kit::server::BoxError;
 use http::{Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio_util::sync::DropGuard;
@@ -312,10 +312,6 @@ impl HttpBody for Recv {
 
     fn is_end_stream(&self) -> bool {
         self.done || self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
