@@ -18,8 +18,9 @@ cluster: test-deps models
 
 test: test-deps test-models check-deploy check-hygiene
 	$(CARGO) fmt --all -- --check
+	./scripts/check-clients.sh build
 	$(CARGO) test --workspace --locked
-	./scripts/check-clients.sh
+	./scripts/check-clients.sh test
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 test-deps:

@@ -1,35 +1,51 @@
 #!/usr/bin/env bash
-# The client packages, built and tested as a user gets them (`make test`):
+# The client packages and the example BFF, built and tested as a user gets
+# them (`make test`):
 # - clients/typescript is installed from its lockfile, generated from the
 #   protos, compiled and packed (npm pack: the installable artefact);
+# - examples/bff-node is installed from its lockfile (the client linked);
 # - clients/python's stubs are generated (grpcio-tools, pinned), the wheel
 #   and sdist built (python -m build) and the wheel installed into its venv;
 # then each package's own tests run, and its tests against a real
 # `discovery up` process (the debug build `cargo test` made, or BIN=...),
-# over every transport it offers.
+# over every transport it offers. (The BFF's system test is a cargo test,
+# crates/discovery/tests/bff.rs: it needs the OTLP receiver in the harness.)
+#
+#   check-clients.sh build   build and pack only (make test runs it before cargo test)
+#   check-clients.sh test    the tests, on what `build` made
+#   check-clients.sh         both
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+mode=${1:-all}
+case $mode in build | test | all) ;; *) echo "usage: $0 [build|test]" >&2; exit 2 ;; esac
 bin=${BIN:-$root/target/debug/discovery}
+
+if [ "$mode" != test ]; then
+  (
+    cd clients/typescript
+    npm ci --no-audit --no-fund --silent
+    npm run --silent build
+    rm -f ./*.tgz
+    npm pack --silent >/dev/null
+    ls ./*.tgz >/dev/null
+  )
+  (cd examples/bff-node && npm ci --no-audit --no-fund --silent)
+  (
+    cd clients/python
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/pip install -q grpcio-tools==1.85.1 build==1.6.1 setuptools==80.9.0
+    PYTHON=.venv/bin/python ./generate.sh
+    rm -rf dist build
+    .venv/bin/python -m build -q --no-isolation --outdir dist . >/dev/null
+    .venv/bin/pip install -q --force-reinstall --no-deps dist/*.whl
+  )
+  [ "$mode" = build ] && { echo "check-clients: built"; exit 0; }
+fi
 [ -x "$bin" ] || cargo build --locked -q -p discovery
-[ -x .tools/buf/node_modules/.bin/buf ] || ./scripts/check-hygiene.sh >/dev/null
 
-cd clients/typescript
-npm ci --no-audit --no-fund --silent
-npm run --silent build
-rm -f ./*.tgz
-npm pack --silent >/dev/null
-ls ./*.tgz >/dev/null
-node --test test/retry.test.mjs
-
-cd "$root/clients/python"
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q grpcio-tools==1.85.1 build==1.6.1 setuptools==80.9.0
-PYTHON=.venv/bin/python ./generate.sh
-rm -rf dist build
-.venv/bin/python -m build -q --no-isolation --outdir dist . >/dev/null
-.venv/bin/pip install -q --force-reinstall --no-deps dist/*.whl
-(cd tests && ../.venv/bin/python -m unittest -q test_retry)
+(cd clients/typescript && node --test test/retry.test.mjs)
+(cd clients/python/tests && ../.venv/bin/python -m unittest -q test_retry)
 cd "$root/clients/typescript"
 
 work=$(mktemp -d)

@@ -5,7 +5,7 @@ import {
   createGrpcTransport,
   createGrpcWebTransport,
 } from "@connectrpc/connect-node";
-import type { Transport } from "@connectrpc/connect";
+import type { Interceptor, Transport } from "@connectrpc/connect";
 import {
   createDiscoveryClient,
   discoveryInterceptors,
@@ -23,11 +23,17 @@ export interface NodeOptions extends CallOptions {
   protocol?: Protocol;
   /** Default deadline of a call, in ms (default 5000; streams: none). */
   timeoutMs?: number;
+  /**
+   * Interceptors run before the discovery ones (outermost first), e.g. one
+   * that opens a client span and sends its `traceparent`: it then covers
+   * the retries too.
+   */
+  interceptors?: Interceptor[];
 }
 
 /** A transport to the gateway with the discovery interceptors. */
 export function nodeTransport(o: NodeOptions): Transport {
-  const interceptors = discoveryInterceptors(o);
+  const interceptors = [...(o.interceptors ?? []), ...discoveryInterceptors(o)];
   const defaultTimeoutMs = o.timeoutMs ?? 5000;
   switch (o.protocol ?? "grpc") {
     case "grpc":

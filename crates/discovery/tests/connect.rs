@@ -5,10 +5,10 @@
 //! for a valid request, and limited (429 with `retry-after`) past the key's
 //! budget; one binary (`application/proto`) call too.
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use discovery_harness::up::Up;
 use discovery_harness::workspace_root;
 
 fn free_port() -> u16 {
@@ -16,15 +16,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `curl` a Connect call: (HTTP status, headers, body as JSON or text).
@@ -36,46 +27,31 @@ fn curl(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String, serde_json::Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-D", "-", "-X", "POST", "--max-time", "30"])
-        .arg(if http2 {
+    let content_type = format!("content-type: {content_type}");
+    let key = key.map(|k| format!("x-api-key: {k}"));
+    let mut args = vec![
+        "-X",
+        "POST",
+        if http2 {
             "--http2-prior-knowledge"
         } else {
             "--http1.1"
-        })
-        .args(["-H", &format!("content-type: {content_type}")])
-        .args(["-H", "connect-protocol-version: 1"])
-        .args(["--data-binary", "@-"])
-        .arg(format!("{base}/discovery.v1.Discovery/{method}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(k) = key {
-        cmd.args(["-H", &format!("x-api-key: {k}")]);
+        },
+        "-H",
+        &content_type,
+        "-H",
+        "connect-protocol-version: 1",
+    ];
+    if let Some(k) = &key {
+        args.extend(["-H", k]);
     }
-    let mut child = cmd.spawn().expect("curl runs");
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
-    if text.is_empty() {
-        text = format!("curl: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let (mut head, mut body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    // Interim answers (`100 Continue` to curl's `Expect`) come first.
-    while head
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|s| s.starts_with('1'))
-    {
-        (head, body) = body.split_once("\r\n\r\n").unwrap_or((body, ""));
-    }
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.into()));
-    (status, head.to_ascii_lowercase(), json)
+    let r = discovery_harness::http::curl(
+        &args,
+        &format!("{base}/discovery.v1.Discovery/{method}"),
+        Some(body),
+    );
+    let json = r.json();
+    (r.status, r.head, json)
 }
 
 /// Every unary public method, with a request it should answer.
@@ -127,48 +103,21 @@ fn valid_requests(product: &str, photo_b64: &str) -> Vec<(&'static str, String)>
     ]
 }
 
-/// `discovery up` as a process on free ports with `limits` for its partner
-/// key: the process, the gateway's port, the key it printed.
-async fn up(limits: &str) -> (Up, u16, String) {
-    let root = workspace_root();
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
-    let gateway = ports[0];
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_discovery"))
-        .arg("up")
-        .current_dir(&root)
-        .env("DISCOVERY_GATEWAY_PORT", gateway.to_string())
-        .env("DISCOVERY_FACE_ANALYSIS_PORT", ports[1].to_string())
-        .env("DISCOVERY_RECOMMENDATION_PORT", ports[2].to_string())
-        .env("DISCOVERY_SYNC_PORT", ports[3].to_string())
-        .env("DISCOVERY_MONITORING_PORT", ports[4].to_string())
-        .env("DISCOVERY_METRICS_PORT", ports[5].to_string())
-        .env("DISCOVERY_LIMIT_PARTNER", limits)
-        .env("RUST_LOG", "warn")
-        .stdout(log.reopen().unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("discovery up starts");
-    let up = Up(child);
-    for _ in 0..600 {
-        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-        if let Some(key) = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("export DISCOVERY_API_KEY="))
-        {
-            return (up, gateway, key.to_string());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("discovery up printed no key");
+/// `discovery up` with `limits` for its partner key.
+fn up(limits: &str) -> Up {
+    Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_discovery")),
+        &[("DISCOVERY_LIMIT_PARTNER", limits.to_string())],
+    )
+    .expect("discovery up")
 }
 
 #[tokio::test]
 async fn every_unary_method_speaks_json_over_http() {
     let root = workspace_root();
     // The development key is a partner's: three Recommend calls a minute.
-    let (_up, gateway, key) = up("1000/m,recommend=3/m").await;
-    let base = format!("http://127.0.0.1:{gateway}");
+    let up = up("1000/m,recommend=3/m");
+    let (base, key) = (up.base_url(), up.key.clone());
 
     // A product id from the demo catalogue, through JSON.
     let mut product = None;
@@ -325,8 +274,8 @@ async fn every_unary_method_speaks_json_over_http() {
 /// and exit codes that tell a refusal (3) from no gateway (4).
 #[tokio::test]
 async fn the_admin_cli_answers_and_its_exit_codes_say_why_not() {
-    let (_up, gateway, key) = up("off").await;
-    let url = format!("http://127.0.0.1:{gateway}");
+    let up = up("off");
+    let (url, key) = (up.base_url(), up.key.clone());
     let admin = |args: &[&str], key: &str, url: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_discovery"))
             .arg("admin")

@@ -380,6 +380,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "log filter (tracing-subscriber EnvFilter syntax)",
     },
     Variable {
+        name: "DISCOVERY_TRACE_FILTER",
+        default: "info",
+        help: "which spans are exported (EnvFilter syntax), apart from RUST_LOG: quieter logs keep their traces",
+    },
+    Variable {
         name: "OTEL_EXPORTER_OTLP_ENDPOINT",
         default: "",
         help: "OTLP/gRPC endpoint for traces (e.g. http://jaeger:4317); unset disables export",

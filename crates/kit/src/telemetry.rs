@@ -149,10 +149,15 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             let tracer = p.tracer(config.service_name.clone());
             opentelemetry::global::set_tracer_provider(p.clone());
             provider = Some(p);
+            // Its own filter: an operator quietening logs with
+            // RUST_LOG=warn kept no trace at all when both layers shared
+            // RUST_LOG (the BFF system test found it).
+            let spans = EnvFilter::try_from_env("DISCOVERY_TRACE_FILTER")
+                .unwrap_or_else(|_| EnvFilter::new("info"));
             Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
-                    .with_filter(filter()),
+                    .with_filter(spans),
             )
         }
     };

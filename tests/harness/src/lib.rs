@@ -14,7 +14,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod http;
 pub mod otlp;
+pub mod up;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
