@@ -15,7 +15,7 @@ if (!baseUrl || !apiKey) {
 }
 
 for (const protocol of ["grpc", "connect", "connect-json", "grpc-web"]) {
-  test(`${protocol}: recommend, search, product, photo, refusals`, async () => {
+  test(`${protocol}: recommend, search, product, photo, a stream, refusals`, async () => {
     const client = createNodeClient({ baseUrl, apiKey, protocol, userId: "shopper-1" });
     const rec = await client.recommend(
       create(RecommendRequestSchema, {
@@ -35,7 +35,19 @@ for (const protocol of ["grpc", "connect", "connect-json", "grpc-web"]) {
       const analysis = await client.analyzeFace({ input: { case: "image", value: image } });
       assert.notEqual(analysis.result.faceShape, FaceShape.UNSPECIFIED);
     }
+    // A server stream: the conversation's events as they come.
+    const kinds = [];
+    for await (const ev of client.converse({ sessionId: `ts-${protocol}`, utterance: "round frames under 150" })) {
+      kinds.push(ev.event.case);
+    }
+    assert.ok(kinds.includes("results") && kinds.includes("reply"), kinds.join());
     const stranger = createNodeClient({ baseUrl, apiKey: "dk_wrong", protocol });
+    await assert.rejects(
+      (async () => {
+        for await (const _ of stranger.converse({ utterance: "round" }));
+      })(),
+      (e) => e.code === Code.Unauthenticated,
+    );
     await assert.rejects(stranger.getProduct({ id }), (e) => e.code === Code.Unauthenticated);
     await assert.rejects(client.getProduct({ id: "no-such-frame" }), (e) => e.code === Code.NotFound);
   });

@@ -103,6 +103,28 @@ fn valid_requests(product: &str, photo_b64: &str) -> Vec<(&'static str, String)>
     ]
 }
 
+/// A product id from the demo catalogue through JSON, once the catalogue
+/// is loaded (it may not be the moment the key is printed).
+async fn first_product(base: &str, key: &str) -> String {
+    for _ in 0..100 {
+        let (status, _, json) = curl(
+            base,
+            "SearchProducts",
+            Some(key),
+            false,
+            "application/json",
+            br#"{"query": "frame"}"#,
+        );
+        if status == 200
+            && let Some(id) = json["hits"][0]["product"]["id"].as_str()
+        {
+            return id.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("SearchProducts over JSON finds no product");
+}
+
 /// `discovery up` with `limits` for its partner key.
 fn up(limits: &str) -> Up {
     Up::start(
@@ -120,27 +142,7 @@ async fn every_unary_method_speaks_json_over_http() {
     let (base, key) = (up.base_url(), up.key.clone());
 
     // A product id from the demo catalogue, through JSON.
-    let mut product = None;
-    for _ in 0..100 {
-        let (status, _, json) = curl(
-            &base,
-            "SearchProducts",
-            Some(&key),
-            false,
-            "application/json",
-            br#"{"query": "frame"}"#,
-        );
-        if status == 200 {
-            product = json["hits"][0]["product"]["id"]
-                .as_str()
-                .map(str::to_string);
-            if product.is_some() {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let product = product.expect("SearchProducts over JSON finds a product");
+    let product = first_product(&base, &key).await;
     let photo = Command::new("base64")
         .args(["-w0", "models/testdata/astronaut.png"])
         .current_dir(&root)
@@ -268,6 +270,92 @@ async fn every_unary_method_speaks_json_over_http() {
     );
     assert_eq!(status, 200);
     assert!(head.contains("content-type: application/proto"), "{head}");
+}
+
+/// Server streams over Connect (the streaming protocol's envelopes), as a
+/// Connect client or curl sends them, on HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn server_streams_speak_connect() {
+    let up = up("off");
+    let (base, key) = (up.base_url(), up.key.clone());
+    first_product(&base, &key).await;
+    // Server streams over Connect: a conversation's events as they come,
+    // then the end; a missing job's watch ends with its error.
+    for http2 in [false, true] {
+        let (status, head, got) = stream(
+            &base,
+            "Converse",
+            &key,
+            http2,
+            br#"{"sessionId": "connect-1", "utterance": "round frames under 150"}"#,
+        );
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains("application/connect+json"), "{head}");
+        let (flags, end) = got.last().expect("an end-of-stream envelope");
+        assert_eq!(*flags, 2, "{got:?}");
+        assert!(end.get("error").is_none(), "{end}");
+        let events = &got[..got.len() - 1];
+        assert!(
+            events.iter().any(|(_, e)| e["results"]["hits"].is_array()),
+            "the results among the events: {got:?}"
+        );
+        assert!(
+            events.iter().any(|(_, e)| e["reply"].is_string()),
+            "a reply among the events: {got:?}"
+        );
+    }
+    let (status, _, got) = stream(&base, "WatchSyncJob", &key, true, br#"{"jobId": "nope"}"#);
+    assert_eq!(status, 200);
+    let (_, end) = got.last().expect("an end-of-stream envelope");
+    assert_eq!(end["error"]["code"], "not_found", "{end}");
+    let (_, _, got) = stream(&base, "IngestCatalog", &key, true, b"{}");
+    assert_eq!(got.last().unwrap().1["error"]["code"], "unimplemented");
+}
+
+/// A Connect server stream with curl: (HTTP status, head, the envelopes as
+/// (flags, JSON)).
+fn stream(
+    base: &str,
+    method: &str,
+    key: &str,
+    http2: bool,
+    json: &[u8],
+) -> (u16, String, Vec<(u8, serde_json::Value)>) {
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    body.extend_from_slice(json);
+    let key = format!("x-api-key: {key}");
+    let r = discovery_harness::http::curl(
+        &[
+            "-X",
+            "POST",
+            if http2 {
+                "--http2-prior-knowledge"
+            } else {
+                "--http1.1"
+            },
+            "-H",
+            "content-type: application/connect+json",
+            "-H",
+            "connect-protocol-version: 1",
+            "-H",
+            &key,
+        ],
+        &format!("{base}/discovery.v1.Discovery/{method}"),
+        Some(&body),
+    );
+    let mut rest = &r.raw[..];
+    let mut envelopes = Vec::new();
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let message = &rest[5..(5 + len).min(rest.len())];
+        envelopes.push((
+            rest[0],
+            serde_json::from_slice(message).unwrap_or(serde_json::Value::Null),
+        ));
+        rest = &rest[(5 + len).min(rest.len())..];
+    }
+    (r.status, r.head, envelopes)
 }
 
 /// `discovery admin` against the running system: JSON and text answers,

@@ -12,6 +12,8 @@ pub struct Reply {
     pub head: String,
     /// The body as text.
     pub body: String,
+    /// The body's bytes.
+    pub raw: Vec<u8>,
 }
 
 impl Reply {
@@ -50,6 +52,7 @@ pub fn curl(args: &[&str], url: &str, body: Option<&[u8]>) -> Reply {
                 status: 0,
                 head: String::new(),
                 body: format!("curl did not run: {e}"),
+                raw: Vec::new(),
             };
         }
     };
@@ -64,24 +67,34 @@ pub fn curl(args: &[&str], url: &str, body: Option<&[u8]>) -> Reply {
                 status: 0,
                 head: String::new(),
                 body: format!("curl: {e}"),
+                raw: Vec::new(),
             };
         }
     };
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if text.is_empty() {
+    if out.stdout.is_empty() {
         return Reply {
             status: 0,
             head: String::new(),
             body: format!("curl: {}", String::from_utf8_lossy(&out.stderr)),
+            raw: Vec::new(),
         };
     }
-    let (mut head, mut rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = |b: &[u8]| -> (String, Vec<u8>) {
+        match b.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(i) => (
+                String::from_utf8_lossy(&b[..i]).to_string(),
+                b[i + 4..].to_vec(),
+            ),
+            None => (String::from_utf8_lossy(b).to_string(), Vec::new()),
+        }
+    };
+    let (mut head, mut rest) = split(&out.stdout);
     while head
         .split_whitespace()
         .nth(1)
         .is_some_and(|s| s.starts_with('1'))
     {
-        (head, rest) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+        (head, rest) = split(&rest);
     }
     let status = head
         .split_whitespace()
@@ -93,9 +106,14 @@ pub fn curl(args: &[&str], url: &str, body: Option<&[u8]>) -> Reply {
         head: head.to_ascii_lowercase(),
         body: if status == 0 {
             // No final answer: what curl said about it.
-            format!("curl: {}{rest}", String::from_utf8_lossy(&out.stderr))
+            format!(
+                "curl: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&rest)
+            )
         } else {
-            rest.to_string()
+            String::from_utf8_lossy(&rest).to_string()
         },
+        raw: rest,
     }
 }

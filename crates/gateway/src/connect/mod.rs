@@ -15,8 +15,10 @@
 //! read; the body is read within the gateway's body timeout and at most the
 //! route's limit (a third more for JSON, which carries bytes as base64);
 //! JSON is decoded by at most [`DECODING`] calls at once (more are refused
-//! with `resource_exhausted` and `retry-after`). Streams are not served over
-//! Connect (gRPC and gRPC-Web serve them).
+//! with `resource_exhausted` and `retry-after`).
+//!
+//! Server streams (`application/connect+json`, `application/connect+proto`)
+//! are in [`stream`]; client streams (`IngestCatalog`) stay on gRPC.
 
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -41,23 +43,28 @@ pub const DECODING: usize = 64;
 /// Largest answer turned back into JSON or returned whole.
 const MAX_ANSWER: usize = 32 << 20;
 
-/// The two Connect unary codecs.
+mod stream;
+
+/// The two Connect codecs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
-    /// `application/json`.
+    /// `application/json` (unary), `application/connect+json` (streams).
     Json,
-    /// `application/proto`.
+    /// `application/proto` (unary), `application/connect+proto` (streams).
     Proto,
 }
 
 impl Codec {
-    /// The codec a Connect unary request's content type names, if any.
-    pub fn of(headers: &HeaderMap) -> Option<Codec> {
+    /// The codec a Connect request's content type names, and whether it
+    /// is the streaming protocol; `None` for anything else (gRPC, gRPC-Web).
+    pub fn of(headers: &HeaderMap) -> Option<(Codec, bool)> {
         let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
         let essence = ct.split(';').next().unwrap_or_default().trim();
         match essence.to_ascii_lowercase().as_str() {
-            "application/json" => Some(Codec::Json),
-            "application/proto" => Some(Codec::Proto),
+            "application/json" => Some((Codec::Json, false)),
+            "application/proto" => Some((Codec::Proto, false)),
+            "application/connect+json" => Some((Codec::Json, true)),
+            "application/connect+proto" => Some((Codec::Proto, true)),
             _ => None,
         }
     }
@@ -79,10 +86,15 @@ pub fn descriptors() -> &'static DescriptorPool {
     })
 }
 
+/// A public method's descriptor.
+fn types_of_method(route: &Route) -> Option<prost_reflect::MethodDescriptor> {
+    let service = descriptors().get_service_by_name(discovery_proto::service_names::DISCOVERY)?;
+    service.methods().find(|m| m.name() == route.method)
+}
+
 /// A method's request and response types.
 fn types_of(route: &Route) -> Option<(MessageDescriptor, MessageDescriptor)> {
-    let service = descriptors().get_service_by_name(discovery_proto::service_names::DISCOVERY)?;
-    let method = service.methods().find(|m| m.name() == route.method)?;
+    let method = types_of_method(route)?;
     Some((method.input(), method.output()))
 }
 
@@ -246,20 +258,31 @@ async fn translate(
     req: Request<Body>,
 ) -> Result<Response<Body>, Refusal> {
     let (parts, body) = req.into_parts();
-    match check(&layer, &parts) {
-        Ok((codec, route)) => call(inner, &layer, codec, route, parts, body).await,
-        Err(refusal) => Err(drained(body, refusal).await),
+    let Some((codec, streaming)) = Codec::of(&parts.headers) else {
+        return Err(drained(
+            body,
+            Refusal::new(Code::Unimplemented, "not a Connect call"),
+        )
+        .await);
+    };
+    let checked = check(&layer, &parts, streaming);
+    match (checked, streaming) {
+        (Ok(route), false) => call(inner, &layer, codec, route, parts, body).await,
+        (Ok(route), true) => stream::call(inner, &layer, codec, route, parts, body)
+            .await
+            .or_else(|refusal| Ok(stream::refused(codec, refusal))),
+        (Err(refusal), false) => Err(drained(body, refusal).await),
+        (Err(refusal), true) => Ok(stream::refused(codec, drained(body, refusal).await)),
     }
 }
 
-/// What can be refused from the head alone: the codec, the method, the
-/// key (strangers are refused before their body costs anything).
+/// What can be refused from the head alone: the method, the protocol it
+/// needs, the key (strangers are refused before their body costs anything).
 fn check(
     layer: &ConnectLayer,
     parts: &http::request::Parts,
-) -> Result<(Codec, &'static Route), Refusal> {
-    let codec = Codec::of(&parts.headers)
-        .ok_or_else(|| Refusal::new(Code::Unimplemented, "not a Connect unary call"))?;
+    streaming: bool,
+) -> Result<&'static Route, Refusal> {
     let path = parts.uri.path();
     let route = routes::lookup(path).ok_or_else(|| {
         Refusal::new(
@@ -273,11 +296,30 @@ fn check(
             format!("call {} with POST", route.method),
         ));
     }
-    if route.streaming {
+    let client_streaming = types_of_method(route).is_some_and(|m| m.is_client_streaming());
+    if client_streaming {
         return Err(Refusal::new(
             Code::Unimplemented,
             format!(
-                "{} is a stream: call it over gRPC or gRPC-Web (Connect streams are not served)",
+                "{} streams from the caller: call it over gRPC (Connect serves server streams only)",
+                route.method
+            ),
+        ));
+    }
+    if route.streaming && !streaming {
+        return Err(Refusal::new(
+            Code::Unimplemented,
+            format!(
+                "{} is a server stream: send application/connect+json or application/connect+proto (or call it over gRPC)",
+                route.method
+            ),
+        ));
+    }
+    if !route.streaming && streaming {
+        return Err(Refusal::new(
+            Code::Unimplemented,
+            format!(
+                "{} is unary: send application/json or application/proto",
                 route.method
             ),
         ));
@@ -291,7 +333,7 @@ fn check(
         ));
     }
     layer.keys.authenticate(&parts.headers)?;
-    Ok((codec, route))
+    Ok(route)
 }
 
 /// Reads the body, makes the gRPC call and turns its answer back.
@@ -300,7 +342,7 @@ async fn call(
     layer: &ConnectLayer,
     codec: Codec,
     route: &'static Route,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Body,
 ) -> Result<Response<Body>, Refusal> {
     let (input, output) = types_of(route)
@@ -311,45 +353,68 @@ async fn call(
         Codec::Json => limit / 3 * 4 + (64 << 10),
         Codec::Proto => limit,
     };
-    let read = http_body_util::Limited::new(body, limit).collect();
-    let bytes = match tokio::time::timeout(layer.body_timeout, read).await {
-        Err(_) => return Err(crate::grpc::too_slow(route.method, layer.body_timeout).into()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(crate::grpc::too_large(route.method, limit).into());
-        }
-        Ok(Err(e)) => {
-            return Err(Refusal::new(
-                Code::Cancelled,
-                format!("the {} request body could not be read: {e}", route.method),
-            ));
-        }
-        Ok(Ok(c)) => c.to_bytes(),
-    };
+    let bytes = read_request(layer, route, body, limit).await?;
     let message = match codec {
         Codec::Proto => bytes,
-        Codec::Json => {
-            let _decoding = layer.decoding.try_acquire().map_err(|_| {
-                let mut m = HeaderMap::new();
-                m.insert("retry-after", HeaderValue::from_static("1"));
-                Refusal(
-                    Code::ResourceExhausted,
-                    "too many JSON requests are being decoded; retry shortly".into(),
-                    Box::new(m),
-                )
-            })?;
-            from_json(&input, &bytes).map_err(|e| {
-                Refusal::new(
-                    Code::InvalidArgument,
-                    format!(
-                        "the {} request is not a valid {} in JSON: {e}",
-                        route.method,
-                        input.name()
-                    ),
-                )
-            })?
-        }
+        Codec::Json => decode_json(layer, route, &input, &bytes)?,
     };
-    // The gRPC call it names.
+    let grpc = grpc_request(parts, &message)?;
+    let Ok(resp) = inner.oneshot(grpc).await;
+    answer(codec, &output, resp).await
+}
+
+/// Reads a request body: at most `limit` bytes, within the body timeout.
+async fn read_request(
+    layer: &ConnectLayer,
+    route: &Route,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Refusal> {
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(layer.body_timeout, read).await {
+        Err(_) => Err(crate::grpc::too_slow(route.method, layer.body_timeout).into()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(crate::grpc::too_large(route.method, limit).into())
+        }
+        Ok(Err(e)) => Err(Refusal::new(
+            Code::Cancelled,
+            format!("the {} request body could not be read: {e}", route.method),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// A JSON request as protobuf bytes, if a decoding slot is free.
+fn decode_json(
+    layer: &ConnectLayer,
+    route: &Route,
+    input: &MessageDescriptor,
+    bytes: &[u8],
+) -> Result<Bytes, Refusal> {
+    let _decoding = layer.decoding.try_acquire().map_err(|_| {
+        let mut m = HeaderMap::new();
+        m.insert("retry-after", HeaderValue::from_static("1"));
+        Refusal(
+            Code::ResourceExhausted,
+            "too many JSON requests are being decoded; retry shortly".into(),
+            Box::new(m),
+        )
+    })?;
+    from_json(input, bytes).map_err(|e| {
+        Refusal::new(
+            Code::InvalidArgument,
+            format!(
+                "the {} request is not a valid {} in JSON: {e}",
+                route.method,
+                input.name()
+            ),
+        )
+    })
+}
+
+/// The gRPC call a Connect call names: its headers less Connect's, its
+/// deadline as `grpc-timeout`, `message` framed.
+fn grpc_request(mut parts: http::request::Parts, message: &[u8]) -> Result<Request<Body>, Refusal> {
     let timeout = parts.headers.remove("connect-timeout-ms");
     for name in [
         "connect-protocol-version",
@@ -384,10 +449,11 @@ async fn call(
     let mut framed = BytesMut::with_capacity(message.len() + 5);
     framed.put_u8(0);
     framed.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
-    framed.extend_from_slice(&message);
-    let grpc = Request::from_parts(parts, Body::new(http_body_util::Full::new(framed.freeze())));
-    let Ok(resp) = inner.oneshot(grpc).await;
-    answer(codec, &output, resp).await
+    framed.extend_from_slice(message);
+    Ok(Request::from_parts(
+        parts,
+        Body::new(http_body_util::Full::new(framed.freeze())),
+    ))
 }
 
 /// Decodes a JSON request (an empty body is the empty message).

@@ -346,3 +346,230 @@ fn every_public_method_has_descriptors_and_every_code_a_name_and_status() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// A gRPC stream's answer: `messages`, then trailers with `status`.
+fn grpc_stream(messages: &[Vec<u8>], status: &'static str) -> Response<Body> {
+    let mut frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = messages
+        .iter()
+        .map(|m| {
+            let mut framed = vec![0u8];
+            framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            framed.extend_from_slice(m);
+            Ok(http_body::Frame::data(Bytes::from(framed)))
+        })
+        .collect();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static(status));
+    trailers.insert("grpc-message", HeaderValue::from_static("no%20such%20job"));
+    trailers.insert("x-served-by", HeaderValue::from_static("replica-1"));
+    frames.push(Ok(http_body::Frame::trailers(trailers)));
+    let mut resp = Response::new(Body::new(http_body_util::StreamBody::new(
+        futures::stream::iter(frames),
+    )));
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    resp
+}
+
+fn two_events() -> Response<Body> {
+    let events = [
+        pb::ConverseEvent {
+            event: Some(pb::converse_event::Event::Reply("round frames".into())),
+        },
+        pb::ConverseEvent {
+            event: Some(pb::converse_event::Event::Reply("under 150".into())),
+        },
+    ];
+    grpc_stream(&events.map(|e| e.encode_to_vec()), "0")
+}
+
+fn one_event_then_not_found() -> Response<Body> {
+    let e = pb::SyncJob {
+        job_id: "job-1".into(),
+        ..Default::default()
+    };
+    grpc_stream(&[e.encode_to_vec()], "5")
+}
+
+/// A Connect stream's answer: its envelopes (flags, message).
+async fn envelopes(resp: Response<Body>) -> (StatusCode, HeaderMap, Vec<(u8, Bytes)>) {
+    let (parts, body) = resp.into_parts();
+    let mut bytes = body.collect().await.unwrap().to_bytes();
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let flags = bytes[0];
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        out.push((flags, bytes.slice(5..5 + len)));
+        bytes = bytes.slice(5 + len..);
+    }
+    assert!(bytes.is_empty(), "no trailing bytes after the envelopes");
+    (parts.status, parts.headers, out)
+}
+
+fn enveloped(message: &[u8]) -> Bytes {
+    let mut b = vec![0u8];
+    b.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    b.extend_from_slice(message);
+    Bytes::from(b)
+}
+
+fn stream_post(path: &str, key: &str, content_type: &'static str, body: Bytes) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", content_type)
+        .header("x-api-key", key)
+        .header("connect-protocol-version", "1")
+        .body(Body::new(http_body_util::Full::new(body)))
+        .unwrap()
+}
+
+fn end_of(envelopes: &[(u8, Bytes)]) -> serde_json::Value {
+    let (flags, end) = envelopes.last().expect("an end-of-stream envelope");
+    assert_eq!(*flags, 2, "the last envelope ends the stream");
+    serde_json::from_slice(end).unwrap()
+}
+
+#[tokio::test]
+async fn a_server_stream_relays_each_message_then_its_status() {
+    let (ring, key) = keys().await;
+    let seen = Arc::new(Mutex::new(None));
+    let mut svc = service(ring, upstream(seen.clone(), two_events));
+    let req = stream_post(
+        "/discovery.v1.Discovery/Converse",
+        &key,
+        "application/connect+json",
+        enveloped(br#"{"sessionId": "s-1", "utterance": "round under 150"}"#),
+    );
+    let (status, headers, got) = envelopes(svc.call(req).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/connect+json");
+    assert_eq!(got.len(), 3, "two messages and the end");
+    let first: serde_json::Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!((got[0].0, &first["reply"]), (0, &"round frames".into()));
+    let end = end_of(&got);
+    assert!(end.get("error").is_none(), "{end}");
+    assert_eq!(end["metadata"]["x-served-by"][0], "replica-1");
+    let (sent, body) = seen.lock().take().unwrap();
+    assert_eq!(sent["content-type"], "application/grpc");
+    let request = pb::ConverseRequest::decode(&body[5..]).unwrap();
+    assert_eq!(request.utterance, "round under 150");
+
+    // Binary: gRPC's messages go as they came.
+    let msg = pb::ConverseRequest {
+        utterance: "round".into(),
+        ..Default::default()
+    };
+    let (ring, key) = keys().await;
+    let mut svc = service(ring, upstream(seen.clone(), two_events));
+    let req = stream_post(
+        "/discovery.v1.Discovery/Converse",
+        &key,
+        "application/connect+proto",
+        enveloped(&msg.encode_to_vec()),
+    );
+    let (_, headers, got) = envelopes(svc.call(req).await.unwrap()).await;
+    assert_eq!(headers["content-type"], "application/connect+proto");
+    let e = pb::ConverseEvent::decode(got[1].1.clone()).unwrap();
+    assert_eq!(
+        e.event,
+        Some(pb::converse_event::Event::Reply("under 150".into()))
+    );
+    // A stranger's stream is refused in the stream's own way.
+    let req = stream_post(
+        "/discovery.v1.Discovery/Converse",
+        "dk_wrong",
+        "application/connect+json",
+        enveloped(b"{}"),
+    );
+    let (status, _, got) = envelopes(svc.call(req).await.unwrap()).await;
+    assert_eq!((status, got.len()), (StatusCode::OK, 1));
+    assert_eq!(end_of(&got)["error"]["code"], "unauthenticated");
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_ends_with_the_error_after_what_it_sent() {
+    let (ring, key) = keys().await;
+    let seen = Arc::new(Mutex::new(None));
+    let mut svc = service(ring, upstream(seen.clone(), one_event_then_not_found));
+    let req = stream_post(
+        "/discovery.v1.Discovery/WatchSyncJob",
+        &key,
+        "application/connect+json",
+        enveloped(br#"{"jobId": "job-1"}"#),
+    );
+    let (_, _, got) = envelopes(svc.call(req).await.unwrap()).await;
+    assert_eq!(got.len(), 2);
+    let job: serde_json::Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!(job["jobId"], "job-1");
+    let end = end_of(&got);
+    assert_eq!(end["error"]["code"], "not_found");
+    assert_eq!(end["error"]["message"], "no such job");
+
+    // Refused before the call: limited (with its retry-after), and
+    // requests that are not one plain envelope.
+    let (ring, key) = keys().await;
+    let mut svc = service(ring, upstream(seen.clone(), limited_answer));
+    let req = stream_post(
+        "/discovery.v1.Discovery/WatchSyncJob",
+        &key,
+        "application/connect+json",
+        enveloped(br#"{"jobId": "job-1"}"#),
+    );
+    let (_, _, got) = envelopes(svc.call(req).await.unwrap()).await;
+    let end = end_of(&got);
+    assert_eq!(end["error"]["code"], "resource_exhausted");
+    assert_eq!(end["metadata"]["retry-after"][0], "7");
+    *seen.lock() = None;
+    let mut short = enveloped(br#"{"jobId": "job-1"}"#).to_vec();
+    short.truncate(10);
+    let mut compressed = enveloped(b"{}").to_vec();
+    compressed[0] = 1;
+    for (body, code, why) in [
+        (Bytes::from(short), "invalid_argument", "prefix says"),
+        (
+            Bytes::from_static(b"{}"),
+            "invalid_argument",
+            "five-byte prefix",
+        ),
+        (Bytes::from(compressed), "unimplemented", "uncompressed"),
+        (enveloped(br#"{"nope": 1}"#), "invalid_argument", "nope"),
+    ] {
+        let req = stream_post(
+            "/discovery.v1.Discovery/WatchSyncJob",
+            &key,
+            "application/connect+json",
+            body,
+        );
+        let (_, _, got) = envelopes(svc.call(req).await.unwrap()).await;
+        let end = end_of(&got);
+        assert_eq!(end["error"]["code"], code, "{why}: {end}");
+        assert!(
+            end["error"]["message"].as_str().unwrap().contains(why),
+            "{why}: {end}"
+        );
+    }
+    assert!(seen.lock().is_none(), "nothing bad went upstream");
+
+    // The wrong protocol for the method, and the client stream: each told
+    // what to send instead.
+    for (path, ct, why) in [
+        (
+            "/discovery.v1.Discovery/GetProduct",
+            "application/connect+json",
+            "is unary",
+        ),
+        (
+            "/discovery.v1.Discovery/IngestCatalog",
+            "application/connect+proto",
+            "streams from the caller",
+        ),
+    ] {
+        let req = stream_post(path, &key, ct, enveloped(b"{}"));
+        let (_, _, got) = envelopes(svc.call(req).await.unwrap()).await;
+        let end = end_of(&got);
+        assert_eq!(end["error"]["code"], "unimplemented");
+        assert!(
+            end["error"]["message"].as_str().unwrap().contains(why),
+            "{end}"
+        );
+    }
+}
