@@ -8,7 +8,8 @@
 #   and sdist built (python -m build) and the wheel installed into its venv;
 # then each package's own tests run, and its tests against a real
 # `discovery up` process (the debug build `cargo test` made, or BIN=...),
-# over every transport it offers. (The BFF's system test is a cargo test,
+# over every transport it offers, and the OpenAPI document the gateway serves
+# is validated (openapi-spec-validator). (The BFF's system test is a cargo test,
 # crates/discovery/tests/bff.rs: it needs the OTLP receiver in the harness.)
 #
 #   check-clients.sh build   build and pack only (make test runs it before cargo test)
@@ -34,7 +35,8 @@ if [ "$mode" != test ]; then
   (
     cd clients/python
     [ -x .venv/bin/python ] || python3 -m venv .venv
-    .venv/bin/pip install -q grpcio-tools==1.85.1 build==1.6.1 setuptools==80.9.0
+    .venv/bin/pip install -q grpcio-tools==1.85.1 build==1.6.1 setuptools==80.9.0 \
+      openapi-spec-validator==0.9.0
     PYTHON=.venv/bin/python ./generate.sh
     rm -rf dist build
     .venv/bin/python -m build -q --no-isolation --outdir dist . >/dev/null
@@ -69,6 +71,9 @@ key=$(sed -n 's/^ *export DISCOVERY_API_KEY=//p' "$work/up.log")
 [ -n "$key" ] || { cat "$work/up.log" >&2; echo "check-clients: no key from discovery up" >&2; exit 1; }
 DISCOVERY_GATEWAY=http://127.0.0.1:$gw DISCOVERY_API_KEY=$key \
   DISCOVERY_TEST_PHOTO=$root/models/testdata/astronaut.png node --test test/gateway.test.mjs
+# The OpenAPI document the gateway serves is valid OpenAPI 3.1.
+curl -sf "http://127.0.0.1:$gw/openapi.json" -o "$work/openapi.json"
+"$root/clients/python/.venv/bin/openapi-spec-validator" "$work/openapi.json"
 (cd "$root/clients/python/tests" && DISCOVERY_GATEWAY=127.0.0.1:$gw DISCOVERY_API_KEY=$key \
   DISCOVERY_TEST_PHOTO=$root/models/testdata/astronaut.png ../.venv/bin/python -m unittest -q test_gateway)
 echo "check-clients: clients/typescript ($(ls ./*.tgz)) and clients/python ($(cd "$root/clients/python/dist" && ls)) built, packed and tested against discovery up"

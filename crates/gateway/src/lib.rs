@@ -169,10 +169,12 @@ pub async fn spawn_with_parts(
             )
         }
     };
+    let mut routes = Routes::new(public);
+    connect::openapi::serve(&mut routes);
     let mut handle = ServiceHandle::start_on_workers(
         "gateway",
         &config.serve,
-        Routes::new(public),
+        routes,
         &[service_names::DISCOVERY],
         None,
         shutdown.clone(),

@@ -43,6 +43,7 @@ pub const DECODING: usize = 64;
 /// Largest answer turned back into JSON or returned whole.
 const MAX_ANSWER: usize = 32 << 20;
 
+pub mod openapi;
 mod stream;
 
 /// The two Connect codecs.
