@@ -16,7 +16,8 @@ pub struct GatewayArgs {
     /// Gateway URL (`https://` for TLS).
     #[arg(long, global = true, default_value = GATEWAY.default_url)]
     pub gateway: String,
-    /// API key (with the admin scope).
+    /// API key (`discovery up` prints one; admin commands need the admin
+    /// scope, sync the ingest scope).
     #[arg(long, global = true, env = "DISCOVERY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// CA certificate (PEM) that signed an `https://` gateway's certificate;
@@ -61,12 +62,12 @@ pub enum CacheAction {
 }
 
 /// A gateway client for `g`: TLS for `https://` (with `--ca`, or the
-/// webpki roots); a failure to connect is UNAVAILABLE.
-async fn admin_client(g: &GatewayArgs) -> Result<GatewayClient, BoxError> {
+/// webpki roots); a failure to connect is UNAVAILABLE (exit status 4).
+pub(crate) async fn client(g: &GatewayArgs) -> Result<GatewayClient, BoxError> {
     let key = g
         .api_key
         .as_deref()
-        .ok_or("--api-key (or DISCOVERY_API_KEY): an admin key is needed")?;
+        .ok_or("--api-key (or DISCOVERY_API_KEY): a key is needed (`discovery up` prints one)")?;
     let key = key
         .trim()
         .parse()
@@ -90,15 +91,25 @@ async fn admin_client(g: &GatewayArgs) -> Result<GatewayClient, BoxError> {
             g.gateway
         ))
     })?;
-    Ok(DiscoveryClient::with_interceptor(channel, WithKey(key)))
+    Ok(DiscoveryClient::with_interceptor(channel, WithKey(key))
+        .max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES))
 }
 
-/// Prints a `discovery.v1` message: JSON (`--json`) or protobuf text format.
-fn print_message(name: &str, bytes: &[u8], json: bool) -> Result<(), BoxError> {
+fn dynamic(name: &str, bytes: &[u8]) -> Result<prost_reflect::DynamicMessage, BoxError> {
     let desc = discovery_gateway::connect::descriptors()
         .get_message_by_name(&format!("discovery.v1.{name}"))
         .ok_or_else(|| format!("no descriptor for {name}"))?;
-    let msg = prost_reflect::DynamicMessage::decode(desc, bytes)?;
+    Ok(prost_reflect::DynamicMessage::decode(desc, bytes)?)
+}
+
+/// A `discovery.v1` message as JSON (the proto3 JSON mapping).
+pub(crate) fn message_json(name: &str, bytes: &[u8]) -> Result<serde_json::Value, BoxError> {
+    Ok(serde_json::to_value(dynamic(name, bytes)?)?)
+}
+
+/// Prints a `discovery.v1` message: JSON (`--json`) or protobuf text format.
+pub(crate) fn print_message(name: &str, bytes: &[u8], json: bool) -> Result<(), BoxError> {
+    let msg = dynamic(name, bytes)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&msg)?);
     } else {
@@ -109,7 +120,7 @@ fn print_message(name: &str, bytes: &[u8], json: bool) -> Result<(), BoxError> {
 
 pub async fn admin(action: AdminAction, g: GatewayArgs) -> Result<(), BoxError> {
     use prost::Message;
-    let mut c = admin_client(&g).await?;
+    let mut c = client(&g).await?;
     let (name, bytes) = match action {
         AdminAction::Health => (
             "GetSystemHealthResponse",

@@ -44,11 +44,9 @@ enum Command {
         #[arg(env = "DISCOVERY_SERVICE", value_parser = ["gateway", "face-analysis", "recommendation", "sync", "monitoring"])]
         service: String,
     },
-    /// Ask a running gateway for recommendations and print them.
+    /// Ask a running gateway for recommendations and print them (exit
+    /// status as for admin).
     Try {
-        /// Gateway URL.
-        #[arg(long, default_value = GATEWAY.default_url)]
-        gateway: String,
         /// Face shape: oval, round, square, heart, oblong, diamond, triangle.
         #[arg(long, default_value = "oval")]
         face_shape: String,
@@ -62,11 +60,11 @@ enum Command {
         /// shape and measurements instead of --face-shape/--face-width-mm.
         #[arg(long)]
         photo: Option<std::path::PathBuf>,
-        /// API key (`discovery up` prints one).
-        #[arg(long, env = "DISCOVERY_API_KEY", hide_env_values = true)]
-        api_key: String,
+        #[command(flatten)]
+        gateway: crate::admin::GatewayArgs,
     },
-    /// Send a catalogue feed file to a running gateway and show the job's progress.
+    /// Send a catalogue feed file to a running gateway and show the job's
+    /// progress (a key with the ingest scope; exit status as for admin).
     Sync {
         /// The feed: one JSON object per line.
         file: std::path::PathBuf,
@@ -76,12 +74,8 @@ enum Command {
         /// shopify (Shopify product JSON) or ndjson (our product documents).
         #[arg(long, default_value = "shopify", value_parser = ["shopify", "ndjson"])]
         format: String,
-        /// Gateway URL.
-        #[arg(long, default_value = GATEWAY.default_url)]
-        gateway: String,
-        /// API key with the ingest scope.
-        #[arg(long, env = "DISCOVERY_API_KEY", hide_env_values = true)]
-        api_key: String,
+        #[command(flatten)]
+        gateway: crate::admin::GatewayArgs,
     },
     /// Load a running gateway with one of the spec's scenarios and report
     /// latency (HDR: p50 ... p99.9, max), throughput and errors by gRPC code.
@@ -216,18 +210,16 @@ pub fn main() -> std::process::ExitCode {
             face_width_mm,
             count,
             photo,
-            api_key,
         } => client_command(
             "try",
-            try_it(&gateway, &api_key, &face_shape, face_width_mm, count, photo),
+            try_it(&gateway, &face_shape, face_width_mm, count, photo),
         ),
         Command::Sync {
             file,
             source,
             format,
             gateway,
-            api_key,
-        } => client_command("sync", sync_file(file, source, format, gateway, api_key)),
+        } => client_command("sync", sync_file(file, source, format, gateway)),
         Command::Keys { action } => client_command("keys", keys(action)),
         Command::Admin { action, gateway } => {
             client_command("admin", crate::admin::admin(action, gateway))
@@ -336,7 +328,10 @@ fn client_command(
     match rt.block_on(work) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("discovery {name}: {e}");
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("discovery {name}: {:?}: {}", s.code(), s.message()),
+                None => eprintln!("discovery {name}: {e}"),
+            }
             std::process::ExitCode::from(exit_code(&*e))
         }
     }
@@ -362,8 +357,7 @@ async fn sync_file(
     file: std::path::PathBuf,
     source: String,
     format: String,
-    gateway: String,
-    api_key: String,
+    gateway: crate::admin::GatewayArgs,
 ) -> Result<(), BoxError> {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
@@ -371,7 +365,7 @@ async fn sync_file(
         .await
         .map_err(|e| format!("{}: {e}", file.display()))?;
     let total = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let mut client = gateway_client(&gateway, &api_key).await?;
+    let mut client = crate::admin::client(&gateway).await?;
     let header = pb::IngestCatalogRequest {
         item: Some(pb::ingest_catalog_request::Item::Header(pb::IngestHeader {
             source,
@@ -440,7 +434,12 @@ async fn sync_file(
     }
     eprintln!();
     let job = last.ok_or("the job stream ended without a state")?;
+    if gateway.json {
+        use prost::Message;
+        crate::admin::print_message("SyncJob", &job.encode_to_vec(), true)?;
+    }
     match pb::SyncJobState::try_from(job.state) {
+        Ok(pb::SyncJobState::Succeeded) if gateway.json => Ok(()),
         Ok(pb::SyncJobState::Succeeded) => {
             println!(
                 "job {} succeeded: {} received, {} written, {} unchanged, {} rejected{}",
@@ -545,21 +544,6 @@ pub(crate) type GatewayClient = DiscoveryClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, WithKey>,
 >;
 
-async fn gateway_client(gateway: &str, api_key: &str) -> Result<GatewayClient, BoxError> {
-    let key = api_key
-        .trim()
-        .parse()
-        .map_err(|_| "--api-key: not a valid header value")?;
-    let channel = discovery_kit::client::endpoint("--gateway", gateway)?
-        .connect()
-        .await
-        .map_err(|e| {
-            format!("cannot connect to the gateway at {gateway}: {e} (is `discovery up` running?)")
-        })?;
-    Ok(DiscoveryClient::with_interceptor(channel, WithKey(key))
-        .max_encoding_message_size(discovery_proto::MAX_REQUEST_BYTES))
-}
-
 async fn keys(action: KeysAction) -> Result<(), BoxError> {
     use discovery_gateway::auth::{self, Tier};
     use discovery_gateway::routes::Scope;
@@ -635,8 +619,7 @@ async fn keys(action: KeysAction) -> Result<(), BoxError> {
 }
 
 async fn try_it(
-    gateway: &str,
-    api_key: &str,
+    gateway: &crate::admin::GatewayArgs,
     face_shape: &str,
     face_width_mm: f32,
     count: u32,
@@ -644,12 +627,14 @@ async fn try_it(
 ) -> Result<(), BoxError> {
     let shape = pb::FaceShape::from_str_name(&format!("FACE_SHAPE_{}", face_shape.to_ascii_uppercase()))
         .ok_or_else(|| format!("--face-shape: {face_shape:?} is not one of oval, round, square, heart, oblong, diamond, triangle"))?;
-    let mut client = gateway_client(gateway, api_key).await?;
+    let mut client = crate::admin::client(gateway).await?;
     let mut face = pb::FaceContext {
         face_shape: shape as i32,
         face_width_mm,
         ..Default::default()
     };
+    use prost::Message;
+    let mut analysis = serde_json::Value::Null;
     if let Some(path) = photo {
         let image = std::fs::read(&path).map_err(|e| format!("--photo {}: {e}", path.display()))?;
         let r = client
@@ -658,7 +643,9 @@ async fn try_it(
                 ..Default::default()
             })
             .await
-            .map_err(|s| format!("{}: {:?}: {}", path.display(), s.code(), s.message()))?
+            .map_err(|s| {
+                tonic::Status::new(s.code(), format!("{}: {}", path.display(), s.message()))
+            })?
             .into_inner()
             .result
             .unwrap_or_default();
@@ -672,17 +659,21 @@ async fn try_it(
                 .to_ascii_lowercase()
         };
         let (pd, width) = (mm(m.pupillary_distance), mm(m.face_width));
-        println!(
-            "Face: {} ({:.0}%, then {} {:.0}%), PD {:.1} mm (confidence {:.2}), face width {:.1} mm, analysed in {:.1} ms",
-            name(r.face_shape),
-            r.face_shape_confidence * 100.0,
-            name(r.runner_up_shape),
-            r.runner_up_confidence * 100.0,
-            pd.value_mm,
-            pd.confidence,
-            width.value_mm,
-            r.processing_time_us as f64 / 1000.0
-        );
+        if gateway.json {
+            analysis = crate::admin::message_json("FaceAnalysisResult", &r.encode_to_vec())?;
+        } else {
+            println!(
+                "Face: {} ({:.0}%, then {} {:.0}%), PD {:.1} mm (confidence {:.2}), face width {:.1} mm, analysed in {:.1} ms",
+                name(r.face_shape),
+                r.face_shape_confidence * 100.0,
+                name(r.runner_up_shape),
+                r.runner_up_confidence * 100.0,
+                pd.value_mm,
+                pd.confidence,
+                width.value_mm,
+                r.processing_time_us as f64 / 1000.0
+            );
+        }
         face = pb::FaceContext {
             face_shape: r.face_shape,
             face_width_mm: width.value_mm,
@@ -708,9 +699,15 @@ async fn try_it(
             }),
             ..Default::default()
         })
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .await?
         .into_inner();
+    if gateway.json {
+        let recommendations =
+            crate::admin::message_json("RecommendResponse", &resp.encode_to_vec())?;
+        let out = serde_json::json!({ "analysis": analysis, "recommendations": recommendations });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     println!(
         "Top {} frames for a {face_shape} face, {face_width_mm:.0} mm wide (catalogue version {}):",
         resp.items.len(),

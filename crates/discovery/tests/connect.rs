@@ -406,4 +406,66 @@ async fn the_admin_cli_answers_and_its_exit_codes_say_why_not() {
     let (code, _, err) = admin(&["health"], &key, &closed);
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("cannot connect"), "{err}");
+
+    // `try` and `sync` take the same flags and exit the same way.
+    let cli = |args: &[&str], key: &str, url: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_discovery"))
+            .args(args)
+            .args(["--gateway", url, "--api-key", key])
+            .current_dir(workspace_root())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let photo = [
+        "try",
+        "--photo",
+        "models/testdata/astronaut.png",
+        "--count",
+        "2",
+        "--json",
+    ];
+    let (code, out, err) = cli(&photo, &key, &url);
+    assert_eq!(code, Some(0), "{err}");
+    let tried: serde_json::Value = serde_json::from_str(&out).expect("try --json is JSON");
+    assert!(tried["analysis"]["faceShape"].is_string(), "{tried}");
+    assert_eq!(
+        tried["recommendations"]["items"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let (code, out, err) = cli(&["try"], &key, &url);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("Top 5 frames"), "{out}");
+    assert_eq!(cli(&["try"], "dk_wrong", &url).0, Some(3));
+    assert_eq!(cli(&["try"], &key, &closed).0, Some(4));
+    let (code, _, err) = cli(&["try", "--face-shape", "hexagon"], &key, &url);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--face-shape"), "{err}");
+    let feed = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        feed.path(),
+        concat!(
+            r#"{"id": 1, "title": "CLI Round", "vendor": "Acme", "tags": "shape:round, size:50-20-145", "updated_at": "2026-02-01T00:00:00Z", "variants": [{"sku": "CLI-1", "price": "99.00", "inventory_quantity": 3}]}"#,
+            "\n",
+            r#"{"id": 2, "title": "CLI Square", "vendor": "Acme", "tags": "shape:square, size:52-18-140", "updated_at": "2026-02-01T00:00:00Z", "variants": [{"sku": "CLI-2", "price": "120.00", "inventory_quantity": 0}]}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let path = feed.path().to_str().unwrap();
+    let (code, out, err) = cli(
+        &["sync", path, "--source", "shopify:cli", "--json"],
+        &key,
+        &url,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).expect("sync --json is JSON");
+    assert_eq!(job["state"], "SYNC_JOB_STATE_SUCCEEDED", "{job}");
+    assert_eq!(job["received"], "2", "{job}");
+    let (code, _, err) = cli(&["sync", path, "--source", "shopify:cli"], "dk_wrong", &url);
+    assert_eq!(code, Some(3), "{err}");
 }
