@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use discovery_harness::http::{Reply, curl};
-use discovery_harness::otlp::{Receiver, Span};
+use discovery_harness::otlp::{Receiver, Span, child_of};
 use discovery_harness::up::Up;
 use discovery_harness::workspace_root;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -114,24 +114,6 @@ fn photo(args: &[&str], base: &str, query: &str, body: &[u8]) -> Reply {
 
 fn spans_of<'a>(spans: &'a [Span], trace: &[u8]) -> Vec<&'a Span> {
     spans.iter().filter(|s| s.trace == trace).collect()
-}
-
-fn child<'a>(trace: &[&'a Span], parent: &Span, what: &str, f: impl Fn(&Span) -> bool) -> &'a Span {
-    trace
-        .iter()
-        .copied()
-        .find(|s| s.parent == parent.id && f(s))
-        .unwrap_or_else(|| {
-            panic!(
-                "no {what} under {} ({}): {:#?}",
-                parent.name,
-                parent.service,
-                trace
-                    .iter()
-                    .map(|s| (&s.service, &s.name, s.kind))
-                    .collect::<Vec<_>>()
-            )
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,11 +282,11 @@ async fn the_example_bff_fits_searches_refuses_and_traces_through_the_gateway() 
         })
         .expect("a fit's trace reaches the face analysis");
     let trace = spans_of(&spans, &fit_span.trace);
-    let client = child(&trace, fit_span, "BFF client span", |s| {
+    let client = child_of(&trace, fit_span, |s| {
         s.service == "bff-example" && s.kind == SpanKind::Client as i32
     });
     assert_eq!(client.name, "discovery.v1.Discovery/AnalyzeAndRecommend");
-    let gateway = child(&trace, client, "gateway server span", |s| {
+    let gateway = child_of(&trace, client, |s| {
         s.service == "discovery" && s.kind == SpanKind::Server as i32
     });
     // Everything else in the trace descends from the gateway's span.

@@ -18,15 +18,15 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// `curl` a Connect call: (HTTP status, headers, body as JSON or text).
-fn curl(
+/// `curl` a Connect call (unary or stream, by `content_type`).
+fn call(
     base: &str,
     method: &str,
     key: Option<&str>,
     http2: bool,
     content_type: &str,
     body: &[u8],
-) -> (u16, String, serde_json::Value) {
+) -> discovery_harness::http::Reply {
     let content_type = format!("content-type: {content_type}");
     let key = key.map(|k| format!("x-api-key: {k}"));
     let mut args = vec![
@@ -45,11 +45,23 @@ fn curl(
     if let Some(k) = &key {
         args.extend(["-H", k]);
     }
-    let r = discovery_harness::http::curl(
+    discovery_harness::http::curl(
         &args,
         &format!("{base}/discovery.v1.Discovery/{method}"),
         Some(body),
-    );
+    )
+}
+
+/// `curl` a Connect unary call: (HTTP status, headers, body as JSON or text).
+fn curl(
+    base: &str,
+    method: &str,
+    key: Option<&str>,
+    http2: bool,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, serde_json::Value) {
+    let r = call(base, method, key, http2, content_type, body);
     let json = r.json();
     (r.status, r.head, json)
 }
@@ -324,25 +336,13 @@ fn stream(
     let mut body = vec![0u8];
     body.extend_from_slice(&(json.len() as u32).to_be_bytes());
     body.extend_from_slice(json);
-    let key = format!("x-api-key: {key}");
-    let r = discovery_harness::http::curl(
-        &[
-            "-X",
-            "POST",
-            if http2 {
-                "--http2-prior-knowledge"
-            } else {
-                "--http1.1"
-            },
-            "-H",
-            "content-type: application/connect+json",
-            "-H",
-            "connect-protocol-version: 1",
-            "-H",
-            &key,
-        ],
-        &format!("{base}/discovery.v1.Discovery/{method}"),
-        Some(&body),
+    let r = call(
+        base,
+        method,
+        Some(key),
+        http2,
+        "application/connect+json",
+        &body,
     );
     let mut rest = &r.raw[..];
     let mut envelopes = Vec::new();

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use discovery_harness::otlp::child_of;
 use discovery_harness::{MongoServer, workspace_root};
 use discovery_proto::v1 as pb;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -86,24 +87,6 @@ fn trace_of<'a>(spans: &'a [Got], method: &str) -> (Got, Vec<&'a Got>) {
     assert!(root.parent.is_empty(), "the gateway's span is the root");
     let trace = spans.iter().filter(|s| s.trace == root.trace).collect();
     (root, trace)
-}
-
-fn child_of<'a>(trace: &[&'a Got], parent: &Got, pred: impl Fn(&Got) -> bool) -> &'a Got {
-    trace
-        .iter()
-        .copied()
-        .find(|s| s.parent == parent.id && pred(s))
-        .unwrap_or_else(|| {
-            panic!(
-                "no matching child of {} ({}) in {:#?}",
-                parent.name,
-                parent.service,
-                trace
-                    .iter()
-                    .map(|s| (&s.service, &s.name, s.kind))
-                    .collect::<Vec<_>>()
-            )
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

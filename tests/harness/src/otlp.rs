@@ -142,3 +142,23 @@ impl Drop for Receiver {
         self.task.abort();
     }
 }
+
+/// The child of `parent` in `trace` that `pred` picks; panics listing the
+/// trace when there is none (a test's failure message).
+pub fn child_of<'a>(trace: &[&'a Span], parent: &Span, pred: impl Fn(&Span) -> bool) -> &'a Span {
+    trace
+        .iter()
+        .copied()
+        .find(|s| s.parent == parent.id && pred(s))
+        .unwrap_or_else(|| {
+            panic!(
+                "no matching child of {} ({}) in {:#?}",
+                parent.name,
+                parent.service,
+                trace
+                    .iter()
+                    .map(|s| (&s.service, &s.name, s.kind))
+                    .collect::<Vec<_>>()
+            )
+        })
+}

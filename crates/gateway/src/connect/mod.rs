@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use prost::Message;
@@ -447,13 +447,10 @@ fn grpc_request(mut parts: http::request::Parts, message: &[u8]) -> Result<Reque
         .headers
         .insert(header::TE, HeaderValue::from_static("trailers"));
     parts.version = http::Version::HTTP_2;
-    let mut framed = BytesMut::with_capacity(message.len() + 5);
-    framed.put_u8(0);
-    framed.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
-    framed.extend_from_slice(message);
+    // gRPC's length prefix is Connect's envelope with no flags.
     Ok(Request::from_parts(
         parts,
-        Body::new(http_body_util::Full::new(framed.freeze())),
+        Body::new(http_body_util::Full::new(stream::envelope(0, message))),
     ))
 }
 

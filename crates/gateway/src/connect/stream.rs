@@ -30,7 +30,7 @@ const COMPRESSED: u8 = 1;
 const END_STREAM: u8 = 2;
 
 /// `flags`, then the big-endian length, then `message`.
-fn envelope(flags: u8, message: &[u8]) -> Bytes {
+pub(super) fn envelope(flags: u8, message: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(message.len() + 5);
     out.put_u8(flags);
     out.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
