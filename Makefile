@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make run   - the whole system in one process (no MongoDB or Redis needed)
 #   make test  - installs the test servers it needs, then runs every test
-.PHONY: run cluster test test-deps models test-models check-deploy check-hygiene bench lint fmt build clean
+.PHONY: run cluster test test-deps models test-models check-deploy check-hygiene clients bench lint fmt build clean
 
 CARGO ?= cargo
 
@@ -34,6 +34,11 @@ check-deploy:
 # LICENSE and rust-version (scripts/check-hygiene.sh says what and why).
 check-hygiene:
 	./scripts/check-hygiene.sh
+
+# The client packages and the example BFF, generated from the protos and
+# built: clients/typescript (npm pack), clients/python (wheel), examples/bff-node.
+clients:
+	./scripts/check-clients.sh build
 
 # The load tool's scenarios against the all-in-one system (reports in target/bench).
 bench:

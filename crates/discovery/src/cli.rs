@@ -97,7 +97,11 @@ enum Command {
         gateway: crate::admin::GatewayArgs,
     },
     /// List the environment variables with their defaults.
-    Env,
+    Env {
+        /// A JSON array of {name, default, help} instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,7 +181,11 @@ enum KeysAction {
         sources: String,
     },
     /// List keys (ids, clients, tiers, scopes; never secrets).
-    List,
+    List {
+        /// One JSON array instead of a line per key.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a key by id; gateways drop it at their next refresh.
     Revoke {
         /// The key id (the part after `dk_`).
@@ -189,8 +197,18 @@ enum KeysAction {
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Env => {
+        Command::Env { json: false } => {
             print!("{}", env_help());
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Env { json: true } => {
+            let vars: Vec<_> = crate::variables::all()
+                .into_iter()
+                .map(
+                    |v| serde_json::json!({ "name": v.name, "default": v.default, "help": v.help }),
+                )
+                .collect();
+            println!("{}", serde_json::Value::from(vars));
             std::process::ExitCode::SUCCESS
         }
         Command::Up => discovery_kit::server::run_binary("discovery", up),
@@ -586,26 +604,34 @@ async fn keys(action: KeysAction) -> Result<(), BoxError> {
                 tier.name()
             );
         }
-        KeysAction::List => {
+        KeysAction::List { json } => {
+            let mut all = Vec::new();
             for d in auth::list(&store).await? {
-                println!(
-                    "{}  client={}  tier={}  scopes={}  {}",
+                let (id, client, tier) = (
                     d.get_str("_id").unwrap_or("?"),
                     d.get_str("client").unwrap_or("?"),
                     d.get_str("tier").unwrap_or("?"),
-                    d.get_array("scopes")
-                        .map(|a| a
-                            .iter()
-                            .filter_map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(","))
-                        .unwrap_or_default(),
-                    if d.get_datetime("revokedAt").is_ok() {
-                        "revoked"
-                    } else {
-                        "active"
-                    }
                 );
+                let scopes: Vec<&str> = d
+                    .get_array("scopes")
+                    .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+                    .unwrap_or_default();
+                let state = if d.get_datetime("revokedAt").is_ok() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                if json {
+                    all.push(serde_json::json!({ "id": id, "client": client, "tier": tier, "scopes": scopes, "state": state }));
+                } else {
+                    println!(
+                        "{id}  client={client}  tier={tier}  scopes={}  {state}",
+                        scopes.join(",")
+                    );
+                }
+            }
+            if json {
+                println!("{}", serde_json::Value::from(all));
             }
         }
         KeysAction::Revoke { id } => {

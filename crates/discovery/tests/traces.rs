@@ -129,6 +129,26 @@ async fn one_trace_per_request_across_gateway_and_services() {
     };
     assert!(out.status.success(), "keys create failed");
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let listed = {
+        let mut c = Command::new(bin);
+        common(&mut c);
+        c.args(["keys", "list", "--json"])
+            .stdout(Stdio::piped())
+            .output()
+            .expect("discovery keys list --json")
+    };
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["client"] == "traces"
+                && k["tier"] == "partner"
+                && k["state"] == "active"
+                && key.contains(k["id"].as_str().unwrap())),
+        "{listed}"
+    );
 
     let mut procs = Procs(Vec::new());
     let spawn = |args: &[&str], env: &[(&str, String)]| {
