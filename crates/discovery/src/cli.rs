@@ -96,6 +96,12 @@ enum Command {
         #[command(flatten)]
         gateway: crate::admin::GatewayArgs,
     },
+    /// The alert rules file, offline: check one, or render Prometheus'
+    /// copy (alerts.yml).
+    Rules {
+        #[command(subcommand)]
+        action: crate::rules::RulesAction,
+    },
     /// List the environment variables with their defaults.
     Env {
         /// A JSON array of {name, default, help} instead of text.
@@ -239,6 +245,13 @@ pub fn main() -> std::process::ExitCode {
             gateway,
         } => client_command("sync", sync_file(file, source, format, gateway)),
         Command::Keys { action } => client_command("keys", keys(action)),
+        Command::Rules { action } => match crate::rules::run(action) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("discovery rules: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Admin { action, gateway } => {
             client_command("admin", crate::admin::admin(action, gateway))
         }

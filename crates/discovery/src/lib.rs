@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod rules;
 pub mod up;
 pub mod variables;
 

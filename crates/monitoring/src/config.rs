@@ -41,6 +41,9 @@ pub struct Config {
     /// Token for the dashboard from beyond loopback
     /// (`DISCOVERY_DASHBOARD_TOKEN[_FILE]`).
     pub dashboard_token: Option<String>,
+    /// The alert rules file (`DISCOVERY_ALERT_RULES`), re-read when it
+    /// changes; `None`: the built-in rules.
+    pub rules_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -101,6 +104,20 @@ impl Config {
                     .map_err(|e| ConfigError::new("DISCOVERY_ALERT_WEBHOOK_URL", e))
             })
             .transpose()?;
+        // A rules file that is not there or not valid stops the start: the
+        // operator asked for these rules, not the built-in ones.
+        let rules_file = env
+            .raw("DISCOVERY_ALERT_RULES")
+            .filter(|p| !p.trim().is_empty())
+            .map(std::path::PathBuf::from);
+        if let Some(path) = &rules_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("DISCOVERY_ALERT_RULES", format!("{}: {e}", path.display()))
+            })?;
+            crate::rules::file::parse(&text).map_err(|e| {
+                ConfigError::new("DISCOVERY_ALERT_RULES", format!("{}: {e}", path.display()))
+            })?;
+        }
         Ok(Self {
             serve: ServeConfig::from_env(
                 env,
@@ -114,6 +131,7 @@ impl Config {
             webhook,
             dashboard_token: discovery_kit::cache::secret(env, "DISCOVERY_DASHBOARD_TOKEN")?
                 .filter(|t| !t.is_empty()),
+            rules_file,
         })
     }
 }
@@ -140,6 +158,11 @@ pub const VARIABLES: &[Variable] = &[
         name: "DISCOVERY_MONITORING_SCRAPE_INTERVAL",
         default: "10s",
         help: "monitoring: scrape and alert-rule evaluation interval",
+    },
+    Variable {
+        name: "DISCOVERY_ALERT_RULES",
+        default: "",
+        help: "monitoring: an alert rules file (alert-rules.toml's form), re-read when it changes; a bad file is refused with its line and the rules in force stay; unset: the built-in rules",
     },
     Variable {
         name: "DISCOVERY_ALERT_WEBHOOK_URL",

@@ -56,7 +56,7 @@ impl Hub {
     /// Records and announces one transition; delivery and remediation run
     /// in the background (a slow webhook never delays evaluation).
     pub async fn publish(&self, t: &rules::Transition, now: tokio::time::Instant) -> pb::Alert {
-        tracing::warn!(rule = t.rule.name, labels = ?t.labels, phase = ?t.phase, value = t.value, "alert");
+        tracing::warn!(rule = %t.rule.name, labels = ?t.labels, phase = ?t.phase, value = t.value, "alert");
         let doc = alert_doc(t, now);
         let alert = alert_from_doc(&doc);
         if let Err(e) = self.store.put(ALERTS, doc).await {
@@ -93,7 +93,7 @@ impl Hub {
             // recommendation is its child.
             let span = tracing::info_span!(
                 "monitoring.remediate",
-                alert.rule = t.rule.name,
+                alert.rule = %t.rule.name,
                 alert.id = %alert.id,
                 action = "warm_caches",
             );
@@ -116,17 +116,57 @@ impl Hub {
     }
 }
 
-/// Scrapes, keeps the history, runs the rules and publishes transitions.
+/// Puts the rules file's new rules in force, or says why not (the rules
+/// in force stay).
+async fn reload(
+    watched: &mut rules::file::Watched,
+    engine: &mut rules::Engine,
+    hub: &Hub,
+    now: tokio::time::Instant,
+) {
+    let Some(result) = watched.changed() else {
+        return;
+    };
+    match result {
+        Ok(new) => {
+            tracing::info!(
+                rules = new.len(),
+                from = %watched.origin(),
+                "alert rules in force"
+            );
+            metrics::counter!("discovery_monitoring_rule_loads_total", "outcome" => "loaded")
+                .increment(1);
+            for t in engine.set_rules(new) {
+                hub.publish(&t, now).await;
+            }
+        }
+        Err(e) => {
+            tracing::error!(
+                from = %watched.origin(),
+                error = %e,
+                kept = engine.rules().len(),
+                "alert rules refused; the rules in force stay"
+            );
+            metrics::counter!("discovery_monitoring_rule_loads_total", "outcome" => "refused")
+                .increment(1);
+        }
+    }
+}
+
+/// Scrapes, keeps the history, runs the rules (re-reading their file) and
+/// publishes transitions.
 pub(crate) async fn collect_loop(
     sources: Vec<collect::Source>,
     every: Duration,
     history: Arc<Mutex<window::History>>,
     hub: Hub,
     store: Store,
+    mut watched: rules::file::Watched,
     shutdown: CancellationToken,
 ) {
-    let mut engine = rules::Engine::new(rules::spec_rules());
+    let mut engine = rules::Engine::new(Vec::new());
     let mut last_rollup: Option<tokio::time::Instant> = None;
+    let mut disk: Option<f64> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -159,7 +199,28 @@ pub(crate) async fn collect_loop(
             if let Err(e) = store.put(METRICS_ROLLUPS, doc).await {
                 tracing::warn!(error = %e, "storing a metric rollup failed");
             }
+            // The database's disk, once a minute, as its server reports it.
+            disk = match store.disk_usage().await {
+                Ok(Some((used, total))) => Some(used as f64 / total as f64),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the database's disk use failed");
+                    disk
+                }
+            };
+            if let Some(d) = disk {
+                metrics::gauge!("discovery_db_disk_used_ratio").set(d);
+            }
         }
+        let mut observations = observations;
+        if let Some(d) = disk {
+            observations.push(rules::Observation {
+                signal: rules::Signal::DiskUsedRatio,
+                labels: Default::default(),
+                value: d,
+            });
+        }
+        reload(&mut watched, &mut engine, &hub, now).await;
         for t in engine.evaluate(now, &observations) {
             hub.publish(&t, now).await;
         }

@@ -123,6 +123,7 @@ pub async fn spawn_with_dashboard(
             history,
             hub,
             store_for_rollups,
+            rules::file::Watched::new(config.rules_file),
             shutdown,
         )
         .await;

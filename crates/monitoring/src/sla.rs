@@ -137,7 +137,12 @@ pub fn observations(history: &History) -> Vec<Observation> {
     let mut out = Vec::new();
     let label =
         |k: &str, v: &str| -> crate::rules::Labels { [(k.to_string(), v.to_string())].into() };
+    use crate::rules::prometheus::{MIN_BASELINE_RATE, MIN_CALLS_5M, MIN_CALLS_24H};
     for (svc, (count, errors)) in window::per_service(&inc) {
+        // A trickle of calls is no signal (a p95 of three calls is one call).
+        if count < MIN_CALLS_5M {
+            continue;
+        }
         if let Some(p95) = window::service_quantile(&inc, 0.95, &svc, None) {
             out.push(Observation {
                 signal: Signal::LatencyP95Ms,
@@ -149,6 +154,52 @@ pub fn observations(history: &History) -> Vec<Observation> {
             signal: Signal::ErrorRate,
             labels: label("service", &svc),
             value: errors as f64 / count.max(1) as f64,
+        });
+    }
+    // Availability over the day (as much of it as the history holds).
+    let (day, covered) = history.increase_over(Duration::from_secs(24 * 3600));
+    let day_calls = window::per_service(&day);
+    for (svc, (count, errors)) in &day_calls {
+        if *count >= MIN_CALLS_24H {
+            out.push(Observation {
+                signal: Signal::Availability24h,
+                labels: label("service", svc),
+                value: 1.0 - *errors as f64 / *count as f64,
+            });
+        }
+    }
+    // Throughput: the last 10 minutes' rate against the rate before them,
+    // once there is an hour of "before" at least.
+    let (recent, recent_span) = history.increase_over(Duration::from_secs(600));
+    let before_span = covered.saturating_sub(recent_span);
+    if before_span >= Duration::from_secs(3600) && recent_span >= Duration::from_secs(600) {
+        let recent_calls = window::per_service(&recent);
+        for (svc, (all, _)) in &day_calls {
+            let now = recent_calls.get(svc).map_or(0, |c| c.0);
+            let baseline = all.saturating_sub(now) as f64 / before_span.as_secs_f64();
+            if baseline >= MIN_BASELINE_RATE {
+                out.push(Observation {
+                    signal: Signal::ThroughputRatio,
+                    labels: label("service", svc),
+                    value: (now as f64 / recent_span.as_secs_f64()) / baseline,
+                });
+            }
+        }
+    }
+    // Database operations over 1 s per minute, every process together.
+    let (mut all, mut fast) = (0.0, 0.0);
+    for (k, v) in &inc {
+        if k.0 == "discovery_db_operation_duration_seconds_count" {
+            all += v;
+        } else if k.0 == "discovery_db_operation_duration_seconds_bucket" {
+            fast += v;
+        }
+    }
+    if all > 0.0 {
+        out.push(Observation {
+            signal: Signal::DbSlowOpsPerMin,
+            labels: Default::default(),
+            value: (all - fast).max(0.0) / 5.0,
         });
     }
     // CPU: seconds used per second over the window, per process; memory:

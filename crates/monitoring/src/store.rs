@@ -134,14 +134,20 @@ pub fn alert_doc(t: &rules::Transition, now: tokio::time::Instant) -> Document {
     }
     let value = if t.value.is_finite() { t.value } else { 0.0 };
     doc! {
-        "_id": format!("{}|{}|{active_since}", t.rule.name, labels.join(",")),
-        "rule": t.rule.name,
+        // A tier is its own alert: warning and critical of one series may
+        // start at the same evaluation.
+        "_id": format!("{}|{}|{}|{active_since}", t.rule.name, t.rule.severity.name(), labels.join(",")),
+        "rule": t.rule.name.to_string(),
         "severity": severity as i32,
         "state": state as i32,
         "labels": label_doc,
-        "summary": format!("{} {} ({}): {value:.3} against {:.3}", t.rule.name,
+        "summary": format!("{} {} ({}{}): {} {value:.3}, {} {:.3}", t.rule.name,
             match t.phase { rules::Phase::Resolved => "resolved", _ => "firing" },
-            labels.join(", "), t.rule.threshold),
+            t.rule.severity.name(),
+            if labels.is_empty() { String::new() } else { format!(", {}", labels.join(", ")) },
+            t.rule.summary,
+            match t.rule.comparison { rules::Comparison::Above => "above", rules::Comparison::Below => "below" },
+            t.rule.threshold),
         "value": value,
         "active_since": active_since,
         "fired_at": t.fired_at.map(unix).unwrap_or(0),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discovery_kit::store::StoreConfig;
-use discovery_monitoring::rules::{Engine, Observation, Phase, Signal, spec_rules};
+use discovery_monitoring::rules::{Engine, Observation, Phase, Signal, default_rules};
 use discovery_monitoring::{Hub, notify::Webhook};
 use discovery_proto::v1 as pb;
 use tokio::time::Instant;
@@ -57,11 +57,12 @@ async fn receiver(r: Receiver) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn only_a_long_breach_fires_once_resolves_once_and_reaches_the_webhook() {
-    let mut engine = Engine::new(spec_rules());
+    let mut engine = Engine::new(default_rules());
     let start = Instant::now();
     let mut transitions = Vec::new();
-    // Every 15 s: 4 min 30 s at 900 ms (shorter than the rule's 5 min),
-    // 2 min fine, then 8 min at 900 ms, then fine for 5 min.
+    // Every 15 s: 4 min 30 s at 900 ms (over ApiLatencyP95's warning tier,
+    // 300 ms, under its critical one, and shorter than its 5 min), 2 min
+    // fine, then 8 min at 900 ms, then fine for 5 min.
     let timeline = [
         (0u64, 270u64, 900.0),
         (270, 390, 100.0),
@@ -98,7 +99,8 @@ async fn only_a_long_breach_fires_once_resolves_once_and_reaches_the_webhook() {
     }
     for want in [pb::AlertState::Firing, pb::AlertState::Resolved] {
         let a = watch.recv().await.unwrap();
-        assert_eq!((a.rule.as_str(), a.state), ("HighLatencyP95", want as i32));
+        assert_eq!((a.rule.as_str(), a.state), ("ApiLatencyP95", want as i32));
+        assert_eq!(a.severity, pb::Severity::Warning as i32);
         assert_eq!(a.labels["service"], "gateway");
     }
     // Both posts arrive (the refused one after a retry), and nothing else.
@@ -116,7 +118,7 @@ async fn only_a_long_breach_fires_once_resolves_once_and_reaches_the_webhook() {
     states.sort();
     assert_eq!(states, ["ALERT_STATE_FIRING", "ALERT_STATE_RESOLVED"]);
     for b in &got {
-        assert!(b["text"].as_str().unwrap().contains("HighLatencyP95"));
+        assert!(b["text"].as_str().unwrap().contains("ApiLatencyP95"));
         assert_eq!(b["alert"]["labels"]["service"], "gateway");
     }
 }

@@ -297,6 +297,11 @@ pub trait DocumentStore: Send + Sync + Debug + 'static {
     fn kind(&self) -> &'static str;
     /// Round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The database's volume, (used, size) in bytes, where the server says
+    /// (MongoDB's `dbStats` with `freeStorage`); `None` when it does not.
+    async fn disk_usage(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(None)
+    }
     /// Creates the indexes if missing (idempotent).
     async fn ensure_indexes(
         &self,

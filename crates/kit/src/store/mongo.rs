@@ -409,6 +409,31 @@ impl DocumentStore for MongoStore {
             })
     }
 
+    async fn disk_usage(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let stats = self
+            .db
+            .run_command(doc! {"dbStats": 1, "freeStorage": 1})
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                var: URI_VAR,
+                target: self.target.clone(),
+                reason: e.to_string(),
+            })?;
+        // Numbers come as doubles or integers depending on the server.
+        let number = |k: &str| match stats.get(k) {
+            Some(mongodb::bson::Bson::Double(v)) => Some(*v),
+            Some(mongodb::bson::Bson::Int64(v)) => Some(*v as f64),
+            Some(mongodb::bson::Bson::Int32(v)) => Some(f64::from(*v)),
+            _ => None,
+        };
+        Ok(match (number("fsUsedSize"), number("fsTotalSize")) {
+            (Some(used), Some(total)) if total > 0.0 && used >= 0.0 => {
+                Some((used as u64, total as u64))
+            }
+            _ => None,
+        })
+    }
+
     async fn ensure_indexes(
         &self,
         collection: &str,

@@ -95,6 +95,11 @@ impl DocumentStore for Traced {
         self.observe("ping", "admin", self.inner.ping()).await
     }
 
+    async fn disk_usage(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        self.observe("dbStats", "admin", self.inner.disk_usage())
+            .await
+    }
+
     async fn ensure_indexes(
         &self,
         collection: &str,

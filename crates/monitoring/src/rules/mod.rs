@@ -12,25 +12,77 @@
 //!
 //! [`Engine::evaluate`] takes the time as an argument, so tests drive it
 //! with a paused tokio clock and nothing here sleeps.
+//!
+//! The rules are data read from `alert-rules.toml` ([`file`]), which also
+//! renders Prometheus' copy ([`prometheus`]).
+
+pub mod file;
+pub mod prometheus;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// What a rule looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a rule looks at (`alert-rules.toml` names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum Signal {
     /// p95 latency of a service's calls, milliseconds (5-minute window).
+    #[serde(rename = "latency_p95_ms")]
     LatencyP95Ms,
     /// Server-fault calls / all calls (5-minute window).
+    #[serde(rename = "error_rate")]
     ErrorRate,
+    /// 1 - server-fault calls / all calls over the last 24 hours.
+    #[serde(rename = "availability_24h")]
+    Availability24h,
+    /// Calls per second over the last 10 minutes / over the 24 hours
+    /// before them.
+    #[serde(rename = "throughput_ratio")]
+    ThroughputRatio,
     /// Cache hits / lookups for one cache kind (5-minute window).
+    #[serde(rename = "cache_hit_rate")]
     CacheHitRate,
     /// Process CPU, fraction of one core.
+    #[serde(rename = "cpu")]
     Cpu,
     /// Resident memory / memory limit.
+    #[serde(rename = "memory")]
     Memory,
+    /// The database's volume: used / size.
+    #[serde(rename = "disk_used_ratio")]
+    DiskUsedRatio,
+    /// Database operations slower than 1 s, per minute, all services
+    /// together (5-minute window).
+    #[serde(rename = "db_slow_ops_per_min")]
+    DbSlowOpsPerMin,
+}
+
+impl Signal {
+    /// The labels `select` may name: what its series carry both here and
+    /// in Prometheus' copy (memory and disk come from the kubelet there,
+    /// labelled by pod and volume, so they cannot be selected).
+    pub fn labels(self) -> &'static [&'static str] {
+        match self {
+            Signal::CacheHitRate => &["kind"],
+            Signal::Cpu => &["service", "instance"],
+            Signal::Memory | Signal::DiskUsedRatio | Signal::DbSlowOpsPerMin => &[],
+            _ => &["service"],
+        }
+    }
+
+    /// The range a threshold must be in.
+    pub fn range(self) -> (f64, f64) {
+        match self {
+            Signal::ErrorRate
+            | Signal::Availability24h
+            | Signal::CacheHitRate
+            | Signal::Memory
+            | Signal::DiskUsedRatio => (0.0, 1.0),
+            _ => (0.0, f64::MAX),
+        }
+    }
 }
 
 /// How the observed value compares with the threshold to breach.
@@ -43,7 +95,7 @@ pub enum Comparison {
 }
 
 /// Severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Severity {
     /// A remediation ran or a hint.
     Info,
@@ -53,20 +105,39 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// Its name in the rules file and Prometheus' `severity` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// What the monitoring service does itself when a rule fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum Remediation {
     /// Ask recommendation to warm its caches.
+    #[serde(rename = "warm_caches")]
     WarmCaches,
 }
 
-/// One rule.
+/// One rule at one severity (a tiered rule in the file is one of these
+/// per tier).
 #[derive(Debug, Clone)]
 pub struct Rule {
-    /// Name ("HighLatencyP95").
-    pub name: &'static str,
+    /// Name ("ApiLatencyP95"); with the severity, what identifies it.
+    pub name: Arc<str>,
+    /// The alert's name in Prometheus' copy.
+    pub prometheus: Arc<str>,
+    /// What is measured, for people ("the public API's p95 latency").
+    pub summary: Arc<str>,
     /// Observed signal.
     pub signal: Signal,
+    /// Only series with these labels.
+    pub select: Labels,
     /// Breach direction.
     pub comparison: Comparison,
     /// Threshold in the signal's unit.
@@ -87,61 +158,19 @@ impl Rule {
             Comparison::Below => value < self.threshold,
         }
     }
+
+    /// True when the rule watches the series `labels`.
+    pub fn selects(&self, labels: &Labels) -> bool {
+        self.select.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
 }
 
-/// The spec's rules (also `deploy/prometheus/alerts.yml` for Prometheus).
-pub fn spec_rules() -> Vec<Rule> {
-    vec![
-        Rule {
-            name: "HighLatencyP95",
-            signal: Signal::LatencyP95Ms,
-            comparison: Comparison::Above,
-            threshold: 500.0,
-            for_: Duration::from_secs(5 * 60),
-            severity: Severity::Warning,
-            remediation: None,
-        },
-        Rule {
-            name: "HighErrorRate",
-            signal: Signal::ErrorRate,
-            comparison: Comparison::Above,
-            threshold: 0.05,
-            for_: Duration::from_secs(2 * 60),
-            severity: Severity::Critical,
-            remediation: None,
-        },
-        // Only caches that repeat traffic should hit ([`CACHE_HIT_RATE_KINDS`];
-        // face analyses are new photos, almost always misses), only with
-        // enough lookups to mean something ([`MIN_CACHE_LOOKUPS`]: a cold
-        // cache at boot is not an incident), and only when it lasts.
-        Rule {
-            name: "LowCacheHitRate",
-            signal: Signal::CacheHitRate,
-            comparison: Comparison::Below,
-            threshold: 0.80,
-            for_: Duration::from_secs(5 * 60),
-            severity: Severity::Warning,
-            remediation: Some(Remediation::WarmCaches),
-        },
-        Rule {
-            name: "HighCpu",
-            signal: Signal::Cpu,
-            comparison: Comparison::Above,
-            threshold: 0.80,
-            for_: Duration::from_secs(10 * 60),
-            severity: Severity::Warning,
-            remediation: None,
-        },
-        Rule {
-            name: "HighMemory",
-            signal: Signal::Memory,
-            comparison: Comparison::Above,
-            threshold: 0.85,
-            for_: Duration::from_secs(5 * 60),
-            severity: Severity::Critical,
-            remediation: None,
-        },
-    ]
+/// The rules built into the binary (`crates/monitoring/alert-rules.toml`).
+pub const DEFAULT_RULES: &str = include_str!("../../alert-rules.toml");
+
+/// The built-in rules.
+pub fn default_rules() -> Vec<Rule> {
+    file::parse(DEFAULT_RULES).expect("the built-in alert-rules.toml is valid (a test checks it)")
 }
 
 /// Cache kinds whose hit rate `LowCacheHitRate` watches: the ones serving
@@ -152,18 +181,6 @@ pub const CACHE_HIT_RATE_KINDS: &[&str] = &["product", "recommendations", "searc
 /// Lookups of one cache kind in the 5-minute window below which its hit
 /// rate is not observed (no traffic, or a trickle at boot, is no signal).
 pub const MIN_CACHE_LOOKUPS: u64 = 100;
-
-/// The name of each rule in `alerts.yml` (Prometheus' copy).
-pub fn prometheus_name(rule: &str) -> Option<&'static str> {
-    Some(match rule {
-        "HighLatencyP95" => "DiscoveryLatencyP95High",
-        "HighErrorRate" => "DiscoveryErrorRateHigh",
-        "LowCacheHitRate" => "DiscoveryCacheHitRateLow",
-        "HighCpu" => "DiscoveryCpuHigh",
-        "HighMemory" => "DiscoveryMemoryHigh",
-        _ => return None,
-    })
-}
 
 /// Labels of a series ("service" => "gateway").
 pub type Labels = BTreeMap<String, String>;
@@ -214,11 +231,14 @@ struct State {
     fired_at: Option<Instant>,
 }
 
+/// A series of a rule: (rule name, severity, labels).
+type SeriesKey = (Arc<str>, Severity, Labels);
+
 /// Runs rules over observations.
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
-    states: HashMap<(usize, Labels), State>,
+    states: HashMap<SeriesKey, State>,
 }
 
 impl Engine {
@@ -235,23 +255,58 @@ impl Engine {
         &self.rules
     }
 
-    /// Series currently pending or firing, by rule name.
-    pub fn active(&self) -> Vec<(&'static str, Labels, Phase)> {
+    /// Puts `rules` in force (a reloaded file). A series keeps its state
+    /// when its rule (name and severity) is still there, with the new
+    /// threshold and duration from the next evaluation; a firing series
+    /// of a rule that is gone resolves (returned), a pending one is
+    /// forgotten.
+    pub fn set_rules(&mut self, rules: Vec<Rule>) -> Vec<Transition> {
+        let old = std::mem::replace(&mut self.rules, rules);
+        let mut out = Vec::new();
+        let kept: std::collections::HashSet<(Arc<str>, Severity)> = self
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.severity))
+            .collect();
+        let gone: Vec<SeriesKey> = self
+            .states
+            .keys()
+            .filter(|(n, s, _)| !kept.contains(&(n.clone(), *s)))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(mut s) = self.states.remove(&key)
+                && s.phase == Phase::Firing
+                && let Some(rule) = old.iter().find(|r| r.name == key.0 && r.severity == key.1)
+            {
+                s.phase = Phase::Resolved;
+                out.push(transition(rule, &key.2, &s, f64::NAN));
+            }
+        }
+        out
+    }
+
+    /// Series currently pending or firing: (rule, severity, labels, phase).
+    pub fn active(&self) -> Vec<(Arc<str>, Severity, Labels, Phase)> {
         self.states
             .iter()
-            .map(|((i, l), s)| (self.rules[*i].name, l.clone(), s.phase))
+            .map(|((n, sev, l), s)| (n.clone(), *sev, l.clone(), s.phase))
             .collect()
     }
 
     /// Applies one round of observations at `now`; returns the firing and
     /// resolved transitions. A series not observed this round is treated
-    /// as not breaching (its service stopped reporting it).
+    /// as not breaching (its service stopped reporting it, or its traffic
+    /// fell below what the signal needs).
     pub fn evaluate(&mut self, now: Instant, observations: &[Observation]) -> Vec<Transition> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for (i, rule) in self.rules.iter().enumerate() {
-            for o in observations.iter().filter(|o| o.signal == rule.signal) {
-                let key = (i, o.labels.clone());
+        for rule in &self.rules {
+            for o in observations
+                .iter()
+                .filter(|o| o.signal == rule.signal && rule.selects(&o.labels))
+            {
+                let key = (rule.name.clone(), rule.severity, o.labels.clone());
                 seen.insert(key.clone());
                 let breached = rule.breached(o.value);
                 match (self.states.get_mut(&key), breached) {
@@ -287,7 +342,7 @@ impl Engine {
             }
         }
         // Series that disappeared resolve (firing) or are forgotten (pending).
-        let gone: Vec<(usize, Labels)> = self
+        let gone: Vec<SeriesKey> = self
             .states
             .keys()
             .filter(|k| !seen.contains(*k))
@@ -296,9 +351,13 @@ impl Engine {
         for key in gone {
             if let Some(mut s) = self.states.remove(&key)
                 && s.phase == Phase::Firing
+                && let Some(rule) = self
+                    .rules
+                    .iter()
+                    .find(|r| r.name == key.0 && r.severity == key.1)
             {
                 s.phase = Phase::Resolved;
-                out.push(transition(&self.rules[key.0], &key.1, &s, f64::NAN));
+                out.push(transition(rule, &key.2, &s, f64::NAN));
             }
         }
         out
@@ -347,8 +406,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_breach_shorter_than_its_duration_never_fires() {
-        let mut e = Engine::new(spec_rules());
-        // 4 min 45 s above 500 ms (the rule needs 5 min), then fine.
+        let mut e = Engine::new(default_rules());
+        // 4 min 45 s above 300 ms (the warning tier needs 5 min), then fine.
         let mut v = series(0, 285, 900.0);
         v.extend(series(285, 900, 120.0));
         assert!(run(&mut e, &v).await.is_empty());
@@ -357,7 +416,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_long_breach_fires_once_and_resolves_once() {
-        let mut e = Engine::new(spec_rules());
+        let mut e = Engine::new(default_rules());
         let mut v = series(0, 600, 900.0);
         v.extend(series(600, 900, 120.0));
         let got = run(&mut e, &v).await;
@@ -366,9 +425,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_rule_without_duration_fires_at_once_and_a_vanished_series_resolves() {
-        let mut rule = spec_rules()
+        let mut rule = default_rules()
             .into_iter()
-            .find(|r| r.name == "LowCacheHitRate")
+            .find(|r| &*r.name == "LowCacheHitRate")
             .unwrap();
         rule.for_ = Duration::ZERO;
         let mut e = Engine::new(vec![rule]);
