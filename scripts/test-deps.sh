@@ -45,4 +45,10 @@ elif [ ! -x .venv/bin/secantusd-py ]; then
   .venv/bin/pip install -q --disable-pip-version-check "secantusdb==0.7.0b3"
 fi
 
+# An SMTP sink for the alert email test (aiosmtpd: the standard library's
+# smtpd is gone from Python 3.12).
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c 'import aiosmtpd' 2>/dev/null ||
+  .venv/bin/pip install -q --disable-pip-version-check "aiosmtpd==1.4.6"
+
 echo "test-deps: $(redis-server --version | cut -d' ' -f1-3); $( [ -x .venv/bin/secantusd-py ] && echo "SecantusDB $(.venv/bin/pip show secantusdb 2>/dev/null | awk '/^Version/{print $2}')" || echo mongod)"

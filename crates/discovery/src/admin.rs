@@ -33,8 +33,16 @@ pub struct GatewayArgs {
 pub enum AdminAction {
     /// Every service's and replica's health as monitoring sees it.
     Health,
-    /// Alerts (firing and pending).
-    Alerts,
+    /// Alerts: the latest (no subcommand), or acknowledge, history, deliveries.
+    Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsAction>,
+    },
+    /// Silences: list (no subcommand), create, expire.
+    Silences {
+        #[command(subcommand)]
+        action: Option<SilencesAction>,
+    },
     /// The SLA report (latency percentiles, availability, error budget).
     Sla,
     /// The recommendation cache.
@@ -42,6 +50,80 @@ pub enum AdminAction {
         #[command(subcommand)]
         action: CacheAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsAction {
+    /// Acknowledge a firing alert (stops its escalation).
+    Ack {
+        /// The alert's id (from `discovery admin alerts`).
+        id: String,
+        /// What you are doing about it.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Alerts active over a past period.
+    History {
+        /// How far back: 30m, 6h, 2d (default 24h).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Only this rule.
+        #[arg(long, default_value = "")]
+        rule: String,
+    },
+    /// Deliveries of alerts to channels, newest first.
+    Deliveries {
+        /// Only this alert's.
+        #[arg(long, default_value = "")]
+        alert: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SilencesAction {
+    /// Silences in force (--all: and those expired in the last 7 days).
+    List {
+        /// Expired ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Silence matching alerts for a while.
+    Create {
+        /// Only this rule's alerts.
+        #[arg(long, default_value = "")]
+        rule: String,
+        /// Only alerts with this label (`service=gateway`); repeat for more.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// For how long: 30m, 2h, 1d (at most 7d).
+        #[arg(long = "for")]
+        duration: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// End a silence now.
+    Expire {
+        /// The silence's id.
+        id: String,
+    },
+}
+
+/// `30s`, `30m`, `6h`, `2d`.
+fn span(text: &str) -> Result<std::time::Duration, BoxError> {
+    let t = text.trim();
+    let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?}: say 30m, 6h or 2d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?}: say 30m, 6h or 2d").into()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,13 +211,100 @@ pub async fn admin(action: AdminAction, g: GatewayArgs) -> Result<(), BoxError> 
                 .into_inner()
                 .encode_to_vec(),
         ),
-        AdminAction::Alerts => (
-            "ListAlertsResponse",
-            c.list_alerts(pb::ListAlertsRequest::default())
+        AdminAction::Alerts { action } => match action {
+            None => (
+                "ListAlertsResponse",
+                c.list_alerts(pb::ListAlertsRequest::default())
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+            ),
+            Some(AlertsAction::Ack { id, note }) => (
+                "AcknowledgeAlertResponse",
+                c.acknowledge_alert(pb::AcknowledgeAlertRequest { id, note })
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+            ),
+            Some(AlertsAction::History { since, rule }) => {
+                let back = span(&since)?.as_millis() as i64;
+                (
+                    "GetAlertHistoryResponse",
+                    c.get_alert_history(pb::GetAlertHistoryRequest {
+                        since_unix_ms: discovery_kit::now_unix_ms() - back,
+                        rule,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+                )
+            }
+            Some(AlertsAction::Deliveries { alert }) => (
+                "ListAlertDeliveriesResponse",
+                c.list_alert_deliveries(pb::ListAlertDeliveriesRequest {
+                    alert_id: alert,
+                    limit: 0,
+                })
                 .await?
                 .into_inner()
                 .encode_to_vec(),
-        ),
+            ),
+        },
+        AdminAction::Silences { action } => match action {
+            None | Some(SilencesAction::List { all: false }) => (
+                "ListSilencesResponse",
+                c.list_silences(pb::ListSilencesRequest::default())
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+            ),
+            Some(SilencesAction::List { all: true }) => (
+                "ListSilencesResponse",
+                c.list_silences(pb::ListSilencesRequest {
+                    include_expired: true,
+                })
+                .await?
+                .into_inner()
+                .encode_to_vec(),
+            ),
+            Some(SilencesAction::Create {
+                rule,
+                labels,
+                duration,
+                reason,
+            }) => {
+                let labels = labels
+                    .iter()
+                    .map(|l| {
+                        l.split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .ok_or_else(|| format!("--label {l:?}: say name=value"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let secs = u32::try_from(span(&duration)?.as_secs())
+                    .map_err(|_| format!("--for {duration:?}: too long"))?;
+                (
+                    "CreateSilenceResponse",
+                    c.create_silence(pb::CreateSilenceRequest {
+                        rule,
+                        labels,
+                        duration_seconds: secs,
+                        reason,
+                    })
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+                )
+            }
+            Some(SilencesAction::Expire { id }) => (
+                "ExpireSilenceResponse",
+                c.expire_silence(pb::ExpireSilenceRequest { id })
+                    .await?
+                    .into_inner()
+                    .encode_to_vec(),
+            ),
+        },
         AdminAction::Sla => (
             "GetSlaReportResponse",
             c.get_sla_report(pb::GetSlaReportRequest::default())

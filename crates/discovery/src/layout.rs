@@ -369,6 +369,10 @@ const PROTO_IN_DOMAIN: &[(&str, &str)] = &[
         "monitoring/src/notify.rs",
         "formats the API's Alert for webhooks",
     ),
+    (
+        "monitoring/src/channels.rs",
+        "formats the API's Alert for Slack, PagerDuty and email, as notify.rs does for webhooks",
+    ),
 ];
 
 #[test]

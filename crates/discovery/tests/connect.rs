@@ -112,6 +112,18 @@ fn valid_requests(product: &str, photo_b64: &str) -> Vec<(&'static str, String)>
         ("StopExperiment", "{}".into()),
         ("ListExperiments", "{}".into()),
         ("GetRecommendationReport", "{}".into()),
+        (
+            "AcknowledgeAlert",
+            r#"{"id": "missing", "note": "looking"}"#.into(),
+        ),
+        (
+            "CreateSilence",
+            r#"{"rule": "HighCpu", "durationSeconds": 60, "reason": "test"}"#.into(),
+        ),
+        ("ListSilences", r#"{"includeExpired": true}"#.into()),
+        ("ExpireSilence", r#"{"id": "missing"}"#.into()),
+        ("GetAlertHistory", "{}".into()),
+        ("ListAlertDeliveries", r#"{"limit": 5}"#.into()),
     ]
 }
 
@@ -234,10 +246,28 @@ async fn every_unary_method_speaks_json_over_http() {
                 json["result"]["faceShape"].is_string(),
                 "{method}: {status} {json}"
             ),
-            "Recommend" | "SearchProducts" | "GetProduct" | "BatchGetProducts"
-            | "SuggestQueries" | "GetSystemHealth" | "GetCacheStatus" | "ListAlerts"
-            | "GetSlaReport" => {
+            "Recommend"
+            | "SearchProducts"
+            | "GetProduct"
+            | "BatchGetProducts"
+            | "SuggestQueries"
+            | "GetSystemHealth"
+            | "GetCacheStatus"
+            | "ListAlerts"
+            | "GetSlaReport"
+            | "CreateSilence"
+            | "ListSilences"
+            | "GetAlertHistory"
+            | "ListAlertDeliveries" => {
                 assert_eq!(status, 200, "{method}: {json}")
+            }
+            // An alert or silence that does not exist: the service says so.
+            "AcknowledgeAlert" | "ExpireSilence" => {
+                assert_eq!(
+                    (status, json["code"].as_str()),
+                    (404, Some("not_found")),
+                    "{method}: {json}"
+                )
             }
             _ => {}
         }
@@ -406,6 +436,66 @@ async fn the_admin_cli_answers_and_its_exit_codes_say_why_not() {
     let (code, _, err) = admin(&["health"], &key, &closed);
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("cannot connect"), "{err}");
+
+    // Alert management: silence, list, expire; history; deliveries; an
+    // acknowledgement of an alert that does not exist is refused (3).
+    let (code, out, err) = admin(
+        &[
+            "silences",
+            "create",
+            "--rule",
+            "HighCpu",
+            "--label",
+            "service=sync",
+            "--for",
+            "2h",
+            "--reason",
+            "batch import",
+            "--json",
+        ],
+        &key,
+        &url,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let silence: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let id = silence["silence"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    assert_eq!(silence["silence"]["labels"]["service"], "sync");
+    let (code, out, _) = admin(&["silences", "--json"], &key, &url);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&id), "{out}");
+    let (code, _, err) = admin(&["silences", "expire", &id], &key, &url);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, _) = admin(&["silences", "--json"], &key, &url);
+    assert_eq!(code, Some(0));
+    assert!(!out.contains(&id), "expired: {out}");
+    let (code, _, err) = admin(
+        &[
+            "silences", "create", "--rule", "HighCpu", "--for", "2h", "--reason", " ",
+        ],
+        &key,
+        &url,
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("reason"), "{err}");
+    let (code, out, err) = admin(
+        &["alerts", "history", "--since", "2d", "--json"],
+        &key,
+        &url,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).expect("history as JSON");
+    let (code, _, err) = admin(&["alerts", "deliveries"], &key, &url);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = admin(
+        &["alerts", "ack", "no-such-alert", "--note", "on it"],
+        &key,
+        &url,
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("no alert"), "{err}");
 
     // `try` and `sync` take the same flags and exit the same way.
     let cli = |args: &[&str], key: &str, url: &str| {

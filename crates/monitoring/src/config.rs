@@ -36,8 +36,6 @@ pub struct Config {
     pub sources: Vec<collect::Source>,
     /// Scrape and rule evaluation interval.
     pub scrape_interval: Duration,
-    /// Where alerts are posted.
-    pub webhook: Option<notify::Webhook>,
     /// Token for the dashboard from beyond loopback
     /// (`DISCOVERY_DASHBOARD_TOKEN[_FILE]`).
     pub dashboard_token: Option<String>,
@@ -96,14 +94,15 @@ impl Config {
                 "must be above zero (e.g. 10s)",
             ));
         }
-        let webhook = env
+        // The built-in rules' Slack channel reads this URL; a wrong one is
+        // refused at start rather than at the first alert.
+        if let Some(u) = env
             .raw("DISCOVERY_ALERT_WEBHOOK_URL")
             .filter(|u| !u.is_empty())
-            .map(|u| {
-                notify::Webhook::new(&u)
-                    .map_err(|e| ConfigError::new("DISCOVERY_ALERT_WEBHOOK_URL", e))
-            })
-            .transpose()?;
+        {
+            notify::Webhook::new(&u)
+                .map_err(|e| ConfigError::new("DISCOVERY_ALERT_WEBHOOK_URL", e))?;
+        }
         // A rules file that is not there or not valid stops the start: the
         // operator asked for these rules, not the built-in ones.
         let rules_file = env
@@ -128,7 +127,6 @@ impl Config {
             targets,
             sources,
             scrape_interval,
-            webhook,
             dashboard_token: discovery_kit::cache::secret(env, "DISCOVERY_DASHBOARD_TOKEN")?
                 .filter(|t| !t.is_empty()),
             rules_file,
@@ -167,6 +165,21 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "DISCOVERY_ALERT_WEBHOOK_URL",
         default: "",
-        help: "monitoring: Slack-compatible webhook (http or https) for firing and resolved alerts",
+        help: "monitoring: the built-in rules' `webhook` channel: a Slack-compatible webhook (http or https); unset: off",
+    },
+    Variable {
+        name: "DISCOVERY_ALERT_SMTP_URL",
+        default: "",
+        help: "monitoring: the built-in rules' `email` channel: smtp://user:pass@host:587 (STARTTLS) or smtps://...; unset: off",
+    },
+    Variable {
+        name: "DISCOVERY_ALERT_EMAIL_TO",
+        default: "",
+        help: "monitoring: the `email` channel's recipients, comma-separated",
+    },
+    Variable {
+        name: "DISCOVERY_PAGERDUTY_ROUTING_KEY",
+        default: "",
+        help: "monitoring: the built-in rules' `pager` channel (PagerDuty Events v2, where unacknowledged critical alerts escalate after 15 min); unset: off",
     },
 ];

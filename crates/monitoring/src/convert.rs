@@ -22,3 +22,35 @@ pub fn alert_state(p: Phase) -> pb::AlertState {
         Phase::Pending => pb::AlertState::Pending,
     }
 }
+
+/// The API's severity as a rule's (unknown values as info).
+pub fn rule_severity(s: i32) -> Severity {
+    match pb::Severity::try_from(s) {
+        Ok(pb::Severity::Critical) => Severity::Critical,
+        Ok(pb::Severity::Warning) => Severity::Warning,
+        _ => Severity::Info,
+    }
+}
+
+/// A silence as the API's.
+pub fn silence(s: &crate::lifecycle::Silence) -> pb::Silence {
+    pb::Silence {
+        id: s.id.clone(),
+        rule: s.rule.clone(),
+        labels: s.labels.clone().into_iter().collect(),
+        reason: s.reason.clone(),
+        created_by: s.created_by.clone(),
+        created_at_unix_ms: s.created_at_ms,
+        expires_at_unix_ms: s.expires_at_ms,
+    }
+}
+
+/// The API's silence request as the domain's.
+pub fn silence_request(r: &pb::CreateSilenceRequest) -> crate::lifecycle::SilenceRequest {
+    crate::lifecycle::SilenceRequest {
+        rule: r.rule.clone(),
+        labels: r.labels.clone(),
+        duration_seconds: r.duration_seconds,
+        reason: r.reason.clone(),
+    }
+}

@@ -18,14 +18,30 @@ pub enum MonitoringError {
     /// The alert history cannot be read.
     #[error("alerts cannot be read right now; retry later")]
     AlertsUnavailable(StoreError),
+    /// A request that cannot be right.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No alert with that id.
+    #[error("no alert {0:?}")]
+    NoSuchAlert(String),
+    /// The alert is not firing (any more).
+    #[error("alert {0:?} is not firing: only a firing alert can be acknowledged")]
+    NotFiring(String),
+    /// No silence with that id.
+    #[error("no silence {0:?}")]
+    NoSuchSilence(String),
 }
 
 impl From<MonitoringError> for Status {
     fn from(e: MonitoringError) -> Self {
         match e {
-            MonitoringError::BadWindow(_) | MonitoringError::TooMany(_) => {
-                Status::invalid_argument(e.to_string())
+            MonitoringError::BadWindow(_)
+            | MonitoringError::TooMany(_)
+            | MonitoringError::BadRequest(_) => Status::invalid_argument(e.to_string()),
+            MonitoringError::NoSuchAlert(_) | MonitoringError::NoSuchSilence(_) => {
+                Status::not_found(e.to_string())
             }
+            MonitoringError::NotFiring(_) => Status::failed_precondition(e.to_string()),
             MonitoringError::NothingScraped => Status::unavailable(e.to_string()),
             MonitoringError::AlertsUnavailable(ref source) => {
                 tracing::error!(error = %source, "listing alerts failed");

@@ -9,41 +9,118 @@ use discovery_kit::store::Store;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::cache_admin_client::CacheAdminClient;
 
-use crate::store::{ALERTS, METRICS_ROLLUPS, alert_doc, alert_from_doc};
-use crate::{collect, notify, rules, sla, store, window};
+use crate::channels::{Channels, Event};
+use crate::error::MonitoringError;
+use crate::lifecycle::{self, Silence, SilenceRequest};
+use crate::store::{ALERTS, METRICS_ROLLUPS, alert_doc, alert_from_doc, alert_to_doc};
+use crate::{collect, convert, rules, sla, store, window};
+
+/// Where alerts go now: the channels, which severities reach which, and
+/// the escalation policy (all from the rules file).
+#[derive(Clone, Default)]
+pub struct Routing {
+    /// Channels by name.
+    pub channels: Channels,
+    /// Channel names per severity.
+    pub routes: std::collections::BTreeMap<rules::Severity, Vec<String>>,
+    /// Escalation of unacknowledged alerts.
+    pub escalation: Option<rules::file::Escalation>,
+}
+
+impl Routing {
+    /// The file's routing, its secrets read with `var`.
+    pub fn from_file(a: &rules::file::Alerting, var: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            channels: Channels::build(&a.channels, var),
+            routes: a.routes.clone(),
+            escalation: a.escalation.clone(),
+        }
+    }
+
+    fn route(&self, severity: i32) -> Vec<String> {
+        self.routes
+            .get(&convert::rule_severity(severity))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The clock alerts are stamped with (Unix ms); a test's follows tokio's.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Where alert transitions go: the `alerts` collection, `WatchAlerts`
-/// subscribers, the webhook, and the rule's remediation.
+/// subscribers, the channels (unless silenced), the rule's remediation;
+/// and what people do with alerts (acknowledge, silence) and what happens
+/// to those nobody answers (escalation).
 #[derive(Clone)]
 pub struct Hub {
     firing: Arc<Mutex<std::collections::BTreeMap<String, pb::Alert>>>,
+    silences: Arc<Mutex<Vec<Silence>>>,
+    routing: Arc<Mutex<Routing>>,
     store: Store,
     tx: tokio::sync::broadcast::Sender<pb::Alert>,
-    webhook: Option<notify::Webhook>,
     recommendation: Option<CacheAdminClient<discovery_kit::client::TracedChannel>>,
+    clock: Clock,
+    inflight: Arc<Mutex<std::collections::HashSet<String>>>,
+    sending: Arc<tokio::sync::Semaphore>,
+    ids: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Deliveries in progress at once (a slow channel never holds evaluation:
+/// they run beside it).
+const SENDING: usize = 8;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {
-    /// A hub storing into `store`, posting to `webhook`, warming caches
-    /// through `recommendation`.
+    /// A hub storing into `store`, warming caches through
+    /// `recommendation`; no channels until [`Hub::set_routing`].
     pub fn new(
         store: Store,
-        webhook: Option<notify::Webhook>,
         recommendation: Option<CacheAdminClient<discovery_kit::client::TracedChannel>>,
+    ) -> Self {
+        Self::with_clock(store, recommendation, Arc::new(discovery_kit::now_unix_ms))
+    }
+
+    /// [`Hub::new`] on `clock`.
+    pub fn with_clock(
+        store: Store,
+        recommendation: Option<CacheAdminClient<discovery_kit::client::TracedChannel>>,
+        clock: Clock,
     ) -> Self {
         Self {
             firing: Arc::default(),
+            silences: Arc::default(),
+            routing: Arc::default(),
             store,
             tx: tokio::sync::broadcast::channel(256).0,
-            webhook,
             recommendation,
+            clock,
+            inflight: Arc::default(),
+            sending: Arc::new(tokio::sync::Semaphore::new(SENDING)),
+            ids: Arc::default(),
         }
+    }
+
+    /// Puts `routing` in force.
+    pub fn set_routing(&self, routing: Routing) {
+        *lock(&self.routing) = routing;
+    }
+
+    /// Reads the silences that are still to expire (at start).
+    pub async fn load_silences(&self) -> Result<usize, discovery_kit::store::StoreError> {
+        let now = (self.clock)();
+        let s = store::load_silences(&self.store, now).await?;
+        let n = s.len();
+        *lock(&self.silences) = s;
+        Ok(n)
     }
 
     /// Alerts firing now, oldest first.
     pub fn firing(&self) -> Vec<pb::Alert> {
-        let firing = self.firing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<pb::Alert> = firing.values().cloned().collect();
+        let mut v: Vec<pb::Alert> = lock(&self.firing).values().cloned().collect();
         v.sort_by_key(|a| a.fired_at_unix_ms);
         v
     }
@@ -53,37 +130,71 @@ impl Hub {
         self.tx.subscribe()
     }
 
+    async fn save(&self, alert: &pb::Alert) {
+        if let Err(e) = self.store.put(ALERTS, alert_to_doc(alert)).await {
+            tracing::error!(error = %e, alert = %alert.id, "storing an alert failed");
+        }
+        let _ = self.tx.send(alert.clone());
+    }
+
+    fn silence_of(&self, alert: &pb::Alert, now: i64) -> String {
+        lock(&self.silences)
+            .iter()
+            .find(|s| s.covers(&alert.rule, &alert.labels, now))
+            .map(|s| s.id.clone())
+            .unwrap_or_default()
+    }
+
     /// Records and announces one transition; delivery and remediation run
-    /// in the background (a slow webhook never delays evaluation).
+    /// in the background (a slow channel never delays evaluation).
     pub async fn publish(&self, t: &rules::Transition, now: tokio::time::Instant) -> pb::Alert {
         tracing::warn!(rule = %t.rule.name, labels = ?t.labels, phase = ?t.phase, value = t.value, "alert");
-        let doc = alert_doc(t, now);
-        let alert = alert_from_doc(&doc);
-        if let Err(e) = self.store.put(ALERTS, doc).await {
-            tracing::error!(error = %e, "storing an alert failed");
+        let now_ms = (self.clock)();
+        let mut alert = alert_from_doc(&alert_doc(t, now, now_ms));
+        // The series' firing instance, if any, is this alert: its id and
+        // times as first stamped (recomputing them from the monotonic
+        // clock can land a millisecond off), and what people did with it.
+        let was = lock(&self.firing)
+            .values()
+            .find(|f| {
+                f.rule == alert.rule && f.severity == alert.severity && f.labels == alert.labels
+            })
+            .cloned();
+        if let Some(was) = was {
+            alert.id = was.id.clone();
+            alert.active_since_unix_ms = was.active_since_unix_ms;
+            alert.fired_at_unix_ms = was.fired_at_unix_ms;
+            alert.acknowledged_by = was.acknowledged_by.clone();
+            alert.acknowledged_at_unix_ms = was.acknowledged_at_unix_ms;
+            alert.acknowledge_note = was.acknowledge_note.clone();
+            alert.escalated_at_unix_ms = was.escalated_at_unix_ms;
         }
+        alert.silenced_by = self.silence_of(&alert, now_ms);
         {
-            let mut firing = self.firing.lock().unwrap_or_else(|p| p.into_inner());
+            let mut firing = lock(&self.firing);
             if alert.state == pb::AlertState::Firing as i32 {
                 firing.insert(alert.id.clone(), alert.clone());
             } else {
                 firing.remove(&alert.id);
             }
         }
-        let _ = self.tx.send(alert.clone());
-        if let Some(w) = &self.webhook {
-            let (w, a) = (w.clone(), alert.clone());
-            tokio::spawn(async move {
-                let outcome = match w.deliver(&a).await {
-                    Ok(_) => "delivered",
-                    Err(e) => {
-                        tracing::error!(error = %e, alert = %a.id, "alert not delivered");
-                        "failed"
-                    }
+        self.save(&alert).await;
+        if alert.silenced_by.is_empty() {
+            let (event, mut names) = {
+                let routing = lock(&self.routing);
+                let event = if t.phase == rules::Phase::Resolved {
+                    Event::Resolved
+                } else {
+                    Event::Firing
                 };
-                metrics::counter!("discovery_monitoring_webhook_deliveries_total", "outcome" => outcome)
-                    .increment(1);
-            });
+                (event, routing.route(alert.severity))
+            };
+            // Whoever was paged hears it resolve too.
+            if event == Event::Resolved && alert.escalated_at_unix_ms > 0 {
+                let escalation = lock(&self.routing).escalation.clone();
+                names.extend(escalation.map(|e| e.to).unwrap_or_default());
+            }
+            self.deliver(&alert, event, &names);
         }
         if t.phase == rules::Phase::Firing
             && t.rule.remediation == Some(rules::Remediation::WarmCaches)
@@ -114,6 +225,191 @@ impl Hub {
         }
         alert
     }
+
+    /// Sends `event` about `alert` to each channel named, in the
+    /// background: at most once per alert, channel and event (a record
+    /// says it was delivered), retried by the channel, recorded either way.
+    /// Channels that are off or unknown are not attempted.
+    pub fn deliver(&self, alert: &pb::Alert, event: Event, names: &[String]) {
+        let channels = lock(&self.routing).channels.clone();
+        for name in names {
+            let Some(Ok(channel)) = channels.get(name) else {
+                continue;
+            };
+            let key = format!("{}|{name}|{}", alert.id, event.name());
+            if !lock(&self.inflight).insert(key.clone()) {
+                continue;
+            }
+            let (hub, alert, name) = (self.clone(), alert.clone(), name.clone());
+            tokio::spawn(async move {
+                let _permit = hub.sending.acquire().await;
+                let done = matches!(
+                    store::delivered(&hub.store, &alert.id, &name, event.name()).await,
+                    Ok(true)
+                );
+                if !done {
+                    let (outcome, attempts, error) = match channel.send(&alert, event).await {
+                        Ok(n) => ("delivered", n, String::new()),
+                        Err(e) => {
+                            tracing::error!(error = %e, alert = %alert.id, channel = %name, "alert not delivered");
+                            ("failed", 5, e)
+                        }
+                    };
+                    metrics::counter!("discovery_monitoring_deliveries_total", "channel" => name.clone(), "outcome" => outcome)
+                        .increment(1);
+                    let record = store::DeliveryRecord {
+                        alert_id: &alert.id,
+                        channel: &name,
+                        event: event.name(),
+                        outcome,
+                        attempts,
+                        error: &error,
+                        at_ms: (hub.clock)(),
+                    };
+                    if let Err(e) = store::put_delivery(&hub.store, &record).await {
+                        tracing::warn!(error = %e, "recording a delivery failed");
+                    }
+                }
+                lock(&hub.inflight).remove(&key);
+            });
+        }
+    }
+
+    /// Once per evaluation: alerts whose silence ended go out, alerts a new
+    /// silence covers stop, and firing alerts nobody acknowledged within
+    /// the policy's delay are escalated.
+    pub async fn tick(&self) {
+        let now = (self.clock)();
+        let routing = lock(&self.routing).clone();
+        let mut changed = Vec::new();
+        let mut sends: Vec<(pb::Alert, Event, Vec<String>)> = Vec::new();
+        let ids: Vec<String> = lock(&self.firing).keys().cloned().collect();
+        for id in ids {
+            let Some(mut a) = lock(&self.firing).get(&id).cloned() else {
+                continue;
+            };
+            let before = a.clone();
+            let cover = self.silence_of(&a, now);
+            if !a.silenced_by.is_empty() && cover.is_empty() {
+                // The silence ended while it still fires: now it is told.
+                sends.push((a.clone(), Event::Firing, routing.route(a.severity)));
+            }
+            a.silenced_by = cover;
+            if let Some(p) = &routing.escalation
+                && a.silenced_by.is_empty()
+                && a.acknowledged_at_unix_ms == 0
+                && a.escalated_at_unix_ms == 0
+                && p.severities.contains(&convert::rule_severity(a.severity))
+                && a.fired_at_unix_ms + p.after.as_millis() as i64 <= now
+            {
+                a.escalated_at_unix_ms = now;
+                tracing::warn!(alert = %a.id, after = ?p.after, "alert escalated: nobody acknowledged it");
+                sends.push((a.clone(), Event::Escalated, p.to.clone()));
+            }
+            if a != before {
+                lock(&self.firing).insert(id, a.clone());
+                changed.push(a);
+            }
+        }
+        for a in &changed {
+            self.save(a).await;
+        }
+        for (a, event, names) in sends {
+            self.deliver(&a, event, &names);
+        }
+    }
+
+    /// Marks a firing alert acknowledged (its escalation stops).
+    pub async fn acknowledge(
+        &self,
+        id: &str,
+        by: &str,
+        note: &str,
+    ) -> Result<pb::Alert, MonitoringError> {
+        if note.len() > lifecycle::MAX_TEXT {
+            return Err(MonitoringError::BadRequest(format!(
+                "note: over {} bytes",
+                lifecycle::MAX_TEXT
+            )));
+        }
+        let now = (self.clock)();
+        let acked = {
+            let mut firing = lock(&self.firing);
+            firing.get_mut(id).map(|a| {
+                a.acknowledged_by = by.to_string();
+                a.acknowledged_at_unix_ms = now;
+                a.acknowledge_note = note.to_string();
+                a.clone()
+            })
+        };
+        match acked {
+            Some(a) => {
+                self.save(&a).await;
+                Ok(a)
+            }
+            None => match self.store.get(ALERTS, id).await {
+                Ok(Some(_)) => Err(MonitoringError::NotFiring(id.to_string())),
+                Ok(None) => Err(MonitoringError::NoSuchAlert(id.to_string())),
+                Err(e) => Err(MonitoringError::AlertsUnavailable(e)),
+            },
+        }
+    }
+
+    /// Creates a silence; the firing alerts it covers stop being told.
+    pub async fn create_silence(
+        &self,
+        req: &SilenceRequest,
+        by: &str,
+    ) -> Result<Silence, MonitoringError> {
+        let now = (self.clock)();
+        let n = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let silence = lifecycle::new_silence(req, by, format!("sil-{now:x}-{n}"), now)
+            .map_err(MonitoringError::BadRequest)?;
+        store::put_silence(&self.store, &silence)
+            .await
+            .map_err(MonitoringError::AlertsUnavailable)?;
+        lock(&self.silences).push(silence.clone());
+        self.tick().await;
+        Ok(silence)
+    }
+
+    /// Ends a silence now; what it held back goes out.
+    pub async fn expire_silence(&self, id: &str) -> Result<Silence, MonitoringError> {
+        let now = (self.clock)();
+        let mut s = store::get_silence(&self.store, id)
+            .await
+            .map_err(MonitoringError::AlertsUnavailable)?
+            .ok_or_else(|| MonitoringError::NoSuchSilence(id.to_string()))?;
+        s.expires_at_ms = s.expires_at_ms.min(now);
+        store::put_silence(&self.store, &s)
+            .await
+            .map_err(MonitoringError::AlertsUnavailable)?;
+        for held in lock(&self.silences).iter_mut().filter(|h| h.id == s.id) {
+            held.expires_at_ms = s.expires_at_ms;
+        }
+        self.tick().await;
+        Ok(s)
+    }
+
+    /// Silences: active ones, and those expired in the last 7 days if asked.
+    pub async fn silences(&self, include_expired: bool) -> Result<Vec<Silence>, MonitoringError> {
+        let now = (self.clock)();
+        let since = if include_expired {
+            now - lifecycle::MAX_SILENCE.as_millis() as i64
+        } else {
+            now
+        };
+        let mut all = store::load_silences(&self.store, since)
+            .await
+            .map_err(MonitoringError::AlertsUnavailable)?;
+        all.sort_by_key(|s| (s.expires_at_ms <= now, -s.created_at_ms));
+        Ok(all)
+    }
+
+    /// The hub's clock (Unix ms).
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
 }
 
 /// Puts the rules file's new rules in force, or says why not (the rules
@@ -130,13 +426,18 @@ async fn reload(
     match result {
         Ok(new) => {
             tracing::info!(
-                rules = new.len(),
+                rules = new.rules.len(),
+                channels = new.channels.len(),
                 from = %watched.origin(),
                 "alert rules in force"
             );
             metrics::counter!("discovery_monitoring_rule_loads_total", "outcome" => "loaded")
                 .increment(1);
-            for t in engine.set_rules(new) {
+            let env = discovery_kit::config::Env::process();
+            hub.set_routing(Routing::from_file(&new, |v| {
+                discovery_kit::cache::secret(&env, v).ok().flatten()
+            }));
+            for t in engine.set_rules(new.rules) {
                 hub.publish(&t, now).await;
             }
         }
@@ -224,5 +525,6 @@ pub(crate) async fn collect_loop(
         for t in engine.evaluate(now, &observations) {
             hub.publish(&t, now).await;
         }
+        hub.tick().await;
     }
 }

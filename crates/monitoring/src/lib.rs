@@ -10,12 +10,14 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod channels;
 pub mod collect;
 pub mod config;
 pub mod convert;
 pub mod dashboard;
 pub mod error;
 pub mod hub;
+pub mod lifecycle;
 pub mod notify;
 pub mod probe;
 pub mod rules;
@@ -88,7 +90,12 @@ pub async fn spawn_with_dashboard(
         .transpose()?;
     let report = recommendation.clone().map(ExperimentsClient::new);
     let recommendation = recommendation.map(CacheAdminClient::new);
-    let hub = Hub::new(store.clone(), config.webhook.clone(), recommendation);
+    let hub = Hub::new(store.clone(), recommendation);
+    match hub.load_silences().await {
+        Ok(n) if n > 0 => tracing::info!(silences = n, "alert silences restored"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "alert silences unreadable; starting with none"),
+    }
     let routes = Routes::new(discovery_kit::compressed!(MonitoringServer::new(Service {
         store: store.clone(),
         targets,

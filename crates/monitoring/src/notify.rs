@@ -84,9 +84,14 @@ impl Webhook {
         Ok(Self { uri, tls })
     }
 
-    /// Posts `alert`, retrying as the module docs say.
+    /// Posts `alert` (Slack's shape), retrying as the module docs say.
     pub async fn deliver(&self, alert: &pb::Alert) -> Result<u32, DeliveryError> {
-        let body = serde_json::to_vec(&payload(alert)).map_err(|e| self.error(e))?;
+        self.post_json(&payload(alert, None)).await
+    }
+
+    /// Posts `body`, retrying as the module docs say; the attempts it took.
+    pub async fn post_json(&self, body: &serde_json::Value) -> Result<u32, DeliveryError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.error(e))?;
         let mut wait = Duration::from_secs(1);
         let mut attempt = 1;
         loop {
@@ -175,14 +180,15 @@ where
     Ok(status)
 }
 
-/// Slack's incoming-webhook shape, plus the alert.
-pub fn payload(alert: &pb::Alert) -> serde_json::Value {
+/// Slack's incoming-webhook shape, plus the alert; `word` overrides the
+/// state's ("ESCALATED").
+pub fn payload(alert: &pb::Alert, word: Option<&str>) -> serde_json::Value {
     let state = pb::AlertState::try_from(alert.state).unwrap_or(pb::AlertState::Unspecified);
     let severity = pb::Severity::try_from(alert.severity).unwrap_or(pb::Severity::Unspecified);
     let (word, color) = match (state, severity) {
         (pb::AlertState::Resolved, _) => ("RESOLVED", "#2eb886"),
-        (_, pb::Severity::Critical) => ("FIRING", "#e01e5a"),
-        _ => ("FIRING", "#ecb22e"),
+        (_, pb::Severity::Critical) => (word.unwrap_or("FIRING"), "#e01e5a"),
+        _ => (word.unwrap_or("FIRING"), "#ecb22e"),
     };
     let labels: Vec<String> = alert
         .labels
@@ -211,6 +217,8 @@ pub fn payload(alert: &pb::Alert) -> serde_json::Value {
             "active_since_unix_ms": alert.active_since_unix_ms,
             "fired_at_unix_ms": alert.fired_at_unix_ms,
             "resolved_at_unix_ms": alert.resolved_at_unix_ms,
+            "acknowledged_by": alert.acknowledged_by,
+            "escalated_at_unix_ms": alert.escalated_at_unix_ms,
         },
     })
 }

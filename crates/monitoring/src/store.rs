@@ -30,6 +30,19 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
             )],
         ),
         (
+            SILENCES,
+            vec![IndexSpec::new("expires_at_-1", doc! {"expires_at": -1})],
+        ),
+        (
+            DELIVERIES,
+            vec![
+                IndexSpec::new("alert_id_1_at_-1", doc! {"alert_id": 1, "at": -1}),
+                IndexSpec::new("at_-1", doc! {"at": -1}),
+                IndexSpec::new("created_at_ttl", doc! {"created_at": 1})
+                    .ttl(crate::lifecycle::KEEP_DELIVERIES),
+            ],
+        ),
+        (
             METRICS_ROLLUPS,
             vec![
                 IndexSpec::new(
@@ -115,17 +128,16 @@ pub async fn restore(store: &Store, history: &mut History) -> Result<usize, Stor
 }
 
 /// The stored form of a transition (one document per alert instance,
-/// updated when it resolves).
-pub fn alert_doc(t: &rules::Transition, now: tokio::time::Instant) -> Document {
-    let unix = |at: tokio::time::Instant| {
-        discovery_kit::now_unix_ms() - now.saturating_duration_since(at).as_millis() as i64
-    };
+/// updated when it resolves), at `now` (`now_ms` on the wall clock).
+pub fn alert_doc(t: &rules::Transition, now: tokio::time::Instant, now_ms: i64) -> Document {
+    let unix =
+        |at: tokio::time::Instant| now_ms - now.saturating_duration_since(at).as_millis() as i64;
     let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let active_since = unix(t.active_since);
     let severity = crate::convert::severity(t.rule.severity);
     let state = crate::convert::alert_state(t.phase);
     let resolved_at = match t.phase {
-        rules::Phase::Resolved => discovery_kit::now_unix_ms(),
+        rules::Phase::Resolved => now_ms,
         _ => 0,
     };
     let mut label_doc = Document::new();
@@ -176,7 +188,65 @@ pub fn alert_from_doc(d: &Document) -> pb::Alert {
         active_since_unix_ms: int("active_since"),
         fired_at_unix_ms: int("fired_at"),
         resolved_at_unix_ms: int("resolved_at"),
+        acknowledged_by: d.get_str("acknowledged_by").unwrap_or_default().to_string(),
+        acknowledged_at_unix_ms: int("acknowledged_at"),
+        acknowledge_note: d
+            .get_str("acknowledge_note")
+            .unwrap_or_default()
+            .to_string(),
+        silenced_by: d.get_str("silenced_by").unwrap_or_default().to_string(),
+        escalated_at_unix_ms: int("escalated_at"),
     }
+}
+
+/// The stored form of an alert as the API has it (after an
+/// acknowledgement, a silence, an escalation).
+pub fn alert_to_doc(a: &pb::Alert) -> Document {
+    let mut labels = Document::new();
+    for (k, v) in &a.labels {
+        labels.insert(k.clone(), v.clone());
+    }
+    doc! {
+        "_id": a.id.clone(),
+        "rule": a.rule.clone(),
+        "severity": a.severity,
+        "state": a.state,
+        "labels": labels,
+        "summary": a.summary.clone(),
+        "value": a.value,
+        "active_since": a.active_since_unix_ms,
+        "fired_at": a.fired_at_unix_ms,
+        "resolved_at": a.resolved_at_unix_ms,
+        "acknowledged_by": a.acknowledged_by.clone(),
+        "acknowledged_at": a.acknowledged_at_unix_ms,
+        "acknowledge_note": a.acknowledge_note.clone(),
+        "silenced_by": a.silenced_by.clone(),
+        "escalated_at": a.escalated_at_unix_ms,
+    }
+}
+
+/// Alerts active at some time in `[since, until]` (Unix ms), newest first.
+pub async fn alert_history(
+    store: &Store,
+    since: i64,
+    until: i64,
+    rule: &str,
+    limit: u64,
+) -> Result<Vec<pb::Alert>, StoreError> {
+    let mut filter = doc! {
+        "active_since": {"$lte": until},
+        "$or": [{"resolved_at": 0}, {"resolved_at": {"$gte": since}}],
+    };
+    if !rule.is_empty() {
+        filter.insert("rule", rule);
+    }
+    let opts = FindOptions {
+        sort: Some(doc! {"active_since": -1}),
+        skip: 0,
+        limit,
+    };
+    let docs = store.find(ALERTS, filter, opts).await?;
+    Ok(docs.iter().map(alert_from_doc).collect())
 }
 
 /// The newest `limit` alerts, as the API reports them.
@@ -188,6 +258,191 @@ pub async fn recent_alerts(store: &Store, limit: u64) -> Result<Vec<pb::Alert>, 
     };
     let docs = store.find(ALERTS, doc! {}, opts).await?;
     Ok(docs.iter().map(alert_from_doc).collect())
+}
+
+/// Silences collection.
+pub const SILENCES: &str = "alert_silences";
+/// Deliveries collection.
+pub const DELIVERIES: &str = "alert_deliveries";
+
+/// The stored form of a silence.
+pub fn silence_doc(s: &crate::lifecycle::Silence) -> Document {
+    let mut labels = Document::new();
+    for (k, v) in &s.labels {
+        labels.insert(k.clone(), v.clone());
+    }
+    doc! {
+        "_id": s.id.clone(),
+        "rule": s.rule.clone(),
+        "labels": labels,
+        "reason": s.reason.clone(),
+        "created_by": s.created_by.clone(),
+        "created_at": s.created_at_ms,
+        "expires_at": s.expires_at_ms,
+    }
+}
+
+/// A silence from its stored form.
+pub fn silence_from_doc(d: &Document) -> crate::lifecycle::Silence {
+    crate::lifecycle::Silence {
+        id: d.get_str("_id").unwrap_or_default().into(),
+        rule: d.get_str("rule").unwrap_or_default().into(),
+        labels: d
+            .get_document("labels")
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        reason: d.get_str("reason").unwrap_or_default().into(),
+        created_by: d.get_str("created_by").unwrap_or_default().into(),
+        created_at_ms: d.get_i64("created_at").unwrap_or_default(),
+        expires_at_ms: d.get_i64("expires_at").unwrap_or_default(),
+    }
+}
+
+/// Stores a silence.
+pub async fn put_silence(store: &Store, s: &crate::lifecycle::Silence) -> Result<(), StoreError> {
+    store.put(SILENCES, silence_doc(s)).await
+}
+
+/// A silence by id.
+pub async fn get_silence(
+    store: &Store,
+    id: &str,
+) -> Result<Option<crate::lifecycle::Silence>, StoreError> {
+    Ok(store
+        .get(SILENCES, id)
+        .await?
+        .as_ref()
+        .map(silence_from_doc))
+}
+
+/// Silences that had not expired at `since_ms`, newest first.
+pub async fn load_silences(
+    store: &Store,
+    since_ms: i64,
+) -> Result<Vec<crate::lifecycle::Silence>, StoreError> {
+    let docs = store
+        .find(
+            SILENCES,
+            doc! {"expires_at": {"$gte": since_ms}},
+            FindOptions {
+                sort: Some(doc! {"created_at": -1}),
+                skip: 0,
+                limit: 1000,
+            },
+        )
+        .await?;
+    Ok(docs.iter().map(silence_from_doc).collect())
+}
+
+/// One delivery's record; its id (alert, channel, event) is what keeps a
+/// delivery from happening twice.
+pub struct DeliveryRecord<'a> {
+    /// The alert.
+    pub alert_id: &'a str,
+    /// The channel's name.
+    pub channel: &'a str,
+    /// firing, resolved, escalated.
+    pub event: &'a str,
+    /// delivered or failed.
+    pub outcome: &'a str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why it failed.
+    pub error: &'a str,
+    /// When, Unix ms.
+    pub at_ms: i64,
+}
+
+fn delivery_id(alert_id: &str, channel: &str, event: &str) -> String {
+    format!("{alert_id}|{channel}|{event}")
+}
+
+/// Records a delivery.
+pub async fn put_delivery(store: &Store, r: &DeliveryRecord<'_>) -> Result<(), StoreError> {
+    store
+        .put(
+            DELIVERIES,
+            doc! {
+                "_id": delivery_id(r.alert_id, r.channel, r.event),
+                "alert_id": r.alert_id,
+                "channel": r.channel,
+                "event": r.event,
+                "outcome": r.outcome,
+                "attempts": i64::from(r.attempts),
+                "error": r.error,
+                "at": r.at_ms,
+                "created_at": discovery_kit::store::bson::DateTime::from_millis(r.at_ms),
+            },
+        )
+        .await
+}
+
+/// True when this delivery was made already.
+pub async fn delivered(
+    store: &Store,
+    alert_id: &str,
+    channel: &str,
+    event: &str,
+) -> Result<bool, StoreError> {
+    Ok(store
+        .get(DELIVERIES, &delivery_id(alert_id, channel, event))
+        .await?
+        .is_some_and(|d| d.get_str("outcome") == Ok("delivered")))
+}
+
+/// A delivery's (outcome, attempts, error), if recorded.
+pub async fn delivery(
+    store: &Store,
+    alert_id: &str,
+    channel: &str,
+    event: &str,
+) -> Result<Option<pb::AlertDelivery>, StoreError> {
+    Ok(store
+        .get(DELIVERIES, &delivery_id(alert_id, channel, event))
+        .await?
+        .as_ref()
+        .map(delivery_from_doc))
+}
+
+fn delivery_from_doc(d: &Document) -> pb::AlertDelivery {
+    pb::AlertDelivery {
+        alert_id: d.get_str("alert_id").unwrap_or_default().into(),
+        channel: d.get_str("channel").unwrap_or_default().into(),
+        event: d.get_str("event").unwrap_or_default().into(),
+        outcome: d.get_str("outcome").unwrap_or_default().into(),
+        attempts: d.get_i64("attempts").unwrap_or_default() as u32,
+        error: d.get_str("error").unwrap_or_default().into(),
+        at_unix_ms: d.get_i64("at").unwrap_or_default(),
+    }
+}
+
+/// Deliveries, newest first (of one alert if `alert_id` is not empty).
+pub async fn deliveries(
+    store: &Store,
+    alert_id: &str,
+    limit: u64,
+) -> Result<Vec<pb::AlertDelivery>, StoreError> {
+    let filter = if alert_id.is_empty() {
+        doc! {}
+    } else {
+        doc! {"alert_id": alert_id}
+    };
+    let docs = store
+        .find(
+            DELIVERIES,
+            filter,
+            FindOptions {
+                sort: Some(doc! {"at": -1}),
+                skip: 0,
+                limit,
+            },
+        )
+        .await?;
+    Ok(docs.iter().map(delivery_from_doc).collect())
 }
 
 #[cfg(test)]

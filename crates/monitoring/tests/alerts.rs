@@ -91,7 +91,15 @@ async fn only_a_long_breach_fires_once_resolves_once_and_reaches_the_webhook() {
         .connect(discovery_kit::store::Workload::Analytics)
         .await
         .unwrap();
-    let hub = Hub::new(store, Some(Webhook::new(&url).unwrap()), None);
+    let hub = Hub::new(store, None);
+    let rules = discovery_monitoring::rules::file::parse_alerting(
+        discovery_monitoring::rules::DEFAULT_RULES,
+    )
+    .unwrap();
+    // The built-in rules' Slack channel, its URL from the variable it names.
+    hub.set_routing(discovery_monitoring::hub::Routing::from_file(&rules, |v| {
+        (v == "DISCOVERY_ALERT_WEBHOOK_URL").then(|| url.clone())
+    }));
     let mut watch = hub.subscribe();
     let now = Instant::now();
     for (_, t) in &transitions {

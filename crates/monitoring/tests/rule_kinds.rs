@@ -348,7 +348,7 @@ async fn a_changed_rules_file_applies_a_bad_one_is_refused_and_a_removed_rule_re
     let built_in = discovery_monitoring::rules::DEFAULT_RULES;
     std::fs::write(&path, built_in).unwrap();
     let mut watched = Watched::new(Some(path.clone()));
-    let mut engine = Engine::new(watched.changed().unwrap().unwrap());
+    let mut engine = Engine::new(watched.changed().unwrap().unwrap().rules);
     assert!(watched.changed().is_none(), "nothing changed");
 
     let disk = [Observation {
@@ -375,7 +375,7 @@ async fn a_changed_rules_file_applies_a_bad_one_is_refused_and_a_removed_rule_re
     )
     .unwrap();
     let new = watched.changed().expect("changed").expect("valid");
-    assert!(engine.set_rules(new).is_empty());
+    assert!(engine.set_rules(new.rules).is_empty());
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_secs(10)).await;
         fired.extend(tick(&mut engine));
@@ -398,7 +398,7 @@ async fn a_changed_rules_file_applies_a_bad_one_is_refused_and_a_removed_rule_re
         .collect::<Vec<_>>()
         .join("[[rule]]");
     std::fs::write(&path, without).unwrap();
-    let gone = engine.set_rules(watched.changed().unwrap().unwrap());
+    let gone = engine.set_rules(watched.changed().unwrap().unwrap().rules);
     assert_eq!(gone.len(), 1);
     assert_eq!(
         (&*gone[0].rule.name, gone[0].phase),

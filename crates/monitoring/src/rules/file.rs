@@ -30,6 +30,119 @@ struct File {
     version: Spanned<u32>,
     #[serde(rename = "rule", default)]
     rules: Vec<Spanned<RuleDef>>,
+    #[serde(rename = "channel", default)]
+    channels: Vec<Spanned<ChannelDef>>,
+    route: Option<Spanned<RouteDef>>,
+    escalation: Option<Spanned<EscalationDef>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelDef {
+    name: Spanned<String>,
+    kind: ChannelKindName,
+    url_env: Option<String>,
+    url: Option<String>,
+    routing_key_env: Option<String>,
+    smtp_env: Option<String>,
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    to_env: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ChannelKindName {
+    Slack,
+    Pagerduty,
+    Email,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RouteDef {
+    #[serde(default)]
+    info: Vec<String>,
+    #[serde(default)]
+    warning: Vec<String>,
+    #[serde(default)]
+    critical: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationDef {
+    after: Spanned<String>,
+    severities: Vec<String>,
+    to: Vec<String>,
+}
+
+/// A channel as the file describes it (secrets are variable names).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelSpec {
+    /// A Slack-compatible webhook; the URL is in the variable.
+    Slack {
+        /// Variable holding the URL.
+        url_env: String,
+    },
+    /// PagerDuty Events API v2 (or a compatible service at `url`).
+    PagerDuty {
+        /// The events endpoint.
+        url: String,
+        /// Variable holding the routing key.
+        routing_key_env: String,
+    },
+    /// Email over SMTP.
+    Email {
+        /// Variable holding the SMTP URL (with credentials).
+        smtp_env: String,
+        /// Sender address.
+        from: String,
+        /// Recipients, or the variable holding them (comma-separated).
+        to: Result<Vec<String>, String>,
+    },
+}
+
+/// When an unacknowledged alert is escalated, and to whom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Escalation {
+    /// How long a firing alert may go unacknowledged.
+    pub after: Duration,
+    /// Which severities.
+    pub severities: Vec<Severity>,
+    /// Channels it goes to.
+    pub to: Vec<String>,
+}
+
+/// Everything the file says: rules, channels, routes, escalation.
+#[derive(Debug, Clone, Default)]
+pub struct Alerting {
+    /// Every tier of every rule.
+    pub rules: Vec<Rule>,
+    /// Channels by name, in file order.
+    pub channels: Vec<(String, ChannelSpec)>,
+    /// Channel names per severity.
+    pub routes: BTreeMap<Severity, Vec<String>>,
+    /// The escalation policy, if any.
+    pub escalation: Option<Escalation>,
+}
+
+/// PagerDuty's Events API v2 endpoint.
+pub const PAGERDUTY_EVENTS: &str = "https://events.pagerduty.com/v2/enqueue";
+
+fn env_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn severity_named(n: &str) -> Option<Severity> {
+    match n {
+        "info" => Some(Severity::Info),
+        "warning" => Some(Severity::Warning),
+        "critical" => Some(Severity::Critical),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -91,6 +204,11 @@ fn valid_name(n: &str) -> bool {
 
 /// Reads a rules file: every tier of every rule, in file order.
 pub fn parse(text: &str) -> Result<Vec<Rule>, RulesError> {
+    parse_alerting(text).map(|a| a.rules)
+}
+
+/// Reads a rules file whole: rules, channels, routes and escalation.
+pub fn parse_alerting(text: &str) -> Result<Alerting, RulesError> {
     let at = |offset: usize, reason: String| RulesError {
         line: line_of(text, offset),
         reason,
@@ -252,7 +370,160 @@ pub fn parse(text: &str) -> Result<Vec<Rule>, RulesError> {
             });
         }
     }
-    Ok(out)
+    let mut channels: Vec<(String, ChannelSpec)> = Vec::new();
+    for c in &file.channels {
+        let def = c.get_ref();
+        let name = def.name.get_ref().clone();
+        let here = |why: String| at(c.span().start, format!("channel {name}: {why}"));
+        if !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+            || name.is_empty()
+        {
+            return Err(here(
+                "a channel's name is letters, digits and dashes".into(),
+            ));
+        }
+        if channels.iter().any(|(n, _)| *n == name) {
+            return Err(here("a second channel with this name".into()));
+        }
+        let env = |field: &str, v: &Option<String>| -> Result<String, RulesError> {
+            match v {
+                Some(n) if env_name_ok(n) => Ok(n.clone()),
+                Some(n) => Err(here(format!(
+                    "{field} = {n:?}: an environment variable's name (A-Z, 0-9, _)"
+                ))),
+                None => Err(here(format!(
+                    "needs {field} (the variable holding the secret)"
+                ))),
+            }
+        };
+        let extra = |fields: &[(&str, bool)]| -> Result<(), RulesError> {
+            match fields.iter().find(|(_, set)| *set) {
+                Some((f, _)) => Err(here(format!(
+                    "{f} is not a setting of this kind of channel"
+                ))),
+                None => Ok(()),
+            }
+        };
+        let spec = match def.kind {
+            ChannelKindName::Slack => {
+                extra(&[
+                    ("url", def.url.is_some()),
+                    ("routing_key_env", def.routing_key_env.is_some()),
+                    ("smtp_env", def.smtp_env.is_some()),
+                    ("from", def.from.is_some()),
+                    ("to", def.to.is_some() || def.to_env.is_some()),
+                ])?;
+                ChannelSpec::Slack {
+                    url_env: env("url_env", &def.url_env)?,
+                }
+            }
+            ChannelKindName::Pagerduty => {
+                extra(&[
+                    ("url_env", def.url_env.is_some()),
+                    ("smtp_env", def.smtp_env.is_some()),
+                    ("from", def.from.is_some()),
+                    ("to", def.to.is_some() || def.to_env.is_some()),
+                ])?;
+                let url = def
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| PAGERDUTY_EVENTS.to_string());
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(here(format!("url = {url:?}: http(s)://host/path")));
+                }
+                ChannelSpec::PagerDuty {
+                    url,
+                    routing_key_env: env("routing_key_env", &def.routing_key_env)?,
+                }
+            }
+            ChannelKindName::Email => {
+                extra(&[
+                    ("url", def.url.is_some()),
+                    ("url_env", def.url_env.is_some()),
+                    ("routing_key_env", def.routing_key_env.is_some()),
+                ])?;
+                let from = def
+                    .from
+                    .clone()
+                    .filter(|f| f.contains('@'))
+                    .ok_or_else(|| here("needs from = an address".into()))?;
+                let to = match (&def.to, &def.to_env) {
+                    (Some(list), None)
+                        if !list.is_empty() && list.iter().all(|a| a.contains('@')) =>
+                    {
+                        Ok(list.clone())
+                    }
+                    (None, Some(_)) => Err(env("to_env", &def.to_env)?),
+                    _ => {
+                        return Err(here(
+                            "needs to = [addresses] or to_env = the variable holding them".into(),
+                        ));
+                    }
+                };
+                ChannelSpec::Email {
+                    smtp_env: env("smtp_env", &def.smtp_env)?,
+                    from,
+                    to,
+                }
+            }
+        };
+        channels.push((name, spec));
+    }
+    let known = |n: &String| channels.iter().any(|(c, _)| c == n);
+    let mut routes = BTreeMap::new();
+    if let Some(r) = &file.route {
+        for (sev, names) in [
+            (Severity::Info, &r.get_ref().info),
+            (Severity::Warning, &r.get_ref().warning),
+            (Severity::Critical, &r.get_ref().critical),
+        ] {
+            if let Some(n) = names.iter().find(|n| !known(n)) {
+                return Err(at(
+                    r.span().start,
+                    format!("route {}: no channel named {n:?}", sev.name()),
+                ));
+            }
+            routes.insert(sev, names.clone());
+        }
+    }
+    let escalation = match &file.escalation {
+        None => None,
+        Some(e) => {
+            let def = e.get_ref();
+            let here = |why: String| at(e.span().start, format!("escalation: {why}"));
+            let after = duration(def.after.get_ref()).map_err(|w| at(def.after.span().start, w))?;
+            if after.is_zero() {
+                return Err(here("after must be longer than 0s".into()));
+            }
+            let severities = def
+                .severities
+                .iter()
+                .map(|n| {
+                    severity_named(n)
+                        .ok_or_else(|| here(format!("{n:?} is not info, warning or critical")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(n) = def.to.iter().find(|n| !known(n)) {
+                return Err(here(format!("no channel named {n:?}")));
+            }
+            if def.to.is_empty() || severities.is_empty() {
+                return Err(here("needs severities and to (channels)".into()));
+            }
+            Some(Escalation {
+                after,
+                severities,
+                to: def.to.clone(),
+            })
+        }
+    };
+    Ok(Alerting {
+        rules: out,
+        channels,
+        routes,
+        escalation,
+    })
 }
 
 /// The rules in force come from here: the built-in file, or one on disk
@@ -280,7 +551,7 @@ impl Watched {
     /// first call: whatever it holds), or why they are refused; `None`
     /// when nothing changed. A file that cannot be read is refused once
     /// until it can.
-    pub fn changed(&mut self) -> Option<Result<Vec<Rule>, RulesError>> {
+    pub fn changed(&mut self) -> Option<Result<Alerting, RulesError>> {
         let text = match &self.path {
             None => super::DEFAULT_RULES.to_string(),
             Some(p) => match std::fs::read_to_string(p) {
@@ -301,7 +572,7 @@ impl Watched {
         if self.seen.as_deref() == Some(text.as_str()) {
             return None;
         }
-        let parsed = parse(&text);
+        let parsed = parse_alerting(&text);
         self.seen = Some(text);
         Some(parsed)
     }
@@ -455,6 +726,50 @@ mod tests {
             } else {
                 assert_eq!(e.line, want, "{to:?}: {e}");
             }
+        }
+    }
+
+    #[test]
+    fn channels_routes_and_escalation_read_and_refuse_mistakes() {
+        let a = parse_alerting(super::super::DEFAULT_RULES).unwrap();
+        let names: Vec<&str> = a.channels.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["webhook", "email", "pager"]);
+        assert_eq!(a.routes[&Severity::Critical], ["webhook", "email"]);
+        let e = a.escalation.unwrap();
+        assert_eq!(
+            (e.after, e.to.as_slice()),
+            (Duration::from_secs(900), ["pager".to_string()].as_slice())
+        );
+        assert_eq!(e.severities, [Severity::Critical]);
+        for (from, to, why) in [
+            (
+                "critical = [\"webhook\", \"email\"]",
+                "critical = [\"webhook\", \"sms\"]",
+                "no channel named \"sms\"",
+            ),
+            ("to = [\"pager\"]", "to = [\"nobody\"]", "no channel named"),
+            ("after = \"15m\"", "after = \"0s\"", "longer than 0s"),
+            (
+                "url_env = \"DISCOVERY_ALERT_WEBHOOK_URL\"",
+                "url_env = \"https://hooks.slack.com/x\"",
+                "environment variable",
+            ),
+            ("kind = \"pagerduty\"", "kind = \"sms\"", "unknown variant"),
+            (
+                "from = \"discovery@localhost\"",
+                "from = \"nobody\"",
+                "needs from",
+            ),
+            (
+                "severities = [\"critical\"]",
+                "severities = [\"urgent\"]",
+                "not info, warning or critical",
+            ),
+        ] {
+            let text = super::super::DEFAULT_RULES.replacen(from, to, 1);
+            let e = parse_alerting(&text).expect_err(to);
+            assert!(e.reason.contains(why), "{to}: {e}");
+            assert!(e.line > 100, "{to}: {e}");
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use discovery_monitoring::Hub;
 use discovery_monitoring::collect::Source;
 use discovery_monitoring::dashboard::{Dashboard, router};
-use discovery_monitoring::rules::{Engine, Observation, Signal, spec_rules};
+use discovery_monitoring::rules::{Engine, Observation, Signal, default_rules};
 use discovery_monitoring::window::{History, Snapshot};
 use discovery_proto::v1 as pb;
 
@@ -96,8 +96,8 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         .connect(discovery_kit::store::Workload::Analytics)
         .await
         .unwrap();
-    let hub = Hub::new(store, None, None);
-    let mut engine = Engine::new(spec_rules());
+    let hub = Hub::new(store, None);
+    let mut engine = Engine::new(default_rules());
     let low = [Observation {
         signal: Signal::CacheHitRate,
         labels: [("kind".to_string(), "product".to_string())].into(),
