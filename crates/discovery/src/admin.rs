@@ -109,21 +109,9 @@ pub enum SilencesAction {
     },
 }
 
-/// `30s`, `30m`, `6h`, `2d`.
+/// `30s`, `30m`, `6h`, `2d`: the rules file's durations.
 fn span(text: &str) -> Result<std::time::Duration, BoxError> {
-    let t = text.trim();
-    let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{text:?}: say 30m, 6h or 2d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{text:?}: say 30m, 6h or 2d").into()),
-    };
-    Ok(std::time::Duration::from_secs(secs))
+    discovery_monitoring::rules::file::span(text).map_err(Into::into)
 }
 
 #[derive(Debug, Subcommand)]

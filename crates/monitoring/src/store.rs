@@ -127,6 +127,26 @@ pub async fn restore(store: &Store, history: &mut History) -> Result<usize, Stor
     Ok(n)
 }
 
+/// Labels as a stored sub-document.
+fn labels_doc<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> Document {
+    let mut d = Document::new();
+    for (k, v) in labels {
+        d.insert(k.clone(), v.clone());
+    }
+    d
+}
+
+/// A stored sub-document's string fields as labels.
+fn labels_of<C: FromIterator<(String, String)>>(d: &Document) -> C {
+    d.get_document("labels")
+        .map(|l| {
+            l.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_else(|_| std::iter::empty().collect())
+}
+
 /// The stored form of a transition (one document per alert instance,
 /// updated when it resolves), at `now` (`now_ms` on the wall clock).
 pub fn alert_doc(t: &rules::Transition, now: tokio::time::Instant, now_ms: i64) -> Document {
@@ -140,10 +160,7 @@ pub fn alert_doc(t: &rules::Transition, now: tokio::time::Instant, now_ms: i64) 
         rules::Phase::Resolved => now_ms,
         _ => 0,
     };
-    let mut label_doc = Document::new();
-    for (k, v) in &t.labels {
-        label_doc.insert(k.clone(), v.clone());
-    }
+    let label_doc = labels_doc(&t.labels);
     let value = if t.value.is_finite() { t.value } else { 0.0 };
     doc! {
         // A tier is its own alert: warning and critical of one series may
@@ -175,14 +192,7 @@ pub fn alert_from_doc(d: &Document) -> pb::Alert {
         rule: d.get_str("rule").unwrap_or_default().to_string(),
         severity: d.get_i32("severity").unwrap_or_default(),
         state: d.get_i32("state").unwrap_or_default(),
-        labels: d
-            .get_document("labels")
-            .map(|l| {
-                l.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        labels: labels_of(d),
         summary: d.get_str("summary").unwrap_or_default().to_string(),
         value: d.get_f64("value").unwrap_or_default(),
         active_since_unix_ms: int("active_since"),
@@ -202,10 +212,7 @@ pub fn alert_from_doc(d: &Document) -> pb::Alert {
 /// The stored form of an alert as the API has it (after an
 /// acknowledgement, a silence, an escalation).
 pub fn alert_to_doc(a: &pb::Alert) -> Document {
-    let mut labels = Document::new();
-    for (k, v) in &a.labels {
-        labels.insert(k.clone(), v.clone());
-    }
+    let labels = labels_doc(&a.labels);
     doc! {
         "_id": a.id.clone(),
         "rule": a.rule.clone(),
@@ -267,10 +274,7 @@ pub const DELIVERIES: &str = "alert_deliveries";
 
 /// The stored form of a silence.
 pub fn silence_doc(s: &crate::lifecycle::Silence) -> Document {
-    let mut labels = Document::new();
-    for (k, v) in &s.labels {
-        labels.insert(k.clone(), v.clone());
-    }
+    let labels = labels_doc(&s.labels);
     doc! {
         "_id": s.id.clone(),
         "rule": s.rule.clone(),
@@ -287,14 +291,7 @@ pub fn silence_from_doc(d: &Document) -> crate::lifecycle::Silence {
     crate::lifecycle::Silence {
         id: d.get_str("_id").unwrap_or_default().into(),
         rule: d.get_str("rule").unwrap_or_default().into(),
-        labels: d
-            .get_document("labels")
-            .map(|l| {
-                l.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        labels: labels_of(d),
         reason: d.get_str("reason").unwrap_or_default().into(),
         created_by: d.get_str("created_by").unwrap_or_default().into(),
         created_at_ms: d.get_i64("created_at").unwrap_or_default(),

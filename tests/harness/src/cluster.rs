@@ -13,8 +13,9 @@
 //!   process);
 //! - Secrets: the MongoDB URI, Redis URLs and internal secret are the test
 //!   servers' and the test's;
-//! - volumes: a mounted path (the gateway's TLS key pair) is a directory
-//!   given by the test;
+//! - volumes: a Secret's mounted path (the gateway's TLS key pair) is a
+//!   directory given by the test; a ConfigMap's (monitoring's alert rules)
+//!   is its keys written as files, as the kubelet mounts them;
 //! - the image's own environment (`DISCOVERY_FACE_MODELS_DIR`).
 //!
 //! [`Probe`]s run as the kubelet runs them: a gRPC health check of service
@@ -80,6 +81,8 @@ pub struct Deployment {
     pub liveness: Probe,
     /// Volume mount paths by volume name.
     pub mounts: BTreeMap<String, String>,
+    /// Volumes from a ConfigMap: volume name → ConfigMap name.
+    pub config_volumes: BTreeMap<String, String>,
     /// `spec.minReadySeconds`: how long a new pod is ready before a rolling
     /// update stops an old one.
     pub min_ready: Duration,
@@ -222,10 +225,26 @@ impl Chart {
         self.docs.iter().filter(move |d| d["kind"] == kind)
     }
 
-    /// The ConfigMap's data.
+    /// The ConfigMap's data (the one every pod's `envFrom` names).
     pub fn config_map(&self) -> BTreeMap<String, String> {
-        self.of_kind("ConfigMap")
+        let named = self
+            .of_kind("Deployment")
             .next()
+            .and_then(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|e| e["configMapRef"]["name"].as_str())
+            })
+            .unwrap_or_default()
+            .to_string();
+        self.named_config_map(&named)
+    }
+
+    /// A ConfigMap's data by name.
+    pub fn named_config_map(&self, name: &str) -> BTreeMap<String, String> {
+        self.of_kind("ConfigMap")
+            .find(|c| c["metadata"]["name"] == name)
             .and_then(|c| c["data"].as_object())
             .map(|m| {
                 m.iter()
@@ -325,6 +344,17 @@ fn deployment(d: &Value) -> Deployment {
                 Some((
                     m["name"].as_str()?.to_string(),
                     m["mountPath"].as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+        config_volumes: d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                Some((
+                    v["name"].as_str()?.to_string(),
+                    v["configMap"]["name"].as_str()?.to_string(),
                 ))
             })
             .collect(),
@@ -530,8 +560,25 @@ impl Cluster {
             env.insert("DISCOVERY_REDIS_URLS".into(), supplied.redis_urls.clone());
             env.insert("DISCOVERY_BIND_IP".into(), ip.to_string());
             env.insert("DISCOVERY_HOSTS".into(), hosts.clone());
+            // A ConfigMap volume is its keys as files, as the kubelet
+            // mounts it (the test may supply a directory instead).
+            let mut volumes = supplied.volumes.clone();
+            for (volume, cm) in &d.config_volumes {
+                let Some(mount) = d.mounts.get(volume) else {
+                    continue;
+                };
+                if volumes.contains_key(mount) {
+                    continue;
+                }
+                let local = dir.path().join("configmaps").join(cm);
+                std::fs::create_dir_all(&local).map_err(|e| start_err(cm, e))?;
+                for (k, v) in chart.named_config_map(cm) {
+                    std::fs::write(local.join(k), v).map_err(|e| start_err(cm, e))?;
+                }
+                volumes.insert(mount.clone(), local);
+            }
             for v in env.values_mut() {
-                for (mount, local) in &supplied.volumes {
+                for (mount, local) in &volumes {
                     if let Some(rest) = v.strip_prefix(mount.as_str()) {
                         *v = format!("{}{rest}", local.display());
                     }

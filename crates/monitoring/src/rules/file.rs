@@ -176,23 +176,34 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// `30s`, `5m`, `1h` (whole numbers; at most a day).
-pub fn duration(text: &str) -> Result<Duration, String> {
+/// `30s`, `5m`, `6h`, `2d` (whole numbers).
+pub fn span(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = n
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration (say 30s, 5m or 1h)"))?;
+        .map_err(|_| format!("{text:?} is not a duration (say 30s, 5m, 1h or 2d)"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(format!("{text:?} is not a duration (say 30s, 5m or 1h)")),
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration (say 30s, 5m, 1h or 2d)"
+            ));
+        }
     };
-    if secs > 24 * 3600 {
+    Ok(Duration::from_secs(secs))
+}
+
+/// A rule's or policy's duration: a [`span`] of at most a day.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let d = span(text)?;
+    if d > Duration::from_secs(24 * 3600) {
         return Err(format!("{text:?} is longer than a day"));
     }
-    Ok(Duration::from_secs(secs))
+    Ok(d)
 }
 
 fn valid_name(n: &str) -> bool {
