@@ -9,7 +9,8 @@
 //!   client; STARTTLS or TLS as the URL says, with the webpki roots).
 //!
 //! Every send is retried on what may pass (transport errors, 429 and 5xx,
-//! transient SMTP replies) with doubling waits, five attempts at most. A
+//! transient SMTP replies) with doubling waits, five attempts at most
+//! (`notify::with_retries`). A
 //! channel whose variable is not set is off: said once when the rules are
 //! loaded, and its deliveries are not attempted.
 
@@ -21,7 +22,7 @@ use discovery_proto::v1 as pb;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::notify::{Webhook, payload};
+use crate::notify::{Attempt, Webhook, payload, with_retries};
 use crate::rules::file::ChannelSpec;
 
 /// What happened to an alert, as a channel hears of it.
@@ -215,24 +216,16 @@ impl Channel {
                         alert.id
                     ))
                     .map_err(|e| format!("the message: {e}"))?;
-                let mut wait = Duration::from_secs(1);
-                for attempt in 1..=5u32 {
+                with_retries("email", || async {
                     match mailer.send(message.clone()).await {
-                        Ok(_) => return Ok(attempt),
+                        Ok(_) => Attempt::Done,
                         Err(e) if e.is_permanent() => {
-                            return Err(format!("SMTP refused it: {e} (not retried)"));
+                            Attempt::Stop(format!("SMTP refused it: {e} (not retried)"))
                         }
-                        Err(e) if attempt == 5 => {
-                            return Err(format!("SMTP: {e} (gave up after 5 attempts)"));
-                        }
-                        Err(e) => {
-                            tracing::debug!(attempt, error = %e, "email delivery failed; retrying");
-                        }
+                        Err(e) => Attempt::Retry(format!("SMTP: {e}")),
                     }
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                Err("SMTP: no attempt made".into())
+                })
+                .await
             }
         }
     }

@@ -180,20 +180,20 @@ impl Hub {
         }
         self.save(&alert).await;
         if alert.silenced_by.is_empty() {
-            let (event, mut names) = {
-                let routing = lock(&self.routing);
-                let event = if t.phase == rules::Phase::Resolved {
-                    Event::Resolved
-                } else {
-                    Event::Firing
-                };
-                (event, routing.route(alert.severity))
+            let event = if t.phase == rules::Phase::Resolved {
+                Event::Resolved
+            } else {
+                Event::Firing
             };
-            // Whoever was paged hears it resolve too.
-            if event == Event::Resolved && alert.escalated_at_unix_ms > 0 {
-                let escalation = lock(&self.routing).escalation.clone();
-                names.extend(escalation.map(|e| e.to).unwrap_or_default());
-            }
+            let names = {
+                let routing = lock(&self.routing);
+                let mut names = routing.route(alert.severity);
+                // Whoever was paged hears it resolve too.
+                if event == Event::Resolved && alert.escalated_at_unix_ms > 0 {
+                    names.extend(routing.escalation.iter().flat_map(|e| e.to.clone()));
+                }
+                names
+            };
             self.deliver(&alert, event, &names);
         }
         if t.phase == rules::Phase::Firing

@@ -92,30 +92,22 @@ impl Webhook {
     /// Posts `body`, retrying as the module docs say; the attempts it took.
     pub async fn post_json(&self, body: &serde_json::Value) -> Result<u32, DeliveryError> {
         let body = serde_json::to_vec(body).map_err(|e| self.error(e))?;
-        let mut wait = Duration::from_secs(1);
-        let mut attempt = 1;
-        loop {
-            let result = tokio::time::timeout(Duration::from_secs(10), self.post(&body)).await;
-            let retry = match result {
-                Ok(Ok(status)) if status.is_success() => return Ok(attempt),
+        with_retries("webhook", || async {
+            match tokio::time::timeout(Duration::from_secs(10), self.post(&body)).await {
+                Ok(Ok(status)) if status.is_success() => Attempt::Done,
                 Ok(Ok(status))
                     if status.is_client_error()
                         && status != http::StatusCode::TOO_MANY_REQUESTS =>
                 {
-                    return Err(self.error(format!("HTTP {status}: not retried")));
+                    Attempt::Stop(format!("HTTP {status}: not retried"))
                 }
-                Ok(Ok(status)) => format!("HTTP {status}"),
-                Ok(Err(e)) => e,
-                Err(_) => "no answer within 10 s".into(),
-            };
-            if attempt == 5 {
-                return Err(self.error(format!("{retry} (gave up after {attempt} attempts)")));
+                Ok(Ok(status)) => Attempt::Retry(format!("HTTP {status}")),
+                Ok(Err(e)) => Attempt::Retry(e),
+                Err(_) => Attempt::Retry("no answer within 10 s".into()),
             }
-            tracing::debug!(attempt, error = %retry, "webhook delivery failed; retrying");
-            tokio::time::sleep(wait).await;
-            wait *= 2;
-            attempt += 1;
-        }
+        })
+        .await
+        .map_err(|e| self.error(e))
     }
 
     fn error(&self, e: impl std::fmt::Display) -> DeliveryError {
@@ -160,6 +152,47 @@ impl Webhook {
                 send(stream, req).await
             }
         }
+    }
+}
+
+/// How one delivery attempt went.
+pub enum Attempt {
+    /// Delivered.
+    Done,
+    /// Failed in a way that may pass (transport, 429, 5xx, a transient
+    /// SMTP reply): try again.
+    Retry(String),
+    /// Refused for good: trying again would be refused again.
+    Stop(String),
+}
+
+/// Attempts at most.
+const ATTEMPTS: u32 = 5;
+
+/// Runs `attempt` until it is done or refused for good, at most
+/// [`ATTEMPTS`] times with doubling waits (1, 2, 4, 8 s) between; the
+/// attempts it took, or why it failed. Every channel delivers through it.
+pub async fn with_retries<F, Fut>(channel: &str, mut attempt: F) -> Result<u32, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Attempt>,
+{
+    let mut wait = Duration::from_secs(1);
+    let mut n = 1;
+    loop {
+        match attempt().await {
+            Attempt::Done => return Ok(n),
+            Attempt::Stop(why) => return Err(why),
+            Attempt::Retry(why) if n == ATTEMPTS => {
+                return Err(format!("{why} (gave up after {n} attempts)"));
+            }
+            Attempt::Retry(why) => {
+                tracing::debug!(attempt = n, error = %why, "{channel} delivery failed; retrying");
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        n += 1;
     }
 }
 

@@ -391,20 +391,6 @@ pub async fn delivered(
         .is_some_and(|d| d.get_str("outcome") == Ok("delivered")))
 }
 
-/// A delivery's (outcome, attempts, error), if recorded.
-pub async fn delivery(
-    store: &Store,
-    alert_id: &str,
-    channel: &str,
-    event: &str,
-) -> Result<Option<pb::AlertDelivery>, StoreError> {
-    Ok(store
-        .get(DELIVERIES, &delivery_id(alert_id, channel, event))
-        .await?
-        .as_ref()
-        .map(delivery_from_doc))
-}
-
 fn delivery_from_doc(d: &Document) -> pb::AlertDelivery {
     pb::AlertDelivery {
         alert_id: d.get_str("alert_id").unwrap_or_default().into(),

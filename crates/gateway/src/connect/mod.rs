@@ -70,6 +70,17 @@ impl Codec {
         }
     }
 
+    /// The most a request body of `route` may be in this codec: the
+    /// route's limit (a stream's request is small), a third more for JSON.
+    fn body_limit(self, route: &Route) -> usize {
+        let limit = route.max_body.unwrap_or(routes::SMALL_BODY);
+        match self {
+            // Bytes travel as base64 in JSON: four characters for three bytes.
+            Codec::Json => limit / 3 * 4 + (64 << 10),
+            Codec::Proto => limit,
+        }
+    }
+
     fn content_type(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Codec::Json => "application/json",
@@ -348,13 +359,7 @@ async fn call(
 ) -> Result<Response<Body>, Refusal> {
     let (input, output) = types_of(route)
         .ok_or_else(|| Refusal::new(Code::Internal, "the method has no descriptor"))?;
-    let limit = route.max_body.unwrap_or(routes::SMALL_BODY);
-    let limit = match codec {
-        // Bytes travel as base64 in JSON: four characters for three bytes.
-        Codec::Json => limit / 3 * 4 + (64 << 10),
-        Codec::Proto => limit,
-    };
-    let bytes = read_request(layer, route, body, limit).await?;
+    let bytes = read_request(layer, route, body, codec.body_limit(route)).await?;
     let message = match codec {
         Codec::Proto => bytes,
         Codec::Json => decode_json(layer, route, &input, &bytes)?,

@@ -108,13 +108,8 @@ pub(super) async fn call(
             "compressed Connect messages are not accepted; send them uncompressed",
         ));
     }
-    // A stream's request is small (a session and an utterance, a job id).
-    let limit = crate::routes::SMALL_BODY;
-    let limit = match codec {
-        Codec::Json => limit / 3 * 4 + (64 << 10),
-        Codec::Proto => limit,
-    } + 5;
-    let bytes = read_request(layer, route, body, limit).await?;
+    // One message and its five-byte envelope.
+    let bytes = read_request(layer, route, body, codec.body_limit(route) + 5).await?;
     let message = unenvelope(route, bytes)?;
     let message = match codec {
         Codec::Proto => message,

@@ -68,13 +68,15 @@ fn limited_answer() -> Response<Body> {
 }
 
 fn post(path: &str, key: &str, content_type: &'static str, body: &'static [u8]) -> Request<Body> {
+    post_bytes(path, key, content_type, Bytes::from_static(body))
+}
+
+fn post_bytes(path: &str, key: &str, content_type: &'static str, body: Bytes) -> Request<Body> {
     Request::post(path)
         .header("content-type", content_type)
         .header("x-api-key", key)
         .header("connect-protocol-version", "1")
-        .body(Body::new(http_body_util::Full::new(Bytes::from_static(
-            body,
-        ))))
+        .body(Body::new(http_body_util::Full::new(body)))
         .unwrap()
 }
 
@@ -413,15 +415,6 @@ fn enveloped(message: &[u8]) -> Bytes {
     Bytes::from(b)
 }
 
-fn stream_post(path: &str, key: &str, content_type: &'static str, body: Bytes) -> Request<Body> {
-    Request::post(path)
-        .header("content-type", content_type)
-        .header("x-api-key", key)
-        .header("connect-protocol-version", "1")
-        .body(Body::new(http_body_util::Full::new(body)))
-        .unwrap()
-}
-
 fn end_of(envelopes: &[(u8, Bytes)]) -> serde_json::Value {
     let (flags, end) = envelopes.last().expect("an end-of-stream envelope");
     assert_eq!(*flags, 2, "the last envelope ends the stream");
@@ -433,7 +426,7 @@ async fn a_server_stream_relays_each_message_then_its_status() {
     let (ring, key) = keys().await;
     let seen = Arc::new(Mutex::new(None));
     let mut svc = service(ring, upstream(seen.clone(), two_events));
-    let req = stream_post(
+    let req = post_bytes(
         "/discovery.v1.Discovery/Converse",
         &key,
         "application/connect+json",
@@ -460,7 +453,7 @@ async fn a_server_stream_relays_each_message_then_its_status() {
     };
     let (ring, key) = keys().await;
     let mut svc = service(ring, upstream(seen.clone(), two_events));
-    let req = stream_post(
+    let req = post_bytes(
         "/discovery.v1.Discovery/Converse",
         &key,
         "application/connect+proto",
@@ -474,7 +467,7 @@ async fn a_server_stream_relays_each_message_then_its_status() {
         Some(pb::converse_event::Event::Reply("under 150".into()))
     );
     // A stranger's stream is refused in the stream's own way.
-    let req = stream_post(
+    let req = post_bytes(
         "/discovery.v1.Discovery/Converse",
         "dk_wrong",
         "application/connect+json",
@@ -490,7 +483,7 @@ async fn a_stream_that_fails_ends_with_the_error_after_what_it_sent() {
     let (ring, key) = keys().await;
     let seen = Arc::new(Mutex::new(None));
     let mut svc = service(ring, upstream(seen.clone(), one_event_then_not_found));
-    let req = stream_post(
+    let req = post_bytes(
         "/discovery.v1.Discovery/WatchSyncJob",
         &key,
         "application/connect+json",
@@ -508,7 +501,7 @@ async fn a_stream_that_fails_ends_with_the_error_after_what_it_sent() {
     // requests that are not one plain envelope.
     let (ring, key) = keys().await;
     let mut svc = service(ring, upstream(seen.clone(), limited_answer));
-    let req = stream_post(
+    let req = post_bytes(
         "/discovery.v1.Discovery/WatchSyncJob",
         &key,
         "application/connect+json",
@@ -533,7 +526,7 @@ async fn a_stream_that_fails_ends_with_the_error_after_what_it_sent() {
         (Bytes::from(compressed), "unimplemented", "uncompressed"),
         (enveloped(br#"{"nope": 1}"#), "invalid_argument", "nope"),
     ] {
-        let req = stream_post(
+        let req = post_bytes(
             "/discovery.v1.Discovery/WatchSyncJob",
             &key,
             "application/connect+json",
@@ -563,7 +556,7 @@ async fn a_stream_that_fails_ends_with_the_error_after_what_it_sent() {
             "streams from the caller",
         ),
     ] {
-        let req = stream_post(path, &key, ct, enveloped(b"{}"));
+        let req = post_bytes(path, &key, ct, enveloped(b"{}"));
         let (_, _, got) = envelopes(svc.call(req).await.unwrap()).await;
         let end = end_of(&got);
         assert_eq!(end["error"]["code"], "unimplemented");
