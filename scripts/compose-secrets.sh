@@ -10,7 +10,7 @@ mkdir -p "$dir"
 chmod 700 "$dir"
 umask 077
 rand() { python3 -c "import secrets,sys; print(secrets.token_hex(int(sys.argv[1])))" "$1"; }
-for name in internal_secret mongo_password redis_password grafana_password; do
+for name in internal_secret mongo_password redis_password grafana_password dashboard_token; do
   [ -s "$dir/$name" ] || rand 32 >"$dir/$name"
 done
 # MongoDB's replica-set key file: 6-1024 base64 characters.

@@ -102,10 +102,28 @@ pub async fn start(env: Env, shutdown: CancellationToken) -> Result<System, BoxE
     // by reading the configured value (0 is resolved after the gateway starts).
     let env = env.with("DISCOVERY_SYNC_URLS", url(sync.addr));
     let gateway_port = env.port(GATEWAY.port_var, GATEWAY.port)?;
-    let monitoring_env = env.clone().with(
+    let mut monitoring_env = env.clone().with(
         "DISCOVERY_GATEWAY_URLS",
         url(SocketAddr::new(bind_ip, gateway_port)),
     );
+    // The dashboard's admin actions call the gateway from the browser on
+    // this machine.
+    if env.raw("DISCOVERY_DASHBOARD_GATEWAY_URL").is_none() && gateway_port != 0 {
+        let scheme = if env.raw("DISCOVERY_TLS_CERT").is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if bind_ip.is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            bind_ip
+        };
+        monitoring_env = monitoring_env.with(
+            "DISCOVERY_DASHBOARD_GATEWAY_URL",
+            format!("{scheme}://{}", SocketAddr::new(host, gateway_port)),
+        );
+    }
     let (monitoring, dashboard) = discovery_monitoring::spawn_with_dashboard(
         discovery_monitoring::Config::from_env(&monitoring_env)?,
         shutdown.clone(),

@@ -4,9 +4,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use crate::error::MonitoringError;
-use crate::probe::Probe;
+use crate::probe::Fleet;
 use crate::store::{self, alert_history, recent_alerts};
-use crate::{Hub, Target, convert, sla, window};
+use crate::{Hub, convert, sla, window};
 use discovery_kit::store::Store;
 use discovery_proto::v1 as pb;
 use discovery_proto::v1::monitoring_server::Monitoring;
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub(crate) struct Service {
     pub(crate) store: Store,
-    pub(crate) targets: Vec<(Target, Probe)>,
+    pub(crate) fleet: Fleet,
     pub(crate) history: Arc<Mutex<window::History>>,
     pub(crate) hub: Hub,
 }
@@ -70,40 +70,7 @@ impl Monitoring for Service {
         &self,
         _req: Request<pb::GetSystemHealthRequest>,
     ) -> Result<Response<pb::GetSystemHealthResponse>, Status> {
-        let checks = self.targets.iter().map(|(t, p)| p.check(t));
-        let mut services: Vec<pb::ServiceHealth> = futures::future::join_all(checks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        // Monitoring serves from memory; without its store it only loses
-        // rollups and alert history writes (retried on the next tick).
-        let store_ok = self.store.ping().await.is_ok();
-        services.push(pb::ServiceHealth {
-            service: "monitoring".into(),
-            address: "self".into(),
-            live: true,
-            ready: true,
-            detail: if store_ok {
-                format!("store: {}", self.store.kind())
-            } else {
-                format!("store: {}; degraded: store unreachable", self.store.kind())
-            },
-            latency_ms: 0.0,
-            degraded: !store_ok,
-            degraded_dependencies: if store_ok {
-                vec![]
-            } else {
-                vec!["store".into()]
-            },
-        });
-        let ready = services.iter().all(|s| s.ready);
-        let degraded = services.iter().any(|s| s.degraded);
-        Ok(Response::new(pb::GetSystemHealthResponse {
-            ready,
-            services,
-            degraded,
-        }))
+        Ok(Response::new(self.fleet.health().await))
     }
 
     async fn acknowledge_alert(

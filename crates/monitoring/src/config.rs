@@ -42,6 +42,10 @@ pub struct Config {
     /// The alert rules file (`DISCOVERY_ALERT_RULES`), re-read when it
     /// changes; `None`: the built-in rules.
     pub rules_file: Option<std::path::PathBuf>,
+    /// The gateway as the operator's browser reaches it
+    /// (`DISCOVERY_DASHBOARD_GATEWAY_URL`): the dashboard's acknowledge and
+    /// silence buttons call its admin methods with the admin key.
+    pub dashboard_gateway_url: Option<String>,
 }
 
 impl Config {
@@ -117,6 +121,26 @@ impl Config {
                 ConfigError::new("DISCOVERY_ALERT_RULES", format!("{}: {e}", path.display()))
             })?;
         }
+        let var = "DISCOVERY_DASHBOARD_GATEWAY_URL";
+        let dashboard_gateway_url = env
+            .raw(var)
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty());
+        if let Some(u) = &dashboard_gateway_url {
+            let ok = u.parse::<http::Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.query().is_none()
+            });
+            if !ok {
+                return Err(ConfigError::new(
+                    var,
+                    format!(
+                        "{u:?}: the gateway's URL as a browser reaches it, http(s)://host[:port][/path]"
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             serve: ServeConfig::from_env(
                 env,
@@ -130,6 +154,7 @@ impl Config {
             dashboard_token: discovery_kit::cache::secret(env, "DISCOVERY_DASHBOARD_TOKEN")?
                 .filter(|t| !t.is_empty()),
             rules_file,
+            dashboard_gateway_url,
         })
     }
 }
@@ -146,6 +171,11 @@ pub const VARIABLES: &[Variable] = &[
         name: "DISCOVERY_DASHBOARD_TOKEN_FILE",
         default: "",
         help: "monitoring: a file holding the dashboard's token (or DISCOVERY_DASHBOARD_TOKEN); without one the dashboard answers loopback only",
+    },
+    Variable {
+        name: "DISCOVERY_DASHBOARD_GATEWAY_URL",
+        default: "",
+        help: "monitoring: the gateway's URL as the operator's browser reaches it (https://api.shop.example); the dashboard's acknowledge and silence buttons call it with the admin key (allow the dashboard's origin in DISCOVERY_CORS_ORIGINS); `discovery up` sets it",
     },
     Variable {
         name: "DISCOVERY_MONITORING_SCRAPE",

@@ -1,8 +1,19 @@
 //! The live dashboard: `GET /dashboard` (one self-contained HTML page, its
 //! charts drawn as SVG by a few lines of script in the page: nothing is
-//! fetched from a CDN) and `GET /api/overview` (the JSON it polls every
-//! 2 s): per service request rate, p95/p99 latency and error rate over the
-//! last 15 minutes, cache hit rates, SLA targets and firing alerts.
+//! fetched from a CDN) and the JSON it polls:
+//! - `/api/overview` (every 2 s): per service request rate, p95/p99
+//!   latency and error rate over the last 15 minutes, cache hit rates, each
+//!   watched series against its rule's tiers with its trend, firing alerts
+//!   (acknowledged, silenced, escalated) and the silences in force;
+//! - `/api/health` (every 5 s): every replica of every service;
+//! - `/api/history?from=&to=` (Unix ms, up to 25 hours back): the same
+//!   series at up to 240 points, and the alerts active in the range;
+//! - `/api/recommendations`: what the recommendations sold in 24 h.
+//!
+//! The page reads with the dashboard's access (loopback or its token);
+//! acknowledging and silencing are the gateway's admin methods, which the
+//! page calls with the admin key the operator types in (kept in the tab's
+//! session storage), so they are authorised and audited as the CLI's are.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +23,7 @@ use axum::response::{Html, IntoResponse};
 use discovery_proto::v1 as pb;
 use serde_json::{Value, json};
 
+use crate::probe::Fleet;
 use crate::window::{self, History};
 use crate::{Hub, sla};
 
@@ -27,6 +39,8 @@ pub struct Dashboard {
     pub history: Arc<Mutex<History>>,
     /// Alerts.
     pub hub: Hub,
+    /// The services' replicas, for the health panel.
+    pub fleet: Fleet,
     /// Recommendation's report (the "what sells" panel); `None`: no panel
     /// data.
     pub report: Option<
@@ -40,7 +54,21 @@ pub struct Dashboard {
     /// password of HTTP Basic auth (the browser asks). Without a token the
     /// dashboard answers only loopback.
     pub token: Option<Arc<str>>,
+    /// The gateway's URL as the browser reaches it
+    /// (`DISCOVERY_DASHBOARD_GATEWAY_URL`), offered to the page for the
+    /// admin actions; `None`: the operator types it.
+    pub gateway_url: Option<Arc<str>>,
 }
+
+/// The longest range `/api/history` answers (the history keeps 25 hours).
+const MAX_RANGE_MS: i64 = 25 * 3600 * 1000;
+/// Points per series in `/api/history`.
+const HISTORY_POINTS: usize = 240;
+/// Alerts listed with a history range.
+const HISTORY_ALERTS: u64 = 200;
+/// How long one health check of every replica answers every page (however
+/// many are open, the replicas are asked at most this often).
+const HEALTH_TTL: Duration = Duration::from_secs(2);
 
 /// May the caller of `req` see the dashboard?
 fn allowed(req: &axum::extract::Request, token: Option<&str>) -> bool {
@@ -113,52 +141,211 @@ fn refused() -> axum::response::Response {
         .into_response()
 }
 
-/// `/dashboard`, `/api/overview` and `/api/recommendations`.
+/// Headers on every answer: the page may not be framed (its buttons act
+/// with the admin key: no clickjacking), sends no referrer, and nothing is
+/// cached.
+const HEADERS: [(http::header::HeaderName, &str); 4] = [
+    (
+        http::header::CONTENT_SECURITY_POLICY,
+        "frame-ancestors 'none'",
+    ),
+    (http::header::X_FRAME_OPTIONS, "DENY"),
+    (http::header::REFERRER_POLICY, "no-referrer"),
+    (http::header::CACHE_CONTROL, "no-store"),
+];
+
+type HealthCache = Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>;
+
+/// `/dashboard` and its `/api/*` documents.
 pub fn router(d: Dashboard) -> axum::Router {
-    let token = d.token.clone();
-    let for_report = d.clone();
+    use axum::extract::Request;
+    use axum::routing::get;
+    // Each route: refused unless allowed, else `answer`.
+    fn guarded<F, Fut>(d: &Dashboard, answer: F) -> axum::routing::MethodRouter
+    where
+        F: Fn(Dashboard, Request) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = axum::response::Response> + Send + 'static,
+    {
+        let d = d.clone();
+        get(move |req: Request| {
+            let d = d.clone();
+            let answer = answer.clone();
+            async move {
+                let out = if allowed(&req, d.token.as_deref()) {
+                    answer(d, req).await
+                } else {
+                    refused()
+                };
+                (HEADERS, out).into_response()
+            }
+        })
+    }
+    let health: HealthCache = Arc::default();
     axum::Router::new()
         .route(
             "/dashboard",
-            axum::routing::get(move |req: axum::extract::Request| {
-                let ok = allowed(&req, token.as_deref());
-                async move {
-                    if ok {
-                        Html(PAGE).into_response()
-                    } else {
-                        refused()
-                    }
-                }
-            }),
+            guarded(&d, |_, _| async { Html(PAGE).into_response() }),
         )
         .route(
             "/api/overview",
-            axum::routing::get(move |req: axum::extract::Request| {
-                let d = d.clone();
-                let ok = allowed(&req, d.token.as_deref());
-                async move {
-                    if ok {
-                        axum::Json(overview(&d)).into_response()
-                    } else {
-                        refused()
-                    }
+            guarded(&d, |d, _| async move {
+                axum::Json(overview(&d)).into_response()
+            }),
+        )
+        .route(
+            "/api/health",
+            guarded(&d, move |d, _| {
+                let cache = health.clone();
+                async move { axum::Json(health_of(&d, &cache).await).into_response() }
+            }),
+        )
+        .route(
+            "/api/history",
+            guarded(&d, |d, req| async move {
+                match history_range(&d, req.uri().query().unwrap_or("")).await {
+                    Ok(v) => axum::Json(v).into_response(),
+                    Err(why) => (http::StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
                 }
             }),
         )
         .route(
             "/api/recommendations",
-            axum::routing::get(move |req: axum::extract::Request| {
-                let d = for_report.clone();
-                let ok = allowed(&req, d.token.as_deref());
-                async move {
-                    if ok {
-                        axum::Json(recommendations(&d).await).into_response()
-                    } else {
-                        refused()
-                    }
-                }
+            guarded(&d, |d, _| async move {
+                axum::Json(recommendations(&d).await).into_response()
             }),
         )
+}
+
+/// Every replica's health, asked at most every [`HEALTH_TTL`] whatever
+/// the number of pages polling (one check at a time; the others wait for
+/// its answer).
+async fn health_of(d: &Dashboard, cache: &HealthCache) -> Value {
+    let mut held = cache.lock().await;
+    if let Some((at, v)) = &*held
+        && at.elapsed() < HEALTH_TTL
+    {
+        return v.clone();
+    }
+    let h = d.fleet.health().await;
+    let mut services: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for s in h.services {
+        services.entry(s.service.clone()).or_default().push(json!({
+            "address": s.address, "live": s.live, "ready": s.ready,
+            "degraded": s.degraded, "degraded_dependencies": s.degraded_dependencies,
+            "detail": s.detail, "latency_ms": s.latency_ms,
+        }));
+    }
+    let v = json!({
+        "checked_at_unix_ms": discovery_kit::now_unix_ms(),
+        "ready": h.ready, "degraded": h.degraded, "services": services,
+    });
+    *held = Some((std::time::Instant::now(), v.clone()));
+    v
+}
+
+/// `from` and `to` (Unix ms) of a history query; `to` defaults to now,
+/// `from` to 24 hours before `to`.
+fn parse_range(query: &str, now_ms: i64) -> Result<(i64, i64), String> {
+    let (mut from, mut to) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n = || {
+            v.parse::<i64>()
+                .map_err(|_| format!("{k}={v:?} is not a time in Unix milliseconds"))
+        };
+        match k {
+            "from" => from = Some(n()?),
+            "to" => to = Some(n()?),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {k:?}: /api/history takes from and to (Unix ms)"
+                ));
+            }
+        }
+    }
+    let to = to.unwrap_or(now_ms).min(now_ms);
+    let from = from.unwrap_or(to.saturating_sub(24 * 3600 * 1000));
+    if from >= to {
+        return Err(format!("from ({from}) must be before to ({to})"));
+    }
+    // (saturating: a caller's numbers can be anything an i64 holds)
+    if now_ms.saturating_sub(from) > MAX_RANGE_MS {
+        return Err("the history goes back 25 hours: ask for a range within them".into());
+    }
+    Ok((from, to))
+}
+
+/// `/api/history`: the overview's series over a range, and the alerts
+/// active in it.
+async fn history_range(d: &Dashboard, query: &str) -> Result<Value, String> {
+    let now_ms = discovery_kit::now_unix_ms();
+    let (from, to) = parse_range(query, now_ms)?;
+    let services = {
+        let history = d.history.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let at = |ms: i64| history.ago(now, Duration::from_millis((now_ms - ms).max(0) as u64));
+        series(&history, at(from), at(to), HISTORY_POINTS)
+    };
+    let alerts = match d.hub.history(from, to, HISTORY_ALERTS).await {
+        Ok(a) => a.iter().map(alert_json).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "alert history unreadable for the dashboard");
+            Vec::new()
+        }
+    };
+    Ok(json!({"from": from, "to": to, "services": services, "alerts": alerts}))
+}
+
+/// Per service: rate, error rate, p95 and p99 between `from` and `to`.
+fn series(
+    history: &History,
+    from: tokio::time::Instant,
+    to: tokio::time::Instant,
+    points: usize,
+) -> BTreeMap<String, Series> {
+    let now = tokio::time::Instant::now();
+    let unix = |at: tokio::time::Instant| {
+        discovery_kit::now_unix_ms() - now.saturating_duration_since(at).as_millis() as i64
+    };
+    let mut services: BTreeMap<String, Series> = BTreeMap::new();
+    for (at, secs, inc) in history.steps_between(from, to, points) {
+        let t = unix(at);
+        for (svc, (count, errors)) in window::per_service(&inc) {
+            let s = services.entry(svc.clone()).or_default();
+            s.entry("rate")
+                .or_default()
+                .push((t, count as f64 / secs.max(1e-3)));
+            s.entry("error_rate")
+                .or_default()
+                .push((t, errors as f64 / count.max(1) as f64));
+            for (name, q) in [("p95_ms", 0.95), ("p99_ms", 0.99)] {
+                if let Some(v) = window::service_quantile(&inc, q, &svc, None) {
+                    s.entry(name).or_default().push((t, v * 1000.0));
+                }
+            }
+        }
+    }
+    services
+}
+
+fn severity_name(s: i32) -> &'static str {
+    pb::Severity::try_from(s)
+        .map(|s| s.as_str_name())
+        .unwrap_or("SEVERITY_UNSPECIFIED")
+}
+
+/// An alert as the page shows it.
+fn alert_json(a: &pb::Alert) -> Value {
+    json!({
+        "id": a.id, "rule": a.rule, "summary": a.summary, "labels": a.labels,
+        "severity": severity_name(a.severity),
+        "active_since_unix_ms": a.active_since_unix_ms,
+        "fired_at_unix_ms": a.fired_at_unix_ms, "resolved_at_unix_ms": a.resolved_at_unix_ms,
+        "value": a.value, "acknowledged_by": a.acknowledged_by,
+        "acknowledged_at_unix_ms": a.acknowledged_at_unix_ms,
+        "acknowledge_note": a.acknowledge_note, "silenced_by": a.silenced_by,
+        "escalated_at_unix_ms": a.escalated_at_unix_ms,
+    })
 }
 
 /// What the recommendations sold in the last 24 hours, per ranking variant
@@ -204,27 +391,12 @@ pub async fn recommendations(d: &Dashboard) -> Value {
 pub fn overview(d: &Dashboard) -> Value {
     let history = d.history.lock().unwrap_or_else(|p| p.into_inner());
     let now = tokio::time::Instant::now();
-    let unix = |at: tokio::time::Instant| {
-        discovery_kit::now_unix_ms() - now.saturating_duration_since(at).as_millis() as i64
-    };
-    let mut services: BTreeMap<String, Series> = BTreeMap::new();
-    for (at, secs, inc) in history.steps(Duration::from_secs(15 * 60), 90) {
-        let t = unix(at);
-        for (svc, (count, errors)) in window::per_service(&inc) {
-            let s = services.entry(svc.clone()).or_default();
-            s.entry("rate")
-                .or_default()
-                .push((t, count as f64 / secs.max(1e-3)));
-            s.entry("error_rate")
-                .or_default()
-                .push((t, errors as f64 / count.max(1) as f64));
-            for (name, q) in [("p95_ms", 0.95), ("p99_ms", 0.99)] {
-                if let Some(v) = window::service_quantile(&inc, q, &svc, None) {
-                    s.entry(name).or_default().push((t, v * 1000.0));
-                }
-            }
-        }
-    }
+    let services = series(
+        &history,
+        history.ago(now, Duration::from_secs(15 * 60)),
+        now,
+        90,
+    );
     let inc5 = history.increase(Duration::from_secs(300));
     let caches: BTreeMap<String, Value> = window::caches(&inc5)
         .into_iter()
@@ -249,16 +421,15 @@ pub fn overview(d: &Dashboard) -> Value {
             .collect()
     };
     drop(history);
-    let alerts: Vec<Value> = d
+    let alerts: Vec<Value> = d.hub.firing().iter().map(alert_json).collect();
+    let silences: Vec<Value> = d
         .hub
-        .firing()
+        .active_silences()
         .into_iter()
-        .map(|a| {
-            json!({
-                "id": a.id, "rule": a.rule, "summary": a.summary, "labels": a.labels,
-                "severity": pb::Severity::try_from(a.severity).map(|s| s.as_str_name()).unwrap_or("SEVERITY_UNSPECIFIED"),
-                "fired_at_unix_ms": a.fired_at_unix_ms, "value": a.value,
-            })
+        .map(|s| {
+            json!({"id": s.id, "rule": s.rule, "labels": s.labels, "reason": s.reason,
+                   "created_by": s.created_by, "created_at_unix_ms": s.created_at_ms,
+                   "expires_at_unix_ms": s.expires_at_ms})
         })
         .collect();
     json!({
@@ -267,6 +438,9 @@ pub fn overview(d: &Dashboard) -> Value {
         "caches": caches,
         "targets": targets,
         "alerts": alerts,
+        "silences": silences,
+        "standings": d.hub.standings(),
+        "gateway_url": d.gateway_url.as_deref(),
     })
 }
 
@@ -285,6 +459,29 @@ mod tests {
                 peer.parse().unwrap(),
             ));
         r
+    }
+
+    #[test]
+    fn a_history_range_is_bounded_and_every_mistake_named() {
+        let now = 100 * 3600 * 1000;
+        let day = 24 * 3600 * 1000;
+        assert_eq!(parse_range("", now), Ok((now - day, now)));
+        assert_eq!(
+            parse_range(&format!("from={}&to={}", now - 1000, now - 10), now),
+            Ok((now - 1000, now - 10))
+        );
+        // A future end is now.
+        assert_eq!(
+            parse_range(&format!("from={}&to={}", now - 5, now + 9999), now),
+            Ok((now - 5, now))
+        );
+        let err = |q: &str| parse_range(q, now).unwrap_err();
+        assert!(err("from=yesterday").contains("from=\"yesterday\" is not a time"));
+        assert!(err("limit=5").contains("unknown parameter \"limit\""));
+        assert!(err(&format!("from={now}&to={}", now - 1)).contains("must be before"));
+        assert!(err(&format!("from={}", now - 26 * 3600 * 1000)).contains("25 hours"));
+        assert!(err("from=-9223372036854775808").contains("25 hours"));
+        assert!(err(&format!("to={}", now - 30 * 3600 * 1000)).contains("25 hours"));
     }
 
     #[test]

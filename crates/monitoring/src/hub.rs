@@ -56,6 +56,7 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 pub struct Hub {
     firing: Arc<Mutex<std::collections::BTreeMap<String, pb::Alert>>>,
     silences: Arc<Mutex<Vec<Silence>>>,
+    standings: Arc<Mutex<crate::standing::Standings>>,
     routing: Arc<Mutex<Routing>>,
     store: Store,
     tx: tokio::sync::broadcast::Sender<pb::Alert>,
@@ -93,6 +94,7 @@ impl Hub {
         Self {
             firing: Arc::default(),
             silences: Arc::default(),
+            standings: Arc::default(),
             routing: Arc::default(),
             store,
             tx: tokio::sync::broadcast::channel(256).0,
@@ -122,6 +124,29 @@ impl Hub {
     pub fn firing(&self) -> Vec<pb::Alert> {
         let mut v: Vec<pb::Alert> = lock(&self.firing).values().cloned().collect();
         v.sort_by_key(|a| a.fired_at_unix_ms);
+        v
+    }
+
+    /// Records where each series stands against the rules in force (the
+    /// dashboard's tiles).
+    pub fn record_standings(&self, rules: &[rules::Rule], observations: &[rules::Observation]) {
+        lock(&self.standings).record((self.clock)(), rules, observations);
+    }
+
+    /// The latest standings.
+    pub fn standings(&self) -> Vec<crate::standing::Standing> {
+        lock(&self.standings).current().to_vec()
+    }
+
+    /// Silences in force now, ending soonest first.
+    pub fn active_silences(&self) -> Vec<Silence> {
+        let now = (self.clock)();
+        let mut v: Vec<Silence> = lock(&self.silences)
+            .iter()
+            .filter(|s| s.expires_at_ms > now)
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.expires_at_ms);
         v
     }
 
@@ -406,6 +431,19 @@ impl Hub {
         Ok(all)
     }
 
+    /// Alerts active at some time in `[since, until]` (Unix ms), newest
+    /// first.
+    pub async fn history(
+        &self,
+        since: i64,
+        until: i64,
+        limit: u64,
+    ) -> Result<Vec<pb::Alert>, MonitoringError> {
+        store::alert_history(&self.store, since, until, "", limit)
+            .await
+            .map_err(MonitoringError::AlertsUnavailable)
+    }
+
     /// The hub's clock (Unix ms).
     pub fn now_ms(&self) -> i64 {
         (self.clock)()
@@ -525,6 +563,7 @@ pub(crate) async fn collect_loop(
         for t in engine.evaluate(now, &observations) {
             hub.publish(&t, now).await;
         }
+        hub.record_standings(engine.rules(), &observations);
         hub.tick().await;
     }
 }

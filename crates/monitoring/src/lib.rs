@@ -22,7 +22,9 @@ pub mod notify;
 pub mod probe;
 pub mod rules;
 pub mod sla;
+pub mod standing;
 pub mod store;
+pub mod trends;
 pub mod window;
 
 use std::sync::{Arc, Mutex};
@@ -41,7 +43,7 @@ use api::Service;
 pub use config::{Config, Target};
 pub use hub::Hub;
 use hub::collect_loop;
-use probe::Probe;
+pub use probe::Fleet;
 pub use store::{ALERTS, METRICS_ROLLUPS, indexes};
 
 /// Starts the service; its metrics endpoint also serves the dashboard.
@@ -60,11 +62,6 @@ pub async fn spawn_with_dashboard(
     for (coll, ix) in indexes() {
         store.ensure_indexes(coll, &ix).await?;
     }
-    let mut targets = Vec::new();
-    for t in config.targets {
-        let probe = Probe::new(&t)?;
-        targets.push((t, probe));
-    }
     // Windows survive a restart: the stored minute rollups come back first.
     let mut restored = window::History::default();
     match store::restore(&store, &mut restored).await {
@@ -73,11 +70,13 @@ pub async fn spawn_with_dashboard(
         Err(e) => tracing::warn!(error = %e, "metric rollups unreadable; starting with none"),
     }
     let history = Arc::new(Mutex::new(restored));
-    let recommendation_urls: Vec<String> = targets
+    let recommendation_urls: Vec<String> = config
+        .targets
         .iter()
-        .filter(|(t, _)| t.service == "recommendation")
-        .map(|(t, _)| t.url.clone())
+        .filter(|t| t.service == "recommendation")
+        .map(|t| t.url.clone())
         .collect();
+    let fleet = Fleet::new(config.targets, store.clone())?;
     let recommendation = (!recommendation_urls.is_empty())
         .then(|| {
             discovery_kit::client::connect_balanced(
@@ -98,15 +97,17 @@ pub async fn spawn_with_dashboard(
     }
     let routes = Routes::new(discovery_kit::compressed!(MonitoringServer::new(Service {
         store: store.clone(),
-        targets,
+        fleet: fleet.clone(),
         history: history.clone(),
         hub: hub.clone(),
     })));
     let board = dashboard::router(dashboard::Dashboard {
         history: history.clone(),
         hub: hub.clone(),
+        fleet,
         report,
         token: config.dashboard_token.as_deref().map(Arc::from),
+        gateway_url: config.dashboard_gateway_url.as_deref().map(Arc::from),
     });
     let mut handle = ServiceHandle::start(
         "monitoring",
@@ -144,6 +145,31 @@ mod tests {
     use super::*;
     use crate::probe::readiness_path;
     use discovery_kit::config::Env;
+
+    #[test]
+    fn the_dashboards_gateway_url_is_a_browsers_http_url() {
+        let url = |u: &str| {
+            Config::from_env(&Env::from_pairs([("DISCOVERY_DASHBOARD_GATEWAY_URL", u)]))
+                .map(|c| c.dashboard_gateway_url)
+        };
+        assert_eq!(
+            url("https://api.shop.example/").unwrap().as_deref(),
+            Some("https://api.shop.example")
+        );
+        assert_eq!(url("").unwrap(), None);
+        for bad in [
+            "api.shop.example",
+            "ftp://x",
+            "https://x/?a=1",
+            "javascript:alert(1)",
+        ] {
+            let e = url(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("DISCOVERY_DASHBOARD_GATEWAY_URL:"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn a_url_with_a_path_is_an_http_readiness_check() {

@@ -8,6 +8,69 @@ use discovery_proto::v1 as pb;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// The services monitoring checks, and its own store: `GetSystemHealth`
+/// and the dashboard's health panel.
+#[derive(Clone)]
+pub struct Fleet {
+    targets: std::sync::Arc<Vec<(Target, Probe)>>,
+    store: discovery_kit::store::Store,
+}
+
+impl Fleet {
+    /// Probes for `targets`; monitoring's own entry reports `store`.
+    pub fn new(
+        targets: Vec<Target>,
+        store: discovery_kit::store::Store,
+    ) -> Result<Self, discovery_kit::client::EndpointError> {
+        let targets = targets
+            .into_iter()
+            .map(|t| Probe::new(&t).map(|p| (t, p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            targets: std::sync::Arc::new(targets),
+            store,
+        })
+    }
+
+    /// Every replica of every service, checked together, and monitoring.
+    pub async fn health(&self) -> pb::GetSystemHealthResponse {
+        let checks = self.targets.iter().map(|(t, p)| p.check(t));
+        let mut services: Vec<pb::ServiceHealth> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        // Monitoring serves from memory; without its store it only loses
+        // rollups and alert history writes (retried on the next tick).
+        let store_ok = self.store.ping().await.is_ok();
+        services.push(pb::ServiceHealth {
+            service: "monitoring".into(),
+            address: "self".into(),
+            live: true,
+            ready: true,
+            detail: if store_ok {
+                format!("store: {}", self.store.kind())
+            } else {
+                format!("store: {}; degraded: store unreachable", self.store.kind())
+            },
+            latency_ms: 0.0,
+            degraded: !store_ok,
+            degraded_dependencies: if store_ok {
+                vec![]
+            } else {
+                vec!["store".into()]
+            },
+        });
+        let ready = services.iter().all(|s| s.ready);
+        let degraded = services.iter().any(|s| s.degraded);
+        pb::GetSystemHealthResponse {
+            ready,
+            services,
+            degraded,
+        }
+    }
+}
+
 /// `(scheme, host:port, /path)` of a URL with a path (an HTTP readiness
 /// endpoint); `None` for a plain gRPC URL.
 pub(crate) fn readiness_path(url: &str) -> Option<(&str, &str, &str)> {

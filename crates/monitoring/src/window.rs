@@ -218,10 +218,28 @@ impl History {
         let Some(newest) = self.snapshots.back() else {
             return Vec::new();
         };
+        self.steps_between(self.ago(newest.at, span), newest.at, points)
+    }
+
+    /// `span` before `at`, or the oldest snapshot's time when that is
+    /// before the clock's start.
+    pub fn ago(&self, at: Instant, span: Duration) -> Instant {
+        at.checked_sub(span)
+            .or(self.snapshots.front().map(|s| s.at))
+            .unwrap_or(at)
+    }
+
+    /// [`History::steps`] between the snapshots taken in `[from, to]`.
+    pub fn steps_between(
+        &self,
+        from: Instant,
+        to: Instant,
+        points: usize,
+    ) -> Vec<(Instant, f64, HashMap<Key, f64>)> {
         let recent: Vec<&Snapshot> = self
             .snapshots
             .iter()
-            .filter(|s| newest.at.duration_since(s.at) <= span)
+            .filter(|s| s.at >= from && s.at <= to)
             .collect();
         if recent.len() < 2 {
             return Vec::new();

@@ -13,6 +13,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod http;
 pub mod otlp;

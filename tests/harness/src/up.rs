@@ -15,6 +15,8 @@ pub struct Up {
     pub gateway: u16,
     /// The development key it printed (partner tier, every scope).
     pub key: String,
+    /// The metrics port, which also serves the dashboard.
+    pub metrics: u16,
 }
 
 impl Up {
@@ -24,17 +26,18 @@ impl Up {
         let log = tempfile::NamedTempFile::new().map_err(|e| start_err("discovery up", e))?;
         let out = log.reopen().map_err(|e| start_err("discovery up", e))?;
         let gateway = free_port(false)?;
+        let metrics = free_port(false)?;
         let mut cmd = Command::new(bin);
         cmd.arg("up")
             .current_dir(crate::workspace_root())
             .env("RUST_LOG", "warn")
-            .env("DISCOVERY_GATEWAY_PORT", gateway.to_string());
+            .env("DISCOVERY_GATEWAY_PORT", gateway.to_string())
+            .env("DISCOVERY_METRICS_PORT", metrics.to_string());
         for var in [
             "DISCOVERY_FACE_ANALYSIS_PORT",
             "DISCOVERY_RECOMMENDATION_PORT",
             "DISCOVERY_SYNC_PORT",
             "DISCOVERY_MONITORING_PORT",
-            "DISCOVERY_METRICS_PORT",
         ] {
             cmd.env(var, free_port(false)?.to_string());
         }
@@ -51,6 +54,7 @@ impl Up {
             _log: log,
             gateway,
             key: String::new(),
+            metrics,
         };
         let until = Instant::now() + Duration::from_secs(60);
         while Instant::now() < until {

@@ -2,8 +2,8 @@
 //! load through the all-in-one system, this process's metrics scraped into
 //! a dashboard whose alert hub gets one alert injected the way the rule
 //! engine publishes them. The page must load without console errors, draw
-//! charts with data and show the alert. `DISCOVERY_SCREENSHOT=path` also
-//! saves a screenshot (how `docs/dashboard.png` was made).
+//! charts with data and show the alert (`crates/discovery/tests/dashboard.rs`
+//! drives the page of `discovery up` with clicks).
 
 use crate::common::TestApp;
 
@@ -11,11 +11,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use discovery_monitoring::Hub;
 use discovery_monitoring::collect::Source;
 use discovery_monitoring::dashboard::{Dashboard, router};
 use discovery_monitoring::rules::{Engine, Observation, Signal, default_rules};
 use discovery_monitoring::window::{History, Snapshot};
+use discovery_monitoring::{Fleet, Hub, sla};
 use discovery_proto::v1 as pb;
 
 const FLAGS: &[&str] = &[
@@ -33,19 +33,6 @@ const FLAGS: &[&str] = &[
     "--v=0",
 ];
 
-fn chromium() -> &'static str {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return c;
-        }
-    }
-    panic!("no chromium on PATH: run scripts/test-deps.sh (apt-get install chromium)");
-}
-
 async fn scrape(history: &Arc<Mutex<History>>) {
     let values = Source::Local.read().await.unwrap().into_iter().collect();
     history.lock().unwrap().push(Snapshot {
@@ -56,7 +43,7 @@ async fn scrape(history: &Arc<Mutex<History>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
-    let browser = chromium();
+    let browser = discovery_harness::browser::chromium().expect("chromium");
     let system = TestApp::builder().start().await;
     let gw = system.gateway().await;
 
@@ -96,7 +83,7 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         .connect(discovery_kit::store::Workload::Analytics)
         .await
         .unwrap();
-    let hub = Hub::new(store, None);
+    let hub = Hub::new(store.clone(), None);
     let mut engine = Engine::new(default_rules());
     let low = [Observation {
         signal: Signal::CacheHitRate,
@@ -142,13 +129,20 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Where each series stands, as the evaluation loop records it.
+    hub.record_standings(
+        &default_rules(),
+        &sla::observations(&history.lock().unwrap()),
+    );
     let app = router(Dashboard {
         history: history.clone(),
+        fleet: Fleet::new(Vec::new(), store.clone()).unwrap(),
         hub,
         report: Some(pb::experiments_client::ExperimentsClient::new(
             system.internal("recommendation", "monitoring"),
         )),
         token: None,
+        gateway_url: None,
     });
     // As the kit serves it: with peer addresses (the browser here is on
     // loopback, so no token is needed).
@@ -209,8 +203,12 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
     );
     assert!(dom.contains("kind=product"));
     assert!(
-        dom.contains("data-target=\"api_p95_ms\""),
-        "SLA tiles missing"
+        dom.contains("data-rule=\"ApiLatencyP95\" data-tier=\"ok\""),
+        "SLA tier tiles missing"
+    );
+    assert!(
+        dom.contains("data-service=\"monitoring\""),
+        "the health panel is empty"
     );
     assert!(
         dom.contains("data-kind=\"recommendations\""),
@@ -221,14 +219,5 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         "the recommendation report panel has no rows"
     );
 
-    if let Ok(path) = std::env::var("DISCOVERY_SCREENSHOT") {
-        let shot = Command::new(browser)
-            .args(FLAGS)
-            .arg(format!("--screenshot={path}"))
-            .arg(&url)
-            .output()
-            .unwrap();
-        assert!(shot.status.success());
-    }
     system.stop().await.ok();
 }

@@ -48,6 +48,14 @@ const ONLY_IN_CHART: &[(&str, &str)] = &[
 /// Set by compose only, and why.
 const ONLY_IN_COMPOSE: &[(&str, &str)] = &[
     (
+        "DISCOVERY_DASHBOARD_TOKEN_FILE",
+        "compose publishes monitoring's dashboard on the host, where the connection is not loopback; the chart's is reached with kubectl port-forward (loopback)",
+    ),
+    (
+        "DISCOVERY_DASHBOARD_GATEWAY_URL",
+        "compose's gateway is http://localhost:50051 on the operator's machine; the chart's public URL is the operator's to give (services.monitoring.dashboardGatewayUrl)",
+    ),
+    (
         "DISCOVERY_INTERNAL_SECRET_FILE",
         "compose secrets are files; the chart uses a Secret (DISCOVERY_INTERNAL_SECRET)",
     ),
