@@ -492,6 +492,29 @@ async fn the_chart_topology_runs_as_processes_and_monitoring_sees_every_replica(
         }
     }
     assert!(health.ready);
+
+    // The dashboard's health panel, from monitoring's metrics port on
+    // loopback (as `kubectl port-forward` reaches it): every replica.
+    let m = cluster.of("monitoring")[0];
+    let board = discovery_harness::http::curl(
+        &[],
+        &format!("http://{}/api/health", cluster.pods[m].addr("metrics")),
+        None,
+    );
+    assert_eq!(board.status, 200, "{}", board.body);
+    let board = board.json();
+    for (service, n) in replicas {
+        let listed = board["services"][service]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let want = if service == "monitoring" { 1 } else { n };
+        assert_eq!(listed.len(), want, "{service} on the dashboard: {board}");
+        assert!(
+            listed.iter().all(|r| r["ready"] == true),
+            "{service}: {board}"
+        );
+    }
 }
 
 /// Calls of `path` a process counted, from its own `/metrics`.
