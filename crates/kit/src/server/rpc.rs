@@ -5,8 +5,10 @@
 use super::*;
 
 /// Tower layer observing every gRPC call: a `grpc.server` span (child of the
-/// caller's W3C context), `discovery_rpc_server_requests_total{service,method,code}`
-/// and `discovery_rpc_server_duration_seconds{service,method}`.
+/// caller's W3C context), `discovery_rpc_server_requests_total{service,method,code}`,
+/// `discovery_rpc_server_duration_seconds{service,method}` and
+/// `discovery_rpc_server_in_flight{service}` (calls received and not yet
+/// answered: the queue an autoscaler reads).
 #[derive(Debug, Clone, Copy)]
 pub struct RpcLayer {
     service: &'static str,
@@ -81,9 +83,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let service = self.service;
         let started = Instant::now();
+        // Counted down when the call ends however it ends (answered, or
+        // dropped when the caller went away).
+        let in_flight = InFlight::enter(service);
         let fut = inner.call(req);
         Box::pin(
             async move {
+                let _in_flight = in_flight;
                 let mut result = fut.await;
                 let elapsed = started.elapsed().as_secs_f64();
                 if let Ok(resp) = &mut result {
@@ -127,6 +133,25 @@ static DURATIONS: crate::metrics::Histograms<2> = crate::metrics::Histograms::ne
     "discovery_rpc_server_duration_seconds",
     ["service", "method"],
 );
+static IN_FLIGHT: crate::metrics::Gauges<1> =
+    crate::metrics::Gauges::new("discovery_rpc_server_in_flight", ["service"]);
+
+/// One call in [`IN_FLIGHT`] while it lives.
+struct InFlight(&'static str);
+
+impl InFlight {
+    fn enter(service: &'static str) -> Self {
+        IN_FLIGHT.add([service], 1.0);
+        Self(service)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.add([self.0], -1.0);
+    }
+}
+
 static CALLER_DEADLINES: crate::metrics::Counters<2> = crate::metrics::Counters::new(
     "discovery_rpc_server_caller_deadline_total",
     ["service", "method"],

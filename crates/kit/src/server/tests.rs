@@ -307,3 +307,38 @@ async fn workers_serve_from_one_socket_and_stop_together() {
         assert!(end.is_err(), "{end:?}");
     }
 }
+
+/// `discovery_rpc_server_in_flight` counts a call from its arrival to its
+/// answer, and a call whose caller went away (its future dropped) too.
+#[tokio::test]
+async fn calls_in_flight_are_counted_until_answered_or_dropped() {
+    use tower::{Layer, Service, ServiceExt};
+    let gauge = || {
+        crate::metrics::render()
+            .lines()
+            .find(|l| l.starts_with("discovery_rpc_server_in_flight{service=\"inflight_test\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let inner = tower::service_fn({
+        let gate = gate.clone();
+        move |_req: http::Request<()>| {
+            let gate = gate.clone();
+            async move {
+                let _ = gate.acquire().await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(()))
+            }
+        }
+    });
+    let mut svc = rpc::RpcLayer::new("inflight_test").layer(inner);
+    let req = || http::Request::builder().uri("/x.Y/Z").body(()).unwrap();
+    let answered = svc.ready().await.unwrap().call(req());
+    let dropped = svc.ready().await.unwrap().call(req());
+    assert_eq!(gauge(), 2.0);
+    drop(dropped);
+    assert_eq!(gauge(), 1.0);
+    gate.add_permits(1);
+    answered.await.unwrap();
+    assert_eq!(gauge(), 0.0);
+}

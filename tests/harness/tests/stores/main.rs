@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod autoscaling;
 mod cache_redis;
 mod compose_chart;
 mod face_analysis;
