@@ -1,6 +1,7 @@
 //! Monitoring's own cost on a service, side by side in one run:
 //! - the work per call that exists for monitoring: the RPC layer's counter
-//!   and latency histogram (same labels as `kit::server::RpcLayer`);
+//!   and latency histogram (same labels as `kit::server::RpcLayer`) and its
+//!   in-flight gauge (the autoscaler's queue signal);
 //! - the scrape: rendering the registry and parsing it, every 10 s,
 //!   amortised over the calls served in 10 s;
 //!
@@ -51,6 +52,18 @@ fn main() {
             .record(0.000_250 + (i % 100) as f64 * 1e-6);
     }
     let record_ns = started.elapsed().as_nanos() as f64 / n as f64;
+
+    // 1b. The in-flight gauge the RPC layer keeps (up on arrival, down on
+    // the answer), through the kit's handle family as the layer does.
+    static IN_FLIGHT: discovery_kit::metrics::Gauges<1> =
+        discovery_kit::metrics::Gauges::new("discovery_rpc_server_in_flight", ["service"]);
+    let started = Instant::now();
+    for _ in 0..n {
+        IN_FLIGHT.add(["bench"], 1.0);
+        IN_FLIGHT.add(["bench"], -1.0);
+    }
+    let in_flight_ns = started.elapsed().as_nanos() as f64 / n as f64;
+    let record_ns = record_ns + in_flight_ns;
 
     // 2. One scrape: render + parse.
     let rounds = 200;
@@ -111,7 +124,7 @@ fn main() {
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| recording one call's metrics (counter + histogram, 3 labels) | {record_ns:.0} ns |"
+        "| recording one call's metrics (counter + histogram, 3 labels; in-flight gauge up and down) | {record_ns:.0} ns (gauge: {in_flight_ns:.0} ns) |"
     );
     println!("| one scrape: render + parse ({kept} series kept) | {scrape_us:.0} µs |");
     println!(
