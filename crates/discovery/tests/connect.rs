@@ -124,6 +124,14 @@ fn valid_requests(product: &str, photo_b64: &str) -> Vec<(&'static str, String)>
         ("ExpireSilence", r#"{"id": "missing"}"#.into()),
         ("GetAlertHistory", "{}".into()),
         ("ListAlertDeliveries", r#"{"limit": 5}"#.into()),
+        (
+            "GetTrends",
+            r#"{"metric": "TREND_METRIC_REQUEST_RATE", "periodSeconds": 600}"#.into(),
+        ),
+        (
+            "GetCapacityForecast",
+            r#"{"horizonSeconds": 86400, "growth": [0, 0.5]}"#.into(),
+        ),
     ]
 }
 
@@ -258,8 +266,21 @@ async fn every_unary_method_speaks_json_over_http() {
             | "CreateSilence"
             | "ListSilences"
             | "GetAlertHistory"
+            | "GetTrends"
             | "ListAlertDeliveries" => {
                 assert_eq!(status, 200, "{method}: {json}")
+            }
+            // A system started just now has no hours to learn from.
+            "GetCapacityForecast" => {
+                assert_eq!(
+                    (status, json["code"].as_str()),
+                    (400, Some("failed_precondition")),
+                    "{method}: {json}"
+                );
+                assert!(
+                    json["message"].as_str().unwrap_or("").contains("72 hours"),
+                    "{json}"
+                );
             }
             // An alert or silence that does not exist: the service says so.
             "AcknowledgeAlert" | "ExpireSilence" => {

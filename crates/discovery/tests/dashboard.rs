@@ -117,6 +117,16 @@ async fn an_operator_acknowledges_and_silences_an_alert_from_the_dashboard() {
         .await,
     )
     .await;
+    // A system started just now has no hours to forecast from, and says so.
+    ok(
+        "forecast",
+        b.wait_for(
+            "document.getElementById('forecast-backtest').textContent.includes('needs 72 hours of history')",
+            wait,
+        )
+        .await,
+    )
+    .await;
     // The history has the gateway's line over the last 24 h.
     ok(
         "history",

@@ -207,6 +207,8 @@ pub const ROUTES: &[Route] = &[
     Route { method: "ListSilences", upstream: Monitoring, path: "/discovery.v1.Monitoring/ListSilences", scope: Admin, ..UNARY },
     Route { method: "ExpireSilence", upstream: Monitoring, path: "/discovery.v1.Monitoring/ExpireSilence", scope: Admin, default_deadline: ms(5000), ..UNARY },
     Route { method: "GetAlertHistory", upstream: Monitoring, path: "/discovery.v1.Monitoring/GetAlertHistory", scope: Admin, default_deadline: ms(5000), ..UNARY },
+    Route { method: "GetTrends", upstream: Monitoring, path: "/discovery.v1.Monitoring/GetTrends", scope: Admin, default_deadline: ms(5000), ..UNARY },
+    Route { method: "GetCapacityForecast", upstream: Monitoring, path: "/discovery.v1.Monitoring/GetCapacityForecast", scope: Admin, default_deadline: ms(10000), ..UNARY },
     Route { method: "ListAlertDeliveries", upstream: Monitoring, path: "/discovery.v1.Monitoring/ListAlertDeliveries", scope: Admin, ..UNARY },
     Route { method: "GetCacheStatus", upstream: Recommendation, path: "/discovery.v1.CacheAdmin/GetCacheStatus", scope: Admin, ..UNARY },
     Route { method: "WarmCache", upstream: Recommendation, path: "/discovery.v1.CacheAdmin/WarmCache", scope: Admin, idempotent: false, default_deadline: ms(30000), ..UNARY },

@@ -54,3 +54,12 @@ pub fn silence_request(r: &pb::CreateSilenceRequest) -> crate::lifecycle::Silenc
         reason: r.reason.clone(),
     }
 }
+
+/// A trend's direction as the API's.
+pub fn direction(d: crate::trends::Direction) -> pb::TrendDirection {
+    match d {
+        crate::trends::Direction::Rising => pb::TrendDirection::Rising,
+        crate::trends::Direction::Falling => pb::TrendDirection::Falling,
+        crate::trends::Direction::Steady => pb::TrendDirection::Steady,
+    }
+}

@@ -24,13 +24,11 @@ use discovery_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use crate::probe::Fleet;
+use crate::trends;
 use crate::window::{self, History};
 use crate::{Hub, sla};
 
 const PAGE: &str = include_str!("dashboard.html");
-
-/// One service's time series by name: `(unix ms, value)` points.
-type Series = BTreeMap<&'static str, Vec<(i64, f64)>>;
 
 /// What the dashboard reads.
 #[derive(Clone)]
@@ -154,7 +152,28 @@ const HEADERS: [(http::header::HeaderName, &str); 4] = [
     (http::header::CACHE_CONTROL, "no-store"),
 ];
 
-type HealthCache = Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>;
+/// A document computed at most once per its time to live, however many
+/// pages ask (one computation at a time; the others wait for its answer).
+type Cached = Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>;
+
+/// How long a forecast answers (the hours it learns from change hourly).
+const FORECAST_TTL: Duration = Duration::from_secs(300);
+
+async fn cached<F: std::future::Future<Output = Value>>(
+    cache: &Cached,
+    ttl: Duration,
+    compute: impl FnOnce() -> F,
+) -> Value {
+    let mut held = cache.lock().await;
+    if let Some((at, v)) = &*held
+        && at.elapsed() < ttl
+    {
+        return v.clone();
+    }
+    let v = compute().await;
+    *held = Some((std::time::Instant::now(), v.clone()));
+    v
+}
 
 /// `/dashboard` and its `/api/*` documents.
 pub fn router(d: Dashboard) -> axum::Router {
@@ -180,7 +199,8 @@ pub fn router(d: Dashboard) -> axum::Router {
             }
         })
     }
-    let health: HealthCache = Arc::default();
+    let health: Cached = Arc::default();
+    let forecast: Cached = Arc::default();
     axum::Router::new()
         .route(
             "/dashboard",
@@ -209,6 +229,16 @@ pub fn router(d: Dashboard) -> axum::Router {
             }),
         )
         .route(
+            "/api/forecast",
+            guarded(&d, move |d, _| {
+                let cache = forecast.clone();
+                async move {
+                    let v = cached(&cache, FORECAST_TTL, || forecast_json(&d)).await;
+                    axum::Json(v).into_response()
+                }
+            }),
+        )
+        .route(
             "/api/recommendations",
             guarded(&d, |d, _| async move {
                 axum::Json(recommendations(&d).await).into_response()
@@ -217,30 +247,47 @@ pub fn router(d: Dashboard) -> axum::Router {
 }
 
 /// Every replica's health, asked at most every [`HEALTH_TTL`] whatever
-/// the number of pages polling (one check at a time; the others wait for
-/// its answer).
-async fn health_of(d: &Dashboard, cache: &HealthCache) -> Value {
-    let mut held = cache.lock().await;
-    if let Some((at, v)) = &*held
-        && at.elapsed() < HEALTH_TTL
-    {
-        return v.clone();
+/// the number of pages polling.
+async fn health_of(d: &Dashboard, cache: &Cached) -> Value {
+    cached(cache, HEALTH_TTL, || async {
+        let h = d.fleet.health().await;
+        let mut services: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for s in h.services {
+            services.entry(s.service.clone()).or_default().push(json!({
+                "address": s.address, "live": s.live, "ready": s.ready,
+                "degraded": s.degraded, "degraded_dependencies": s.degraded_dependencies,
+                "detail": s.detail, "latency_ms": s.latency_ms,
+            }));
+        }
+        json!({
+            "checked_at_unix_ms": discovery_kit::now_unix_ms(),
+            "ready": h.ready, "degraded": h.degraded, "services": services,
+        })
+    })
+    .await
+}
+
+/// `/api/forecast`: the next week's traffic from the stored hours, as
+/// `GetCapacityForecast` answers it with its defaults, or why there is
+/// none yet.
+async fn forecast_json(d: &Dashboard) -> Value {
+    let req = pb::GetCapacityForecastRequest::default();
+    match crate::api::capacity_forecast(d.hub.store(), &req).await {
+        Ok(f) => {
+            let pts = |p: &[pb::TrendPoint]| -> Vec<(i64, f64)> {
+                p.iter().map(|p| (p.at_unix_ms, p.value)).collect()
+            };
+            json!({
+                "model": f.model, "history_hours": f.history_hours,
+                "history": pts(&f.history), "forecast": pts(&f.forecast),
+                "backtest_mape": f.backtest_mape, "backtest_hours": f.backtest_hours,
+                "scenarios": f.scenarios.iter().map(|s| json!({
+                    "name": s.name, "peak": s.peak_calls_per_second, "pods": s.pods,
+                })).collect::<Vec<_>>(),
+            })
+        }
+        Err(e) => json!({"error": e.to_string()}),
     }
-    let h = d.fleet.health().await;
-    let mut services: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for s in h.services {
-        services.entry(s.service.clone()).or_default().push(json!({
-            "address": s.address, "live": s.live, "ready": s.ready,
-            "degraded": s.degraded, "degraded_dependencies": s.degraded_dependencies,
-            "detail": s.detail, "latency_ms": s.latency_ms,
-        }));
-    }
-    let v = json!({
-        "checked_at_unix_ms": discovery_kit::now_unix_ms(),
-        "ready": h.ready, "degraded": h.degraded, "services": services,
-    });
-    *held = Some((std::time::Instant::now(), v.clone()));
-    v
 }
 
 /// `from` and `to` (Unix ms) of a history query; `to` defaults to now,
@@ -284,7 +331,7 @@ async fn history_range(d: &Dashboard, query: &str) -> Result<Value, String> {
         let history = d.history.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
         let at = |ms: i64| history.ago(now, Duration::from_millis((now_ms - ms).max(0) as u64));
-        series(&history, at(from), at(to), HISTORY_POINTS)
+        trends::service_series(&history, at(from), at(to), HISTORY_POINTS)
     };
     let alerts = match d.hub.history(from, to, HISTORY_ALERTS).await {
         Ok(a) => a.iter().map(alert_json).collect(),
@@ -294,38 +341,6 @@ async fn history_range(d: &Dashboard, query: &str) -> Result<Value, String> {
         }
     };
     Ok(json!({"from": from, "to": to, "services": services, "alerts": alerts}))
-}
-
-/// Per service: rate, error rate, p95 and p99 between `from` and `to`.
-fn series(
-    history: &History,
-    from: tokio::time::Instant,
-    to: tokio::time::Instant,
-    points: usize,
-) -> BTreeMap<String, Series> {
-    let now = tokio::time::Instant::now();
-    let unix = |at: tokio::time::Instant| {
-        discovery_kit::now_unix_ms() - now.saturating_duration_since(at).as_millis() as i64
-    };
-    let mut services: BTreeMap<String, Series> = BTreeMap::new();
-    for (at, secs, inc) in history.steps_between(from, to, points) {
-        let t = unix(at);
-        for (svc, (count, errors)) in window::per_service(&inc) {
-            let s = services.entry(svc.clone()).or_default();
-            s.entry("rate")
-                .or_default()
-                .push((t, count as f64 / secs.max(1e-3)));
-            s.entry("error_rate")
-                .or_default()
-                .push((t, errors as f64 / count.max(1) as f64));
-            for (name, q) in [("p95_ms", 0.95), ("p99_ms", 0.99)] {
-                if let Some(v) = window::service_quantile(&inc, q, &svc, None) {
-                    s.entry(name).or_default().push((t, v * 1000.0));
-                }
-            }
-        }
-    }
-    services
 }
 
 fn severity_name(s: i32) -> &'static str {
@@ -391,7 +406,7 @@ pub async fn recommendations(d: &Dashboard) -> Value {
 pub fn overview(d: &Dashboard) -> Value {
     let history = d.history.lock().unwrap_or_else(|p| p.into_inner());
     let now = tokio::time::Instant::now();
-    let services = series(
+    let services = trends::service_series(
         &history,
         history.ago(now, Duration::from_secs(15 * 60)),
         now,

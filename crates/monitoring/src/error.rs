@@ -30,6 +30,12 @@ pub enum MonitoringError {
     /// No silence with that id.
     #[error("no silence {0:?}")]
     NoSuchSilence(String),
+    /// The stored hourly history cannot be read.
+    #[error("the stored history cannot be read right now; retry later")]
+    HistoryUnavailable(StoreError),
+    /// Not enough history for a forecast.
+    #[error(transparent)]
+    NoForecast(#[from] crate::forecast::ForecastError),
 }
 
 impl From<MonitoringError> for Status {
@@ -41,8 +47,14 @@ impl From<MonitoringError> for Status {
             MonitoringError::NoSuchAlert(_) | MonitoringError::NoSuchSilence(_) => {
                 Status::not_found(e.to_string())
             }
-            MonitoringError::NotFiring(_) => Status::failed_precondition(e.to_string()),
+            MonitoringError::NotFiring(_) | MonitoringError::NoForecast(_) => {
+                Status::failed_precondition(e.to_string())
+            }
             MonitoringError::NothingScraped => Status::unavailable(e.to_string()),
+            MonitoringError::HistoryUnavailable(ref source) => {
+                tracing::error!(error = %source, "reading the hourly history failed");
+                Status::unavailable(e.to_string())
+            }
             MonitoringError::AlertsUnavailable(ref source) => {
                 tracing::error!(error = %source, "listing alerts failed");
                 Status::unavailable(e.to_string())

@@ -444,11 +444,18 @@ impl Hub {
             .map_err(MonitoringError::AlertsUnavailable)
     }
 
+    /// The store alerts and figures are kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The hub's clock (Unix ms).
     pub fn now_ms(&self) -> i64 {
         (self.clock)()
     }
 }
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// Puts the rules file's new rules in force, or says why not (the rules
 /// in force stay).
@@ -505,6 +512,7 @@ pub(crate) async fn collect_loop(
 ) {
     let mut engine = rules::Engine::new(Vec::new());
     let mut last_rollup: Option<tokio::time::Instant> = None;
+    let mut this_hour: Option<i64> = None;
     let mut disk: Option<f64> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -533,6 +541,26 @@ pub(crate) async fn collect_loop(
             h.push(snapshot);
             sla::observations(&h)
         };
+        // The hour just ended, once, at the first scrape of the next (the
+        // hour monitoring started in is partial and not written).
+        let hour = discovery_kit::now_unix_ms() / HOUR_MS;
+        if this_hour.is_some_and(|h| h != hour) {
+            let figures = {
+                let h = history.lock().unwrap_or_else(|p| p.into_inner());
+                let (inc, covered) = h.increase_over(Duration::from_secs(3600));
+                store::Hour {
+                    start_ms: (hour - 1) * HOUR_MS,
+                    covered_s: covered.as_secs_f64(),
+                    services: window::per_service(&inc),
+                }
+            };
+            if figures.covered_s > 0.0
+                && let Err(e) = store::put_hour(&store, &figures).await
+            {
+                tracing::warn!(error = %e, "storing an hour's figures failed");
+            }
+        }
+        this_hour = Some(hour);
         if let Some(doc) = rollup {
             last_rollup = Some(now);
             if let Err(e) = store.put(METRICS_ROLLUPS, doc).await {

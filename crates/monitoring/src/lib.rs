@@ -16,6 +16,7 @@ pub mod config;
 pub mod convert;
 pub mod dashboard;
 pub mod error;
+pub mod forecast;
 pub mod hub;
 pub mod lifecycle;
 pub mod notify;

@@ -18,6 +18,11 @@ use crate::window::{History, Key, Snapshot};
 pub const ALERTS: &str = "alerts";
 /// Metric rollups collection.
 pub const METRICS_ROLLUPS: &str = "metrics_rollups";
+/// One document an hour: calls and server errors per service over it,
+/// kept [`KEEP_HOURLY`] (what capacity forecasts learn from).
+pub const METRICS_HOURLY: &str = "metrics_hourly";
+/// How long hourly figures are kept.
+pub const KEEP_HOURLY: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Indexes of the monitoring collections.
 pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
@@ -52,7 +57,84 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexSpec>)> {
                 IndexSpec::new("created_at_ttl", doc! {"created_at": 1}).ttl(KEEP),
             ],
         ),
+        (
+            METRICS_HOURLY,
+            vec![
+                IndexSpec::new("hour_start_-1", doc! {"hour_start": -1}),
+                IndexSpec::new("created_at_ttl", doc! {"created_at": 1}).ttl(KEEP_HOURLY),
+            ],
+        ),
     ]
+}
+
+/// One hour's figures: per service, calls and server errors over
+/// `covered_s` seconds (an hour, or less after a restart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hour {
+    /// The hour's start, Unix ms (a multiple of an hour).
+    pub start_ms: i64,
+    /// Seconds the figures cover.
+    pub covered_s: f64,
+    /// Per service: (calls, server errors).
+    pub services: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+/// Stores `hour` (idempotent: one document per hour, whoever writes it).
+pub async fn put_hour(store: &Store, hour: &Hour) -> Result<(), StoreError> {
+    let mut services = Document::new();
+    for (svc, (calls, errors)) in &hour.services {
+        services.insert(
+            svc.clone(),
+            doc! {"calls": *calls as i64, "errors": *errors as i64},
+        );
+    }
+    store
+        .put(
+            METRICS_HOURLY,
+            doc! {
+                "_id": format!("hour|{}", hour.start_ms),
+                "hour_start": hour.start_ms,
+                "covered_s": hour.covered_s,
+                "created_at": discovery_kit::store::bson::DateTime::from_millis(hour.start_ms),
+                "services": services,
+            },
+        )
+        .await
+}
+
+/// The stored hours since `since_ms`, oldest first.
+pub async fn hours(store: &Store, since_ms: i64) -> Result<Vec<Hour>, StoreError> {
+    let docs = store
+        .find(
+            METRICS_HOURLY,
+            doc! {"hour_start": {"$gte": since_ms}},
+            FindOptions {
+                sort: Some(doc! {"hour_start": 1}),
+                skip: 0,
+                limit: 0,
+            },
+        )
+        .await?;
+    Ok(docs
+        .iter()
+        .filter_map(|d| {
+            let services = d
+                .get_document("services")
+                .ok()?
+                .iter()
+                .filter_map(|(k, v)| {
+                    let v = v.as_document()?;
+                    let n = |f: &str| v.get_i64(f).ok().map(|x| x.max(0) as u64);
+                    Some((k.clone(), (n("calls")?, n("errors")?)))
+                })
+                .collect();
+            Some(Hour {
+                start_ms: d.get_i64("hour_start").ok()?,
+                covered_s: d.get_f64("covered_s").ok()?,
+                services,
+            })
+        })
+        .collect())
 }
 
 /// How long rollups are kept.

@@ -1,5 +1,10 @@
 //! Which way a series is going: the least-squares line through its points,
-//! and its change over the points' span relative to their mean.
+//! and its change over the points' span relative to their mean; and the
+//! services' series over a time range, from the scraped history.
+
+use std::collections::BTreeMap;
+
+use crate::window::{self, History};
 
 /// Direction of a series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -90,6 +95,42 @@ pub fn trend_against(points: &[(i64, f64)], scale: Option<f64>) -> Trend {
         change,
         per_hour: slope * 3_600_000.0,
     }
+}
+
+/// One service's time series by name (`rate`, `error_rate`, `p95_ms`,
+/// `p99_ms`): `(unix ms, value)` points.
+pub type Series = BTreeMap<&'static str, Vec<(i64, f64)>>;
+
+/// Per service: rate, error rate, p95 and p99 between `from` and `to`.
+pub fn service_series(
+    history: &History,
+    from: tokio::time::Instant,
+    to: tokio::time::Instant,
+    points: usize,
+) -> BTreeMap<String, Series> {
+    let now = tokio::time::Instant::now();
+    let unix = |at: tokio::time::Instant| {
+        discovery_kit::now_unix_ms() - now.saturating_duration_since(at).as_millis() as i64
+    };
+    let mut services: BTreeMap<String, Series> = BTreeMap::new();
+    for (at, secs, inc) in history.steps_between(from, to, points) {
+        let t = unix(at);
+        for (svc, (count, errors)) in window::per_service(&inc) {
+            let s = services.entry(svc.clone()).or_default();
+            s.entry("rate")
+                .or_default()
+                .push((t, count as f64 / secs.max(1e-3)));
+            s.entry("error_rate")
+                .or_default()
+                .push((t, errors as f64 / count.max(1) as f64));
+            for (name, q) in [("p95_ms", 0.95), ("p99_ms", 0.99)] {
+                if let Some(v) = window::service_quantile(&inc, q, &svc, None) {
+                    s.entry(name).or_default().push((t, v * 1000.0));
+                }
+            }
+        }
+    }
+    services
 }
 
 #[cfg(test)]

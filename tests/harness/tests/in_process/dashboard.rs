@@ -2,8 +2,9 @@
 //! load through the all-in-one system, this process's metrics scraped into
 //! a dashboard whose alert hub gets one alert injected the way the rule
 //! engine publishes them. The page must load without console errors, draw
-//! charts with data and show the alert (`crates/discovery/tests/dashboard.rs`
-//! drives the page of `discovery up` with clicks).
+//! charts with data, the alert and a forecast from four weeks of stored
+//! hours (`crates/discovery/tests/dashboard.rs` drives the page of
+//! `discovery up` with clicks).
 
 use crate::common::TestApp;
 
@@ -27,7 +28,7 @@ const FLAGS: &[&str] = &[
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
-    "--window-size=1360,1100",
+    "--window-size=1360,2400",
     "--virtual-time-budget=8000",
     "--enable-logging=stderr",
     "--v=0",
@@ -129,6 +130,20 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Four weeks of stored hours (as monitoring writes one an hour): the
+    // forecast panel has a model, its back-test and the scenarios.
+    let rates = discovery_monitoring::forecast::synthetic(28, 800.0, 0.02, 0.05);
+    let last = discovery_kit::now_unix_ms() / 3_600_000 - 1;
+    for (i, rate) in rates.iter().enumerate() {
+        let hour = discovery_monitoring::store::Hour {
+            start_ms: (last - (rates.len() - 1 - i) as i64) * 3_600_000,
+            covered_s: 3600.0,
+            services: [("gateway".to_string(), ((rate * 3600.0) as u64, 0))].into(),
+        };
+        discovery_monitoring::store::put_hour(&store, &hour)
+            .await
+            .unwrap();
+    }
     // Where each series stands, as the evaluation loop records it.
     hub.record_standings(
         &default_rules(),
@@ -211,6 +226,11 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         "the health panel is empty"
     );
     assert!(
+        dom.contains("data-scenario=\"10x peak\"")
+            && dom.contains("Back-test: fitted without the last 24 hours"),
+        "the forecast panel is empty"
+    );
+    assert!(
         dom.contains("data-kind=\"recommendations\""),
         "cache rows missing"
     );
@@ -219,5 +239,17 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         "the recommendation report panel has no rows"
     );
 
+    // `DISCOVERY_SCREENSHOTS=dir`: the page with live data and a forecast
+    // (docs/dashboard-forecast.png).
+    if let Some(dir) = std::env::var_os("DISCOVERY_SCREENSHOTS") {
+        let path = std::path::Path::new(&dir).join("dashboard-forecast.png");
+        let shot = Command::new(browser)
+            .args(FLAGS)
+            .arg(format!("--screenshot={}", path.display()))
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(shot.status.success());
+    }
     system.stop().await.ok();
 }
