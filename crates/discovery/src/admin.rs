@@ -45,6 +45,28 @@ pub enum AdminAction {
     },
     /// The SLA report (latency percentiles, availability, error budget).
     Sla,
+    /// Which way a metric goes per service over a period.
+    Trends {
+        /// rate (calls/s), p95, p99 (ms) or errors (server-fault ratio).
+        #[arg(long, default_value = "rate", value_parser = ["rate", "p95", "p99", "errors"])]
+        metric: String,
+        /// Over the last: 10m, 1h, 24h (at most 25h).
+        #[arg(long, default_value = "1h")]
+        period: String,
+        /// Only this service.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+    /// The gateway's traffic forecast from the stored hours, its back-test
+    /// error, and the pods growth scenarios and a 10x peak need.
+    Forecast {
+        /// How far ahead: 1d, 7d, 30d.
+        #[arg(long, default_value = "7d")]
+        horizon: String,
+        /// Growth scenarios as fractions (0.25 = +25 %), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        growth: Vec<f64>,
+    },
     /// The recommendation cache.
     Cache {
         #[command(subcommand)]
@@ -300,6 +322,45 @@ pub async fn admin(action: AdminAction, g: GatewayArgs) -> Result<(), BoxError> 
                 .into_inner()
                 .encode_to_vec(),
         ),
+        AdminAction::Trends {
+            metric,
+            period,
+            service,
+        } => {
+            let metric = match metric.as_str() {
+                "p95" => pb::TrendMetric::LatencyP95Ms,
+                "p99" => pb::TrendMetric::LatencyP99Ms,
+                "errors" => pb::TrendMetric::ErrorRate,
+                _ => pb::TrendMetric::RequestRate,
+            };
+            let secs = u32::try_from(span(&period)?.as_secs())
+                .map_err(|_| format!("--period {period:?}: too long"))?;
+            (
+                "GetTrendsResponse",
+                c.get_trends(pb::GetTrendsRequest {
+                    metric: metric as i32,
+                    period_seconds: secs,
+                    service,
+                })
+                .await?
+                .into_inner()
+                .encode_to_vec(),
+            )
+        }
+        AdminAction::Forecast { horizon, growth } => {
+            let secs = u32::try_from(span(&horizon)?.as_secs())
+                .map_err(|_| format!("--horizon {horizon:?}: too long"))?;
+            (
+                "GetCapacityForecastResponse",
+                c.get_capacity_forecast(pb::GetCapacityForecastRequest {
+                    horizon_seconds: secs,
+                    growth,
+                })
+                .await?
+                .into_inner()
+                .encode_to_vec(),
+            )
+        }
         AdminAction::Cache { action } => match action {
             CacheAction::Status => (
                 "GetCacheStatusResponse",
@@ -333,4 +394,23 @@ pub async fn admin(action: AdminAction, g: GatewayArgs) -> Result<(), BoxError> 
         },
     };
     print_message(name, &bytes, g.json)
+}
+
+/// `discovery autoscale`: the simulation's tables (Markdown), or every
+/// minute of it (`--json`).
+pub fn autoscale(json: bool) -> std::process::ExitCode {
+    use discovery_loadgen::autoscale;
+    if json {
+        let all: Vec<_> = autoscale::scenarios().into_iter().map(|(s, _)| s).collect();
+        match serde_json::to_string_pretty(&all) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("discovery autoscale: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", autoscale::markdown());
+    }
+    std::process::ExitCode::SUCCESS
 }

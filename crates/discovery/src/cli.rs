@@ -265,22 +265,7 @@ pub fn main() -> std::process::ExitCode {
             client_command("admin", crate::admin::admin(action, gateway))
         }
         Command::Bench(args) => bench_command(args),
-        Command::Autoscale { json } => {
-            use discovery_loadgen::autoscale;
-            if json {
-                let all: Vec<_> = autoscale::scenarios().into_iter().map(|(s, _)| s).collect();
-                match serde_json::to_string_pretty(&all) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("discovery autoscale: {e}");
-                        return std::process::ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                print!("{}", autoscale::markdown());
-            }
-            std::process::ExitCode::SUCCESS
-        }
+        Command::Autoscale { json } => crate::admin::autoscale(json),
     }
 }
 

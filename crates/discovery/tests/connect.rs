@@ -518,6 +518,27 @@ async fn the_admin_cli_answers_and_its_exit_codes_say_why_not() {
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("no alert"), "{err}");
 
+    // Trends: the gateway's rate over 10 minutes (the calls above), as
+    // JSON; a forecast needs history a system started now does not have
+    // (3, and the hours it needs).
+    let (code, out, err) = admin(
+        &["trends", "--metric", "rate", "--period", "10m", "--json"],
+        &key,
+        &url,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).expect("trends as JSON");
+    let (code, _, err) = admin(
+        &["forecast", "--horizon", "2d", "--growth", "0,0.5"],
+        &key,
+        &url,
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("72 hours"), "{err}");
+    let (code, _, err) = admin(&["trends", "--period", "3d"], &key, &url);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("period_seconds"), "{err}");
+
     // `try` and `sync` take the same flags and exit the same way.
     let cli = |args: &[&str], key: &str, url: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_discovery"))
