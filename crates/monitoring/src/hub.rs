@@ -25,6 +25,8 @@ pub struct Routing {
     pub routes: std::collections::BTreeMap<rules::Severity, Vec<String>>,
     /// Escalation of unacknowledged alerts.
     pub escalation: Option<rules::file::Escalation>,
+    /// Scheduled reports.
+    pub reports: Vec<rules::reports::ReportSpec>,
 }
 
 impl Routing {
@@ -34,6 +36,7 @@ impl Routing {
             channels: Channels::build(&a.channels, var),
             routes: a.routes.clone(),
             escalation: a.escalation.clone(),
+            reports: a.reports.clone(),
         }
     }
 
@@ -44,6 +47,11 @@ impl Routing {
             .unwrap_or_default()
     }
 }
+
+/// Recommendation's report, for the `recommendations` reports.
+type Experiments = discovery_proto::v1::experiments_client::ExperimentsClient<
+    discovery_kit::client::TracedChannel,
+>;
 
 /// The clock alerts are stamped with (Unix ms); a test's follows tokio's.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -57,6 +65,8 @@ pub struct Hub {
     firing: Arc<Mutex<std::collections::BTreeMap<String, pb::Alert>>>,
     silences: Arc<Mutex<Vec<Silence>>>,
     standings: Arc<Mutex<crate::standing::Standings>>,
+    due: Arc<Mutex<crate::reports::Due>>,
+    experiments: Arc<Mutex<Option<Experiments>>>,
     routing: Arc<Mutex<Routing>>,
     store: Store,
     tx: tokio::sync::broadcast::Sender<pb::Alert>,
@@ -95,6 +105,8 @@ impl Hub {
             firing: Arc::default(),
             silences: Arc::default(),
             standings: Arc::default(),
+            due: Arc::default(),
+            experiments: Arc::default(),
             routing: Arc::default(),
             store,
             tx: tokio::sync::broadcast::channel(256).0,
@@ -251,41 +263,66 @@ impl Hub {
         alert
     }
 
-    /// Sends `event` about `alert` to each channel named, in the
-    /// background: at most once per alert, channel and event (a record
-    /// says it was delivered), retried by the channel, recorded either way.
-    /// Channels that are off or unknown are not attempted.
+    /// Sends `event` about `alert` to the channels `names` in the
+    /// background, once per alert, channel and event (recorded).
     pub fn deliver(&self, alert: &pb::Alert, event: Event, names: &[String]) {
+        let alert = Arc::new(alert.clone());
+        self.dispatch(&alert.id.clone(), event.name(), names, move |channel| {
+            let alert = alert.clone();
+            async move { channel.send(&alert, event).await }
+        });
+    }
+
+    /// Sends a rendered report to the channels `names` in the background,
+    /// once per report, due time and channel (recorded in
+    /// `alert_deliveries` under `report:<name>:<due>`).
+    pub fn send_report(&self, report: crate::reports::Rendered, due_ms: i64, names: &[String]) {
+        let id = format!("report:{}:{due_ms}", report.name);
+        let report = Arc::new(report);
+        self.dispatch(&id, "report", names, move |channel| {
+            let report = report.clone();
+            async move { crate::reports::send(&channel, &report).await }
+        });
+    }
+
+    /// Runs `send` for each channel of `names` not yet sent `event` about
+    /// `id`, beside evaluation (at most [`SENDING`] at once), and records
+    /// the outcome.
+    fn dispatch<F, Fut>(&self, id: &str, event: &'static str, names: &[String], send: F)
+    where
+        F: Fn(Arc<crate::channels::Channel>) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<u32, String>> + Send,
+    {
         let channels = lock(&self.routing).channels.clone();
         for name in names {
             let Some(Ok(channel)) = channels.get(name) else {
                 continue;
             };
-            let key = format!("{}|{name}|{}", alert.id, event.name());
+            let key = format!("{id}|{name}|{event}");
             if !lock(&self.inflight).insert(key.clone()) {
                 continue;
             }
-            let (hub, alert, name) = (self.clone(), alert.clone(), name.clone());
+            let (hub, id, name, send) = (self.clone(), id.to_string(), name.clone(), send.clone());
             tokio::spawn(async move {
                 let _permit = hub.sending.acquire().await;
                 let done = matches!(
-                    store::delivered(&hub.store, &alert.id, &name, event.name()).await,
+                    store::delivered(&hub.store, &id, &name, event).await,
                     Ok(true)
                 );
                 if !done {
-                    let (outcome, attempts, error) = match channel.send(&alert, event).await {
+                    let (outcome, attempts, error) = match send(channel).await {
                         Ok(n) => ("delivered", n, String::new()),
                         Err(e) => {
-                            tracing::error!(error = %e, alert = %alert.id, channel = %name, "alert not delivered");
+                            tracing::error!(error = %e, id = %id, channel = %name, "not delivered");
                             ("failed", 5, e)
                         }
                     };
                     metrics::counter!("discovery_monitoring_deliveries_total", "channel" => name.clone(), "outcome" => outcome)
                         .increment(1);
                     let record = store::DeliveryRecord {
-                        alert_id: &alert.id,
+                        alert_id: &id,
                         channel: &name,
-                        event: event.name(),
+                        event,
                         outcome,
                         attempts,
                         error: &error,
@@ -297,6 +334,54 @@ impl Hub {
                 }
                 lock(&hub.inflight).remove(&key);
             });
+        }
+    }
+
+    /// Where `recommendations` reports read from.
+    pub fn set_experiments(&self, client: Option<Experiments>) {
+        *lock(&self.experiments) = client;
+    }
+
+    /// Renders and sends the reports due now (the scheduled ones of the
+    /// rules file in force).
+    pub async fn run_reports(&self, history: &Mutex<window::History>) {
+        let now = (self.clock)();
+        let reports = lock(&self.routing).reports.clone();
+        let due = lock(&self.due).take(&reports, now);
+        for (spec, due_ms) in due {
+            use crate::rules::reports::ReportKind;
+            let table = match spec.kind {
+                ReportKind::Sla => {
+                    let h = lock(history);
+                    crate::reports::sla_table(&sla::report(&h, "", pb::Window::Window24h))
+                }
+                ReportKind::Recommendations => {
+                    let client = lock(&self.experiments).clone();
+                    let Some(mut client) = client else {
+                        tracing::warn!(report = %spec.name, "no recommendation service to report on");
+                        continue;
+                    };
+                    let asked = client
+                        .get_recommendation_report(pb::GetRecommendationReportRequest {
+                            window: pb::ReportWindow::Day as i32,
+                            experiment_id: String::new(),
+                        })
+                        .await;
+                    match asked {
+                        Ok(r) => crate::reports::recommendations_table(&r.into_inner()),
+                        Err(e) => {
+                            tracing::warn!(report = %spec.name, error = %e.message(), "the recommendation report cannot be read");
+                            continue;
+                        }
+                    }
+                }
+            };
+            tracing::info!(report = %spec.name, rows = table.rows.len(), "report due");
+            self.send_report(
+                crate::reports::render(&spec, &table, due_ms),
+                due_ms,
+                &spec.to,
+            );
         }
     }
 
@@ -593,5 +678,6 @@ pub(crate) async fn collect_loop(
         }
         hub.record_standings(engine.rules(), &observations);
         hub.tick().await;
+        hub.run_reports(&history).await;
     }
 }

@@ -21,6 +21,7 @@ pub mod hub;
 pub mod lifecycle;
 pub mod notify;
 pub mod probe;
+pub mod reports;
 pub mod rules;
 pub mod sla;
 pub mod standing;
@@ -91,6 +92,7 @@ pub async fn spawn_with_dashboard(
     let report = recommendation.clone().map(ExperimentsClient::new);
     let recommendation = recommendation.map(CacheAdminClient::new);
     let hub = Hub::new(store.clone(), recommendation);
+    hub.set_experiments(report.clone());
     match hub.load_silences().await {
         Ok(n) if n > 0 => tracing::info!(silences = n, "alert silences restored"),
         Ok(_) => {}

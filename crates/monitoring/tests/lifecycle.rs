@@ -433,3 +433,123 @@ async fn email_reaches_the_smtp_server_and_a_failing_channel_is_retried_and_reco
         .expect("the email delivery recorded");
     assert_eq!(email.get_str("outcome").unwrap(), "delivered");
 }
+
+/// The built-in rules file with one scheduled report added.
+fn with_report(to: &str) -> String {
+    format!(
+        "{}\n[[report]]\nname = \"daily-sla\"\nkind = \"sla\"\nschedule = \"0 7 * * *\"\nformat = \"csv\"\nto = {to}\n",
+        discovery_monitoring::rules::DEFAULT_RULES
+    )
+}
+
+#[tokio::test]
+async fn a_scheduled_report_goes_out_at_its_time_once_to_the_webhook_and_as_an_email_attachment() {
+    use discovery_monitoring::window::{History, Snapshot, parse};
+    let slack = receiver(200).await;
+    let sink = smtp();
+    let store = store().await;
+    // 2026-12-05 06:59:00 UTC.
+    let hub = Hub::with_clock(store.clone(), None, clock(1_796_453_940_000));
+    let a = parse_alerting(&with_report(r#"["webhook", "email"]"#)).unwrap();
+    let (hook, port) = (slack.url.clone(), sink.port);
+    hub.set_routing(Routing::from_file(&a, move |v| match v {
+        "DISCOVERY_ALERT_WEBHOOK_URL" => Some(hook.clone()),
+        "DISCOVERY_ALERT_SMTP_URL" => Some(format!("smtp://127.0.0.1:{port}")),
+        "DISCOVERY_ALERT_EMAIL_TO" => Some("reports@shop.example".into()),
+        _ => None,
+    }));
+    // A day's figures: 1,000 Recommend calls at the gateway, 2 failed.
+    let series = |n: u64, failed: u64| {
+        let m = r#"service="gateway",method="/discovery.v1.Discovery/Recommend""#;
+        parse(&format!(
+            "discovery_rpc_server_requests_total{{{m},code=\"OK\"}} {}\n\
+             discovery_rpc_server_requests_total{{{m},code=\"INTERNAL\"}} {failed}\n\
+             discovery_rpc_server_duration_seconds_bucket{{{m},le=\"0.01\"}} {n}\n\
+             discovery_rpc_server_duration_seconds_bucket{{{m},le=\"+Inf\"}} {n}\n\
+             discovery_rpc_server_duration_seconds_count{{{m}}} {n}\n",
+            n - failed
+        ))
+        .into_iter()
+        .collect()
+    };
+    let history = Mutex::new(History::default());
+    tokio::time::pause();
+    history.lock().unwrap().push(Snapshot {
+        at: Instant::now(),
+        values: series(0, 0),
+    });
+    tokio::time::advance(Duration::from_secs(30)).await;
+    history.lock().unwrap().push(Snapshot {
+        at: Instant::now(),
+        values: series(1000, 2),
+    });
+    // 06:59:30: not yet (and a report is never sent for a time before
+    // monitoring started).
+    hub.run_reports(&history).await;
+    tokio::time::advance(Duration::from_secs(45)).await;
+    // 07:00:15: due.
+    hub.run_reports(&history).await;
+    tokio::time::advance(Duration::from_secs(60)).await;
+    // 07:01:15: already sent.
+    hub.run_reports(&history).await;
+    tokio::time::resume();
+
+    let got = slack.settle(1).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let body = &got[0];
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("discovery report daily-sla: sla"),
+        "{body}"
+    );
+    assert_eq!(body["due_at_unix_ms"], 1_796_454_000_000i64);
+    let row = &body["rows"][0];
+    assert_eq!(row["service"], "gateway");
+    assert_eq!(row["calls"], "1000");
+    assert_eq!(row["server_errors"], "2");
+    assert_eq!(row["availability"], "0.99800");
+
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut mail = String::new();
+    while std::time::Instant::now() < until && !mail.contains("daily-sla-2026-12-05T0700Z.csv") {
+        mail = std::fs::read_to_string(&sink.out).unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(mail.contains("Subject: [report] daily-sla"), "{mail}");
+    assert!(mail.contains("reports@shop.example"), "{mail}");
+    assert!(
+        mail.contains("filename=\"daily-sla-2026-12-05T0700Z.csv\""),
+        "{mail}"
+    );
+    assert!(mail.contains("text/csv"), "{mail}");
+    // Both recorded, under the report's id.
+    for channel in ["webhook", "email"] {
+        let id = format!("report:daily-sla:1796454000000|{channel}|report");
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let d = loop {
+            if let Some(d) = store
+                .get(discovery_monitoring::store::DELIVERIES, &id)
+                .await
+                .unwrap()
+            {
+                break d;
+            }
+            assert!(std::time::Instant::now() < until, "no record {id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(d.get_str("outcome").unwrap(), "delivered", "{d:?}");
+    }
+
+    // A report cannot go to the pager, nor on a numbered weekday: refused
+    // with the line.
+    let e = parse_alerting(&with_report(r#"["pager"]"#)).unwrap_err();
+    assert!(e.reason.contains("is a pager"), "{e}");
+    // (the report's `to`, the file's last line; the escalation's reads the same)
+    let line = with_report(r#"["pager"]"#).lines().count();
+    assert_eq!(e.line, line);
+    let e = parse_alerting(&with_report(r#"["webhook"]"#).replace("0 7 * * *", "0 7 * * 1"))
+        .unwrap_err();
+    assert!(e.reason.contains("name the days"), "{e}");
+}

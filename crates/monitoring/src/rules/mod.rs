@@ -18,6 +18,7 @@
 
 pub mod file;
 pub mod prometheus;
+pub mod reports;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
