@@ -1,5 +1,6 @@
-//! Monitoring's domain in its proto form: the rules' severities and
-//! phases as the API's alert fields.
+//! Monitoring's domain in its proto form and back: the rules' severities
+//! and phases as the API's alert fields, trends' directions, and the API's
+//! reports as the tables scheduled reports render.
 
 use discovery_proto::v1 as pb;
 
@@ -61,5 +62,78 @@ pub fn direction(d: crate::trends::Direction) -> pb::TrendDirection {
         crate::trends::Direction::Rising => pb::TrendDirection::Rising,
         crate::trends::Direction::Falling => pb::TrendDirection::Falling,
         crate::trends::Direction::Steady => pb::TrendDirection::Steady,
+    }
+}
+
+/// The SLA report as a table: one row per service and method.
+pub fn sla_table(r: &pb::GetSlaReportResponse) -> crate::reports::Table {
+    crate::reports::Table {
+        columns: vec![
+            "service",
+            "method",
+            "calls",
+            "server_errors",
+            "availability",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+        ],
+        rows: r
+            .methods
+            .iter()
+            .map(|m| {
+                vec![
+                    m.service.clone(),
+                    m.method.clone(),
+                    m.count.to_string(),
+                    m.errors.to_string(),
+                    format!("{:.5}", m.availability),
+                    format!("{:.2}", m.p50_ms),
+                    format!("{:.2}", m.p95_ms),
+                    format!("{:.2}", m.p99_ms),
+                ]
+            })
+            .collect(),
+    }
+}
+
+/// The recommendation report as a table: the total, then one row per
+/// ranking variant and per placement.
+pub fn recommendations_table(r: &pb::GetRecommendationReportResponse) -> crate::reports::Table {
+    let rate = |r: Option<pb::Rate>| format!("{:.5}", r.unwrap_or_default().value);
+    let row = |by: &str, r: &pb::ReportRow| {
+        let revenue: Vec<String> = r
+            .revenue_minor
+            .iter()
+            .map(|(c, v)| format!("{v} {c}"))
+            .collect();
+        vec![
+            by.to_string(),
+            r.key.clone(),
+            r.impressions.to_string(),
+            r.clicked.to_string(),
+            r.added_to_cart.to_string(),
+            r.purchased.to_string(),
+            rate(r.ctr),
+            rate(r.conversion),
+            revenue.join(" "),
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = r.total.iter().map(|t| row("total", t)).collect();
+    rows.extend(r.by_variant.iter().map(|v| row("variant", v)));
+    rows.extend(r.by_placement.iter().map(|p| row("placement", p)));
+    crate::reports::Table {
+        columns: vec![
+            "by",
+            "key",
+            "impressions",
+            "clicked",
+            "added_to_cart",
+            "purchased",
+            "ctr",
+            "conversion",
+            "revenue_minor",
+        ],
+        rows,
     }
 }

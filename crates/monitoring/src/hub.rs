@@ -353,7 +353,7 @@ impl Hub {
             let table = match spec.kind {
                 ReportKind::Sla => {
                     let h = lock(history);
-                    crate::reports::sla_table(&sla::report(&h, "", pb::Window::Window24h))
+                    crate::convert::sla_table(&sla::report(&h, "", pb::Window::Window24h))
                 }
                 ReportKind::Recommendations => {
                     let client = lock(&self.experiments).clone();
@@ -368,7 +368,7 @@ impl Hub {
                         })
                         .await;
                     match asked {
-                        Ok(r) => crate::reports::recommendations_table(&r.into_inner()),
+                        Ok(r) => crate::convert::recommendations_table(&r.into_inner()),
                         Err(e) => {
                             tracing::warn!(report = %spec.name, error = %e.message(), "the recommendation report cannot be read");
                             continue;

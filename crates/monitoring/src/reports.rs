@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use discovery_proto::v1 as pb;
 use lettre::message::{Attachment, MultiPart, SinglePart, header::ContentType};
 use lettre::{AsyncTransport, Message};
 use serde_json::{Value, json};
@@ -23,79 +22,6 @@ pub struct Table {
     pub columns: Vec<&'static str>,
     /// Rows, each as long as the header.
     pub rows: Vec<Vec<String>>,
-}
-
-/// The SLA report as a table: one row per service and method.
-pub fn sla_table(r: &pb::GetSlaReportResponse) -> Table {
-    Table {
-        columns: vec![
-            "service",
-            "method",
-            "calls",
-            "server_errors",
-            "availability",
-            "p50_ms",
-            "p95_ms",
-            "p99_ms",
-        ],
-        rows: r
-            .methods
-            .iter()
-            .map(|m| {
-                vec![
-                    m.service.clone(),
-                    m.method.clone(),
-                    m.count.to_string(),
-                    m.errors.to_string(),
-                    format!("{:.5}", m.availability),
-                    format!("{:.2}", m.p50_ms),
-                    format!("{:.2}", m.p95_ms),
-                    format!("{:.2}", m.p99_ms),
-                ]
-            })
-            .collect(),
-    }
-}
-
-/// The recommendation report as a table: the total, then one row per
-/// ranking variant and per placement.
-pub fn recommendations_table(r: &pb::GetRecommendationReportResponse) -> Table {
-    let rate = |r: Option<pb::Rate>| format!("{:.5}", r.unwrap_or_default().value);
-    let row = |by: &str, r: &pb::ReportRow| {
-        let revenue: Vec<String> = r
-            .revenue_minor
-            .iter()
-            .map(|(c, v)| format!("{v} {c}"))
-            .collect();
-        vec![
-            by.to_string(),
-            r.key.clone(),
-            r.impressions.to_string(),
-            r.clicked.to_string(),
-            r.added_to_cart.to_string(),
-            r.purchased.to_string(),
-            rate(r.ctr),
-            rate(r.conversion),
-            revenue.join(" "),
-        ]
-    };
-    let mut rows: Vec<Vec<String>> = r.total.iter().map(|t| row("total", t)).collect();
-    rows.extend(r.by_variant.iter().map(|v| row("variant", v)));
-    rows.extend(r.by_placement.iter().map(|p| row("placement", p)));
-    Table {
-        columns: vec![
-            "by",
-            "key",
-            "impressions",
-            "clicked",
-            "added_to_cart",
-            "purchased",
-            "ctr",
-            "conversion",
-            "revenue_minor",
-        ],
-        rows,
-    }
 }
 
 /// RFC 4180 CSV: a cell with a comma, quote or line break is quoted, its
@@ -319,7 +245,8 @@ mod tests {
 
     #[test]
     fn render_names_the_file_and_keeps_every_row() {
-        let t = sla_table(&pb::GetSlaReportResponse {
+        use discovery_proto::v1 as pb;
+        let t = crate::convert::sla_table(&pb::GetSlaReportResponse {
             methods: vec![pb::MethodStats {
                 service: "gateway".into(),
                 method: "/discovery.v1.Discovery/Recommend".into(),
