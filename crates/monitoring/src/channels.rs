@@ -216,17 +216,26 @@ impl Channel {
                         alert.id
                     ))
                     .map_err(|e| format!("the message: {e}"))?;
-                with_retries("email", || async {
-                    match mailer.send(message.clone()).await {
-                        Ok(_) => Attempt::Done,
-                        Err(e) if e.is_permanent() => {
-                            Attempt::Stop(format!("SMTP refused it: {e} (not retried)"))
-                        }
-                        Err(e) => Attempt::Retry(format!("SMTP: {e}")),
-                    }
-                })
-                .await
+                send_mail(mailer, message).await
             }
         }
     }
+}
+
+/// Sends `message` through `mailer`, retried as every channel is; a
+/// permanent SMTP refusal is not retried.
+pub async fn send_mail(
+    mailer: &AsyncSmtpTransport<Tokio1Executor>,
+    message: Message,
+) -> Result<u32, String> {
+    with_retries("email", || async {
+        match mailer.send(message.clone()).await {
+            Ok(_) => Attempt::Done,
+            Err(e) if e.is_permanent() => {
+                Attempt::Stop(format!("SMTP refused it: {e} (not retried)"))
+            }
+            Err(e) => Attempt::Retry(format!("SMTP: {e}")),
+        }
+    })
+    .await
 }

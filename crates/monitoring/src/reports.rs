@@ -7,12 +7,11 @@
 
 use std::collections::HashMap;
 
+use lettre::Message;
 use lettre::message::{Attachment, MultiPart, SinglePart, header::ContentType};
-use lettre::{AsyncTransport, Message};
 use serde_json::{Value, json};
 
 use crate::channels::Channel;
-use crate::notify::{Attempt, with_retries};
 use crate::rules::reports::{Format, ReportKind, ReportSpec};
 
 /// A table: its columns and rows of cells.
@@ -139,16 +138,7 @@ pub async fn send(channel: &Channel, r: &Rendered) -> Result<u32, String> {
                         .singlepart(Attachment::new(r.file_name.clone()).body(r.body.clone(), ct)),
                 )
                 .map_err(|e| format!("the message: {e}"))?;
-            with_retries("email", || async {
-                match mailer.send(message.clone()).await {
-                    Ok(_) => Attempt::Done,
-                    Err(e) if e.is_permanent() => {
-                        Attempt::Stop(format!("SMTP refused it: {e} (not retried)"))
-                    }
-                    Err(e) => Attempt::Retry(format!("SMTP: {e}")),
-                }
-            })
-            .await
+            crate::channels::send_mail(mailer, message).await
         }
     }
 }

@@ -19,6 +19,19 @@ use crate::{HarnessError, start_err};
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The flags every headless run here starts Chromium with: no sandbox (CI
+/// runs as root), no GPU, nothing fetched in the background.
+pub const HEADLESS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+];
+
 /// The Chromium binary on PATH.
 pub fn chromium() -> Result<&'static str, HarnessError> {
     for c in ["chromium", "chromium-browser", "google-chrome"] {
@@ -51,17 +64,8 @@ impl Browser {
         let bin = chromium()?;
         let profile = tempfile::tempdir().map_err(|e| start_err("chromium", e))?;
         let child = Command::new(bin)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                "--remote-debugging-port=0",
-            ])
+            .args(HEADLESS)
+            .arg("--remote-debugging-port=0")
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(format!("--window-size={width},{height}"))
             .arg("about:blank")

@@ -20,14 +20,6 @@ use discovery_monitoring::{Fleet, Hub, sla};
 use discovery_proto::v1 as pb;
 
 const FLAGS: &[&str] = &[
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
     "--window-size=1360,2400",
     "--virtual-time-budget=8000",
     "--enable-logging=stderr",
@@ -174,6 +166,7 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         let url = url.clone();
         move || {
             Command::new(browser)
+                .args(discovery_harness::browser::HEADLESS)
                 .args(FLAGS)
                 .args(["--dump-dom", &url])
                 .output()
@@ -244,6 +237,7 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
     if let Some(dir) = std::env::var_os("DISCOVERY_SCREENSHOTS") {
         let path = std::path::Path::new(&dir).join("dashboard-forecast.png");
         let shot = Command::new(browser)
+            .args(discovery_harness::browser::HEADLESS)
             .args(FLAGS)
             .arg(format!("--screenshot={}", path.display()))
             .arg(&url)
