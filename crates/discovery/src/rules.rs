@@ -33,13 +33,19 @@ fn read(file: &PathBuf) -> Result<Vec<rules::Rule>, BoxError> {
 pub fn run(action: RulesAction) -> Result<(), BoxError> {
     match action {
         RulesAction::Check { file } => {
-            let rules = read(&file)?;
-            let names: std::collections::BTreeSet<&str> = rules.iter().map(|r| &*r.name).collect();
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let a = rules::file::parse_alerting(&text)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let names: std::collections::BTreeSet<&str> =
+                a.rules.iter().map(|r| &*r.name).collect();
             println!(
-                "{}: {} rules, {} alerts with their tiers",
+                "{}: {} rules, {} alerts with their tiers, {} channels, {} scheduled reports",
                 file.display(),
                 names.len(),
-                rules.len()
+                a.rules.len(),
+                a.channels.len(),
+                a.reports.len()
             );
         }
         RulesAction::Render { file } => {

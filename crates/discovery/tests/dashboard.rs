@@ -315,3 +315,78 @@ async fn an_operator_acknowledges_and_silences_an_alert_from_the_dashboard() {
 fn shots() -> Option<PathBuf> {
     std::env::var_os("DISCOVERY_SCREENSHOTS").map(PathBuf::from)
 }
+
+/// A scheduled report from the running system: `discovery up` with the
+/// built-in rules and a report due every minute to the webhook channel,
+/// which points at a receiver here. Within a minute and a bit the
+/// receiver has the SLA report as JSON, with the gateway's calls made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_report_reaches_the_webhook_from_the_running_system() {
+    let hook = discovery_harness::http::Hook::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alert-rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "{}\n[[report]]\nname = \"every-minute\"\nkind = \"sla\"\nschedule = \"* * * * *\"\nformat = \"json\"\nto = [\"webhook\"]\n",
+            std::fs::read_to_string(
+                discovery_harness::workspace_root().join("crates/monitoring/alert-rules.toml")
+            )
+            .unwrap()
+        ),
+    )
+    .unwrap();
+    let up = Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_discovery")),
+        &[
+            ("DISCOVERY_ALERT_RULES", rules.display().to_string()),
+            ("DISCOVERY_ALERT_WEBHOOK_URL", hook.url.clone()),
+            ("DISCOVERY_MONITORING_SCRAPE_INTERVAL", "1s".into()),
+        ],
+    )
+    .expect("discovery up");
+    for i in 0..5 {
+        let r = call(
+            &up,
+            &up.key,
+            "SearchProducts",
+            &format!(r#"{{"query": "oval {i}"}}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // The next minute's start, plus a scrape and the delivery.
+    let until = std::time::Instant::now() + Duration::from_secs(80);
+    let report = loop {
+        if let Some(r) = hook
+            .bodies()
+            .into_iter()
+            .find(|b| b["report"] == "every-minute")
+        {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no report: {:?}",
+            hook.bodies()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(report["kind"], "sla");
+    assert!(
+        report["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("discovery report every-minute")
+    );
+    let rows = report["rows"].as_array().unwrap();
+    let search = rows
+        .iter()
+        .find(|r| {
+            r["service"] == "gateway" && r["method"] == "/discovery.v1.Discovery/SearchProducts"
+        })
+        .unwrap_or_else(|| panic!("no gateway SearchProducts row: {report}"));
+    assert!(
+        search["calls"].as_str().unwrap().parse::<u64>().unwrap() >= 5,
+        "{search}"
+    );
+}

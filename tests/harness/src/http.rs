@@ -117,3 +117,74 @@ pub fn curl(args: &[&str], url: &str, body: Option<&[u8]>) -> Reply {
         raw: rest,
     }
 }
+
+/// A webhook receiver on loopback, as a chat service or paging endpoint:
+/// records each request's body and answers 200. HTTP/1.1, one request per
+/// connection is enough for what posts to it (bounded: 1 MiB a body).
+pub struct Hook {
+    /// `http://127.0.0.1:<port>/hook`.
+    pub url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Hook {
+    /// Starts it on the current tokio runtime.
+    pub async fn start() -> std::io::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+        let g = got.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let body = loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 || buf.len() > 1 << 20 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break buf[end + 4..end + 4 + len].to_vec();
+                        }
+                    };
+                    g.lock().unwrap_or_else(|p| p.into_inner()).push(body);
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        Ok(Self { url, got })
+    }
+
+    /// The bodies received so far, as JSON where they are.
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.got
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|b| {
+                serde_json::from_slice(b).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(b).into())
+                })
+            })
+            .collect()
+    }
+}

@@ -71,3 +71,29 @@ fn the_autoscaling_simulation_models_the_charts_hpas() {
         );
     }
 }
+
+/// The capacity forecast sizes its scenarios with the chart's minimum pods
+/// and the gateway's per-pod target.
+#[test]
+fn the_forecasts_pod_counts_follow_the_chart() {
+    use discovery_monitoring::forecast::{MIN_PODS, PER_POD};
+    let chart = Chart::render("shop", &["autoscaling.customMetrics=true"]).expect("helm template");
+    let hpas = chart.hpas();
+    for (svc, min) in MIN_PODS {
+        assert_eq!(hpas[svc]["minReplicas"], min, "{svc}");
+    }
+    let gateway = PER_POD.iter().find(|p| p.0 == "gateway").unwrap().1;
+    let target = hpas["gateway"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "Pods")
+        .map(|m| {
+            m["pods"]["target"]["averageValue"]
+                .as_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        });
+    assert_eq!(target, Some(gateway));
+}
