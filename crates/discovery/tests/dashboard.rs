@@ -84,6 +84,27 @@ async fn an_operator_acknowledges_and_silences_an_alert_from_the_dashboard() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
 
+    // The dashboard's documents refuse what a caller can get wrong, and
+    // the page cannot be framed.
+    let board = format!("http://127.0.0.1:{}", up.metrics);
+    for (query, says) in [
+        ("from=yesterday", "is not a time"),
+        ("limit=5", "unknown parameter"),
+        ("from=-9223372036854775808", "25 hours"),
+    ] {
+        let r = curl(&[], &format!("{board}/api/history?{query}"), None);
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert!(r.body.contains(says), "{query}: {}", r.body);
+    }
+    let page = curl(&[], &format!("{board}/dashboard"), None);
+    assert_eq!(page.status, 200);
+    // (the harness lower-cases the head)
+    assert_eq!(page.header("x-frame-options"), Some("deny"));
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some("frame-ancestors 'none'")
+    );
+
     let mut b = Browser::launch(1360, 1000).await.expect("chromium");
     let page = format!("http://127.0.0.1:{}/dashboard", up.metrics);
     ok("load", b.goto(&page).await).await;

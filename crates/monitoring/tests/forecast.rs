@@ -110,3 +110,60 @@ async fn four_weeks_of_hours_forecast_the_next_week_with_its_error() {
         assert!(s.message().starts_with(field), "{}", s.message());
     }
 }
+
+/// `GetTrends` names what is wrong with a request, and says when there is
+/// nothing scraped yet.
+#[test]
+fn trends_refuse_what_a_caller_gets_wrong() {
+    use discovery_monitoring::api::get_trends;
+    use discovery_monitoring::window::History;
+    let empty = History::default();
+    let ok = pb::GetTrendsRequest {
+        metric: pb::TrendMetric::LatencyP95Ms as i32,
+        ..Default::default()
+    };
+    let status =
+        |h: &History, r: &pb::GetTrendsRequest| tonic::Status::from(get_trends(h, r).unwrap_err());
+    assert_eq!(status(&empty, &ok).code(), tonic::Code::Unavailable);
+    for (req, field) in [
+        (
+            pb::GetTrendsRequest {
+                metric: 0,
+                ..ok.clone()
+            },
+            "metric",
+        ),
+        (
+            pb::GetTrendsRequest {
+                metric: 99,
+                ..ok.clone()
+            },
+            "metric",
+        ),
+        (
+            pb::GetTrendsRequest {
+                period_seconds: 59,
+                ..ok.clone()
+            },
+            "period_seconds",
+        ),
+        (
+            pb::GetTrendsRequest {
+                period_seconds: 90_001,
+                ..ok.clone()
+            },
+            "period_seconds",
+        ),
+        (
+            pb::GetTrendsRequest {
+                service: "x".repeat(65),
+                ..ok.clone()
+            },
+            "service",
+        ),
+    ] {
+        let s = status(&empty, &req);
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{}", s.message());
+        assert!(s.message().starts_with(field), "{}", s.message());
+    }
+}
