@@ -337,10 +337,11 @@ fn shots() -> Option<PathBuf> {
     std::env::var_os("DISCOVERY_SCREENSHOTS").map(PathBuf::from)
 }
 
-/// A scheduled report from the running system: `discovery up` with the
-/// built-in rules and a report due every minute to the webhook channel,
+/// Scheduled reports from the running system: `discovery up` with the
+/// built-in rules and two reports due every minute to the webhook channel,
 /// which points at a receiver here. Within a minute and a bit the
-/// receiver has the SLA report as JSON, with the gateway's calls made here.
+/// receiver has the SLA report, with the gateway's calls made here, and
+/// the recommendation report read from the recommendation service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_report_reaches_the_webhook_from_the_running_system() {
     let hook = discovery_harness::http::Hook::start().await.unwrap();
@@ -349,7 +350,7 @@ async fn a_scheduled_report_reaches_the_webhook_from_the_running_system() {
     std::fs::write(
         &rules,
         format!(
-            "{}\n[[report]]\nname = \"every-minute\"\nkind = \"sla\"\nschedule = \"* * * * *\"\nformat = \"json\"\nto = [\"webhook\"]\n",
+            "{}\n[[report]]\nname = \"every-minute\"\nkind = \"sla\"\nschedule = \"* * * * *\"\nformat = \"json\"\nto = [\"webhook\"]\n\n[[report]]\nname = \"sales\"\nkind = \"recommendations\"\nschedule = \"* * * * *\"\nformat = \"csv\"\nto = [\"webhook\"]\n",
             std::fs::read_to_string(
                 discovery_harness::workspace_root().join("crates/monitoring/alert-rules.toml")
             )
@@ -410,4 +411,22 @@ async fn a_scheduled_report_reaches_the_webhook_from_the_running_system() {
         search["calls"].as_str().unwrap().parse::<u64>().unwrap() >= 5,
         "{search}"
     );
+    // What the recommendations sold, read from recommendation, at the same
+    // minute: its columns whatever the rows (a webhook gets the document;
+    // the CSV is what email attaches).
+    let until = std::time::Instant::now() + Duration::from_secs(80);
+    let sales = loop {
+        if let Some(r) = hook.bodies().into_iter().find(|b| b["report"] == "sales") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no sales report: {:?}",
+            hook.bodies()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(sales["kind"], "recommendations");
+    assert_eq!(sales["columns"][0], "by");
+    assert_eq!(sales["columns"][2], "impressions");
 }
