@@ -250,7 +250,7 @@ pub async fn capacity_forecast(
     req: &pb::GetCapacityForecastRequest,
 ) -> Result<pb::GetCapacityForecastResponse, MonitoringError> {
     use crate::forecast;
-    const HOUR_MS: i64 = 3_600_000;
+    use crate::store::HOUR_MS;
     let horizon = match req.horizon_seconds {
         0 => 7 * 24,
         s if (3600..=30 * 24 * 3600).contains(&s) => s.div_ceil(3600) as usize,

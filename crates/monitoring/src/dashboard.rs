@@ -23,10 +23,10 @@ use axum::response::{Html, IntoResponse};
 use discovery_proto::v1 as pb;
 use serde_json::{Value, json};
 
+use crate::Hub;
 use crate::probe::Fleet;
 use crate::trends;
 use crate::window::{self, History};
-use crate::{Hub, sla};
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -39,13 +39,6 @@ pub struct Dashboard {
     pub hub: Hub,
     /// The services' replicas, for the health panel.
     pub fleet: Fleet,
-    /// Recommendation's report (the "what sells" panel); `None`: no panel
-    /// data.
-    pub report: Option<
-        discovery_proto::v1::experiments_client::ExperimentsClient<
-            discovery_kit::client::TracedChannel,
-        >,
-    >,
     /// Who may look: callers from loopback always (`discovery up`,
     /// `kubectl port-forward`); anyone else only with this token
     /// (`DISCOVERY_DASHBOARD_TOKEN[_FILE]`) as a Bearer token or as the
@@ -364,13 +357,13 @@ fn alert_json(a: &pb::Alert) -> Value {
 }
 
 /// What the recommendations sold in the last 24 hours, per ranking variant
-/// and placement (recommendation's `GetRecommendationReport`).
+/// and placement (recommendation's `GetRecommendationReport`, through the
+/// hub's client, the one scheduled reports read with).
 pub async fn recommendations(d: &Dashboard) -> Value {
-    let Some(client) = &d.report else {
+    let Some(mut client) = d.hub.experiments() else {
         return json!({"error": "no recommendation service configured"});
     };
     let asked = client
-        .clone()
         .get_recommendation_report(pb::GetRecommendationReportRequest {
             window: pb::ReportWindow::Day as i32,
             experiment_id: String::new(),
@@ -423,18 +416,6 @@ pub fn overview(d: &Dashboard) -> Value {
             )
         })
         .collect();
-    let targets: Vec<Value> = if history.is_empty() {
-        Vec::new()
-    } else {
-        sla::report(&history, "", pb::Window::Window5m)
-            .targets
-            .into_iter()
-            .map(|t| {
-                json!({"name": t.name, "target": t.target, "observed": t.observed,
-                       "met": t.met, "comparison": t.comparison})
-            })
-            .collect()
-    };
     drop(history);
     let alerts: Vec<Value> = d.hub.firing().iter().map(alert_json).collect();
     let silences: Vec<Value> = d
@@ -451,7 +432,6 @@ pub fn overview(d: &Dashboard) -> Value {
         "generated_at_unix_ms": discovery_kit::now_unix_ms(),
         "services": services,
         "caches": caches,
-        "targets": targets,
         "alerts": alerts,
         "silences": silences,
         "standings": d.hub.standings(),

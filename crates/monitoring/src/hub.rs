@@ -337,9 +337,15 @@ impl Hub {
         }
     }
 
-    /// Where `recommendations` reports read from.
+    /// Where `recommendations` reports and the dashboard's "what sells"
+    /// panel read from.
     pub fn set_experiments(&self, client: Option<Experiments>) {
         *lock(&self.experiments) = client;
+    }
+
+    /// Recommendation's report client, if there is a recommendation service.
+    pub fn experiments(&self) -> Option<Experiments> {
+        lock(&self.experiments).clone()
     }
 
     /// Renders and sends the reports due now (the scheduled ones of the
@@ -356,8 +362,7 @@ impl Hub {
                     crate::convert::sla_table(&sla::report(&h, "", pb::Window::Window24h))
                 }
                 ReportKind::Recommendations => {
-                    let client = lock(&self.experiments).clone();
-                    let Some(mut client) = client else {
+                    let Some(mut client) = self.experiments() else {
                         tracing::warn!(report = %spec.name, "no recommendation service to report on");
                         continue;
                     };
@@ -540,8 +545,6 @@ impl Hub {
     }
 }
 
-const HOUR_MS: i64 = 3_600_000;
-
 /// Puts the rules file's new rules in force, or says why not (the rules
 /// in force stay).
 async fn reload(
@@ -628,13 +631,13 @@ pub(crate) async fn collect_loop(
         };
         // The hour just ended, once, at the first scrape of the next (the
         // hour monitoring started in is partial and not written).
-        let hour = discovery_kit::now_unix_ms() / HOUR_MS;
+        let hour = discovery_kit::now_unix_ms() / store::HOUR_MS;
         if this_hour.is_some_and(|h| h != hour) {
             let figures = {
                 let h = history.lock().unwrap_or_else(|p| p.into_inner());
                 let (inc, covered) = h.increase_over(Duration::from_secs(3600));
                 store::Hour {
-                    start_ms: (hour - 1) * HOUR_MS,
+                    start_ms: (hour - 1) * store::HOUR_MS,
                     covered_s: covered.as_secs_f64(),
                     services: window::per_service(&inc),
                 }

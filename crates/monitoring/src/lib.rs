@@ -92,7 +92,7 @@ pub async fn spawn_with_dashboard(
     let report = recommendation.clone().map(ExperimentsClient::new);
     let recommendation = recommendation.map(CacheAdminClient::new);
     let hub = Hub::new(store.clone(), recommendation);
-    hub.set_experiments(report.clone());
+    hub.set_experiments(report);
     match hub.load_silences().await {
         Ok(n) if n > 0 => tracing::info!(silences = n, "alert silences restored"),
         Ok(_) => {}
@@ -108,7 +108,6 @@ pub async fn spawn_with_dashboard(
         history: history.clone(),
         hub: hub.clone(),
         fleet,
-        report,
         token: config.dashboard_token.as_deref().map(Arc::from),
         gateway_url: config.dashboard_gateway_url.as_deref().map(Arc::from),
     });

@@ -28,8 +28,8 @@ pub struct Standing {
     pub rule: String,
     /// What it measures, for people.
     pub summary: String,
-    /// The signal's name in the rules file.
-    pub signal: &'static str,
+    /// The signal (serialised with its name in the rules file).
+    pub signal: Signal,
     /// Which series.
     pub labels: Labels,
     /// `above` or `below`: which side of a threshold is bad.
@@ -53,21 +53,6 @@ type SeriesKey = (Arc<str>, Labels);
 pub struct Standings {
     series: HashMap<SeriesKey, VecDeque<(i64, f64)>>,
     current: Vec<Standing>,
-}
-
-/// The rules-file name of a signal.
-pub fn signal_name(s: Signal) -> &'static str {
-    match s {
-        Signal::LatencyP95Ms => "latency_p95_ms",
-        Signal::ErrorRate => "error_rate",
-        Signal::Availability24h => "availability_24h",
-        Signal::ThroughputRatio => "throughput_ratio",
-        Signal::CacheHitRate => "cache_hit_rate",
-        Signal::Cpu => "cpu",
-        Signal::Memory => "memory",
-        Signal::DiskUsedRatio => "disk_used_ratio",
-        Signal::DbSlowOpsPerMin => "db_slow_ops_per_min",
-    }
 }
 
 impl Standings {
@@ -117,7 +102,7 @@ impl Standings {
                 current.push(Standing {
                     rule: name.to_string(),
                     summary: first.summary.to_string(),
-                    signal: signal_name(first.signal),
+                    signal: first.signal,
                     labels: o.labels.clone(),
                     comparison: match first.comparison {
                         Comparison::Above => "above",
@@ -206,6 +191,11 @@ for = "5m"
         assert_eq!(api.value, 650.0);
         assert_eq!(api.reached, Some("warning"));
         assert_eq!(api.tiers["critical"], 1000.0);
+        // The page formats a value by the signal's name in the rules file.
+        assert_eq!(
+            serde_json::to_value(api).unwrap()["signal"],
+            "latency_p95_ms"
+        );
         assert_eq!(api.trend.direction, trends::Direction::Rising);
         assert!(api.worsening, "rising latency is worse");
         let av = now.iter().find(|x| x.rule == "Availability").unwrap();

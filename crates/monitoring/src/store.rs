@@ -21,6 +21,8 @@ pub const METRICS_ROLLUPS: &str = "metrics_rollups";
 /// One document an hour: calls and server errors per service over it,
 /// kept [`KEEP_HOURLY`] (what capacity forecasts learn from).
 pub const METRICS_HOURLY: &str = "metrics_hourly";
+/// An hour in milliseconds (hourly figures start on multiples of it).
+pub const HOUR_MS: i64 = 3_600_000;
 /// How long hourly figures are kept.
 pub const KEEP_HOURLY: Duration = Duration::from_secs(90 * 24 * 3600);
 

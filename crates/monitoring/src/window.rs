@@ -211,16 +211,6 @@ impl History {
         (out, covered)
     }
 
-    /// Increases between snapshots over the last `span`, at most `points`
-    /// of them (evenly strided), each with the end snapshot's time and the
-    /// seconds it covers.
-    pub fn steps(&self, span: Duration, points: usize) -> Vec<(Instant, f64, HashMap<Key, f64>)> {
-        let Some(newest) = self.snapshots.back() else {
-            return Vec::new();
-        };
-        self.steps_between(self.ago(newest.at, span), newest.at, points)
-    }
-
     /// `span` before `at`, or the oldest snapshot's time when that is
     /// before the clock's start.
     pub fn ago(&self, at: Instant, span: Duration) -> Instant {
@@ -229,7 +219,9 @@ impl History {
             .unwrap_or(at)
     }
 
-    /// [`History::steps`] between the snapshots taken in `[from, to]`.
+    /// Increases between the snapshots taken in `[from, to]`, at most
+    /// `points` of them (evenly strided), each with the end snapshot's time
+    /// and the seconds it covers.
     pub fn steps_between(
         &self,
         from: Instant,

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// What a rule looks at (`alert-rules.toml` names them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 pub enum Signal {
     /// p95 latency of a service's calls, milliseconds (5-minute window).
     #[serde(rename = "latency_p95_ms")]

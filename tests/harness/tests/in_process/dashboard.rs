@@ -141,13 +141,13 @@ async fn the_dashboard_renders_live_data_and_alerts_in_chromium() {
         &default_rules(),
         &sla::observations(&history.lock().unwrap()),
     );
+    hub.set_experiments(Some(pb::experiments_client::ExperimentsClient::new(
+        system.internal("recommendation", "monitoring"),
+    )));
     let app = router(Dashboard {
         history: history.clone(),
         fleet: Fleet::new(Vec::new(), store.clone()).unwrap(),
         hub,
-        report: Some(pb::experiments_client::ExperimentsClient::new(
-            system.internal("recommendation", "monitoring"),
-        )),
         token: None,
         gateway_url: None,
     });
