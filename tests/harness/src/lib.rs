@@ -214,7 +214,29 @@ impl RedisCluster {
         Self::start_with(masters, replicas, Some(password.to_string()))
     }
 
+    /// Starts the cluster, again on fresh ports when a node did not come
+    /// up: a port found free can be taken by another process before
+    /// `redis-server` binds it (tests start servers side by side).
     fn start_with(
+        masters: usize,
+        replicas: usize,
+        password: Option<String>,
+    ) -> Result<Self, HarnessError> {
+        let mut tries = 0;
+        loop {
+            match Self::start_once(masters, replicas, password.clone()) {
+                Err(HarnessError::Start { what, reason }) if tries < 2 => {
+                    tries += 1;
+                    eprintln!(
+                        "harness: {what}: {reason}; starting the cluster again on other ports"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(
         masters: usize,
         replicas: usize,
         password: Option<String>,
